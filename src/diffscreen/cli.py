@@ -1,0 +1,422 @@
+"""The ``diffscreen`` command line.
+
+Only argument parsing and wiring live here; ``--help`` imports nothing heavy
+(torch, h5py and the science modules load inside each command).  A user
+mistake or a bad input ends in one ``ERROR: ...`` line and a non-zero exit
+status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+app = typer.Typer(
+    name="diffscreen",
+    help="Screen X-ray diffraction frames with convolutional neural networks: keep the hits, drop the misses.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_ERROR = 2  # bad input or usage
+EXIT_PARTIAL = 1  # finished, but some frames or files failed
+
+
+def _err(msg: str) -> None:
+    print(f"ERROR: {msg}", file=sys.stderr)
+
+
+def friendly(fn):
+    """Turn diffscreen's (and file-system) errors into one line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from diffscreen.errors import DiffscreenError
+
+        try:
+            return fn(*args, **kwargs)
+        except DiffscreenError as exc:
+            _err(str(exc))
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            _err(f"{exc.filename}: {exc.strerror}")
+        except KeyboardInterrupt:
+            _err("interrupted; run the same command again to resume")
+        raise typer.Exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rich.console import Console
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+class _Bar:
+    """Adapter from the library's ``progress(total=, advance=)`` callbacks to a rich bar."""
+
+    def __init__(self, progress, description: str, unit: str = "frames"):
+        import time
+
+        self.p, self.unit, self._time = progress, unit, time
+        self.task = progress.add_task(description, total=None, rate="")
+        self.t0, self.n = time.time(), 0
+
+    def __call__(self, total=None, advance=None):
+        if total is not None:
+            self.p.update(self.task, total=total)
+        if advance:
+            self.n += advance
+            dt = self._time.time() - self.t0
+            self.p.update(self.task, advance=advance, rate=f"{self.n / dt:.1f} {self.unit}/s" if dt > 0 else "")
+
+
+def _expand(inputs: List[str]) -> List[str]:
+    from diffscreen.io import expand_inputs
+
+    specs = expand_inputs(inputs)
+    if not specs:
+        from diffscreen.errors import ConfigError
+
+        raise ConfigError(f"no readable frame files in {', '.join(inputs)}")
+    return specs
+
+
+class Contrast(str, Enum):
+    lcn = "lcn"
+    linear = "linear"
+
+
+class Split(str, Enum):
+    order = "order"
+    random = "random"
+
+
+@app.command()
+@friendly
+def screen(
+    inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for scores.csv, hits.lst, hits.cxi."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: bundled."),
+    batch_size: int = typer.Option(16, help="Frames per forward pass."),
+    no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
+    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+):
+    """Classify every frame as hit / maybe / miss and keep the hits.
+
+    Writes OUT/scores.csv (file,frame,p_hit,p_maybe,p_miss,label), OUT/hits.lst
+    (CrystFEL list of kept frames), OUT/hits.cxi (their raw pixels), OUT/errors.csv
+    and OUT/summary.json.  A frame is kept when P(hit) + P(maybe) > P(miss)
+    (Ke et al. 2018).  An interrupted run resumes when started again.  Exit
+    status 1 when some frames or files could not be screened.
+    """
+    import torch
+
+    from diffscreen.screen import screen as run_screen
+
+    if threads:
+        torch.set_num_threads(threads)
+    specs = _expand(inputs)
+    with _progress() as p:
+        summary = run_screen(
+            specs, out, model=model, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
+            progress=_Bar(p, "screening"),
+        )
+    _report_screen(summary, out)
+    if summary.n_error:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _report_screen(summary, out) -> None:
+    for f, i, e in summary.errors[:20]:
+        where = f if i < 0 else f"{f}, frame {i}"
+        print(f"ERROR: {where}: {e}", file=sys.stderr)
+    if len(summary.errors) > 20:
+        print(f"... {len(summary.errors) - 20} more in {Path(out) / 'errors.csv'}", file=sys.stderr)
+    print(summary.text())
+    print(f"outputs in {out}/: scores.csv, hits.lst" + (", hits.cxi" if (Path(out) / "hits.cxi").exists() else ""))
+
+
+@app.command()
+@friendly
+def simulate(
+    out: Path = typer.Argument(..., help="Output CXI file (.cxi)."),
+    preset: str = typer.Option("rayonix", help="Detector/experiment preset (see --list-presets)."),
+    frames: int = typer.Option(100, "--frames", "-n", help="Number of frames."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same frames."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
+):
+    """Simulate a serial-crystallography run with per-frame hit/maybe/miss labels.
+
+    Physics-based: Bragg spots from a unit cell in a random orientation on the
+    Ewald sphere, Wilson intensities, detector PSF, water ring and air scatter,
+    Poisson and read noise, gain, saturation and the detector's masks.  Labels
+    follow Ke et al. (2018) §3.3.1 (>= 10 detectable spots: hit, 4-9: maybe).
+    """
+    from diffscreen.simulate import PRESETS, simulate_run
+
+    if list_presets:
+        for name, p in PRESETS.items():
+            doc = (p.__doc__ or "").strip().splitlines()[0] if getattr(p, "__doc__", None) else ""
+            print(f"{name}: {getattr(p, 'description', doc)}")
+        return
+    if preset not in PRESETS:
+        from diffscreen.errors import ConfigError
+
+        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if frames < 1:
+        from diffscreen.errors import ConfigError
+
+        raise ConfigError("--frames must be >= 1")
+    with _progress() as p:
+        bar = _Bar(p, f"simulating {preset}")
+        bar(total=frames)
+        last = [0]
+
+        def cb(n):
+            bar(advance=n - last[0])
+            last[0] = n
+
+        path = simulate_run(preset, frames, out, seed=seed, progress=cb)
+    print(f"wrote {frames} frames to {path}")
+
+
+@app.command()
+@friendly
+def train(
+    inputs: List[str] = typer.Argument(..., help="Labelled data: simulated .cxi runs, or HDF5/CBF files with --labels."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
+    labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files: expert_annotation.txt or CSV file,frame,label."),
+    epochs: int = typer.Option(120, help="Epochs (Ke: 120)."),
+    batches_per_epoch: int = typer.Option(100, help="Class-balanced mini-batches per epoch (Ke: 100)."),
+    batch_size: int = typer.Option(64, help="Frames per mini-batch (Ke: 64)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, batches and crop shifts."),
+    split: Split = typer.Option(Split.order, help="Train/val/test split: in file order per file (fv5080) or random."),
+    fractions: Tuple[float, float, float] = typer.Option((0.5, 0.2, 0.3), help="Train, validation, test fractions (Ke: 0.5 0.2 0.3)."),
+    first_kernel: int = typer.Option(7, help="First convolution kernel: 7 (fv5080 code) or 3 (paper text)."),
+    contrast: Contrast = typer.Option(Contrast.lcn, help="LCN (Ke §2.2) or linear contrast (Ke Table 8)."),
+    pixel_scaling: bool = typer.Option(False, help="Scale by pixel count (fv5080: whole frame to 960) instead of physically."),
+    input_size: int = typer.Option(720, help="Network input side in pixels (Ke: 720)."),
+    workers: int = typer.Option(1, help="Worker processes reading and preprocessing frames."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore a checkpoint of an interrupted run."),
+):
+    """Train the Ke et al. (2018) CNN on labelled frames and write a model file.
+
+    Class-balanced batches of randomly shifted crops, SGD (momentum 0.9, weight
+    decay 5e-4) with the learning rate falling from 0.1 to 1e-4; the epoch with
+    the best validation score is kept and scored on the test split.  An
+    interrupted run resumes from OUT.ckpt.
+    """
+    from diffscreen.preprocess import PreprocessConfig
+    from diffscreen.train import TrainConfig, collect_samples, split_samples, train_model
+
+    specs = _expand(inputs)
+    samples, info = collect_samples(specs, [str(x) for x in labels])
+    tr, va, te = split_samples(samples, fractions, mode=split.value, seed=seed)
+    print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
+    cfg = TrainConfig(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size, seed=seed,
+                      first_kernel=first_kernel, workers=workers)
+    pcfg = PreprocessConfig(
+        out_size=input_size, contrast=contrast.value, s_per_px=None if pixel_scaling else PreprocessConfig.s_per_px,
+        max_shift=min(120, input_size // 6),
+    )
+    info["label_files"] = [str(x) for x in labels]
+    info["split"] = {"mode": split.value, "fractions": list(fractions)}
+    with _progress() as p:
+        task = p.add_task("training", total=epochs * batches_per_epoch, rate="")
+
+        def cb(epoch, batch, n):
+            p.update(task, completed=(epoch - 1) * n + batch, rate=f"epoch {epoch}")
+
+        res = train_model(tr, va, out, config=cfg, preprocess=pcfg, test=te, data_description=info,
+                          resume=not fresh, progress=cb, log=p.console.print)
+    print(f"best epoch {res.best_epoch}; model written to {res.model_path}")
+    if res.test_report is not None:
+        print("test split:")
+        print(res.test_report.to_markdown())
+
+
+@app.command()
+@friendly
+def evaluate(
+    inputs: List[str] = typer.Argument(None, help="Labelled frame files (simulated .cxi runs carry their labels)."),
+    labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files (expert_annotation.txt, CSV)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file; default: bundled."),
+    scores: Optional[Path] = typer.Option(None, help="Score an existing scores.csv instead of running a model."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here (.json and .md beside it)."),
+    batch_size: int = typer.Option(16, help="Frames per forward pass."),
+):
+    """Confusion matrices (3-class and Hit-or-Maybe vs Miss, Ke Table 3), precision, recall, accuracy."""
+    import json
+
+    from diffscreen.evaluate import evaluate_labels
+    from diffscreen.io._atomic import atomic_write_text
+
+    if scores is not None:
+        true, pred = _labels_for_scores(scores, inputs or [], labels)
+    else:
+        if not inputs:
+            from diffscreen.errors import ConfigError
+
+            raise ConfigError("give labelled input files, or --scores scores.csv")
+        true, pred = _predict_labelled(_expand(inputs), labels, model, batch_size)
+    rep = evaluate_labels(true, pred)
+    text = rep.to_markdown()
+    print(text)
+    if out is not None:
+        out = Path(out)
+        atomic_write_text(out.with_suffix(".json"), json.dumps(rep.to_dict(), indent=2, default=float))
+        atomic_write_text(out.with_suffix(".md"), text + "\n")
+        print(f"report written to {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _predict_labelled(specs, labels, model, batch_size):
+    from diffscreen.io import open_source
+    from diffscreen.io.frame import check_frame
+    from diffscreen.models.decision import decide
+    from diffscreen.models.inference import Classifier
+    from diffscreen.train import collect_samples
+
+    samples, _ = collect_samples(specs, [str(x) for x in labels])
+    clf = Classifier(model)
+    true, pred = [], []
+    with _progress() as p:
+        bar = _Bar(p, "evaluating")
+        bar(total=len(samples))
+        for b in range(0, len(samples), batch_size):
+            batch = samples[b : b + batch_size]
+            frames = []
+            for s in batch:
+                with open_source(s.source) as src:
+                    frames.append(check_frame(src.read(s.index)))
+            _, lab = decide(clf.predict(frames), clf.class_names)
+            pred.extend(lab)
+            true.extend(clf.class_names[s.label] for s in batch)
+            bar(advance=len(batch))
+    return true, pred
+
+
+def _labels_for_scores(scores_csv, inputs, labels):
+    import csv
+
+    from diffscreen.errors import LabelError
+    from diffscreen.io.labels import LabelTable, read_labels
+
+    records = []
+    for lf in labels:
+        records.extend(read_labels(str(lf)))
+    for spec in inputs:
+        records.extend(read_labels(spec))
+    table = LabelTable.from_records(records)
+    true, pred = [], []
+    with open(scores_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["label"] == "error":
+                continue
+            t = table.get(row["file"], int(row["frame"]))
+            if t is not None:
+                true.append(t)
+                pred.append(row["label"])
+    if not true:
+        raise LabelError("no frame in the scores file has a label", path=scores_csv)
+    return true, pred
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("diffscreen-demo"), "--out", "-o", help="Output folder."),
+    frames: int = typer.Option(40, "--frames", "-n", help="Frames to simulate."),
+    preset: str = typer.Option("rayonix", help="Simulator preset."),
+    seed: int = typer.Option(2026, help="Simulation seed."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file; default: bundled."),
+):
+    """Simulate a small run, screen it with the bundled model and score it against the truth.
+
+    Writes the simulated run (OUT/run.cxi) and the same outputs as `screen`.
+    """
+    from diffscreen.evaluate import evaluate_labels
+    from diffscreen.io.labels import LabelTable, read_labels
+    from diffscreen.screen import screen as run_screen
+    from diffscreen.simulate import simulate_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    run = out / "run.cxi"
+    with _progress() as p:
+        bar = _Bar(p, f"simulating {frames} {preset} frames")
+        bar(total=frames)
+        last = [0]
+
+        def cb(n):
+            bar(advance=n - last[0])
+            last[0] = n
+
+        simulate_run(preset, frames, run, seed=seed, progress=cb)
+        summary = run_screen([str(run)], out, model=model, resume=False, progress=_Bar(p, "screening"))
+    _report_screen(summary, out)
+    table = LabelTable.from_records(read_labels(str(run)))
+    import csv
+
+    true, pred = [], []
+    with open(out / "scores.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            t = table.get(row["file"], int(row["frame"]))
+            if t is not None and row["label"] != "error":
+                true.append(t)
+                pred.append(row["label"])
+    rep = evaluate_labels(true, pred)
+    print("\nAgainst the simulator's truth:")
+    print(rep.to_markdown())
+    truth_rate = sum(t != "miss" for t in true) / len(true)
+    print(f"true hit rate {100 * truth_rate:.1f}%, screened hit rate {100 * summary.hit_rate:.1f}%")
+
+
+@app.command("model-info")
+@friendly
+def model_info(model: Optional[Path] = typer.Argument(None, help="Model file; default: bundled.")):
+    """Print a model file's architecture, preprocessing, classes, training data and metrics."""
+    import json
+
+    from diffscreen.models import default_model_path, read_model_metadata
+
+    path = model or default_model_path()
+    rec = read_model_metadata(path)
+    train = rec.get("training", {})
+    short = {k: v for k, v in rec.items() if k != "training"}
+    short["training"] = {k: v for k, v in train.items() if k != "history"}
+    print(f"{path}")
+    print(json.dumps(short, indent=2, default=float))
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``diffscreen`` command."""
+    try:
+        app(args=argv, prog_name="diffscreen", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def _console_main() -> None:  # console-script wrapper: exit with main()'s status
+    sys.exit(main())

@@ -1,0 +1,641 @@
+"""HDF5 frame readers: CXI, CXIDB-76 and any ``file.h5:/dataset``.
+
+Three layouts are read, all lazily (the file stays open, one frame is read
+per call) and all through h5py, with :mod:`hdf5plugin` imported first so that
+bitshuffle-LZ4 and the other facility filters decode:
+
+CXI (Maia 2012, as :class:`~diffscreen.io.cxi.CXIWriter` writes it)
+    Frames ``/entry_k/data_1/data`` (N, H, W), ``entry_1``, ``entry_2``, ...
+    read in order of ``k``.  Mask: ``/entry_k/instrument_1/detector_1/mask``
+    (H, W) and/or ``/entry_k/data_1/mask`` (N, H, W).  Geometry per frame
+    (N,) or per entry (scalar): ``distance`` (m), ``x_pixel_size`` (m),
+    ``beam_center_x``/``_y`` (px), ``source_1/energy`` (J).  Labels
+    ``/entry_k/result_1/label`` (index into attribute ``class_names``).
+CXIDB-76 (Ke et al. 2018; ANCHORS.md; nksauter/fv5080 ``FormatHDF5ImageDictionary``)
+    Frames ``/data/<chunk>/images`` (N, H, W), chunks in h5py's (name) order,
+    the order the published labels count in.  Per frame ``distance`` (mm) and
+    ``wavelength`` (Å) beside the images; ``/metadata/`` holds
+    ``BEAM_CENTER_X``/``_Y`` (mm, x = fast scan), ``PIXEL_SIZE`` (mm),
+    ``MIN_TRUSTED_VALUE``, ``SATURATED_VALUE`` and ``ACTIVE_AREAS``.
+Generic ``file.h5:/path/to/data``
+    Any numeric (N, H, W) or (H, W) dataset; no mask, no geometry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+import numpy as np
+
+from diffscreen.errors import DatasetNotFoundError, FrameReadError, UnknownFormatError
+from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
+from diffscreen.io.sources import BaseSource
+
+__all__ = [
+    "CXISource",
+    "CXIDB76Source",
+    "HDF5DatasetSource",
+    "open_dataset",
+    "open_path",
+    "understand",
+    "hdf5_layout",
+    "CXI_BAD_PIXEL_BITS",
+    "active_area_mask",
+]
+
+READER_NAME = "hdf5"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_USERBLOCK_OFFSETS = (0, 512, 1024, 2048)
+_HC_EV_A = 12398.4198  # h c in eV Å
+_EV_TO_J = 1.602176634e-19
+
+#: Cheetah/CXI mask bits that mean "do not use this pixel": invalid (1), hot (4),
+#: dead (8), shadowed (16), ignore (64), bad (128), missing (512), noisy (1024),
+#: failed artifact correction (4096).  Saturated (2), peak-mask (32),
+#: resolution-limit (256) and the correction flags are not bad pixels.
+#: diffscreen's own writer stores 1 for bad.
+CXI_BAD_PIXEL_BITS = 1 | 4 | 8 | 16 | 64 | 128 | 512 | 1024 | 4096
+
+#: Inactive margin fv5080 trims from each CXIDB-76 active area, in pixels.
+ACTIVE_AREA_MARGIN = 1
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def understand(path: str, head: bytes) -> bool:
+    """True if ``head`` carries the HDF5 signature (at 0 or after a user block).
+
+    Parameters
+    ----------
+    path : str
+    head : bytes
+        The file's first bytes.
+    """
+    return any(head[o : o + 8] == HDF5_SIGNATURE for o in _USERBLOCK_OFFSETS)
+
+
+def _h5open(path: str):
+    import hdf5plugin  # noqa: F401  registers bitshuffle/LZ4 and friends before h5py reads
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FrameReadError(f"cannot open as HDF5 ({_h5_reason(exc)}): damaged, truncated or still being written",
+                             path=path) from exc
+
+
+def _h5_reason(exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"\((.*)\)\s*$", text)
+    return (m.group(1) if m else text).strip()
+
+
+def hdf5_layout(f) -> str:
+    """Name the frame layout of an open HDF5 file.
+
+    Parameters
+    ----------
+    f : h5py.File
+
+    Returns
+    -------
+    {"cxi", "cxidb76", "unknown"}
+    """
+    if _cxi_entry_names(f):
+        return "cxi"
+    if _cxidb76_chunks(f):
+        return "cxidb76"
+    return "unknown"
+
+
+def open_path(path: str):
+    """Open an HDF5 file whose layout is recognised (CXI or CXIDB-76).
+
+    Parameters
+    ----------
+    path : str
+
+    Returns
+    -------
+    CXISource or CXIDB76Source
+
+    Raises
+    ------
+    FrameReadError
+        The file cannot be opened (truncated, damaged).
+    UnknownFormatError
+        Neither layout; the message lists datasets that could hold frames,
+        to be named as ``file.h5:/path``.
+    """
+    f = _h5open(path)
+    try:
+        layout = hdf5_layout(f)
+        if layout == "cxi":
+            return CXISource(path, _file=f)
+        if layout == "cxidb76":
+            return CXIDB76Source(path, _file=f)
+        hint = _candidates_hint(f)
+    except BaseException:
+        f.close()
+        raise
+    f.close()
+    raise UnknownFormatError(
+        "HDF5 file without a CXI (/entry_1/data_1/data) or CXIDB-76 (/data/<chunk>/images) layout; "
+        f"name the frame dataset as FILE:/path{hint}",
+        path=path,
+    )
+
+
+def open_dataset(path: str, dataset: str) -> "HDF5DatasetSource":
+    """Open one dataset of an HDF5 file as a frame source (``file.h5:/dataset``).
+
+    Parameters
+    ----------
+    path : str
+    dataset : str
+        Absolute dataset path inside the file.
+
+    Returns
+    -------
+    HDF5DatasetSource
+
+    Raises
+    ------
+    FrameReadError, DatasetNotFoundError
+    """
+    return HDF5DatasetSource(path, dataset)
+
+
+def _candidates_hint(f, limit: int = 6) -> str:
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "biuf":
+            found.append(f"/{name} {obj.shape}")
+
+    f.visititems(visit)
+    if not found:
+        return " (the file holds no 2-D or 3-D numeric dataset)"
+    more = f", and {len(found) - limit} more" if len(found) > limit else ""
+    return " (candidates: " + ", ".join(found[:limit]) + more + ")"
+
+
+def _read(ds, key, path: str, frame: int | None):
+    try:
+        return ds[key]
+    except Exception as exc:  # h5py raises OSError, RuntimeError or ValueError for damaged chunks
+        raise FrameReadError(f"cannot read {ds.name} ({_h5_reason(exc)})", path=path, frame=frame) from exc
+
+
+def _decode(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray) and v.shape == ():
+        return _decode(v[()])
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _finite_or_none(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+class _H5Source(BaseSource):
+    """An open h5py file shared by the HDF5 readers (internal)."""
+
+    def __init__(self, path: str, _file=None):
+        self.path = str(path)
+        self._f = _file if _file is not None else _h5open(self.path)
+
+    def close(self) -> None:
+        """Close the HDF5 file."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def _file(self):
+        if self._f is None:
+            raise FrameReadError("the source is closed", path=self.path)
+        return self._f
+
+
+def _frames_shape(ds, path: str) -> tuple[int, tuple[int, int]]:
+    if ds.dtype.kind not in "biuf":
+        raise FrameReadError(f"{ds.name} holds {ds.dtype} values, not numbers", path=path)
+    if ds.ndim == 3:
+        return int(ds.shape[0]), (int(ds.shape[1]), int(ds.shape[2]))
+    if ds.ndim == 2:
+        return 1, (int(ds.shape[0]), int(ds.shape[1]))
+    raise FrameReadError(f"{ds.name} has shape {ds.shape}; expected frames (N, H, W) or one frame (H, W)", path=path)
+
+
+# --------------------------------------------------------------------------- CXI
+
+
+def _cxi_entry_names(f) -> list[str]:
+    names = []
+    for key in f.keys():
+        m = re.fullmatch(r"entry_(\d+)", key)
+        if m and "data_1/data" in f[key]:
+            names.append((int(m.group(1)), key))
+    return [k for _, k in sorted(names)]
+
+
+class _CXIEntry:
+    """One ``/entry_k`` group: its frames, masks and per-frame columns (internal)."""
+
+    def __init__(self, group, path: str):
+        self.g = group
+        self.name = group.name.strip("/")
+        self.path = path
+        self.data = group["data_1/data"]
+        self.n, self.shape = _frames_shape(self.data, path)
+        self.frame_mask = group.get("data_1/mask")
+        self._static_bad = None
+        self._cols: dict[str, np.ndarray | None] = {}
+
+    def pixels(self, j: int, index: int) -> np.ndarray:
+        key = j if self.data.ndim == 3 else ()
+        return np.asarray(_read(self.data, key, self.path, index), dtype=np.float32)
+
+    def bad(self, j: int, index: int) -> np.ndarray:
+        bad = self.static_bad(index).copy()
+        if self.frame_mask is not None:
+            key = j if self.frame_mask.ndim == 3 else ()
+            bad |= _bad_bits(_read(self.frame_mask, key, self.path, index))
+        return bad
+
+    def static_bad(self, index: int) -> np.ndarray:
+        if self._static_bad is None:
+            ds = self.g.get("instrument_1/detector_1/mask")
+            self._static_bad = (np.zeros(self.shape, bool) if ds is None
+                                else _bad_bits(_read(ds, (), self.path, index)))
+        return self._static_bad
+
+    def column(self, name: str):
+        """Whole per-frame column (N,) or scalar as 0-d array; None if absent."""
+        if name not in self._cols:
+            ds = self.g.get(name)
+            self._cols[name] = None if ds is None or not hasattr(ds, "shape") else ds[()]
+        return self._cols[name]
+
+    def value(self, name: str, j: int):
+        col = self.column(name)
+        if col is None:
+            return None
+        if np.ndim(col) == 0:
+            return _decode(col)
+        return _decode(col[j]) if j < len(col) else None
+
+    def class_names(self) -> tuple[str, ...]:
+        res = self.g.get("result_1")
+        names = None if res is None else res.attrs.get("class_names")
+        return CLASS_NAMES if names is None else tuple(_decode(n) for n in np.atleast_1d(names))
+
+
+def _bad_bits(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask.copy()
+    if mask.dtype.kind in "iu":
+        return (mask.astype(np.int64) & CXI_BAD_PIXEL_BITS) != 0
+    return mask != 0
+
+
+class CXISource(_H5Source):
+    """Frames of a CXI file, as :class:`~diffscreen.io.cxi.CXIWriter` writes them.
+
+    Parameters
+    ----------
+    path : str
+        The ``.cxi`` / ``.h5`` file.
+
+    Attributes
+    ----------
+    entries : list of str
+        The ``entry_k`` groups holding frames, in frame order.
+
+    Notes
+    -----
+    Frames of all ``entry_k`` groups are numbered consecutively, ``entry_1``
+    first.  The mask is the OR of the static detector mask and the per-frame
+    mask, keeping only the bits in :data:`CXI_BAD_PIXEL_BITS` (so a pixel
+    flagged only as saturated stays usable: it may be a Bragg spot).
+    ``meta.extra`` carries ``entry``, ``entry_frame`` and, where the file has
+    them, ``source_file``, ``source_frame``, ``label`` (class name),
+    ``n_spots`` and ``probabilities``.  Source: CXI file format 1.6 (Maia
+    2012) and diffscreen's :mod:`~diffscreen.io.cxi`.
+    """
+
+    def __init__(self, path, *, _file=None):
+        super().__init__(path, _file)
+        try:
+            self._entries = [_CXIEntry(self._f[k], self.path) for k in _cxi_entry_names(self._f)]
+        except BaseException:
+            self.close()
+            raise
+        if not self._entries:
+            self.close()
+            raise UnknownFormatError("no /entry_k/data_1/data in this HDF5 file (not CXI)", path=self.path)
+        self._starts = list(np.cumsum([0] + [e.n for e in self._entries[:-1]]))
+        self._n = int(sum(e.n for e in self._entries))
+
+    @property
+    def entries(self) -> list[str]:
+        """Names of the ``entry_k`` groups holding frames, in frame order."""
+        return [e.name for e in self._entries]
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._entries[0].shape
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """The ``entry_k`` group and the frame within it of a global frame index.
+
+        Parameters
+        ----------
+        index : int
+            0-based frame index over the whole file.
+
+        Returns
+        -------
+        entry : str
+        frame : int
+        """
+        e, j = self._entry(self._check_index(index))
+        return e.name, j
+
+    def _entry(self, index: int) -> tuple[_CXIEntry, int]:
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self._entries[k], index - int(self._starts[k])
+
+    def _read(self, index: int) -> Frame:
+        self._file()
+        e, j = self._entry(index)
+        data = e.pixels(j, index)
+        return Frame(data=data, mask=e.bad(j, index), meta=self._meta(e, j, index))
+
+    def _meta(self, e: _CXIEntry, j: int, index: int) -> FrameMeta:
+        det = "instrument_1/detector_1/"
+        dist = _finite_or_none(e.value(det + "distance", j))
+        px = _finite_or_none(e.value(det + "x_pixel_size", j))
+        bx = _finite_or_none(e.value(det + "beam_center_x", j))
+        by = _finite_or_none(e.value(det + "beam_center_y", j))
+        energy = _finite_or_none(e.value("instrument_1/source_1/energy", j))
+        description = e.value(det + "description", j)
+        return FrameMeta(
+            source=self.path,
+            index=index,
+            detector=None if description in (None, "", "unknown") else str(description),
+            pixel_size_mm=None if px is None else px * 1e3,
+            beam_center_px=None if bx is None or by is None else (bx, by),
+            distance_mm=None if dist is None else dist * 1e3,
+            wavelength_A=None if not energy else _HC_EV_A / (energy / _EV_TO_J),
+            extra=self._extra(e, j),
+        )
+
+    def _extra(self, e: _CXIEntry, j: int) -> dict:
+        extra = {"format": "cxi", "entry": e.name, "entry_frame": j}
+        for key in ("source_file", "source_frame", "n_spots"):
+            v = e.value("result_1/" + key, j)
+            if v is not None and v != "" and not (isinstance(v, int) and v < 0):
+                extra[key] = v
+        lab = e.value("result_1/label", j)
+        names = e.class_names()
+        if lab is not None and 0 <= int(lab) < len(names):
+            extra["label"] = names[int(lab)]
+        probs = e.column("result_1/probabilities")
+        if probs is not None and np.ndim(probs) == 2 and j < len(probs):
+            extra["probabilities"] = [float(p) for p in probs[j]]
+        return extra
+
+
+# --------------------------------------------------------------------------- CXIDB-76
+
+
+def _cxidb76_chunks(f) -> list[str]:
+    import h5py
+
+    data = f.get("data")
+    if not isinstance(data, h5py.Group) or "metadata" not in f:
+        return []
+    return [k for k, g in data.items() if isinstance(g, h5py.Group) and isinstance(g.get("images"), h5py.Dataset)]
+
+
+class CXIDB76Source(_H5Source):
+    """Frames of a CXIDB entry 76 run file (Ke et al. 2018), e.g. ``r0095_2000.h5``.
+
+    Parameters
+    ----------
+    path : str
+
+    Notes
+    -----
+    Layout (ANCHORS.md; fv5080 ``FormatHDF5ImageDictionary``): chunks
+    ``/data/<chunk>/images`` (N, H, W), taken in h5py's name order, which is
+    the order of the 1-based indices in ``expert_annotation.txt``; per-frame
+    ``distance`` (mm) and ``wavelength`` (Å) beside them.  Pixels are read
+    as int32, as the authors' reader does, then returned as float32.
+
+    Geometry from ``/metadata``: beam centre ``BEAM_CENTER_X`` (fast scan) and
+    ``BEAM_CENTER_Y`` (slow scan) in mm divided by ``PIXEL_SIZE`` (mm).
+
+    Mask: pixels outside every ``ACTIVE_AREAS`` tile (quadruples
+    ``(slow0, fast0, slow1, fast1)``, ends exclusive, each trimmed by
+    :data:`ACTIVE_AREA_MARGIN` px as fv5080 does; applied when the file has
+    more than one tile, i.e. the assembled CSPAD), and pixels below
+    ``MIN_TRUSTED_VALUE``.  Pixels at or above ``SATURATED_VALUE`` are kept
+    (Bragg spots); the value is in ``meta.extra["saturated_value"]``.
+    """
+
+    def __init__(self, path, *, _file=None):
+        super().__init__(path, _file)
+        try:
+            self._chunks = [(k, self._f["data"][k]["images"]) for k in _cxidb76_chunks(self._f)]
+            if not self._chunks:
+                raise UnknownFormatError("no /data/<chunk>/images in this HDF5 file (not CXIDB-76)", path=self.path)
+            sizes = [_frames_shape(ds, self.path) for _, ds in self._chunks]
+            self._md = self._metadata()
+        except BaseException:
+            self.close()
+            raise
+        self._counts = [n for n, _ in sizes]
+        self._shape = sizes[0][1]
+        self._starts = list(np.cumsum([0] + self._counts[:-1]))
+        self._static_bad = None
+
+    def _metadata(self) -> dict:
+        md = {}
+        for key, ds in self._f["metadata"].items():
+            if hasattr(ds, "shape"):
+                v = ds[()]
+                md[key] = _decode(v) if np.ndim(v) == 0 else np.asarray(v)
+        return md
+
+    def __len__(self) -> int:
+        return int(sum(self._counts))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        k = bisect.bisect_right(self._starts, index) - 1
+        return k, index - int(self._starts[k])
+
+    def _read(self, index: int) -> Frame:
+        self._file()
+        k, j = self._locate(index)
+        name, ds = self._chunks[k]
+        key = j if ds.ndim == 3 else ()
+        raw = np.asarray(_read(ds, key, self.path, index)).astype(np.int32)
+        if raw.shape != self._shape:
+            raise FrameReadError(f"chunk {name} holds {raw.shape} frames, chunk 0 {self._shape}",
+                                 path=self.path, frame=index)
+        bad = self._active_area_bad().copy()
+        low = _finite_or_none(self._md.get("MIN_TRUSTED_VALUE"))
+        if low is not None:
+            bad |= raw < low
+        return Frame(data=raw.astype(np.float32), mask=bad, meta=self._meta(k, j, index))
+
+    def _active_area_bad(self) -> np.ndarray:
+        if self._static_bad is None:
+            self._static_bad = active_area_mask(self._md.get("ACTIVE_AREAS"), self._shape)
+        return self._static_bad
+
+    def _chunk_value(self, k: int, name: str, j: int):
+        ds = self._chunks[k][1].parent.get(name)
+        if ds is None or not hasattr(ds, "shape"):
+            return None
+        v = ds[()] if ds.ndim == 0 else (ds[j] if j < ds.shape[0] else None)
+        return _decode(v)
+
+    def _meta(self, k: int, j: int, index: int) -> FrameMeta:
+        md = self._md
+        px = _finite_or_none(md.get("PIXEL_SIZE"))
+        bx, by = _finite_or_none(md.get("BEAM_CENTER_X")), _finite_or_none(md.get("BEAM_CENTER_Y"))
+        beam = None if px is None or bx is None or by is None else (bx / px, by / px)
+        extra = {"format": "cxidb76", "chunk": self._chunks[k][0], "chunk_frame": j}
+        for key, name in (("saturated_value", "SATURATED_VALUE"), ("min_trusted_value", "MIN_TRUSTED_VALUE")):
+            if _finite_or_none(md.get(name)) is not None:
+                extra[key] = _finite_or_none(md.get(name))
+        ts = self._chunk_value(k, "timestamp", j)
+        if ts is not None:
+            extra["timestamp"] = ts
+        det = md.get("DETECTOR") or md.get("DETECTOR_ADDRESS")
+        return FrameMeta(
+            source=self.path,
+            index=index,
+            detector=None if det is None else str(det),
+            pixel_size_mm=px,
+            beam_center_px=beam,
+            distance_mm=_finite_or_none(self._chunk_value(k, "distance", j)),
+            wavelength_A=_finite_or_none(self._chunk_value(k, "wavelength", j)),
+            extra=extra,
+        )
+
+
+def active_area_mask(active_areas, shape, *, margin: int = ACTIVE_AREA_MARGIN) -> np.ndarray:
+    """Bad-pixel mask from CXIDB-76 / cctbx ``ACTIVE_AREAS`` tiles.
+
+    Parameters
+    ----------
+    active_areas : (4 T,) int array_like or None
+        Tiles as ``(slow0, fast0, slow1, fast1)``, ends exclusive (cctbx
+        ``matrix_paste_block_in_place`` order, as fv5080 reads them).
+    shape : (int, int)
+        ``(H, W)`` of the frame.
+    margin : int
+        Pixels trimmed from each tile edge (fv5080 uses 1).
+
+    Returns
+    -------
+    (H, W) bool ndarray
+        True outside every tile.  All False when there is at most one tile
+        (a monolithic detector such as the Rayonix), as in fv5080.
+    """
+    tiles = np.asarray([] if active_areas is None else active_areas, dtype=np.int64).reshape(-1)
+    if tiles.size < 8 or tiles.size % 4:
+        return np.zeros(shape, bool)
+    bad = np.ones(shape, bool)
+    for s0, f0, s1, f1 in tiles.reshape(-1, 4):
+        bad[max(s0 + margin, 0) : max(s1 - margin, 0), max(f0 + margin, 0) : max(f1 - margin, 0)] = False
+    return bad
+
+
+# --------------------------------------------------------------------------- generic dataset
+
+
+class HDF5DatasetSource(_H5Source):
+    """Frames of one HDF5 dataset, named as ``file.h5:/path/to/data``.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file.
+    dataset : str
+        Dataset path inside it: (N, H, W) frames or one (H, W) frame, any
+        numeric dtype (read as float32).
+
+    Notes
+    -----
+    No mask (all False) and no geometry: a bare dataset carries neither.
+    ``self.path`` is the spec ``file.h5:/dataset``.
+
+    Raises
+    ------
+    FrameReadError
+        The file cannot be opened, or the dataset's shape or dtype is not
+        that of frames.
+    DatasetNotFoundError
+        No dataset at ``dataset``; the message lists candidates.
+    """
+
+    def __init__(self, path, dataset: str):
+        import h5py
+
+        super().__init__(path)
+        self.file = self.path
+        self.dataset = "/" + dataset.lstrip("/")
+        self.path = f"{self.file}:{self.dataset}"
+        try:
+            obj = self._f.get(self.dataset)
+        except Exception:  # a broken link or an unreadable group on the way
+            obj = None
+        try:
+            if not isinstance(obj, h5py.Dataset):
+                what = "no dataset at" if obj is None else "a group, not a dataset, at"
+                raise DatasetNotFoundError(f"{what} {self.dataset} in this file{_candidates_hint(self._f)}",
+                                           path=self.file)
+            self._ds = obj
+            self._n, self._shape = _frames_shape(obj, self.file)
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def _read(self, index: int) -> Frame:
+        self._file()
+        key = index if self._ds.ndim == 3 else ()
+        data = np.asarray(_read(self._ds, key, self.path, index), dtype=np.float32)
+        meta = FrameMeta(source=self.path, index=index, extra={"format": "hdf5", "dataset": self.dataset})
+        return Frame(data=data, mask=np.zeros(self._shape, bool), meta=meta)

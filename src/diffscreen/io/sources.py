@@ -1,0 +1,566 @@
+"""Frame sources: one protocol, a registry of readers, and the calls the pipeline makes.
+
+A *spec* names frames on disk: a file path (``run.cxi``, ``img_0001.cbf.gz``)
+or, for HDF5, ``file.h5:/path/to/dataset``.  :func:`open_source` picks a
+reader the way dxtbx's ``Registry`` does: every registered reader is asked in
+turn whether it ``understand``s the file, from its first bytes (decompressed
+when the file is gzip or bzip2), never from its name alone.  The reader
+returns a lazy :class:`FrameSource`, which knows its length and frame shape
+before any pixel is read (as EXtra-data's ``KeyData`` does) and reads one
+frame per :meth:`FrameSource.read` call.
+
+Readers shipped with diffscreen, in the order they are asked:
+
+========  ===================================================================
+hdf5      CXI (as :class:`~diffscreen.io.cxi.CXIWriter` writes it), CXIDB-76
+          (Ke et al. 2018), any ``file.h5:/dataset`` (:mod:`.hdf5`)
+imgcif    x-CBF_PACKED and multi-panel imgCIF through pycbf (:mod:`.cbf`)
+fabio     miniCBF (Pilatus), ADSC/SMV, MarCCD, EDF, TIFF, mar345 (:mod:`.single`)
+========  ===================================================================
+
+Errors are one line each and name the file, the frame (0-based) and the
+problem; they derive from :class:`~diffscreen.errors.FrameReadError`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, runtime_checkable
+
+from diffscreen.errors import DiffscreenError, FrameIndexError, FrameReadError, UnknownFormatError
+from diffscreen.io.frame import Frame, check_frame
+
+__all__ = [
+    "FrameSource",
+    "BaseSource",
+    "ReaderInfo",
+    "register_reader",
+    "readers",
+    "find_reader",
+    "split_spec",
+    "read_head",
+    "open_decompressed",
+    "open_source",
+    "read_frame",
+    "iter_frames",
+    "expand_inputs",
+]
+
+#: Bytes of (decompressed) file start handed to every ``understand``.
+HEAD_BYTES = 4096
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZIP2_MAGIC = b"BZh"
+_GLOB_CHARS = set("*?[")
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """What every reader returns: a lazy, indexable run of frames.
+
+    Attributes
+    ----------
+    path : str
+        The spec the source was opened with (``file`` or ``file.h5:/dataset``).
+    shape : (int, int)
+        ``(H, W)`` of one assembled frame (of frame 0 where a CXI file holds
+        frames of several shapes).
+
+    Notes
+    -----
+    ``len(src)`` and ``src.shape`` read headers only, never pixels.
+    ``src.read(i)`` returns a :class:`~diffscreen.io.frame.Frame` with
+    ``data`` (H, W) float32 in ADU and ``mask`` (H, W) bool, True = bad.
+    Sources are context managers; :meth:`close` releases the file.
+    """
+
+    path: str
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> Frame: ...
+
+    def close(self) -> None: ...
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def __enter__(self) -> "FrameSource": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class BaseSource:
+    """Shared behaviour of diffscreen's readers: iteration, ``with``, index checks.
+
+    Subclasses set ``self.path`` and implement ``__len__``, ``shape``,
+    ``_read(index)`` (index already checked) and optionally ``close``.
+    """
+
+    path: str = ""
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _read(self, index: int) -> Frame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read(self, index: int) -> Frame:
+        """Read one frame.
+
+        Parameters
+        ----------
+        index : int
+            0-based frame index, ``0 <= index < len(self)``.
+
+        Returns
+        -------
+        Frame
+            ``data`` (H, W) float32 (ADU), ``mask`` (H, W) bool (True = bad),
+            ``meta`` with ``source = self.path`` and ``index``.
+
+        Raises
+        ------
+        FrameIndexError
+            If ``index`` is not an integer in ``[0, len(self))``.
+        FrameReadError
+            If the frame's bytes cannot be read or decoded.
+        """
+        return self._read(self._check_index(index))
+
+    def _check_index(self, index) -> int:
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            raise FrameIndexError(f"frame index must be an integer, got {index!r}", path=self.path) from None
+        if i != index:
+            raise FrameIndexError(f"frame index must be an integer, got {index!r}", path=self.path)
+        n = len(self)
+        if not 0 <= i < n:
+            raise FrameIndexError(f"frame index out of range: the file holds {n} frame(s), 0 to {n - 1}",
+                                  path=self.path, frame=i)
+        return i
+
+    def close(self) -> None:
+        """Release the file (a no-op for readers that hold nothing open)."""
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(len(self)):
+            yield self.read(i)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ReaderInfo:
+    """One registered reader.
+
+    Attributes
+    ----------
+    name : str
+        Short name (``"hdf5"``, ``"imgcif"``, ``"fabio"``).
+    understand : callable (path: str, head: bytes) -> bool
+        True if the reader claims the file; ``head`` holds its first
+        :data:`HEAD_BYTES` bytes, decompressed if the file is gzip/bzip2.
+    open : callable (path: str) -> FrameSource
+    """
+
+    name: str
+    understand: Callable[[str, bytes], bool]
+    open: Callable[[str], FrameSource]
+
+
+_REGISTRY: list[ReaderInfo] = []
+_BUILTINS_LOADED = False
+
+
+def register_reader(name: str, understand, open_path, *, first: bool = False) -> None:
+    """Add a reader to the registry (a new detector changes nothing else).
+
+    Parameters
+    ----------
+    name : str
+        Reader name; registering a name again replaces the old entry.
+    understand : callable (path, head) -> bool
+        Decides from the file's first bytes; must not raise for foreign files.
+    open_path : callable (path) -> FrameSource
+    first : bool
+        Ask this reader before the others (default: after them).
+    """
+    global _REGISTRY
+    _load_builtins()  # so that "after the others" includes the built-in readers
+    _REGISTRY = [r for r in _REGISTRY if r.name != name]
+    info = ReaderInfo(name, understand, open_path)
+    _REGISTRY.insert(0, info) if first else _REGISTRY.append(info)
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from diffscreen.io import cbf, hdf5, single
+
+    for mod in (hdf5, cbf, single):  # HDF5 first; pycbf before fabio for CBF
+        register_reader(mod.READER_NAME, mod.understand, mod.open_path)
+
+
+def readers() -> list[ReaderInfo]:
+    """The registered readers, in the order they are asked.
+
+    Returns
+    -------
+    list of ReaderInfo
+    """
+    _load_builtins()
+    return list(_REGISTRY)
+
+
+def open_decompressed(path):
+    """Open a file for binary reading, through gzip or bzip2 if its magic bytes say so.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    file : binary file object
+        Yields the decompressed bytes; close it after use.
+    compression : {"gzip", "bzip2", None}
+
+    Raises
+    ------
+    FrameReadError
+        If the file cannot be opened.
+    """
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(3)
+        if magic.startswith(_GZIP_MAGIC):
+            return gzip.open(path, "rb"), "gzip"
+        if magic.startswith(_BZIP2_MAGIC):
+            return bz2.open(path, "rb"), "bzip2"
+        return open(path, "rb"), None
+    except OSError as exc:
+        raise FrameReadError(f"cannot open: {exc.strerror or exc}", path=path) from exc
+
+
+def read_head(path, n: int = HEAD_BYTES) -> tuple[bytes, str | None]:
+    """The first ``n`` bytes of a file, decompressed if it is gzip or bzip2.
+
+    Parameters
+    ----------
+    path : str or Path
+    n : int
+
+    Returns
+    -------
+    head : bytes
+        Up to ``n`` bytes (fewer if the file is shorter).
+    compression : {"gzip", "bzip2", None}
+        Detected from the magic bytes, not the name.
+
+    Raises
+    ------
+    FrameReadError
+        If the file cannot be opened, or its compressed stream is damaged.
+    """
+    fh, kind = open_decompressed(path)
+    try:
+        with fh:
+            return fh.read(n), kind
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise FrameReadError(f"damaged {kind} stream: {exc}", path=path) from exc
+
+
+def find_reader(path) -> ReaderInfo:
+    """The first registered reader that understands a file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file (not a ``file.h5:/dataset`` spec).
+
+    Returns
+    -------
+    ReaderInfo
+
+    Raises
+    ------
+    FrameReadError
+        If the file is missing, a directory, or unreadable.
+    UnknownFormatError
+        If no reader understands it; the message shows its first bytes.
+    """
+    path = str(path)
+    _check_file(path)
+    head, compression = read_head(path)
+    for info in readers():
+        if info.understand(path, head):
+            return info
+    raise UnknownFormatError(_unknown_message(path, head, compression), path=path)
+
+
+def _check_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise FrameReadError("is a directory, not a frame file (expand it with expand_inputs)", path=path)
+    if not os.path.exists(path):
+        raise FrameReadError("no such file", path=path)
+
+
+def _unknown_message(path: str, head: bytes, compression) -> str:
+    if not head:
+        return "the file is empty"
+    shown = head[:16]
+    where = f" (after {compression} decompression)" if compression else ""
+    msg = f"no reader understands this file: it starts with {shown!r}{where}"
+    if path.lower().endswith((".h5", ".hdf5", ".cxi", ".nxs", ".hdf")):
+        msg += "; the name says HDF5 but the HDF5 signature is missing (damaged, or not HDF5)"
+    elif ".cbf" in path.lower():
+        msg += "; the name says CBF but the '###CBF' header is missing (damaged, or not CBF)"
+    return msg
+
+
+def split_spec(spec) -> tuple[str, str | None]:
+    """Split ``file.h5:/dataset`` into the file and the HDF5 dataset path.
+
+    Parameters
+    ----------
+    spec : str or Path
+
+    Returns
+    -------
+    file : str
+    dataset : str or None
+        ``None`` when ``spec`` names a file alone.
+
+    Notes
+    -----
+    The split is at the first ``:/`` whose left part is an existing file, so
+    file names holding ``:`` still work.
+    """
+    spec = os.fspath(spec)
+    if os.path.exists(spec):
+        return spec, None
+    start = 0
+    while (i := spec.find(":/", start)) > 0:
+        if os.path.isfile(spec[:i]):
+            return spec[:i], spec[i + 1 :]
+        start = i + 1
+    i = spec.find(":/")
+    if i > 0 and spec[:i].lower().endswith((".h5", ".hdf5", ".cxi", ".nxs", ".hdf")):
+        return spec[:i], spec[i + 1 :]
+    return spec, None
+
+
+def _as_spec(spec) -> str:
+    if isinstance(spec, (str, os.PathLike)):
+        return os.fspath(spec)
+    raise TypeError(f"a frame spec must be a path or str, got {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------- public calls
+
+
+def open_source(spec) -> FrameSource:
+    """Open frames for reading, choosing the reader from the file's content.
+
+    Parameters
+    ----------
+    spec : str or Path
+        A file (``run.cxi``, ``r0095_2000.h5``, ``img.cbf``, ``img.mccd.bz2``)
+        or an HDF5 dataset as ``file.h5:/path/to/data`` ((N, H, W) or (H, W)).
+
+    Returns
+    -------
+    FrameSource
+        Lazy: nothing but headers is read until :meth:`FrameSource.read`.
+        Use it as a context manager, or call ``close()``.
+
+    Raises
+    ------
+    FrameReadError
+        Missing, unreadable, truncated or corrupt file.
+    UnknownFormatError
+        No reader understands the file.
+    DatasetNotFoundError
+        ``file.h5:/path`` names no dataset in the file.
+
+    Examples
+    --------
+    >>> with open_source("run.cxi") as src:  # doctest: +SKIP
+    ...     print(len(src), src.shape)
+    ...     frame = src.read(0)
+    """
+    spec = _as_spec(spec)
+    path, dataset = split_spec(spec)
+    if dataset is not None:
+        _check_file(path)
+        from diffscreen.io.hdf5 import open_dataset
+
+        return open_dataset(path, dataset)
+    return find_reader(path).open(path)
+
+
+def read_frame(spec, index: int = 0) -> Frame:
+    """Read one frame from a file.
+
+    Parameters
+    ----------
+    spec : str or Path
+        As for :func:`open_source`.
+    index : int
+        0-based frame index.
+
+    Returns
+    -------
+    Frame
+        ``data`` (H, W) float32 ADU, ``mask`` (H, W) bool (True = bad), ``meta``.
+
+    Raises
+    ------
+    FrameReadError, UnknownFormatError, DatasetNotFoundError, FrameIndexError
+        As :func:`open_source` and :meth:`FrameSource.read`.
+    """
+    with open_source(spec) as src:
+        return src.read(index)
+
+
+def iter_frames(specs, *, check: bool = True) -> Iterator[tuple[str, int, Frame | DiffscreenError]]:
+    """Yield every frame of every input, and errors in place of what cannot be read.
+
+    A screening run must not stop at one bad file, so nothing here raises for
+    a bad file or frame: a file that cannot be opened yields one error with
+    frame ``-1``; a frame that cannot be read (or fails :func:`check_frame`)
+    yields an error with its index, and the next frame follows.
+
+    Parameters
+    ----------
+    specs : iterable of str or Path, or one str or Path
+        Frame specs, as for :func:`open_source` (see :func:`expand_inputs`).
+    check : bool
+        Run :func:`~diffscreen.io.frame.check_frame` on each frame, yielding
+        its :class:`~diffscreen.errors.BadFrameError` (NaN/inf pixels, all
+        zero, shape mismatch) in place of the frame.
+
+    Yields
+    ------
+    spec : str
+    index : int
+        0-based frame index, or -1 for an error about the whole file.
+    item : Frame or DiffscreenError
+    """
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    for spec in specs:
+        spec = os.fspath(spec)
+        src = None
+        try:
+            src = open_source(spec)
+            n = len(src)
+        except Exception as exc:  # a reader bug must not end the run either
+            if src is not None:
+                src.close()
+            if not isinstance(exc, DiffscreenError):
+                exc = FrameReadError(f"unexpected {type(exc).__name__}: {exc}", path=spec)
+            yield spec, -1, exc
+            continue
+        with src:
+            if n == 0:
+                yield spec, -1, FrameReadError("the file holds no frames", path=spec)
+            for i in range(n):
+                yield spec, i, _read_or_error(src, spec, i, check)
+
+
+def _read_or_error(src: FrameSource, spec: str, i: int, check: bool) -> Frame | DiffscreenError:
+    try:
+        frame = src.read(i)
+        return check_frame(frame) if check else frame
+    except DiffscreenError as exc:
+        return exc
+    except Exception as exc:  # a reader bug must not end the run
+        return FrameReadError(f"unexpected {type(exc).__name__}: {exc}", path=spec, frame=i)
+
+
+def expand_inputs(inputs, *, recursive: bool = False) -> list[str]:
+    """Turn paths, directories and globs into a list of frame specs.
+
+    Parameters
+    ----------
+    inputs : iterable of str or Path, or one str or Path
+        Files (kept as given, whatever their format, so that a bad file is
+        reported when it is read), ``file.h5:/dataset`` specs, directories
+        (expanded, sorted, to the files a reader understands; hidden files
+        skipped) and glob patterns (sorted matches).
+    recursive : bool
+        Descend into sub-directories of directory inputs.
+
+    Returns
+    -------
+    list of str
+        In input order, duplicates removed.
+
+    Raises
+    ------
+    FrameReadError
+        If an input does not exist or a glob matches nothing; the message
+        names it.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out: list[str] = []
+    for item in inputs:
+        out.extend(_expand_one(_as_spec(item), recursive))
+    return list(dict.fromkeys(out))
+
+
+def _expand_one(item: str, recursive: bool) -> list[str]:
+    if os.path.isdir(item):
+        return _frame_files(item, recursive)
+    if os.path.exists(item):
+        return [item]
+    path, dataset = split_spec(item)
+    if dataset is not None and os.path.isfile(path):
+        return [item]
+    if _GLOB_CHARS & set(item):
+        matches = sorted(glob.glob(item, recursive=recursive))
+        if not matches:
+            raise FrameReadError("no file matches this pattern", path=item)
+        return [f for m in matches for f in (_frame_files(m, recursive) if os.path.isdir(m) else [m])]
+    raise FrameReadError("no such file or directory", path=item)
+
+
+def _frame_files(directory: str, recursive: bool) -> list[str]:
+    pattern = "**/*" if recursive else "*"
+    files = sorted(str(p) for p in Path(directory).glob(pattern) if p.is_file() and not p.name.startswith("."))
+    return [f for f in files if _understood(f)]
+
+
+def _understood(path: str) -> bool:
+    try:
+        head, _ = read_head(path)
+    except FrameReadError:
+        return False
+    return any(info.understand(path, head) for info in readers())

@@ -1,0 +1,33 @@
+"""Network architectures, one per file, and model files.
+
+Where a frame is classified: a :class:`ModelBundle` from :func:`load_model`
+(see :mod:`diffscreen.screen` for the batch loop and the decision rule).
+"""
+
+from diffscreen.models._api import (
+    ModelBundle,
+    default_model_path,
+    get_model,
+    list_models,
+    load_model,
+    read_model_metadata,
+    register_model,
+    save_model,
+)
+from diffscreen.models.decision import decide, hit_probability
+from diffscreen.models.ke2018 import KeCNN, ke2018_cnn
+
+__all__ = [
+    "KeCNN",
+    "ke2018_cnn",
+    "ModelBundle",
+    "default_model_path",
+    "get_model",
+    "list_models",
+    "load_model",
+    "read_model_metadata",
+    "register_model",
+    "save_model",
+    "decide",
+    "hit_probability",
+]

@@ -1,0 +1,207 @@
+"""Model registry and model files.
+
+A model file is a ``.safetensors`` file: the weights, plus a JSON metadata
+record under the key ``"diffscreen"`` holding the architecture and its
+arguments, the preprocessing recipe, the class names, a description of the
+training data, the seed and the metrics.  Loading never runs code (no
+pickle): :func:`load_model` reads tensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from diffscreen.errors import ConfigError, ModelFileError
+
+__all__ = [
+    "register_model",
+    "get_model",
+    "list_models",
+    "ModelBundle",
+    "save_model",
+    "load_model",
+    "default_model_path",
+    "FORMAT_VERSION",
+]
+
+FORMAT_VERSION = 1
+_REGISTRY: dict[str, Callable] = {}
+
+
+def register_model(name: str):
+    """Decorator adding a builder function to the registry under ``name``."""
+
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def _load_builtin():
+    # Importing the architecture modules registers their builders.
+    from diffscreen.models import ke2018  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Names of the registered architectures."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_model(name: str, **kwargs):
+    """Build architecture ``name`` with keyword arguments ``kwargs``.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not registered.
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"no model architecture named {name!r}; known: {', '.join(list_models())}")
+    return _REGISTRY[name](**kwargs)
+
+
+@dataclass
+class ModelBundle:
+    """A model with everything needed to use it.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        In eval mode.
+    arch : str
+        Registry name of the architecture.
+    arch_kwargs : dict
+        Builder arguments.
+    preprocess : PreprocessConfig
+        The recipe the model was trained with.
+    class_names : tuple of str
+        Names of the outputs, in order.
+    meta : dict
+        The full metadata record (training data, seed, metrics, ...).
+    path : str or None
+        File it was loaded from.
+    """
+
+    model: object
+    arch: str
+    arch_kwargs: dict
+    preprocess: object
+    class_names: tuple
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
+
+
+def default_model_path() -> Path:
+    """Path of the bundled default model (trained on simulated runs)."""
+    return Path(str(resources.files("diffscreen") / "data" / "ke2018_default.safetensors"))
+
+
+def save_model(path, model, *, arch: str, arch_kwargs: dict, preprocess, class_names, **meta) -> Path:
+    """Write ``model`` and its metadata to a ``.safetensors`` file, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+    model : torch.nn.Module
+    arch : str
+        Registry name.
+    arch_kwargs : dict
+        Builder arguments (JSON-serialisable).
+    preprocess : PreprocessConfig
+    class_names : sequence of str
+    **meta
+        Further JSON-serialisable records, e.g. ``training=...``,
+        ``metrics=...``, ``seed=...``.
+
+    Returns
+    -------
+    Path
+    """
+    from safetensors.torch import save_file
+
+    from diffscreen.io._atomic import temporary_path
+
+    record = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "preprocess": preprocess.to_dict(),
+        "class_names": list(class_names),
+        **meta,
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with temporary_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"diffscreen": json.dumps(record)})
+    return Path(path)
+
+
+def read_model_metadata(path) -> dict:
+    """The metadata record of a model file, without loading weights.
+
+    Raises
+    ------
+    ModelFileError
+        Missing file, not a safetensors file, or no diffscreen record.
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError("model file not found", path=p)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            md = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"not a readable safetensors model file ({exc})", path=p) from None
+    if "diffscreen" not in md:
+        raise ModelFileError("safetensors file has no diffscreen metadata record", path=p)
+    try:
+        return json.loads(md["diffscreen"])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"corrupt metadata record ({exc})", path=p) from None
+
+
+def load_model(path=None) -> ModelBundle:
+    """Load a model file (default: the bundled model).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+
+    Returns
+    -------
+    ModelBundle
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, corrupt, or its weights do not fit its
+        declared architecture.
+    """
+    from safetensors.torch import load_file
+
+    from diffscreen.preprocess import PreprocessConfig
+
+    p = Path(path) if path is not None else default_model_path()
+    rec = read_model_metadata(p)
+    try:
+        model = get_model(rec["arch"], **rec.get("arch_kwargs", {}))
+        pre = PreprocessConfig.from_dict(rec["preprocess"])
+        class_names = tuple(rec["class_names"])
+    except (KeyError, ConfigError, TypeError) as exc:
+        raise ModelFileError(f"incomplete or invalid metadata record ({exc})", path=p) from None
+    state = load_file(str(p))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelFileError(f"weights do not match architecture {rec['arch']!r}: {first}", path=p) from None
+    model.eval()
+    return ModelBundle(model, rec["arch"], rec.get("arch_kwargs", {}), pre, class_names, rec, str(p))

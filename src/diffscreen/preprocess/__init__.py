@@ -1,0 +1,24 @@
+"""Preprocessing: frames in, network input out (Ke et al. 2018, §2.2).
+
+Where a frame is normalised: :class:`Preprocessor` (scale + crop around the
+beam centre, then GCN + LCN or linear contrast).
+"""
+
+from diffscreen.preprocess.contrast import gcn, lcn, linear_contrast, local_normalise
+from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX, beam_centre, crop_scaled, reciprocal_pixel, zoom_factor
+from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, prepare_pixels
+
+__all__ = [
+    "gcn",
+    "lcn",
+    "local_normalise",
+    "linear_contrast",
+    "DEFAULT_S_PER_PX",
+    "beam_centre",
+    "crop_scaled",
+    "reciprocal_pixel",
+    "zoom_factor",
+    "PreprocessConfig",
+    "Preprocessor",
+    "prepare_pixels",
+]

@@ -1,0 +1,313 @@
+"""Screening a run: classify every frame, keep the hits (the main job).
+
+Layers, as in OnDA Monitor: :func:`diffscreen.io.iter_frames`-style data
+retrieval, per-batch processing (:class:`~diffscreen.models.inference.Classifier`
+plus the Ke et al. 2018 §2.1 decision), and collection into the outputs::
+
+    DIR/scores.csv    file,frame,p_hit,p_maybe,p_miss,label   (label: hit|maybe|miss|error)
+    DIR/hits.lst      kept frames (hit or maybe), CrystFEL list: "file //frame"
+    DIR/hits.cxi      kept frames' raw pixels, masks and probabilities (CXI layout)
+    DIR/errors.csv    file,frame,error for every frame or file that failed
+    DIR/summary.json  frames, hits, hit rate, frames/s, model
+
+Work is done in chunks whose results go to ``DIR/.partial/``; a chunk is
+complete once its CSV exists, so an interrupted run resumes where it
+stopped.  Final files appear only at the end, each written to a temporary
+name and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as _io
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffscreen.errors import ConfigError, DiffscreenError
+from diffscreen.io import open_source
+from diffscreen.io._atomic import atomic_write_text
+from diffscreen.io.cxi import CXIWriter, merge_cxi
+from diffscreen.io.frame import check_frame
+from diffscreen.models.decision import decide
+from diffscreen.models.inference import Classifier
+
+__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry"]
+
+SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "label")
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
+
+
+@dataclass
+class ScreenSummary:
+    """Result of a screening run.
+
+    Attributes
+    ----------
+    n_frames : int
+        Frames screened (errors included).
+    n_hit, n_maybe, n_miss, n_error : int
+        Frames per label.
+    hit_rate : float
+        Kept (hit + maybe) / frames classified.
+    frames_per_s : float
+        Frames classified per second of wall time in this invocation.
+    seconds : float
+    out_dir : str
+    model : str
+    resumed_chunks : int
+        Chunks taken from an interrupted earlier run.
+    """
+
+    n_frames: int = 0
+    n_hit: int = 0
+    n_maybe: int = 0
+    n_miss: int = 0
+    n_error: int = 0
+    hit_rate: float = float("nan")
+    frames_per_s: float = float("nan")
+    seconds: float = 0.0
+    out_dir: str = ""
+    model: str = ""
+    resumed_chunks: int = 0
+    errors: list = field(default_factory=list)
+
+    @property
+    def n_kept(self) -> int:
+        return self.n_hit + self.n_maybe
+
+    def text(self) -> str:
+        """Human-readable summary lines."""
+        return (
+            f"frames: {self.n_frames}  hits: {self.n_hit}  maybe: {self.n_maybe}  miss: {self.n_miss}  "
+            f"errors: {self.n_error}\n"
+            f"hit rate (hit + maybe): {100 * self.hit_rate:.1f}%  speed: {self.frames_per_s:.1f} frames/s  "
+            f"({self.seconds:.1f} s)"
+        )
+
+
+def list_entry(file: str, frame: int, single_frame: bool) -> str:
+    """One CrystFEL ``.lst`` line: ``file //frame`` (``file`` alone for a single-frame file)."""
+    path = file.split(":/", 1)[0] if not Path(file).exists() else file
+    if single_frame and not path.lower().endswith(_HDF5_SUFFIXES):
+        return path
+    return f"{path} //{frame}"
+
+
+def _work_list(inputs, errors: list) -> list[tuple[str, int]]:
+    items = []
+    for spec in inputs:
+        try:
+            with open_source(spec) as src:
+                n = len(src)
+        except DiffscreenError as exc:
+            errors.append((spec, -1, exc.problem))
+            continue
+        if n == 0:
+            errors.append((spec, -1, "the file holds no frames"))
+            continue
+        items.extend((spec, i) for i in range(n))
+    return items
+
+
+def _model_id(clf: Classifier) -> str:
+    p = clf.bundle.path
+    if p and Path(p).is_file():
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
+    return "in-memory"
+
+
+class _Chunk:
+    """Classify one chunk of (file, frame) items and write its partial outputs."""
+
+    def __init__(self, clf: Classifier, batch_size: int, write_cxi: bool):
+        self.clf, self.batch_size, self.write_cxi = clf, batch_size, write_cxi
+        self.sources: dict = {}
+
+    def _read(self, spec, i):
+        if spec not in self.sources:
+            for s in self.sources.values():
+                s.close()
+            self.sources = {spec: open_source(spec)}
+        src = self.sources[spec]
+        return check_frame(src.read(i)), len(src) == 1
+
+    def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
+        rows, errors = [], []
+        writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=self.clf.class_names) if self.write_cxi else None
+        try:
+            for b in range(0, len(items), self.batch_size):
+                frames, keys = [], []
+                for spec, i in items[b : b + self.batch_size]:
+                    try:
+                        fr, single = self._read(spec, i)
+                        frames.append(fr)
+                        keys.append((spec, i, single))
+                    except DiffscreenError as exc:
+                        rows.append([spec, i, "", "", "", "error", 0])
+                        errors.append([spec, i, exc.problem])
+                probs = self.clf.predict(frames)
+                keep, labels = decide(probs, self.clf.class_names)
+                for (spec, i, single), p, k, lab, fr in zip(keys, probs, keep, labels, frames):
+                    rows.append([spec, i, *(f"{v:.6f}" for v in p), lab, int(single)])
+                    if k and writer is not None:
+                        writer.append(fr.data, fr.meta, mask=fr.mask, label=lab, probabilities=p)
+                if progress:
+                    progress(len(items[b : b + self.batch_size]))
+            if writer is not None:
+                writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            for s in self.sources.values():
+                s.close()
+            self.sources = {}
+        buf = _io.StringIO()
+        w = csv.writer(buf)
+        w.writerows(rows)
+        w.writerows([["#error", *e] for e in errors])
+        atomic_write_text(csv_path, buf.getvalue())  # written last: marks the chunk complete
+
+
+def screen(
+    inputs,
+    out_dir,
+    *,
+    model=None,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    resume: bool = True,
+    write_cxi: bool = True,
+    progress=None,
+) -> ScreenSummary:
+    """Classify every frame of ``inputs`` and write the screening outputs.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Input specs (expanded file paths or ``file.h5:/dataset``).
+    out_dir : str or Path
+        Output folder (created).
+    model : ModelBundle, Classifier, path or None
+        None: the bundled default model.
+    batch_size : int
+        Frames per forward pass.
+    chunk_size : int
+        Frames per resumable chunk.
+    resume : bool
+        Reuse completed chunks of an interrupted run with the same inputs
+        and model; False starts afresh.
+    write_cxi : bool
+        Write ``hits.cxi`` (raw pixels of the kept frames).
+    progress : callable, optional
+        ``progress(total=None, advance=None)``: called once with ``total``,
+        then with ``advance`` after every batch.
+
+    Returns
+    -------
+    ScreenSummary
+
+    Raises
+    ------
+    ConfigError
+        No inputs, or bad sizes.
+    """
+    if not inputs:
+        raise ConfigError("no input files to screen")
+    if batch_size < 1 or chunk_size < 1:
+        raise ConfigError("batch_size and chunk_size must be >= 1")
+    t0 = time.time()
+    clf = model if isinstance(model, Classifier) else Classifier(model)
+    out = Path(out_dir)
+    part = out / ".partial"
+    file_errors: list = []
+    items = _work_list(list(inputs), file_errors)
+    manifest = {
+        "inputs": list(inputs),
+        "n_items": len(items),
+        "model": _model_id(clf),
+        "chunk_size": chunk_size,
+        "write_cxi": write_cxi,
+    }
+    if part.exists() and (not resume or _read_json(part / "manifest.json") != manifest):
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(part / "manifest.json", json.dumps(manifest))
+
+    chunks = [items[k : k + chunk_size] for k in range(0, len(items), chunk_size)]
+    if progress:
+        progress(total=len(items))
+    worker = _Chunk(clf, batch_size, write_cxi)
+    resumed, n_done_now, t_work = 0, 0, time.time()
+    for c, chunk in enumerate(chunks):
+        csv_path, cxi_path = part / f"chunk_{c:06d}.csv", part / f"chunk_{c:06d}.cxi"
+        if csv_path.exists():
+            resumed += 1
+            if progress:
+                progress(advance=len(chunk))
+            continue
+        worker.run(chunk, csv_path, cxi_path, (lambda n: progress(advance=n)) if progress else None)
+        n_done_now += len(chunk)
+    t_work = time.time() - t_work
+
+    summary = _collect(out, part, len(chunks), file_errors, write_cxi)
+    summary.seconds = time.time() - t0
+    summary.frames_per_s = n_done_now / t_work if t_work > 0 and n_done_now else float("nan")
+    summary.out_dir = str(out)
+    summary.model = clf.bundle.path or "in-memory"
+    summary.resumed_chunks = resumed
+    record = asdict(summary)
+    record["errors"] = [{"file": f, "frame": i, "error": e} for f, i, e in summary.errors]
+    atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=float))
+    shutil.rmtree(part, ignore_errors=True)
+    return summary
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi: bool) -> ScreenSummary:
+    s = ScreenSummary()
+    scores = _io.StringIO()
+    w = csv.writer(scores)
+    w.writerow(SCORE_COLUMNS)
+    lst, errors = [], list(file_errors)
+    for spec, i, _ in file_errors:
+        w.writerow([spec, i, "", "", "", "error"])
+    for c in range(n_chunks):
+        with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
+            for row in csv.reader(fh):
+                if row[0] == "#error":
+                    errors.append((row[1], int(row[2]), row[3]))
+                    continue
+                spec, i, ph, pm, pmiss, lab, single = row
+                w.writerow([spec, i, ph, pm, pmiss, lab])
+                if lab in ("hit", "maybe"):
+                    lst.append(list_entry(spec, int(i), single == "1"))
+                setattr(s, f"n_{lab}", getattr(s, f"n_{lab}") + 1)
+    s.n_error = len(errors)
+    s.n_frames = s.n_hit + s.n_maybe + s.n_miss + sum(1 for e in errors if e[1] >= 0)
+    classified = s.n_hit + s.n_maybe + s.n_miss
+    s.hit_rate = s.n_kept / classified if classified else float("nan")
+    s.errors = errors
+    err = _io.StringIO()
+    ew = csv.writer(err)
+    ew.writerow(("file", "frame", "error"))
+    ew.writerows(errors)
+    if write_cxi:
+        merge_cxi([part / f"chunk_{c:06d}.cxi" for c in range(n_chunks)], out / "hits.cxi")
+    atomic_write_text(out / "errors.csv", err.getvalue())
+    atomic_write_text(out / "hits.lst", "".join(line + "\n" for line in lst))
+    atomic_write_text(out / "scores.csv", scores.getvalue())
+    return s

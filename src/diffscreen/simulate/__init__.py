@@ -1,0 +1,59 @@
+"""Physics-based serial-crystallography (SFX) frame simulator.
+
+Our CNNs learn almost only from these frames and must then work on real
+detector frames, so the simulator aims for physical realism and breadth rather
+than one polished look.  Modules:
+
+``crystal``
+    Reciprocal lattice (B matrix), random orientation, Ewald sphere,
+    still-shot partiality from mosaicity and bandwidth, Wilson intensities.
+``detector``
+    Spot rendering with a core + r⁻³-tail point-spread function (Holton et al.
+    2012), Poisson / correlated photon noise, read noise.
+``background``
+    Water ring (peak at d = 3.2 Å, i.e. s = 1/3.2 Å⁻¹), air scatter, jet
+    streak, kapton-belt shadow.
+``presets``
+    :class:`Preset` and :data:`PRESETS` (``"rayonix"``, ``"rayonix_jet"``,
+    ``"cspad"``) with the real CXIDB-76 masks (Ke et al. 2018).
+``run``
+    :class:`Simulator`, :func:`simulate_frame`, :func:`simulate_run`, labels
+    from detectable-spot counts (Ke et al. 2018, §3.3.1).
+
+Examples
+--------
+>>> from diffscreen.simulate import Simulator
+>>> sf = Simulator("rayonix", seed=0).frame(3)
+>>> sf.data.dtype, sf.data.shape
+(dtype('int32'), (1920, 1920))
+"""
+
+from diffscreen.simulate.crystal import CellSpec
+from diffscreen.simulate.presets import CELLS, PRESETS, Preset, get_preset, load_cxidb76_mask
+from diffscreen.simulate.run import (
+    DEFAULT_CLASS_FRACTIONS,
+    DEFAULT_MISS_BREAKDOWN,
+    KINDS,
+    SimFrame,
+    Simulator,
+    label_from_count,
+    simulate_frame,
+    simulate_run,
+)
+
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "CellSpec",
+    "CELLS",
+    "Simulator",
+    "SimFrame",
+    "simulate_frame",
+    "simulate_run",
+    "label_from_count",
+    "get_preset",
+    "load_cxidb76_mask",
+    "KINDS",
+    "DEFAULT_CLASS_FRACTIONS",
+    "DEFAULT_MISS_BREAKDOWN",
+]

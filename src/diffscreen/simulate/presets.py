@@ -1,0 +1,415 @@
+"""Detector/experiment presets of the simulator and the real CXIDB-76 masks they use.
+
+Each :class:`Preset` describes one kind of experiment: the detector (size, pixel,
+gain, noise, point-spread function, layout mask), the beam (energy, bandwidth,
+distance range), the sample delivery (water ring, air, jet streak, kapton belt)
+and the crystals (unit cells, mosaicity, B factor).  Every parameter given as a
+``(lo, hi)`` pair is drawn per frame, uniformly, or log-uniformly where the
+field's doc says so; this breadth is deliberate (a CNN trained on one look
+fails on detectors it never saw).
+
+Sources: Ke et al. (2018) Tables 1–2 and §3.1–3.3 for the runs, gains and
+artefacts; Holton et al. (2012) for the fibre-coupled CCD point-spread function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from diffscreen.errors import ConfigError
+from diffscreen.simulate.crystal import CellSpec
+
+__all__ = ["Preset", "PRESETS", "CELLS", "get_preset", "load_cxidb76_mask", "DetectorLayout", "detector_layout"]
+
+#: Unit cells of Ke et al. (2018) Table 1.
+CELLS: dict[str, CellSpec] = {
+    "thermolysin": CellSpec("thermolysin", 93.0, 93.0, 130.0, 90, 90, 120, "P 61 2 2", "Ke 2018 Table 1, L498"),
+    "psII_lg36": CellSpec("photosystem II", 118.0, 224.0, 331.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LG36"),
+    "psII_ln84": CellSpec("photosystem II", 118.0, 223.0, 311.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LN84"),
+    "hydrogenase": CellSpec("hydrogenase", 73.0, 96.0, 119.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LN83"),
+    "cyclophilin_a": CellSpec("cyclophilin A", 42.0, 52.0, 88.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LO19"),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Physical parameters of one simulated experiment.
+
+    ``(lo, hi)`` pairs are drawn per frame (uniform unless marked log-uniform).
+
+    Attributes
+    ----------
+    name : str
+        Key in :data:`PRESETS`.
+    detector : str
+        Detector description written to the CXI file.
+    shape : (int, int)
+        Frame shape (H, W) in pixels (slow scan, fast scan).
+    pixel_size_mm : float
+        Square pixel size, mm.
+    mask_key : str or None
+        Key of the trusted-pixel mask in ``diffscreen/data/cxidb76_masks.npz``
+        (True = trusted); None = every pixel active.
+    layout : {"monolithic", "asic"}
+        ``"asic"``: the mask's connected components are ASIC interiors (CSPAD
+        ``LG36_mask2``); each is grown by its 1-px perimeter to form the active
+        sensor, and the perimeter rows facing the partner ASIC of a 2×1 are the
+        wide "big pixels" that read brighter (Ke §3.2).
+    beam_center_px : (float, float)
+        Nominal beam centre (x, y), pixels, 0-based.
+    beam_center_jitter_px : float
+        Per-frame offset, uniform in ±jitter on each axis.
+    distance_mm : (float, float)
+        Sample–detector distance, mm.
+    energy_keV : (float, float)
+        Photon energy, keV.
+    bandwidth_fwhm : (float, float)
+        Spectral FWHM Δλ/λ (log-uniform).
+    cells : tuple of CellSpec
+        Unit cells; one is drawn per crystal.
+    cell_weights : tuple of float or None
+        Drawing weights of ``cells`` (None = equal).
+    gain_adu_per_photon : (float, float)
+        Noise-equivalent gain = ADU variance / ADU mean of the photon noise, the
+        quantity ``dials.find_spots`` calls gain (Ke Table 2: Rayonix
+        0.19–0.31, CSPAD 4.55–15.64).  For a pixel-array detector it is the mean
+        ADU per photon.  For a phosphor detector (``noise_blur``) one photon's
+        light is spread over several pixels, so the mean ADU per photon is
+        ``gain / Σ K²`` with K the noise-blur kernel (3-tap binomial: Σ K² =
+        0.1406), i.e. 1.4–2.2 ADU per photon for the Rayonix values.
+    noise_blur : bool
+        Phosphor/fibre-optic detector: photon noise is spatially correlated
+        (blurred by the PSF core, approximated by a [1,2,1]⊗[1,2,1]/16 kernel);
+        photon noise is Gaussian-approximated.  False: pixel-array detector,
+        exact Poisson photon counts (the "grainy" CSPAD water ring).
+    read_noise_adu : (float, float)
+        Dark (read) noise, ADU rms.
+    dark_offset_adu : (float, float)
+        Constant offset added to every active pixel, ADU.
+    common_mode_adu : float
+        Per-ASIC offset, ADU rms (``"asic"`` layout only).
+    asic_gain_spread : float
+        Relative rms spread of per-ASIC gain (``"asic"`` layout only).
+    double_row_factor : (float, float)
+        Signal multiplier of the big-pixel rows between paired ASICs.
+    saturation_adu : int
+        Detector maximum; saturated pixels are pegged at this value.
+    allow_negative : bool
+        Whether pixel values may go below 0 (dark-subtracted detectors).
+    psf_sigma_px : (float, float)
+        σ of the Gaussian core of the point-spread function, pixels.
+    psf_tail_g_px : (float, float)
+        Width g of the long-tailed (Holton 2012 "Lorentzian") PSF component
+        K(r) = g / (2π (r² + g²)^{3/2}), pixels.
+    psf_core_weight : (float, float)
+        Weight of the Gaussian core (the tail has 1 - weight).
+    spot_sigma_px : (float, float)
+        Intrinsic spot width (beam divergence, crystal size) σ, pixels.
+    water_photons : (float, float)
+        Water-ring peak, photons per pixel (log-uniform).
+    air_photons : (float, float)
+        Air/parasitic scatter near the beam, photons per pixel (log-uniform).
+    p_jet_streak : float
+        Probability of a liquid-jet streak (Ke §3.1, Fig. 5b).
+    p_kapton : float
+        Probability of the conveyor-belt kapton shadow (Ke §3.1, Fig. 6a).
+    kapton_mu_t : (float, float)
+        Kapton belt attenuation μ·t at normal incidence.
+    kapton_max_att : (float, float)
+        Largest attenuation exponent, for rays grazing the belt (μ × distance
+        to the belt's edge).
+    kapton_angle_deg : float
+        Nominal azimuth of the shadowed half-plane's normal (image coordinates,
+        degrees from +x towards +y; 90 = lower half of the image).
+    p_strip_shadow : float
+        Probability that the lower strip is shadowed (CSPAD LG36, Ke §3.2).
+    strip_shadow_row : (float, float)
+        First shadowed row (slow scan), pixels.
+    mosaicity_deg : (float, float)
+        Mosaic spread FWHM, degrees (log-uniform).
+    domain_size_um : (float, float)
+        Mosaic domain size, µm (log-uniform).
+    b_factor_A2 : (float, float)
+        Wilson B factor, Å².
+    p_mixed_gain : float
+        Probability of the CSPAD mixed-gain mode of LG36 (Ke §3.2): pixels
+        inside the ``mixed_gain_d_A`` cone are read in low gain and multiplied
+        by ``mixed_gain_ratio`` (≈ 7), so their dark noise and ADU step are 7×
+        larger and they saturate 7× higher.
+    mixed_gain_ratio : float
+    mixed_gain_d_A : float
+        Resolution (Å) of the low-gain cone's edge.
+    p_multi_lattice : float
+        Probability of a second (and third) crystal in the beam.
+    hot_pixels : (int, int)
+        Number of hot pixels per frame.
+    snr_threshold : float
+        A Bragg spot is detectable when its integrated SNR reaches this
+        (see :mod:`diffscreen.simulate.run`).
+    hit_min_spots, maybe_min_spots : int
+        Ke §3.3.1 thresholds: ≥ 10 detectable spots = hit, 4–9 = maybe.
+    notes : str
+        Free text: which experiment the preset imitates.
+
+    Notes
+    -----
+    The trusted-pixel masks come from CXIDB-76 (Ke et al. 2018, via
+    nksauter/fv5080).  ``LG36_mask2`` holds the 64 ASIC interiors only; the
+    shadowed lower strip of LG36 is simulated separately
+    (``p_strip_shadow``, ``strip_shadow_row``).
+    """
+
+    name: str
+    detector: str
+    shape: tuple[int, int]
+    pixel_size_mm: float
+    mask_key: str | None
+    layout: str
+    beam_center_px: tuple[float, float]
+    beam_center_jitter_px: float
+    distance_mm: tuple[float, float]
+    energy_keV: tuple[float, float]
+    bandwidth_fwhm: tuple[float, float]
+    cells: tuple[CellSpec, ...]
+    gain_adu_per_photon: tuple[float, float]
+    noise_blur: bool
+    read_noise_adu: tuple[float, float]
+    dark_offset_adu: tuple[float, float]
+    saturation_adu: int
+    allow_negative: bool
+    psf_sigma_px: tuple[float, float]
+    psf_tail_g_px: tuple[float, float]
+    psf_core_weight: tuple[float, float]
+    water_photons: tuple[float, float]
+    air_photons: tuple[float, float]
+    cell_weights: tuple[float, ...] | None = None
+    common_mode_adu: float = 0.0
+    asic_gain_spread: float = 0.0
+    double_row_factor: tuple[float, float] = (1.0, 1.0)
+    spot_sigma_px: tuple[float, float] = (0.1, 0.4)
+    p_jet_streak: float = 0.0
+    p_kapton: float = 0.0
+    kapton_mu_t: tuple[float, float] = (0.03, 0.15)
+    kapton_max_att: tuple[float, float] = (0.3, 2.0)
+    kapton_angle_deg: float = 90.0
+    p_strip_shadow: float = 0.0
+    strip_shadow_row: tuple[float, float] = (0.0, 0.0)
+    mosaicity_deg: tuple[float, float] = (0.02, 0.3)
+    domain_size_um: tuple[float, float] = (0.1, 2.0)
+    b_factor_A2: tuple[float, float] = (20.0, 90.0)
+    p_mixed_gain: float = 0.0
+    mixed_gain_ratio: float = 7.0
+    mixed_gain_d_A: float = 3.2
+    p_multi_lattice: float = 0.2
+    hot_pixels: tuple[int, int] = (0, 10)
+    snr_threshold: float = 5.0
+    hit_min_spots: int = 10
+    maybe_min_spots: int = 4
+    notes: str = field(default="", compare=False)
+
+    def replace(self, **changes) -> "Preset":
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Preset] = {}
+
+PRESETS["rayonix"] = Preset(
+    name="rayonix",
+    detector="Rayonix MX170-HS, 2x2 binned (simulated)",
+    shape=(1920, 1920),
+    pixel_size_mm=0.0886,
+    mask_key="LN84",
+    layout="monolithic",
+    beam_center_px=(960.0, 960.0),
+    beam_center_jitter_px=6.0,
+    distance_mm=(100.0, 150.0),
+    energy_keV=(9.35, 9.65),  # LN84 9.516, LN83 9.498, LO19 9.442 keV
+    bandwidth_fwhm=(0.0015, 0.005),
+    cells=(CELLS["psII_ln84"], CELLS["hydrogenase"], CELLS["cyclophilin_a"]),
+    gain_adu_per_photon=(0.19, 0.31),  # Ke Table 2 (LO19, LN83, LN84)
+    noise_blur=True,
+    read_noise_adu=(0.8, 3.0),
+    dark_offset_adu=(5.0, 40.0),
+    saturation_adu=65535,
+    allow_negative=False,
+    psf_sigma_px=(0.55, 1.1),
+    psf_tail_g_px=(0.8, 1.8),
+    psf_core_weight=(0.35, 0.7),
+    water_photons=(4.0, 80.0),
+    air_photons=(2.0, 40.0),  # MFX is at 1 atm
+    p_jet_streak=0.0,
+    p_kapton=0.85,  # LN83/LN84 conveyor belt
+    kapton_mu_t=(0.03, 0.15),
+    kapton_angle_deg=90.0,
+    p_multi_lattice=0.35,  # overlapping lattices are common in LN83/LN84/LO19 (Ke §3.3.1)
+    hot_pixels=(0, 5),
+    notes="MFX conveyor-belt runs LN83/LN84 of Ke et al. (2018): kapton shadow, beam hole of LN84.",
+)
+
+PRESETS["rayonix_jet"] = PRESETS["rayonix"].replace(
+    name="rayonix_jet",
+    mask_key="LO19",
+    p_kapton=0.0,
+    p_jet_streak=0.25,
+    notes="MFX liquid-jet run LO19 of Ke et al. (2018): no belt, occasional jet streak.",
+)
+
+PRESETS["cspad"] = Preset(
+    name="cspad",
+    detector="CSPAD 2.3M, assembled (simulated)",
+    shape=(1765, 1765),
+    pixel_size_mm=0.110,
+    mask_key="LG36_mask2",
+    layout="asic",
+    beam_center_px=(890.0, 890.0),
+    beam_center_jitter_px=5.0,
+    distance_mm=(95.0, 150.0),
+    energy_keV=(9.6, 9.9),  # L498 9.773 keV (LG36 was 7.088 keV: widen energy_keV to cover it)
+    bandwidth_fwhm=(0.0015, 0.005),
+    cells=(CELLS["thermolysin"], CELLS["psII_lg36"]),
+    gain_adu_per_photon=(4.5, 16.0),  # Ke Table 2: L498 4.55, LG36 15.64
+    noise_blur=False,
+    read_noise_adu=(1.0, 3.5),
+    dark_offset_adu=(-2.0, 2.0),  # dark-subtracted (Ke §3.2)
+    common_mode_adu=1.5,
+    asic_gain_spread=0.03,
+    double_row_factor=(1.8, 2.5),
+    saturation_adu=16383,
+    allow_negative=True,
+    psf_sigma_px=(0.12, 0.4),
+    psf_tail_g_px=(0.3, 0.7),
+    psf_core_weight=(0.98, 1.0),
+    water_photons=(0.3, 15.0),
+    air_photons=(0.02, 1.0),  # CXI is in vacuum
+    p_jet_streak=0.3,  # MESH / coMESH jets (Ke §3.1, Fig. 5b)
+    p_strip_shadow=0.6,  # LG36 lower strip (Ke §3.2)
+    p_mixed_gain=0.3,  # LG36 inner low-gain zone (Ke §3.2)
+    strip_shadow_row=(1545.0, 1600.0),
+    p_multi_lattice=0.15,
+    hot_pixels=(0, 25),
+    notes="CXI liquid-jet runs L498/LG36 of Ke et al. (2018): 64-ASIC layout of LG36_mask2.",
+)
+
+
+def get_preset(preset) -> Preset:
+    """Return a :class:`Preset` given one or its name.
+
+    Raises
+    ------
+    ConfigError
+        If the name is not in :data:`PRESETS`.
+    """
+    if isinstance(preset, Preset):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ConfigError(
+            f"unknown simulator preset {preset!r}; choose one of {sorted(PRESETS)} or pass a Preset"
+        ) from None
+
+
+@functools.lru_cache(maxsize=None)
+def load_cxidb76_mask(key: str) -> np.ndarray:
+    """A trusted-pixel mask shipped with diffscreen (CXIDB-76, Ke et al. 2018).
+
+    Parameters
+    ----------
+    key : {"LN83", "LN84", "LO19", "LG36", "LG36_mask2"}
+
+    Returns
+    -------
+    trusted : (H, W) bool ndarray
+        True = trusted pixel (read-only array).
+
+    Raises
+    ------
+    ConfigError
+        If the key is not in the file.
+    """
+    with resources.files("diffscreen").joinpath("data", "cxidb76_masks.npz").open("rb") as fh:
+        with np.load(fh) as npz:
+            if key not in npz.files:
+                raise ConfigError(f"no mask {key!r} in cxidb76_masks.npz; available: {npz.files}")
+            m = np.array(npz[key], dtype=bool)
+    m.setflags(write=False)
+    return m
+
+
+@dataclass
+class DetectorLayout:
+    """Static per-preset pixel maps (computed once and cached).
+
+    Attributes
+    ----------
+    active : (H, W) bool
+        Pixels with a sensor behind them (data are 0 elsewhere).
+    trusted : (H, W) bool
+        Pixels counted for spot detection (mask file; excludes ASIC perimeters).
+    asic_id : (H, W) int16 or None
+        ASIC index of each active pixel, -1 elsewhere.
+    n_asics : int
+    double_rows : (M,) int64
+        Flat indices of the big-pixel rows between paired ASICs.
+    """
+
+    active: np.ndarray
+    trusted: np.ndarray
+    asic_id: np.ndarray | None
+    n_asics: int
+    double_rows: np.ndarray
+
+
+@functools.lru_cache(maxsize=None)
+def _layout_cached(mask_key, layout, shape) -> DetectorLayout:
+    H, W = shape
+    if mask_key is None:
+        trusted = np.ones(shape, bool)
+    else:
+        trusted = load_cxidb76_mask(mask_key)
+        if trusted.shape != tuple(shape):
+            raise ConfigError(f"mask {mask_key!r} has shape {trusted.shape}, preset shape is {shape}")
+    if layout == "monolithic":
+        return DetectorLayout(trusted.copy(), trusted, None, 0, np.zeros(0, np.int64))
+    if layout != "asic":
+        raise ConfigError(f"unknown detector layout {layout!r}; use 'monolithic' or 'asic'")
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(trusted)
+    boxes = ndi.find_objects(lab)
+    active = np.zeros(shape, bool)
+    asic_id = np.full(shape, -1, np.int16)
+    rects = []
+    for k, (sy, sx) in enumerate(boxes):
+        y0, y1 = max(sy.start - 1, 0), min(sy.stop + 1, H)
+        x0, x1 = max(sx.start - 1, 0), min(sx.stop + 1, W)
+        active[y0:y1, x0:x1] = True
+        asic_id[y0:y1, x0:x1] = k
+        rects.append((y0, y1, x0, x1))
+    # partner ASICs of a 2x1: same extent along the long side, facing edges ~3 px apart
+    rows = []
+    for a, (ay0, ay1, ax0, ax1) in enumerate(rects):
+        for b, (by0, by1, bx0, bx1) in enumerate(rects):
+            if b == a:
+                continue
+            if abs(ay0 - by0) <= 2 and abs(ay1 - by1) <= 2 and 0 <= bx0 - ax1 <= 6:
+                rows.append(np.ravel_multi_index(np.mgrid[ay0:ay1, ax1 - 1 : ax1].reshape(2, -1), shape))
+                rows.append(np.ravel_multi_index(np.mgrid[by0:by1, bx0 : bx0 + 1].reshape(2, -1), shape))
+            if abs(ax0 - bx0) <= 2 and abs(ax1 - bx1) <= 2 and 0 <= by0 - ay1 <= 6:
+                rows.append(np.ravel_multi_index(np.mgrid[ay1 - 1 : ay1, ax0:ax1].reshape(2, -1), shape))
+                rows.append(np.ravel_multi_index(np.mgrid[by0 : by0 + 1, bx0:bx1].reshape(2, -1), shape))
+    dr = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+    for arr in (active, asic_id):
+        arr.setflags(write=False)
+    return DetectorLayout(active, trusted, asic_id, n, dr)
+
+
+def detector_layout(preset: Preset) -> DetectorLayout:
+    """The cached :class:`DetectorLayout` of a preset."""
+    return _layout_cached(preset.mask_key, preset.layout, tuple(preset.shape))

@@ -1,0 +1,894 @@
+"""Frame and run generation: :class:`Simulator`, :func:`simulate_frame`, :func:`simulate_run`.
+
+One frame
+---------
+1. Draw the frame's kind from the class fractions (hit, maybe, or one of the
+   miss kinds: weak crystal, solvent only, empty jet, no X-ray pulse), then the
+   geometry (energy, distance, beam centre), detector (gain, noise, PSF),
+   background (water ring, air, jet streak, kapton belt, shadowed strip) and
+   crystals (1–3 lattices; cell, random orientation, mosaicity, domain size,
+   B factor).  Everything comes from ``numpy.random.default_rng([seed, index])``,
+   so a frame depends only on (preset, seed, index, class fractions).
+2. Predict reflections on the Ewald sphere with partialities and radial
+   streaks (:mod:`~diffscreen.simulate.crystal`), project them on the
+   detector, and render them with the PSF (:mod:`~diffscreen.simulate.detector`)
+   on top of the diffuse background (:mod:`~diffscreen.simulate.background`).
+3. Apply shadows, photon noise, gain, dark offset and read noise, saturation
+   and the detector mask.
+
+Detectable spots and labels (Ke et al. 2018, §3.3.1)
+----------------------------------------------------
+A Bragg spot is *detectable* when its integrated signal-to-noise ratio,
+computed from expected (noise-free) values over the spot's footprint, reaches
+``preset.snr_threshold`` (default 5):
+
+    SNR = S / sqrt(S + B + n·σ_read²)
+
+with S the spot's photons and B the background photons in the footprint, n its
+pixel count and σ_read the read noise in photons.  The footprint is the set of
+pixels where the spot's profile is ≥ 15 % of its maximum; only trusted pixels
+count (not masked, not a CSPAD ASIC perimeter, not in the shadowed strip), and
+a spot with less than half its footprint flux on trusted pixels is not
+detectable (SNR := 0).  The label is derived from the number of detectable
+spots: ≥ ``hit_min_spots`` (10) → ``"hit"``, ≥ ``maybe_min_spots`` (4) →
+``"maybe"``, otherwise ``"miss"``.
+
+Class fractions
+---------------
+The crystal's exposure scale A (photons per unit Wilson intensity at s → 0
+with full partiality; ∝ pulse fluence × crystal volume / cell volume) is what
+decides how many spots are detectable.  Because each spot's SNR grows
+monotonically with A, every spot j has a threshold A*_j at which it becomes
+detectable (the positive root of SNR(A) = T).  With a_N the N-th smallest
+threshold of the frame's crystals: a *hit* frame draws A log-uniformly in
+[a_10, 300·a_10] (crystal volume × fluence spread over 2.5 decades above the
+10-spot level); a *maybe* frame draws a target N uniformly in 4–9 and a
+*weak-crystal miss* N uniformly in 0–3, then A log-uniformly between a_N and
+a_(N+1).  The exposure distribution is thus a mixture whose weights are the
+requested class fractions; the stored label is still computed afterwards from
+the final detectable count, never copied from the kind.
+
+Exact footprint sums are computed only for spots that can matter: a cheap
+bound (all flux in the footprint, background ≥ ¼ of the centre pixel's) ranks
+the spots, exact thresholds are computed in that order until the needed
+smallest ones are certain, and exact SNRs are then computed for every spot
+whose bound allows SNR ≥ 1; all others are recorded as SNR 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffscreen.errors import ConfigError
+from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
+from diffscreen.simulate.background import (
+    WaterRing,
+    air_profile,
+    diffuse_background,
+    jet_streak,
+    kapton_transmission,
+    water_profile,
+)
+from diffscreen.simulate.crystal import HC_KEV_A, b_matrix, predict_reflections, random_rotation
+from diffscreen.simulate.detector import (
+    PSF,
+    correlated_normal,
+    poisson_counts,
+    render_windows,
+    spot_windows,
+    white_normal,
+)
+from diffscreen.simulate.presets import Preset, detector_layout, get_preset
+
+__all__ = [
+    "SimFrame",
+    "Simulator",
+    "simulate_frame",
+    "simulate_run",
+    "KINDS",
+    "DEFAULT_CLASS_FRACTIONS",
+    "DEFAULT_MISS_BREAKDOWN",
+    "label_from_count",
+]
+
+#: Frame kinds: what the simulator aimed for (the label is derived separately).
+KINDS = ("hit", "maybe", "weak", "solvent", "empty", "no_beam")
+#: Default class fractions (hit / maybe / miss).
+DEFAULT_CLASS_FRACTIONS = {"hit": 0.30, "maybe": 0.15, "miss": 0.55}
+#: How misses split: a crystal with < 4 detectable spots, solvent only (no
+#: crystal), empty (jet missed the beam: no water ring), no X-ray pulse.
+DEFAULT_MISS_BREAKDOWN = {"weak": 0.30, "solvent": 0.40, "empty": 0.15, "no_beam": 0.15}
+
+_BLUR_SUM_K2 = 36.0 / 256.0  # Σ K² of the [1,2,1]⊗[1,2,1]/16 noise kernel
+_FOOTPRINT_LEVEL = 0.15
+_RECORD_SNR = 1.0
+_HIT_RANGE = 3000.0
+_WINDOWS = np.array([2, 3, 4, 6, 8, 12, 16, 24, 32, 48])
+_RENDER_MIN_PHOTONS = 0.5
+
+
+def label_from_count(n_spots: int, preset: Preset | None = None) -> str:
+    """Ke et al. (2018) §3.3.1 label from a detectable-spot count.
+
+    Parameters
+    ----------
+    n_spots : int
+    preset : Preset, optional
+        Supplies the thresholds (default 10 and 4).
+
+    Returns
+    -------
+    {"hit", "maybe", "miss"}
+    """
+    hit_min = preset.hit_min_spots if preset else 10
+    maybe_min = preset.maybe_min_spots if preset else 4
+    if n_spots >= hit_min:
+        return "hit"
+    if n_spots >= maybe_min:
+        return "maybe"
+    return "miss"
+
+
+@dataclass
+class SimFrame:
+    """One simulated frame with its ground truth.
+
+    Attributes
+    ----------
+    data : (H, W) int32 ndarray
+        Pixel values, ADU.  Pixels without sensor (beam hole, gaps) are 0;
+        saturated pixels equal ``meta.extra["saturation_adu"]`` (inside the
+        low-gain zone of a mixed-gain CSPAD frame,
+        ``meta.extra["saturation_adu_inner"]`` = ratio × that).
+    mask : (H, W) bool ndarray
+        True = bad: no sensor behind the pixel (beam hole, detector border,
+        CSPAD gaps).  ``data[mask] == 0``.
+    meta : FrameMeta
+        Geometry (pixel size, distance, wavelength, beam centre) and, in
+        ``extra``, the drawn parameters (gain, offsets, water level, ...).
+    label : {"hit", "maybe", "miss"}
+        From ``n_spots`` (Ke §3.3.1 thresholds).
+    n_spots : int
+        Number of detectable Bragg spots (SNR ≥ ``preset.snr_threshold``).
+    peaks : (P, 4) float32 ndarray
+        Recorded Bragg spots: expected SNR ≥ 1 over the footprint's trusted
+        pixels, or over its active pixels (spots on untrusted ASIC edges or in
+        a shadow are listed with SNR 0).  Columns x (fast scan, px), y (slow
+        scan, px), total intensity (ADU, expected, before shadows), detection
+        SNR (trusted pixels only); sorted by SNR, then intensity, descending.
+        ``n_spots == (peaks[:, 3] >= snr_threshold).sum()``.
+    kind : str
+        What the simulator aimed for (one of :data:`KINDS`); not the label.
+    truth : dict
+        ``crystals`` (list of dicts: ``cell`` CellSpec, ``U`` (3,3) rotation,
+        ``A`` = U @ B (3,3) Å⁻¹, ``scale`` photons, mosaicity, ...), and per
+        recorded peak ``hkl`` (P,3) int, ``crystal`` (P,) int, ``partiality``
+        (P,), ``d_A`` (P,), ``photons`` (P,).  Also ``trusted`` (H,W) bool:
+        the pixels used for spot counting.
+    """
+
+    data: np.ndarray
+    mask: np.ndarray
+    meta: FrameMeta
+    label: str
+    n_spots: int
+    peaks: np.ndarray
+    kind: str
+    truth: dict = field(default_factory=dict, repr=False)
+
+    def to_frame(self) -> Frame:
+        """The frame as a :class:`diffscreen.io.frame.Frame` (float32 data)."""
+        return Frame(self.data.astype(np.float32), self.mask, self.meta)
+
+
+def _parse_fractions(class_fractions, miss_breakdown) -> tuple[np.ndarray, tuple[str, ...]]:
+    cf = DEFAULT_CLASS_FRACTIONS if class_fractions is None else class_fractions
+    if not isinstance(cf, dict):
+        vals = list(cf)
+        if len(vals) != 3:
+            raise ConfigError(f"class_fractions needs 3 values (hit, maybe, miss), got {len(vals)}")
+        cf = dict(zip(CLASS_NAMES, vals))
+    unknown = set(cf) - set(CLASS_NAMES)
+    if unknown:
+        raise ConfigError(f"class_fractions has unknown classes {sorted(unknown)}; use {CLASS_NAMES}")
+    mb = DEFAULT_MISS_BREAKDOWN if miss_breakdown is None else miss_breakdown
+    unknown = set(mb) - {"weak", "solvent", "empty", "no_beam"}
+    if unknown:
+        raise ConfigError(f"miss_breakdown has unknown kinds {sorted(unknown)}; use weak, solvent, empty, no_beam")
+    f = {k: float(cf.get(k, 0.0)) for k in CLASS_NAMES}
+    m = {k: float(mb.get(k, 0.0)) for k in ("weak", "solvent", "empty", "no_beam")}
+    if min(f.values()) < 0 or min(m.values()) < 0 or sum(f.values()) <= 0 or sum(m.values()) <= 0:
+        raise ConfigError("class fractions and miss breakdown must be non-negative with a positive sum")
+    tf = sum(f.values())
+    tm = sum(m.values())
+    kinds = KINDS
+    probs = np.array([f["hit"] / tf, f["maybe"] / tf] + [f["miss"] / tf * m[k] / tm for k in kinds[2:]])
+    return probs, kinds
+
+
+def _u(rng, lohi):
+    lo, hi = lohi
+    return float(lo + (hi - lo) * rng.random())
+
+
+def _logu(rng, lohi):
+    lo, hi = lohi
+    return float(np.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * rng.random()))
+
+
+class Simulator:
+    """Physics-based SFX frame simulator.
+
+    Parameters
+    ----------
+    preset : str or Preset
+        A key of :data:`~diffscreen.simulate.PRESETS` (``"rayonix"``,
+        ``"rayonix_jet"``, ``"cspad"``) or a :class:`Preset`.
+    seed : int
+        Run seed; frame ``i`` uses ``numpy.random.default_rng([seed, i])``.
+    class_fractions : dict or sequence of 3 floats, optional
+        Requested fractions of hit / maybe / miss (normalised); default
+        :data:`DEFAULT_CLASS_FRACTIONS` (0.30 / 0.15 / 0.55).
+    miss_breakdown : dict, optional
+        How misses split into ``weak``, ``solvent``, ``empty`` and ``no_beam``
+        (normalised); default :data:`DEFAULT_MISS_BREAKDOWN`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset, or invalid fractions.
+
+    Notes
+    -----
+    Physics after Ke et al. (2018) §3.1–3.3 (what CSPAD and Rayonix frames
+    look like), Holton et al. (2012) for the fibre-optic CCD point-spread
+    function, Sauter et al. (2014) and White (2014) for still-shot
+    partiality; the Ewald-sphere/structure of the still calculation follows the
+    ideas of nanoBragg (Holton) and Kirian et al. (2010) without their code.
+    See the module docstrings of :mod:`diffscreen.simulate` for the models.
+
+    Examples
+    --------
+    >>> sim = Simulator("cspad", seed=1)
+    >>> sf = sim.frame(0)
+    >>> sf.data.shape, sf.label in ("hit", "maybe", "miss")
+    ((1765, 1765), True)
+    """
+
+    def __init__(self, preset="rayonix", seed: int = 0, class_fractions=None, *, miss_breakdown=None):
+        self.preset = get_preset(preset)
+        self.seed = int(seed)
+        self.kind_probs, self.kinds = _parse_fractions(class_fractions, miss_breakdown)
+        self.layout = detector_layout(self.preset)
+        H, W = self.preset.shape
+        self._inactive = np.flatnonzero(~self.layout.active.reshape(-1))
+        self.source = f"simulated:{self.preset.name}:seed={self.seed}"
+
+    # ------------------------------------------------------------------ draws
+    def _draw(self, rng: np.random.Generator, kind: str | None) -> dict:
+        P = self.preset
+        c = {}
+        ukind = rng.random()
+        c["kind"] = kind or self.kinds[min(int(np.searchsorted(np.cumsum(self.kind_probs), ukind, "right")), 5)]
+        if c["kind"] not in KINDS:
+            raise ConfigError(f"unknown frame kind {kind!r}; use one of {KINDS}")
+        c["energy_keV"] = _u(rng, P.energy_keV)
+        c["wavelength_A"] = HC_KEV_A / c["energy_keV"]
+        c["distance_mm"] = _u(rng, P.distance_mm)
+        j = P.beam_center_jitter_px
+        c["beam_center"] = (
+            P.beam_center_px[0] + j * (2 * rng.random() - 1),
+            P.beam_center_px[1] + j * (2 * rng.random() - 1),
+        )
+        c["bandwidth"] = _logu(rng, P.bandwidth_fwhm)
+        c["gain"] = _u(rng, P.gain_adu_per_photon)
+        c["adu_per_photon"] = c["gain"] / (_BLUR_SUM_K2 if P.noise_blur else 1.0)
+        c["read_noise"] = _u(rng, P.read_noise_adu)
+        c["dark_offset"] = _u(rng, P.dark_offset_adu)
+        c["psf"] = PSF(_u(rng, P.psf_sigma_px), _u(rng, P.psf_tail_g_px), _u(rng, P.psf_core_weight))
+        c["spot_sigma"] = _u(rng, P.spot_sigma_px)
+        na = self.layout.n_asics
+        c["common_mode"] = np.append(rng.normal(0, P.common_mode_adu, na), 0.0).astype(np.float32)
+        c["asic_gain"] = np.append(1 + rng.normal(0, P.asic_gain_spread, na), 1.0).astype(np.float32)
+        c["double_row"] = _u(rng, P.double_row_factor)
+        c["water"] = WaterRing(
+            photons=_logu(rng, P.water_photons),
+            s0=(1.0 / 3.2) * (1 + 0.02 * (2 * rng.random() - 1)),
+            sigma=_u(rng, (0.03, 0.045)),
+            second=_u(rng, (0.15, 0.4)),
+            floor=_u(rng, (0.05, 0.25)),
+        )
+        c["air"] = _logu(rng, P.air_photons)
+        c["air_s"] = _u(rng, (0.03, 0.12))
+        c["jet"] = rng.random() < P.p_jet_streak
+        c["jet_params"] = dict(
+            photons=_logu(rng, (2.0, 200.0)),
+            angle_rad=np.radians(rng.normal(0, 6.0)),
+            r_min=_u(rng, (5.0, 40.0)),
+            r_max=_u(rng, (150.0, 700.0)),
+            decay_px=_logu(rng, (50.0, 400.0)),
+            width_px=_u(rng, (0.5, 2.0)),
+            asym=_logu(rng, (0.3, 1.0)),
+        )
+        c["kapton"] = rng.random() < P.p_kapton
+        near = rng.random() < 0.7
+        phi = np.radians(P.kapton_angle_deg + rng.uniform(-15, 15) if near else rng.uniform(0, 360))
+        tau = np.radians(rng.uniform(-1.5, 1.5))
+        c["kapton_normal"] = np.array([np.cos(phi) * np.cos(tau), np.sin(phi) * np.cos(tau), np.sin(tau)])
+        c["kapton_mu_t"] = _u(rng, P.kapton_mu_t)
+        c["kapton_max_att"] = _u(rng, P.kapton_max_att)
+        c["strip"] = rng.random() < P.p_strip_shadow
+        c["strip_row"] = int(_u(rng, P.strip_shadow_row)) if P.p_strip_shadow > 0 else P.shape[0]
+        c["strip_T"] = _u(rng, (0.0, 0.03))
+        c["n_hot"] = int(rng.integers(P.hot_pixels[0], P.hot_pixels[1] + 1))
+        c["mixed_gain"] = rng.random() < P.p_mixed_gain
+        two_theta0 = 2 * np.arcsin(min(c["wavelength_A"] / (2 * P.mixed_gain_d_A), 1.0))
+        c["mixed_gain_r_px"] = c["distance_mm"] * np.tan(two_theta0) / P.pixel_size_mm
+        # crystals
+        n_x = 1
+        if rng.random() < P.p_multi_lattice:
+            n_x = 2 if rng.random() < 0.7 else 3
+        w = np.asarray(P.cell_weights if P.cell_weights else np.ones(len(P.cells)), float)
+        xtals = []
+        for k in range(n_x):
+            xtals.append(
+                dict(
+                    cell=P.cells[int(rng.choice(len(P.cells), p=w / w.sum()))] if k == 0 else None,
+                    U=random_rotation(rng),
+                    mosaicity_deg=_logu(rng, P.mosaicity_deg),
+                    domain_size_um=_logu(rng, P.domain_size_um),
+                    b_factor=_u(rng, P.b_factor_A2),
+                    solvent_k=_u(rng, (0.3, 0.7)),
+                    rel_scale=1.0 if k == 0 else _logu(rng, (0.1, 1.0)),
+                )
+            )
+        for x in xtals[1:]:  # further lattices: same protein (same sample)
+            x["cell"] = xtals[0]["cell"]
+        c["crystals"] = xtals
+        c["target_u"] = rng.random()
+        c["scale_u"] = rng.random()
+        return c
+
+    # ------------------------------------------------------------------ frame
+    def frame(self, index: int, *, kind: str | None = None) -> SimFrame:
+        """Simulate frame ``index``.
+
+        Parameters
+        ----------
+        index : int
+            Frame index; with the run seed it fixes every random draw.
+        kind : str, optional
+            Force the kind (one of :data:`KINDS`) instead of drawing it; the
+            label is still derived from the detectable-spot count.
+
+        Returns
+        -------
+        SimFrame
+        """
+        P = self.preset
+        H, W = P.shape
+        rng = np.random.default_rng([self.seed, int(index)])
+        c = self._draw(rng, kind)
+        kind = c["kind"]
+        cx, cy = c["beam_center"]
+        lam_A, D, p = c["wavelength_A"], c["distance_mm"], P.pixel_size_mm
+        trusted = self.layout.trusted
+        if c["strip"]:
+            trusted = trusted.copy()
+            trusted[c["strip_row"] :] = False
+        beam = kind != "no_beam"
+        spots = None
+        if beam:
+            water = c["water"]
+            if kind == "empty":
+                water = WaterRing(photons=0.0)
+            air, air_s = c["air"], c["air_s"]
+
+            def profile(s):
+                return water_profile(s, water) + air_profile(s, air, air_s)
+
+            kap = (c["kapton_normal"], c["kapton_mu_t"], c["kapton_max_att"]) if c["kapton"] else None
+            lam = diffuse_background((H, W), (cx, cy), p, D, lam_A, profile, kapton=kap)
+            if kind in ("hit", "maybe", "weak"):
+                spots = self._spots(c, rng, lam, trusted)
+            if c["jet"]:
+                wf = None
+                if kap is not None:
+
+                    def wf(xs, ys):
+                        return kapton_transmission(xs - cx, ys - cy, p, D, *kap)
+
+                jet_streak(lam, (cx, cy), rng, weight_fn=wf, **c["jet_params"])
+            if c["strip"]:
+                lam[c["strip_row"] :] *= np.float32(c["strip_T"])
+            if len(self.layout.double_rows):
+                lam.reshape(-1)[self.layout.double_rows] *= np.float32(c["double_row"])
+            if c["n_hot"]:
+                hot = rng.integers(0, H * W, c["n_hot"])
+                lam.reshape(-1)[hot] += np.exp(rng.uniform(np.log(5), np.log(200), c["n_hot"])).astype(np.float32)
+        data = self._digitise(c, rng, lam if beam else None)
+
+        # ---- labels and peaks
+        T = P.snr_threshold
+        if spots is not None and len(spots["snr"]):
+            snr = spots["snr"]
+            n_spots = int((snr >= T).sum())
+            rec = np.flatnonzero(spots["recorded"])
+            rec = rec[np.lexsort((-spots["photons"][rec], -snr[rec]))]
+            peaks = np.stack(
+                [spots["x"][rec], spots["y"][rec], spots["photons"][rec] * c["adu_per_photon"], snr[rec]], axis=1
+            ).astype(np.float32)
+            truth_peaks = {k: spots[k][rec] for k in ("hkl", "crystal", "partiality", "d_A", "photons")}
+        else:
+            n_spots = 0
+            peaks = np.zeros((0, 4), np.float32)
+            truth_peaks = {
+                "hkl": np.zeros((0, 3), np.int64),
+                "crystal": np.zeros(0, np.int64),
+                "partiality": np.zeros(0),
+                "d_A": np.zeros(0),
+                "photons": np.zeros(0),
+            }
+        label = label_from_count(n_spots, P)
+        xt = c["crystals"] if kind in ("hit", "maybe", "weak") else []
+        crystals = [
+            dict(
+                cell=x["cell"],
+                U=x["U"],
+                A=x["U"] @ b_matrix(x["cell"]),
+                scale=x.get("scale", 0.0),
+                mosaicity_deg=x["mosaicity_deg"],
+                domain_size_um=x["domain_size_um"],
+                b_factor_A2=x["b_factor"],
+            )
+            for x in xt
+        ]
+        extra = {
+            "preset": P.name,
+            "kind": kind,
+            "kind_code": KINDS.index(kind),
+            "energy_keV": c["energy_keV"],
+            "bandwidth_fwhm": c["bandwidth"],
+            "gain_adu_per_photon": c["gain"],
+            "adu_per_photon": c["adu_per_photon"],
+            "read_noise_adu": c["read_noise"],
+            "dark_offset_adu": c["dark_offset"],
+            "saturation_adu": float(P.saturation_adu),
+            "saturation_adu_inner": float(P.saturation_adu * (P.mixed_gain_ratio if c["mixed_gain"] else 1)),
+            "mixed_gain": float(bool(c["mixed_gain"])),
+            "snr_threshold": T,
+            "psf_sigma_px": c["psf"].sigma,
+            "psf_tail_g_px": c["psf"].g,
+            "psf_core_weight": c["psf"].w,
+            "water_photons": c["water"].photons if (beam and kind != "empty") else 0.0,
+            "air_photons": c["air"] if beam else 0.0,
+            "jet_streak": float(bool(c["jet"]) and beam),
+            "kapton_shadow": float(bool(c["kapton"]) and beam),
+            "strip_shadow": float(bool(c["strip"])),
+            "n_crystals": float(len(crystals)),
+            "crystal_scale": float(crystals[0]["scale"]) if crystals else 0.0,
+            "cell": crystals[0]["cell"].name if crystals else "",
+        }
+        meta = FrameMeta(
+            source=self.source,
+            index=int(index),
+            detector=P.detector,
+            pixel_size_mm=p,
+            beam_center_px=(float(cx), float(cy)),
+            distance_mm=float(D),
+            wavelength_A=float(lam_A),
+            extra=extra,
+        )
+        truth = dict(crystals=crystals, trusted=trusted, **truth_peaks)
+        return SimFrame(
+            data=data,
+            mask=~self.layout.active,
+            meta=meta,
+            label=label,
+            n_spots=n_spots,
+            peaks=peaks,
+            kind=kind,
+            truth=truth,
+        )
+
+    # ------------------------------------------------------------------ spots
+    def _spots(self, c: dict, rng: np.random.Generator, bg: np.ndarray, trusted: np.ndarray) -> dict:
+        """Predict, score and render the Bragg spots of all crystals; renders into ``bg`` in place."""
+        P = self.preset
+        H, W = P.shape
+        cx, cy = c["beam_center"]
+        lam_A, D, p = c["wavelength_A"], c["distance_mm"], P.pixel_size_mm
+        # resolution: detector corner, or where the Wilson fall-off makes spots hopeless
+        rcorner = max(np.hypot(x - cx, y - cy) for x in (0, W) for y in (0, H)) * p
+        d_corner = lam_A / (2 * np.sin(np.arctan2(rcorner, D) / 2))
+        cols = {k: [] for k in ("x", "y", "ux", "uy", "sr", "st", "inten", "crystal", "hkl", "partiality", "d_A")}
+        for k, x in enumerate(c["crystals"]):
+            d_b = np.sqrt(x["b_factor"] / (2 * np.log(1e4)))
+            d_min = max(d_corner, d_b, 1.0)
+            A = x["U"] @ b_matrix(x["cell"])
+            refl = predict_reflections(
+                A,
+                rng,
+                wavelength_A=lam_A,
+                bandwidth_fwhm=c["bandwidth"],
+                mosaicity_fwhm_deg=x["mosaicity_deg"],
+                domain_size_um=x["domain_size_um"],
+                b_factor_A2=x["b_factor"],
+                d_min_A=d_min,
+                space_group=x["cell"].space_group,
+                solvent_k=x["solvent_k"],
+            )
+            v = refl.direction
+            X = D * v[:, 0] / v[:, 2]
+            Y = D * v[:, 1] / v[:, 2]
+            xs = cx + X / p
+            ys = cy + Y / p
+            on = (xs > -0.5) & (xs < W - 0.5) & (ys > -0.5) & (ys < H - 0.5)
+            if not on.any():
+                continue
+            refl = refl.take(on)
+            xs, ys, X, Y = xs[on], ys[on], X[on], Y[on]
+            r = np.hypot(xs - cx, ys - cy)
+            ux = np.where(r > 1e-6, (xs - cx) / np.maximum(r, 1e-6), 1.0)
+            uy = np.where(r > 1e-6, (ys - cy) / np.maximum(r, 1e-6), 0.0)
+            tt = refl.two_theta
+            streak = (D / p) * 2 * np.tan(tt / 2) / np.cos(tt) ** 2 * refl.sigma_lnlam
+            sig_eta = np.radians(x["mosaicity_deg"]) / 2.3548
+            s0 = c["spot_sigma"]
+            cols["x"].append(xs)
+            cols["y"].append(ys)
+            cols["ux"].append(ux)
+            cols["uy"].append(uy)
+            cols["sr"].append(np.sqrt(s0**2 + streak**2))
+            cols["st"].append(np.sqrt(s0**2 + (r * sig_eta) ** 2))
+            cols["inten"].append(refl.intensity * x["rel_scale"])
+            cols["crystal"].append(np.full(len(xs), k))
+            cols["hkl"].append(refl.hkl)
+            cols["partiality"].append(refl.partiality)
+            cols["d_A"].append(refl.d)
+        if not cols["x"]:
+            for x in c["crystals"]:
+                x["scale"] = 0.0
+            return None
+        S = {k: np.concatenate(v) for k, v in cols.items()}
+        n = len(S["x"])
+        psf = c["psf"]
+        kap = c["kapton"]
+        T = P.snr_threshold
+        sig_read_ph2 = (c["read_noise"] ** 2 + 1 / 12) / c["adu_per_photon"] ** 2
+
+        # ---- cheap bounds for every spot: u <= inten, C >= bg(centre)/4 + σ²
+        ixc = np.clip(np.rint(S["x"]).astype(np.int64), 0, W - 1)
+        iyc = np.clip(np.rint(S["y"]).astype(np.int64), 0, H - 1)
+        bg_c = bg.reshape(-1)[iyc * W + ixc].astype(np.float64)  # bg includes the kapton shadow
+        u_ub = S["inten"]
+        C_lb = 0.25 * bg_c + sig_read_ph2
+
+        # ---- exact footprint values, computed lazily for the spots that matter
+        u = np.zeros(n)
+        C = np.full(n, np.inf)
+        u_act = np.zeros(n)  # same over all active pixels (trusted or not): for the peak list
+        C_act = np.full(n, np.inf)
+        active = self.layout.active
+        bgmean = bg_c.copy()
+        done = np.zeros(n, bool)
+        sgr = np.sqrt(S["sr"] ** 2 + psf.sigma**2 + 1 / 12)
+        sgt = np.sqrt(S["st"] ** 2 + psf.sigma**2 + 1 / 12)
+        ext = np.maximum(2.5 * np.maximum(sgr, sgt), 1.4 * np.sqrt(S["sr"] ** 2 + psf.g**2) * (psf.w < 1))
+        hf = np.clip(np.ceil(ext) + 1, 2, 12).astype(int)
+
+        def exact(idx):
+            idx = idx[~done[idx]]
+            for h in np.unique(hf[idx]):
+                sel = idx[hf[idx] == h]
+                ix, iy, prof = spot_windows(
+                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h)
+                )
+                inx = (ix >= 0) & (ix < W)
+                iny = (iy >= 0) & (iy < H)
+                ixw = np.clip(ix, 0, W - 1)[:, None, :]
+                iyw = np.clip(iy, 0, H - 1)[:, :, None]
+                fp = prof >= _FOOTPRINT_LEVEL * prof.max(axis=(1, 2), keepdims=True)
+                inb = iny[:, :, None] & inx[:, None, :] & fp
+                tr = trusted[iyw, ixw] & inb
+                act = active[iyw, ixw] & inb
+                bgw = bg[iyw, ixw]
+                prof_t = prof
+                if kap:
+                    Tk = kapton_transmission(
+                        (ix - cx)[:, None, :].astype(np.float32),
+                        (iy - cy)[:, :, None].astype(np.float32),
+                        p,
+                        D,
+                        c["kapton_normal"],
+                        c["kapton_mu_t"],
+                        c["kapton_max_att"],
+                    )
+                    prof_t = prof * Tk
+                frac = (prof * tr).sum(axis=(1, 2)) / np.maximum((prof * fp).sum(axis=(1, 2)), 1e-30)
+                u[sel] = np.where(frac >= 0.5, (prof_t * tr).sum(axis=(1, 2)), 0.0) * S["inten"][sel]
+                C[sel] = (bgw * tr).sum(axis=(1, 2)) + tr.sum(axis=(1, 2)) * sig_read_ph2
+                bgmean[sel] = bgw.mean(axis=(1, 2))
+                u_act[sel] = (prof_t * act).sum(axis=(1, 2)) * S["inten"][sel]
+                C_act[sel] = (bgw * act).sum(axis=(1, 2)) + act.sum(axis=(1, 2)) * sig_read_ph2
+            done[idx] = True
+
+        def thresholds(uu, CC, t):
+            sstar = (t * t + np.sqrt(t**4 + 4 * t * t * CC)) / 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(uu > 0, sstar / np.where(uu > 0, uu, 1.0), np.inf)
+
+        # ---- exposure scale from the smallest exact detection thresholds
+        need = self._needed_count(c)
+        lb = thresholds(u_ub, C_lb, T)
+        order = np.argsort(lb, kind="stable")
+        K = min(n, 256)
+        while True:
+            exact(order[:K])
+            X = lb[order[K]] if K < n else np.inf
+            ex = thresholds(u[order[:K]], C[order[:K]], T)
+            valid = np.sort(ex[ex <= X])
+            if len(valid) >= need or K == n:
+                break
+            K = min(n, 4 * K)
+        A = self._choose_scale(c, valid)
+        for x in c["crystals"]:
+            x["scale"] = A * x["rel_scale"]
+        photons = A * S["inten"]
+
+        # ---- exact SNR wherever the bound allows SNR >= 1 (recorded spots)
+        sig_ub = A * u_ub
+        snr_ub = sig_ub / np.sqrt(sig_ub + C_lb)
+        exact(np.flatnonzero(snr_ub >= _RECORD_SNR))
+        sig = A * u
+        sig_act = A * u_act
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(done & (u > 0), sig / np.sqrt(sig + C), 0.0)
+            snr_act = np.where(done & (u_act > 0), sig_act / np.sqrt(sig_act + C_act), 0.0)
+
+        # ---- render with windows sized to the brightness
+        idx = np.flatnonzero(photons >= _RENDER_MIN_PHOTONS)
+        if len(idx):
+            pk = photons[idx]
+            h_core = 3.0 * np.maximum(sgr[idx], sgt[idx])
+            tau = 0.3 * np.maximum(1.0, np.sqrt(np.maximum(bgmean[idx], 0)))
+            h_tail = ((1 - psf.w) * pk * psf.g / (2 * np.pi * tau)) ** (1 / 3) if psf.w < 1 else 0 * pk
+            hneed = np.maximum(h_core, h_tail)
+            hq = _WINDOWS[np.minimum(np.searchsorted(_WINDOWS, hneed), len(_WINDOWS) - 1)]
+            for h in np.unique(hq):
+                sel = idx[hq == h]
+                ix, iy, prof = spot_windows(
+                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h)
+                )
+                prof *= photons[sel].astype(np.float32)[:, None, None]
+                if kap:
+                    prof *= kapton_transmission(
+                        (ix - cx)[:, None, :].astype(np.float32),
+                        (iy - cy)[:, :, None].astype(np.float32),
+                        p,
+                        D,
+                        c["kapton_normal"],
+                        c["kapton_mu_t"],
+                        c["kapton_max_att"],
+                    )
+                render_windows(bg, ix, iy, prof)
+        return dict(
+            x=S["x"],
+            y=S["y"],
+            snr=snr,
+            recorded=(snr >= _RECORD_SNR) | (snr_act >= _RECORD_SNR),
+            photons=photons,
+            hkl=S["hkl"],
+            crystal=S["crystal"],
+            partiality=S["partiality"],
+            d_A=S["d_A"],
+        )
+
+    def _needed_count(self, c: dict) -> int:
+        """How many of the smallest detection thresholds the frame's kind needs (and its target count)."""
+        P = self.preset
+        kind, ut = c["kind"], c["target_u"]
+        if kind == "hit":
+            c["target_n"] = P.hit_min_spots
+        elif kind == "maybe":
+            c["target_n"] = P.maybe_min_spots + int(ut * (P.hit_min_spots - P.maybe_min_spots))
+        else:  # weak crystal
+            c["target_n"] = int(ut * P.maybe_min_spots)
+        return c["target_n"] + 1
+
+    def _choose_scale(self, c: dict, a: np.ndarray) -> float:
+        """Exposure scale A from the sorted smallest exact detection thresholds ``a``.
+
+        hit: A log-uniform in [a_10, 300·a_10] (crystal volume × fluence spread
+        over 2.5 decades above the 10-spot level); maybe / weak: A log-uniform
+        between the N-th and (N+1)-th thresholds for the target count N.
+        """
+        N = c["target_n"]
+        us = c["scale_u"]
+        nf = len(a)
+        if nf == 0:
+            return 1.0
+        if c["kind"] == "hit":
+            if nf < N:
+                return float(a[-1] * (1 + us))
+            return float(a[N - 1] * np.exp(us * np.log(_HIT_RANGE)) * (1 + 1e-9))
+        N = min(N, nf)
+        if N == 0:
+            return float(a[0] * np.exp(np.log(0.02) * (1 - us)))  # in [0.02, 1) × the first threshold
+        lo_a = a[N - 1]
+        hi_a = a[N] if N < nf else a[N - 1] * 2.0
+        if hi_a <= lo_a * (1 + 1e-9):
+            return float(lo_a * (1 + 1e-9))
+        return float(np.exp(np.log(lo_a) + us * (np.log(hi_a) - np.log(lo_a))) * (1 + 1e-9))
+
+    # ------------------------------------------------------------------ noise
+    def _digitise(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
+        """Expected photons → int32 ADU with photon noise, gain, offset, read noise, saturation, mask."""
+        P = self.preset
+        H, W = P.shape
+        g = np.float32(c["adu_per_photon"])
+        asic = self.layout.asic_id
+        rn = None
+        if lam is None:
+            adu = np.full((H, W), np.float32(c["dark_offset"]))
+        elif P.noise_blur:
+            z, rn = correlated_normal(rng, (H, W), with_white=True)
+            # variance (ADU²) = gain × mean ADU = gain · g · λ  (gain = noise-equivalent gain)
+            sd = np.maximum(lam, 0, out=np.empty_like(lam))
+            sd *= np.float32(c["gain"]) * g
+            np.sqrt(sd, out=sd)
+            z *= sd
+            adu = lam * g
+            adu += z
+            adu += np.float32(c["dark_offset"])
+        else:
+            cnt = poisson_counts(lam, rng)
+            if asic is not None:
+                cnt *= c["asic_gain"].take(asic) * g
+            else:
+                cnt *= g
+            adu = cnt
+            adu += np.float32(c["dark_offset"])
+        lo = None if P.allow_negative else 0
+        mixed = None
+        if c["mixed_gain"]:
+            # Ke §3.2 (LG36): pixels inside the 3.2 Å cone read in low gain (1/ratio), then
+            # scaled back by ratio: same photon scale, ratio × the dark noise and ADU step
+            cx, cy = c["beam_center"]
+            r0 = c["mixed_gain_r_px"]
+            y0, y1 = max(int(cy - r0), 0), min(int(cy + r0) + 2, H)
+            x0, x1 = max(int(cx - r0), 0), min(int(cx + r0) + 2, W)
+            if y1 > y0 and x1 > x0:
+                sub = (slice(y0, y1), slice(x0, x1))
+                yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy)) ** 2
+                xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2
+                inner = (yy[:, None] + xx[None, :]) < np.float32(r0 * r0)
+                mixed = (sub, inner, adu[sub] - np.float32(c["dark_offset"]))  # photon ADU (high-gain scale)
+        if asic is not None and P.common_mode_adu > 0:
+            adu += c["common_mode"].take(asic)
+        if rn is None:
+            rn = white_normal(rng, (H, W))
+        rn *= np.float32(c["read_noise"])
+        adu += rn
+        if mixed is not None:
+            sub, inner, sig = mixed
+            ratio = np.float32(P.mixed_gain_ratio)
+            dark = adu[sub] - sig - np.float32(c["dark_offset"])  # common mode + read noise
+            low = np.rint((sig + np.float32(c["dark_offset"])) / ratio + dark)
+            np.clip(low, lo, P.saturation_adu, out=low)
+            low *= ratio
+            a = adu[sub]
+            a[inner] = low[inner]
+        np.rint(adu, out=adu)
+        if mixed is None:
+            np.clip(adu, lo, P.saturation_adu, out=adu)
+        else:
+            keep = adu[mixed[0]][mixed[1]]
+            np.clip(adu, lo, P.saturation_adu, out=adu)
+            a = adu[mixed[0]]
+            a[mixed[1]] = keep
+        data = adu.astype(np.int32)
+        data.reshape(-1)[self._inactive] = 0
+        return data
+
+
+def simulate_frame(preset, seed: int = 0, index: int = 0, *, class_fractions=None, kind: str | None = None) -> SimFrame:
+    """Simulate one frame (convenience wrapper of :meth:`Simulator.frame`).
+
+    Parameters
+    ----------
+    preset : str or Preset
+    seed : int
+    index : int
+    class_fractions : optional
+        As for :class:`Simulator`.
+    kind : str, optional
+        Force the frame kind (one of :data:`KINDS`).
+
+    Returns
+    -------
+    SimFrame
+    """
+    return Simulator(preset, seed=seed, class_fractions=class_fractions).frame(index, kind=kind)
+
+
+def simulate_run(
+    preset,
+    n_frames: int,
+    out_path,
+    *,
+    seed: int = 0,
+    class_fractions=None,
+    start: int = 0,
+    progress=None,
+    compression: str | None = "bitshuffle-lz4",
+    max_peaks: int = 2048,
+) -> Path:
+    """Simulate frames ``start .. start+n_frames-1`` and stream them into a CXI file.
+
+    Frames are written one at a time with :class:`~diffscreen.io.cxi.CXIWriter`
+    (``mask_mode="static"``), so memory stays bounded; the file appears
+    atomically at ``out_path`` when the run is complete.
+
+    Parameters
+    ----------
+    preset : str or Preset
+    n_frames : int
+        Number of frames (≥ 0).
+    out_path : str or Path
+        Output ``.cxi``/``.h5`` file.
+    seed : int
+    class_fractions : optional
+        As for :class:`Simulator`.
+    start : int
+        Index of the first frame (lets a run be split across processes:
+        frames depend only on (seed, index)).
+    progress : callable, optional
+        Called as ``progress(n_done)`` after each frame.
+    compression : str or None
+        Frame compression for :class:`~diffscreen.io.cxi.CXIWriter`.
+    max_peaks : int
+        Width of the peak list: at most this many peaks per frame are written
+        (the highest-SNR ones; 2048 is Cheetah's default peak-list width).  A
+        photosystem II hit can record 10⁴ spots.  ``n_spots`` is always the
+        full detectable count.
+
+    Returns
+    -------
+    Path
+        ``out_path``.  The file holds ``/entry_1/data_1/data`` (N, H, W) int32,
+        the static mask, per-frame geometry, ``result_1/label`` (index into
+        ``("hit", "maybe", "miss")``), ``result_1/n_spots`` and the peak list;
+        the drawn numeric parameters (``gain_adu_per_photon``, ``kind_code``,
+        ...) are in ``result_1`` too.
+
+    Raises
+    ------
+    ConfigError
+        Negative ``n_frames`` or an invalid preset / fractions.
+    """
+    from diffscreen.io.cxi import CXIWriter
+
+    if n_frames < 0:
+        raise ConfigError(f"n_frames must be >= 0, got {n_frames}")
+    sim = Simulator(preset, seed=seed, class_fractions=class_fractions)
+    out_path = Path(out_path)
+    with CXIWriter(out_path, compression=compression, mask_mode="static", dtype=np.int32, max_peaks=max_peaks) as w:
+        for k, i in enumerate(range(start, start + n_frames)):
+            sf = sim.frame(i)
+            extra = {key: float(v) for key, v in sf.meta.extra.items() if isinstance(v, (int, float, np.floating))}
+            w.append(
+                sf.data,
+                sf.meta,
+                mask=sf.mask,
+                label=sf.label,
+                n_spots=sf.n_spots,
+                peaks=sf.peaks,
+                extra=extra,
+            )
+            if progress is not None:
+                progress(k + 1)
+    return out_path

@@ -1,0 +1,176 @@
+"""Labelled frames for training: collecting, splitting, loading.
+
+A training set is a list of :class:`Sample` (a frame in a file plus its
+class).  Labels come from label files (CXIDB-76 ``expert_annotation.txt``,
+CSV ``file,frame,label``) or, for diffscreen's simulated CXI runs, from the
+runs themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from diffscreen.errors import ConfigError, LabelError
+from diffscreen.io import open_source
+from diffscreen.io.labels import LabelTable, read_labels
+from diffscreen.preprocess import Preprocessor
+
+__all__ = ["Sample", "collect_samples", "split_samples", "FrameDataset"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled frame.
+
+    Attributes
+    ----------
+    source : str
+        Input spec (path, or ``file.h5:/dataset``).
+    index : int
+        0-based frame index.
+    label : int
+        Class index into the class names.
+    """
+
+    source: str
+    index: int
+    label: int
+
+
+def collect_samples(inputs, label_files=(), class_names=("hit", "maybe", "miss")) -> tuple[list[Sample], dict]:
+    """Pair every frame of ``inputs`` with its label.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Input specs (already expanded).
+    label_files : sequence of str
+        Label files; if empty, labels are read from each input itself (a
+        simulated CXI run stores them).
+    class_names : sequence of str
+
+    Returns
+    -------
+    samples : list of Sample
+        In input order, frame order within each input.
+    info : dict
+        ``n_frames``, ``n_unlabelled``, ``counts`` per class and ``inputs``.
+
+    Raises
+    ------
+    LabelError
+        A label names a frame that does not exist, or no frame has a label.
+    """
+    records = []
+    for lf in label_files:
+        records.extend(read_labels(lf))
+    lengths = {}
+    for spec in inputs:
+        with open_source(spec) as src:
+            lengths[spec] = len(src)
+        if not label_files:
+            records.extend(read_labels(spec))
+    table = LabelTable.from_records(records)
+    if label_files:
+        table.validate(lengths)
+    names = list(class_names)
+    samples, unlabelled = [], 0
+    for spec, n in lengths.items():
+        for i in range(n):
+            lab = table.get(spec, i)
+            if lab is None:
+                unlabelled += 1
+                continue
+            if lab not in names:
+                raise LabelError(f"label {lab!r} is not one of {names}", path=spec, frame=i)
+            samples.append(Sample(spec, i, names.index(lab)))
+    if not samples:
+        raise LabelError(f"none of the {sum(lengths.values())} frames in {len(inputs)} input(s) has a label")
+    counts = {c: sum(s.label == k for s in samples) for k, c in enumerate(names)}
+    info = {"inputs": list(inputs), "n_frames": sum(lengths.values()), "n_unlabelled": unlabelled, "counts": counts}
+    return samples, info
+
+
+def split_samples(samples, fractions=(0.5, 0.2, 0.3), *, mode: str = "order", seed: int = 0):
+    """Split into train / validation / test.
+
+    Parameters
+    ----------
+    samples : list of Sample
+    fractions : (float, float, float)
+        Train, validation, test fractions (Ke §3.4: 50/20/30).
+    mode : {"order", "random"}
+        ``"order"``: each input file is split in frame order, as the fv5080
+        code does (ANCHORS.md), so neighbouring frames do not straddle the
+        split and every run contributes to every part; ``"random"``: a seeded
+        shuffle of all frames, as the paper's text says.
+    seed : int
+
+    Returns
+    -------
+    train, val, test : lists of Sample
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    if mode == "random":
+        idx = np.arange(len(samples))
+        np.random.default_rng(seed).shuffle(idx)
+        groups = [idx]
+    elif mode == "order":
+        by_source: dict = {}
+        for k, s in enumerate(samples):
+            by_source.setdefault(s.source, []).append(k)
+        groups = [np.asarray(g) for g in by_source.values()]
+    else:
+        raise ConfigError(f"split mode must be 'order' or 'random', got {mode!r}")
+    parts = ([], [], [])
+    for g in groups:
+        n_train = int(round(fractions[0] * len(g)))
+        n_val = int(round(fractions[1] * len(g)))
+        for part, chunk in zip(parts, np.split(g, [n_train, n_train + n_val])):
+            part.extend(samples[i] for i in chunk)
+    return parts
+
+
+class FrameDataset(Dataset):
+    """Read and preprocess labelled frames on demand.
+
+    Items are addressed as ``(k, dx, dy)``: sample ``k`` cropped with shift
+    ``(dx, dy)`` output pixels (the sampler draws the shifts, so an epoch is
+    reproducible from the seed alone); a plain integer ``k`` means a centred
+    crop.
+
+    Returns
+    -------
+    x : (1, S, S) float32 tensor
+    y : int64 tensor (class index)
+    """
+
+    def __init__(self, samples, preprocessor: Preprocessor):
+        self.samples = list(samples)
+        self.pre = preprocessor
+        self._open = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _source(self, spec):
+        if spec not in self._open:
+            self._open[spec] = open_source(spec)
+        return self._open[spec]
+
+    def __getstate__(self):  # open file handles do not cross process boundaries
+        d = dict(self.__dict__)
+        d["_open"] = {}
+        return d
+
+    def __getitem__(self, item):
+        k, dx, dy = (item, 0, 0) if np.isscalar(item) else item
+        s = self.samples[int(k)]
+        frame = self._source(s.source).read(s.index)
+        x = self.pre([frame], shifts=[(dx, dy)])[0]
+        return torch.from_numpy(x), torch.tensor(s.label, dtype=torch.int64)

@@ -1,0 +1,101 @@
+"""The Ke et al. (2018) CNN, model files and the decision rule."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from diffscreen.errors import ConfigError, ModelFileError
+from diffscreen.models import KeCNN, decide, get_model, hit_probability, list_models, load_model, save_model
+from diffscreen.preprocess import PreprocessConfig
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_ke_cnn_layer_sizes_match_fv5080():
+    m = get_model("ke2018")
+    # conv7 1->4 (200) bn (8) conv 4->8 (296) bn (16) conv 8->16 (1168) bn (32)
+    # conv 16->32 (4640) bn (64) linear 288->3 (867)
+    assert n_params(m) == 7291
+    assert m.num_features == 288
+    x = torch.zeros(2, 1, 720, 720)
+    feats = m.features(x)
+    assert feats.shape == (2, 32, 3, 3)
+    assert m(x).shape == (2, 3)
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(7, 7), (3, 3), (3, 3), (3, 3)]
+    assert all(c.stride == (2, 2) for c in convs)
+    assert [c.out_channels for c in convs] == [4, 8, 16, 32]
+    assert all(float(c.bias.detach().abs().sum()) == 0 for c in convs)  # zero biases at init
+
+
+def test_paper_variant_is_all_3x3():
+    m = get_model("ke2018", first_kernel=3)
+    assert n_params(m) == 7291 - 49 * 4 + 9 * 4
+    assert m(torch.zeros(1, 1, 720, 720)).shape == (1, 3)
+
+
+def test_registry():
+    assert "ke2018" in list_models()
+    with pytest.raises(ConfigError, match="no model architecture"):
+        get_model("resnet-9000")
+
+
+def test_decision_rule_is_hit_plus_maybe_against_miss():
+    p = np.array([[0.6, 0.3, 0.1], [0.3, 0.25, 0.45], [0.2, 0.2, 0.6], [0.1, 0.5, 0.4]])
+    keep, labels = decide(p)
+    assert keep.tolist() == [True, True, False, True]
+    assert labels == ["hit", "hit", "miss", "maybe"]
+    np.testing.assert_allclose(hit_probability(p), [0.9, 0.55, 0.4, 0.6])
+
+
+def test_model_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = get_model("ke2018", input_size=256)
+    m.eval()
+    pre = PreprocessConfig(out_size=256, contrast="linear")
+    path = save_model(
+        tmp_path / "m.safetensors", m, arch="ke2018", arch_kwargs={"input_size": 256}, preprocess=pre,
+        class_names=("hit", "maybe", "miss"), training={"data": "test"}, seed=5, metrics={"acc": 0.5},
+    )
+    b = load_model(path)
+    assert b.preprocess == pre and b.class_names == ("hit", "maybe", "miss")
+    assert b.meta["seed"] == 5 and b.meta["metrics"] == {"acc": 0.5} and b.meta["training"] == {"data": "test"}
+    x = torch.randn(3, 1, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(b.model(x), m(x))
+    assert not list(tmp_path.glob(".*part*"))  # no temporary left behind
+
+
+def test_model_file_refuses_pickles_and_garbage(tmp_path):
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ModelFileError, match="evil.safetensors"):
+        load_model(p)
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ModelFileError, match="no diffscreen metadata"):
+        load_model(tmp_path / "plain.safetensors")
+
+
+def test_model_file_weights_must_fit_architecture(tmp_path):
+    m = get_model("ke2018", input_size=256)
+    path = save_model(tmp_path / "m.safetensors", m, arch="ke2018", arch_kwargs={"input_size": 256, "first_kernel": 3},
+                      preprocess=PreprocessConfig(out_size=256), class_names=("hit", "maybe", "miss"))
+    with pytest.raises(ModelFileError, match="do not match"):
+        load_model(path)
+
+
+def test_bundled_model_loads_with_complete_metadata():
+    b = load_model()
+    assert isinstance(b.model, KeCNN)
+    assert b.class_names == ("hit", "maybe", "miss")
+    for key in ("training", "metrics", "seed", "preprocess", "arch"):
+        assert key in b.meta
+    assert b.meta["training"]["data"], "the bundled model must describe its training data"

@@ -1,0 +1,116 @@
+"""Screening: outputs agree with the classifier, hits are kept, errors reported, runs resume."""
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from diffscreen.io import open_source
+from diffscreen.models import get_model, save_model
+from diffscreen.models.decision import decide
+from diffscreen.models.inference import Classifier
+from diffscreen.preprocess import PreprocessConfig
+from diffscreen.screen import screen
+
+from toyrun import write_toy_run
+
+LABELS = ["hit", "miss", "maybe", "miss", "hit", "miss", "miss", "hit", "miss", "maybe", "miss", "miss"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A random-weight model whose outputs vary between frames (bias pushed to split decisions)."""
+    torch.manual_seed(7)
+    m = get_model("ke2018", input_size=256).eval()
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    return save_model(path, m, arch="ke2018", arch_kwargs={"input_size": 256},
+                      preprocess=PreprocessConfig(out_size=256, fallback_size=256), class_names=("hit", "maybe", "miss"))
+
+
+@pytest.fixture()
+def run(tmp_path):
+    return str(write_toy_run(tmp_path / "run.cxi", LABELS, seed=5))
+
+
+def read_scores(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_screen_outputs_agree_with_classifier(run, model_file, tmp_path):
+    out = tmp_path / "out"
+    summary = screen([run], out, model=model_file, batch_size=5, chunk_size=4)
+    rows = read_scores(out / "scores.csv")
+    assert list(rows[0]) == ["file", "frame", "p_hit", "p_maybe", "p_miss", "label"]
+    assert [int(r["frame"]) for r in rows] == list(range(len(LABELS)))
+    clf = Classifier(model_file)
+    with open_source(run) as src:
+        frames = [src.read(i) for i in range(len(src))]
+    probs = clf.predict(frames)
+    keep, labels = decide(probs)
+    got = np.array([[float(r[c]) for c in ("p_hit", "p_maybe", "p_miss")] for r in rows])
+    np.testing.assert_allclose(got, probs, atol=1e-5)
+    assert [r["label"] for r in rows] == labels
+    kept = [i for i, k in enumerate(keep) if k]
+    assert 0 < len(kept) < len(LABELS), "fixture model should split the frames"
+    assert (out / "hits.lst").read_text().splitlines() == [f"{run} //{i}" for i in kept]
+    with h5py.File(out / "hits.cxi", "r") as f:
+        data = f["entry_1/data_1/data"]
+        assert data.shape[0] == len(kept)
+        for j, i in enumerate(kept):
+            np.testing.assert_array_equal(data[j], frames[i].data)
+        np.testing.assert_allclose(f["entry_1/result_1/probabilities"][:], probs[kept], atol=1e-6)
+        assert f["entry_1/result_1/source_frame"][:].tolist() == kept
+    assert summary.n_frames == len(LABELS) and summary.n_kept == len(kept) and summary.n_error == 0
+    assert summary.hit_rate == pytest.approx(len(kept) / len(LABELS))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_frames"] == len(LABELS)
+    assert not (out / ".partial").exists()
+
+
+def test_bad_files_and_frames_are_reported_and_the_rest_screened(run, model_file, tmp_path):
+    bad = tmp_path / "corrupt.cxi"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        d = np.ones((2, 256, 256), np.float32)
+        d[1, 5, 5] = np.nan
+        f["data"] = d
+    out = tmp_path / "out"
+    summary = screen([str(bad), run, str(tmp_path / "nan.h5") + ":/data"], out, model=model_file)
+    rows = read_scores(out / "scores.csv")
+    errs = [r for r in rows if r["label"] == "error"]
+    assert {(r["file"], r["frame"]) for r in errs} == {(str(bad), "-1"), (str(tmp_path / "nan.h5") + ":/data", "1")}
+    assert sum(r["label"] != "error" for r in rows) == len(LABELS) + 1
+    assert summary.n_error == 2
+    with open(out / "errors.csv") as fh:
+        text = fh.read()
+    assert "NaN" in text and "corrupt.cxi" in text
+
+
+def test_interrupted_screen_resumes(run, model_file, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    import diffscreen.screen.runner as runner
+
+    calls = {"n": 0}
+    original = runner._Chunk.run
+
+    def crash_second(self, items, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, items, *a, **k)
+
+    monkeypatch.setattr(runner._Chunk, "run", crash_second)
+    with pytest.raises(KeyboardInterrupt):
+        screen([run], out, model=model_file, chunk_size=4)
+    assert not (out / "scores.csv").exists() and not (out / "hits.cxi").exists()  # nothing half-written
+    assert len(list((out / ".partial").glob("chunk_*.csv"))) == 1
+    monkeypatch.setattr(runner._Chunk, "run", original)
+    summary = screen([run], out, model=model_file, chunk_size=4)
+    assert summary.resumed_chunks == 1
+    fresh = screen([run], tmp_path / "fresh", model=model_file, chunk_size=4)
+    assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
+    assert fresh.resumed_chunks == 0
