@@ -157,7 +157,7 @@ def _report_screen(summary, out) -> None:
 @app.command()
 @friendly
 def simulate(
-    out: Path = typer.Argument(..., help="Output CXI file (.cxi)."),
+    out: Optional[Path] = typer.Argument(None, help="Output CXI file (.cxi)."),
     preset: str = typer.Option("rayonix", help="Detector/experiment preset (see --list-presets)."),
     frames: int = typer.Option(100, "--frames", "-n", help="Number of frames."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same frames."),
@@ -170,32 +170,39 @@ def simulate(
     Poisson and read noise, gain, saturation and the detector's masks.  Labels
     follow Ke et al. (2018) §3.3.1 (>= 10 detectable spots: hit, 4-9: maybe).
     """
-    from diffscreen.simulate import PRESETS, simulate_run
+    from diffscreen.simulate import PRESETS
 
     if list_presets:
         for name, p in PRESETS.items():
-            doc = (p.__doc__ or "").strip().splitlines()[0] if getattr(p, "__doc__", None) else ""
-            print(f"{name}: {getattr(p, 'description', doc)}")
+            print(f"{name}: {p.detector}, {p.shape[1]}x{p.shape[0]} px of {p.pixel_size_mm} mm. {p.notes}")
         return
-    if preset not in PRESETS:
+    if out is None:
         from diffscreen.errors import ConfigError
 
+        raise ConfigError("give the output file: diffscreen simulate OUT.cxi")
+    with _progress() as p:
+        path = _simulate_with_bar(p, preset, frames, out, seed)
+    print(f"wrote {frames} frames to {path}")
+
+
+def _simulate_with_bar(progress, preset: str, frames: int, out, seed: int):
+    """Check the arguments, then simulate a run with a progress bar."""
+    from diffscreen.errors import ConfigError
+    from diffscreen.simulate import PRESETS, simulate_run
+
+    if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     if frames < 1:
-        from diffscreen.errors import ConfigError
-
         raise ConfigError("--frames must be >= 1")
-    with _progress() as p:
-        bar = _Bar(p, f"simulating {preset}")
-        bar(total=frames)
-        last = [0]
+    bar = _Bar(progress, f"simulating {frames} {preset} frames")
+    bar(total=frames)
+    done = [0]
 
-        def cb(n):
-            bar(advance=n - last[0])
-            last[0] = n
+    def cb(n):  # simulate_run reports frames done so far; the bar wants increments
+        bar(advance=n - done[0])
+        done[0] = n
 
-        path = simulate_run(preset, frames, out, seed=seed, progress=cb)
-    print(f"wrote {frames} frames to {path}")
+    return simulate_run(preset, frames, out, seed=seed, progress=cb)
 
 
 @app.command()
@@ -207,6 +214,8 @@ def train(
     epochs: int = typer.Option(120, help="Epochs (Ke: 120)."),
     batches_per_epoch: int = typer.Option(100, help="Class-balanced mini-batches per epoch (Ke: 100)."),
     batch_size: int = typer.Option(64, help="Frames per mini-batch (Ke: 64)."),
+    lr_start: float = typer.Option(0.1, help="Learning rate of the first epoch (Ke: 0.1 at batch 64)."),
+    lr_end: float = typer.Option(1e-4, help="Learning rate of the last epoch (Ke: 1e-4); exponential in between."),
     seed: int = typer.Option(0, help="Seed for initialisation, batches and crop shifts."),
     split: Split = typer.Option(Split.order, help="Train/val/test split: in file order per file (fv5080) or random."),
     fractions: Tuple[float, float, float] = typer.Option((0.5, 0.2, 0.3), help="Train, validation, test fractions (Ke: 0.5 0.2 0.3)."),
@@ -232,6 +241,7 @@ def train(
     tr, va, te = split_samples(samples, fractions, mode=split.value, seed=seed)
     print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
     cfg = TrainConfig(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size, seed=seed,
+                      lr_start=lr_start, lr_end=lr_end,
                       first_kernel=first_kernel, workers=workers)
     pcfg = PreprocessConfig(
         out_size=input_size, contrast=contrast.value, s_per_px=None if pixel_scaling else PreprocessConfig.s_per_px,
@@ -353,34 +363,15 @@ def demo(
     Writes the simulated run (OUT/run.cxi) and the same outputs as `screen`.
     """
     from diffscreen.evaluate import evaluate_labels
-    from diffscreen.io.labels import LabelTable, read_labels
     from diffscreen.screen import screen as run_screen
-    from diffscreen.simulate import simulate_run
 
     out.mkdir(parents=True, exist_ok=True)
     run = out / "run.cxi"
     with _progress() as p:
-        bar = _Bar(p, f"simulating {frames} {preset} frames")
-        bar(total=frames)
-        last = [0]
-
-        def cb(n):
-            bar(advance=n - last[0])
-            last[0] = n
-
-        simulate_run(preset, frames, run, seed=seed, progress=cb)
+        _simulate_with_bar(p, preset, frames, run, seed)
         summary = run_screen([str(run)], out, model=model, resume=False, progress=_Bar(p, "screening"))
     _report_screen(summary, out)
-    table = LabelTable.from_records(read_labels(str(run)))
-    import csv
-
-    true, pred = [], []
-    with open(out / "scores.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            t = table.get(row["file"], int(row["frame"]))
-            if t is not None and row["label"] != "error":
-                true.append(t)
-                pred.append(row["label"])
+    true, pred = _labels_for_scores(out / "scores.csv", [str(run)], [])
     rep = evaluate_labels(true, pred)
     print("\nAgainst the simulator's truth:")
     print(rep.to_markdown())
