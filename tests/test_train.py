@@ -129,3 +129,37 @@ def test_checkpoint_of_another_run_is_refused(toy_runs, tmp_path):
         train_model(tr, va, out, config=_cfg(epochs=3), preprocess=PRE, progress=_raise_at(2), log=lambda s: None)
     with pytest.raises(ConfigError, match="different training run"):
         train_model(tr, va, out, config=_cfg(epochs=3, seed=99), preprocess=PRE, log=lambda s: None)
+
+
+def test_cxidb76_run_with_expert_annotation_trains_from_the_cli(tmp_path, capsys):
+    """A user with a CXIDB-76 run and its expert_annotation.txt can train on them."""
+    from test_io_hdf5 import _write_cxidb76
+    from toyrun import toy_frame
+
+    from diffscreen.cli import main
+    from diffscreen.errors import LabelError
+
+    rng = np.random.default_rng(5)
+    labels = ["hit", "miss", "miss", "maybe", "hit", "miss", "hit", "miss"]
+    imgs = np.stack([toy_frame(lab, rng) for lab in labels])
+    run = tmp_path / "r0095_2000.h5"
+    _write_cxidb76(run, [imgs[:5], imgs[5:]], active_areas=[0, 0, 256, 256])
+    ann = tmp_path / "expert_annotation.txt"
+    ann.write_text("".join(f"r0095_2000.h5 [{i + 1}] {lab.upper()}\n" for i, lab in enumerate(labels)))
+    samples, info = collect_samples([str(run)], [str(ann)])
+    assert [s.label for s in samples] == [("hit", "maybe", "miss").index(lab) for lab in labels]
+    assert info["counts"] == {"hit": 3, "maybe": 1, "miss": 4}
+
+    bad = tmp_path / "bad_annotation.txt"
+    bad.write_text(ann.read_text() + "r0095_2000.h5 [9] HIT\n")
+    with pytest.raises(LabelError, match="r0095_2000.h5") as exc:
+        collect_samples([str(run)], [str(bad)])
+    assert "8" in str(exc.value)  # frame 9 (1-based) = index 8 does not exist
+
+    out = tmp_path / "m.safetensors"
+    code = main(["train", str(run), "--labels", str(ann), "--out", str(out), "--epochs", "1",
+                 "--batches-per-epoch", "1", "--batch-size", "4", "--input-size", "256", "--workers", "0"])
+    assert code == 0, capsys.readouterr().err
+    meta = load_model(out).meta
+    assert meta["training"]["data"]["label_files"] == [str(ann)]
+    assert meta["training"]["data"]["counts"] == {"hit": 3, "maybe": 1, "miss": 4}

@@ -33,9 +33,11 @@ trusted range, as in ``FormatCBFMultiTileHierarchy``) and the CSPAD sentinel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -190,6 +192,28 @@ def _cbf_error(exc: Exception, what: str, path: str) -> FrameReadError:
     return FrameReadError(f"CBFlib cannot {what} ({reason}): damaged or truncated CBF", path=path, frame=0)
 
 
+@contextlib.contextmanager
+def _c_stderr_silenced():
+    """Send C-level stderr (file descriptor 2) to /dev/null for the block.
+
+    CBFlib prints its parse messages there; the :class:`FrameReadError` we
+    raise says the same in one line.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:  # no usable descriptor 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _open_handle(path: str):
     """A pycbf handle on the file, and the buffer it reads from (kept alive with it)."""
     import pycbf
@@ -199,11 +223,13 @@ def _open_handle(path: str):
     try:
         if kind is None:
             fh.close()
-            h.read_widefile(path.encode(), pycbf.MSG_DIGEST)
+            with _c_stderr_silenced():
+                h.read_widefile(path.encode(), pycbf.MSG_DIGEST)
             return h, None
         with fh:
             buf = fh.read()
-        h.read_buffer(buf, pycbf.MSG_DIGEST)
+        with _c_stderr_silenced():
+            h.read_buffer(buf, pycbf.MSG_DIGEST)
         return h, buf
     except (OSError, EOFError, ValueError) as exc:
         raise FrameReadError(f"cannot decompress ({exc})", path=path, frame=0) from exc
