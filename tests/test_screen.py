@@ -75,19 +75,23 @@ def test_bad_files_and_frames_are_reported_and_the_rest_screened(run, model_file
     bad = tmp_path / "corrupt.cxi"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     with h5py.File(tmp_path / "nan.h5", "w") as f:
-        d = np.ones((2, 256, 256), np.float32)
+        d = np.ones((4, 256, 256), np.float32)
         d[1, 5, 5] = np.nan
+        d[2] = 0  # an empty readout
+        d[3, 9, 9] = np.inf
         f["data"] = d
     out = tmp_path / "out"
     summary = screen([str(bad), run, str(tmp_path / "nan.h5") + ":/data"], out, model=model_file)
     rows = read_scores(out / "scores.csv")
     errs = [r for r in rows if r["label"] == "error"]
-    assert {(r["file"], r["frame"]) for r in errs} == {(str(bad), "-1"), (str(tmp_path / "nan.h5") + ":/data", "1")}
+    h5 = str(tmp_path / "nan.h5") + ":/data"
+    assert {(r["file"], r["frame"]) for r in errs} == {(str(bad), "-1"), (h5, "1"), (h5, "2"), (h5, "3")}
     assert sum(r["label"] != "error" for r in rows) == len(LABELS) + 1
-    assert summary.n_error == 2
-    with open(out / "errors.csv") as fh:
-        text = fh.read()
-    assert "NaN" in text and "corrupt.cxi" in text
+    assert summary.n_error == 4
+    errors = {(r["file"], r["frame"]): r["error"] for r in csv.DictReader(open(out / "errors.csv"))}
+    assert "NaN or infinite" in errors[(h5, "1")] and "NaN or infinite" in errors[(h5, "3")]
+    assert "all pixels are zero" in errors[(h5, "2")]
+    assert "cannot open as HDF5" in errors[(str(bad), "-1")]
 
 
 def test_interrupted_screen_resumes(run, model_file, tmp_path, monkeypatch):
