@@ -43,3 +43,34 @@ def test_unknown_preset_is_refused(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "x.cxi"), "--preset", "pilatus-9000"]) == 2
     assert "unknown preset" in capsys.readouterr().err
     assert not (tmp_path / "x.cxi").exists()
+
+
+def test_evaluate_command_matches_the_classifier(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import torch
+
+    from diffscreen.evaluate import evaluate_labels
+    from diffscreen.io import open_source
+    from diffscreen.models import get_model, save_model
+    from diffscreen.models.decision import decide
+    from diffscreen.models.inference import Classifier
+    from diffscreen.preprocess import PreprocessConfig
+    from toyrun import write_toy_run
+
+    labels = ["hit", "miss", "maybe", "miss", "hit", "miss", "miss"]
+    run = str(write_toy_run(tmp_path / "run.cxi", labels, seed=3))
+    torch.manual_seed(1)
+    model = save_model(tmp_path / "m.safetensors", get_model("ke2018", input_size=256).eval(), arch="ke2018",
+                       arch_kwargs={"input_size": 256}, preprocess=PreprocessConfig(out_size=256, fallback_size=256),
+                       class_names=("hit", "maybe", "miss"))
+    assert main(["evaluate", run, "--model", str(model), "--batch-size", "3", "--out", str(tmp_path / "rep")]) == 0
+    assert "Ke Table 3" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    with open_source(run) as src:
+        _, pred = decide(Classifier(model).predict([src.read(i) for i in range(len(src))]))
+    expected = evaluate_labels(labels, pred)
+    assert rep["confusion"] == expected.confusion.tolist()
+    assert np.isclose(rep["metrics"]["accuracy"], expected.metrics["accuracy"])
+    assert (tmp_path / "rep.md").read_text().startswith("**3-class confusion")

@@ -298,28 +298,26 @@ def evaluate(
 
 
 def _predict_labelled(specs, labels, model, batch_size):
-    from diffscreen.io import open_source
-    from diffscreen.io.frame import check_frame
+    import numpy as np
+
     from diffscreen.models.decision import decide
     from diffscreen.models.inference import Classifier
-    from diffscreen.train import collect_samples
+    from diffscreen.train import FrameDataset, collect_samples
 
     samples, _ = collect_samples(specs, [str(x) for x in labels])
     clf = Classifier(model)
+    data = FrameDataset(samples, clf.preprocessor)  # keeps each file open across its frames
     true, pred = [], []
     with _progress() as p:
         bar = _Bar(p, "evaluating")
         bar(total=len(samples))
         for b in range(0, len(samples), batch_size):
-            batch = samples[b : b + batch_size]
-            frames = []
-            for s in batch:
-                with open_source(s.source) as src:
-                    frames.append(check_frame(src.read(s.index)))
-            _, lab = decide(clf.predict(frames), clf.class_names)
+            ks = range(b, min(b + batch_size, len(samples)))
+            x = np.stack([data[k][0].numpy() for k in ks])
+            _, lab = decide(clf.predict_batch(x), clf.class_names)
             pred.extend(lab)
-            true.extend(clf.class_names[s.label] for s in batch)
-            bar(advance=len(batch))
+            true.extend(clf.class_names[samples[k].label] for k in ks)
+            bar(advance=len(ks))
     return true, pred
 
 

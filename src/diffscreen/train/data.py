@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffscreen.errors import ConfigError, LabelError
-from diffscreen.io import open_source
+from diffscreen.io import check_frame, open_source
 from diffscreen.io.labels import LabelTable, read_labels
 from diffscreen.preprocess import Preprocessor
 
@@ -148,6 +148,11 @@ class FrameDataset(Dataset):
     -------
     x : (1, S, S) float32 tensor
     y : int64 tensor (class index)
+
+    Raises
+    ------
+    FrameReadError, BadFrameError
+        A labelled frame cannot be read, or has NaN/inf pixels or is empty.
     """
 
     def __init__(self, samples, preprocessor: Preprocessor):
@@ -171,6 +176,6 @@ class FrameDataset(Dataset):
     def __getitem__(self, item):
         k, dx, dy = (item, 0, 0) if np.isscalar(item) else item
         s = self.samples[int(k)]
-        frame = self._source(s.source).read(s.index)
+        frame = check_frame(self._source(s.source).read(s.index))
         x = self.pre([frame], shifts=[(dx, dy)])[0]
         return torch.from_numpy(x), torch.tensor(s.label, dtype=torch.int64)
