@@ -66,3 +66,7 @@ def test_screen_command_on_every_real_frame(shared_data, tmp_path, capsys):
     assert len(lst) == len(kept)
     # single-frame files are listed without an event number, as CrystFEL expects
     assert all("//" not in line for line in lst)
+    with open_source(str(out / "hits.cxi")) as hits:  # frames of several shapes: one CXI entry per shape
+        assert len(hits) == len(kept)
+        shapes = {hits.read(i).data.shape for i in range(len(hits))}
+    assert len(shapes) >= 3

@@ -64,6 +64,11 @@ def test_screen_outputs_agree_with_classifier(run, model_file, tmp_path):
             np.testing.assert_array_equal(data[j], frames[i].data)
         np.testing.assert_allclose(f["entry_1/result_1/probabilities"][:], probs[kept], atol=1e-6)
         assert f["entry_1/result_1/source_frame"][:].tolist() == kept
+    with open_source(str(out / "hits.cxi")) as hits:  # our own reader takes it back, masks included
+        assert len(hits) == len(kept)
+        back = hits.read(len(kept) - 1)
+        np.testing.assert_array_equal(back.data, frames[kept[-1]].data)
+        np.testing.assert_array_equal(back.mask, frames[kept[-1]].mask)
     assert summary.n_frames == len(LABELS) and summary.n_kept == len(kept) and summary.n_error == 0
     assert summary.hit_rate == pytest.approx(len(kept) / len(LABELS))
     s = json.loads((out / "summary.json").read_text())
