@@ -24,6 +24,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+benchmark_app = typer.Typer(
+    help="Rerun a paper's experiments on simulated runs and write docs/benchmarks/<paper>.md.",
+    no_args_is_help=True,
+)
+app.add_typer(benchmark_app, name="benchmark")
+
 EXIT_ERROR = 2  # bad input or usage
 EXIT_PARTIAL = 1  # finished, but some frames or files failed
 
@@ -392,6 +398,12 @@ def model_info(model: Optional[Path] = typer.Argument(None, help="Model file; de
     short["training"] = {k: v for k, v in train.items() if k != "history"}
     print(f"{path}")
     print(json.dumps(short, indent=2, default=float))
+
+
+# Commands that live in their own modules (diffscreen/cli_*.py) register
+# themselves on `app` / `benchmark_app` when imported here; like the commands
+# above they import nothing heavy at module level.
+# (one import line per module, e.g. `from diffscreen import cli_explain  # noqa: E402,F401`)
 
 
 def main(argv=None) -> int:
