@@ -1,0 +1,9 @@
+"""Paper experiments rerun on simulated runs (``diffscreen benchmark <paper>``).
+
+One module per paper.  Each exposes ``run(out_dir, *, quick=False, seed=...)``
+that runs the experiments, writes ``docs/benchmarks/<paper>.md`` (our numbers
+beside the paper's) with its PNG figures, and returns the numbers as a dict so
+that tests can assert the qualitative findings of the ``--quick`` mode.
+Benchmarks sit beside the pipeline: they may import every other subpackage,
+including ``simulate`` and ``baselines``.
+"""
