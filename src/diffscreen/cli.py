@@ -114,6 +114,14 @@ class Split(str, Enum):
     random = "random"
 
 
+class Method(str, Enum):
+    cnn = "cnn"
+    peakfinder8 = "peakfinder8"
+
+
+_PF8 = "peakfinder8 (with --method peakfinder8)"
+
+
 @app.command()
 @friendly
 def screen(
@@ -124,14 +132,27 @@ def screen(
     no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
     threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+    method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder."),
+    pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
+    adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
+    min_snr: Optional[float] = typer.Option(None, help="Minimum signal-to-noise ratio [5].", rich_help_panel=_PF8),
+    min_pixels: Optional[int] = typer.Option(None, help="Minimum pixels per peak [2].", rich_help_panel=_PF8),
+    max_pixels: Optional[int] = typer.Option(None, help="Maximum pixels per peak [30].", rich_help_panel=_PF8),
+    local_bg_radius: Optional[int] = typer.Option(None, help="Local background radius, px [4].", rich_help_panel=_PF8),
+    low_res: Optional[float] = typer.Option(None, help="Low-resolution limit (inner), Å.", rich_help_panel=_PF8),
+    high_res: Optional[float] = typer.Option(None, help="High-resolution limit (outer), Å.", rich_help_panel=_PF8),
+    min_peaks: Optional[int] = typer.Option(None, help="Peaks that make a hit [10].", rich_help_panel=_PF8),
+    fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
     Writes OUT/scores.csv (file,frame,p_hit,p_maybe,p_miss,label), OUT/hits.lst
     (CrystFEL list of kept frames), OUT/hits.cxi (their raw pixels), OUT/errors.csv
     and OUT/summary.json.  A frame is kept when P(hit) + P(maybe) > P(miss)
-    (Ke et al. 2018).  An interrupted run resumes when started again.  Exit
-    status 1 when some frames or files could not be screened.
+    (Ke et al. 2018).  With --method peakfinder8 a frame is a hit when it has at
+    least --min-peaks peaks; scores.csv then holds n_peaks and hits.cxi the
+    peaks (Cheetah/CrystFEL layout).  An interrupted run resumes when started
+    again.  Exit status 1 when some frames or files could not be screened.
     """
     import torch
 
@@ -140,14 +161,37 @@ def screen(
     if threads:
         torch.set_num_threads(threads)
     specs = _expand(inputs)
+    finder = None
+    if method is Method.peakfinder8:
+        finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
+                              max_pixel_count=max_pixels, local_bg_radius=local_bg_radius, low_res_A=low_res,
+                              high_res_A=high_res, min_peaks=min_peaks, fast_mode=fast)
     with _progress() as p:
         summary = run_screen(
-            specs, out, model=model, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
+            specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
             progress=_Bar(p, "screening"),
         )
     _report_screen(summary, out)
     if summary.n_error:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _peakfinder8(settings_file, **overrides):
+    """A Peakfinder8 from a settings JSON (optional) and the CLI options given."""
+    import json
+
+    from diffscreen.baselines import Peakfinder8, Peakfinder8Config
+    from diffscreen.errors import ConfigError
+
+    base = {}
+    if settings_file is not None:
+        try:
+            base = json.loads(Path(settings_file).read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{settings_file}: not a JSON settings file ({exc})") from None
+        base = base.get("peakfinder8", base)  # a tuning record or the bare settings
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Peakfinder8(Peakfinder8Config.from_dict(base))
 
 
 def _report_screen(summary, out) -> None:
@@ -404,6 +448,7 @@ def model_info(model: Optional[Path] = typer.Argument(None, help="Model file; de
 # themselves on `app` / `benchmark_app` when imported here; like the commands
 # above they import nothing heavy at module level.
 # (one import line per module, e.g. `from diffscreen import cli_explain  # noqa: E402,F401`)
+from diffscreen import cli_baselines  # noqa: E402,F401
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
-"""Screening: classify frames in batches and keep the hits (the main job)."""
+"""Screening runs: classify every frame and keep the hits (:func:`screen`)."""
 
-from diffscreen.screen.runner import SCORE_COLUMNS, ScreenSummary, list_entry, screen
+from diffscreen.screen.runner import SCORE_COLUMNS, CNNMethod, FrameDecision, ScreenSummary, list_entry, screen
 
-__all__ = ["SCORE_COLUMNS", "ScreenSummary", "list_entry", "screen"]
+__all__ = ["SCORE_COLUMNS", "CNNMethod", "FrameDecision", "ScreenSummary", "list_entry", "screen"]

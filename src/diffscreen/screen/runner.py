@@ -4,7 +4,8 @@ Layers, as in OnDA Monitor: :func:`diffscreen.io.iter_frames`-style data
 retrieval, per-batch processing (:class:`~diffscreen.models.inference.Classifier`
 plus the Ke et al. 2018 §2.1 decision), and collection into the outputs::
 
-    DIR/scores.csv    file,frame,p_hit,p_maybe,p_miss,label   (label: hit|maybe|miss|error)
+    DIR/scores.csv    file,frame,<scores>,label   (label: hit|maybe|miss|error)
+                      <scores> = p_hit,p_maybe,p_miss for a CNN, n_peaks for peakfinder8
     DIR/hits.lst      kept frames (hit or maybe), CrystFEL list: "file //frame"
     DIR/hits.cxi      kept frames' raw pixels, masks and probabilities (CXI layout)
     DIR/errors.csv    file,frame,error for every frame or file that failed
@@ -14,6 +15,11 @@ Work is done in chunks whose results go to ``DIR/.partial/``; a chunk is
 complete once its CSV exists, so an interrupted run resumes where it
 stopped.  Final files appear only at the end, each written to a temporary
 name and renamed.
+
+The per-frame decision comes from a *screening method*: any object with
+``class_names``, ``score_columns``, ``identity`` and ``classify(frames) ->
+list[FrameDecision]``.  :class:`CNNMethod` wraps a trained model; the
+peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`) is another.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from diffscreen.io.frame import check_frame
 from diffscreen.models.decision import decide
 from diffscreen.models.inference import Classifier
 
-__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry"]
+__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "FrameDecision", "CNNMethod"]
 
+#: scores.csv columns of a screen with a hit/maybe/miss CNN
 SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
 
@@ -115,18 +122,61 @@ def _work_list(inputs, errors: list) -> list[tuple[str, int]]:
     return items
 
 
-def _model_id(clf: Classifier) -> str:
-    p = clf.bundle.path
-    if p and Path(p).is_file():
-        return hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
-    return "in-memory"
+@dataclass
+class FrameDecision:
+    """A screening method's verdict on one frame.
+
+    Attributes
+    ----------
+    scores : tuple of float
+        Values of the method's ``score_columns`` (written to scores.csv).
+    label : str
+        One of the method's ``class_names``.
+    keep : bool
+        Whether the frame goes to hits.lst / hits.cxi.
+    probabilities : (C,) float32 ndarray or None
+        Class probabilities, stored in hits.cxi when given.
+    peaks : (P, 4) float32 ndarray or None
+        Peaks found (x, y, intensity, SNR), stored in hits.cxi when given.
+    """
+
+    scores: tuple
+    label: str
+    keep: bool
+    probabilities: np.ndarray | None = None
+    peaks: np.ndarray | None = None
+
+
+class CNNMethod:
+    """A trained classifier as a screening method (Ke et al. 2018 §2.1 decision).
+
+    Parameters
+    ----------
+    clf : Classifier
+    """
+
+    def __init__(self, clf: Classifier):
+        self.clf = clf
+        self.class_names = tuple(clf.class_names)
+        self.score_columns = tuple(f"p_{c}" for c in self.class_names)
+        p = clf.bundle.path
+        self.path = p
+        if p and Path(p).is_file():
+            self.identity = hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
+        else:
+            self.identity = "in-memory"
+
+    def classify(self, frames) -> list[FrameDecision]:
+        probs = self.clf.predict(frames)
+        keep, labels = decide(probs, self.class_names)
+        return [FrameDecision(tuple(float(v) for v in p), lab, bool(k), p) for p, k, lab in zip(probs, keep, labels)]
 
 
 class _Chunk:
     """Classify one chunk of (file, frame) items and write its partial outputs."""
 
-    def __init__(self, clf: Classifier, batch_size: int, write_cxi: bool):
-        self.clf, self.batch_size, self.write_cxi = clf, batch_size, write_cxi
+    def __init__(self, method, batch_size: int, write_cxi: bool):
+        self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
         self.sources: dict = {}
 
     def _read(self, spec, i):
@@ -139,7 +189,9 @@ class _Chunk:
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         rows, errors = [], []
-        writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=self.clf.class_names) if self.write_cxi else None
+        m = self.method
+        writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=m.class_names) if self.write_cxi else None
+        blank = [""] * len(m.score_columns)
         try:
             for b in range(0, len(items), self.batch_size):
                 frames, keys = [], []
@@ -149,14 +201,15 @@ class _Chunk:
                         frames.append(fr)
                         keys.append((spec, i, single))
                     except DiffscreenError as exc:
-                        rows.append([spec, i, "", "", "", "error", 0])
+                        rows.append([spec, i, *blank, "error", 0])
                         errors.append([spec, i, exc.problem])
-                probs = self.clf.predict(frames)
-                keep, labels = decide(probs, self.clf.class_names)
-                for (spec, i, single), p, k, lab, fr in zip(keys, probs, keep, labels, frames):
-                    rows.append([spec, i, *(f"{v:.6f}" for v in p), lab, int(single)])
-                    if k and writer is not None:
-                        writer.append(fr.data, fr.meta, mask=fr.mask, label=lab, probabilities=p)
+                decisions = m.classify(frames) if frames else []
+                for (spec, i, single), d, fr in zip(keys, decisions, frames):
+                    rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
+                    if d.keep and writer is not None:
+                        writer.append(
+                            fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities, peaks=d.peaks
+                        )
                 if progress:
                     progress(len(items[b : b + self.batch_size]))
             if writer is not None:
@@ -181,6 +234,7 @@ def screen(
     out_dir,
     *,
     model=None,
+    method=None,
     batch_size: int = 16,
     chunk_size: int = 256,
     resume: bool = True,
@@ -197,6 +251,10 @@ def screen(
         Output folder (created).
     model : ModelBundle, Classifier, path or None
         None: the bundled default model.
+    method : screening method, optional
+        Decides instead of ``model``: an object with ``class_names``,
+        ``score_columns``, ``identity`` and ``classify(frames) ->
+        list[FrameDecision]``, e.g. :class:`diffscreen.baselines.Peakfinder8`.
     batch_size : int
         Frames per forward pass.
     chunk_size : int
@@ -224,7 +282,8 @@ def screen(
     if batch_size < 1 or chunk_size < 1:
         raise ConfigError("batch_size and chunk_size must be >= 1")
     t0 = time.time()
-    clf = model if isinstance(model, Classifier) else Classifier(model)
+    if method is None:
+        method = CNNMethod(model if isinstance(model, Classifier) else Classifier(model))
     out = Path(out_dir)
     part = out / ".partial"
     file_errors: list = []
@@ -232,7 +291,7 @@ def screen(
     manifest = {
         "inputs": list(inputs),
         "n_items": len(items),
-        "model": _model_id(clf),
+        "model": method.identity,
         "chunk_size": chunk_size,
         "write_cxi": write_cxi,
     }
@@ -244,7 +303,7 @@ def screen(
     chunks = [items[k : k + chunk_size] for k in range(0, len(items), chunk_size)]
     if progress:
         progress(total=len(items))
-    worker = _Chunk(clf, batch_size, write_cxi)
+    worker = _Chunk(method, batch_size, write_cxi)
     resumed, n_done_now, t_work = 0, 0, time.time()
     for c, chunk in enumerate(chunks):
         csv_path, cxi_path = part / f"chunk_{c:06d}.csv", part / f"chunk_{c:06d}.cxi"
@@ -257,11 +316,11 @@ def screen(
         n_done_now += len(chunk)
     t_work = time.time() - t_work
 
-    summary = _collect(out, part, len(chunks), file_errors, write_cxi)
+    summary = _collect(out, part, len(chunks), file_errors, write_cxi, method.score_columns)
     summary.seconds = time.time() - t0
     summary.frames_per_s = n_done_now / t_work if t_work > 0 and n_done_now else float("nan")
     summary.out_dir = str(out)
-    summary.model = clf.bundle.path or "in-memory"
+    summary.model = getattr(method, "path", None) or method.identity
     summary.resumed_chunks = resumed
     record = asdict(summary)
     record["errors"] = [{"file": f, "frame": i, "error": e} for f, i, e in summary.errors]
@@ -277,22 +336,22 @@ def _read_json(path: Path):
         return None
 
 
-def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi: bool) -> ScreenSummary:
+def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi: bool, score_columns) -> ScreenSummary:
     s = ScreenSummary()
     scores = _io.StringIO()
     w = csv.writer(scores)
-    w.writerow(SCORE_COLUMNS)
+    w.writerow(("file", "frame", *score_columns, "label"))
     lst, errors = [], list(file_errors)
     for spec, i, _ in file_errors:
-        w.writerow([spec, i, "", "", "", "error"])
+        w.writerow([spec, i, *[""] * len(score_columns), "error"])
     for c in range(n_chunks):
         with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
             for row in csv.reader(fh):
                 if row[0] == "#error":
                     errors.append((row[1], int(row[2]), row[3]))
                     continue
-                spec, i, ph, pm, pmiss, lab, single = row
-                w.writerow([spec, i, ph, pm, pmiss, lab])
+                spec, i, *vals, lab, single = row
+                w.writerow([spec, i, *vals, lab])
                 if lab in ("hit", "maybe"):
                     lst.append(list_entry(spec, int(i), single == "1"))
                 setattr(s, f"n_{lab}", getattr(s, f"n_{lab}") + 1)
