@@ -291,3 +291,32 @@ def test_bad_configuration_raises():
         Simulator("cspad", class_fractions=(-1, 1, 1))
     with pytest.raises(ValueError):  # ConfigError is a ValueError
         Simulator("cspad").frame(0, kind="nonsense")
+
+
+# ---- the five CXIDB-76 run presets (Ke et al. 2018, Tables 1-2) ------------------
+RUNS = {  # energy eV, protein, space group, detector family, gain, (hit, maybe, miss)
+    "L498": (9773, "thermolysin", "P 61 2 2", "cspad", 4.55, (148, 498, 1354)),
+    "LG36": (7088, "photosystem II", "P 21 21 21", "cspad", 15.64, (235, 57, 1708)),
+    "LN84": (9516, "photosystem II", "P 21 21 21", "rayonix", 0.31, (806, 132, 1062)),
+    "LN83": (9498, "hydrogenase", "P 21 21 21", "rayonix", 0.27, (346, 63, 1591)),
+    "LO19": (9442, "cyclophilin A", "P 21 21 21", "rayonix", 0.19, (730, 151, 1119)),
+}
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_run_presets_follow_ke_tables_1_and_2(run):
+    ev, protein, sg, family, gain, counts = RUNS[run]
+    p = PRESETS[run]
+    assert [c.name for c in p.cells] == [protein] and p.cells[0].space_group == sg
+    assert p.energy_keV[0] * 1000 <= ev <= p.energy_keV[1] * 1000 and np.ptp(p.energy_keV) <= 0.02
+    assert p.gain_adu_per_photon[0] <= gain <= p.gain_adu_per_photon[1]
+    assert p.shape == PRESETS[family].shape and p.mask_key in (run, "LG36_mask2")
+    assert np.allclose(p.class_fractions, np.array(counts) / 2000)
+    # default class mixture = the real annotation counts: the drawn frame kinds follow them
+    sim = Simulator(run, seed=4)
+    kinds = [sim._draw(np.random.default_rng([4, i]), None)["kind"] for i in range(600)]
+    for k, frac in zip(("hit", "maybe"), p.class_fractions):
+        assert abs(kinds.count(k) / 600 - frac) < 4 * np.sqrt(frac * (1 - frac) / 600) + 1e-9, k
+    # a frame carries the run's photon energy
+    sf = sim.frame(1, kind="solvent")
+    assert abs(12398.42 / sf.meta.wavelength_A - ev) <= 10.0

@@ -24,7 +24,7 @@ import numpy as np
 from diffscreen.errors import ConfigError
 from diffscreen.simulate.crystal import CellSpec
 
-__all__ = ["Preset", "PRESETS", "CELLS", "get_preset", "load_cxidb76_mask", "DetectorLayout", "detector_layout"]
+__all__ = ["Preset", "PRESETS", "RUN_PRESETS", "CELLS", "get_preset", "load_cxidb76_mask", "DetectorLayout", "detector_layout"]
 
 #: Unit cells of Ke et al. (2018) Table 1.
 CELLS: dict[str, CellSpec] = {
@@ -153,6 +153,10 @@ class Preset:
         (see :mod:`diffscreen.simulate.run`).
     hit_min_spots, maybe_min_spots : int
         Ke §3.3.1 thresholds: ≥ 10 detectable spots = hit, 4–9 = maybe.
+    class_fractions : (float, float, float) or None
+        Default hit / maybe / miss fractions of a run of this preset (the
+        run presets use the real expert annotation counts of CXIDB-76);
+        None = the simulator's generic default.
     notes : str
         Free text: which experiment the preset imitates.
 
@@ -210,6 +214,7 @@ class Preset:
     snr_threshold: float = 5.0
     hit_min_spots: int = 10
     maybe_min_spots: int = 4
+    class_fractions: tuple[float, float, float] | None = None
     notes: str = field(default="", compare=False)
 
     def replace(self, **changes) -> "Preset":
@@ -295,6 +300,89 @@ PRESETS["cspad"] = Preset(
     hot_pixels=(0, 25),
     notes="CXI liquid-jet runs L498/LG36 of Ke et al. (2018): 64-ASIC layout of LG36_mask2.",
 )
+
+
+# ---- The five CXIDB-76 runs of Ke et al. (2018) Tables 1-2 -----------------------
+# Each takes its detector family from the generic preset above and fixes what
+# Table 1 gives for the run (photon energy, protein/cell, sample delivery), its
+# Table 2 gain (± 5 %), its own trusted-pixel mask, and, as default class
+# fractions, the expert annotation counts of the run (hit / maybe / miss of 2000).
+
+
+def _energy(ev: float) -> tuple[float, float]:
+    return (ev / 1000 - 0.01, ev / 1000 + 0.01)
+
+
+def _gain(g: float) -> tuple[float, float]:
+    return (0.95 * g, 1.05 * g)
+
+
+def _counts(hit: int, maybe: int, miss: int) -> tuple[float, float, float]:
+    n = hit + maybe + miss
+    return (hit / n, maybe / n, miss / n)
+
+
+PRESETS["L498"] = PRESETS["cspad"].replace(
+    name="L498",
+    energy_keV=_energy(9773),
+    cells=(CELLS["thermolysin"],),
+    gain_adu_per_photon=_gain(4.55),
+    p_jet_streak=0.35,  # MESH jet: diffraction spikes (Ke Fig. 5b)
+    p_strip_shadow=0.0,
+    p_mixed_gain=0.0,
+    p_multi_lattice=0.1,
+    class_fractions=_counts(148, 498, 1354),
+    notes="L498 run 27 (Ke Table 1): thermolysin P6122, 9.773 keV, CXI CSPAD in vacuum, MESH jet; "
+    "small cell, spots of 2-3 px oriented radially (Ke Fig. 5c).",
+)
+PRESETS["LG36"] = PRESETS["cspad"].replace(
+    name="LG36",
+    energy_keV=_energy(7088),
+    cells=(CELLS["psII_lg36"],),
+    gain_adu_per_photon=_gain(15.64),
+    p_jet_streak=0.3,  # coMESH jet
+    p_strip_shadow=0.9,  # the lower strip shadowed by chamber equipment (Ke §3.2)
+    p_mixed_gain=0.9,  # per-pixel high/low gain, low gain inside the 3.2 Å cone (Ke §3.2)
+    class_fractions=_counts(235, 57, 1708),
+    notes="LG36 run 87 (Ke Table 1): photosystem II, 7.088 keV, CXI CSPAD in vacuum, coMESH jet; "
+    "mixed-gain mode and shadowed strip (Ke §3.2).",
+)
+PRESETS["LN84"] = PRESETS["rayonix"].replace(
+    name="LN84",
+    mask_key="LN84",
+    energy_keV=_energy(9516),
+    cells=(CELLS["psII_ln84"],),
+    gain_adu_per_photon=_gain(0.31),
+    p_kapton=0.9,
+    p_multi_lattice=0.45,  # many overlapping lattices (Ke §3.3.1)
+    mosaicity_deg=(0.05, 0.5),  # layer lines sometimes smeared out
+    class_fractions=_counts(806, 132, 1062),
+    notes="LN84 run 95 (Ke Table 1): photosystem II, 9.516 keV, MFX Rayonix at 1 atm, conveyor belt.",
+)
+PRESETS["LN83"] = PRESETS["rayonix"].replace(
+    name="LN83",
+    mask_key="LN83",
+    energy_keV=_energy(9498),
+    cells=(CELLS["hydrogenase"],),
+    gain_adu_per_photon=_gain(0.27),
+    p_kapton=0.9,
+    p_multi_lattice=0.3,
+    class_fractions=_counts(346, 63, 1591),
+    notes="LN83 run 18 (Ke Table 1): hydrogenase, 9.498 keV, MFX Rayonix at 1 atm, conveyor belt.",
+)
+PRESETS["LO19"] = PRESETS["rayonix_jet"].replace(
+    name="LO19",
+    mask_key="LO19",
+    energy_keV=_energy(9442),
+    cells=(CELLS["cyclophilin_a"],),
+    gain_adu_per_photon=_gain(0.19),
+    p_multi_lattice=0.3,
+    class_fractions=_counts(730, 151, 1119),
+    notes="LO19 run 20 (Ke Table 1): cyclophilin A, 9.442 keV, MFX Rayonix at 1 atm, liquid jet.",
+)
+
+#: The presets modelled on the five CXIDB-76 runs (Ke et al. 2018, Table 1).
+RUN_PRESETS = ("L498", "LG36", "LN84", "LN83", "LO19")
 
 
 def get_preset(preset) -> Preset:

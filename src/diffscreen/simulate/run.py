@@ -230,8 +230,10 @@ class Simulator:
     seed : int
         Run seed; frame ``i`` uses ``numpy.random.default_rng([seed, i])``.
     class_fractions : dict or sequence of 3 floats, optional
-        Requested fractions of hit / maybe / miss (normalised); default
-        :data:`DEFAULT_CLASS_FRACTIONS` (0.30 / 0.15 / 0.55).
+        Requested fractions of hit / maybe / miss (normalised); default: the
+        preset's ``class_fractions`` (the real annotation counts for the
+        CXIDB-76 run presets), else :data:`DEFAULT_CLASS_FRACTIONS`
+        (0.30 / 0.15 / 0.55).
     miss_breakdown : dict, optional
         How misses split into ``weak``, ``solvent``, ``empty`` and ``no_beam``
         (normalised); default :data:`DEFAULT_MISS_BREAKDOWN`.
@@ -261,6 +263,8 @@ class Simulator:
     def __init__(self, preset="rayonix", seed: int = 0, class_fractions=None, *, miss_breakdown=None):
         self.preset = get_preset(preset)
         self.seed = int(seed)
+        if class_fractions is None:
+            class_fractions = self.preset.class_fractions
         self.kind_probs, self.kinds = _parse_fractions(class_fractions, miss_breakdown)
         self.layout = detector_layout(self.preset)
         H, W = self.preset.shape
