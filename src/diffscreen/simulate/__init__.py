@@ -9,13 +9,18 @@ than one polished look.  Modules:
     still-shot partiality from mosaicity and bandwidth, Wilson intensities.
 ``detector``
     Spot rendering with a core + r⁻³-tail point-spread function (Holton et al.
-    2012), Poisson / correlated photon noise, read noise.
+    2012), Poisson / correlated photon noise, read noise; per-pixel gain
+    (flat field), fixed dead pixels and hot pixels.
 ``background``
     Water ring (peak at d = 3.2 Å, i.e. s = 1/3.2 Å⁻¹), air scatter, jet
     streak, kapton-belt shadow.
 ``presets``
-    :class:`Preset` and :data:`PRESETS` (``"rayonix"``, ``"rayonix_jet"``,
-    ``"cspad"``) with the real CXIDB-76 masks (Ke et al. 2018).
+    :class:`Preset` and :data:`PRESETS`: the detector families ``"rayonix"``,
+    ``"rayonix_jet"`` and ``"cspad"`` with the real CXIDB-76 masks; the five
+    CXIDB-76 runs ``"L498"``, ``"LG36"``, ``"LN84"``, ``"LN83"``, ``"LO19"``
+    (Ke et al. 2018 Tables 1–2, real annotation counts as class fractions);
+    the hybrid pixel detectors ``"pilatus"`` (172 µm) and ``"eiger"`` (75 µm)
+    and the XFEL panel detector ``"jungfrau"``.
 ``run``
     :class:`Simulator`, :func:`simulate_frame`, :func:`simulate_run`, labels
     from detectable-spot counts (Ke et al. 2018, §3.3.1).

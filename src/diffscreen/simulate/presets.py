@@ -24,7 +24,8 @@ import numpy as np
 from diffscreen.errors import ConfigError
 from diffscreen.simulate.crystal import CellSpec
 
-__all__ = ["Preset", "PRESETS", "RUN_PRESETS", "CELLS", "get_preset", "load_cxidb76_mask", "DetectorLayout", "detector_layout"]
+__all__ = ["Preset", "PRESETS", "RUN_PRESETS", "CELLS", "get_preset", "load_cxidb76_mask", "DetectorLayout", "detector_layout",
+           "tiled_mask", "pixel_maps"]
 
 #: Unit cells of Ke et al. (2018) Table 1.
 CELLS: dict[str, CellSpec] = {
@@ -33,6 +34,7 @@ CELLS: dict[str, CellSpec] = {
     "psII_ln84": CellSpec("photosystem II", 118.0, 223.0, 311.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LN84"),
     "hydrogenase": CellSpec("hydrogenase", 73.0, 96.0, 119.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LN83"),
     "cyclophilin_a": CellSpec("cyclophilin A", 42.0, 52.0, 88.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LO19"),
+    "lysozyme": CellSpec("hen egg-white lysozyme", 79.1, 79.1, 37.9, 90, 90, 90, "P 43 21 2", "PDB 193L"),
 }
 
 
@@ -157,6 +159,18 @@ class Preset:
         Default hit / maybe / miss fractions of a run of this preset (the
         run presets use the real expert annotation counts of CXIDB-76);
         None = the simulator's generic default.
+    tiles : tuple or None
+        A generated panel layout when there is no mask file: ``((h, w, edge),
+        (ny, nx, gap_y, gap_x), ...)`` — a sensor tile of h × w pixels whose
+        ``edge``-pixel perimeter is untrusted, repeated ny × nx times with
+        gaps of gap_y / gap_x pixels, then that block repeated by the next
+        level, and so on (see :func:`tiled_mask`).
+    pixel_gain_rms : float
+        Relative rms of a fixed per-pixel gain (flat-field) map, drawn once
+        per preset.
+    dead_pixels : int
+        Number of fixed dead pixels (always 0 ADU, not in the mask: the
+        detector's unknown defects), drawn once per preset.
     notes : str
         Free text: which experiment the preset imitates.
 
@@ -215,6 +229,9 @@ class Preset:
     hit_min_spots: int = 10
     maybe_min_spots: int = 4
     class_fractions: tuple[float, float, float] | None = None
+    tiles: tuple | None = None
+    pixel_gain_rms: float = 0.0
+    dead_pixels: int = 0
     notes: str = field(default="", compare=False)
 
     def replace(self, **changes) -> "Preset":
@@ -384,6 +401,95 @@ PRESETS["LO19"] = PRESETS["rayonix_jet"].replace(
 #: The presets modelled on the five CXIDB-76 runs (Ke et al. 2018, Table 1).
 RUN_PRESETS = ("L498", "LG36", "LN84", "LN83", "LO19")
 
+# ---- Hybrid pixel detectors at synchrotrons (SSX) -------------------------------
+# Photon counting: 1 count per photon, no read noise or dark offset, exact
+# Poisson statistics, no phosphor PSF (only charge sharing: spots of 1-2 px),
+# module gaps without sensor, a monochromator's narrow bandwidth.
+PRESETS["pilatus"] = Preset(
+    name="pilatus",
+    detector="PILATUS3 2M-like hybrid pixel detector, 172 um (simulated)",
+    shape=(1679, 1475),
+    pixel_size_mm=0.172,
+    mask_key=None,
+    tiles=((195, 487, 0), (8, 3, 17, 7)),  # 8 x 3 modules of 195 x 487 px, gaps 17 / 7 px
+    layout="monolithic",
+    beam_center_px=(737.0, 839.0),
+    beam_center_jitter_px=3.0,
+    distance_mm=(120.0, 250.0),
+    energy_keV=(12.0, 13.0),
+    bandwidth_fwhm=(0.0001, 0.0003),  # Si(111) double-crystal monochromator
+    cells=(CELLS["lysozyme"], CELLS["thermolysin"], CELLS["cyclophilin_a"]),
+    gain_adu_per_photon=(1.0, 1.0),
+    noise_blur=False,
+    read_noise_adu=(0.0, 0.0),
+    dark_offset_adu=(0.0, 0.0),
+    saturation_adu=1048575,  # 20-bit counter
+    allow_negative=False,
+    psf_sigma_px=(0.12, 0.3),
+    psf_tail_g_px=(0.1, 0.2),
+    psf_core_weight=(1.0, 1.0),
+    water_photons=(0.5, 20.0),
+    air_photons=(0.05, 2.0),
+    p_jet_streak=0.1,
+    p_multi_lattice=0.2,
+    domain_size_um=(0.5, 5.0),
+    mosaicity_deg=(0.01, 0.2),
+    hot_pixels=(1, 4),  # never an all-zero dark frame
+    pixel_gain_rms=0.01,
+    dead_pixels=60,
+    notes="Synchrotron SSX on a Pilatus-like photon-counting detector: 1-2 px spots, module gaps, no read noise.",
+)
+PRESETS["eiger"] = PRESETS["pilatus"].replace(
+    name="eiger",
+    detector="EIGER 4M-like hybrid pixel detector, 75 um (simulated)",
+    shape=(2167, 2070),
+    pixel_size_mm=0.075,
+    tiles=((514, 1030, 0), (4, 2, 37, 10)),  # 4 x 2 modules of 514 x 1030 px, gaps 37 / 10 px
+    beam_center_px=(1035.0, 1083.0),
+    distance_mm=(100.0, 200.0),
+    saturation_adu=65535,  # 16-bit image mode
+    psf_sigma_px=(0.15, 0.35),
+    notes="Synchrotron SSX on an Eiger-like photon-counting detector with 75 um pixels.",
+)
+
+# ---- Charge-integrating XFEL detector with panels ------------------------------
+PRESETS["jungfrau"] = Preset(
+    name="jungfrau",
+    detector="JUNGFRAU 4M-like charge-integrating detector, 75 um (simulated)",
+    shape=(2156, 2060),
+    pixel_size_mm=0.075,
+    mask_key=None,
+    # chips of 256 x 256 px (1-px perimeter untrusted), 2 x 4 chips per module, 4 x 2 modules, gaps 36 / 12 px
+    tiles=((256, 256, 1), (2, 4, 0, 0), (4, 2, 36, 12)),
+    layout="asic",  # per-chip gain and common mode; the wide pixels at chip borders read ~2x
+    beam_center_px=(1030.0, 1078.0),
+    beam_center_jitter_px=4.0,
+    distance_mm=(80.0, 130.0),
+    energy_keV=(9.0, 12.5),
+    bandwidth_fwhm=(0.001, 0.004),  # SASE
+    cells=(CELLS["lysozyme"], CELLS["thermolysin"], CELLS["psII_ln84"], CELLS["hydrogenase"]),
+    gain_adu_per_photon=(9.0, 12.5),  # data calibrated to keV: ADU per photon = photon energy
+    noise_blur=False,
+    read_noise_adu=(0.8, 1.5),  # ~0.1 photon rms
+    dark_offset_adu=(-0.5, 0.5),  # pedestal subtracted
+    common_mode_adu=0.5,
+    asic_gain_spread=0.02,
+    double_row_factor=(1.9, 2.1),
+    saturation_adu=120000,  # ~10^4 photons of 12 keV
+    allow_negative=True,
+    psf_sigma_px=(0.12, 0.3),
+    psf_tail_g_px=(0.1, 0.2),
+    psf_core_weight=(1.0, 1.0),
+    water_photons=(0.3, 20.0),
+    air_photons=(0.02, 1.0),
+    p_jet_streak=0.3,
+    p_multi_lattice=0.2,
+    hot_pixels=(0, 10),
+    pixel_gain_rms=0.02,
+    dead_pixels=100,
+    notes="XFEL SFX on a JUNGFRAU-like 4M: 32 chips in 8 modules, gain-calibrated, pedestal-subtracted.",
+)
+
 
 def get_preset(preset) -> Preset:
     """Return a :class:`Preset` given one or its name.
@@ -454,10 +560,50 @@ class DetectorLayout:
     double_rows: np.ndarray
 
 
+def tiled_mask(tiles) -> np.ndarray:
+    """Trusted-pixel mask of a detector built from identical sensor tiles.
+
+    Parameters
+    ----------
+    tiles : sequence
+        ``((h, w, edge), (ny, nx, gap_y, gap_x), ...)``: the base tile is
+        h × w pixels with an untrusted perimeter ``edge`` pixels wide; each
+        further level repeats the block so far ny × nx times, separated by
+        gaps of gap_y rows and gap_x columns (no sensor).
+
+    Returns
+    -------
+    (H, W) bool ndarray
+        True = trusted pixel.
+
+    Examples
+    --------
+    Pilatus 2M: 8 × 3 modules of 195 × 487 pixels, gaps of 17 and 7 pixels
+
+    >>> tiled_mask(((195, 487, 0), (8, 3, 17, 7))).shape
+    (1679, 1475)
+    """
+    (h, w, edge), *levels = tiles
+    block = np.zeros((h, w), bool)
+    block[edge : h - edge, edge : w - edge] = True
+    for ny, nx, gy, gx in levels:
+        bh, bw = block.shape
+        out = np.zeros((ny * bh + (ny - 1) * gy, nx * bw + (nx - 1) * gx), bool)
+        for iy in range(ny):
+            for ix in range(nx):
+                out[iy * (bh + gy) : iy * (bh + gy) + bh, ix * (bw + gx) : ix * (bw + gx) + bw] = block
+        block = out
+    return block
+
+
 @functools.lru_cache(maxsize=None)
-def _layout_cached(mask_key, layout, shape) -> DetectorLayout:
+def _layout_cached(mask_key, layout, shape, tiles=None) -> DetectorLayout:
     H, W = shape
-    if mask_key is None:
+    if mask_key is None and tiles is not None:
+        trusted = tiled_mask(tiles)
+        if trusted.shape != tuple(shape):
+            raise ConfigError(f"tiles give a {trusted.shape} detector, preset shape is {shape}")
+    elif mask_key is None:
         trusted = np.ones(shape, bool)
     else:
         trusted = load_cxidb76_mask(mask_key)
@@ -500,4 +646,34 @@ def _layout_cached(mask_key, layout, shape) -> DetectorLayout:
 
 def detector_layout(preset: Preset) -> DetectorLayout:
     """The cached :class:`DetectorLayout` of a preset."""
-    return _layout_cached(preset.mask_key, preset.layout, tuple(preset.shape))
+    return _layout_cached(preset.mask_key, preset.layout, tuple(preset.shape), preset.tiles)
+
+
+def pixel_maps(preset: Preset) -> tuple[np.ndarray | None, np.ndarray]:
+    """The preset's fixed per-pixel gain map and dead pixels (drawn once, seeded by its name).
+
+    Returns
+    -------
+    gain : (H, W) float32 ndarray or None
+        Relative gain, mean 1, rms ``pixel_gain_rms`` (None if 0).
+    dead : (D,) int64 ndarray
+        Flat indices of the dead pixels among the active ones.
+    """
+    p = preset
+    return _pixel_maps_cached(p.name, tuple(p.shape), p.pixel_gain_rms, p.dead_pixels, p.mask_key, p.layout, p.tiles)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_maps_cached(name, shape, gain_rms, n_dead, mask_key, layout, tiles):
+    import zlib
+
+    rng = np.random.default_rng([zlib.crc32(name.encode()), 77])
+    gain = None
+    if gain_rms > 0:
+        gain = (1.0 + gain_rms * rng.standard_normal(shape)).astype(np.float32)
+        np.clip(gain, 0.5, 1.5, out=gain)
+        gain.setflags(write=False)
+    active = np.flatnonzero(_layout_cached(mask_key, layout, shape, tiles).active.reshape(-1))
+    dead = np.sort(rng.choice(active, min(n_dead, len(active)), replace=False)) if n_dead else active[:0]
+    dead.setflags(write=False)
+    return gain, dead

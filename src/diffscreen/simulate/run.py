@@ -81,7 +81,7 @@ from diffscreen.simulate.detector import (
     spot_windows,
     white_normal,
 )
-from diffscreen.simulate.presets import Preset, detector_layout, get_preset
+from diffscreen.simulate.presets import Preset, detector_layout, get_preset, pixel_maps
 
 __all__ = [
     "SimFrame",
@@ -267,6 +267,7 @@ class Simulator:
             class_fractions = self.preset.class_fractions
         self.kind_probs, self.kinds = _parse_fractions(class_fractions, miss_breakdown)
         self.layout = detector_layout(self.preset)
+        self._pixel_gain, self._dead = pixel_maps(self.preset)
         H, W = self.preset.shape
         self._inactive = np.flatnonzero(~self.layout.active.reshape(-1))
         self.source = f"simulated:{self.preset.name}:seed={self.seed}"
@@ -410,10 +411,19 @@ class Simulator:
                 lam[c["strip_row"] :] *= np.float32(c["strip_T"])
             if len(self.layout.double_rows):
                 lam.reshape(-1)[self.layout.double_rows] *= np.float32(c["double_row"])
-            if c["n_hot"]:
-                hot = rng.integers(0, H * W, c["n_hot"])
-                lam.reshape(-1)[hot] += np.exp(rng.uniform(np.log(5), np.log(200), c["n_hot"])).astype(np.float32)
-        data = self._digitise(c, rng, lam if beam else None)
+        else:
+            lam = None
+        if c["n_hot"]:
+            # hot pixels are detector defects: they glow without beam too (dark current), so a
+            # photon-counting detector's dark frame is not all zeros
+            if lam is None:
+                lam = np.zeros((H, W), np.float32)
+            hot = rng.integers(0, H * W, c["n_hot"])
+            lam.reshape(-1)[hot] += np.exp(rng.uniform(np.log(5), np.log(200), c["n_hot"])).astype(np.float32)
+        if beam and self._pixel_gain is not None:
+            lam *= self._pixel_gain  # fixed flat-field response of each pixel
+        data = self._digitise(c, rng, lam)
+        data.reshape(-1)[self._dead] = 0
 
         # ---- labels and peaks
         T = P.snr_threshold
