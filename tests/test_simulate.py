@@ -377,3 +377,32 @@ def test_photon_counting_frames_and_fixed_defects():
     check_frame(dark.to_frame())  # a dark photon-counting frame is still a valid frame
     j = Simulator("jungfrau", seed=1).frame(0, kind="solvent")
     assert j.data.min() < 0 and j.meta.extra["adu_per_photon"] > 8  # pedestal-subtracted, keV-calibrated
+
+
+def test_beam_stop_shadows_the_centre_and_its_arm():
+    sf = Simulator("pilatus", seed=9).frame(0, kind="solvent")
+    r_bs = sf.meta.extra["beam_stop_radius_px"]
+    assert 8 <= r_bs <= 16
+    cx, cy = sf.meta.beam_center_px
+    H, W = sf.data.shape
+    yy, xx = np.mgrid[0:H, 0:W]
+    r = np.hypot(xx - cx, yy - cy)
+    good = ~sf.mask
+    disc = good & (r < r_bs - 1)
+    ring = good & (r > r_bs + 2) & (r < r_bs + 30)
+    assert sf.data[disc].mean() < 0.05 * sf.data[ring].mean()  # air scatter is strongest right there
+    # the holder arm: dark along its azimuth at every radius, unlike the rest of the ring
+    phi = np.radians(sf.meta.extra["beam_stop_arm_deg"])
+    checked = 0
+    for rr in (60, 200, 400):
+        x, y = int(round(cx + rr * np.cos(phi))), int(round(cy + rr * np.sin(phi)))
+        if 0 <= x < W and 0 <= y < H and good[y, x]:
+            band = good & (np.abs(r - rr) < 1.5)
+            assert sf.data[y - 1 : y + 2, x - 1 : x + 2].mean() < 0.1 * sf.data[band].mean()
+            checked += 1
+    assert checked >= 2
+    # no peak is recorded as detectable behind the stop
+    hit = Simulator("pilatus", seed=9).frame(1, kind="hit")
+    strong = hit.peaks[hit.peaks[:, 3] >= 5]
+    rr = np.hypot(strong[:, 0] - hit.meta.beam_center_px[0], strong[:, 1] - hit.meta.beam_center_px[1])
+    assert np.all(rr > hit.meta.extra["beam_stop_radius_px"])

@@ -234,3 +234,46 @@ def kapton_transmission(dx, dy, pixel_size_mm, distance_mm, normal, mu_t, max_at
         att = np.minimum(np.float32(mu_t) / np.maximum(dn, np.float32(1e-6)), np.float32(max_att))
         T = np.where(dn > 0, np.exp(-att), np.float32(1.0))
     return T.astype(np.float32, copy=False)
+
+
+def beam_stop_shadow(shape, centre, radius_px: float, arm_angle_rad: float, arm_width_px: float) -> tuple:
+    """Region shadowed by a round beam stop on a holder arm (no detector hole behind it).
+
+    The stop is a disc of ``radius_px`` about the beam centre; its holder is a
+    straight arm ``arm_width_px`` wide from the centre to the frame edge at
+    azimuth ``arm_angle_rad`` (image coordinates, from +x towards +y).  Real
+    stops (lead or tungsten) transmit almost nothing; their edges are sharp at
+    the detector (the stop sits close to it).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Frame shape (H, W).
+    centre : (float, float)
+        Beam centre (x, y), px.
+    radius_px, arm_width_px : float
+    arm_angle_rad : float
+
+    Returns
+    -------
+    window : tuple of slice
+        The (rows, columns) bounding box of the shadow, to update in place.
+    shadow : (h, w) bool ndarray
+        True where the stop or its arm shadows the detector, inside ``window``.
+    """
+    H, W = shape
+    cx, cy = centre
+    ux, uy = np.cos(arm_angle_rad), np.sin(arm_angle_rad)
+    # bounding box of disc + arm (arm runs from the centre to beyond the frame edge)
+    L = float(np.hypot(H, W))
+    xs = [cx - radius_px, cx + radius_px, cx + ux * L]
+    ys = [cy - radius_px, cy + radius_px, cy + uy * L]
+    pad = arm_width_px / 2 + 1
+    x0, x1 = max(int(min(xs) - pad), 0), min(int(max(xs) + pad) + 1, W)
+    y0, y1 = max(int(min(ys) - pad), 0), min(int(max(ys) + pad) + 1, H)
+    dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
+    along = dx * np.float32(ux) + dy * np.float32(uy)
+    across = np.abs(dy * np.float32(ux) - dx * np.float32(uy))
+    shadow = (dx * dx + dy * dy <= np.float32(radius_px**2)) | ((along >= 0) & (across <= np.float32(arm_width_px / 2)))
+    return (slice(y0, y1), slice(x0, x1)), shadow

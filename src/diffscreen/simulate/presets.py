@@ -171,6 +171,14 @@ class Preset:
     dead_pixels : int
         Number of fixed dead pixels (always 0 ADU, not in the mask: the
         detector's unknown defects), drawn once per preset.
+    p_beam_stop : float
+        Probability of a beam-stop shadow (disc on a holder arm at a random
+        azimuth) for detectors without a central hole.
+    beam_stop_radius_px : (float, float)
+        Radius of the stop's shadow, px; the arm is 0.5–0.8 × as wide as
+        the disc.
+    beam_stop_transmission : (float, float)
+        Fraction of the X-rays the stop lets through.
     notes : str
         Free text: which experiment the preset imitates.
 
@@ -232,6 +240,9 @@ class Preset:
     tiles: tuple | None = None
     pixel_gain_rms: float = 0.0
     dead_pixels: int = 0
+    p_beam_stop: float = 0.0
+    beam_stop_radius_px: tuple[float, float] = (10.0, 20.0)
+    beam_stop_transmission: tuple[float, float] = (0.0, 0.01)
     notes: str = field(default="", compare=False)
 
     def replace(self, **changes) -> "Preset":
@@ -437,6 +448,8 @@ PRESETS["pilatus"] = Preset(
     hot_pixels=(1, 4),  # never an all-zero dark frame
     pixel_gain_rms=0.01,
     dead_pixels=60,
+    p_beam_stop=1.0,
+    beam_stop_radius_px=(8.0, 16.0),  # 1.4-2.8 mm
     notes="Synchrotron SSX on a Pilatus-like photon-counting detector: 1-2 px spots, module gaps, no read noise.",
 )
 PRESETS["eiger"] = PRESETS["pilatus"].replace(
@@ -449,6 +462,7 @@ PRESETS["eiger"] = PRESETS["pilatus"].replace(
     distance_mm=(100.0, 200.0),
     saturation_adu=65535,  # 16-bit image mode
     psf_sigma_px=(0.15, 0.35),
+    beam_stop_radius_px=(18.0, 36.0),  # 1.4-2.7 mm
     notes="Synchrotron SSX on an Eiger-like photon-counting detector with 75 um pixels.",
 )
 
@@ -487,6 +501,8 @@ PRESETS["jungfrau"] = Preset(
     hot_pixels=(0, 10),
     pixel_gain_rms=0.02,
     dead_pixels=100,
+    p_beam_stop=1.0,
+    beam_stop_radius_px=(15.0, 35.0),
     notes="XFEL SFX on a JUNGFRAU-like 4M: 32 chips in 8 modules, gain-calibrated, pedestal-subtracted.",
 )
 

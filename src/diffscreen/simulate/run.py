@@ -66,6 +66,7 @@ from diffscreen.errors import ConfigError
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
 from diffscreen.simulate.background import (
     WaterRing,
+    beam_stop_shadow,
     air_profile,
     diffuse_background,
     jet_streak,
@@ -329,6 +330,11 @@ class Simulator:
         c["strip_row"] = int(_u(rng, P.strip_shadow_row)) if P.p_strip_shadow > 0 else P.shape[0]
         c["strip_T"] = _u(rng, (0.0, 0.03))
         c["n_hot"] = int(rng.integers(P.hot_pixels[0], P.hot_pixels[1] + 1))
+        c["beam_stop"] = None
+        if P.p_beam_stop > 0 and rng.random() < P.p_beam_stop:  # (no draw for presets without a stop)
+            r_bs = _u(rng, P.beam_stop_radius_px)
+            c["beam_stop"] = (r_bs, rng.uniform(0, 2 * np.pi), r_bs * _u(rng, (0.5, 0.8)),
+                              _u(rng, P.beam_stop_transmission))  # fmt: skip
         c["mixed_gain"] = rng.random() < P.p_mixed_gain
         two_theta0 = 2 * np.arcsin(min(c["wavelength_A"] / (2 * P.mixed_gain_d_A), 1.0))
         c["mixed_gain_r_px"] = c["distance_mm"] * np.tan(two_theta0) / P.pixel_size_mm
@@ -384,6 +390,13 @@ class Simulator:
         if c["strip"]:
             trusted = trusted.copy()
             trusted[c["strip_row"] :] = False
+        stop = None
+        if c["beam_stop"] is not None:
+            r_bs, phi_bs, w_bs, t_bs = c["beam_stop"]
+            win, shadow = beam_stop_shadow((H, W), (cx, cy), r_bs, phi_bs, w_bs)
+            stop = (win, shadow, t_bs)
+            trusted = trusted.copy()
+            trusted[win] &= ~shadow  # spots behind the stop are not detectable
         beam = kind != "no_beam"
         spots = None
         if beam:
@@ -409,6 +422,9 @@ class Simulator:
                 jet_streak(lam, (cx, cy), rng, weight_fn=wf, **c["jet_params"])
             if c["strip"]:
                 lam[c["strip_row"] :] *= np.float32(c["strip_T"])
+            if stop is not None:
+                win, shadow, t_bs = stop
+                lam[win][shadow] *= np.float32(t_bs)
             if len(self.layout.double_rows):
                 lam.reshape(-1)[self.layout.double_rows] *= np.float32(c["double_row"])
         else:
@@ -482,6 +498,8 @@ class Simulator:
             "jet_streak": float(bool(c["jet"]) and beam),
             "kapton_shadow": float(bool(c["kapton"]) and beam),
             "strip_shadow": float(bool(c["strip"])),
+            "beam_stop_radius_px": float(c["beam_stop"][0]) if c["beam_stop"] else 0.0,
+            "beam_stop_arm_deg": float(np.degrees(c["beam_stop"][1])) if c["beam_stop"] else float("nan"),
             "n_crystals": float(len(crystals)),
             "crystal_scale": float(crystals[0]["scale"]) if crystals else 0.0,
             "cell": crystals[0]["cell"].name if crystals else "",
