@@ -174,34 +174,34 @@ class Peakfinder8:
         self.config = config or Peakfinder8Config()
         self.seed = seed
         self._pf8 = _peakfinder_8()
-        self._geom_key = None
-        self._geom = None
+        self._geom_key = self._geom = self._range_key = self._in_range = None
 
     # --- geometry, cached per detector layout -------------------------------------
     def _geometry(self, frame: Frame):
         m, (H, W) = frame.meta, frame.shape
         cx, cy = beam_centre(m, (H, W))
-        key = (H, W, cx, cy, m.pixel_size_mm, m.distance_mm, m.wavelength_A)
-        if key == self._geom_key:
-            return self._geom
         c = self.config
-        x = np.arange(W, dtype=np.float32) - np.float32(cx)
-        y = np.arange(H, dtype=np.float32)[:, None] - np.float32(cy)
-        radius = np.sqrt(x * x + y * y)  # (H, W) float32, C-contiguous
-        r_min, r_max = float(c.min_radius_px), float(c.max_radius_px)
-        geom_ok = all(v and v > 0 for v in (m.pixel_size_mm, m.distance_mm, m.wavelength_A))
-        if geom_ok:
-            kw = dict(wavelength_A=m.wavelength_A, distance_mm=m.distance_mm, pixel_size_mm=m.pixel_size_mm)
-            if c.low_res_A is not None:
-                r_min = max(r_min, resolution_radius_px(c.low_res_A, **kw))
-            if c.high_res_A is not None:
-                r_max = min(r_max, resolution_radius_px(c.high_res_A, **kw))
-        in_range = (radius >= r_min) & (radius <= r_max)
-        stats = (0, None, None)
-        if c.fast_mode:
-            stats = self._ring_sample(radius)
-        self._geom_key, self._geom = key, (radius, in_range, stats)
-        return self._geom
+        use_res = c.low_res_A is not None or c.high_res_A is not None
+        key = (H, W, cx, cy)
+        if key != self._geom_key:  # radius map and fast-mode ring sample: per beam centre
+            x = np.arange(W, dtype=np.float32) - np.float32(cx)
+            y = np.arange(H, dtype=np.float32)[:, None] - np.float32(cy)
+            radius = np.sqrt(x * x + y * y)  # (H, W) float32, C-contiguous
+            stats = self._ring_sample(radius) if c.fast_mode else (0, None, None)
+            self._geom_key, self._geom, self._range_key = key, (radius, stats), None
+        radius, stats = self._geom
+        range_key = (key, m.pixel_size_mm, m.distance_mm, m.wavelength_A) if use_res else key
+        if range_key != self._range_key:  # resolution limits: per detector distance and wavelength too
+            r_min, r_max = float(c.min_radius_px), float(c.max_radius_px)
+            geom_ok = all(v and v > 0 for v in (m.pixel_size_mm, m.distance_mm, m.wavelength_A))
+            if use_res and geom_ok:
+                kw = dict(wavelength_A=m.wavelength_A, distance_mm=m.distance_mm, pixel_size_mm=m.pixel_size_mm)
+                if c.low_res_A is not None:
+                    r_min = max(r_min, resolution_radius_px(c.low_res_A, **kw))
+                if c.high_res_A is not None:
+                    r_max = min(r_max, resolution_radius_px(c.high_res_A, **kw))
+            self._range_key, self._in_range = range_key, (radius >= r_min) & (radius <= r_max)
+        return radius, self._in_range, stats
 
     def _ring_sample(self, radius: np.ndarray):
         """Fast mode's pixel sample: up to ``pixels_per_bin`` random pixels of every 1-px ring.
@@ -308,6 +308,7 @@ def tune_peakfinder8(
     base: Peakfinder8Config | None = None,
     adc_sigmas: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
     min_snrs: Sequence[float] = (4.0, 5.0, 6.0, 8.0),
+    adc_thresholds: Sequence[float] | None = None,
     max_min_peaks: int = 60,
     seed: int = 0,
     progress=None,
@@ -333,6 +334,9 @@ def tune_peakfinder8(
         The other settings (pixel counts, radius, resolution limits, mode).
     adc_sigmas, min_snrs : sequence of float
         The grid.
+    adc_thresholds : sequence of float, optional
+        ADC thresholds in ADU, used instead of ``adc_sigmas`` (e.g. a single
+        value fixed by hand, leaving only the hit threshold to tune).
     max_min_peaks : int
     seed : int
     progress : callable, optional
@@ -360,12 +364,12 @@ def tune_peakfinder8(
     if keep.all() or not keep.any():
         raise ConfigError("tuning needs both kept (hit/maybe) and miss frames among the validation frames")
     base = base or Peakfinder8Config()
-    sigma = _robust_sigma(frames)
+    adcs = list(adc_thresholds) if adc_thresholds is not None else [a * _robust_sigma(frames) for a in adc_sigmas]
     thresholds = np.arange(1, max_min_peaks + 1)
     grid, best = [], (-1.0, None)
-    for a in adc_sigmas:
+    for adc in adcs:
         for snr in min_snrs:
-            cfg = replace(base, adc_threshold=float(a * sigma), min_snr=float(snr))
+            cfg = replace(base, adc_threshold=float(adc), min_snr=float(snr))
             pf = Peakfinder8(cfg, seed=seed)
             counts = np.array([pf.find_peaks(fr)["num_peaks"] for fr in frames])
             if progress:

@@ -1,0 +1,60 @@
+"""The Ke et al. (2018) benchmark: its scores, findings and report (the full run is in docs/benchmarks)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffscreen.benchmarks import ke2018
+
+
+def test_scores_follow_ke_eq_10_and_the_keep_decision():
+    # probabilities (hit, maybe, miss); truth 0 = hit, 1 = maybe, 2 = miss
+    probs = np.array([[0.5, 0.2, 0.3], [0.1, 0.3, 0.6], [0.2, 0.35, 0.45], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    truth = np.array([0, 1, 1, 2, 2])
+    s = ke2018._scores(probs, truth)
+    # keep = P(hit) + P(maybe) > P(miss): kept frames 0, 2, 4
+    assert s["success_rate"] == pytest.approx(100 * 3 / 5)
+    assert s["kept_of_hit_or_maybe"] == pytest.approx(100 * 2 / 3) and s["kept_of_miss"] == pytest.approx(50.0)
+    assert s["balanced_success"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
+    assert s["accuracy_3class"] == pytest.approx(100 * 3 / 5)  # argmax right for frames 0, 3 and 4
+
+
+def test_split_is_50_20_30_in_frame_order():
+    split = ke2018._split_of(10)
+    assert split.tolist() == [0] * 5 + [1] * 2 + [2] * 3
+
+
+def _results(**over):
+    t3 = {"L498": {"keep_recall_cnn": 70.0, "pf8_ke": {"kept_of_hit_or_maybe": 15.0}}}
+    r = {
+        "table3": t3,
+        "table8": {"Rayonix": {"lcn_balanced": 90.0, "linear_balanced": 70.0},
+                   "L498": {"lcn_balanced": 80.0, "linear_balanced": 75.0}},
+        "table5_balanced": {"Rayonix": {"Rayonix": 92.0, "L498": 55.0}, "L498": {"Rayonix": 60.0, "L498": 80.0}},
+    }
+    r.update(over)
+    return r
+
+
+def test_findings_hold_on_paper_like_numbers_and_fail_otherwise():
+    f = ke2018.check_findings(_results())
+    assert set(f) == {"cnn_beats_spotfinder_on_weak_spots", "lcn_beats_linear", "cross_detector_drop"}
+    assert all(v["holds"] for v in f.values())
+    bad = _results(table5_balanced={"Rayonix": {"Rayonix": 92.0, "L498": 85.0}, "L498": {"Rayonix": 60.0, "L498": 80.0}})
+    assert not ke2018.check_findings(bad)["cross_detector_drop"]["holds"]
+    bad = _results(table3={"L498": {"keep_recall_cnn": 10.0, "pf8_ke": {"kept_of_hit_or_maybe": 15.0}}})
+    assert not ke2018.check_findings(bad)["cnn_beats_spotfinder_on_weak_spots"]["holds"]
+
+
+def test_ke_table2_settings_and_paper_tables_are_complete():
+    assert set(ke2018.KE_TABLE2) == set(ke2018.PAPER["table3"]) == {"L498", "LG36", "LN84", "LN83", "LO19"}
+    assert ke2018.KE_TABLE2["L498"] == (4.55, 100, 6, 3)  # gain, threshold ADU, sigma strong, min area
+    assert ke2018.PAPER["table8"]["L498"] == (68, 81)
+
+
+def test_unknown_preset_is_refused(tmp_path):
+    from diffscreen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CXIDB-76"):
+        ke2018.run(tmp_path, settings=ke2018.Settings(presets=("pilatus",)))
