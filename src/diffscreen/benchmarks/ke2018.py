@@ -122,6 +122,10 @@ class Settings:
         peakfinder8 tuning grid.
     n_throughput : int
         Frames timed per method.
+    augment : bool
+        Train on the 8 flips/rotations of every training frame (a diffraction
+        pattern's Bragg spots look alike in all of them), standing in for
+        Ke's random-crop augmentation.
     class_fractions : (float, float, float) or None
         Hit / maybe / miss fractions of the simulated runs; None = each
         preset's real annotation counts (Ke's class imbalance).
@@ -142,6 +146,7 @@ class Settings:
     pf8_adc_sigmas: tuple = (1.0, 3.0, 8.0)
     pf8_min_snrs: tuple = (4.0, 6.0)
     n_throughput: int = 12
+    augment: bool = True
     class_fractions: tuple | None = None
     seed: int = 2018
 
@@ -152,7 +157,8 @@ FULL = Settings()
 QUICK = Settings(
     presets=("LO19", "L498"),
     n_frames=200,
-    input_size=240,
+    input_size=360,
+    scale=2.0,
     epochs=15,
     batches_per_epoch=16,
     batch_size=24,
@@ -342,11 +348,23 @@ def _job(args):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(size * (y == c).mean())), replace=False)
                               for c in range(3) if (y == c).any()])  # fmt: skip
         x, y = x[np.sort(idx)], y[np.sort(idx)]
-    desc = {"presets": list(presets), "n_train": int(len(x)), "simulated": True, "seed": settings.seed}
+    desc = {"presets": list(presets), "n_train": int(len(x)), "simulated": True, "seed": settings.seed,
+            "augment": "dihedral x8" if settings.augment else None}  # fmt: skip
+    if settings.augment:
+        x, y = _dihedral(x), np.tile(y, 8)
     tag = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = train_cnn(x, y, np.concatenate(xv), np.concatenate(yv), work / f"models_{tag}" / f"{name}.safetensors",
                      settings, contrast=contrast, description=desc)  # fmt: skip
     return name, str(path)
+
+
+def _dihedral(x: np.ndarray) -> np.ndarray:
+    """(N, 1, S, S) → (8N, 1, S, S): the 4 rotations by 90° of x and of its mirror image."""
+    out = []
+    for mirrored in (x, x[..., ::-1]):
+        for k in range(4):
+            out.append(np.rot90(mirrored, k, axes=(2, 3)))
+    return np.ascontiguousarray(np.concatenate(out))
 
 
 def _load(preset, settings, work):
