@@ -109,6 +109,11 @@ class Contrast(str, Enum):
     linear = "linear"
 
 
+class Task(str, Enum):
+    crystallography = "crystallography"
+    cdi = "cdi"
+
+
 class Split(str, Enum):
     order = "order"
     random = "random"
@@ -143,6 +148,8 @@ def screen(
     high_res: Optional[float] = typer.Option(None, help="High-resolution limit (outer), Å.", rich_help_panel=_PF8),
     min_peaks: Optional[int] = typer.Option(None, help="Peaks that make a hit [10].", rich_help_panel=_PF8),
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
+    task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss) or cdi (11 multi-label classes, Zimmermann 2019)."),
+    threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -153,6 +160,12 @@ def screen(
     least --min-peaks peaks; scores.csv then holds n_peaks and hits.cxi the
     peaks (Cheetah/CrystFEL layout).  An interrupted run resumes when started
     again.  Exit status 1 when some frames or files could not be screened.
+
+    With --task cdi: single-particle coherent-diffraction frames get the 11
+    Zimmermann et al. (2019) class probabilities and multi-hot labels in
+    OUT/scores.csv (p_<class>, <class> 0/1, labels, rule_violation), plus
+    OUT/summary.json; --model must be a model from `train --task cdi` (its
+    file says whether it takes images or CCF maps).
     """
     import torch
 
@@ -161,6 +174,8 @@ def screen(
     if threads:
         torch.set_num_threads(threads)
     specs = _expand(inputs)
+    if task is Task.cdi:
+        return _screen_cdi(specs, out, model, batch_size, threshold)
     finder = None
     if method is Method.peakfinder8:
         finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
@@ -173,6 +188,22 @@ def screen(
         )
     _report_screen(summary, out)
     if summary.n_error:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _screen_cdi(specs, out, model, batch_size, threshold):
+    """``screen --task cdi``: multi-label screening (diffscreen.screen.cdi)."""
+    from diffscreen.screen.cdi import load_cdi_model, screen_cdi
+
+    bundle = load_cdi_model(model)  # refuse a missing or non-CDI model before any output
+    with _progress() as p:
+        summ = screen_cdi(specs, out, model=bundle, batch_size=batch_size, threshold=threshold,
+                          progress=_Bar(p, "screening (cdi)"))
+    for f, i, e in summ.errors[:20]:
+        print(f"ERROR: {f if i < 0 else f'{f}, frame {i}'}: {e}", file=sys.stderr)
+    print(summ.text())
+    print(f"outputs in {out}/: scores.csv, summary.json, errors.csv")
+    if summ.n_error:
         raise typer.Exit(EXIT_PARTIAL)
 
 
@@ -212,6 +243,11 @@ def simulate(
     frames: int = typer.Option(100, "--frames", "-n", help="Number of frames."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same frames."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
+    task: Task = typer.Option(Task.crystallography, help="crystallography (Bragg frames) or cdi (single-particle patterns, 11 multi-hot labels)."),
+    size: int = typer.Option(128, help="CDI: frame side in pixels (uniform in q)."),
+    radius_nm: float = typer.Option(260.0, help="CDI: median droplet radius, nm (log-normal)."),
+    photons: Tuple[float, float] = typer.Option((3e4, 1e6), help="CDI: range of particle photons per frame (log-uniform)."),
+    flat_ewald: bool = typer.Option(False, "--flat-ewald", help="CDI: small-angle (flat Ewald sphere) patterns; no Bent/Newton/Asymmetric."),
 ):
     """Simulate a serial-crystallography run with per-frame hit/maybe/miss labels.
 
@@ -220,6 +256,27 @@ def simulate(
     Poisson and read noise, gain, saturation and the detector's masks.  Labels
     follow Ke et al. (2018) §3.3.1 (>= 10 detectable spots: hit, 4-9: maybe).
     """
+    if task is Task.cdi:
+        from diffscreen.errors import ConfigError
+        from diffscreen.simulate.cdi import simulate_cdi_run
+
+        if out is None:
+            raise ConfigError("give the output file: diffscreen simulate --task cdi OUT.cxi")
+        if frames < 1:
+            raise ConfigError("--frames must be >= 1")
+        with _progress() as p:
+            bar = _Bar(p, f"simulating {frames} CDI frames")
+            bar(total=frames)
+            done = [0]
+
+            def cb(n):
+                bar(advance=n - done[0])
+                done[0] = n
+
+            path = simulate_cdi_run(out, frames, seed=seed, progress=cb, size=size, radius_nm=radius_nm,
+                                    photons=tuple(photons), ewald=not flat_ewald)
+        print(f"wrote {frames} CDI frames to {path}")
+        return
     from diffscreen.simulate import PRESETS
 
     if list_presets:
@@ -261,9 +318,9 @@ def train(
     inputs: List[str] = typer.Argument(..., help="Labelled data: simulated .cxi runs, or HDF5/CBF files with --labels."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
     labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files: expert_annotation.txt or CSV file,frame,label."),
-    epochs: int = typer.Option(120, help="Epochs (Ke: 120)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (Ke: 120; CDI: 200)."),
     batches_per_epoch: int = typer.Option(100, help="Class-balanced mini-batches per epoch (Ke: 100)."),
-    batch_size: int = typer.Option(64, help="Frames per mini-batch (Ke: 64)."),
+    batch_size: Optional[int] = typer.Option(None, help="Frames per mini-batch (Ke: 64; CDI: 48)."),
     lr_start: float = typer.Option(0.1, help="Learning rate of the first epoch (Ke: 0.1 at batch 64)."),
     lr_end: float = typer.Option(1e-4, help="Learning rate of the last epoch (Ke: 1e-4); exponential in between."),
     seed: int = typer.Option(0, help="Seed for initialisation, batches and crop shifts."),
@@ -272,17 +329,36 @@ def train(
     first_kernel: int = typer.Option(7, help="First convolution kernel: 7 (fv5080 code) or 3 (paper text)."),
     contrast: Contrast = typer.Option(Contrast.lcn, help="LCN (Ke §2.2) or linear contrast (Ke Table 8)."),
     pixel_scaling: bool = typer.Option(False, help="Scale by pixel count (fv5080: whole frame to 960) instead of physically."),
-    input_size: int = typer.Option(720, help="Network input side in pixels (Ke: 720)."),
+    input_size: Optional[int] = typer.Option(None, help="Network input side in pixels (Ke: 720; CDI: 224)."),
     workers: int = typer.Option(1, help="Worker processes reading and preprocessing frames."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore a checkpoint of an interrupted run."),
+    task: Task = typer.Option(Task.crystallography, help="crystallography (Ke 2018 CNN) or cdi (Zimmermann 2019 ResNet18, multi-label)."),
+    ccf: bool = typer.Option(False, "--ccf", help="CDI: train on CCF maps (§5.3) instead of diffraction images."),
+    alpha: str = typer.Option("0.2", help="CDI: α of the logarithmic activation (Eq. 11), or 'none' (unmodified ResNet18)."),
+    width: int = typer.Option(64, help="CDI: channels of the first ResNet stage (paper 64; CPU recipe 16)."),
+    milestones: str = typer.Option("50,100,150", help="CDI: epochs after which the learning rate is divided by 10."),
+    val_fraction: float = typer.Option(0.15, help="CDI: random validation fraction (paper: 15%)."),
 ):
     """Train the Ke et al. (2018) CNN on labelled frames and write a model file.
+
+    With --task cdi: train the Zimmermann et al. (2019) pre-activation
+    ResNet-18 with the logarithmic activation on simulated CDI runs
+    (`simulate --task cdi`), sigmoid outputs, BCE + L1/L2 1e-5, SGD 0.1 ÷10 at
+    --milestones.  Paper recipe (GPU): defaults.  CPU recipe: --input-size 64
+    --width 16 --epochs 16 --milestones 10,14.
 
     Class-balanced batches of randomly shifted crops, SGD (momentum 0.9, weight
     decay 5e-4) with the learning rate falling from 0.1 to 1e-4; the epoch with
     the best validation score is kept and scored on the test split.  An
     interrupted run resumes from OUT.ckpt.
     """
+    if task is Task.cdi:
+        return _train_cdi(inputs, out, epochs=epochs or 200, batch_size=batch_size or 48, lr=lr_start, seed=seed,
+                          ccf=ccf, alpha=alpha, width=width, milestones=milestones, input_size=input_size or 224,
+                          val_fraction=val_fraction, fresh=fresh)
+    epochs = 120 if epochs is None else epochs
+    batch_size = 64 if batch_size is None else batch_size
+    input_size = 720 if input_size is None else input_size
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.train import TrainConfig, collect_samples, split_samples, train_model
 
@@ -311,6 +387,46 @@ def train(
     if res.test_report is not None:
         print("test split:")
         print(res.test_report.to_markdown())
+
+
+def _train_cdi(inputs, out, *, epochs, batch_size, lr, seed, ccf, alpha, width, milestones, input_size,
+               val_fraction, fresh):
+    """``train --task cdi``: read simulated CDI runs, preprocess, train, write the model."""
+    import numpy as np
+
+    from diffscreen.errors import ConfigError
+    from diffscreen.preprocess.cdi import CDIPreprocessConfig, prepare_cdi_batch
+    from diffscreen.train.multilabel import MultiLabelConfig, load_cdi_runs, train_multilabel
+
+    a = None
+    if alpha.strip().lower() not in ("none", "unmodified", "off"):
+        try:
+            a = float(alpha)
+        except ValueError:
+            raise ConfigError(f"--alpha must be a number or 'none', got {alpha!r}") from None
+    try:
+        ms = tuple(int(x) for x in milestones.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--milestones must be comma-separated epochs, got {milestones!r}") from None
+    if not (0 < val_fraction < 1):
+        raise ConfigError("--val-fraction must be in (0, 1)")
+    files = [s for s in inputs]
+    x, mask, y, info = load_cdi_runs(files)
+    pre = CDIPreprocessConfig(input_size=input_size, mode="ccf" if ccf else "image")
+    X = prepare_cdi_batch(x, pre, mask=mask)
+    perm = np.random.default_rng(seed).permutation(len(X))
+    nv = max(1, int(round(val_fraction * len(X))))
+    va, tr = perm[:nv], perm[nv:]
+    info["split"] = {"mode": "random", "val_fraction": val_fraction, "seed": seed}
+    print(f"{len(X)} CDI frames: train {len(tr)}, validation {len(va)}; input {pre.mode} {input_size}px")
+    cfg = MultiLabelConfig(epochs=epochs, milestones=ms, batch_size=batch_size, lr=lr, alpha=a, width=width,
+                           seed=seed)
+    with _progress() as p:
+        res = train_multilabel(X[tr], y[tr], X[va], y[va], out, config=cfg, preprocess=pre, data_description=info,
+                               resume=not fresh, log=p.console.print)
+    print(f"best epoch {res.best.get('epoch')}: validation accuracy {res.best.get('accuracy', float('nan')):.3f} "
+          f"precision {res.best.get('precision', float('nan')):.3f} recall {res.best.get('recall', float('nan')):.3f}")
+    print(f"model written to {res.model_path}")
 
 
 @app.command()
@@ -448,6 +564,8 @@ def model_info(model: Optional[Path] = typer.Argument(None, help="Model file; de
 # themselves on `app` / `benchmark_app` when imported here; like the commands
 # above they import nothing heavy at module level.
 # (one import line per module, e.g. `from diffscreen import cli_explain  # noqa: E402,F401`)
+from diffscreen import cli_explain  # noqa: E402,F401
+from diffscreen import cli_cdi  # noqa: E402,F401
 from diffscreen import cli_baselines  # noqa: E402,F401
 
 

@@ -45,6 +45,8 @@ def register_model(name: str):
 def _load_builtin():
     # Importing the architecture modules registers their builders.
     from diffscreen.models import ke2018  # noqa: F401
+    from diffscreen.models import zimmermann2019  # noqa: F401
+    from diffscreen.models import alexnet  # noqa: F401
 
 
 def list_models() -> list[str]:
@@ -168,6 +170,18 @@ def read_model_metadata(path) -> dict:
         raise ModelFileError(f"corrupt metadata record ({exc})", path=p) from None
 
 
+def _preprocess_from_record(d: dict):
+    """The preprocessing recipe of a model file: a CDI recipe (``"kind": "cdi"``) or,
+    without a ``kind`` key, the Ke et al. :class:`~diffscreen.preprocess.PreprocessConfig`."""
+    if isinstance(d, dict) and d.get("kind") == "cdi":
+        from diffscreen.preprocess.cdi import CDIPreprocessConfig
+
+        return CDIPreprocessConfig.from_dict(d)
+    from diffscreen.preprocess import PreprocessConfig
+
+    return PreprocessConfig.from_dict(d)
+
+
 def load_model(path=None) -> ModelBundle:
     """Load a model file (default: the bundled model).
 
@@ -187,13 +201,11 @@ def load_model(path=None) -> ModelBundle:
     """
     from safetensors.torch import load_file
 
-    from diffscreen.preprocess import PreprocessConfig
-
     p = Path(path) if path is not None else default_model_path()
     rec = read_model_metadata(p)
     try:
         model = get_model(rec["arch"], **rec.get("arch_kwargs", {}))
-        pre = PreprocessConfig.from_dict(rec["preprocess"])
+        pre = _preprocess_from_record(rec["preprocess"])
         class_names = tuple(rec["class_names"])
     except (KeyError, ConfigError, TypeError) as exc:
         raise ModelFileError(f"incomplete or invalid metadata record ({exc})", path=p) from None

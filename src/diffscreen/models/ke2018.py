@@ -53,6 +53,11 @@ class KeCNN(nn.Module):
     pool → 16×11×11, conv → 32×6×6, pool → 32×3×3 = 288 features.
     """
 
+    #: Layer explained by Grad-CAM / Grad-CAM++ (:func:`diffscreen.explain.find_cam_layer`):
+    #: the ReLU of the last convolutional block, before its pooling (6 × 6 at
+    #: S = 720 rather than 3 × 3 after the pool).
+    cam_layer = "features.3.2"
+
     def __init__(self, num_classes: int = 3, in_chans: int = 1, first_kernel: int = 7, input_size: int = 720):
         super().__init__()
         self.features = nn.Sequential(

@@ -5,6 +5,11 @@ exponentially from 0.1 to 1e-4 over the epochs (``10^-(1 + 3(e-1)/(E-1))``);
 each epoch is ``batches_per_epoch`` class-balanced mini-batches of randomly
 shifted crops; the epoch with the best validation score is kept.  A
 checkpoint after every epoch lets an interrupted run resume.
+
+``TrainConfig(optimizer="adam")`` uses Adam instead (Nawaz et al. 2022 §3.5:
+Adam with an exponentially decaying learning rate), and
+:func:`train_on_arrays` trains any registered architecture on preprocessed
+inputs held in memory (the DiffraNet-class AlexNet benchmark).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
 from diffscreen.train.sampler import ClassBalancedSampler
 
-__all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model"]
+__all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer"]
+
+_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -60,6 +67,11 @@ class TrainConfig:
         DataLoader worker processes reading and preprocessing frames.
     threads : int
         Torch threads for the optimisation step.
+    optimizer : {"sgd", "adam"}
+        SGD with momentum (Ke, default) or Adam (Nawaz §3.5; ``momentum``
+        is then unused and ``weight_decay`` is Adam's L2 term).
+    arch_kwargs : dict
+        Further builder arguments of ``arch`` (e.g. AlexNet ``channels``).
     """
 
     epochs: int = 120
@@ -74,13 +86,26 @@ class TrainConfig:
     first_kernel: int = 7
     workers: int = 1
     threads: int = 1
+    optimizer: str = "sgd"
+    arch_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.optimizer not in _OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("epochs", "batches_per_epoch", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr_start > 0 and self.lr_end > 0):
             raise ConfigError("learning rates must be > 0")
+
+
+def make_optimizer(model, config: TrainConfig):
+    """The optimiser ``config.optimizer`` names, at ``config.lr_start``."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr_start, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr_start, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
 def learning_rate(epoch: int, config: TrainConfig) -> float:
@@ -202,10 +227,9 @@ def train_model(
     arch_kwargs = {"num_classes": len(class_names), "input_size": pcfg.out_size}
     if cfg.arch == "ke2018":
         arch_kwargs["first_kernel"] = cfg.first_kernel
+    arch_kwargs.update(cfg.arch_kwargs)
     model = get_model(cfg.arch, **arch_kwargs)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr_start, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    opt = make_optimizer(model, cfg)
     pre = Preprocessor(pcfg)
     fingerprint = _fingerprint(train) + _fingerprint(val)
     run_id = {"config": asdict(cfg), "preprocess": pcfg.to_dict(), "data": fingerprint}
@@ -316,3 +340,142 @@ def train_model(
     )
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(out_path, best["epoch"], history, test_report)
+
+
+def train_on_arrays(
+    x_train,
+    y_train,
+    out_path,
+    *,
+    class_names,
+    preprocess: PreprocessConfig,
+    config: TrainConfig | None = None,
+    x_val=None,
+    y_val=None,
+    data_description: dict | None = None,
+    log=print,
+) -> TrainResult:
+    """Train a registered architecture on preprocessed inputs held in memory.
+
+    Each epoch is ``batches_per_epoch`` class-balanced mini-batches
+    (:class:`~diffscreen.train.sampler.ClassBalancedSampler`, no crop
+    shifts: the inputs are already cropped); the learning rate decays
+    exponentially from ``lr_start`` to ``lr_end`` (:func:`learning_rate`);
+    the epoch with the best validation accuracy (over all classes) is kept.
+
+    Parameters
+    ----------
+    x_train : (N, 1, S, S) float16/float32 ndarray
+        Preprocessed inputs (not modified).
+    y_train : (N,) int ndarray
+        Class indices into ``class_names``.
+    out_path : str or Path
+        Model file to write (``.safetensors``, with metadata).
+    class_names : sequence of str
+    preprocess : PreprocessConfig
+        The recipe that produced the inputs (stored in the model file).
+    config : TrainConfig
+        ``arch``, ``arch_kwargs``, ``optimizer``, ``epochs``,
+        ``batches_per_epoch``, ``batch_size``, learning rates, ``seed``,
+        ``threads`` are used.
+    x_val, y_val : arrays, optional
+        Validation set for model selection (default: keep the last epoch).
+    data_description : dict, optional
+    log : callable
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ConfigError
+        Empty or mismatched arrays, or labels outside the classes.
+    """
+    cfg = config or TrainConfig(optimizer="adam")
+    xt = np.asarray(x_train)
+    yt = np.asarray(y_train, dtype=np.int64)
+    if xt.ndim != 4 or len(xt) == 0 or len(xt) != len(yt):
+        raise ConfigError(f"x_train must be (N, C, S, S) with N = len(y_train) > 0, got {xt.shape} and {yt.shape}")
+    if yt.min() < 0 or yt.max() >= len(class_names):
+        raise ConfigError(f"labels must be in 0..{len(class_names) - 1}")
+    torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
+    arch_kwargs = {"num_classes": len(class_names), "input_size": int(xt.shape[-1]), **cfg.arch_kwargs}
+    if cfg.arch == "ke2018":
+        arch_kwargs.setdefault("first_kernel", cfg.first_kernel)
+    model = get_model(cfg.arch, **arch_kwargs)
+    opt = make_optimizer(model, cfg)
+    sampler = ClassBalancedSampler(yt, cfg.batches_per_epoch * cfg.batch_size, max_shift=0, seed=cfg.seed)
+    history, best = [], {"score": -math.inf, "epoch": 0, "state": None}
+
+    @torch.inference_mode()
+    def accuracy(xa, ya):
+        model.eval()
+        pred = []
+        for i in range(0, len(xa), 64):
+            pred.append(model(torch.from_numpy(np.asarray(xa[i : i + 64], dtype=np.float32))).argmax(1).numpy())
+        return float((np.concatenate(pred) == ya).mean())
+
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        lr = learning_rate(epoch, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        sampler.set_epoch(epoch)
+        items = sampler.draw()[:, 0]
+        model.train()
+        tot_loss, tot_ok, tot_n = 0.0, 0, 0
+        for b in range(cfg.batches_per_epoch):
+            idx = items[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            xb = torch.from_numpy(np.asarray(xt[idx], dtype=np.float32))
+            yb = torch.from_numpy(yt[idx])
+            opt.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            loss.backward()
+            opt.step()
+            tot_loss += float(loss.detach()) * len(yb)
+            tot_ok += int((logits.argmax(1) == yb).sum())
+            tot_n += len(yb)
+        score = accuracy(x_val, np.asarray(y_val)) if x_val is not None and len(x_val) else float("nan")
+        rec = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": tot_loss / tot_n,
+            "train_accuracy": tot_ok / tot_n,
+            "val_accuracy": score,
+            "seconds": time.time() - t0,
+        }
+        history.append(rec)
+        improved = math.isnan(score) or score >= best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        log(
+            f"epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  loss {rec['train_loss']:.4f}  "
+            f"train acc {rec['train_accuracy']:.3f}  val acc {score:.3f}{'  *' if improved else ''}  "
+            f"({rec['seconds']:.0f} s)"
+        )
+    model.load_state_dict(best["state"])
+    model.eval()
+    save_model(
+        out_path,
+        model,
+        arch=cfg.arch,
+        arch_kwargs={k: (list(v) if isinstance(v, tuple) else v) for k, v in arch_kwargs.items()},
+        preprocess=preprocess,
+        class_names=class_names,
+        training={
+            "config": asdict(cfg),
+            "data": data_description or {},
+            "n_train": int(len(xt)),
+            "n_val": int(0 if x_val is None else len(x_val)),
+            "history": history,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        seed=cfg.seed,
+        metrics={"best_epoch": best["epoch"], "val_accuracy": best["score"]},
+    )
+    return TrainResult(Path(out_path), best["epoch"], history, None)

@@ -1,0 +1,523 @@
+"""Zimmermann et al. (2019) rerun on simulated single-particle CDI patterns.
+
+Experiments (reduced CPU recipe, see :data:`FULL` and :data:`QUICK`):
+
+* Table 4: ResNet18 with the logarithmic activation, α ∈ {0.2, 0.5, 1.0} and
+  unmodified, trained on diffraction images;
+* Table 5: ResNet18_α=0.2 with 100, 75, 50, 25 % of the training set;
+* Table 6: ResNet18_α=0.2 on diffraction images vs CCF maps, with uniform
+  noise U(0, b) added to every frame, b = the median over images of the
+  image mean, of mean + std, and of the maximum (§5.3);
+* Fig. 5: Grad-CAM++ overlays of Streak and Bent validation patterns
+  (:func:`diffscreen.explain.attribute`);
+* CCF speed in ms per pattern.
+
+Each number is the maximum over the evaluated epochs on the validation split,
+as in the paper's tables.  :func:`run` writes ``zimmermann2019.md`` and PNGs
+into ``out_dir`` and returns the numbers; :func:`check_quick` asserts the
+findings the ``--quick`` CI mode must reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run", "check_quick", "PAPER", "FULL", "QUICK", "add_uniform_noise", "noise_bounds"]
+
+#: The paper's numbers (helium dataset): Accuracy, Precision, Recall.
+PAPER = {
+    "table4": {"0.2": (0.965, 0.922, 0.870), "0.5": (0.960, 0.920, 0.870), "1.0": (0.959, 0.922, 0.868),
+               "unmodified": (0.955, 0.918, 0.867)},
+    "table5": {"100%": (0.965, 0.922, 0.870), "75%": (0.915, 0.821, 0.771), "50%": (0.829, 0.740, 0.679),
+               "25%": (0.797, 0.673, 0.593)},
+    "table5_n": {"100%": 6174, "75%": 4631, "50%": 3088, "25%": 1544},
+    "table6": {("none", "ccf"): (0.950, 0.901, 0.838), ("none", "image"): (0.965, 0.922, 0.870),
+               ("mean", "ccf"): (0.948, 0.897, 0.833), ("mean", "image"): (0.954, 0.910, 0.853),
+               ("mean+std", "ccf"): (0.946, 0.893, 0.823), ("mean+std", "image"): (0.944, 0.887, 0.815),
+               ("max", "ccf"): (0.944, 0.905, 0.814), ("max", "image"): (0.926, 0.865, 0.808)},
+}
+
+#: Reduced CPU recipe ("full" benchmark mode).
+FULL = dict(sim_size=64, size=64, n_train=1200, n_val=400, width=16, epochs=16, milestones=(10, 14), batch_size=48,
+            alphas=("0.2", "0.5", "1.0", "unmodified"), fractions=(1.0, 0.75, 0.5, 0.25),
+            noises=("none", "mean", "mean+std", "max"), modes=("image", "ccf", "ccf-max"), table4=True, table5=True,
+            fig5=True)
+#: CI recipe: tiny frames, only what check_quick asserts.
+QUICK = dict(sim_size=64, size=32, n_train=480, n_val=240, width=8, epochs=8, milestones=(6,), batch_size=48,
+             alphas=("0.2",), fractions=(1.0,), noises=("none", "max"), modes=("image", "ccf"), table4=False,
+             table5=False, fig5=False)
+
+
+def noise_bounds(frames, mask=None) -> dict:
+    """Upper bounds b of the uniform noise of §5.3 (medians over images).
+
+    Parameters
+    ----------
+    frames : (N, H, W) array_like
+    mask : (H, W) bool, optional
+        Pixels left out of the statistics.
+
+    Returns
+    -------
+    dict
+        ``{"mean": m, "mean+std": m + s, "max": M}`` with m, s, M the medians
+        over images of each image's mean, standard deviation and maximum.
+    """
+    a = np.asarray(frames, dtype=np.float64)
+    v = a[:, ~mask] if mask is not None else a.reshape(len(a), -1)
+    m, s, M = np.median(v.mean(1)), np.median(v.std(1)), np.median(v.max(1))
+    return {"mean": float(m), "mean+std": float(m + s), "max": float(M)}
+
+
+def add_uniform_noise(frames, b: float, *, seed: int) -> np.ndarray:
+    """``frames + U(0, b)``, independently per pixel (a new array)."""
+    rng = np.random.default_rng(seed)
+    a = np.asarray(frames, dtype=np.float32)
+    return a + rng.uniform(0.0, b, size=a.shape).astype(np.float32)
+
+
+def _simulate(n, size, seed):
+    from diffscreen.simulate.cdi import CDISimulator
+
+    sim = CDISimulator(seed=seed, size=size)
+    t0 = time.time()
+    fr = [sim.frame(i) for i in range(n)]
+    dt = time.time() - t0
+    X = np.stack([f.data for f in fr])
+    Y = np.stack([f.labels for f in fr]).astype(np.uint8)
+    shapes = [f.params["shape"] for f in fr]
+    return X, Y, fr[0].mask, n / dt, fr, shapes
+
+
+def _prep(X, mask, size, mode):
+    """mode: "image", "ccf" (ring-normalised CCF map) or "ccf-max" (the paper's map as written)."""
+    from threadpoolctl import threadpool_limits
+
+    from diffscreen.preprocess.cdi import CDIPreprocessConfig, prepare_cdi_batch
+
+    if mode == "image":
+        pc = CDIPreprocessConfig(input_size=size, mode="image")
+    else:
+        pc = CDIPreprocessConfig(input_size=size, mode="ccf", ccf_normalise="max" if mode == "ccf-max" else "ring")
+    t0 = time.perf_counter()
+    with threadpool_limits(1):
+        P = prepare_cdi_batch(X, pc, mask=mask)
+    return P, pc, (time.perf_counter() - t0) / len(X) * 1e3
+
+
+def _train(P, Y, ntr, cfg, *, alpha, seed, n_use=None, pc=None, log=None):
+    from diffscreen.train.multilabel import MultiLabelConfig, train_multilabel
+
+    idx = np.arange(ntr) if n_use is None else np.arange(n_use)
+    mc = MultiLabelConfig(epochs=cfg["epochs"], milestones=cfg["milestones"], batch_size=cfg["batch_size"],
+                          alpha=None if alpha == "unmodified" else float(alpha), width=cfg["width"], seed=seed,
+                          threads=0)
+    r = train_multilabel(P[idx], Y[idx], P[ntr:], Y[ntr:], config=mc, preprocess=pc, log=log or (lambda *a: None))
+    return r
+
+
+def _fmt(t):
+    return " / ".join(f"{x:.3f}" for x in t)
+
+
+def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
+    """Run the benchmark and write ``<out_dir>/zimmermann2019.md`` (+ PNGs).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        ``docs/benchmarks`` for the published report.
+    quick : bool
+        CI mode (:data:`QUICK`): 32-px frames, two noise levels, no Tables 4/5
+        or Fig. 5; takes about a minute on one core.
+    seed : int
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``table4`` / ``table5`` / ``table6`` (name → {accuracy, precision,
+        recall, violation_rate_min}), ``baseline`` (all-negative metrics),
+        ``sim_fps``, ``ccf_ms``, ``seconds``, ``markdown_path``, ``config``.
+    """
+    import torch
+
+    from diffscreen.evaluate.multilabel import all_negative_baseline
+    from diffscreen.io._atomic import atomic_write_text
+
+    cfg = QUICK if quick else FULL
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+    ntr, nva, S = cfg["n_train"], cfg["n_val"], cfg["size"]
+    log(f"simulating {ntr + nva} CDI frames at {cfg['sim_size']} px")
+    X, Y, mask, fps, frames, shapes = _simulate(ntr + nva, cfg["sim_size"], seed)
+    base = all_negative_baseline(Y[ntr:])
+    from diffscreen.evaluate.multilabel import multilabel_metrics
+
+    maj = multilabel_metrics(Y[ntr:], np.broadcast_to(Y[:ntr].mean(0) > 0.5, Y[ntr:].shape).astype(float))
+    res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, "sim_fps": fps,
+           "baseline": {k: base[k] for k in ("accuracy", "precision", "recall")},
+           "majority": {k: maj[k] for k in ("accuracy", "precision", "recall")},
+           "label_freq": {n: float(v) for n, v in zip(_names(), Y.mean(0))}, "threads": torch.get_num_threads()}
+    bounds = noise_bounds(X, mask)
+    res["noise_bounds"] = bounds
+    keep = ("accuracy", "precision", "recall", "violation_rate_min")
+
+    def summ(r):
+        return {**{k: float(r.max.get(k, float("nan"))) for k in keep}, "seconds": r.seconds,
+                "best_epoch": r.best.get("epoch")}
+
+    inputs = {}
+    for noise in cfg["noises"]:
+        Xn = X if noise == "none" else add_uniform_noise(X, bounds[noise], seed=seed + 17)
+        for mode in cfg["modes"]:
+            P, pc, ms = _prep(Xn, mask, S, mode)
+            inputs[(noise, mode)] = (P, pc)
+            if noise == "none":
+                res[f"prep_ms_{mode}"] = ms
+    res["ccf_ms"] = res["prep_ms_ccf"]
+    res["majority_floor_note"] = "majority-label predictor; a model at this level has learned nothing beyond class priors"
+    t6, models = {}, {}
+    for noise in cfg["noises"]:
+        for mode in cfg["modes"]:
+            P, pc = inputs[(noise, mode)]
+            log(f"table 6: noise {noise}, {mode}")
+            r = _train(P, Y, ntr, cfg, alpha="0.2", seed=seed, pc=pc)
+            t6[f"{noise}|{mode}"] = summ(r)
+            if noise == "none" and mode == "image":
+                models["0.2"] = r.model
+            log(f"  {t6[f'{noise}|{mode}']}")
+    res["table6"] = t6
+    P0, pc0 = inputs[("none", "image")]
+    if cfg["table4"]:
+        t4 = {"0.2": t6["none|image"]}
+        for a in cfg["alphas"]:
+            if a == "0.2":
+                continue
+            log(f"table 4: alpha {a}")
+            t4[a] = summ(_train(P0, Y, ntr, cfg, alpha=a, seed=seed, pc=pc0))
+            log(f"  {t4[a]}")
+        res["table4"] = t4
+    if cfg["table5"]:
+        t5 = {"100%": {**t6["none|image"], "n_train": ntr}}
+        for f in cfg["fractions"]:
+            if f == 1.0:
+                continue
+            n = int(round(f * ntr))
+            log(f"table 5: {n} training frames")
+            t5[f"{int(f * 100)}%"] = {**summ(_train(P0, Y, ntr, cfg, alpha="0.2", seed=seed, n_use=n, pc=pc0)),
+                                     "n_train": n}
+            log(f"  {t5[f'{int(f * 100)}%']}")
+        res["table5"] = t5
+    res["fig5"] = None
+    if cfg["fig5"] and "0.2" in models:
+        res["fig5"] = _fig5(models["0.2"], P0[ntr:], Y[ntr:], X[ntr:], out)
+        _fig_examples(frames[ntr:], out)
+    res["seconds"] = time.time() - t_all
+    md = _markdown(res, quick)
+    name = "zimmermann2019_quick.md" if quick else "zimmermann2019.md"
+    atomic_write_text(out / name, md)
+    atomic_write_text(out / name.replace(".md", ".json"), json.dumps(res, indent=1, default=float))
+    res["markdown_path"] = str(out / name)
+    return res
+
+
+def _names():
+    from diffscreen.evaluate.multilabel import CDI_CLASSES
+
+    return CDI_CLASSES
+
+
+def _tot(d: dict) -> float:
+    return d["accuracy"] + d["precision"] + d["recall"]
+
+
+def retention(res: dict, mode: str, noise: str = "max") -> float:
+    """Fraction of a network's skill above the majority-label predictor kept under ``noise``.
+
+    ``(S(noise) - S_maj) / (S(none) - S_maj)`` with S = accuracy + precision +
+    recall; 1 = unaffected by the noise, 0 = reduced to the class priors.
+    """
+    floor = _tot(res["majority"])
+    t6 = res["table6"]
+    return (_tot(t6[f"{noise}|{mode}"]) - floor) / (_tot(t6[f"none|{mode}"]) - floor)
+
+
+def check_quick(res: dict) -> None:
+    """The findings ``--quick`` must reproduce (raises AssertionError otherwise).
+
+    * CCF maps degrade less with noise than raw images: under the strongest
+      noise (U(0, median image maximum)) the CCF network keeps a larger
+      fraction of its skill above the majority-label predictor
+      (:func:`retention`) than the image network.  Skill *above the class
+      priors* is the measure because at that noise every network falls
+      towards the majority-label predictor (Spherical/Oblate + Round for
+      every frame), which already scores accuracy ≈ 0.94 on Table 1
+      frequencies; a raw drop would reward a network for starting low.
+    * The multi-label metrics beat the all-negative predictor widely:
+      accuracy ≥ baseline + 0.05, precision ≥ 0.5, recall ≥ 0.3 (baseline
+      precision and recall are 0) for images without noise, and both
+      networks without noise beat the majority-label predictor.
+    """
+    t6, b = res["table6"], res["baseline"]
+    floor = _tot(res["majority"])
+    for mode in ("image", "ccf"):
+        assert _tot(t6[f"none|{mode}"]) > floor + 0.02, f"{mode} network did not learn beyond the class priors"
+    r_img, r_ccf = retention(res, "image"), retention(res, "ccf")
+    assert r_ccf > r_img, f"CCF keeps {r_ccf:.2f} of its skill under max noise, images {r_img:.2f}"
+    m = t6["none|image"]
+    assert m["accuracy"] >= b["accuracy"] + 0.05, (m, b)
+    assert m["precision"] >= 0.5 and m["recall"] >= 0.3, m
+
+
+def _fig5(model, P, Y, X, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        from diffscreen.explain import attribute
+
+        how = "diffscreen.explain.attribute(method='gradcam++')"
+    except ImportError:  # pragma: no cover - the explain module exists in this tree
+        attribute, how = None, "torchcam GradCAMpp"
+    names = list(_names())
+    rows = []
+    for cls in ("streak", "bent"):
+        idx = np.flatnonzero(Y[:, names.index(cls)])[:5]
+        rows.append((cls, idx))
+    fig, axes = plt.subplots(2, 5, figsize=(12, 5.2))
+    for r, (cls, idx) in enumerate(rows):
+        heats = attribute(model, P[idx], method="gradcam++", target=names.index(cls)) if len(idx) else []
+        for c in range(5):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(idx):
+                continue
+            img = np.log1p(P[idx[c], 0] * 1000)
+            h = heats[c] / (heats[c].max() + 1e-12)
+            ax.imshow(img * (0.25 + 0.75 * h), cmap="gray")
+            ax.contour(h, levels=[0.3, 0.5, 0.7, 0.9], colors="orange", linestyles="dashed", linewidths=0.8)
+            if c == 0:
+                ax.set_title(f"{cls}", loc="left")
+    fig.suptitle("Grad-CAM++ of the Streak (top) and Bent (bottom) outputs, ResNet18_α=0.2, simulated patterns")
+    fig.tight_layout()
+    p = out / "zimmermann2019_fig5.png"
+    fig.savefig(p, dpi=80)
+    plt.close(fig)
+    return {"png": p.name, "method": how, "n": {cls: int(len(i)) for cls, i in rows}}
+
+
+def _fig_examples(frames, out: Path):
+    """Example patterns with their CCF maps, ring-normalised and as written (cf. the paper's Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffscreen.preprocess.ccf import ccf_map
+
+    want = ["round", "elliptical", "prolate", "bent", "newton_rings", "asymmetric", "double_rings", "layered"]
+    pick = []
+    for w in want:
+        for i, f in enumerate(frames):
+            if w in f.label_names and i not in [p for _, p in pick]:
+                pick.append((w, i))
+                break
+    fig, axes = plt.subplots(3, len(pick), figsize=(2.1 * len(pick), 6.6))
+    for c, (w, i) in enumerate(pick):
+        f = frames[i]
+        cen = f.meta.beam_center_px
+        axes[0, c].imshow(np.log1p(f.data), cmap="magma")
+        axes[0, c].set_title(w, fontsize=8)
+        for r, norm in ((1, "ring"), (2, "max")):
+            m = ccf_map(f.data, centre=cen, mask=f.mask, n_q=f.data.shape[0] // 2, normalise=norm)
+            axes[r, c].imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+        for a in axes[:, c]:
+            a.axis("off")
+    fig.suptitle("Simulated patterns (log photons), their CCF maps ring-normalised (middle) and as written (bottom);"
+                 " lower triangle: full CCF, upper: Re C^8", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "zimmermann2019_examples.png", dpi=80)
+    plt.close(fig)
+
+
+def _markdown(res: dict, quick: bool) -> str:
+    c = res["config"]
+    L = []
+    L.append("# Zimmermann et al. (2019) on simulated single-particle CDI patterns" + (" (quick CI mode)" if quick else ""))
+    L.append("")
+    L.append("Generated by `diffscreen benchmark zimmermann2019" + (" --quick" if quick else "") + "` "
+             f"(seed 0, {res['threads']} torch thread(s), {res['seconds'] / 60:.1f} min wall time).")
+    if res.get("note"):
+        L += ["", res["note"]]
+    L.append("")
+    L.append("## Setup (reduced CPU recipe)")
+    L.append("")
+    L.append(f"* Data: {c['n_train']} training + {c['n_val']} validation patterns from `diffscreen.simulate.cdi` "
+             f"({c['sim_size']}×{c['sim_size']} px, uniform in q, 2θ = 30° at the side centres, λ = 45 nm, Ewald-sphere MSFT, "
+             "photons 3e4-1e6, stray light, flat field, Poisson noise, saturation, central hole); "
+             f"labels follow Table 1 frequencies (simulated at {res['sim_fps']:.0f} frames/s).")
+    L.append(f"* Network: pre-activation ResNet-18, width {c['width']} (paper 64), input {c['size']}×{c['size']} px (paper 224), "
+             f"{c['epochs']} epochs, lr 0.1 ÷10 after epochs {', '.join(map(str, c['milestones']))} (paper: 200 epochs, "
+             f"÷10 every 50), batch {c['batch_size']}, Nesterov 0.9, BCE + L1 + L2 1e-5, flips (images only), "
+             "brightness ±0.1, contrast ±20 %.")
+    L.append("* Numbers are the maximum over epochs on the validation split (as the paper's tables): "
+             "Accuracy / Precision / Recall (§3.2, micro-averaged over all labels).")
+    b = res["baseline"]
+    L.append(f"* All-negative predictor on the same validation split: accuracy {b['accuracy']:.3f}, precision 0, "
+             "recall 0 (paper's helium data: 0.801).  Majority-label predictor (every frame gets the labels "
+             "carried by more than half of the training frames, i.e. Spherical/Oblate + Round): "
+             f"{_fmt((res['majority']['accuracy'], res['majority']['precision'], res['majority']['recall']))}.")
+    L.append(f"* CCF map: {res['ccf_ms']:.2f} ms per {c['size']}×{c['size']} pattern on one core "
+             f"(polar resampling + FFT over the angle; the paper: three days for 39,879 patterns ≈ 6.5 s each). "
+             f"Image preprocessing: {res['prep_ms_image']:.2f} ms.")
+    L.append("")
+
+    def row(name, ours, paper):
+        o = _fmt((ours["accuracy"], ours["precision"], ours["recall"]))
+        v = ours.get("violation_rate_min", float("nan"))
+        return f"| {name} | {o} | {v:.3f} | {_fmt(paper) if paper else '—'} |"
+
+    hdr = ["| run | ours: Acc / Prec / Rec | ours: min. rule-violation rate | paper: Acc / Prec / Rec |",
+           "|---|---|---|---|"]
+    if "table4" in res:
+        L += ["## Table 4: logarithmic activation α", ""] + hdr
+        for a, v in res["table4"].items():
+            L.append(row(f"α = {a}" if a != "unmodified" else "unmodified", v, PAPER["table4"][a]))
+        L.append("")
+    if "table5" in res:
+        L += ["## Table 5: training-set size (ResNet18_α=0.2)", ""] + hdr
+        for k, v in res["table5"].items():
+            L.append(row(f"{k} ({v['n_train']} frames; paper {PAPER['table5_n'][k]})", v, PAPER["table5"][k]))
+        L.append("")
+    L += ["## Table 6: uniform noise, diffraction images vs CCF maps (ResNet18_α=0.2)", ""]
+    nb = res["noise_bounds"]
+    L.append(f"Noise U(0, b) per pixel, b = median image mean {nb['mean']:.2f}, mean + std {nb['mean+std']:.2f}, "
+             f"max {nb['max']:.0f} photons.")
+    L.append("")
+    L += hdr
+    label = {"image": "diffraction images", "ccf": "CCF maps (ring-normalised)",
+             "ccf-max": "CCF maps (as written, max-normalised)"}
+    for k, v in res["table6"].items():
+        noise, mode = k.split("|")
+        L.append(row(f"noise {noise}, {label[mode]}", v, PAPER["table6"].get((noise, mode.split("-")[0]))))
+    L.append("")
+    L.append("\"ring-normalised\" is our CCF option (`CDIPreprocessConfig(ccf_normalise='ring')`, XCCA practice, "
+             "Kurta et al. 2017): the n = 0 term is removed from the full CCF and both triangles are divided by "
+             "I₀(q_i)·I₀(q_j) before the per-triangle scaling.  \"As written\" uses Eqs. 13-15 unchanged and scales "
+             "each triangle by its maximum, which leaves only the few brightest inner rings visible to the network "
+             "(the intensity falls as q⁻⁴).  The paper's CCF numbers are repeated beside both.")
+    L.append("")
+    if res.get("fig5"):
+        f5 = res["fig5"]
+        L += ["## Fig. 5: Grad-CAM++", "",
+              f"![Grad-CAM++ overlays](zimmermann2019_fig5.png)", "",
+              f"Computed with {f5['method']} on the α = 0.2 image model; dashed contours at 0.3/0.5/0.7/0.9 of the "
+              "map's maximum, which also sets the image brightness (as in the paper's figure).  With 64-px inputs "
+              "the last residual stage is only 2×2, so the maps can only point to a quadrant; the paper's 224-px "
+              "inputs give 7×7.  The run with the GPU recipe is needed to judge whether the network follows the "
+              "streak as in the paper.", "",
+              "![examples](zimmermann2019_examples.png)", ""]
+    L += ["## Label frequencies of the simulated set", "",
+          "| class | simulated | Table 1 |", "|---|---|---|"]
+    from diffscreen.simulate.cdi import TABLE1_FRACTIONS
+
+    for n, v in res["label_freq"].items():
+        L.append(f"| {n} | {v:.3f} | {TABLE1_FRACTIONS[n]:.3f} |")
+    L.append("")
+    L += ["## What our numbers show", ""] + _findings(res) + [""]
+    L.append(_DISCUSSION)
+    return "\n".join(L) + "\n"
+
+
+def render_markdown(json_path, *, quick: bool = False) -> str:
+    """Re-render the report from a saved ``zimmermann2019.json`` (no training)."""
+    res = json.loads(Path(json_path).read_text())
+    return _markdown(res, quick)
+
+
+def _findings(res: dict) -> list[str]:
+    """Sentences stating what our numbers show, computed from them."""
+    t6 = res["table6"]
+
+    def tot(k):
+        return sum(t6[k][m] for m in ("accuracy", "precision", "recall"))
+
+    L = []
+    mj = res.get("majority")
+    floor = sum(mj[m] for m in ("accuracy", "precision", "recall")) if mj else None
+    if "max|image" in t6 and "max|ccf" in t6:
+        di = tot("none|image") - tot("max|image")
+        dc = tot("none|ccf") - tot("max|ccf")
+        txt = (f"* **Table 6, measured.** From no noise to the maximum noise, accuracy + precision + recall fall by "
+               f"{di:.3f} with diffraction images and by {dc:.3f} with ring-normalised CCF maps"
+               + (f" ({tot('none|ccf-max') - tot('max|ccf-max'):.3f} with the CCF maps as written)"
+                  if "max|ccf-max" in t6 else "")
+               + " (paper, accuracy only: 0.039 vs 0.006).  "
+               + ("CCF maps degrade less, as in the paper, but only slightly (a margin of this size is within "
+                  "run-to-run noise, and the image network's maximum precision without noise comes from an early, "
+                  "conservative epoch).  " if 0 < di - dc < 0.05 else
+                  "CCF maps degrade less, as in the paper.  " if dc < di else "CCF maps do **not** degrade less.  "))
+        gap = tot("max|ccf") - tot("max|image")
+        txt += (f"At the strongest noise the CCF and image networks are level ({tot('max|ccf'):.3f} vs "
+                f"{tot('max|image'):.3f}; a gap this small is within run-to-run noise), where the paper has CCF maps "
+                "clearly ahead.  " if abs(gap) < 0.02 else
+                "At the strongest noise the CCF network is ahead of the image network "
+                f"({tot('max|ccf'):.3f} vs {tot('max|image'):.3f}), as in the paper.  "
+                if gap > 0 else
+                f"At the strongest noise the image network stays ahead ({tot('max|image'):.3f} vs "
+                f"{tot('max|ccf'):.3f}), unlike the paper.  ")
+        if floor is not None:
+            txt += (f"Caveat: the majority-label predictor scores {floor:.3f} on this sum; at maximum noise "
+                    + ", ".join(f"{k.split('|')[1]} {tot(k) - floor:+.3f}" for k in t6 if k.startswith("max|"))
+                    + " relative to it, so at that noise level every network has learned little beyond the class "
+                    "priors (our raw photon counts fall as q⁻⁴, so U(0, max) buries all but the innermost rings; the "
+                    "paper's MCP images have a far smaller dynamic range).")
+        if floor is not None:
+            txt += ("  Skill kept above the majority-label predictor under maximum noise (`retention`, what "
+                    "`--quick` asserts): " + ", ".join(f"{m} {retention(res, m):.2f}" for m in
+                                                       ("image", "ccf", "ccf-max") if f"max|{m}" in t6) + ".")
+        L.append(txt)
+        if "none|ccf-max" in t6:
+            L.append(f"* **CCF normalisation.** Without noise the ring-normalised CCF map scores "
+                     f"{tot('none|ccf'):.3f} against {tot('none|ccf-max'):.3f} for the map as written and "
+                     f"{tot('none|image'):.3f} for images (sums of the three metrics).")
+    if "table4" in res:
+        accs = {a: v["accuracy"] for a, v in res["table4"].items()}
+        spread = max(accs.values()) - min(accs.values())
+        L.append(f"* **Table 4, measured.** Accuracies span {spread:.3f} across α = 0.2, 0.5, 1.0 and unmodified "
+                 f"(best: {max(accs, key=accs.get)}; paper: 0.955-0.965, best α = 0.2).  With one seed and "
+                 "simulated, consistently labelled data, differences of this size are within run-to-run noise; "
+                 "we do not reproduce a clear ranking of α.")
+    if "table5" in res:
+        t5 = res["table5"]
+        L.append("* **Table 5, measured.** Recall by training-set size: "
+                 + ", ".join(f"{k}: {v['recall']:.3f}" for k, v in t5.items())
+                 + " (paper: 0.870, 0.771, 0.679, 0.593).  "
+                 + ("Fewer training images cost recall, as in the paper, but far less steeply: our labels are "
+                    "rule-based and consistent, and 25 % of our set is still 300 images of a cleaner problem."
+                    if t5["25%"]["recall"] < t5["100%"]["recall"] else
+                    "At this scale the training-set size barely matters, unlike in the paper."))
+    return L
+
+
+_DISCUSSION = """## Differences from the paper, and why
+
+* **Data.** The paper's 7,264 hand-labelled helium-droplet patterns (FERMI, MCP detector) are not used: ours are
+  simulated and labelled by geometric rules (`diffscreen.simulate.cdi`), so labels are consistent where a
+  researcher's are not (§2 "learn-to-label").  Absolute numbers are not comparable with the paper's; the
+  comparisons within each table are.  Our classes are also easier: a network reaches precision near 1.
+* **Size of the problem.** 64-px inputs, a width-16 network and 16 epochs on one CPU core instead of 224 px,
+  width 64 and 200 epochs on two GPUs; 1,200 instead of 6,174 training images; one seed per cell.  The paper's
+  recipe is the default of `diffscreen train --task cdi` for GPU machines.
+* **Maxima over epochs.** Like the paper we report the maximum of each metric over the evaluated epochs, so a
+  precision of 1.000 can come from an early, conservative epoch; the kept model is the epoch of best accuracy.
+* **Rule violations** (Fig. 2 caption rules): the paper gives no rate; we list the smallest rate over the epochs.
+"""

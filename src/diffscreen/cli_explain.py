@@ -1,0 +1,111 @@
+"""``diffscreen explain``, ``diffscreen report`` and ``diffscreen benchmark nawaz2022``.
+
+Registered on the main app when :mod:`diffscreen.cli` imports this module.
+Nothing heavy is imported at module level (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from diffscreen.cli import EXIT_PARTIAL, _Bar, _expand, _progress, app, benchmark_app, friendly
+
+
+class Method(str, Enum):
+    gradcam = "gradcam"
+    gradcampp = "gradcam++"
+    guided_gradcam = "guided-gradcam"
+    guided_backprop = "guided-backprop"
+    saliency = "saliency"
+    inversion = "inversion"
+
+
+@app.command()
+@friendly
+def explain(
+    inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
+    method: Method = typer.Option(Method.gradcam, "--method", help="Explanation method."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNGs and explain_<method>.h5."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: bundled."),
+    target: Optional[str] = typer.Option(None, help="Class to explain (name or index); default: the predicted one."),
+    layer: Optional[str] = typer.Option(None, help="CAM layer (dotted module name); default: last conv block."),
+    max_frames: Optional[int] = typer.Option(None, help="Explain at most this many frames."),
+    batch_size: int = typer.Option(4, help="Frames per forward/backward pass."),
+    steps: int = typer.Option(200, help="Inversion: Adam steps per block."),
+    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+):
+    """Show why each frame was kept or rejected: a heat map over every frame.
+
+    Writes OUT/NNNNN_<file>_f<frame>_<method>.png (the map drawn as its paper
+    draws it: Grad-CAM blended in jet colours, Grad-CAM++ as contours, saliency
+    as the pixels beyond 3 sigma, guided maps in red/blue, inversion as one
+    reconstruction per convolutional block) and OUT/explain_<method>.h5 with
+    the raw maps, inputs, probabilities and targets.
+    """
+    import torch
+
+    from diffscreen.explain.run import explain_frames, resolve_target
+    from diffscreen.models.inference import Classifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    specs = _expand(inputs)
+    clf = Classifier(model)
+    resolve_target(clf.class_names, target)  # refuse a bad class before any output
+    with _progress() as p:
+        res = explain_frames(
+            specs, out, method=method.value, model=clf, target=target, layer=layer, max_frames=max_frames,
+            batch_size=batch_size, steps=steps, progress=_Bar(p, f"explaining ({method.value})"),
+        )
+    for f, i, e in res["errors"][:20]:
+        print(f"ERROR: {f}" + ("" if i < 0 else f", frame {i}") + f": {e}")
+    print(f"{res['n_frames']} frames explained with {method.value}; maps in {res['h5']}, overlays in {out}/")
+    if res["n_errors"]:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+@friendly
+def report(
+    run_out_dir: Path = typer.Argument(..., help="Output folder of `diffscreen screen` (scores.csv, summary.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file; default RUN_OUT_DIR/report.html."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model for the overlays; default: the run's."),
+    labels: List[Path] = typer.Option([], "--labels", "-l", help="Label file(s) for the confusion matrix."),
+    gallery: int = typer.Option(6, help="Kept and rejected frames shown (each)."),
+    tsne_frames: int = typer.Option(200, help="Frames in the t-SNE map (0: none)."),
+):
+    """Turn a screening output into one self-contained HTML page.
+
+    The page holds the hit rate along the run, confidence histograms, the
+    confusion matrix when labels exist, kept and rejected frames with their
+    Grad-CAM overlays and a t-SNE map of the penultimate features; all images
+    are embedded, so the file can be mailed or archived alone.
+    """
+    from diffscreen.explain.report import build_report
+
+    path = build_report(
+        run_out_dir, model=model, labels=[str(p) for p in labels], out=out, gallery=gallery,
+        tsne_frames=tsne_frames, progress=lambda m: print(f"report: {m}"),
+    )
+    print(f"report written to {path}")
+
+
+@benchmark_app.command("nawaz2022")
+@friendly
+def benchmark_nawaz2022(
+    out: Path = typer.Option(Path("docs/benchmarks"), "--out", "-o", help="Folder for nawaz2022.md and its PNGs."),
+    quick: bool = typer.Option(False, "--quick", help="Minutes-long smoke run (narrow AlexNet, few frames)."),
+    seed: int = typer.Option(0, help="Seed of training frames and weights (test frames: seed + 1000)."),
+    work: Path = typer.Option(Path("work/nawaz2022"), help="Cache of simulated inputs and the trained model."),
+):
+    """Nawaz et al. (2022): AlexNet on the five DiffraNet classes, Tables 2-3, Figs. 6-7 (CPU recipe)."""
+    from diffscreen.benchmarks.nawaz2022 import run
+
+    r = run(out, quick=quick, seed=seed, work_dir=work, log=print)
+    print(f"5-class accuracy {100 * r['accuracy']:.1f} %, hit/miss accuracy {100 * r['hit_miss']['accuracy']:.1f} %")
+    if not quick:
+        print(f"written {Path(out) / 'nawaz2022.md'}")

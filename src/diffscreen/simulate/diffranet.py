@@ -1,0 +1,136 @@
+"""DiffraNet's five classes for simulated frames (Nawaz et al. 2022 §3.1; Souza et al. 2019).
+
+DiffraNet (Souza et al. 2019, nanoBragg frames) labels a frame
+
+``blank``
+    no X-rays, only detector noise;
+``no-crystal``
+    X-rays scattered by amorphous material (solvent, jet, air) but no
+    protein crystal;
+``weak``, ``good``, ``strong``
+    a crystal in the beam with increasingly higher diffracted intensity.
+
+DiffraNet grades weak/good/strong by the simulated beam intensity; our
+simulator draws many more nuisance parameters (gain, background, crystal
+size, mosaicity, detector), so the grade is taken from what the frame
+shows, the detectable Bragg spots (SNR ≥ ``preset.snr_threshold`` = 5, see
+:mod:`diffscreen.simulate.run`):
+
+=============  ==============================================================
+class          rule (``kind`` is the simulator's :data:`~diffscreen.simulate.KINDS`)
+=============  ==============================================================
+blank          ``kind == "no_beam"``
+no-crystal     beam on and no detectable Bragg spot (solvent, empty jet, or a
+               crystal too weak to give one spot with SNR ≥ 5)
+weak           1 – 24 detectable spots
+good           ≥ 25 detectable spots, and not strong
+strong         ≥ 150 detectable spots of which ≥ 50 have SNR ≥ 20
+=============  ==============================================================
+
+Precisely: n = number of spots with SNR ≥ 5, b = number with SNR ≥ 20;
+``strong`` if n ≥ ``STRONG_MIN_SPOTS`` (150) and b ≥ ``STRONG_MIN_BRIGHT``
+(50); else ``good`` if n ≥ ``GOOD_MIN_SPOTS`` (25); else ``weak`` if n ≥ 1;
+else ``no-crystal``.  The 25-spot boundary is 2.5 × Ke's 10-spot hit
+threshold; the 150/50 boundary was chosen so that, with the class mix of
+:func:`diffranet_kinds`, good and strong frames are about equally frequent
+(docs/benchmarks/nawaz2022.md lists the counts).  ``hit`` = weak ∪ good ∪
+strong and ``miss`` = blank ∪ no-crystal (Nawaz §4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffscreen.errors import ConfigError
+
+__all__ = [
+    "DIFFRANET_CLASSES",
+    "GOOD_MIN_SPOTS",
+    "STRONG_MIN_SPOTS",
+    "STRONG_MIN_BRIGHT",
+    "BRIGHT_SNR",
+    "diffranet_label",
+    "diffranet_label_from",
+    "hit_miss",
+    "diffranet_kinds",
+]
+
+#: The five classes, in the order of a model's outputs (Nawaz Table 3).
+DIFFRANET_CLASSES: tuple[str, ...] = ("blank", "no-crystal", "weak", "good", "strong")
+GOOD_MIN_SPOTS = 25
+STRONG_MIN_SPOTS = 150
+STRONG_MIN_BRIGHT = 50
+BRIGHT_SNR = 20.0
+DETECT_SNR = 5.0
+
+
+def diffranet_label_from(kind: str, snr, detect_snr: float = DETECT_SNR) -> str:
+    """DiffraNet class from the simulator's kind and the spots' SNRs.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`diffscreen.simulate.KINDS`.
+    snr : (P,) array_like of float
+        Detection SNR of each recorded spot (``SimFrame.peaks[:, 3]``).
+    detect_snr : float
+        Detectability threshold (the preset's ``snr_threshold``, 5).
+
+    Returns
+    -------
+    str
+        One of :data:`DIFFRANET_CLASSES`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown kind.
+    """
+    from diffscreen.simulate.run import KINDS
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown frame kind {kind!r}; use one of {KINDS}")
+    if kind == "no_beam":
+        return "blank"
+    s = np.asarray(snr, dtype=float).reshape(-1)
+    n = int((s >= detect_snr).sum())
+    b = int((s >= BRIGHT_SNR).sum())
+    if n >= STRONG_MIN_SPOTS and b >= STRONG_MIN_BRIGHT:
+        return "strong"
+    if n >= GOOD_MIN_SPOTS:
+        return "good"
+    if n >= 1:
+        return "weak"
+    return "no-crystal"
+
+
+def diffranet_label(simframe) -> str:
+    """DiffraNet class of a :class:`~diffscreen.simulate.SimFrame` (rules in the module docstring)."""
+    thr = float(simframe.meta.extra.get("snr_threshold", DETECT_SNR)) if simframe.meta.extra else DETECT_SNR
+    return diffranet_label_from(simframe.kind, simframe.peaks[:, 3] if len(simframe.peaks) else [], thr)
+
+
+def hit_miss(labels) -> list[str]:
+    """Merge DiffraNet classes: blank, no-crystal → ``"miss"``; weak, good, strong → ``"hit"`` (Nawaz §4)."""
+    out = []
+    for v in labels:
+        if v not in DIFFRANET_CLASSES:
+            raise ConfigError(f"{v!r} is not a DiffraNet class {DIFFRANET_CLASSES}")
+        out.append("miss" if v in ("blank", "no-crystal") else "hit")
+    return out
+
+
+def diffranet_kinds(n: int, seed: int = 0) -> list[str]:
+    """Simulator kinds to force for ``n`` frames so the five classes are roughly balanced.
+
+    Mix: no_beam 20 %, solvent 15 %, empty 5 %, weak-crystal 10 %,
+    maybe 10 %, hit 40 % (the hits split into weak/good/strong by spot
+    count).
+
+    Returns
+    -------
+    list of str
+    """
+    kinds = np.array(["no_beam", "solvent", "empty", "weak", "maybe", "hit"])
+    p = np.array([0.20, 0.15, 0.05, 0.10, 0.10, 0.40])
+    return list(np.random.default_rng([seed, 5]).choice(kinds, size=int(n), p=p))

@@ -1,0 +1,124 @@
+"""AlexNet (Nawaz et al. 2022 §3.2), the DiffraNet 5-class labels (§3.1) and the benchmark tables (§3.5)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffscreen.errors import ConfigError
+from diffscreen.models import get_model, list_models, load_model
+from diffscreen.simulate.diffranet import (
+    DIFFRANET_CLASSES,
+    diffranet_kinds,
+    diffranet_label,
+    diffranet_label_from,
+    hit_miss,
+)
+
+
+def test_alexnet_layout_and_size():
+    assert "alexnet" in list_models()
+    m = get_model("alexnet").eval()
+    convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [11, 5, 3, 3, 3] and convs[0].stride == (4, 4)
+    assert convs[0].in_channels == 1 and len([l for l in m.classifier if isinstance(l, nn.Linear)]) == 3
+    # torchvision AlexNet (61,100,840 parameters) with 1 input channel (-2 x 64 x 121) and 5 outputs
+    # instead of 1000 (-995 x 4097)
+    assert sum(p.numel() for p in m.parameters()) == 61_100_840 - 2 * 64 * 121 - 995 * 4097
+    x = torch.randn(2, 1, 227, 227)
+    with torch.no_grad():
+        assert m(x).shape == (2, 5) and m.forward_features(x).shape == (2, 4096)
+        # shapes of Nawaz Fig. 4 / Krizhevsky 2012 at 227: conv1 55->56 (torchvision padding 2), pool5 6x6
+        assert m.features(x).shape == (2, 256, 6, 6)
+
+
+def test_diffranet_label_rules():
+    assert diffranet_label_from("no_beam", [50.0] * 300) == "blank"
+    assert diffranet_label_from("solvent", []) == "no-crystal"
+    assert diffranet_label_from("weak", [4.9, 3.0]) == "no-crystal"  # nothing detectable (SNR < 5)
+    assert diffranet_label_from("weak", [5.0]) == "weak"
+    assert diffranet_label_from("hit", [6.0] * 24) == "weak"
+    assert diffranet_label_from("hit", [6.0] * 25) == "good"
+    assert diffranet_label_from("hit", [6.0] * 500) == "good"  # many spots but too few bright ones
+    assert diffranet_label_from("hit", [6.0] * 100 + [25.0] * 50) == "strong"
+    assert diffranet_label_from("hit", [6.0] * 100 + [25.0] * 49) == "good"
+    assert hit_miss(["blank", "no-crystal", "weak", "good", "strong"]) == ["miss", "miss", "hit", "hit", "hit"]
+    with pytest.raises(ConfigError):
+        diffranet_label_from("crystal", [])
+    with pytest.raises(ConfigError):
+        hit_miss(["hit"])
+    kinds = diffranet_kinds(2000, seed=0)
+    assert abs(kinds.count("no_beam") / 2000 - 0.2) < 0.03 and abs(kinds.count("hit") / 2000 - 0.4) < 0.03
+
+
+def test_diffranet_label_of_simulated_frames():
+    from diffscreen.simulate import Simulator
+
+    sim = Simulator("rayonix", seed=2)
+    assert diffranet_label(sim.frame(0, kind="no_beam")) == "blank"
+    assert diffranet_label(sim.frame(1, kind="solvent")) == "no-crystal"
+    sf = sim.frame(4, kind="hit")
+    lab = diffranet_label(sf)
+    n = int((sf.peaks[:, 3] >= 5).sum())
+    b = int((sf.peaks[:, 3] >= 20).sum())
+    assert n == sf.n_spots and n > 0
+    assert lab == ("strong" if n >= 150 and b >= 50 else "good" if n >= 25 else "weak")
+
+
+def test_per_class_table_reproduces_paper_table3():
+    from diffscreen.benchmarks.nawaz2022 import PAPER_ACCURACY, PAPER_TABLE3, per_class_table
+
+    t = per_class_table(PAPER_TABLE3, DIFFRANET_CLASSES)
+    rows = {l.split("|")[1].strip(" *"): l for l in t.splitlines()[2:]}
+    recall = [float(rows[c].split("|")[-2]) for c in DIFFRANET_CLASSES]
+    precision = [float(v) for v in rows["precision (%)"].split("|")[2:7]]
+    # Nawaz Table 3 prints recall 100, 99.9, 97.8, 95.8, 95.9 and precision 99.9, 99.3, 98.1, 95.7, 97.1
+    np.testing.assert_allclose(recall, [100, 99.9, 97.8, 95.8, 95.9], atol=0.051)
+    np.testing.assert_allclose(precision, [99.9, 99.3, 98.1, 95.7, 97.1], atol=0.16)  # paper rounds 99.76 up
+    assert abs(100 * np.trace(PAPER_TABLE3) / PAPER_TABLE3.sum() - PAPER_ACCURACY) < 0.05
+
+
+def test_train_on_arrays_learns_five_classes_with_adam(tmp_path):
+    """A few Adam steps on a narrow AlexNet memorise 5 easy classes; the file carries its metadata."""
+    from diffscreen.preprocess import PreprocessConfig
+    from diffscreen.train.loop import TrainConfig, train_on_arrays
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    n, s = 60, 67
+    y = np.arange(n) % 5
+    x = rng.normal(0, 0.2, (n, 1, s, s)).astype(np.float32)
+    for k in range(n):  # class k: a bright square in one of five places
+        r0, c0 = [(5, 5), (5, 45), (45, 5), (45, 45), (25, 25)][y[k]]
+        x[k, 0, r0 : r0 + 15, c0 : c0 + 15] += 2.0
+    x0 = x.copy()
+    cfg = TrainConfig(arch="alexnet", optimizer="adam", epochs=10, batches_per_epoch=4, batch_size=20,
+                      lr_start=2e-3, lr_end=5e-4, weight_decay=0.0, seed=0,
+                      arch_kwargs={"channels": [16, 32, 32, 32, 32], "fc_dim": 64, "dropout": 0.0})
+    res = train_on_arrays(x, y, tmp_path / "a.safetensors", class_names=DIFFRANET_CLASSES,
+                          preprocess=PreprocessConfig(out_size=s), config=cfg, x_val=x, y_val=y, log=lambda _: None)
+    np.testing.assert_array_equal(x, x0)  # inputs untouched
+    assert res.history[-1]["train_loss"] < 0.5 * res.history[0]["train_loss"]
+    b = load_model(res.model_path)
+    assert b.arch == "alexnet" and b.class_names == DIFFRANET_CLASSES
+    assert b.meta["training"]["config"]["optimizer"] == "adam" and b.meta["seed"] == 0
+    with torch.no_grad():
+        acc = (b.model(torch.from_numpy(x)).argmax(1).numpy() == y).mean()
+    assert acc >= 0.9
+    with pytest.raises(ConfigError):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError):
+        train_on_arrays(x, y[:5], tmp_path / "b.safetensors", class_names=DIFFRANET_CLASSES,
+                        preprocess=PreprocessConfig(out_size=s), config=cfg)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_and_reports_tables(tmp_path):
+    from diffscreen.benchmarks.nawaz2022 import run
+
+    r = run(tmp_path / "docs", quick=True, work_dir=tmp_path / "work", write_doc=True, log=lambda _: None)
+    cm = np.array(r["confusion"])
+    assert cm.shape == (5, 5) and cm.sum() == r["recipe"]["n_test"]
+    b = np.array(r["hit_miss"]["confusion"])
+    assert b[0].sum() == cm[2:].sum() and b[1, 1] == cm[:2, :2].sum()
+    assert (tmp_path / "docs" / "nawaz2022.md").exists() and (tmp_path / "docs" / "nawaz2022_gradcam.png").exists()
