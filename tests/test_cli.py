@@ -7,7 +7,7 @@ import pytest
 
 from diffscreen.cli import main
 
-COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report"]
+COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report", "tune-peakfinder8", "benchmark"]
 
 
 def test_help_does_not_import_torch():
@@ -16,6 +16,8 @@ def test_help_does_not_import_torch():
         "from diffscreen.cli import main\n"
         "for c in %r:\n"
         "    assert main([c, '--help']) == 0\n"
+        "for b in ('ke2018', 'nawaz2022', 'zimmermann2019'):\n"
+        "    assert main(['benchmark', b, '--help']) == 0\n"
         "assert 'torch' not in sys.modules and 'h5py' not in sys.modules, sorted(sys.modules)\n" % COMMANDS
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
