@@ -124,6 +124,37 @@ def test_train_screen_cli_roundtrip(cdi_run, tmp_path, capsys):
     assert all(r["labels"] == ";".join(c for c in CDI_CLASSES if int(r[c])) for r in rows)
     s = json.loads((out / "summary.json").read_text())
     assert s["n_frames"] == len(rows) and s["task"] == "cdi" and s["preprocess"]["mode"] == "ccf"
+    _interrupted_screen_resumes([*inputs, *real], model, tmp_path, (out / "scores.csv").read_text())
+
+
+def _interrupted_screen_resumes(inputs, model, tmp_path, reference_csv):
+    from diffscreen.screen.cdi import screen_cdi
+
+    out = tmp_path / "resumed"
+    seen = []
+
+    def stop_after_first_chunk(total=None, advance=None):
+        seen.append(advance)
+        if advance:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        screen_cdi(inputs, out, model=model, chunk_size=50, progress=stop_after_first_chunk)
+    done = out / ".partial" / "chunk_000000.json"
+    assert done.exists() and not (out / "scores.csv").exists()  # nothing final half-written
+    rec = json.loads(done.read_text())
+    assert len(rec["keys"]) == 50
+    screen_cdi(inputs, out, model=model, chunk_size=50)
+    assert (out / "scores.csv").read_text() == reference_csv and not (out / ".partial").exists()
+    # the completed chunk really is reused: tamper with it and resume again
+    with pytest.raises(KeyboardInterrupt):
+        screen_cdi(inputs, out, model=model, chunk_size=50, progress=stop_after_first_chunk)
+    rec = json.loads(done.read_text())
+    rec["p"] = [[0.99] * len(p) for p in rec["p"]]
+    done.write_text(json.dumps(rec))
+    screen_cdi(inputs, out, model=model, chunk_size=50)
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert all(r["p_empty"] == "0.990000" for r in rows[:50]) and rows[50]["p_empty"] != "0.990000"
 
 
 def test_training_learns_beyond_all_negative(cdi_run):

@@ -175,7 +175,7 @@ def screen(
         torch.set_num_threads(threads)
     specs = _expand(inputs)
     if task is Task.cdi:
-        return _screen_cdi(specs, out, model, batch_size, threshold)
+        return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh)
     finder = None
     if method is Method.peakfinder8:
         finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
@@ -191,13 +191,13 @@ def screen(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _screen_cdi(specs, out, model, batch_size, threshold):
+def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True):
     """``screen --task cdi``: multi-label screening (diffscreen.screen.cdi)."""
     from diffscreen.screen.cdi import load_cdi_model, screen_cdi
 
     bundle = load_cdi_model(model)  # refuse a missing or non-CDI model before any output
     with _progress() as p:
-        summ = screen_cdi(specs, out, model=bundle, batch_size=batch_size, threshold=threshold,
+        summ = screen_cdi(specs, out, model=bundle, batch_size=batch_size, threshold=threshold, resume=resume,
                           progress=_Bar(p, "screening (cdi)"))
     for f, i, e in summ.errors[:20]:
         print(f"ERROR: {f if i < 0 else f'{f}, frame {i}'}: {e}", file=sys.stderr)

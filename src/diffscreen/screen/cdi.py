@@ -14,6 +14,11 @@ labels.  Outputs in ``out_dir`` (each written atomically):
     ``file,frame,error`` for frames or files that could not be screened.
 ``summary.json``
     Counts per class, rule-violation rate, model, threshold, speed.
+
+Frames are classified in chunks whose probabilities go to
+``out_dir/.partial/``; an interrupted screen resumes from the completed
+chunks when run again with the same inputs and model (as
+:func:`diffscreen.screen.screen` does).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def load_cdi_model(path):
 
 
 def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float = 0.5, progress=None,
-               log=None) -> CDIScreenSummary:
+               log=None, chunk_size: int = 512, resume: bool = True) -> CDIScreenSummary:
     """Classify every frame of ``inputs`` into the 11 CDI classes.
 
     Parameters
@@ -101,6 +106,11 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
         Probability at which a label is set (0 < threshold < 1).
     progress : callable, optional
         ``progress(total=None, advance=None)``.
+    chunk_size : int
+        Frames per resumable chunk.
+    resume : bool
+        Reuse the completed chunks of an interrupted screen with the same
+        inputs and model; False starts afresh.
 
     Returns
     -------
@@ -111,50 +121,88 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     ConfigError
         Not a CDI model, or a bad threshold / batch size.
     """
+    import shutil
+
     import torch
 
     from diffscreen.evaluate.multilabel import rule_violations
-    from diffscreen.io import iter_frames
+    from diffscreen.io import open_source
+    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.frame import check_frame
     from diffscreen.preprocess.cdi import prepare_cdi
+    from diffscreen.screen.runner import _read_json, _work_list
 
     if not (0 < threshold < 1):
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    if batch_size < 1:
-        raise ConfigError("batch_size must be >= 1")
+    if batch_size < 1 or chunk_size < 1:
+        raise ConfigError("batch_size and chunk_size must be >= 1")
     bundle = model if hasattr(model, "model") else load_cdi_model(model)
     names = list(bundle.class_names)
     pre = bundle.preprocess
     net = bundle.model.eval()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    part = out / ".partial"
     t0 = time.time()
-    rows, errors, buf = [], [], []
+    errors: list = []
+    items = _work_list(list(inputs), errors)
+    manifest = {"inputs": list(inputs), "n_items": len(items), "chunk_size": chunk_size,
+                "model": str(bundle.path), "preprocess": pre.to_dict()}  # fmt: skip
+    if part.exists() and (not resume or _read_json(part / "manifest.json") != manifest):
+        shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(part / "manifest.json", json.dumps(manifest))
+    if progress:
+        progress(total=len(items))
 
-    def flush():
-        if not buf:
-            return
-        x = torch.from_numpy(np.stack([b[2] for b in buf])[:, None])
-        with torch.no_grad():
-            p = torch.sigmoid(net(x)).numpy()
-        for (f, i, _), pp in zip(buf, p):
-            rows.append((f, i, pp))
-        if progress:
-            progress(advance=len(buf))
-        buf.clear()
+    def classify(chunk):
+        """Probabilities (n, C) of the frames of one chunk, and its errors."""
+        probs, keys, errs, buf = [], [], [], []
+        sources: dict = {}
 
-    for spec, idx, item in iter_frames(inputs):
-        if isinstance(item, DiffscreenError):
-            errors.append((spec, idx, item.problem if hasattr(item, "problem") else str(item)))
-            continue
+        def flush():
+            if buf:
+                x = torch.from_numpy(np.stack([b[1] for b in buf])[:, None])
+                with torch.no_grad():
+                    probs.append(torch.sigmoid(net(x)).numpy())
+                keys.extend(b[0] for b in buf)
+                buf.clear()
+
         try:
-            x = prepare_cdi(item.data, pre, mask=item.mask, meta=item.meta)
-        except DiffscreenError as exc:
-            errors.append((spec, idx, str(exc)))
-            continue
-        buf.append((spec, idx, x))
-        if len(buf) >= batch_size:
+            for spec, i in chunk:
+                try:
+                    if spec not in sources:
+                        for src in sources.values():
+                            src.close()
+                        sources = {spec: open_source(spec)}
+                    fr = check_frame(sources[spec].read(i))
+                    buf.append(((spec, i), prepare_cdi(fr.data, pre, mask=fr.mask, meta=fr.meta)))
+                except DiffscreenError as exc:
+                    errs.append((spec, i, exc.problem if hasattr(exc, "problem") else str(exc)))
+                if len(buf) >= batch_size:
+                    flush()
             flush()
-    flush()
+        finally:
+            for src in sources.values():
+                src.close()
+        P = np.concatenate(probs) if probs else np.zeros((0, len(names)), np.float32)
+        return keys, P, errs
+
+    rows = []
+    n_new = 0
+    for c in range(0, len(items), chunk_size):
+        chunk = items[c : c + chunk_size]
+        path = part / f"chunk_{c // chunk_size:06d}.json"
+        rec = _read_json(path)
+        if rec is None:
+            keys, P, errs = classify(chunk)
+            rec = {"keys": keys, "p": P.tolist(), "errors": errs}
+            with temporary_path(path) as tmp:  # written last: marks the chunk complete
+                Path(tmp).write_text(json.dumps(rec))
+            n_new += len(chunk)
+        rows.extend((f, i, np.asarray(p, np.float32)) for (f, i), p in zip(rec["keys"], rec["p"]))
+        errors.extend(tuple(e) for e in rec["errors"])
+        if progress:
+            progress(advance=len(chunk))
     P = np.array([r[2] for r in rows], dtype=np.float32).reshape(-1, len(names))
     Y = P >= threshold
     viol = rule_violations(Y)["any"] if len(names) == 11 and len(P) else np.zeros(len(P), bool)
@@ -171,13 +219,15 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     ew.writerows(errors)
     atomic_write_text(out / "errors.csv", e.getvalue())
     dt = time.time() - t0
+    n_done = n_new if n_new else len(rows)
     summ = CDIScreenSummary(
         n_frames=len(rows) + len(errors), n_error=len(errors),
         class_counts={n: int(c) for n, c in zip(names, Y.sum(0))} if len(P) else dict.fromkeys(names, 0),
         violation_rate=float(viol.mean()) if len(viol) else 0.0, seconds=dt,
-        frames_per_s=len(rows) / dt if dt > 0 else 0.0, errors=errors,
+        frames_per_s=n_done / dt if dt > 0 else 0.0, errors=errors,
     )
     rec = {**asdict(summ), "errors": len(errors), "task": "cdi", "threshold": threshold,
            "model": bundle.path, "preprocess": pre.to_dict(), "class_names": names}
     atomic_write_text(out / "summary.json", json.dumps(rec, indent=2))
+    shutil.rmtree(part, ignore_errors=True)
     return summ
