@@ -341,16 +341,16 @@ def train(
 ):
     """Train the Ke et al. (2018) CNN on labelled frames and write a model file.
 
+    Class-balanced batches of randomly shifted crops, SGD (momentum 0.9, weight
+    decay 5e-4) with the learning rate falling from 0.1 to 1e-4; the epoch with
+    the best validation score is kept and scored on the test split.  An
+    interrupted run resumes from OUT.ckpt.
+
     With --task cdi: train the Zimmermann et al. (2019) pre-activation
     ResNet-18 with the logarithmic activation on simulated CDI runs
     (`simulate --task cdi`), sigmoid outputs, BCE + L1/L2 1e-5, SGD 0.1 ÷10 at
     --milestones.  Paper recipe (GPU): defaults.  CPU recipe: --input-size 64
     --width 16 --epochs 16 --milestones 10,14.
-
-    Class-balanced batches of randomly shifted crops, SGD (momentum 0.9, weight
-    decay 5e-4) with the learning rate falling from 0.1 to 1e-4; the epoch with
-    the best validation score is kept and scored on the test split.  An
-    interrupted run resumes from OUT.ckpt.
     """
     if task is Task.cdi:
         return _train_cdi(inputs, out, epochs=epochs or 200, batch_size=batch_size or 48, lr=lr_start, seed=seed,
