@@ -283,6 +283,16 @@ class CXIWriter:
             if len(peaks):
                 ds[i, : len(peaks)] = peaks[:, j]
 
+    @property
+    def file(self) -> h5py.File:
+        """The open HDF5 file (still under its temporary name).
+
+        For run-level datasets and attributes a caller adds before
+        :meth:`close` (e.g. the multi-label table of a simulated CDI run);
+        they appear atomically with the rest of the file.
+        """
+        return self._h5
+
     def close(self) -> Path:
         """Finish the file and rename it to its final path.
 

@@ -783,7 +783,7 @@ def simulate_cdi_run(out, n_frames: int, *, seed: int = 0, config: CDIConfig | N
             params.append(json.dumps(f.params, default=float))
             if progress is not None:
                 progress(i + 1)
-        h5 = w._h5  # add the multi-label columns before the atomic rename
+        h5 = w.file  # add the multi-label columns before the atomic rename
         res = h5["entry_1"].require_group("result_1")
         d = res.create_dataset("labels", data=labels)
         d.attrs["class_names"] = json.dumps(list(CDI_CLASS_NAMES))
