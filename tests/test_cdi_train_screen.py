@@ -125,6 +125,18 @@ def test_train_screen_cli_roundtrip(cdi_run, tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["n_frames"] == len(rows) and s["task"] == "cdi" and s["preprocess"]["mode"] == "ccf"
     _interrupted_screen_resumes([*inputs, *real], model, tmp_path, (out / "scores.csv").read_text())
+    # evaluate --task cdi: the simulated frames against their truth (the real ones carry none)
+    rep = tmp_path / "eval"
+    assert main(["evaluate", "--task", "cdi", str(cdi_run), "--scores", str(out / "scores.csv"), "-o", str(rep)]) == 0
+    res = json.loads(rep.with_suffix(".json").read_text())
+    from diffscreen.simulate.cdi import CDISimulator
+
+    assert res["n_matched"] == 120
+    truth = np.array([CDISimulator(seed=3, size=64).frame(i).labels for i in range(120)])
+    expected = multilabel_metrics(truth, P[:120])
+    assert res["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert res["metrics"]["recall"] == pytest.approx(expected["recall"])
+    assert res["all_negative"]["accuracy"] == pytest.approx(1 - truth.sum() / truth.size)
 
 
 def _interrupted_screen_resumes(inputs, model, tmp_path, reference_csv):

@@ -438,12 +438,33 @@ def evaluate(
     scores: Optional[Path] = typer.Option(None, help="Score an existing scores.csv instead of running a model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here (.json and .md beside it)."),
     batch_size: int = typer.Option(16, help="Frames per forward pass."),
+    task: Task = typer.Option(Task.crystallography, help="cdi: score a `screen --task cdi` scores.csv against simulated CDI runs."),
 ):
-    """Confusion matrices (3-class and Hit-or-Maybe vs Miss, Ke Table 3), precision, recall, accuracy."""
+    """Confusion matrices (3-class and Hit-or-Maybe vs Miss, Ke Table 3), precision, recall, accuracy.
+
+    With --task cdi: give the simulated CDI runs and --scores OUT/scores.csv
+    of `screen --task cdi`; prints the multi-label accuracy, precision and
+    recall (Zimmermann et al. 2019 §3.2) beside the all-negative predictor,
+    per class, and the rate of label sets that break a Fig. 2 rule.
+    """
     import json
 
     from diffscreen.evaluate import evaluate_labels
     from diffscreen.io._atomic import atomic_write_text
+
+    if task is Task.cdi:
+        from diffscreen.errors import ConfigError
+        from diffscreen.evaluate.multilabel import cdi_report_markdown, evaluate_cdi_scores
+
+        if scores is None or not inputs:
+            raise ConfigError("--task cdi needs the simulated runs and --scores OUT/scores.csv of `screen --task cdi`")
+        res = evaluate_cdi_scores(scores, _expand(inputs))
+        text = cdi_report_markdown(res)
+        print(text)
+        if out is not None:
+            atomic_write_text(Path(out).with_suffix(".json"), json.dumps(res, indent=2, default=float))
+            atomic_write_text(Path(out).with_suffix(".md"), text + "\n")
+        return
 
     if scores is not None:
         true, pred = _labels_for_scores(scores, inputs or [], labels)

@@ -30,7 +30,8 @@ import numpy as np
 
 from diffscreen.errors import ConfigError, LabelError
 
-__all__ = ["CDI_CLASSES", "multilabel_metrics", "rule_violations", "all_negative_baseline"]
+__all__ = ["CDI_CLASSES", "multilabel_metrics", "rule_violations", "all_negative_baseline", "read_cdi_labels",
+           "evaluate_cdi_scores", "cdi_report_markdown"]
 
 CDI_CLASSES: tuple[str, ...] = (
     "spherical_oblate", "round", "elliptical", "newton_rings", "prolate", "bent",
@@ -160,3 +161,108 @@ def all_negative_baseline(y_true) -> dict:
     if t.shape[1] == 0:
         raise ConfigError("no classes")
     return multilabel_metrics(t, np.zeros_like(t, dtype=float), class_names=names)
+
+
+def read_cdi_labels(path) -> np.ndarray:
+    """The multi-hot truth of a simulated CDI run (``diffscreen simulate --task cdi``).
+
+    Parameters
+    ----------
+    path : str or Path
+        A CXI file with ``/entry_1/result_1/labels``.
+
+    Returns
+    -------
+    (N, 11) uint8 ndarray
+        Columns in the order of :data:`CDI_CLASSES`.
+
+    Raises
+    ------
+    FrameReadError
+        Not a readable HDF5 file.
+    LabelError
+        No label table, or other class names.
+    """
+    import json
+
+    import h5py
+
+    from diffscreen.errors import FrameReadError
+
+    try:
+        h = h5py.File(path, "r")
+    except OSError as exc:
+        raise FrameReadError(f"cannot open as HDF5 ({exc})", path=str(path)) from None
+    with h:
+        if "entry_1/result_1/labels" not in h:
+            raise LabelError("no /entry_1/result_1/labels: not a CDI run from `diffscreen simulate --task cdi`",
+                             path=str(path))  # fmt: skip
+        ds = h["entry_1/result_1/labels"]
+        names = tuple(json.loads(ds.attrs["class_names"]))
+        if names != CDI_CLASSES:
+            raise LabelError(f"class names {names} differ from {CDI_CLASSES}", path=str(path))
+        return ds[()].astype(np.uint8)
+
+
+def evaluate_cdi_scores(scores_csv, runs, *, threshold: float = 0.5) -> dict:
+    """Score a ``screen --task cdi`` output against the truth of simulated runs.
+
+    Rows of ``scores.csv`` are matched to frames of ``runs`` by file and
+    frame index; rows of other files (e.g. real frames) are left out.
+
+    Parameters
+    ----------
+    scores_csv : str or Path
+        ``file,frame,p_<class>…`` as :func:`diffscreen.screen.cdi.screen_cdi` writes it.
+    runs : sequence of str or Path
+        The simulated CDI runs that were screened.
+    threshold : float
+
+    Returns
+    -------
+    dict
+        ``metrics`` (:func:`multilabel_metrics`), ``all_negative``
+        (:func:`all_negative_baseline`) and ``n_matched``.
+
+    Raises
+    ------
+    LabelError
+        A missing probability column, or no row matching a labelled frame.
+    """
+    import csv
+    import os
+
+    truth = {os.path.realpath(str(r)): read_cdi_labels(r) for r in runs}
+    y, p = [], []
+    with open(scores_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = [f"p_{c}" for c in CDI_CLASSES]
+        missing = [c for c in cols if c not in (reader.fieldnames or [])]
+        if missing:
+            raise LabelError(f"not a CDI scores file: no columns {missing[:3]}…", path=str(scores_csv))
+        for row in reader:
+            t = truth.get(os.path.realpath(row["file"].split(":/", 1)[0]))
+            i = int(row["frame"])
+            if t is None or not 0 <= i < len(t):
+                continue
+            y.append(t[i])
+            p.append([float(row[c]) for c in cols])
+    if not y:
+        raise LabelError("no row of the scores file is a frame of the given runs", path=str(scores_csv))
+    y, p = np.array(y), np.array(p)
+    return {"metrics": multilabel_metrics(y, p, threshold=threshold), "all_negative": all_negative_baseline(y),
+            "n_matched": int(len(y))}  # fmt: skip
+
+
+def cdi_report_markdown(result: dict) -> str:
+    """A short Markdown table of :func:`evaluate_cdi_scores`' result, per class and overall."""
+    m, b = result["metrics"], result["all_negative"]
+    lines = [f"{result['n_matched']} frames; micro-averaged over all labels (Zimmermann et al. 2019 §3.2)", "",
+             "| | accuracy | precision | recall |", "|---|---|---|---|",
+             f"| model | {m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} |",
+             f"| all-negative predictor | {b['accuracy']:.3f} | 0 | 0 |", "",
+             f"Predicted label sets breaking a Fig. 2 rule: {100 * m.get('violation_rate', 0.0):.1f}%", "",
+             "| class | precision | recall | true positives |", "|---|---|---|---|"]  # fmt: skip
+    for name, c in m["per_class"].items():
+        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['tp']} of {c['tp'] + c['fn']} |")
+    return "\n".join(lines)
