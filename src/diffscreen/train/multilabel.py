@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from diffscreen.errors import ConfigError, LabelError
-from diffscreen.evaluate.multilabel import CDI_CLASSES, multilabel_metrics
+from diffscreen.evaluate.multilabel import CDI_CLASSES, multilabel_metrics, read_cdi_labels
 from diffscreen.io._atomic import temporary_path
 from diffscreen.models import get_model, save_model
 
@@ -171,17 +171,10 @@ def load_cdi_runs(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         except OSError as exc:
             raise FrameReadError(f"cannot open as HDF5 ({exc})", path=p) from None
         with h:
-            if "entry_1/result_1/labels" not in h:
-                raise LabelError("no /entry_1/result_1/labels: not a CDI run from `diffscreen simulate --task cdi`",
-                                 path=p)
-            ds = h["entry_1/result_1/labels"]
-            names = tuple(json.loads(ds.attrs["class_names"]))
-            if names != CDI_CLASSES:
-                raise LabelError(f"class names {names} differ from {CDI_CLASSES}", path=p)
+            labels.append(read_cdi_labels(p))  # checks the table and its class names
             import hdf5plugin  # noqa: F401  (bitshuffle-compressed runs)
 
             frames.append(h["entry_1/data_1/data"][()].astype(np.float32))
-            labels.append(ds[()].astype(np.uint8))
             if mask is None:
                 mk = "entry_1/instrument_1/detector_1/mask"
                 mask = h[mk][()].astype(bool) if mk in h else np.zeros(frames[-1].shape[1:], bool)
