@@ -28,6 +28,18 @@ import numpy as np
 
 __all__ = ["run", "check_quick", "PAPER", "FULL", "QUICK", "add_uniform_noise", "noise_bounds"]
 
+
+def _save_figure(fig, path: Path, dpi: int = 80) -> None:
+    """Write a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    from diffscreen.io._atomic import temporary_path
+
+    with temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
 #: The paper's numbers (helium dataset): Accuracy, Precision, Recall.
 PAPER = {
     "table4": {"0.2": (0.965, 0.922, 0.870), "0.5": (0.960, 0.920, 0.870), "1.0": (0.959, 0.922, 0.868),
@@ -309,8 +321,7 @@ def _fig5(model, P, Y, X, out: Path):
     fig.suptitle("Grad-CAM++ of the Streak (top) and Bent (bottom) outputs, ResNet18_α=0.2, simulated patterns")
     fig.tight_layout()
     p = out / "zimmermann2019_fig5.png"
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
+    _save_figure(fig, p)
     return {"png": p.name, "method": how, "n": {cls: int(len(i)) for cls, i in rows}}
 
 
@@ -344,8 +355,7 @@ def _fig_examples(frames, out: Path):
     fig.suptitle("Simulated patterns (log photons), their CCF maps ring-normalised (middle) and as written (bottom);"
                  " lower triangle: full CCF, upper: Re C^8", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "zimmermann2019_examples.png", dpi=80)
-    plt.close(fig)
+    _save_figure(fig, out / "zimmermann2019_examples.png")
 
 
 def _markdown(res: dict, quick: bool) -> str:
