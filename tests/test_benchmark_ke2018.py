@@ -58,3 +58,19 @@ def test_unknown_preset_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="CXIDB-76"):
         ke2018.run(tmp_path, settings=ke2018.Settings(presets=("pilatus",)))
+
+
+def test_dihedral_augment_gives_flips_and_rotations_of_each_frame():
+    from diffscreen.train.loop import dihedral_augment
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1, 5, 5)).astype(np.float32)
+    out = dihedral_augment(x, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == np.float32
+    seen = set()
+    for a, b in zip(x[:, 0], out[:, 0]):
+        variants = [np.rot90(a, k) for k in range(4)] + [np.rot90(a[:, ::-1], k) for k in range(4)]
+        matches = [k for k, v in enumerate(variants) if np.array_equal(v, b)]
+        assert len(matches) == 1  # each output is exactly one of the 8 views of its own frame
+        seen.add(matches[0])
+    assert seen == set(range(8))  # all eight occur in 64 draws

@@ -47,7 +47,8 @@ __all__ = ["Settings", "FULL", "QUICK", "PAPER", "simulate_preset", "train_cnn",
 
 CLASSES = ("hit", "maybe", "miss")
 _ARRAYS = ("x_lcn", "x_linear", "labels", "split", "n_spots", "pf8_ke", "pf8_tuned")
-_CACHE_VERSION = 2
+_CACHE_VERSION = 2  # of the simulated data
+_MODEL_VERSION = 2  # of the training code (2: per-batch random flips/rotations)
 RAYONIX = ("LN84", "LN83", "LO19")
 PIXEL_S = 1 / (2.5 * 360)  # Ke's input pixel in Å⁻¹ (diffscreen.preprocess.geometry.DEFAULT_S_PER_PX)
 CSPAD = ("LG36", "L498")
@@ -123,9 +124,9 @@ class Settings:
     n_throughput : int
         Frames timed per method.
     augment : bool
-        Train on the 8 flips/rotations of every training frame (a diffraction
-        pattern's Bragg spots look alike in all of them), standing in for
-        Ke's random-crop augmentation.
+        Show every training frame in a random one of its 8 flips/rotations
+        (a diffraction pattern's Bragg spots look alike in all of them),
+        standing in for Ke's random-crop augmentation.
     class_fractions : (float, float, float) or None
         Hit / maybe / miss fractions of the simulated runs; None = each
         preset's real annotation counts (Ke's class imbalance).
@@ -279,7 +280,7 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
 
 def train_cnn(x, y, x_val, y_val, out_path: Path, settings: Settings, *, contrast: str, description: dict) -> Path:
     """Train one Ke CNN on preprocessed inputs (cached: an existing model file is reused)."""
-    from diffscreen.train.loop import TrainConfig, train_on_arrays
+    from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
 
     if out_path.exists():
         return out_path
@@ -290,7 +291,8 @@ def train_cnn(x, y, x_val, y_val, out_path: Path, settings: Settings, *, contras
         lr_start=settings.lr_start, lr_end=settings.lr_end, seed=settings.seed, threads=1, arch="ke2018",
     )  # fmt: skip
     train_on_arrays(x, y, out_path, class_names=CLASSES, preprocess=pre, config=cfg, x_val=x_val, y_val=y_val,
-                    data_description=description, log=lambda *a: None)  # fmt: skip
+                    data_description=description, augment=dihedral_augment if settings.augment else None,
+                    log=lambda *a: None)  # fmt: skip
     return out_path
 
 
@@ -349,22 +351,13 @@ def _job(args):
                               for c in range(3) if (y == c).any()])  # fmt: skip
         x, y = x[np.sort(idx)], y[np.sort(idx)]
     desc = {"presets": list(presets), "n_train": int(len(x)), "simulated": True, "seed": settings.seed,
-            "augment": "dihedral x8" if settings.augment else None}  # fmt: skip
-    if settings.augment:
-        x, y = _dihedral(x), np.tile(y, 8)
-    tag = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:10]
+            "augment": "random flip/rotation by 90° per sample" if settings.augment else None}  # fmt: skip
+
+    tag = hashlib.sha256(json.dumps({**asdict(settings), "v": _MODEL_VERSION}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:10]  # fmt: skip
     path = train_cnn(x, y, np.concatenate(xv), np.concatenate(yv), work / f"models_{tag}" / f"{name}.safetensors",
                      settings, contrast=contrast, description=desc)  # fmt: skip
     return name, str(path)
-
-
-def _dihedral(x: np.ndarray) -> np.ndarray:
-    """(N, 1, S, S) → (8N, 1, S, S): the 4 rotations by 90° of x and of its mirror image."""
-    out = []
-    for mirrored in (x, x[..., ::-1]):
-        for k in range(4):
-            out.append(np.rot90(mirrored, k, axes=(2, 3)))
-    return np.ascontiguousarray(np.concatenate(out))
 
 
 def _load(preset, settings, work):

@@ -36,7 +36,8 @@ from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
 from diffscreen.train.sampler import ClassBalancedSampler
 
-__all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer"]
+__all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
+           "dihedral_augment"]
 
 _OPTIMIZERS = ("sgd", "adam")
 
@@ -342,6 +343,19 @@ def train_model(
     return TrainResult(out_path, best["epoch"], history, test_report)
 
 
+def dihedral_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each frame of a batch ``(B, C, S, S)`` in one of its 8 flips/rotations by 90°, drawn at random.
+
+    A diffraction pattern's Bragg spots look alike in all eight, so this
+    multiplies the variety of a small training set without storing copies.
+    """
+    out = np.empty_like(x)
+    for b, k in enumerate(rng.integers(0, 8, len(x))):
+        f = x[b, :, :, ::-1] if k >= 4 else x[b]
+        out[b] = np.rot90(f, k % 4, axes=(1, 2))
+    return out
+
+
 def train_on_arrays(
     x_train,
     y_train,
@@ -353,6 +367,7 @@ def train_on_arrays(
     x_val=None,
     y_val=None,
     data_description: dict | None = None,
+    augment=None,
     log=print,
 ) -> TrainResult:
     """Train a registered architecture on preprocessed inputs held in memory.
@@ -381,6 +396,11 @@ def train_on_arrays(
     x_val, y_val : arrays, optional
         Validation set for model selection (default: keep the last epoch).
     data_description : dict, optional
+    augment : callable, optional
+        ``augment(xb, rng) -> xb``: applied to every training mini-batch
+        ``(B, 1, S, S)`` float32 with a generator seeded from ``config.seed``
+        (e.g. :func:`dihedral_augment`), so augmented copies never need to
+        be held in memory.
     log : callable
 
     Returns
@@ -393,6 +413,7 @@ def train_on_arrays(
         Empty or mismatched arrays, or labels outside the classes.
     """
     cfg = config or TrainConfig(optimizer="adam")
+    aug_rng = np.random.default_rng([cfg.seed, 7])
     xt = np.asarray(x_train)
     yt = np.asarray(y_train, dtype=np.int64)
     if xt.ndim != 4 or len(xt) == 0 or len(xt) != len(yt):
@@ -428,7 +449,10 @@ def train_on_arrays(
         tot_loss, tot_ok, tot_n = 0.0, 0, 0
         for b in range(cfg.batches_per_epoch):
             idx = items[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            xb = torch.from_numpy(np.asarray(xt[idx], dtype=np.float32))
+            xa = np.asarray(xt[idx], dtype=np.float32)
+            if augment is not None:
+                xa = augment(xa, aug_rng)
+            xb = torch.from_numpy(np.ascontiguousarray(xa))
             yb = torch.from_numpy(yt[idx])
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
