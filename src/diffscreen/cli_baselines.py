@@ -33,7 +33,7 @@ def tune_peakfinder8_cmd(
 
     from diffscreen.baselines import Peakfinder8Config, tune_peakfinder8
     from diffscreen.io._atomic import atomic_write_text
-    from diffscreen.io.frame import check_frame
+    from diffscreen.io.frame import CLASS_NAMES, check_frame
     from diffscreen.io.sources import read_frame
     from diffscreen.train import collect_samples
 
@@ -44,8 +44,7 @@ def tune_peakfinder8_cmd(
     base = Peakfinder8Config(min_pixel_count=min_pixels, max_pixel_count=max_pixels, fast_mode=fast)
     with _progress() as p:
         task = p.add_task("tuning peakfinder8", total=20 * len(frames), rate="")
-        names = ("hit", "maybe", "miss")
-        cfg, grid = tune_peakfinder8(frames, [names[s.label] for s in chosen], base=base,
+        cfg, grid = tune_peakfinder8(frames, [CLASS_NAMES[s.label] for s in chosen], base=base,
                                      progress=lambda n: p.advance(task, n))
     best = max(grid, key=lambda g: g["balanced_accuracy"])
     record = {"peakfinder8": cfg.to_dict(), "balanced_accuracy": best["balanced_accuracy"], "grid": grid,

@@ -42,15 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.errors import ConfigError
+from diffscreen.io.frame import CLASS_NAMES
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "simulate_preset", "train_cnn", "run", "write_report"]
 
-CLASSES = ("hit", "maybe", "miss")
+CLASSES = CLASS_NAMES  # the network's outputs: hit, maybe, miss
 _ARRAYS = ("x_lcn", "x_linear", "labels", "split", "n_spots", "pf8_ke", "pf8_tuned")
 _CACHE_VERSION = 2  # of the simulated data
 _MODEL_VERSION = 2  # of the training code (2: per-batch random flips/rotations)
 RAYONIX = ("LN84", "LN83", "LO19")
-PIXEL_S = 1 / (2.5 * 360)  # Ke's input pixel in Å⁻¹ (diffscreen.preprocess.geometry.DEFAULT_S_PER_PX)
 CSPAD = ("LG36", "L498")
 
 #: Ke Table 2: the DIALS spot-finding settings set by hand per run (gain ADU/photon,
@@ -338,7 +338,7 @@ def _job(args):
     torch.set_num_threads(1)
     xs, ys, xv, yv = [], [], [], []
     for p in presets:
-        d = _load(p, settings, work)
+        d = simulate_preset(p, settings, work)
         xk = d["x_lcn" if contrast == "lcn" else "x_linear"]
         xs.append(xk[d["split"] == 0])
         ys.append(d["labels"][d["split"] == 0])
@@ -358,10 +358,6 @@ def _job(args):
     path = train_cnn(x, y, np.concatenate(xv), np.concatenate(yv), work / f"models_{tag}" / f"{name}.safetensors",
                      settings, contrast=contrast, description=desc)  # fmt: skip
     return name, str(path)
-
-
-def _load(preset, settings, work):
-    return simulate_preset(preset, settings, work)
 
 
 def _sim_job(args):
@@ -446,7 +442,7 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
         sim_times = dict(ex.map(_sim_job, [(p, st, work) for p in st.presets]))
-    data = {p: _load(p, st, work) for p in st.presets}
+    data = {p: simulate_preset(p, st, work) for p in st.presets}
     results["simulation_seconds"] = sim_times
     results["class_counts"] = {p: {c: int((d["labels"][d["split"] == 2] == k).sum()) for k, c in enumerate(CLASSES)}
                                for p, d in data.items()}  # fmt: skip
@@ -622,6 +618,7 @@ def write_report(results: dict, out_dir) -> Path:
     import matplotlib.pyplot as plt
 
     from diffscreen.io._atomic import atomic_write_text, temporary_path
+    from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -632,7 +629,7 @@ def write_report(results: dict, out_dir) -> Path:
         f"{results['seconds'] / 60:.0f} min. Presets {', '.join(st['presets'])}; {st['n_frames']} simulated frames "
         f"each (Ke: 2000), split 50/20/30 in frame order; CNN input {st['input_size']}² "
         f"of pixels {st['scale']:g} × Ke's in reciprocal space (resolution limit at the input's edge "
-        f"{1 / (PIXEL_S * st['scale'] * st['input_size'] / 2):.1f} Å; Ke's 720²: 2.5 Å); "
+        f"{1 / (DEFAULT_S_PER_PX * st['scale'] * st['input_size'] / 2):.1f} Å; Ke's 720²: 2.5 Å); "
         f"{st['epochs']} epochs × {st['batches_per_epoch']} batches × {st['batch_size']} (Ke: 120 × 100 × 64), "
         f"learning rate {st['lr_start']} → {st['lr_end']}; seed {st['seed']}. Labels are the simulator's "
         "spot-count truth (Ke §3.3.1: ≥ 10 detectable spots hit, 4–9 maybe), standing in for the expert.",

@@ -126,11 +126,9 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     import torch
 
     from diffscreen.evaluate.multilabel import rule_violations
-    from diffscreen.io import open_source
     from diffscreen.io._atomic import temporary_path
-    from diffscreen.io.frame import check_frame
     from diffscreen.preprocess.cdi import prepare_cdi
-    from diffscreen.screen.runner import _read_json, _work_list
+    from diffscreen.screen.runner import FrameReader, _read_json, _work_list
 
     if not (0 < threshold < 1):
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
@@ -157,7 +155,7 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     def classify(chunk):
         """Probabilities (n, C) of the frames of one chunk, and its errors."""
         probs, keys, errs, buf = [], [], [], []
-        sources: dict = {}
+        reader = FrameReader()
 
         def flush():
             if buf:
@@ -170,11 +168,7 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
         try:
             for spec, i in chunk:
                 try:
-                    if spec not in sources:
-                        for src in sources.values():
-                            src.close()
-                        sources = {spec: open_source(spec)}
-                    fr = check_frame(sources[spec].read(i))
+                    fr, _ = reader.read(spec, i)
                     buf.append(((spec, i), prepare_cdi(fr.data, pre, mask=fr.mask, meta=fr.meta)))
                 except DiffscreenError as exc:
                     errs.append((spec, i, exc.problem if hasattr(exc, "problem") else str(exc)))
@@ -182,8 +176,7 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
                     flush()
             flush()
         finally:
-            for src in sources.values():
-                src.close()
+            reader.close()
         P = np.concatenate(probs) if probs else np.zeros((0, len(names)), np.float32)
         return keys, P, errs
 

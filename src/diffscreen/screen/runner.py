@@ -172,20 +172,35 @@ class CNNMethod:
         return [FrameDecision(tuple(float(v) for v in p), lab, bool(k), p) for p, k, lab in zip(probs, keep, labels)]
 
 
+class FrameReader:
+    """Read checked frames of (file, frame) work items, keeping one input open at a time.
+
+    Work lists run through each file in order, so the current source is kept
+    open until an item of another file comes; :meth:`close` closes it.
+    """
+
+    def __init__(self):
+        self._spec, self._src = None, None
+
+    def read(self, spec, i):
+        """Frame ``i`` of ``spec`` (checked by :func:`check_frame`) and whether the file holds one frame only."""
+        if spec != self._spec:
+            self.close()
+            self._src, self._spec = open_source(spec), spec
+        return check_frame(self._src.read(i)), len(self._src) == 1
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+        self._spec, self._src = None, None
+
+
 class _Chunk:
     """Classify one chunk of (file, frame) items and write its partial outputs."""
 
     def __init__(self, method, batch_size: int, write_cxi: bool):
         self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
-        self.sources: dict = {}
-
-    def _read(self, spec, i):
-        if spec not in self.sources:
-            for s in self.sources.values():
-                s.close()
-            self.sources = {spec: open_source(spec)}
-        src = self.sources[spec]
-        return check_frame(src.read(i)), len(src) == 1
+        self.reader = FrameReader()
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         rows, errors = [], []
@@ -197,7 +212,7 @@ class _Chunk:
                 frames, keys = [], []
                 for spec, i in items[b : b + self.batch_size]:
                     try:
-                        fr, single = self._read(spec, i)
+                        fr, single = self.reader.read(spec, i)
                         frames.append(fr)
                         keys.append((spec, i, single))
                     except DiffscreenError as exc:
@@ -219,9 +234,7 @@ class _Chunk:
                 writer.abort()
             raise
         finally:
-            for s in self.sources.values():
-                s.close()
-            self.sources = {}
+            self.reader.close()
         buf = _io.StringIO()
         w = csv.writer(buf)
         w.writerows(rows)
