@@ -7,7 +7,7 @@ import pytest
 
 from diffscreen.cli import main
 
-COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report", "tune-peakfinder8", "benchmark"]
+COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report", "tune-peakfinder8", "benchmark", "adapt", "suggest-labels"]
 
 
 def test_help_does_not_import_torch():

@@ -123,3 +123,22 @@ def test_interrupted_screen_resumes(run, model_file, tmp_path, monkeypatch):
     fresh = screen([run], tmp_path / "fresh", model=model_file, chunk_size=4)
     assert (out / "scores.csv").read_text() == (tmp_path / "fresh" / "scores.csv").read_text()
     assert fresh.resumed_chunks == 0
+
+
+def test_fast_source_path_gives_the_reference_outputs(run, model_file, tmp_path):
+    """screen() reads only the crop window of CXI frames (fast path); the outputs equal the reference path's."""
+    with h5py.File(run, "r+") as f:  # frame 3: an empty readout (both paths must refuse it)
+        f["entry_1/data_1/data"][3] = 0
+    fast, ref = tmp_path / "fast", tmp_path / "ref"
+    screen([run], fast, model=model_file, batch_size=4)
+    screen([run], ref, model=Classifier(model_file, fast=False), batch_size=4)
+    rf, rr = read_scores(fast / "scores.csv"), read_scores(ref / "scores.csv")
+    assert [r["label"] for r in rf] == [r["label"] for r in rr]
+    assert rf[3]["label"] == "error"
+    cols = ("p_hit", "p_maybe", "p_miss")
+    ok = [i for i, r in enumerate(rr) if r["label"] != "error"]
+    np.testing.assert_allclose([[float(rf[i][c]) for c in cols] for i in ok],
+                               [[float(rr[i][c]) for c in cols] for i in ok], atol=1e-4)  # fmt: skip
+    assert (fast / "hits.lst").read_text() == (ref / "hits.lst").read_text()
+    with h5py.File(fast / "hits.cxi", "r") as a, h5py.File(ref / "hits.cxi", "r") as b:
+        np.testing.assert_array_equal(a["entry_1/data_1/data"][:], b["entry_1/data_1/data"][:])

@@ -124,6 +124,13 @@ class Method(str, Enum):
     peakfinder8 = "peakfinder8"
 
 
+class ModelType(str, Enum):
+    """Hit/maybe/miss architectures: the Ke 2018 2-D CNN, or the Xie 2022 §3.4.2 1-D CNN on row ranges."""
+
+    ke2018 = "ke2018"
+    rwd1d = "rwd1d"
+
+
 _PF8 = "peakfinder8 (with --method peakfinder8)"
 
 
@@ -136,7 +143,7 @@ def screen(
     batch_size: int = typer.Option(16, help="Frames per forward pass."),
     no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
-    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default; 1 per rank under mpirun)."),
     method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
@@ -150,6 +157,8 @@ def screen(
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
     task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss) or cdi (11 multi-label classes, Zimmermann 2019)."),
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
+    model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
+    reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -166,21 +175,47 @@ def screen(
     OUT/scores.csv (p_<class>, <class> 0/1, labels, rule_violation), plus
     OUT/summary.json; --model must be a model from `train --task cdi` (its
     file says whether it takes images or CCF maps).
+
+    Scale-out: `mpirun -n N diffscreen screen ...` shares the frames among N
+    MPI ranks (needs mpi4py: pip install 'diffscreen[mpi]'); the outputs are
+    those of one process.  See docs/scaling.md.
     """
     import torch
 
     from diffscreen.screen import screen as run_screen
+    from diffscreen.errors import DiffscreenError
+    from diffscreen.screen.parallel import launch_rank, mpi_launched
 
-    if threads:
-        torch.set_num_threads(threads)
+    mpi, root = mpi_launched(), launch_rank() == 0  # under mpirun/srun: ranks share the chunks
+    if threads or mpi:
+        torch.set_num_threads(threads or 1)  # one thread per MPI rank unless told otherwise
+    if model_type is not None:
+        from diffscreen.cli_adapt import check_model_type
+
+        check_model_type(model, model_type.value)
     specs = _expand(inputs)
     if task is Task.cdi:
+        if mpi:
+            from diffscreen.errors import ConfigError
+
+            raise ConfigError("screen --task cdi runs as one process; start it without mpirun")
         return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh)
     finder = None
     if method is Method.peakfinder8:
         finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
                               max_pixel_count=max_pixels, local_bg_radius=local_bg_radius, low_res_A=low_res,
                               high_res_A=high_res, min_peaks=min_peaks, fast_mode=fast)
+    if reference_path and finder is None:
+        from diffscreen.models.inference import Classifier
+
+        model = Classifier(model, fast=False)
+    if not root:  # MPI ranks > 0: no progress bar or summary; rank 0 reports for all
+        try:
+            summary = run_screen(specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh,
+                                 write_cxi=not no_cxi)
+        except DiffscreenError:  # rank 0 prints it ("rank k failed: ..."), once
+            raise typer.Exit(EXIT_ERROR)
+        raise typer.Exit(EXIT_PARTIAL if summary.n_error else 0)
     with _progress() as p:
         summary = run_screen(
             specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
@@ -319,13 +354,13 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors)."),
     labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files: expert_annotation.txt or CSV file,frame,label."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (Ke: 120; CDI: 200)."),
-    batches_per_epoch: int = typer.Option(100, help="Class-balanced mini-batches per epoch (Ke: 100)."),
+    batches_per_epoch: Optional[int] = typer.Option(None, help="Class-balanced mini-batches per epoch (Ke: 100; with --init: 20)."),
     batch_size: Optional[int] = typer.Option(None, help="Frames per mini-batch (Ke: 64; CDI: 48)."),
     lr_start: float = typer.Option(0.1, help="Learning rate of the first epoch (Ke: 0.1 at batch 64)."),
     lr_end: float = typer.Option(1e-4, help="Learning rate of the last epoch (Ke: 1e-4); exponential in between."),
     seed: int = typer.Option(0, help="Seed for initialisation, batches and crop shifts."),
     split: Split = typer.Option(Split.order, help="Train/val/test split: in file order per file (fv5080) or random."),
-    fractions: Tuple[float, float, float] = typer.Option((0.5, 0.2, 0.3), help="Train, validation, test fractions (Ke: 0.5 0.2 0.3)."),
+    fractions: Optional[Tuple[float, float, float]] = typer.Option(None, help="Train, validation, test fractions (Ke: 0.5 0.2 0.3; with --init: 0.8 0.2 0)."),
     first_kernel: int = typer.Option(7, help="First convolution kernel: 7 (fv5080 code) or 3 (paper text)."),
     contrast: Contrast = typer.Option(Contrast.lcn, help="LCN (Ke §2.2) or linear contrast (Ke Table 8)."),
     pixel_scaling: bool = typer.Option(False, help="Scale by pixel count (fv5080: whole frame to 960) instead of physically."),
@@ -338,8 +373,22 @@ def train(
     width: int = typer.Option(64, help="CDI: channels of the first ResNet stage (paper 64; CPU recipe 16)."),
     milestones: str = typer.Option("50,100,150", help="CDI: epochs after which the learning rate is divided by 10."),
     val_fraction: float = typer.Option(0.15, help="CDI: random validation fraction (paper: 15%)."),
+    model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="ke2018 (2-D CNN, default) or rwd1d (1-D CNN on row ranges, Xie 2022 §3.4.2)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Transfer learning (Xie 2022 §2.3.1): start from this trained model; labels via --labels.", rich_help_panel="Transfer learning"),
+    frozen_epochs: int = typer.Option(10, help="--init stage 1: epochs with the convolutional base frozen (Adam 1e-2 → 1e-3).", rich_help_panel="Transfer learning"),
+    unfrozen_epochs: int = typer.Option(10, help="--init stage 2: epochs with the top blocks unfrozen (Adam 1e-4 → 1e-5).", rich_help_panel="Transfer learning"),
+    unfreeze: int = typer.Option(2, help="--init stage 2: top convolutional blocks to unfreeze (Xie: 1 or 2; 0 skips stage 2).", rich_help_panel="Transfer learning"),
 ):
     """Train the Ke et al. (2018) CNN on labelled frames and write a model file.
+
+    With --model-type rwd1d: the Xie et al. (2022) 1-D CNN on the row ranges of
+    the preprocessed frames instead (fast; docs/adapt.md).
+
+    With --init MODEL: transfer learning for a new experiment (Xie et al. 2022
+    Fig. 3) from a few hundred labelled frames (--labels CSV file,frame,label,
+    e.g. from `suggest-labels`): stage 1 trains a new classifier on MODEL's
+    frozen convolutional base, stage 2 also the top --unfreeze blocks.  The new
+    model keeps MODEL's architecture, preprocessing and classes.
 
     Class-balanced batches of randomly shifted crops, SGD (momentum 0.9, weight
     decay 5e-4) with the learning rate falling from 0.1 to 1e-4; the epoch with
@@ -351,30 +400,57 @@ def train(
     (`simulate --task cdi`), sigmoid outputs, BCE + L1/L2 1e-5, SGD 0.1 ÷10 at
     --milestones.  Paper recipe (GPU): defaults.  CPU recipe: --input-size 64
     --width 16 --epochs 16 --milestones 10,14.
+
+    Multi-GPU / multi-process: `torchrun --nproc_per_node N -m diffscreen.cli
+    train ...` trains one model with DistributedDataParallel (Ke recipe only;
+    --batch-size a multiple of N).  See docs/scaling.md.
     """
+    if task is Task.cdi or init is not None:
+        from diffscreen.train.distributed import torchrun_launched
+
+        if torchrun_launched():
+            from diffscreen.errors import ConfigError
+
+            raise ConfigError("only the Ke et al. (2018) CNN trains under torchrun; start this one without it")
     if task is Task.cdi:
         return _train_cdi(inputs, out, epochs=epochs or 200, batch_size=batch_size or 48, lr=lr_start, seed=seed,
                           ccf=ccf, alpha=alpha, width=width, milestones=milestones, input_size=input_size or 224,
                           val_fraction=val_fraction, fresh=fresh)
+    if init is not None:
+        from diffscreen.cli_adapt import train_transfer
+
+        return train_transfer(inputs, out, labels, init=init, model_type=model_type, frozen_epochs=frozen_epochs,
+                              unfrozen_epochs=unfrozen_epochs, unfreeze=unfreeze,
+                              batches_per_epoch=batches_per_epoch or 20, batch_size=batch_size or 32, seed=seed,
+                              split=split.value, fractions=fractions or (0.8, 0.2, 0.0))
+    batches_per_epoch = 100 if batches_per_epoch is None else batches_per_epoch
+    fractions = (0.5, 0.2, 0.3) if fractions is None else fractions
     epochs = 120 if epochs is None else epochs
     batch_size = 64 if batch_size is None else batch_size
     input_size = 720 if input_size is None else input_size
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.train import TrainConfig, collect_samples, split_samples, train_model
+    from diffscreen.train.distributed import launch_rank
 
     specs = _expand(inputs)
     samples, info = collect_samples(specs, [str(x) for x in labels])
     tr, va, te = split_samples(samples, fractions, mode=split.value, seed=seed)
-    print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
+    root = launch_rank() == 0  # under torchrun: rank 0 logs and writes the model, the others train silently
+    if root:
+        print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
     cfg = TrainConfig(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size, seed=seed,
                       lr_start=lr_start, lr_end=lr_end,
-                      first_kernel=first_kernel, workers=workers)
+                      first_kernel=first_kernel, workers=workers,
+                      arch=model_type.value if model_type is not None else "ke2018")
     pcfg = PreprocessConfig(
         out_size=input_size, contrast=contrast.value, s_per_px=None if pixel_scaling else PreprocessConfig.s_per_px,
         max_shift=min(120, input_size // 6),
     )
     info["label_files"] = [str(x) for x in labels]
     info["split"] = {"mode": split.value, "fractions": list(fractions)}
+    if not root:
+        train_model(tr, va, out, config=cfg, preprocess=pcfg, test=te, data_description=info, resume=not fresh)
+        return
     with _progress() as p:
         task = p.add_task("training", total=epochs * batches_per_epoch, rate="")
 
@@ -588,6 +664,8 @@ def model_info(model: Optional[Path] = typer.Argument(None, help="Model file; de
 from diffscreen import cli_explain  # noqa: E402,F401
 from diffscreen import cli_cdi  # noqa: E402,F401
 from diffscreen import cli_baselines  # noqa: E402,F401
+from diffscreen import cli_xie2022  # noqa: E402,F401
+from diffscreen import cli_adapt  # noqa: E402,F401
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,7 @@ Generic ``file.h5:/path/to/data``
 from __future__ import annotations
 
 import bisect
+import os
 import re
 
 import numpy as np
@@ -268,6 +269,45 @@ class _CXIEntry:
         key = j if self.data.ndim == 3 else ()
         return np.asarray(_read(self.data, key, self.path, index), dtype=np.float32)
 
+    def pixels_region(self, j: int, index: int, rows, cols, raw_file=None) -> np.ndarray:
+        """Raw pixels (file dtype) of rows ``rows[0]:rows[1]`` × columns ``cols[0]:cols[1]``.
+
+        With ``raw_file`` (a :class:`_RawRows`) an uncompressed frame is read
+        as one block of whole rows straight from the file (one ``preadv``,
+        no HDF5 hyperslab machinery) and a view of the rows read is returned.
+        """
+        if raw_file is not None:
+            off = self._raw_offset(j)
+            if off is not None:
+                return raw_file.rows(off, self.shape, self.data.dtype, rows, index)[:, cols[0]:cols[1]]
+        key = (j, slice(*rows), slice(*cols)) if self.data.ndim == 3 else (slice(*rows), slice(*cols))
+        return np.asarray(_read(self.data, key, self.path, index))
+
+    def _raw_offset(self, j: int):
+        """File offset of frame ``j``'s pixels when they are stored plainly (row-major, no filter), else None."""
+        if not hasattr(self, "_plain"):
+            self._plain = _plain_layout(self.data)
+        if self._plain is None:
+            return None
+        kind, base = self._plain
+        if kind == "contiguous":
+            return base + j * self.shape[0] * self.shape[1] * self.data.dtype.itemsize
+        try:
+            info = self.data.id.get_chunk_info_by_coord((j, 0, 0) if self.data.ndim == 3 else (0, 0))
+        except Exception:  # noqa: BLE001 - no such chunk: let h5py read (fill value)
+            return None
+        return None if info.byte_offset is None or info.filter_mask else int(info.byte_offset)
+
+    def bad_region(self, j: int, index: int, rows, cols) -> np.ndarray:
+        """:meth:`bad` of a window only (read-only when the mask is static)."""
+        bad = self.static_bad(index)[rows[0]:rows[1], cols[0]:cols[1]]
+        if self.frame_mask is None:
+            bad = bad.view()
+            bad.flags.writeable = False
+            return bad
+        key = (j, slice(*rows), slice(*cols)) if self.frame_mask.ndim == 3 else (slice(*rows), slice(*cols))
+        return bad | _bad_bits(_read(self.frame_mask, key, self.path, index))
+
     def bad(self, j: int, index: int) -> np.ndarray:
         bad = self.static_bad(index).copy()
         if self.frame_mask is not None:
@@ -301,6 +341,64 @@ class _CXIEntry:
         res = self.g.get("result_1")
         names = None if res is None else res.attrs.get("class_names")
         return CLASS_NAMES if names is None else tuple(_decode(n) for n in np.atleast_1d(names))
+
+
+def _plain_layout(ds):
+    """``("contiguous", offset)`` or ``("chunked", None)`` for frames stored plainly, else None.
+
+    Plainly: no filter, native byte order, no userblock, not virtual or
+    external, and for a chunked dataset one whole frame per chunk.
+    """
+    import h5py
+
+    try:
+        if ds.file.userblock_size or not ds.dtype.isnative or ds.dtype.kind not in "biuf" or ds.is_virtual:
+            return None
+        dcpl = ds.id.get_create_plist()
+        if dcpl.get_nfilters() or dcpl.get_external_count():
+            return None
+        layout = dcpl.get_layout()
+        if layout == h5py.h5d.CONTIGUOUS:
+            off = ds.id.get_offset()
+            return None if off is None else ("contiguous", int(off))
+        if layout == h5py.h5d.CHUNKED and ds.chunks is not None and tuple(ds.chunks[-2:]) == tuple(ds.shape[-2:]):
+            if ds.ndim == 2 or ds.chunks[0] == 1:
+                return ("chunked", None)
+    except Exception:  # noqa: BLE001 - anything unusual: use h5py
+        return None
+    return None
+
+
+class _RawRows:
+    """Whole rows of plainly stored frames, read with ``os.preadv`` into a reused buffer (internal)."""
+
+    def __init__(self, path: str, index: int):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise FrameReadError(f"cannot open for reading ({exc.strerror})", path=path, frame=index) from exc
+        self.buf = np.empty(0, np.uint8)
+
+    def rows(self, offset: int, shape, dtype, rows, index) -> np.ndarray:
+        H, W = shape
+        r0, r1 = rows
+        nbytes = (r1 - r0) * W * dtype.itemsize
+        if self.buf.size < nbytes:
+            self.buf = np.empty(nbytes, np.uint8)
+        view = memoryview(self.buf)[:nbytes]
+        try:
+            got = os.preadv(self.fd, [view], offset + r0 * W * dtype.itemsize)
+        except OSError as exc:
+            raise FrameReadError(f"cannot read pixels ({exc.strerror})", path=self.path, frame=index) from exc
+        if got != nbytes:
+            raise FrameReadError("the file ends inside the frame's pixels (truncated?)", path=self.path, frame=index)
+        return self.buf[:nbytes].view(dtype).reshape(r1 - r0, W)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _bad_bits(mask: np.ndarray) -> np.ndarray:
@@ -338,6 +436,7 @@ class CXISource(_H5Source):
     """
 
     def __init__(self, path, *, _file=None):
+        self._raw = None
         super().__init__(path, _file)
         try:
             self._entries = [_CXIEntry(self._f[k], self.path) for k in _cxi_entry_names(self._f)]
@@ -387,6 +486,74 @@ class CXISource(_H5Source):
         e, j = self._entry(index)
         data = e.pixels(j, index)
         return Frame(data=data, mask=e.bad(j, index), meta=self._meta(e, j, index))
+
+    def read_meta(self, index: int) -> FrameMeta:
+        """Metadata of frame ``index`` without reading its pixels.
+
+        Raises
+        ------
+        FrameIndexError
+            ``index`` out of range.
+        FrameReadError
+            The source is closed.
+        """
+        self._file()
+        e, j = self._entry(self._check_index(index))
+        return self._meta(e, j, index)
+
+    def frame_shape(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of frame ``index`` (entries may hold frames of different shapes)."""
+        return self._entry(self._check_index(index))[0].shape
+
+    def read_region(self, index: int, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        """Only a window of frame ``index``: its raw pixels and bad-pixel mask.
+
+        For the fast screening path (:class:`~diffscreen.preprocess.fast.FastPreprocessor`):
+        an uncompressed or row-chunked dataset is read only where the crop
+        needs it.  (A compressed frame stored as one chunk is still
+        decompressed whole by HDF5.)
+
+        Parameters
+        ----------
+        index : int
+            0-based frame index.
+        rows, cols : (int, int)
+            ``(first, end)`` rows and columns, end exclusive, inside the frame.
+
+        Returns
+        -------
+        data : (rows[1] - rows[0], cols[1] - cols[0]) ndarray
+            Pixels in the file's dtype (ADU), not converted.  For frames
+            stored without compression this is a view of a buffer the source
+            reuses: valid until the next ``read_region`` call (copy it to
+            keep it).
+        bad : same shape bool ndarray
+            As :meth:`read`'s mask; read-only when the file has a static mask only.
+
+        Raises
+        ------
+        FrameIndexError, FrameReadError
+            Index out of range, closed source, a window outside the frame, or
+            an unreadable chunk.
+        """
+        self._file()
+        e, j = self._entry(self._check_index(index))
+        (r0, r1), (c0, c1) = (int(rows[0]), int(rows[1])), (int(cols[0]), int(cols[1]))
+        H, W = e.shape
+        if not (0 <= r0 <= r1 <= H and 0 <= c0 <= c1 <= W):
+            raise FrameReadError(f"window rows {r0}:{r1}, columns {c0}:{c1} is not inside the {H}x{W} frame",
+                                 path=self.path, frame=index)
+        if self._raw is None and hasattr(os, "preadv") and e._raw_offset(j) is not None:
+            self._raw = _RawRows(self.path, index)
+        data = e.pixels_region(j, index, (r0, r1), (c0, c1), self._raw)
+        return data, e.bad_region(j, index, (r0, r1), (c0, c1))
+
+    def close(self) -> None:
+        """Close the HDF5 file (and the raw reader of :meth:`read_region`)."""
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        super().close()
 
     def _meta(self, e: _CXIEntry, j: int, index: int) -> FrameMeta:
         det = "instrument_1/detector_1/"

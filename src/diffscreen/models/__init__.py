@@ -15,11 +15,15 @@ from diffscreen.models._api import (
     save_model,
 )
 from diffscreen.models.decision import decide, hit_probability
+from diffscreen.models.fused import fold_batchnorm, inference_model
 from diffscreen.models.ke2018 import KeCNN, ke2018_cnn
+from diffscreen.models.rwd1d import RWD1DCNN, rwd1d_cnn
 
 __all__ = [
     "KeCNN",
     "ke2018_cnn",
+    "RWD1DCNN",
+    "rwd1d_cnn",
     "ModelBundle",
     "default_model_path",
     "get_model",
@@ -30,4 +34,6 @@ __all__ = [
     "save_model",
     "decide",
     "hit_probability",
+    "fold_batchnorm",
+    "inference_model",
 ]

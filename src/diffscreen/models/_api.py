@@ -47,6 +47,7 @@ def _load_builtin():
     from diffscreen.models import ke2018  # noqa: F401
     from diffscreen.models import zimmermann2019  # noqa: F401
     from diffscreen.models import alexnet  # noqa: F401
+    from diffscreen.models import rwd1d  # noqa: F401
 
 
 def list_models() -> list[str]:

@@ -30,6 +30,8 @@ import io as _io
 import json
 import shutil
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from diffscreen.errors import ConfigError, DiffscreenError
 from diffscreen.io import open_source
-from diffscreen.io._atomic import atomic_write_text
+from diffscreen.io._atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter, merge_cxi
 from diffscreen.io.frame import check_frame
 from diffscreen.models.decision import decide
@@ -106,8 +108,36 @@ def list_entry(file: str, frame: int, single_frame: bool) -> str:
     return f"{path} //{frame}"
 
 
-def _work_list(inputs, errors: list) -> list[tuple[str, int]]:
-    items = []
+class _WorkList(Sequence):
+    """The (file, frame) work items of a run, stored as one (file, n_frames) pair per file.
+
+    Memory grows with the number of files, not frames; indexing and slicing
+    give ``(spec, i)`` tuples as a plain list would.
+    """
+
+    def __init__(self, files):
+        self.files = [(str(spec), int(n)) for spec, n in files]
+        self._starts = np.cumsum([0] + [n for _, n in self.files])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._item(j) for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self._item(k)
+
+    def _item(self, k: int) -> tuple[str, int]:
+        f = int(np.searchsorted(self._starts, k, side="right")) - 1
+        return self.files[f][0], k - int(self._starts[f])
+
+
+def _work_list(inputs, errors: list) -> _WorkList:
+    files = []
     for spec in inputs:
         try:
             with open_source(spec) as src:
@@ -118,8 +148,8 @@ def _work_list(inputs, errors: list) -> list[tuple[str, int]]:
         if n == 0:
             errors.append((spec, -1, "the file holds no frames"))
             continue
-        items.extend((spec, i) for i in range(n))
-    return items
+        files.append((spec, n))
+    return _WorkList(files)
 
 
 @dataclass
@@ -153,6 +183,10 @@ class CNNMethod:
     Parameters
     ----------
     clf : Classifier
+        Its path decides how frames are handled: the fast path by default
+        (``Classifier(model)``), the reference path with
+        ``Classifier(model, fast=False)`` (CLI ``screen --reference-path``).
+        Both give the same probabilities to 1e-4 (docs/throughput.md).
     """
 
     def __init__(self, clf: Classifier):
@@ -168,8 +202,30 @@ class CNNMethod:
 
     def classify(self, frames) -> list[FrameDecision]:
         probs = self.clf.predict(frames)
+        return self._decisions(probs)
+
+    def _decisions(self, probs) -> list[FrameDecision]:
         keep, labels = decide(probs, self.class_names)
         return [FrameDecision(tuple(float(v) for v in p), lab, bool(k), p) for p, k, lab in zip(probs, keep, labels)]
+
+    def classify_source(self, src, indices) -> list:
+        """Decisions for frames ``indices`` of an open source, reading only what the crop needs.
+
+        The fast path end to end (:meth:`Classifier.predict_source`): for a
+        CXI/HDF5 source only the crop window of each frame is read.
+
+        Returns
+        -------
+        list of FrameDecision or str
+            One per index, in order; a str is the problem of a frame that
+            could not be classified.
+        """
+        probs, errors = self.clf.predict_source(src, indices, batch_size=max(1, len(indices)))
+        ok = [k for k, i in enumerate(indices) if i not in errors]
+        out = [errors.get(i) for i in indices]
+        for k, d in zip(ok, self._decisions(probs[ok])):
+            out[k] = d
+        return out
 
 
 class FrameReader:
@@ -182,12 +238,17 @@ class FrameReader:
     def __init__(self):
         self._spec, self._src = None, None
 
-    def read(self, spec, i):
-        """Frame ``i`` of ``spec`` (checked by :func:`check_frame`) and whether the file holds one frame only."""
+    def source(self, spec):
+        """The open source of ``spec`` (opened when another file comes)."""
         if spec != self._spec:
             self.close()
             self._src, self._spec = open_source(spec), spec
-        return check_frame(self._src.read(i)), len(self._src) == 1
+        return self._src
+
+    def read(self, spec, i):
+        """Frame ``i`` of ``spec`` (checked by :func:`check_frame`) and whether the file holds one frame only."""
+        src = self.source(spec)
+        return check_frame(src.read(i)), len(src) == 1
 
     def close(self) -> None:
         if self._src is not None:
@@ -202,6 +263,34 @@ class _Chunk:
         self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
         self.reader = FrameReader()
 
+    def _run_source(self, batch, rows, errors, writer, blank) -> None:
+        """One batch of one file through the method's source-level (fast) path.
+
+        Only kept frames are read whole, to be written to hits.cxi.
+        """
+        spec = batch[0][0]
+        try:
+            src = self.reader.source(spec)
+            single = len(src) == 1
+            results = self.method.classify_source(src, [i for _, i in batch])
+        except DiffscreenError as exc:
+            results, single = [exc.problem] * len(batch), False
+        for (_, i), d in zip(batch, results):
+            if isinstance(d, str):
+                rows.append([spec, i, *blank, "error", 0])
+                errors.append([spec, i, d])
+                continue
+            if d.keep and writer is not None:
+                try:
+                    fr = check_frame(src.read(i))
+                except DiffscreenError as exc:
+                    rows.append([spec, i, *blank, "error", 0])
+                    errors.append([spec, i, exc.problem])
+                    continue
+                writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
+                              peaks=d.peaks)  # fmt: skip
+            rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
+
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         rows, errors = [], []
         m = self.method
@@ -209,6 +298,12 @@ class _Chunk:
         blank = [""] * len(m.score_columns)
         try:
             for b in range(0, len(items), self.batch_size):
+                batch = items[b : b + self.batch_size]
+                if hasattr(m, "classify_source") and len({spec for spec, _ in batch}) == 1:
+                    self._run_source(batch, rows, errors, writer, blank)
+                    if progress:
+                        progress(len(batch))
+                    continue
                 frames, keys = [], []
                 for spec, i in items[b : b + self.batch_size]:
                     try:
@@ -253,15 +348,22 @@ def screen(
     resume: bool = True,
     write_cxi: bool = True,
     progress=None,
+    comm="auto",
 ) -> ScreenSummary:
     """Classify every frame of ``inputs`` and write the screening outputs.
+
+    Under ``mpirun -n N`` (or ``srun``) the chunks are shared among the N
+    MPI ranks with dynamic load balancing (:mod:`diffscreen.screen.parallel`);
+    the outputs are the same as a one-process run's with the same
+    ``batch_size``.  Every rank must call this function with the same
+    arguments; all return the same summary.
 
     Parameters
     ----------
     inputs : sequence of str
         Input specs (expanded file paths or ``file.h5:/dataset``).
     out_dir : str or Path
-        Output folder (created).
+        Output folder (created; on a file system every rank can reach).
     model : ModelBundle, Classifier, path or None
         None: the bundled default model.
     method : screening method, optional
@@ -271,7 +373,9 @@ def screen(
     batch_size : int
         Frames per forward pass.
     chunk_size : int
-        Frames per resumable chunk.
+        Frames per resumable chunk.  Under MPI it is lowered (to a multiple
+        of ``batch_size``, so batches stay those of a one-process run) until
+        every rank gets about four chunks.
     resume : bool
         Reuse completed chunks of an interrupted run with the same inputs
         and model; False starts afresh.
@@ -279,7 +383,12 @@ def screen(
         Write ``hits.cxi`` (raw pixels of the kept frames).
     progress : callable, optional
         ``progress(total=None, advance=None)``: called once with ``total``,
-        then with ``advance`` after every batch.
+        then with ``advance`` after every batch (under MPI: on rank 0, for
+        the frames of all ranks).
+    comm : "auto", mpi4py communicator or None
+        "auto": ``MPI.COMM_WORLD`` when started by an MPI launcher with
+        several ranks (:func:`diffscreen.screen.parallel.get_comm`); None:
+        one process.
 
     Returns
     -------
@@ -289,57 +398,93 @@ def screen(
     ------
     ConfigError
         No inputs, or bad sizes.
+    diffscreen.screen.parallel.RankFailed
+        Under MPI, on the ranks that did not fail themselves, when another
+        rank failed.
     """
+    from diffscreen.screen.parallel import RankFailed, Team, get_comm
+
     if not inputs:
         raise ConfigError("no input files to screen")
     if batch_size < 1 or chunk_size < 1:
         raise ConfigError("batch_size and chunk_size must be >= 1")
     t0 = time.time()
-    if method is None:
-        method = CNNMethod(model if isinstance(model, Classifier) else Classifier(model))
+    team = Team(get_comm() if comm == "auto" else comm)
     out = Path(out_dir)
     part = out / ".partial"
-    file_errors: list = []
-    items = _work_list(list(inputs), file_errors)
-    manifest = {
-        "inputs": list(inputs),
-        "n_items": len(items),
-        "model": method.identity,
-        "chunk_size": chunk_size,
-        "write_cxi": write_cxi,
-    }
-    if part.exists() and (not resume or _read_json(part / "manifest.json") != manifest):
-        shutil.rmtree(part)
-    part.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(part / "manifest.json", json.dumps(manifest))
 
-    chunks = [items[k : k + chunk_size] for k in range(0, len(items), chunk_size)]
-    if progress:
+    def setup():
+        nonlocal method
+        if method is None:
+            method = CNNMethod(model if isinstance(model, Classifier) else Classifier(model))
+        if not team.is_root:
+            return None
+        file_errors: list = []
+        items = _work_list(list(inputs), file_errors)
+        cs = chunk_size
+        if team.size > 1:  # small enough chunks that the ranks can balance the load
+            target = -(-len(items) // (4 * team.size))
+            cs = min(chunk_size, max(batch_size, -(-target // batch_size) * batch_size))
+        manifest = {
+            "inputs": list(inputs),
+            "n_items": len(items),
+            "model": method.identity,
+            "chunk_size": cs,
+            "write_cxi": write_cxi,
+        }
+        if part.exists() and (not resume or _read_json(part / "manifest.json") != manifest):
+            shutil.rmtree(part)
+        part.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(part / "manifest.json", json.dumps(manifest))
+        return items.files, file_errors, cs
+
+    files, file_errors, cs = team.bcast(team.agree(setup))
+    items = _WorkList(files)
+    n_chunks = -(-len(items) // cs)
+
+    def chunk(c):
+        return items[c * cs : (c + 1) * cs]
+
+    def work(c, tick):
+        worker.run(chunk(c), part / f"chunk_{c:06d}.csv", part / f"chunk_{c:06d}.cxi", tick)
+
+    def size_of(c):
+        return min((c + 1) * cs, len(items)) - c * cs
+
+    pending = [c for c in range(n_chunks) if not (part / f"chunk_{c:06d}.csv").exists()] if team.is_root else []
+    resumed = n_chunks - len(pending)
+    if progress and team.is_root:
         progress(total=len(items))
+        if resumed:
+            progress(advance=len(items) - sum(size_of(c) for c in pending))
     worker = _Chunk(method, batch_size, write_cxi)
-    resumed, n_done_now, t_work = 0, 0, time.time()
-    for c, chunk in enumerate(chunks):
-        csv_path, cxi_path = part / f"chunk_{c:06d}.csv", part / f"chunk_{c:06d}.cxi"
-        if csv_path.exists():
-            resumed += 1
-            if progress:
-                progress(advance=len(chunk))
-            continue
-        worker.run(chunk, csv_path, cxi_path, (lambda n: progress(advance=n)) if progress else None)
-        n_done_now += len(chunk)
+    t_work = time.time()
+    n_done_now, failure = team.process(pending, work, size_of, progress if team.is_root else None)
     t_work = time.time() - t_work
 
-    summary = _collect(out, part, len(chunks), file_errors, write_cxi, method.score_columns)
-    summary.seconds = time.time() - t0
-    summary.frames_per_s = n_done_now / t_work if t_work > 0 and n_done_now else float("nan")
-    summary.out_dir = str(out)
-    summary.model = getattr(method, "path", None) or method.identity
-    summary.resumed_chunks = resumed
-    record = asdict(summary)
-    record["errors"] = [{"file": f, "frame": i, "error": e} for f, i, e in summary.errors]
-    atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=float))
-    shutil.rmtree(part, ignore_errors=True)
-    return summary
+    def finish():
+        if failure is not None:
+            raise failure
+        summary = _collect(out, part, n_chunks, file_errors, write_cxi, method.score_columns)
+        summary.seconds = time.time() - t0
+        summary.frames_per_s = n_done_now / t_work if t_work > 0 and n_done_now else float("nan")
+        summary.out_dir = str(out)
+        summary.model = getattr(method, "path", None) or method.identity
+        summary.resumed_chunks = resumed
+        record = asdict(summary)
+        record["errors"] = [{"file": f, "frame": i, "error": e} for f, i, e in summary.errors]
+        record["mpi_ranks"] = team.size
+        record["chunks_per_rank"] = team.chunks_per_rank
+        atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=float))
+        shutil.rmtree(part, ignore_errors=True)
+        return summary
+
+    try:
+        return team.finish(finish)
+    except RankFailed:
+        if failure is not None:  # a rank > 0 whose own chunk failed: report its own error
+            raise failure from None
+        raise
 
 
 def _read_json(path: Path):
@@ -350,36 +495,39 @@ def _read_json(path: Path):
 
 
 def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi: bool, score_columns) -> ScreenSummary:
+    """Merge the chunks' part files into the final outputs, streaming (memory independent of the run's length)."""
     s = ScreenSummary()
-    scores = _io.StringIO()
-    w = csv.writer(scores)
-    w.writerow(("file", "frame", *score_columns, "label"))
-    lst, errors = [], list(file_errors)
-    for spec, i, _ in file_errors:
-        w.writerow([spec, i, *[""] * len(score_columns), "error"])
-    for c in range(n_chunks):
-        with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
-            for row in csv.reader(fh):
-                if row[0] == "#error":
-                    errors.append((row[1], int(row[2]), row[3]))
-                    continue
-                spec, i, *vals, lab, single = row
-                w.writerow([spec, i, *vals, lab])
-                if lab in ("hit", "maybe"):
-                    lst.append(list_entry(spec, int(i), single == "1"))
-                setattr(s, f"n_{lab}", getattr(s, f"n_{lab}") + 1)
+    errors = list(file_errors)
+    with ExitStack() as stack:  # files appear (are renamed) only when all are written; scores.csv last
+        paths = {n: stack.enter_context(temporary_path(out / n)) for n in ("scores.csv", "hits.lst", "errors.csv")}
+        fh_scores = stack.enter_context(open(paths["scores.csv"], "w", newline=""))
+        fh_lst = stack.enter_context(open(paths["hits.lst"], "w"))
+        w = csv.writer(fh_scores)
+        w.writerow(("file", "frame", *score_columns, "label"))
+        for spec, i, _ in file_errors:
+            w.writerow([spec, i, *[""] * len(score_columns), "error"])
+        for c in range(n_chunks):
+            with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
+                for row in csv.reader(fh):
+                    if row[0] == "#error":
+                        errors.append((row[1], int(row[2]), row[3]))
+                        continue
+                    spec, i, *vals, lab, single = row
+                    w.writerow([spec, i, *vals, lab])
+                    if lab in ("hit", "maybe"):
+                        fh_lst.write(list_entry(spec, int(i), single == "1") + "\n")
+                    setattr(s, f"n_{lab}", getattr(s, f"n_{lab}") + 1)
+        fh_scores.close()
+        fh_lst.close()
+        with open(paths["errors.csv"], "w", newline="") as fh:
+            ew = csv.writer(fh)
+            ew.writerow(("file", "frame", "error"))
+            ew.writerows(errors)
+        if write_cxi:
+            merge_cxi([part / f"chunk_{c:06d}.cxi" for c in range(n_chunks)], out / "hits.cxi")
     s.n_error = len(errors)
     s.n_frames = s.n_hit + s.n_maybe + s.n_miss + sum(1 for e in errors if e[1] >= 0)
     classified = s.n_hit + s.n_maybe + s.n_miss
     s.hit_rate = s.n_kept / classified if classified else float("nan")
     s.errors = errors
-    err = _io.StringIO()
-    ew = csv.writer(err)
-    ew.writerow(("file", "frame", "error"))
-    ew.writerows(errors)
-    if write_cxi:
-        merge_cxi([part / f"chunk_{c:06d}.cxi" for c in range(n_chunks)], out / "hits.cxi")
-    atomic_write_text(out / "errors.csv", err.getvalue())
-    atomic_write_text(out / "hits.lst", "".join(line + "\n" for line in lst))
-    atomic_write_text(out / "scores.csv", scores.getvalue())
     return s

@@ -77,6 +77,7 @@ def diffuse_background(
     *,
     kapton=None,
     stride: int = 2,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Expected diffuse photons per pixel.
 
@@ -98,6 +99,8 @@ def diffuse_background(
         Multiply by :func:`kapton_transmission` with these parameters.
     stride : {1, 2}
         Evaluation stride.
+    out : (H, W) float32 ndarray, optional
+        Write the map here (a reused buffer) instead of a new array.
 
     Returns
     -------
@@ -122,11 +125,13 @@ def diffuse_background(
     s = 2 * np.sin(two_theta / 2) / wavelength_A
     t1 = (profile(s) * cos2t**3).astype(np.float32)
     t2 = (t1 * (pixel_size_mm**2 / rho2)).astype(np.float32)
-    r2 = dy[:, None] ** 2 + (dx**2)[None, :]
-    idx = np.sqrt(r2)
-    idx *= np.float32(4)
-    idx += np.float32(0.5)
-    idx = idx.astype(np.int32)
+    # table index round(4 r) = floor(sqrt((4dy)² + (4dx)²) + 0.5)
+    dx4 = dx * np.float32(4)
+    dy4 = dy * np.float32(4)
+    r2 = np.add((dy4 * dy4)[:, None], (dx4 * dx4)[None, :])
+    np.sqrt(r2, out=r2)
+    r2 += np.float32(0.5)
+    idx = r2.astype(np.intp)  # (take() would convert narrower indices itself, once per call)
     bg = t1.take(idx)
     pol = t2.take(idx)
     pol *= (dx**2)[None, :]
@@ -134,22 +139,37 @@ def diffuse_background(
     if kapton is not None:
         bg *= kapton_transmission(dx[None, :], dy[:, None], pixel_size_mm, distance_mm, *kapton)
     if f == 1:
-        return bg
-    return _upsample2(bg, H, W)
+        if out is None:
+            return bg
+        out[...] = bg
+        return out
+    return _upsample2(bg, H, W, out)
 
 
-def _upsample2(a: np.ndarray, H: int, W: int) -> np.ndarray:
-    """Bilinear 2× upsampling of values at even pixels to an (H, W) array (float32)."""
+def _upsample2(a: np.ndarray, H: int, W: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear 2× upsampling of values at even pixels to an (H, W) array (float32).
+
+    ``a`` holds the values at pixels (2i, 2j) and must cover rows/columns up to
+    H - 1 / W - 1 (``a.shape >= (H // 2 + 1, W // 2 + 1)`` when H, W are even).
+    """
     hc, wc = a.shape
-    out = np.empty((2 * hc - 1, 2 * wc - 1), np.float32)
-    out[0::2, 0::2] = a
-    odd = out[0::2, 1::2]
-    np.add(a[:, :-1], a[:, 1:], out=odd)
+    if out is None:
+        out = np.empty((H, W), np.float32)
+    # rows of a interpolated along x to full width: E (hc, W)
+    E = np.empty((hc, W), np.float32)
+    ne = (W + 1) // 2  # even columns 0, 2, ...
+    no = W // 2  # odd columns 1, 3, ...
+    E[:, 0::2] = a[:, :ne]
+    odd = E[:, 1::2]
+    np.add(a[:, :no], a[:, 1 : no + 1], out=odd)
     odd *= np.float32(0.5)
+    re = (H + 1) // 2
+    ro = H // 2
+    out[0::2] = E[:re]
     rows = out[1::2]
-    np.add(out[0:-1:2], out[2::2], out=rows)
+    np.add(E[:ro], E[1 : ro + 1], out=rows)
     rows *= np.float32(0.5)
-    return np.ascontiguousarray(out[:H, :W])
+    return out
 
 
 def jet_streak(
@@ -225,15 +245,26 @@ def kapton_transmission(dx, dy, pixel_size_mm, distance_mm, normal, mu_t, max_at
         Transmission in [0, 1], broadcast shape of dx, dy, float32.
     """
     nx, ny, nz = (float(v) for v in normal)
-    p = np.float32(pixel_size_mm)
-    X = dx * p
-    Y = dy * p
-    rho = np.sqrt(X * X + Y * Y + np.float32(distance_mm) ** 2)
-    dn = (np.float32(nx) * X + np.float32(ny) * Y + np.float32(nz * distance_mm)) / rho
-    with np.errstate(divide="ignore", over="ignore"):
-        att = np.minimum(np.float32(mu_t) / np.maximum(dn, np.float32(1e-6)), np.float32(max_att))
-        T = np.where(dn > 0, np.exp(-att), np.float32(1.0))
-    return T.astype(np.float32, copy=False)
+    dx = np.asarray(dx, np.float32)
+    dy = np.asarray(dy, np.float32)
+    if mu_t <= 0:
+        return np.ones(np.broadcast_shapes(dx.shape, dy.shape), np.float32)
+    # with ρ = |(X, Y, D)| and d·n = (nx X + ny Y + nz D) / ρ the attenuation is μt / (d·n)
+    # = μt ρ / (nx X + ny Y + nz D).  Computed as r = μt ρ / -(nx X + ny Y + nz D), which is
+    # -attenuation where the ray crosses the belt and positive where it does not, then
+    # clipped to [-max_att, 0]: T = exp(r) (1 outside the shadow), in six array passes.
+    mp = np.float32(mu_t * pixel_size_mm)
+    Xm = dx * mp
+    Ym = dy * mp
+    rho = Xm * Xm
+    rho = rho + (Ym * Ym + np.float32((mu_t * distance_mm) ** 2))
+    np.sqrt(rho, out=rho)  # μt ρ
+    neg = (dx * np.float32(-nx * pixel_size_mm)) + (dy * np.float32(-ny * pixel_size_mm) - np.float32(nz * distance_mm))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(rho, neg, out=rho)
+    np.clip(rho, -np.float32(min(max_att, 1e30)), np.float32(0.0), out=rho)
+    np.exp(rho, out=rho)
+    return rho
 
 
 def beam_stop_shadow(shape, centre, radius_px: float, arm_angle_rad: float, arm_width_px: float) -> tuple:

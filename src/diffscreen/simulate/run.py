@@ -48,6 +48,27 @@ a_(N+1).  The exposure distribution is thus a mixture whose weights are the
 requested class fractions; the stored label is still computed afterwards from
 the final detectable count, never copied from the kind.
 
+Kapton shadow on spots: a spot takes the belt's transmission at its centroid
+unless the shadow's edge is within reach of its window or the transmission
+changes by more than 2 % across it; then it is evaluated per pixel
+(:func:`window_transmission`; each spot's transmitted flux is right to 1 %).
+Render windows are the smallest of :data:`_WINDOWS` (1-px steps up to 12 px)
+that hold the spot's core (3σ) and its tail down to 0.3·√background.  When
+those windows would cover more than :data:`_FFT_RENDER_PIXELS` pixels (dense
+photosystem II hits), the spots are rendered instead by one FFT convolution of
+the intrinsic spots with the PSF's exact transfer function
+(:meth:`Simulator._render_fft`): same Gaussian core, the exact (not
+quadrature-approximated) tail, and no tail cut-off, i.e. a few % more photons
+per bright spot land in its faint halo.  Detection SNRs are computed from the
+analytic windows in both cases, so the labels and peak lists do not depend on
+the renderer.
+
+Noise is digitised in blocks of rows (:meth:`Simulator._digitise`) from the
+same random draws, in the same order, as the whole-frame reference
+(:meth:`Simulator._digitise_full`).
+Frame-sized scratch arrays are kept in the :class:`Simulator` and reused, so
+one Simulator must not be used from several threads at once.
+
 Exact footprint sums are computed only for spots that can matter: a cheap
 bound (all flux in the footprint, background ≥ ¼ of the centre pixel's) ranks
 the spots, exact thresholds are computed in that order until the needed
@@ -75,12 +96,19 @@ from diffscreen.simulate.background import (
 )
 from diffscreen.simulate.crystal import HC_KEV_A, b_matrix, predict_reflections, random_rotation
 from diffscreen.simulate.detector import (
+    POISSON_GAUSS_ABOVE,
     PSF,
-    correlated_normal,
+    _scratch,
+    _work,
+    correlated_normal_raw,
+    normal_table,
+    poisson_block,
     poisson_counts,
+    random_u16,
     render_windows,
     spot_windows,
     white_normal,
+    white_rows,
 )
 from diffscreen.simulate.presets import Preset, detector_layout, get_preset, pixel_maps
 
@@ -107,8 +135,17 @@ _BLUR_SUM_K2 = 36.0 / 256.0  # Σ K² of the [1,2,1]⊗[1,2,1]/16 noise kernel
 _FOOTPRINT_LEVEL = 0.15
 _RECORD_SNR = 1.0
 _HIT_RANGE = 3000.0
-_WINDOWS = np.array([2, 3, 4, 6, 8, 12, 16, 24, 32, 48])
+#: render window half-sizes (px): the smallest one ≥ the needed size is used
+_WINDOWS = np.array([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48])
 _RENDER_MIN_PHOTONS = 0.5
+#: above this many render-window pixels a frame's spots are rendered by FFT convolution
+_FFT_RENDER_PIXELS = 4_000_000
+#: zero padding (px) of the FFT renderer against wrap-around of the PSF tail
+_FFT_PAD = 96
+#: most window pixels handled by one vectorised call (scratch arrays ≤ a few MB)
+_CHUNK_PIXELS = 1 << 19
+#: rows per block of the digitiser (a few 100 kB per scratch array: stays in cache)
+_BLOCK_ROWS = 32
 
 
 def label_from_count(n_spots: int, preset: Preset | None = None) -> str:
@@ -210,6 +247,87 @@ def _parse_fractions(class_fractions, miss_breakdown) -> tuple[np.ndarray, tuple
     return probs, kinds
 
 
+def _window_groups(idx: np.ndarray, h: np.ndarray):
+    """Yield (h, spots) groups of equal window half-size, each at most :data:`_CHUNK_PIXELS` pixels.
+
+    Bounded chunks keep the scratch arrays of a frame with 10⁴–10⁵ spots small
+    (cache-sized, and the memory a Simulator keeps between frames bounded).
+    """
+    for hh in np.unique(h):
+        sel = idx[h == hh]
+        step = max(1, _CHUNK_PIXELS // (2 * int(hh) + 1) ** 2)
+        for k in range(0, len(sel), step):
+            yield int(hh), sel[k : k + step]
+
+
+def window_transmission(xs, ys, ix, iy, h: int, T_c, edge_d, beam_center, kap_args) -> np.ndarray:
+    """Kapton-belt transmission of spot windows, per pixel only where it matters.
+
+    A spot takes the transmission at its centroid, except when the shadow's
+    edge (where T jumps) is within ``h + 2`` px or T at the window's ends along
+    the edge normal differs from the centroid value by more than 2 %; then it
+    is evaluated at every window pixel.  Where it is not, T is smooth over the
+    window, so the spot's transmitted flux is right to second order in the
+    window size (tests/test_simulate_speed_equivalence.py checks 1 %).
+
+    Parameters
+    ----------
+    xs, ys : (m,) float ndarray
+        Spot centroids, px.
+    ix, iy : (m, 2h+1) int ndarray
+        Window columns and rows (:func:`~diffscreen.simulate.detector.spot_windows`).
+    h : int
+    T_c : (m,) float ndarray
+        Transmission at the centroids.
+    edge_d : (m,) float ndarray
+        Distance of each centroid from the shadow's edge line, px.
+    beam_center : (float, float)
+    kap_args : tuple
+        ``(pixel_size_mm, distance_mm, normal, mu_t, max_att)`` for
+        :func:`~diffscreen.simulate.background.kapton_transmission`.
+
+    Returns
+    -------
+    T : (m, 1, 1) or (m, 2h+1, 2h+1) float32 ndarray
+    """
+    cx, cy = beam_center
+    nx, ny = float(kap_args[2][0]), float(kap_args[2][1])
+    Tk = np.asarray(T_c, np.float32)[:, None, None]
+    near = np.asarray(edge_d) <= h + 2
+    nrm = np.hypot(nx, ny)
+    ex, ey = (nx / nrm, ny / nrm) if nrm > 1e-12 else (1.0, 0.0)
+    for sgn in (-1.0, 1.0):  # T at the window's ends across the edge direction
+        Te = kapton_transmission(
+            (xs - cx + sgn * h * ex).astype(np.float32), (ys - cy + sgn * h * ey).astype(np.float32), *kap_args
+        )
+        near |= np.abs(Te - T_c) > 0.02 * T_c
+    if near.any():
+        Tk = np.broadcast_to(Tk, (len(xs), 2 * h + 1, 2 * h + 1)).copy()
+        Tk[near] = kapton_transmission(
+            (ix[near] - cx)[:, None, :].astype(np.float32), (iy[near] - cy)[:, :, None].astype(np.float32), *kap_args
+        )
+    return Tk
+
+
+def _asic_boxes(layout) -> list | None:
+    """Bounding boxes (row slice, column slice) of the ASICs when each box holds only its ASIC.
+
+    Then per-ASIC gain and common mode are applied box by box (one pass over the
+    frame, no gather); None when the layout has no ASICs or the boxes overlap.
+    """
+    if layout.asic_id is None or layout.n_asics == 0:
+        return None
+    from scipy import ndimage as ndi
+
+    boxes = ndi.find_objects(layout.asic_id.astype(np.int32) + 1, max_label=layout.n_asics)
+    if len(boxes) != layout.n_asics or any(b is None for b in boxes):
+        return None
+    for k, b in enumerate(boxes):
+        if not np.all(layout.asic_id[b] == k):
+            return None
+    return boxes
+
+
 def _u(rng, lohi):
     lo, hi = lohi
     return float(lo + (hi - lo) * rng.random())
@@ -253,6 +371,11 @@ class Simulator:
     ideas of nanoBragg (Holton) and Kirian et al. (2010) without their code.
     See the module docstrings of :mod:`diffscreen.simulate` for the models.
 
+    A Simulator keeps a few frame-sized scratch arrays (at most about
+    8 × H × W × 4 bytes, ~120 MB at 1920 × 1920) and reuses them for every frame, so its
+    memory does not grow with the number of frames; it must not be shared
+    between threads (use one per process, as :func:`simulate_run` does).
+
     Examples
     --------
     >>> sim = Simulator("cspad", seed=1)
@@ -271,6 +394,10 @@ class Simulator:
         self._pixel_gain, self._dead = pixel_maps(self.preset)
         H, W = self.preset.shape
         self._inactive = np.flatnonzero(~self.layout.active.reshape(-1))
+        self._work: dict = {}  # scratch frame-sized arrays reused between frames (not thread-safe)
+        self._asic_boxes = _asic_boxes(self.layout)
+        self._block_box_cache: dict = {}
+        self._fft_geom = None  # (shape, padded H, padded W, k², |k|) of the FFT spot renderer
         self.source = f"simulated:{self.preset.name}:seed={self.seed}"
 
     # ------------------------------------------------------------------ draws
@@ -409,7 +536,7 @@ class Simulator:
                 return water_profile(s, water) + air_profile(s, air, air_s)
 
             kap = (c["kapton_normal"], c["kapton_mu_t"], c["kapton_max_att"]) if c["kapton"] else None
-            lam = diffuse_background((H, W), (cx, cy), p, D, lam_A, profile, kapton=kap)
+            lam = diffuse_background((H, W), (cx, cy), p, D, lam_A, profile, kapton=kap, out=_work(self._work, "lam", (H, W)))
             if kind in ("hit", "maybe", "weak"):
                 spots = self._spots(c, rng, lam, trusted)
             if c["jet"]:
@@ -612,40 +739,86 @@ class Simulator:
         ext = np.maximum(2.5 * np.maximum(sgr, sgt), 1.4 * np.sqrt(S["sr"] ** 2 + psf.g**2) * (psf.w < 1))
         hf = np.clip(np.ceil(ext) + 1, 2, 12).astype(int)
 
+        # kapton shadow of each spot: the transmission at its centroid, evaluated per pixel only
+        # for spots within reach of the shadow's edge (where T jumps) or where T changes by more
+        # than 2 % across the window; elsewhere it is smooth over the window and the centroid
+        # value gives the spot's transmitted flux to second order in the window size
+        if kap:
+            kap_args = (p, D, c["kapton_normal"], c["kapton_mu_t"], c["kapton_max_att"])
+            T_c = kapton_transmission(
+                (S["x"] - cx).astype(np.float32), (S["y"] - cy).astype(np.float32), *kap_args
+            ).astype(np.float64)
+            nx, ny, nz = c["kapton_normal"]
+            # distance (px) of each spot from the edge line nx·X + ny·Y + nz·D = 0 on the detector
+            edge_d = np.abs(nx * (S["x"] - cx) * p + ny * (S["y"] - cy) * p + nz * D) / (
+                p * max(np.hypot(nx, ny), 1e-12)
+            )
+        else:
+            T_c = np.ones(n)
+            edge_d = np.full(n, np.inf)
+
+        def transmission(sel, ix, iy, h):
+            return window_transmission(S["x"][sel], S["y"][sel], ix, iy, h, T_c[sel], edge_d[sel], (cx, cy), kap_args)
+
+        flat_trusted = trusted.reshape(-1)
+        flat_active = active.reshape(-1)
+        flat_bg = bg.reshape(-1)
+
+        work = self._work
+
         def exact(idx):
             idx = idx[~done[idx]]
-            for h in np.unique(hf[idx]):
-                sel = idx[hf[idx] == h]
+            for h, sel in _window_groups(idx, hf[idx]):
+                m, wd = len(sel), 2 * int(h) + 1
                 ix, iy, prof = spot_windows(
-                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h)
+                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h),
+                    work,
                 )
                 inx = (ix >= 0) & (ix < W)
                 iny = (iy >= 0) & (iy < H)
-                ixw = np.clip(ix, 0, W - 1)[:, None, :]
-                iyw = np.clip(iy, 0, H - 1)[:, :, None]
-                fp = prof >= _FOOTPRINT_LEVEL * prof.max(axis=(1, 2), keepdims=True)
-                inb = iny[:, :, None] & inx[:, None, :] & fp
-                tr = trusted[iyw, ixw] & inb
-                act = active[iyw, ixw] & inb
-                bgw = bg[iyw, ixw]
-                prof_t = prof
+                shape3 = (m, wd, wd)
+                flat = _scratch(work, "ex_flat", m * wd * wd, np.intp).reshape(shape3)
+                np.add((np.clip(iy, 0, H - 1) * W)[:, :, None], np.clip(ix, 0, W - 1)[:, None, :], out=flat)
+                fp = _scratch(work, "ex_fp", m * wd * wd, bool).reshape(shape3)
+                np.greater_equal(prof, _FOOTPRINT_LEVEL * prof.max(axis=(1, 2), keepdims=True), out=fp)
+                inb = fp
+                if not (inx.all() and iny.all()):
+                    inb = fp & iny[:, :, None] & inx[:, None, :]
+                tr = _scratch(work, "ex_tr", m * wd * wd, bool).reshape(shape3)
+                flat_trusted.take(flat, out=tr, mode="clip")
+                tr &= inb
+                act = _scratch(work, "ex_act", m * wd * wd, bool).reshape(shape3)
+                flat_active.take(flat, out=act, mode="clip")
+                act &= inb
+                bgw = _scratch(work, "ex_bgw", m * wd * wd).reshape(shape3)
+                flat_bg.take(flat, out=bgw, mode="clip")
+                tmp = _scratch(work, "ex_tmp", m * wd * wd).reshape(shape3)
+
+                def msum(a, mask):
+                    np.multiply(a, mask, out=tmp)
+                    return tmp.sum(axis=(1, 2), dtype=np.float64)
+
+                p_tr = msum(prof, tr)
+                p_act = msum(prof, act)
+                frac = p_tr / np.maximum(msum(prof, fp), 1e-30)
                 if kap:
-                    Tk = kapton_transmission(
-                        (ix - cx)[:, None, :].astype(np.float32),
-                        (iy - cy)[:, :, None].astype(np.float32),
-                        p,
-                        D,
-                        c["kapton_normal"],
-                        c["kapton_mu_t"],
-                        c["kapton_max_att"],
-                    )
-                    prof_t = prof * Tk
-                frac = (prof * tr).sum(axis=(1, 2)) / np.maximum((prof * fp).sum(axis=(1, 2)), 1e-30)
-                u[sel] = np.where(frac >= 0.5, (prof_t * tr).sum(axis=(1, 2)), 0.0) * S["inten"][sel]
-                C[sel] = (bgw * tr).sum(axis=(1, 2)) + tr.sum(axis=(1, 2)) * sig_read_ph2
-                bgmean[sel] = bgw.mean(axis=(1, 2))
-                u_act[sel] = (prof_t * act).sum(axis=(1, 2)) * S["inten"][sel]
-                C_act[sel] = (bgw * act).sum(axis=(1, 2)) + act.sum(axis=(1, 2)) * sig_read_ph2
+                    Tk = transmission(sel, ix, iy, int(h))
+                    if Tk.shape[1] == 1:  # centroid transmission for every spot of the group
+                        pt_tr = p_tr * Tk[:, 0, 0]
+                        pt_act = p_act * Tk[:, 0, 0]
+                    else:
+                        prof_t = prof * Tk
+                        pt_tr = (prof_t * tr).sum(axis=(1, 2), dtype=np.float64)
+                        pt_act = (prof_t * act).sum(axis=(1, 2), dtype=np.float64)
+                else:
+                    pt_tr, pt_act = p_tr, p_act
+                n_tr = np.count_nonzero(tr, axis=(1, 2))
+                n_act = np.count_nonzero(act, axis=(1, 2))
+                u[sel] = np.where(frac >= 0.5, pt_tr, 0.0) * S["inten"][sel]
+                C[sel] = msum(bgw, tr) + n_tr * sig_read_ph2
+                bgmean[sel] = bgw.mean(axis=(1, 2), dtype=np.float64)
+                u_act[sel] = pt_act * S["inten"][sel]
+                C_act[sel] = msum(bgw, act) + n_act * sig_read_ph2
             done[idx] = True
 
         def thresholds(uu, CC, t):
@@ -690,23 +863,20 @@ class Simulator:
             h_tail = ((1 - psf.w) * pk * psf.g / (2 * np.pi * tau)) ** (1 / 3) if psf.w < 1 else 0 * pk
             hneed = np.maximum(h_core, h_tail)
             hq = _WINDOWS[np.minimum(np.searchsorted(_WINDOWS, hneed), len(_WINDOWS) - 1)]
-            for h in np.unique(hq):
-                sel = idx[hq == h]
+            if psf.w < 1 and float(((2 * hq + 1.0) ** 2).sum()) > _FFT_RENDER_PIXELS:
+                self._render_fft(bg, S, idx, photons, psf, transmission if kap else None)
+                hq = hq[:0]
+                idx = idx[:0]
+            for h, sel in _window_groups(idx, hq):
                 ix, iy, prof = spot_windows(
-                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h)
+                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h),
+                    work,
                 )
-                prof *= photons[sel].astype(np.float32)[:, None, None]
+                scale = photons[sel].astype(np.float32)[:, None, None]
                 if kap:
-                    prof *= kapton_transmission(
-                        (ix - cx)[:, None, :].astype(np.float32),
-                        (iy - cy)[:, :, None].astype(np.float32),
-                        p,
-                        D,
-                        c["kapton_normal"],
-                        c["kapton_mu_t"],
-                        c["kapton_max_att"],
-                    )
-                render_windows(bg, ix, iy, prof)
+                    scale = scale * transmission(sel, ix, iy, int(h))
+                prof *= scale
+                render_windows(bg, ix, iy, prof, work)
         return dict(
             x=S["x"],
             y=S["y"],
@@ -718,6 +888,63 @@ class Simulator:
             partiality=S["partiality"],
             d_A=S["d_A"],
         )
+
+    def _render_fft(self, bg: np.ndarray, S: dict, idx: np.ndarray, photons: np.ndarray, psf: PSF, transmission):
+        """Render many spots at once: intrinsic spots, then one FFT convolution with the PSF.
+
+        Used when the per-spot windows would cover more pixels than
+        :data:`_FFT_RENDER_PIXELS` (photosystem II hits with 10⁴–10⁵ spots).  Each
+        spot's intrinsic profile (radial / tangential Gaussian, σ² = σ_r,t² + 1/12)
+        is deposited in a small window, and the sum is convolved with the PSF
+        through its exact transfer function ``w·exp(-2π²σ²k²) + (1-w)·exp(-2πg|k|)``
+        (the Fourier transform of the Gaussian core plus the
+        ``g / (2π (r² + g²)^{3/2})`` tail).  The core is then the same Gaussian as
+        in the window renderer (widths add in quadrature); the tail is the exact
+        convolution instead of the quadrature approximation, and it is not cut
+        off: every photon of the spot lands on the frame (or off its edge), where
+        the windows drop the part of the tail below 0.3·√background.  The frame
+        is zero-padded by :data:`_FFT_PAD` px so the periodic convolution does not
+        wrap bright tails across the frame.
+        """
+        from scipy import fft as sfft
+
+        H, W = bg.shape
+        key = (H, W)
+        if self._fft_geom is None or self._fft_geom[0] != key:
+            Hp = sfft.next_fast_len(H + _FFT_PAD, real=True)
+            Wp = sfft.next_fast_len(W + _FFT_PAD, real=True)
+            ky = sfft.fftfreq(Hp).astype(np.float32)
+            kx = sfft.rfftfreq(Wp).astype(np.float32)
+            k2 = ky[:, None] ** 2 + (kx**2)[None, :]
+            self._fft_geom = (key, Hp, Wp, k2, np.sqrt(k2))
+        _, Hp, Wp, k2, kabs = self._fft_geom
+        img = _work(self._work, "fft_img", (Hp, Wp))
+        img.fill(0.0)
+        point = PSF(0.0, 1.0, 1.0)  # pure Gaussian: the intrinsic spot with the pixel's 1/12 px²
+        sgr_i = np.sqrt(S["sr"][idx] ** 2 + 1 / 12)
+        sgt_i = np.sqrt(S["st"][idx] ** 2 + 1 / 12)
+        hi = np.clip(np.ceil(3.5 * np.maximum(sgr_i, sgt_i)), 2, 48).astype(int)
+        for h, sel in _window_groups(idx, hi):
+            ix, iy, prof = spot_windows(
+                S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], point, h, self._work
+            )
+            scale = photons[sel].astype(np.float32)[:, None, None]
+            if transmission is not None:
+                scale = scale * transmission(sel, ix, iy, h)
+            prof *= scale
+            render_windows(img, ix, iy, prof, self._work)  # (spill into the padding is off the detector)
+        spec = sfft.rfft2(img, workers=1)
+        tf = _work(self._work, "fft_tf", k2.shape)
+        np.multiply(k2, np.float32(-2 * np.pi**2 * psf.sigma**2), out=tf)
+        np.exp(tf, out=tf)
+        tf *= np.float32(psf.w)
+        tail = np.multiply(kabs, np.float32(-2 * np.pi * psf.g))
+        np.exp(tail, out=tail)
+        tail *= np.float32(1 - psf.w)
+        tf += tail
+        spec *= tf
+        out = sfft.irfft2(spec, s=(Hp, Wp), workers=1)
+        bg += out[:H, :W]
 
     def _needed_count(self, c: dict) -> int:
         """How many of the smallest detection thresholds the frame's kind needs (and its target count)."""
@@ -757,33 +984,204 @@ class Simulator:
         return float(np.exp(np.log(lo_a) + us * (np.log(hi_a) - np.log(lo_a))) * (1 + 1e-9))
 
     # ------------------------------------------------------------------ noise
+    def _block_boxes(self, r0: int, r1: int) -> list:
+        """(k, rows relative to r0, columns) of the ASIC boxes that meet rows r0..r1-1 (cached)."""
+        key = (r0, r1)
+        got = self._block_box_cache.get(key)
+        if got is None:
+            got = []
+            for k, (ys, xs) in enumerate(self._asic_boxes or []):
+                a, b = max(ys.start, r0), min(ys.stop, r1)
+                if b > a:
+                    got.append((k, slice(a - r0, b - r0), xs))
+            self._block_box_cache[key] = got
+        return got
+
     def _digitise(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
-        """Expected photons → int32 ADU with photon noise, gain, offset, read noise, saturation, mask."""
+        """Expected photons → int32 ADU with photon noise, gain, offset, read noise, saturation, mask.
+
+        Works through the frame in blocks of :data:`_BLOCK_ROWS` rows so that the
+        dozen element-wise steps run on cache-resident data; the uniform random
+        bits are drawn for the whole frame first, so the result does not depend
+        on the block size; they are those of :meth:`_digitise_full`, the same on
+        the whole frame at once (the reference for the tests), so the noise of a
+        (seed, index) frame is the one earlier versions drew.
+        """
+        P = self.preset
+        H, W = P.shape
+        n = H * W
+        work = self._work
+        g = np.float32(c["adu_per_photon"])
+        offset = float(c["dark_offset"])
+        sig_r = float(c["read_noise"])
+        lo = None if P.allow_negative else 0
+        boxes = self._asic_boxes
+        asic = self.layout.asic_id
+        cm = P.common_mode_adu > 0 and asic is not None
+        # ---- random draws for the whole frame (same stream whatever the block size)
+        blur = False
+        u_p = u_w = z_hi = None
+        k_blur = 0.0
+        if lam is not None and P.noise_blur:
+            # the [1,2,1]⊗[1,2,1]-blurred unit normals have std 6; scale the table so that the
+            # blurred field times √λ has variance gain · g · λ (ADU²)
+            k_blur = np.sqrt(c["gain"] * c["adu_per_photon"]) / 6
+            tab = _work(work, "ntab", (65536,))
+            np.multiply(normal_table(), np.float32(k_blur), out=tab)
+            z = _work(work, "z", (H + 2, W + 2))  # raw normals (× k_blur), as correlated_normal draws them
+            tab.take(random_u16(rng, (H + 2) * (W + 2)), out=z.reshape(-1), mode="clip")
+            blur = True
+            h2 = (H + 2) // 2  # white read noise: raw row (i + h2) mod (H + 2), as correlated_normal
+        elif lam is not None:
+            u_p = random_u16(rng, 2 * n)
+            # Gaussian draws of the λ > 60 pixels before the read noise (the whole-frame order)
+            hi_all = np.flatnonzero(lam.reshape(-1) > POISSON_GAUSS_ABOVE)
+            z_hi = normal_table().take(random_u16(rng, hi_all.size)) if hi_all.size else None
+        if sig_r > 0 and not blur:
+            u_w = random_u16(rng, n)
+        lamf = None if lam is None else lam.reshape(-1)
+        B = _BLOCK_ROWS
+        o_buf = _scratch(work, "blk_o", B * W).reshape(B, W)
+        t_buf = _scratch(work, "blk_t", B * W).reshape(B, W)
+        if blur:
+            a_buf = _scratch(work, "blk_a", (B + 1) * (W + 2)).reshape(B + 1, W + 2)
+            a2_buf = _scratch(work, "blk_a2", B * (W + 2)).reshape(B, W + 2)
+            bb_buf = _scratch(work, "blk_bb", B * (W + 1)).reshape(B, W + 1)
+        data = np.empty((H, W), np.int32)
+        # Ke §3.2 (LG36) mixed gain: pixels inside the 3.2 Å cone read in low gain (1/ratio), then
+        # scaled back by ratio: same photon scale, ratio × the dark noise and ADU step
+        mixed = None
+        if c["mixed_gain"]:
+            cx, cy = c["beam_center"]
+            rm = c["mixed_gain_r_px"]
+            y0, y1 = max(int(cy - rm), 0), min(int(cy + rm) + 2, H)
+            x0, x1 = max(int(cx - rm), 0), min(int(cx + rm) + 2, W)
+            if y1 > y0 and x1 > x0:
+                xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2
+                mixed = (y0, y1, x0, x1, xx, np.float32(rm * rm), np.float32(P.mixed_gain_ratio))
+        fast_round = lo == 0 and mixed is None
+        add_const = np.float32(offset + (0.5 if fast_round else 0.0))
+        ntab = normal_table()
+        for r0 in range(0, H, B):
+            r1 = min(r0 + B, H)
+            b = r1 - r0
+            o = o_buf[:b]
+            t = t_buf[:b]
+            f0, f1 = r0 * W, r1 * W
+            if lam is None:
+                o.fill(0.0)
+            elif blur:
+                zb = z[r0 : r1 + 2]
+                a = a_buf[: b + 1]
+                np.add(zb[:-1], zb[1:], out=a)
+                a2 = a2_buf[:b]
+                np.add(a[:-1], a[1:], out=a2)
+                bb = bb_buf[:b]
+                np.add(a2[:, :-1], a2[:, 1:], out=bb)
+                np.add(bb[:, :-1], bb[:, 1:], out=t)  # k · 6 · (unit correlated normal)
+                lb = lam[r0:r1]
+                np.maximum(lb, 0, out=o)
+                np.sqrt(o, out=o)
+                t *= o
+                np.multiply(lb, g, out=o)
+                o += t
+            else:
+                zh = None
+                if z_hi is not None:
+                    ha, hb = np.searchsorted(hi_all, (f0, f1))
+                    zh = z_hi[ha:hb]
+                poisson_block(lamf[f0:f1], u_p[f0:f1], u_p[n + f0 : n + f1], rng, o.reshape(-1), work, zh)
+                if boxes is not None:
+                    for k, rows, xs in self._block_boxes(r0, r1):
+                        o[rows, xs] *= np.float32(c["asic_gain"][k] * g)
+                elif asic is not None:
+                    o *= (c["asic_gain"] * g).take(asic[r0:r1])
+                else:
+                    o *= g
+            msub = None
+            if mixed is not None and r0 < mixed[1] and r1 > mixed[0]:
+                y0, y1, x0, x1, xx, rm2, ratio = mixed
+                ra, rb = max(y0, r0), min(y1, r1)
+                yy = (np.arange(ra, rb, dtype=np.float32) - np.float32(cy)) ** 2
+                inner = (yy[:, None] + xx[None, :]) < rm2
+                sub = o[ra - r0 : rb - r0, x0:x1]
+                msub = (sub, inner, sub.copy())  # photon ADU (high-gain scale)
+            if cm:
+                if boxes is not None:
+                    for k, rows, xs in self._block_boxes(r0, r1):
+                        o[rows, xs] += c["common_mode"][k]
+                else:
+                    o += c["common_mode"].take(asic[r0:r1])
+            if sig_r > 0:
+                if blur:
+                    i0 = (r0 + h2) % (H + 2)
+                    sr = np.float32(sig_r / k_blur)
+                    if i0 + b <= H + 2:
+                        np.multiply(z[i0 : i0 + b, :W], sr, out=t)
+                    else:
+                        m = H + 2 - i0
+                        np.multiply(z[i0:, :W], sr, out=t[:m])
+                        np.multiply(z[: b - m, :W], sr, out=t[m:])
+                else:
+                    ntab.take(u_w[f0:f1], out=t.reshape(-1), mode="clip")
+                    t *= np.float32(sig_r)
+                o += t
+            o += add_const
+            keep = None
+            if msub is not None:
+                sub, inner, sig = msub
+                dark = sub - sig - np.float32(offset)  # common mode + read noise
+                low = np.rint((sig + np.float32(offset)) / ratio + dark)
+                np.clip(low, lo, P.saturation_adu, out=low)
+                low *= ratio
+                sub[inner] = low[inner]
+                keep = low[inner]  # saturate at ratio × the ceiling
+            if not fast_round:
+                np.rint(o, out=o)
+            # fast_round: floor(x + 0.5) (== rint(x) but at exact .5 ties); float → int32
+            # truncation is the floor for the non-negative clipped values
+            np.clip(o, lo, P.saturation_adu, out=o)
+            if keep is not None:
+                sub[inner] = keep
+            np.copyto(data[r0:r1], o, casting="unsafe")
+        data.reshape(-1)[self._inactive] = 0
+        return data
+
+    def _digitise_full(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
+        """Whole-frame version of :meth:`_digitise`, with the CSPAD mixed-gain zone (Ke §3.2)."""
         P = self.preset
         H, W = P.shape
         g = np.float32(c["adu_per_photon"])
         asic = self.layout.asic_id
         rn = None
+        work = self._work
+        adu = _work(work, "adu", (H, W))
+        offset = np.float32(c["dark_offset"])
         if lam is None:
-            adu = np.full((H, W), np.float32(c["dark_offset"]))
+            adu.fill(offset)
         elif P.noise_blur:
-            z, rn = correlated_normal(rng, (H, W), with_white=True)
+            b6, z = correlated_normal_raw(rng, (H, W), work)
             # variance (ADU²) = gain × mean ADU = gain · g · λ  (gain = noise-equivalent gain)
-            sd = np.maximum(lam, 0, out=np.empty_like(lam))
-            sd *= np.float32(c["gain"]) * g
+            sd = _work(work, "sd", (H, W))
+            np.maximum(lam, 0, out=sd)
             np.sqrt(sd, out=sd)
-            z *= sd
-            adu = lam * g
-            adu += z
-            adu += np.float32(c["dark_offset"])
+            b6 *= sd
+            b6 *= np.float32(np.sqrt(c["gain"] * c["adu_per_photon"]) / 6)  # std of b6 is 6
+            np.multiply(lam, g, out=adu)
+            adu += b6
+            adu += offset
+            rn = white_rows(z, H, W)  # white read noise from the same draws (independent per pixel)
         else:
-            cnt = poisson_counts(lam, rng)
-            if asic is not None:
-                cnt *= c["asic_gain"].take(asic) * g
+            cnt = poisson_counts(lam, rng, work)
+            if self._asic_boxes is not None:
+                # per-ASIC gain on each ASIC's rectangle (pixels outside every ASIC are inactive → 0)
+                for k, box in enumerate(self._asic_boxes):
+                    cnt[box] *= np.float32(c["asic_gain"][k] * g)
+            elif asic is not None:
+                cnt *= (c["asic_gain"] * g).take(asic)
             else:
                 cnt *= g
-            adu = cnt
-            adu += np.float32(c["dark_offset"])
+            np.add(cnt, offset, out=adu)
         lo = None if P.allow_negative else 0
         mixed = None
         if c["mixed_gain"]:
@@ -800,11 +1198,18 @@ class Simulator:
                 inner = (yy[:, None] + xx[None, :]) < np.float32(r0 * r0)
                 mixed = (sub, inner, adu[sub] - np.float32(c["dark_offset"]))  # photon ADU (high-gain scale)
         if asic is not None and P.common_mode_adu > 0:
-            adu += c["common_mode"].take(asic)
-        if rn is None:
-            rn = white_normal(rng, (H, W))
-        rn *= np.float32(c["read_noise"])
-        adu += rn
+            if self._asic_boxes is not None:
+                for k, box in enumerate(self._asic_boxes):
+                    adu[box] += c["common_mode"][k]
+            else:
+                adu += c["common_mode"].take(asic)
+        if rn is None and c["read_noise"] > 0:  # (photon-counting detectors have none)
+            rn = [(slice(0, H), white_normal(rng, (H, W)))]
+        tmp = _work(work, "sd", (H, W))
+        for rows, w in rn or []:
+            t = tmp[rows]
+            np.multiply(w, np.float32(c["read_noise"]), out=t)
+            adu[rows] += t
         if mixed is not None:
             sub, inner, sig = mixed
             ratio = np.float32(P.mixed_gain_ratio)
@@ -814,14 +1219,20 @@ class Simulator:
             low *= ratio
             a = adu[sub]
             a[inner] = low[inner]
-        np.rint(adu, out=adu)
-        if mixed is None:
-            np.clip(adu, lo, P.saturation_adu, out=adu)
+        if mixed is None and lo == 0:
+            # round half up and clip in one: floor(x + 0.5) == rint(x) except at exact .5 ties,
+            # and float → int32 truncation is floor for the non-negative clipped values
+            adu += np.float32(0.5)
+            np.clip(adu, 0, P.saturation_adu, out=adu)
         else:
-            keep = adu[mixed[0]][mixed[1]]
-            np.clip(adu, lo, P.saturation_adu, out=adu)
-            a = adu[mixed[0]]
-            a[mixed[1]] = keep
+            np.rint(adu, out=adu)
+            if mixed is None:
+                np.clip(adu, lo, P.saturation_adu, out=adu)
+            else:
+                keep = adu[mixed[0]][mixed[1]]
+                np.clip(adu, lo, P.saturation_adu, out=adu)
+                a = adu[mixed[0]]
+                a[mixed[1]] = keep
         data = adu.astype(np.int32)
         data.reshape(-1)[self._inactive] = 0
         return data

@@ -151,8 +151,9 @@ def _fingerprint(samples) -> str:
 def _predict(model, loader) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     probs, ys = [], []
+    dev = next(model.parameters()).device
     for x, y in loader:
-        probs.append(torch.softmax(model(x), 1).numpy())
+        probs.append(torch.softmax(model(x.to(dev)), 1).cpu().numpy())
         ys.append(y.numpy())
     if not probs:
         return np.zeros((0, 3)), np.zeros(0, int)
@@ -183,6 +184,7 @@ def train_model(
     resume: bool = True,
     progress=None,
     log=print,
+    ddp="auto",
 ) -> TrainResult:
     """Train a screening CNN and write the best-validation model file.
 
@@ -207,6 +209,13 @@ def train_model(
         ``progress(epoch, batch, n_batches)`` after every batch.
     log : callable
         Receives one line of text per epoch.
+    ddp : "auto", DDPContext or None
+        Data-parallel training (:mod:`diffscreen.train.distributed`):
+        "auto" joins the processes torchrun started (``WORLD_SIZE`` > 1);
+        every rank then computes ``batch_size / world_size`` frames of each
+        class-balanced batch, gradients are averaged, and rank 0 alone
+        validates, logs and writes the checkpoint and model file
+        (``training.distributed`` in its metadata).  None: one process.
 
     Returns
     -------
@@ -215,8 +224,29 @@ def train_model(
     Raises
     ------
     ConfigError
-        Empty training set, or a checkpoint from a different run.
+        Empty training set, a checkpoint from a different run, or (DDP) a
+        batch size that is not a multiple of the number of processes.
     """
+    from diffscreen.train import distributed
+
+    ctx = distributed.from_env() if ddp == "auto" else ddp
+    try:
+        return _train_model(train, val, out_path, config=config, preprocess=preprocess, class_names=class_names,
+                            test=test, data_description=data_description, resume=resume, progress=progress, log=log,
+                            ctx=ctx)
+    finally:
+        if ctx is not None and ctx.owned:
+            ctx.close()
+
+
+def _train_model(train, val, out_path, *, config, preprocess, class_names, test, data_description, resume, progress,
+                 log, ctx) -> TrainResult:
+    from diffscreen.train import distributed
+
+    root = ctx is None or ctx.is_root
+    if not root:  # only rank 0 talks
+        progress, log = None, (lambda *a, **k: None)
+    device = ctx.device if ctx is not None else torch.device("cpu")
     cfg = config or TrainConfig()
     pcfg = preprocess or PreprocessConfig()
     if not train:
@@ -229,7 +259,8 @@ def train_model(
     if cfg.arch == "ke2018":
         arch_kwargs["first_kernel"] = cfg.first_kernel
     arch_kwargs.update(cfg.arch_kwargs)
-    model = get_model(cfg.arch, **arch_kwargs)
+    model = get_model(cfg.arch, **arch_kwargs).to(device)
+    net = model if ctx is None else ctx.wrap(model)  # DDP: gradients averaged over the ranks
     opt = make_optimizer(model, cfg)
     pre = Preprocessor(pcfg)
     fingerprint = _fingerprint(train) + _fingerprint(val)
@@ -237,7 +268,7 @@ def train_model(
 
     start_epoch, history, best = 1, [], {"score": -math.inf, "epoch": 0, "state": None}
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True)
+        ck = torch.load(ckpt_path, weights_only=True, map_location=device)
         if json.loads(ck["run_id"]) != run_id:
             raise ConfigError(
                 "a checkpoint from a different training run exists; remove it or pass --no-resume",
@@ -255,8 +286,12 @@ def train_model(
         labels, cfg.batches_per_epoch * cfg.batch_size, max_shift=pcfg.max_shift, seed=cfg.seed
     )
     loader_kw = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
-    train_loader = DataLoader(FrameDataset(train, pre), batch_size=cfg.batch_size, sampler=sampler, **loader_kw)
-    val_loader = DataLoader(FrameDataset(val, pre), batch_size=cfg.batch_size, **loader_kw) if val else None
+    local_batch = cfg.batch_size
+    if ctx is not None:  # rank r takes the r-th slice of every batch
+        sampler = distributed.ShardedBatchSampler(sampler, cfg.batch_size, ctx.rank, ctx.world_size)
+        local_batch = sampler.per_rank
+    train_loader = DataLoader(FrameDataset(train, pre), batch_size=local_batch, sampler=sampler, **loader_kw)
+    val_loader = DataLoader(FrameDataset(val, pre), batch_size=cfg.batch_size, **loader_kw) if val and root else None
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
@@ -267,8 +302,9 @@ def train_model(
         model.train()
         tot_loss, tot_ok, tot_n = 0.0, 0, 0
         for b, (x, y) in enumerate(train_loader):
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y)  # log-softmax + NLL (fv5080)
             loss.backward()
             opt.step()
@@ -277,6 +313,8 @@ def train_model(
             tot_n += len(y)
             if progress:
                 progress(epoch, b + 1, cfg.batches_per_epoch)
+        if ctx is not None:  # loss and accuracy over the whole batches of all ranks
+            tot_loss, tot_ok, tot_n = ctx.sum([tot_loss, tot_ok, tot_n])
         score = _score(model, val_loader, class_names)[0] if val_loader else float("nan")
         rec = {
             "epoch": epoch,
@@ -288,13 +326,15 @@ def train_model(
         }
         history.append(rec)
         improved = not val_loader or score > best["score"]
-        if improved:
+        if improved and root:  # (DDP: only rank 0 keeps the best state)
             best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
         log(
             f"epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  loss {rec['train_loss']:.4f}  "
             f"train acc {rec['train_accuracy']:.3f}  val bal. acc {score:.3f}{'  *' if improved else ''}  "
             f"({rec['seconds']:.0f} s)"
         )
+        if not root:
+            continue
         with temporary_path(ckpt_path) as tmp:
             torch.save(
                 {
@@ -310,8 +350,13 @@ def train_model(
                 tmp,
             )
 
+    if ctx is not None:
+        _ddp_check(ctx, model)
+        if not root:
+            ctx.barrier()  # rank 0 writes the model file meanwhile
+            return TrainResult(out_path, ctx.broadcast(None), history, None)
     model.load_state_dict(best["state"])
-    model.eval()
+    model.eval().cpu()
     metrics = {"best_epoch": best["epoch"], "val_balanced_accuracy": best["score"]}
     test_report = None
     if test:
@@ -335,12 +380,28 @@ def train_model(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "distributed": ctx.describe() if ctx is not None else {"world_size": 1},
         },
         seed=cfg.seed,
         metrics=metrics,
     )
     ckpt_path.unlink(missing_ok=True)
+    if ctx is not None:
+        ctx.barrier()
+        ctx.broadcast(best["epoch"])
     return TrainResult(out_path, best["epoch"], history, test_report)
+
+
+def _ddp_check(ctx, model) -> None:
+    """Debugging aid: with ``DIFFSCREEN_DDP_CHECKSUM_DIR`` set, each rank writes a checksum of its
+    parameters after the last epoch to ``rank<r>.sha256`` there (they must all be equal)."""
+    import os
+
+    from diffscreen.train.distributed import parameter_checksum
+
+    folder = os.environ.get("DIFFSCREEN_DDP_CHECKSUM_DIR")
+    if folder:
+        Path(folder, f"rank{ctx.rank}.sha256").write_text(parameter_checksum(model) + "\n")
 
 
 def dihedral_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,227 @@
+"""``diffscreen adapt``, ``diffscreen suggest-labels`` and ``train --init`` (Xie et al. 2022).
+
+Learning a new experiment with few or no labels: transfer learning (§2.3.1),
+the RWD 1-D CNN (§3.4.2), DANN (§2.3.3) and choosing which frames to label.
+Registered on the main app when :mod:`diffscreen.cli` imports this module;
+nothing heavy is imported at module level (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from diffscreen.cli import ModelType, _Bar, _expand, _progress, app, friendly
+
+_DANN = "DANN training"
+
+
+def check_model_type(model, expected: str) -> str:
+    """The architecture of a model file (default: the bundled one), refusing any other than ``expected``.
+
+    Raises
+    ------
+    ConfigError
+        The file holds another architecture.
+    ModelFileError
+        The file is missing or unreadable.
+    """
+    from diffscreen.errors import ConfigError
+    from diffscreen.models import default_model_path, read_model_metadata
+
+    path = model if model is not None else default_model_path()
+    arch = read_model_metadata(path).get("arch")
+    if arch != expected:
+        raise ConfigError(f"the model is a {arch!r} model, but --model-type {expected} was given", path=path)
+    return arch
+
+
+def train_transfer(inputs, out, labels, *, init, model_type, frozen_epochs, unfrozen_epochs, unfreeze,
+                   batches_per_epoch, batch_size, seed, split, fractions):
+    """``train --init MODEL``: two-stage transfer learning from a few labelled frames (Xie §2.3.1, Fig. 3)."""
+    from dataclasses import replace
+
+    from diffscreen.errors import ConfigError
+    from diffscreen.evaluate import evaluate_labels
+    from diffscreen.models import load_model, read_model_metadata
+    from diffscreen.models.decision import decide
+    from diffscreen.models.inference import Classifier
+    from diffscreen.preprocess import Preprocessor
+    from diffscreen.train import collect_samples, split_samples
+    from diffscreen.train.loop import dihedral_augment
+    from diffscreen.train.transfer import FROZEN_DEFAULT, UNFROZEN_DEFAULT, samples_to_arrays, transfer_on_arrays
+
+    if frozen_epochs < 1 or unfrozen_epochs < 0 or unfreeze < 0:
+        raise ConfigError("--frozen-epochs must be >= 1, --unfrozen-epochs and --unfreeze >= 0")
+    bundle = load_model(init)
+    if model_type is not None and bundle.arch != model_type.value:
+        raise ConfigError(f"the init model is a {bundle.arch!r} model, but --model-type {model_type.value} was given",
+                          path=init)
+    specs = _expand(inputs)
+    samples, info = collect_samples(specs, [str(x) for x in labels], class_names=bundle.class_names)
+    tr, va, te = split_samples(samples, tuple(fractions), mode=split, seed=seed)
+    if not tr:
+        raise ConfigError(f"no frame left for training after the split {tuple(fractions)} of {len(samples)} frames")
+    print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
+    pre = Preprocessor(bundle.preprocess)
+    rows = bundle.arch == "rwd1d"
+    with _progress() as p:
+        x, y = samples_to_arrays(tr, pre, rows=rows, progress=_Bar(p, "reading training frames"))
+        xv, yv = samples_to_arrays(va, pre, rows=rows, progress=_Bar(p, "reading validation frames")) if va \
+            else (None, None)
+        s1 = replace(FROZEN_DEFAULT, epochs=frozen_epochs, batches_per_epoch=batches_per_epoch,
+                     batch_size=batch_size, seed=seed)
+        s2 = replace(UNFROZEN_DEFAULT, epochs=max(1, unfrozen_epochs), batches_per_epoch=batches_per_epoch,
+                     batch_size=batch_size, seed=seed)
+        info["label_files"] = [str(v) for v in labels]
+        info["split"] = {"mode": split, "fractions": list(fractions)}
+        res = transfer_on_arrays(init, x, y, out, x_val=xv, y_val=yv, frozen=s1, unfrozen=s2,
+                                 unfreeze_blocks=unfreeze if unfrozen_epochs > 0 else 0,
+                                 augment=None if rows else dihedral_augment, data_description=info,
+                                 log=p.console.print)
+    stage = read_model_metadata(res.model_path)["metrics"]["best_stage"]
+    print(f"kept epoch {res.best_epoch} of the {stage} stage; model written to {res.model_path}")
+    if te:
+        clf = Classifier(res.model_path)
+        xt, yt = samples_to_arrays(te, pre, rows=rows)
+        _, pred = decide(clf.predict_batch(xt.astype("float32")), clf.class_names)
+        rep = evaluate_labels([clf.class_names[k] for k in yt], pred, clf.class_names)
+        print("test split:")
+        print(rep.to_markdown())
+
+
+@app.command()
+@friendly
+def adapt(
+    source: List[str] = typer.Option(..., "--source", "-s", help="Labelled frames of a known experiment (simulated .cxi runs, or files with --labels); repeat for more."),
+    target: List[str] = typer.Option(..., "--target", "-t", help="Unlabelled frames of the new experiment (any readable run); repeat for more."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.safetensors); the Fig. 10 plot goes beside it as OUT_dann.png."),
+    labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files for the source frames (CSV file,frame,label or expert_annotation.txt)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model (e.g. the source-only model); its architecture and preprocessing are kept."),
+    model_type: ModelType = typer.Option(ModelType.ke2018, "--model-type", help="Architecture when no --init is given."),
+    input_size: int = typer.Option(720, help="Network input side in pixels when no --init is given (Ke/Xie: 720)."),
+    epochs: int = typer.Option(20, help="Epochs.", rich_help_panel=_DANN),
+    batches_per_epoch: int = typer.Option(25, help="Steps per epoch; each sees a source and a target batch.", rich_help_panel=_DANN),
+    batch_size: int = typer.Option(32, help="Source frames (and as many target frames) per step.", rich_help_panel=_DANN),
+    lr_start: float = typer.Option(1e-3, help="Adam learning rate of the first epoch.", rich_help_panel=_DANN),
+    lr_end: float = typer.Option(1e-4, help="Learning rate of the last epoch; exponential in between.", rich_help_panel=_DANN),
+    lambda_max: float = typer.Option(1.0, help="Final weight of the reversed domain gradient (Ganin schedule).", rich_help_panel=_DANN),
+    val_fraction: float = typer.Option(0.0, help="Source fraction held out to pick the best epoch (0: keep the last epoch, Xie §4).", rich_help_panel=_DANN),
+    max_source: int = typer.Option(2000, help="At most this many labelled source frames (a seeded random subset)."),
+    max_target: int = typer.Option(2000, help="At most this many target frames (a seeded random subset)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, subsets and batches."),
+    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+):
+    """Adapt a classifier to a new experiment without its labels (DANN, Xie et al. 2022 §2.3.3).
+
+    Trains on labelled SOURCE frames and unlabelled TARGET frames together: a
+    domain classifier behind a gradient reversal layer pushes the network to
+    features the two experiments share, so that it classifies the target
+    frames as well.  Logs the label loss and the domain loss per epoch (Xie
+    Fig. 10: the first settles, the second oscillates), stores them in the
+    model file and plots them to OUT_dann.png.  The model file is a plain
+    classifier for `screen`.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from diffscreen.errors import ConfigError
+    from diffscreen.models import load_model
+    from diffscreen.preprocess import PreprocessConfig, Preprocessor
+    from diffscreen.train import Sample, collect_samples
+    from diffscreen.train.dann import DANN_DEFAULT, plot_dann_history, train_dann_on_arrays
+    from diffscreen.train.transfer import frame_items, samples_to_arrays
+
+    if not 0 <= val_fraction < 1:
+        raise ConfigError("--val-fraction must be in [0, 1)")
+    if min(max_source, max_target, epochs, batches_per_epoch, batch_size) < 1:
+        raise ConfigError("--max-source, --max-target, --epochs, --batches-per-epoch and --batch-size must be >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    if init is not None:
+        bundle = load_model(init)
+        pcfg, names, arch = bundle.preprocess, tuple(bundle.class_names), bundle.arch
+    else:
+        pcfg = PreprocessConfig(out_size=input_size, max_shift=min(120, input_size // 6))
+        names, arch = ("hit", "maybe", "miss"), model_type.value
+    src_specs, tgt_specs = _expand(source), _expand(target)
+    samples, info = collect_samples(src_specs, [str(x) for x in labels], class_names=names)
+    rng = np.random.default_rng(seed)
+    if len(samples) > max_source:
+        samples = [samples[k] for k in np.sort(rng.choice(len(samples), max_source, replace=False))]
+    items = frame_items(tgt_specs, max_frames=max_target, seed=seed + 1)
+    n_val = int(round(val_fraction * len(samples)))
+    order = rng.permutation(len(samples))
+    val = [samples[k] for k in np.sort(order[:n_val])]
+    trn = [samples[k] for k in np.sort(order[n_val:])]
+    if not trn:
+        raise ConfigError("no labelled source frame left for training; lower --val-fraction")
+    print(f"source: {len(trn)} labelled frames {info['counts']} (+{len(val)} validation); target: {len(items)} "
+          f"unlabelled frames; architecture {arch}")
+    pre = Preprocessor(pcfg)
+    rows = arch == "rwd1d"
+    cfg = replace(DANN_DEFAULT, arch=arch, epochs=epochs, batches_per_epoch=batches_per_epoch,
+                  batch_size=batch_size, lr_start=lr_start, lr_end=lr_end, seed=seed,
+                  threads=threads or torch.get_num_threads())
+    with _progress() as p:
+        xs, ys = samples_to_arrays(trn, pre, rows=rows, progress=_Bar(p, "reading source frames"))
+        xv, yv = samples_to_arrays(val, pre, rows=rows, progress=_Bar(p, "reading validation frames")) if val \
+            else (None, None)
+        xt, _ = samples_to_arrays([Sample(s, i, -1) for s, i in items], pre, rows=rows,
+                                  progress=_Bar(p, "reading target frames"))
+        desc = {"source": info, "target": {"inputs": tgt_specs, "n_frames": len(items)},
+                "label_files": [str(x) for x in labels], "val_fraction": val_fraction}
+        res = train_dann_on_arrays(xs, ys, xt, out, class_names=names, preprocess=pcfg, config=cfg, x_val=xv,
+                                   y_val=yv, init_path=init, lambda_max=lambda_max, data_description=desc,
+                                   log=p.console.print)
+    png = plot_dann_history(res.history, Path(out).with_name(Path(out).stem + "_dann.png"))
+    last = res.history[-1]
+    print(f"last epoch: label loss {last['label_loss']:.4f}, domain loss {last['domain_loss']:.4f}, "
+          f"domain accuracy {last['domain_accuracy']:.3f}")
+    print(f"model written to {res.model_path} (epoch {res.best_epoch}); loss plot {png}")
+
+
+@app.command("suggest-labels")
+@friendly
+def suggest_labels_cmd(
+    inputs: List[str] = typer.Argument(..., help="The run: frame files, folders or globs; HDF5 datasets as file.h5:/path."),
+    n: int = typer.Option(200, "--n", "-n", help="Frames to suggest."),
+    out: Path = typer.Option(Path("labels_todo.csv"), "--out", "-o", help="CSV to write (file,frame,label,p_*,reason)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file; default: bundled."),
+    uncertainty_weight: float = typer.Option(0.5, help="1: most uncertain frames only; 0: most diverse only."),
+    seed: int = typer.Option(0, help="Seed for breaking ties."),
+    batch_size: int = typer.Option(16, help="Frames per forward pass."),
+    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+):
+    """Pick the frames of a run most worth labelling, and write them as a CSV to fill in.
+
+    Runs the model over every frame and picks N frames it is unsure about
+    (entropy of its probabilities), spread over its feature space (k-centre
+    greedy), so that a few hundred labels teach it the most.  Write hit, maybe
+    or miss into the empty label column of every row (or delete the row), then
+    `diffscreen train RUN --init MODEL --labels OUT`.
+    """
+    import torch
+
+    from diffscreen.errors import ConfigError
+    from diffscreen.models.inference import Classifier
+    from diffscreen.screen.suggest import run_suggestions, write_suggestions
+
+    if n < 1:
+        raise ConfigError("--n must be >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    clf = Classifier(model)
+    specs = _expand(inputs)
+    with _progress() as p:
+        res = run_suggestions(specs, clf, n, batch_size=batch_size, seed=seed,
+                              uncertainty_weight=uncertainty_weight, progress=_Bar(p, "scoring frames"))
+    write_suggestions(res, out)
+    for f, i, e in res["errors"][:20]:
+        print(f"WARNING: skipped {f}" + ("" if i < 0 else f", frame {i}") + f": {e}")
+    print(f"{len(res['picks'])} of {res['n_frames']} frames suggested; fill in the label column of {out} "
+          f"(hit, maybe or miss), then: diffscreen train {' '.join(inputs)} --init MODEL --labels {out}")

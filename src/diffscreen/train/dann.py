@@ -1,0 +1,338 @@
+"""Domain-adversarial training (DANN; Xie et al. 2022, §2.3.3, Fig. 4, Table 5, Fig. 10).
+
+After Ganin & Lempitsky (2015) / Ganin et al. (2016, JMLR 17): one
+convolutional base, two heads.  The label classifier (the model's own
+``classifier``) sees only the labelled *source* frames; the domain
+classifier sees the features of source and unlabelled *target* frames
+through a gradient reversal layer (GRL), which is the identity going
+forward and multiplies the gradient by ``−λ`` going back.  The domain head
+learns to tell the experiments apart while the base learns to make them
+indistinguishable, so features common to both experiments carry the
+hit/miss decision (Xie Fig. 9).
+
+Loss per step: ``L = CE(label head, source labels) + BCE(domain head, both)``
+with ``λ_p = λ_max (2 / (1 + exp(−10 p)) − 1)``, ``p`` the fraction of
+training done (Ganin et al. 2016 §5.2.2).  The label loss and the domain
+loss are logged per epoch (Xie Fig. 10: the label loss settles on a
+plateau, the domain loss and accuracy oscillate).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffscreen.errors import ConfigError
+from diffscreen.train.loop import TrainConfig, TrainResult, learning_rate, make_optimizer
+from diffscreen.train.sampler import ClassBalancedSampler
+from diffscreen.train.transfer import balance_groups, check_arrays, validation_score
+
+__all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
+           "DANN_DEFAULT"]
+
+#: Default DANN settings: Adam 1e-3 → 1e-4, 20 epochs of 25 batches of 32 source + 32 target inputs.
+DANN_DEFAULT = TrainConfig(optimizer="adam", epochs=20, batches_per_epoch=25, batch_size=32,
+                           lr_start=1e-3, lr_end=1e-4, weight_decay=0.0)
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam):
+        ctx.lam = float(lam)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lam * grad, None
+
+
+class GradientReversal(nn.Module):
+    """Gradient reversal layer (Ganin & Lempitsky 2015; Xie §2.3.3 "GRL").
+
+    Forward: the identity.  Backward: the incoming gradient times ``−lambda_``.
+
+    Parameters
+    ----------
+    lambda_ : float
+        Scale of the reversed gradient (set per step by the training loop).
+    """
+
+    def __init__(self, lambda_: float = 1.0):
+        super().__init__()
+        self.lambda_ = float(lambda_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` unchanged (any shape); its gradient comes back reversed and scaled."""
+        return _ReverseGrad.apply(x, self.lambda_)
+
+    def extra_repr(self) -> str:
+        return f"lambda_={self.lambda_}"
+
+
+class DomainClassifier(nn.Module):
+    """Domain head: GRL → Linear(F, hidden) → ReLU → Dropout(0.5) → Linear(hidden, 1) (logit of "target").
+
+    Parameters
+    ----------
+    in_features : int
+        Feature length of the base (288 for KeCNN at 720, 128 for RWD1DCNN).
+    hidden : int
+    """
+
+    def __init__(self, in_features: int, hidden: int = 64):
+        super().__init__()
+        self.grl = GradientReversal(0.0)
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(N, F)`` → ``(N,)`` domain logits."""
+        return self.net(self.grl(feats)).squeeze(1)
+
+
+def ganin_lambda(p: float, lambda_max: float = 1.0) -> float:
+    """Ganin et al. (2016) schedule ``λ_max (2 / (1 + exp(−10 p)) − 1)`` for progress ``p`` in [0, 1]."""
+    return float(lambda_max * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0))
+
+
+def _num_features(model, x_one) -> int:
+    if hasattr(model, "num_features"):
+        return int(model.num_features)
+    model.eval()
+    with torch.no_grad():
+        return int(model.forward_features(torch.from_numpy(np.asarray(x_one, np.float32))).shape[1])
+
+
+def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names, preprocess, config=None,
+                         x_val=None, y_val=None, init_path=None, lambda_max: float = 1.0, augment=None,
+                         data_description=None, domain_hidden: int = 64, log=print) -> TrainResult:
+    """Train a classifier on a labelled source and an unlabelled target experiment (DANN, Xie §2.3.3).
+
+    Each step draws a balanced batch of ``config.batch_size`` source inputs
+    (:class:`~diffscreen.train.sampler.ClassBalancedSampler` over hit-or-maybe
+    against miss, :func:`~diffscreen.train.transfer.balance_groups`) and as
+    many random target inputs; both pass the base together
+    (``model.forward_features``), the source half goes to the label head
+    (cross entropy), all of it to the :class:`DomainClassifier` through the
+    GRL (binary cross entropy, source 0 / target 1).  λ follows
+    :func:`ganin_lambda` over all steps.
+
+    Parameters
+    ----------
+    x_source : (Ns, 1, S, S) float16/float32 ndarray
+        Preprocessed labelled frames (rwd1d also takes ``(N, 1, S)`` row vectors).
+    y_source : (Ns,) int ndarray
+        Class indices into ``class_names``.
+    x_target : (Nt, 1, S, S) ndarray
+        Preprocessed unlabelled frames of the new experiment, same recipe.
+    out_path : str or Path
+        Model file to write: the plain classifier (base + label head), same
+        architecture as ``config.arch`` (or the init model's), loadable by
+        :func:`~diffscreen.models.load_model` and usable by ``screen``.
+    class_names : sequence of str
+    preprocess : PreprocessConfig
+        Recipe that produced the inputs (stored in the model file).
+    config : TrainConfig, optional
+        ``arch``, ``arch_kwargs``, ``optimizer``, ``epochs``,
+        ``batches_per_epoch``, ``batch_size``, learning rates (exponential
+        decay), ``seed``, ``threads``.  Default :data:`DANN_DEFAULT`.
+    x_val, y_val : arrays, optional
+        Labelled validation inputs: the epoch with the best
+        :func:`~diffscreen.train.transfer.validation_score` (balanced
+        accuracy of the keep decision) is kept.  Without them the last epoch is kept (Xie §4: the
+        plateaus of Fig. 10 show that training has converged, no target
+        labels needed).
+    init_path : str or Path, optional
+        Start from this model file (e.g. the source-only model); its
+        architecture wins over ``config.arch`` and its class names must
+        equal ``class_names``.
+    lambda_max : float
+        Final GRL weight.
+    augment : callable, optional
+        ``augment(xb, rng) -> xb`` on source and target batches.
+    data_description : dict, optional
+        Stored in the model file.
+    domain_hidden : int
+        Hidden units of the domain head.
+    log : callable
+
+    Returns
+    -------
+    TrainResult
+        ``history`` per epoch: ``epoch``, ``lr``, ``lambda``, ``label_loss``,
+        ``domain_loss``, ``domain_accuracy``, ``train_accuracy``,
+        ``val_balanced_accuracy``, ``seconds``.
+
+    Raises
+    ------
+    ConfigError
+        Empty or malformed arrays, labels outside the classes, source and
+        target of different input shapes, an architecture without
+        ``forward_features`` / ``classifier``, or an init model with other classes.
+    ModelFileError
+        ``init_path`` unreadable.
+    """
+    from diffscreen.models import get_model, load_model, save_model
+
+    cfg = config or DANN_DEFAULT
+    names = tuple(class_names)
+    xs, ys = check_arrays(x_source, y_source, len(names), "x_source")
+    xt, _ = check_arrays(x_target, None, None, "x_target", labelled=False)
+    if xs.shape[1:] != xt.shape[1:]:
+        raise ConfigError(f"source inputs {xs.shape[1:]} and target inputs {xt.shape[1:]} differ in shape; "
+                          "preprocess both with the same recipe")
+    if x_val is not None:
+        x_val, y_val = check_arrays(x_val, y_val, len(names), "x_val")
+    torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
+    if init_path is not None:
+        init = load_model(init_path)
+        if tuple(init.class_names) != names:
+            raise ConfigError(f"the init model's classes {list(init.class_names)} differ from {list(names)}",
+                              path=init_path)
+        model, arch, arch_kwargs = init.model, init.arch, dict(init.arch_kwargs)
+    else:
+        arch = cfg.arch
+        arch_kwargs = {"num_classes": len(names), "input_size": int(xs.shape[-1]), **cfg.arch_kwargs}
+        if arch == "ke2018":
+            arch_kwargs.setdefault("first_kernel", cfg.first_kernel)
+        model = get_model(arch, **arch_kwargs)
+    if not hasattr(model, "forward_features") or not hasattr(model, "classifier"):
+        raise ConfigError(f"architecture {arch!r} has no forward_features / classifier; DANN needs both")
+    domain = DomainClassifier(_num_features(model, xs[:1]), domain_hidden)
+    opt = make_optimizer(nn.ModuleList([model, domain]), cfg)
+    sampler = ClassBalancedSampler(balance_groups(ys, names), cfg.batches_per_epoch * cfg.batch_size, max_shift=0,
+                                   seed=cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 11])
+    aug_rng = np.random.default_rng([cfg.seed, 7])
+    bs = cfg.batch_size
+    total = cfg.epochs * cfg.batches_per_epoch
+    history, best = [], {"score": -math.inf, "epoch": 0, "state": None}
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        lr = learning_rate(epoch, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        sampler.set_epoch(epoch)
+        items = sampler.draw()[:, 0]
+        model.train()
+        domain.train()
+        sums = {"label_loss": 0.0, "domain_loss": 0.0, "domain_ok": 0, "label_ok": 0}
+        for b in range(cfg.batches_per_epoch):
+            idx = items[b * bs : (b + 1) * bs]
+            tdx = rng.integers(0, len(xt), len(idx))
+            xa = np.concatenate([np.asarray(xs[idx], np.float32), np.asarray(xt[tdx], np.float32)])
+            if augment is not None:
+                xa = augment(xa, aug_rng)
+            lam = ganin_lambda(step / max(1, total - 1), lambda_max)
+            domain.grl.lambda_ = lam
+            feats = model.forward_features(torch.from_numpy(np.ascontiguousarray(xa)))
+            n = len(idx)
+            logits = model.classifier(feats[:n])
+            yb = torch.from_numpy(ys[idx])
+            dlog = domain(feats)
+            dt = torch.cat([torch.zeros(n), torch.ones(n)])
+            l_label = F.cross_entropy(logits, yb)
+            l_domain = F.binary_cross_entropy_with_logits(dlog, dt)
+            opt.zero_grad(set_to_none=True)
+            (l_label + l_domain).backward()
+            opt.step()
+            step += 1
+            sums["label_loss"] += float(l_label.detach()) * n
+            sums["domain_loss"] += float(l_domain.detach()) * 2 * n
+            sums["label_ok"] += int((logits.argmax(1) == yb).sum())
+            sums["domain_ok"] += int(((dlog > 0).float() == dt).sum())
+        n_src = cfg.batches_per_epoch * bs
+        score = validation_score(model, x_val, y_val, names)
+        rec = {"epoch": epoch, "lr": lr, "lambda": lam, "label_loss": sums["label_loss"] / n_src,
+               "domain_loss": sums["domain_loss"] / (2 * n_src), "domain_accuracy": sums["domain_ok"] / (2 * n_src),
+               "train_accuracy": sums["label_ok"] / n_src, "val_balanced_accuracy": score,
+               "seconds": time.time() - t0}
+        history.append(rec)
+        improved = math.isnan(score) or score >= best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        log(f"epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  lambda {lam:.2f}  label loss {rec['label_loss']:.4f}  "
+            f"domain loss {rec['domain_loss']:.4f}  domain acc {rec['domain_accuracy']:.3f}  "
+            f"val bal. acc {score:.3f}{'  *' if improved else ''}")
+    model.load_state_dict(best["state"])
+    model.eval()
+    save_model(
+        out_path, model, arch=arch,
+        arch_kwargs={k: (list(v) if isinstance(v, tuple) else v) for k, v in arch_kwargs.items()},
+        preprocess=preprocess, class_names=names,
+        training={
+            "method": "dann",
+            "source": "Xie et al. 2022 sec. 2.3.3, Fig. 4; Ganin et al. 2016",
+            "config": asdict(replace(cfg, arch=arch)),
+            "lambda_max": lambda_max,
+            "domain_hidden": domain_hidden,
+            "init_model": None if init_path is None else str(init_path),
+            "data": data_description or {},
+            "n_source": int(len(xs)),
+            "n_target": int(len(xt)),
+            "n_val": int(0 if x_val is None else len(x_val)),
+            "history": history,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        seed=cfg.seed,
+        metrics={"best_epoch": best["epoch"], "val_balanced_accuracy": best["score"],
+                 "final_label_loss": history[-1]["label_loss"], "final_domain_loss": history[-1]["domain_loss"],
+                 "final_domain_accuracy": history[-1]["domain_accuracy"]},
+    )
+    return TrainResult(Path(out_path), best["epoch"], history, None)
+
+
+def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 2022 Fig. 10)") -> Path:
+    """Plot label / domain loss and accuracy per epoch (Xie Fig. 10) to a PNG, atomically.
+
+    Parameters
+    ----------
+    history : list of dict
+        :func:`train_dann_on_arrays` history.
+    path : str or Path
+        PNG to write.
+
+    Returns
+    -------
+    Path
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from diffscreen.io._atomic import temporary_path
+
+    ep = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    a1, a2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    a1.plot(ep, [h["label_loss"] for h in history], "o-", label="label loss (source)")
+    a1.plot(ep, [h["domain_loss"] for h in history], "s-", label="domain loss")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.legend(fontsize=8)
+    a2.plot(ep, [h["train_accuracy"] for h in history], "o-", label="label accuracy (source)")
+    a2.plot(ep, [h["domain_accuracy"] for h in history], "s-", label="domain accuracy")
+    if any(np.isfinite(h.get("val_balanced_accuracy", np.nan)) for h in history):
+        a2.plot(ep, [h["val_balanced_accuracy"] for h in history], "^-", label="validation bal. accuracy")
+    a2.axhline(0.5, color="grey", lw=0.8, ls=":")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy")
+    a2.set_ylim(0, 1.02)
+    a2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with temporary_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

@@ -1,0 +1,478 @@
+"""Transfer learning from a trained model to a new experiment (Xie et al. 2022, §2.3.1, Fig. 3, Table 3).
+
+Fig. 3: the convolutional base of a well-trained CNN is joined to a randomly
+initialised classifier and trained on a few labelled frames of the new
+experiment in two stages:
+
+1. the base frozen, only the classifier learns;
+2. the top one or two convolutional blocks unfrozen, retrained with a lower
+   learning rate.
+
+Xie et al. fine-tune with 200 labelled frames (and validate on 200).  Here
+"frozen" means what Keras (the paper's framework) does: frozen weights get
+no gradient and the BatchNorm layers of frozen blocks run in inference mode,
+so their running statistics stay those of the source experiment.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffscreen.errors import ConfigError
+from diffscreen.train.loop import TrainConfig, TrainResult, learning_rate, make_optimizer
+from diffscreen.train.sampler import ClassBalancedSampler
+
+__all__ = ["freeze_base", "set_train_mode", "balanced_accuracy", "fit_arrays", "transfer_on_arrays",
+           "FROZEN_DEFAULT", "UNFROZEN_DEFAULT", "check_arrays", "samples_to_arrays", "frame_items",
+           "validation_score", "balance_groups"]
+
+#: Stage 1 (base frozen, only the new classifier learns): Adam, learning rate 1e-2 → 1e-3.
+FROZEN_DEFAULT = TrainConfig(optimizer="adam", epochs=10, batches_per_epoch=20, batch_size=32,
+                             lr_start=1e-2, lr_end=1e-3, weight_decay=0.0)
+#: Stage 2 (top blocks unfrozen): Adam, 1e-4 → 1e-5 (the pretrained blocks move little).
+UNFROZEN_DEFAULT = replace(FROZEN_DEFAULT, lr_start=1e-4, lr_end=1e-5)
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def freeze_base(model: nn.Module, unfreeze_blocks: int = 0) -> list[str]:
+    """Freeze a model except its classifier head and the top ``unfreeze_blocks`` blocks (Xie Fig. 3).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        With ``.features`` (a sequence of convolutional blocks, bottom first)
+        and ``.classifier`` (the head), as :class:`~diffscreen.models.KeCNN`
+        and :class:`~diffscreen.models.rwd1d.RWD1DCNN` have.  Every other
+        parameter (e.g. an input normalisation) counts as base and is frozen.
+    unfreeze_blocks : int
+        0: stage 1 (only the head trains); 1 or 2: stage 2 (Xie: "unfreeze
+        one or two top convolutional blocks").
+
+    Returns
+    -------
+    list of str
+        Names of the parameters left trainable (``requires_grad``).
+
+    Raises
+    ------
+    ConfigError
+        The model lacks ``features`` or ``classifier``, or ``unfreeze_blocks``
+        is negative or exceeds the number of blocks.
+
+    Notes
+    -----
+    Use :func:`set_train_mode` instead of ``model.train()`` while training,
+    so that BatchNorm layers of frozen blocks keep their running statistics.
+    """
+    if not hasattr(model, "features") or not hasattr(model, "classifier"):
+        raise ConfigError(f"{type(model).__name__} has no .features / .classifier; cannot freeze its base")
+    n = len(model.features)
+    if not 0 <= unfreeze_blocks <= n:
+        raise ConfigError(f"unfreeze_blocks must be in 0..{n} (the model has {n} blocks), got {unfreeze_blocks}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    train_mods = [model.classifier] + [model.features[i] for i in range(n - unfreeze_blocks, n)]
+    for m in train_mods:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def set_train_mode(model: nn.Module) -> nn.Module:
+    """``model.train()``, but BatchNorm layers whose parameters are all frozen stay in eval mode.
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BN):
+            ps = list(m.parameters())
+            if ps and not any(p.requires_grad for p in ps):
+                m.eval()
+    return model
+
+
+def balanced_accuracy(pred, true) -> float:
+    """Mean recall over the classes present in ``true`` (robust at low hit rates).
+
+    Parameters
+    ----------
+    pred, true : (N,) int arrays
+
+    Returns
+    -------
+    float
+        NaN for empty input.
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    if len(true) == 0:
+        return float("nan")
+    return float(np.mean([(pred[true == c] == c).mean() for c in np.unique(true)]))
+
+
+@torch.inference_mode()
+def _predict_probs(model, x, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        t = torch.from_numpy(np.asarray(x[i : i + batch_size], dtype=np.float32))
+        out.append(torch.softmax(model(t), dim=1).numpy())
+    return np.concatenate(out)
+
+
+def validation_score(model, x_val, y_val, class_names=None) -> float:
+    """Validation balanced accuracy used to pick the best epoch.
+
+    With a ``"miss"`` class it is the balanced accuracy of the keep decision
+    (hit or maybe against miss, ``P(hit) + P(maybe) > P(miss)``, Ke §2.1): the
+    binary task Xie et al. score (§3.1: "we merge Hit and Maybe").  Otherwise
+    the mean recall over the classes present.
+
+    Returns
+    -------
+    float
+        NaN without validation data.
+    """
+    if x_val is None or len(x_val) == 0:
+        return float("nan")
+    probs = _predict_probs(model, x_val)
+    y = np.asarray(y_val)
+    if class_names is not None and "miss" in class_names:
+        from diffscreen.models.decision import decide
+
+        keep, _ = decide(probs, class_names)
+        return balanced_accuracy(keep.astype(int), (y != list(class_names).index("miss")).astype(int))
+    return balanced_accuracy(probs.argmax(1), y)
+
+
+def balance_groups(y, class_names=None) -> np.ndarray:
+    """What the mini-batches are balanced over: the keep decision when there is a ``"miss"`` class.
+
+    Xie et al. merge hit and maybe into one class (§3.1).  With a few hundred
+    labels the maybe class is small (tens of frames), and balancing over the
+    three classes would draw it as often as all misses together, teaching the
+    model a 2:1 prior for keeping a frame (``P(hit) + P(maybe) > P(miss)``).
+    Balancing hit-or-maybe against miss (hit and maybe in their natural
+    ratio within the first half) keeps the decision unbiased.
+
+    Parameters
+    ----------
+    y : (N,) int array
+        Class indices.
+    class_names : sequence of str, optional
+
+    Returns
+    -------
+    (N,) int ndarray
+        ``y != miss`` as 0/1 with a ``"miss"`` class, else ``y``.
+    """
+    y = np.asarray(y)
+    if class_names is not None and "miss" in class_names:
+        return (y != list(class_names).index("miss")).astype(np.int64)
+    return y
+
+
+def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate preprocessed inputs (``(N, 1, S, S)`` frames or ``(N, 1, S)`` row vectors) and labels.
+
+    Raises
+    ------
+    ConfigError
+        Empty input, wrong rank, a length mismatch, labels outside ``0..n_classes-1``, or ``y``
+        missing while ``labelled``.
+    """
+    xa = np.asarray(x)
+    if y is None and labelled:
+        raise ConfigError(f"{what} is given without its labels")
+    if xa.ndim not in (3, 4) or len(xa) == 0:
+        raise ConfigError(f"{what} must be non-empty (N, 1, S, S) frames or (N, 1, S) row vectors, got {xa.shape}")
+    if y is None:
+        return xa, None
+    ya = np.asarray(y, dtype=np.int64)
+    if ya.shape != (len(xa),):
+        raise ConfigError(f"{what} has {len(xa)} inputs but {ya.shape} labels")
+    if n_classes is not None and (ya.min() < 0 or ya.max() >= n_classes):
+        raise ConfigError(f"labels must be class indices 0..{n_classes - 1}, got {ya.min()}..{ya.max()}")
+    return xa, ya
+
+
+def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, class_names=None, augment=None,
+               stage=None, log=print, seed_offset: int = 0) -> tuple[list, dict]:
+    """Train the trainable parameters of ``model`` on in-memory inputs with balanced batches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained in place (frozen parameters untouched, see :func:`freeze_base`).
+    x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
+    y : (N,) int ndarray
+    config : TrainConfig
+        ``optimizer``, ``epochs``, ``batches_per_epoch``, ``batch_size``,
+        learning rates (exponential decay, :func:`~diffscreen.train.loop.learning_rate`), ``seed``.
+    x_val, y_val : arrays, optional
+        Model selection by :func:`validation_score`; without them the last epoch is kept.
+    class_names : sequence of str, optional
+        With a ``"miss"`` class, mini-batches are balanced over, and epochs
+        scored on, the keep decision (:func:`balance_groups`, :func:`validation_score`);
+        otherwise over the classes.
+    augment : callable, optional
+        ``augment(xb, rng) -> xb`` on each mini-batch (e.g. :func:`~diffscreen.train.loop.dihedral_augment`).
+    stage : str, optional
+        Recorded in every history row.
+    log : callable
+    seed_offset : int
+        Added to ``config.seed`` for batch drawing (distinct stages draw distinct batches).
+
+    Returns
+    -------
+    history : list of dict
+        Per epoch ``epoch``, ``stage``, ``lr``, ``train_loss``, ``train_accuracy``, ``val_balanced_accuracy``, ``seconds``.
+    best : dict
+        ``score``, ``epoch``, ``state`` (a copy of the best state dict).
+    """
+    cfg = config
+    seed = cfg.seed + seed_offset
+    rng = np.random.default_rng([seed, 7])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters")
+    opt = make_optimizer(nn.ParameterList(params), cfg)
+    sampler = ClassBalancedSampler(balance_groups(y, class_names), cfg.batches_per_epoch * cfg.batch_size,
+                                   max_shift=0, seed=seed)
+    history, best = [], {"score": -math.inf, "epoch": 0, "state": None}
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        lr = learning_rate(epoch, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        sampler.set_epoch(epoch)
+        items = sampler.draw()[:, 0]
+        set_train_mode(model)
+        tot_loss, tot_ok, tot_n = 0.0, 0, 0
+        for b in range(cfg.batches_per_epoch):
+            idx = items[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            xa = np.asarray(x[idx], dtype=np.float32)
+            if augment is not None:
+                xa = augment(xa, rng)
+            xb, yb = torch.from_numpy(np.ascontiguousarray(xa)), torch.from_numpy(y[idx])
+            opt.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            loss.backward()
+            opt.step()
+            tot_loss += float(loss.detach()) * len(yb)
+            tot_ok += int((logits.argmax(1) == yb).sum())
+            tot_n += len(yb)
+        score = validation_score(model, x_val, y_val, class_names)
+        rec = {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": tot_loss / tot_n,
+               "train_accuracy": tot_ok / tot_n, "val_balanced_accuracy": score, "seconds": time.time() - t0}
+        history.append(rec)
+        improved = math.isnan(score) or score >= best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        log(f"{stage + ' ' if stage else ''}epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  loss {rec['train_loss']:.4f}  "
+            f"train acc {rec['train_accuracy']:.3f}  val bal. acc {score:.3f}{'  *' if improved else ''}")
+    return history, best
+
+
+def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_val=None, frozen=None,
+                       unfrozen=None, unfreeze_blocks: int = 2, augment=None, data_description=None,
+                       reset_head: bool = True, log=print) -> TrainResult:
+    """Fine-tune a trained model on a few labelled inputs of a new experiment (Xie §2.3.1, Fig. 3).
+
+    Stage 1 trains a (by default newly initialised) classifier on the frozen
+    convolutional base; stage 2 unfreezes the top ``unfreeze_blocks`` blocks
+    and trains on with a lower learning rate, starting from stage 1's best
+    epoch.  The best epoch of stage 2 is kept (by :func:`validation_score`:
+    balanced accuracy of the keep decision; the last epoch without
+    validation data).
+
+    Parameters
+    ----------
+    init_path : str or Path
+        Model file of the trained source model (any registered architecture
+        with ``.features`` and ``.classifier``: ke2018, rwd1d).  Its class
+        names, architecture and preprocessing recipe are kept.
+    x_train : (N, 1, S, S) float16/float32 ndarray
+        Inputs preprocessed with the init model's recipe (for rwd1d also
+        ``(N, 1, S)`` row vectors).  Not modified.
+    y_train : (N,) int ndarray
+        Class indices into the init model's class names.
+    out_path : str or Path
+        Model file to write.
+    x_val, y_val : arrays, optional
+        Validation inputs and labels (Xie: 200 frames).
+    frozen, unfrozen : TrainConfig, optional
+        Stage 1 and stage 2 settings (default :data:`FROZEN_DEFAULT`,
+        :data:`UNFROZEN_DEFAULT`).
+    unfreeze_blocks : int
+        Top blocks trained in stage 2 (Xie: one or two); 0 skips stage 2.
+    augment : callable, optional
+        Mini-batch augmentation, e.g. :func:`~diffscreen.train.loop.dihedral_augment`.
+    data_description : dict, optional
+        Stored in the model file.
+    reset_head : bool
+        Re-initialise the classifier (Fig. 3: "a randomly initialized
+        classifier"); False keeps the init model's head.
+    log : callable
+
+    Returns
+    -------
+    TrainResult
+        ``history`` rows carry ``stage`` ("frozen" or "unfrozen"); the
+        metadata records ``training.method = "transfer"``, the init model
+        (path, arch, training data) and both stage configs.
+
+    Raises
+    ------
+    ModelFileError
+        ``init_path`` missing or unreadable.
+    ConfigError
+        Bad arrays or labels, or an architecture without ``features`` / ``classifier``.
+    """
+    from diffscreen.models import get_model, load_model, save_model
+
+    init = load_model(init_path)
+    names = tuple(init.class_names)
+    xt, yt = check_arrays(x_train, y_train, len(names))
+    if x_val is not None:
+        x_val, y_val = check_arrays(x_val, y_val, len(names), "x_val")
+    s1 = frozen or FROZEN_DEFAULT
+    s2 = unfrozen or UNFROZEN_DEFAULT
+    torch.set_num_threads(max(1, s1.threads))
+    model = init.model
+    if reset_head:
+        torch.manual_seed(s1.seed)
+        fresh = get_model(init.arch, **init.arch_kwargs)
+        model.classifier.load_state_dict(fresh.classifier.state_dict())
+    freeze_base(model, 0)
+    log(f"stage 1: base frozen, training the classifier on {len(xt)} inputs")
+    h1, best = fit_arrays(model, xt, yt, s1, x_val=x_val, y_val=y_val, class_names=names, augment=augment,
+                          stage="frozen", log=log)
+    history, best_stage = list(h1), "frozen"
+    if unfreeze_blocks > 0:
+        model.load_state_dict(best["state"])
+        trainable = freeze_base(model, unfreeze_blocks)
+        log(f"stage 2: top {unfreeze_blocks} block(s) unfrozen ({len(trainable)} parameter tensors trainable)")
+        h2, best = fit_arrays(model, xt, yt, s2, x_val=x_val, y_val=y_val, class_names=names, augment=augment,
+                              stage="unfrozen", log=log, seed_offset=1000)
+        history += h2
+        best_stage = "unfrozen"
+    model.load_state_dict(best["state"])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    init_train = init.meta.get("training", {})
+    save_model(
+        out_path, model, arch=init.arch, arch_kwargs=init.arch_kwargs, preprocess=init.preprocess,
+        class_names=names,
+        training={
+            "method": "transfer",
+            "source": "Xie et al. 2022 sec. 2.3.1, Fig. 3",
+            "init_model": {"path": str(init_path), "arch": init.arch, "data": init_train.get("data", {}),
+                           "seed": init.meta.get("seed")},
+            "stages": {"frozen": asdict(s1), "unfrozen": asdict(s2) if unfreeze_blocks else None,
+                       "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head},
+            "data": data_description or {},
+            "n_train": int(len(xt)),
+            "n_val": int(0 if x_val is None else len(x_val)),
+            "history": history,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        seed=s1.seed,
+        metrics={"best_stage": best_stage, "best_epoch": best["epoch"], "val_balanced_accuracy": best["score"]},
+    )
+    return TrainResult(Path(out_path), best["epoch"], history, None)
+
+
+# --------------------------------------------------------------------------- inputs for few-label training
+
+
+def samples_to_arrays(samples, preprocessor, *, rows: bool = False, batch_size: int = 16, progress=None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Read and preprocess labelled frames into memory for :func:`transfer_on_arrays` / DANN.
+
+    Parameters
+    ----------
+    samples : list of :class:`~diffscreen.train.data.Sample`
+    preprocessor : Preprocessor
+        The recipe of the model to be trained (centred crops, no shifts).
+    rows : bool
+        Keep only the row ranges ``(N, 1, S)`` (:func:`~diffscreen.preprocess.rwd.row_ranges`) instead
+        of the frames: ``S`` times less memory, for ``rwd1d`` models.
+    batch_size : int
+    progress : callable, optional
+        ``progress(total=N)`` once, then ``progress(advance=k)``.
+
+    Returns
+    -------
+    x : (N, 1, S, S) float16 or (N, 1, S) float32 ndarray
+    y : (N,) int64 ndarray
+
+    Raises
+    ------
+    FrameReadError, BadFrameError
+        A labelled frame cannot be read or is unusable (named by file and frame).
+    """
+    from diffscreen.io import check_frame, open_source
+    from diffscreen.preprocess.rwd import row_ranges
+
+    if progress:
+        progress(total=len(samples))
+    xs, open_ = [], {}
+    try:
+        for b in range(0, len(samples), batch_size):
+            chunk = samples[b : b + batch_size]
+            frames = []
+            for s in chunk:
+                if s.source not in open_:
+                    open_[s.source] = open_source(s.source)
+                frames.append(check_frame(open_[s.source].read(s.index)))
+            x = preprocessor(frames)
+            xs.append(row_ranges(x) if rows else x.astype(np.float16))
+            if progress:
+                progress(advance=len(chunk))
+    finally:
+        for src in open_.values():
+            src.close()
+    return np.concatenate(xs), np.array([s.label for s in samples], np.int64)
+
+
+def frame_items(specs, *, max_frames: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
+    """All ``(spec, frame)`` of some inputs, or a seeded random subset of ``max_frames`` in input order.
+
+    Raises
+    ------
+    ConfigError
+        The inputs hold no frames.
+    FrameReadError
+        An input cannot be opened.
+    """
+    from diffscreen.io import open_source
+
+    items = []
+    for spec in specs:
+        with open_source(spec) as src:
+            items.extend((spec, i) for i in range(len(src)))
+    if not items:
+        raise ConfigError(f"the inputs {', '.join(map(str, specs))} hold no frames")
+    if max_frames is not None and len(items) > max_frames:
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), max_frames, replace=False))
+        items = [items[k] for k in keep]
+    return items
