@@ -295,6 +295,8 @@ def attribute(model: nn.Module, x, method: str = "gradcam++", target=None, layer
     if method not in METHODS:
         raise ConfigError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
     x = _as_input(x)
+    # A CAM method needs a 2-D convolutional layer: refuse a model without one before running it.
+    lay = find_cam_layer(model, layer) if method in ("gradcam", "gradcam++", "guided-gradcam") else None
     with _prepared(model):
         tgt, _ = _targets(model, x, target)
         if method == "saliency":
@@ -302,7 +304,6 @@ def attribute(model: nn.Module, x, method: str = "gradcam++", target=None, layer
         elif method == "guided-backprop":
             out = _guided_backprop(model, x, tgt)
         else:
-            lay = find_cam_layer(model, layer)
             if method == "gradcam":
                 out = _gradcam(model, lay, x, tgt)
             elif method == "gradcam++":
