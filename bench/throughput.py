@@ -401,9 +401,9 @@ def markdown(r: dict) -> str:
           "* bitshuffle-LZ4: HDF5 decompresses the whole frame (one chunk per frame), which dominates. "
           "Decompressing only the LZ4 blocks of the window's rows needs the `bitshuffle` package (not "
           "installed; `hdf5plugin` has no Python API for it): not done.",
-          "* `screen` (the CLI) reads whole frames through `FrameReader` and `check_frame` (about 10 ms per "
-          "1920² frame), then uses the fast preprocessing and network; `predict_source` is the path "
-          "measured here.",
+          "* `screen` (the CLI) takes the same path for CXI/HDF5 runs (`CNNMethod.classify_source`): a "
+          "batch of one file is classified from the crop windows, and only kept frames are then read "
+          "whole for hits.cxi; other formats (CBF, ...) are read whole.",
           "* ONNX Runtime was not tried: the network is under a quarter of the per-frame time after "
           "BatchNorm folding and strided pooling, so a faster runtime could not move the end-to-end "
           "figure much.",
