@@ -137,6 +137,15 @@ def test_adapt_cli_writes_a_screenable_model_with_both_losses_and_the_plot(runs,
     assert all(np.isfinite(h["domain_loss"]) and h["domain_loss"] > 0 for h in t["history"])
     assert (tmp_path / "dann_dann.png").read_bytes()[:4] == b"\x89PNG"
     assert Classifier(b).predict_batch(np.zeros((2, 1, 128, 128), np.float32)).shape == (2, 3)
+    assert (t["config"]["lr_start"], t["config"]["lr_end"]) == (1e-3, 1e-4)  # from random weights
+    # from a trained model: its architecture and recipe, and ten times lower default rates
+    out2 = tmp_path / "dann2.safetensors"
+    assert main(["adapt", "--source", src, "--target", tgt, "--out", str(out2), "--init", str(out),
+                 "--epochs", "1", "--batches-per-epoch", "1", "--batch-size", "4"]) == 0
+    b2 = load_model(out2)
+    t2 = b2.meta["training"]
+    assert b2.arch == "rwd1d" and b2.preprocess == b.preprocess and t2["init_model"] == str(out)
+    assert (t2["config"]["lr_start"], t2["config"]["lr_end"]) == (1e-4, 1e-5)
 
 
 def test_adapt_cli_refuses_an_unlabelled_source_and_an_empty_target(runs, tmp_path, capsys):

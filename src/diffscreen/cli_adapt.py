@@ -105,8 +105,8 @@ def adapt(
     epochs: int = typer.Option(20, help="Epochs.", rich_help_panel=_DANN),
     batches_per_epoch: int = typer.Option(25, help="Steps per epoch; each sees a source and a target batch.", rich_help_panel=_DANN),
     batch_size: int = typer.Option(32, help="Source frames (and as many target frames) per step.", rich_help_panel=_DANN),
-    lr_start: float = typer.Option(1e-3, help="Adam learning rate of the first epoch.", rich_help_panel=_DANN),
-    lr_end: float = typer.Option(1e-4, help="Learning rate of the last epoch; exponential in between.", rich_help_panel=_DANN),
+    lr_start: Optional[float] = typer.Option(None, help="Adam learning rate of the first epoch [default: 1e-3; 1e-4 with --init].", rich_help_panel=_DANN, show_default=False),
+    lr_end: Optional[float] = typer.Option(None, help="Learning rate of the last epoch, exponential in between [default: 1e-4; 1e-5 with --init].", rich_help_panel=_DANN, show_default=False),
     lambda_max: float = typer.Option(1.0, help="Final weight of the reversed domain gradient (Ganin schedule).", rich_help_panel=_DANN),
     val_fraction: float = typer.Option(0.0, help="Source fraction held out to pick the best epoch (0: keep the last epoch, Xie §4).", rich_help_panel=_DANN),
     max_source: int = typer.Option(2000, help="At most this many labelled source frames (a seeded random subset)."),
@@ -133,7 +133,7 @@ def adapt(
     from diffscreen.models import load_model
     from diffscreen.preprocess import PreprocessConfig, Preprocessor
     from diffscreen.train import Sample, collect_samples
-    from diffscreen.train.dann import DANN_DEFAULT, plot_dann_history, train_dann_on_arrays
+    from diffscreen.train.dann import DANN_DEFAULT, DANN_FROM_MODEL, plot_dann_history, train_dann_on_arrays
     from diffscreen.train.transfer import frame_items, samples_to_arrays
 
     if not 0 <= val_fraction < 1:
@@ -164,8 +164,10 @@ def adapt(
           f"unlabelled frames; architecture {arch}")
     pre = Preprocessor(pcfg)
     rows = arch == "rwd1d"
-    cfg = replace(DANN_DEFAULT, arch=arch, epochs=epochs, batches_per_epoch=batches_per_epoch,
-                  batch_size=batch_size, lr_start=lr_start, lr_end=lr_end, seed=seed,
+    base = DANN_DEFAULT if init is None else DANN_FROM_MODEL
+    cfg = replace(base, arch=arch, epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size,
+                  lr_start=base.lr_start if lr_start is None else lr_start,
+                  lr_end=base.lr_end if lr_end is None else lr_end, seed=seed,
                   threads=threads or torch.get_num_threads())
     with _progress() as p:
         xs, ys = samples_to_arrays(trn, pre, rows=rows, progress=_Bar(p, "reading source frames"))

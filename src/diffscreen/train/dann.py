@@ -36,11 +36,18 @@ from diffscreen.train.sampler import ClassBalancedSampler
 from diffscreen.train.transfer import balance_groups, check_arrays, validation_score
 
 __all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
-           "DANN_DEFAULT"]
+           "DANN_DEFAULT", "DANN_FROM_MODEL"]
 
 #: Default DANN settings: Adam 1e-3 → 1e-4, 20 epochs of 25 batches of 32 source + 32 target inputs.
 DANN_DEFAULT = TrainConfig(optimizer="adam", epochs=20, batches_per_epoch=25, batch_size=32,
                            lr_start=1e-3, lr_end=1e-4, weight_decay=0.0)
+
+#: Default DANN settings when starting from a trained model (``init_path``, e.g. the source-only CNN):
+#: ten times lower rates (1e-4 → 1e-5), so that adaptation does not erase what the source training
+#: learnt.  In the quick xie2022 benchmark (LO19 → L498, three seeds) these kept more target
+#: hit-or-maybe frames than the source-only CNN at every seed; random initialisation, or the
+#: initialised model at 1e-3, collapsed or lost recall (docs/benchmarks/xie2022.md).
+DANN_FROM_MODEL = replace(DANN_DEFAULT, lr_start=1e-4, lr_end=1e-5)
 
 
 class _ReverseGrad(torch.autograd.Function):
