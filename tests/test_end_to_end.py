@@ -19,7 +19,7 @@ from diffscreen.simulate import simulate_run
 
 pytestmark = pytest.mark.ci_slow
 
-# Seeds no training run of the bundled model used (scripts/make_default_model.sh: 1001-1003).
+# Seeds no training run of the bundled model used (scripts/make_default_model.py: 4001-4011).
 FRESH = {"rayonix": 3101, "cspad": 3102}
 #: Lower bounds on the keep decision's balanced accuracy (hit-or-maybe vs miss) on
 #: 30 fresh frames; docs/default_model.md has the model's numbers on 200 frames.
