@@ -97,7 +97,7 @@ def test_findings_hold_on_paper_like_numbers_and_fail_otherwise():
     assert not f["dann_recall_beats_source_only_same_detector"]["holds"]
     assert not xie2022.check_findings(_results(scratch=(90.0, 90.0)))["rwd_beats_scratch"]["holds"]
     # the ablation: the DANN (balanced 80) against the same training with λ = 0
-    assert f["grl_beats_no_grl"]["holds"] and "DANN 80.0% vs λ = 0 75.0%" in f["grl_beats_no_grl"]["detail"]
+    assert f["grl_beats_no_grl"]["holds"] and "balanced DANN 80.0% vs λ = 0 75.0%" in f["grl_beats_no_grl"]["detail"]
     assert not xie2022.check_findings(_results(no_grl=(90.0, 80.0)))["grl_beats_no_grl"]["holds"]
 
 
