@@ -19,10 +19,12 @@ Rayonix frames of the LN84 preset, written as a CXI run):
 * ``--device cuda``: the network and preprocessing on the GPU from frames in
   memory (recorded as "not measured" where no GPU is present).
 
-Two configurations: ``default`` (the bundled model's recipe: 360 × 360 at
-Ke's reciprocal pixel, the central ±0.2 Å⁻¹) and ``ke-full`` (720 × 720, Ke's
-full field).  The networks are untrained ``ke2018`` models (speed does not
-depend on the weights).
+Three configurations (:data:`CONFIGS`): ``default`` (360 × 360 at Ke's
+reciprocal pixel, the central ±0.2 Å⁻¹; the one the issue-4 targets are
+checked on), ``ke-full`` (720 × 720, Ke's full field: the recipe of the
+bundled default model) and ``binned`` (360 × 360 over Ke's full field at
+twice the pixel: the recipe of the bundled ``fast`` model).  The networks
+are untrained ``ke2018`` models (speed does not depend on the weights).
 
 Single-core rates are frames per CPU-second of the process
 (``time.process_time``) with every thread pool at one thread, the best of a
@@ -66,7 +68,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "LN84"
-CONFIGS = {"default": 360, "ke-full": 720}
+#: name -> (input side, pixel in units of Ke's reciprocal pixel, column heading)
+CONFIGS = {"default": (360, 1.0, "central 360"), "ke-full": (720, 1.0, "bundled 720"),
+           "binned": (360, 2.0, "fast 360, 2× pixel")}  # fmt: skip
 #: issue 4 targets and the --quick margins
 TARGETS = {"min_fps": 120.0, "max_floor_ratio": 4.0, "min_pf8_ratio": 5.0, "min_2proc": 1.7, "max_dp": 1e-4}
 QUICK_MARGINS = {"min_fps": None, "max_floor_ratio": 5.0, "min_pf8_ratio": 4.0, "min_2proc": 1.5, "max_dp": 1e-4}
@@ -118,7 +122,7 @@ def make_data(work: Path, n_frames: int, n_distinct: int, seed: int = 4):
                 w.append(s.data, f.meta, mask=f.mask)
         runs[comp or "none"] = str(p)
     models = {}
-    for name, size in CONFIGS.items():
+    for name, (size, scale, _) in CONFIGS.items():
         torch.manual_seed(0)
         m = get_model("ke2018", input_size=size, num_classes=3)
         with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
@@ -126,9 +130,10 @@ def make_data(work: Path, n_frames: int, n_distinct: int, seed: int = 4):
                 if isinstance(mod, torch.nn.BatchNorm2d):
                     mod.running_mean.uniform_(-0.5, 0.5)
                     mod.running_var.uniform_(0.5, 2.0)
-        p = work / f"ke2018_{size}.safetensors"
+        p = work / f"ke2018_{name}.safetensors"
+        pre = PreprocessConfig(out_size=size, s_per_px=PreprocessConfig.s_per_px * scale)
         save_model(p, m, arch="ke2018", arch_kwargs={"input_size": size, "num_classes": 3},
-                   preprocess=PreprocessConfig(out_size=size), class_names=("hit", "maybe", "miss"))
+                   preprocess=pre, class_names=("hit", "maybe", "miss"))
         models[name] = str(p)
     raw = [np.ascontiguousarray(s.data) for s in sims]
     return raw, frames, runs, models
@@ -315,15 +320,23 @@ def _checks(r: dict, margins: dict) -> list[dict]:
     pf8 = r["peakfinder8"]["fast"]["fps"]
     out = []
 
-    def add(name, value, op, limit):
+    def add(name, value, op, limit, required=True):
         if limit is None:
             return
         ok = value >= limit if op == ">=" else value <= limit
-        out.append({"check": name, "value": float(value), "limit": f"{op} {limit}", "pass": bool(ok)})
+        out.append({"check": name, "value": float(value), "limit": f"{op} {limit}", "pass": bool(ok),
+                    "required": required})
 
     add("end-to-end frames/s, one core", e2e, ">=", margins["min_fps"])
     add("memory floor / end-to-end (frames/s ratio)", floor / e2e, "<=", margins["max_floor_ratio"])
     add("end-to-end / peakfinder8 fast", e2e / pf8, ">=", margins["min_pf8_ratio"])
+    for name in ("binned", "ke-full"):  # the bundled models' recipes: reported against the same targets
+        if name in r["configs"]:
+            e = r["configs"][name]["end_to_end_fast"]["none"]["fps"]
+            add(f"{name} (bundled {'fast' if name == 'binned' else 'default'}): end-to-end frames/s", e, ">=",
+                margins["min_fps"], False)
+            add(f"{name}: memory floor / end-to-end", floor / e, "<=", margins["max_floor_ratio"], False)
+            add(f"{name}: end-to-end / peakfinder8 fast", e / pf8, ">=", margins["min_pf8_ratio"], False)
     if "two_processes" in d:
         add("2 processes / 1 process", d["two_processes"]["fps_wall"] / d["one_process"]["fps_wall"], ">=",
             margins["min_2proc"])
@@ -333,6 +346,12 @@ def _checks(r: dict, margins: dict) -> list[dict]:
     return out
 
 
+def _head(first: str) -> str:
+    """Markdown table head: ``first`` then one column per configuration."""
+    return (f"| {first} | " + " | ".join(h for _, _, h in CONFIGS.values()) + " |\n"
+            + "|---|" + "---:|" * len(CONFIGS))
+
+
 def markdown(r: dict) -> str:
     L = ["# Screening throughput (issue 4)", "",
          f"Measured {r['when']} on {r['machine']} by `python bench/throughput.py{' --quick' if r['quick'] else ''}`"
@@ -340,12 +359,16 @@ def markdown(r: dict) -> str:
          f"{r['frame_shape'][1]} int32, written as a CXI run; load average at start {r['load_start']}, "
          f"at end {r['load_end']}).", "",
          "Single-core rates are frames per CPU-second of one process with one thread (best of "
-         f"{r['repeats']}); process rates are wall-clock.  Configurations: `default` = the bundled "
-         "model's recipe (360 × 360 input at Ke's reciprocal pixel, the central ±0.2 Å⁻¹: a "
-         f"{r['configs']['default']['window_side']} px window of the frame), `ke-full` = 720 × 720 "
-         f"({r['configs']['ke-full']['window_side']} px window).", "",
+         f"{r['repeats']}); process rates are wall-clock.  Configurations (untrained networks of the "
+         "same shapes: the rates do not depend on the weights): *central 360* = 360 × 360 input at Ke's "
+         "reciprocal pixel, the central ±0.2 Å⁻¹ (a "
+         f"{r['configs']['default']['window_side']} px window of the frame; `train --input-size 360`); "
+         "*bundled 720* = 720 × 720 at Ke's pixel, the recipe of the bundled model "
+         f"`ke2018_default` ({r['configs']['ke-full']['window_side']} px window); *fast 360, 2× pixel* "
+         "= 360 × 360 over the same field at twice the pixel, the recipe of the bundled `--model fast` "
+         + (f"({r['configs']['binned']['window_side']} px window)." if "binned" in r["configs"] else "."), "",
          "## End to end (read from HDF5, preprocess, classify, decide)", "",
-         "| | default (360) | ke-full (720) |", "|---|---:|---:|"]
+         _head("")]
     cfg = r["configs"]
 
     def row(label, get):
@@ -371,8 +394,7 @@ def markdown(r: dict) -> str:
     g = r["gpu"]
     L += ["", f"GPU ({r['device']}): " + (f"{g['fps_wall']:,.0f} frames/s end to end from frames in memory on "
           f"{g['device']} (target ≥ {GPU_TARGET_FPS:.0f})" if g.get("measured") else g["note"]) + ".", ""]
-    L += ["## Stages of the fast path, one core (frames/s; ms/frame)", "",
-          "| stage | default (360) | ke-full (720) |", "|---|---:|---:|"]
+    L += ["## Stages of the fast path, one core (frames/s; ms/frame)", "", _head("stage")]
     for st in cfg["default"]["stages"]:
         row(st, lambda c, st=st: f"{c['stages'][st]['fps']:,.0f} ({c['stages'][st]['ms']:.2f} ms)")
     L += ["", "## Peers and floor, one core", "", "| | frames/s | ms/frame |", "|---|---:|---:|",
@@ -381,10 +403,20 @@ def markdown(r: dict) -> str:
     for mode in ("normal", "fast"):
         p = r["peakfinder8"][mode]
         L.append(f"| peakfinder8 {mode} mode (frames in memory, read not counted) | {p['fps']:,.1f} | {p['ms']:.1f} |")
-    L += ["", "## Checks (issue 4 targets)", "", "| check | value | target | pass |", "|---|---:|---|---|"]
+    L += ["", "## Checks (issue 4 targets)", "",
+          "On the `default` (central 360) configuration; the rows marked *(reported)* hold the bundled models' "
+          "recipes to the same targets without requiring them.", "",
+          "| check | value | target | pass |", "|---|---:|---|---|"]
     for c in r["checks"]:
-        L.append(f"| {c['check']} | {c['value']:.4g} | {c['limit']} | {'yes' if c['pass'] else '**no**'} |")
+        tag = "" if c.get("required", True) else " *(reported)*"
+        L.append(f"| {c['check']}{tag} | {c['value']:.4g} | {c['limit']} | {'yes' if c['pass'] else '**no**'} |")
     L += ["", "## Notes", "",
+          "* What a user gets: `screen` with the bundled default model (the *bundled 720* column) is below "
+          "the LCLS-I rate on one core; `screen --model fast` (the *fast 360, 2× pixel* column, a few points "
+          "less accurate, docs/default_model.md) is above it; the *central 360* recipe, which meets every "
+          "target, is what `train --input-size 360` trains, but sees only the central ±0.2 Å⁻¹ (spots to "
+          "5 Å), too little for small-cell crystals such as thermolysin. More cores or ranks scale all three "
+          "(docs/scaling.md).",
           "* The fast path (`Classifier(model)`, the default; `Classifier.predict_source` end to end): the "
           "crop plan from the frame's metadata, one `preadv` of the window's rows for uncompressed CXI "
           "(`CXISource.read_region`), masking of the window only, resampling as two sparse products with "
@@ -440,9 +472,9 @@ def main(argv=None) -> int:
         r["peakfinder8"] = {"fast": peakfinder8(frames, True, 8 if quick else 16, repeats),
                             "normal": peakfinder8(frames, False, 2 if quick else 6, 1 if quick else 2)}
         r["configs"] = {}
-        for name, size in CONFIGS.items():
+        for name, (size, scale, _) in CONFIGS.items():
             mpath = models[name]
-            c = {"input_size": size}
+            c = {"input_size": size, "scale": scale}
             from diffscreen.io import open_source
             from diffscreen.preprocess.fast import FastPreprocessor
             from diffscreen.models import read_model_metadata
@@ -490,7 +522,7 @@ def main(argv=None) -> int:
         atomic_write_text(json_path, json.dumps(r, indent=2, default=float))
     if md_path:
         atomic_write_text(md_path, md)
-    failed = [c for c in r["checks"] if not c["pass"]]
+    failed = [c for c in r["checks"] if not c["pass"] and c.get("required", True)]
     for c in failed:
         print(f"FAILED: {c['check']} = {c['value']:.4g} (needs {c['limit']})", file=sys.stderr)
     return 1 if (failed and quick) else 0

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/make_default_model.py [--work work/default-rich] [--frames 300] [--install]
+    python scripts/make_default_model.py [--work work/default-rich] [--frames 400] [--input-size 720 --scale 1] [--install]
 
 The model is the Ke et al. (2018) CNN (``ke2018``, 720 × 720 input, Ke's
 pixel size in reciprocal space: the full field of ``PreprocessConfig()``,
@@ -25,8 +25,12 @@ preprocessed one at a time in ``--workers`` processes and cached in
 ``src/diffscreen/data/ke2018_default.safetensors``.  Then
 ``python scripts/report_default_model.py --compare OLD_MODEL`` scores it.
 
-About 6 min of simulation (11 presets × 300 frames on 2 cores) and 45 min of
-training (40 epochs × 25 batches × 24 at 720², 2 threads).
+``--input-size 360 --scale 2`` makes the bundled *fast* model instead
+(``ke2018_fast.safetensors``, ``--model fast``): the same field of view at
+twice the pixel, about 2.5 × faster to screen (docs/throughput.md).
+
+About 10 min of simulation (11 presets × 400 frames on 2 cores) and 21 min of
+training (60 epochs × 25 batches × 32 at 720², 2 threads; 5 min at 360²).
 """
 
 from __future__ import annotations
@@ -47,19 +51,27 @@ SEED0 = 4001
 VAL_FRACTION = 0.2
 
 
+def recipe(size: int, scale: float):
+    """The preprocessing: ``size``² LCN input, pixels ``scale`` × Ke's in reciprocal space (default 720, 1)."""
+    from diffscreen.preprocess import PreprocessConfig
+
+    return PreprocessConfig(out_size=size, s_per_px=PreprocessConfig.s_per_px * scale,
+                            max_shift=min(120, size // 6))
+
+
 def simulate_inputs(args) -> str:
     """Simulate ``n`` frames of a preset, preprocess them, cache them as an npz → its path."""
-    preset, seed, n, work = args
+    preset, seed, n, work, size, scale = args
     import torch
 
     from diffscreen.benchmarks.ke2018 import CLASSES
     from diffscreen.io._atomic import temporary_path
-    from diffscreen.preprocess import PreprocessConfig, Preprocessor
+    from diffscreen.preprocess import Preprocessor
     from diffscreen.simulate import Simulator
 
     torch.set_num_threads(1)
-    pre = PreprocessConfig()
-    path = work / f"{preset}_n{n}_s{pre.out_size}_seed{seed}.npz"
+    pre = recipe(size, scale)
+    path = work / f"{preset}_n{n}_s{size}x{scale:g}_seed{seed}.npz"
     if path.exists():
         return str(path)
     sim = Simulator(preset, seed=seed, class_fractions=FRACTIONS)
@@ -85,19 +97,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--input-size", type=int, default=720, help="network input side in pixels")
+    ap.add_argument("--scale", type=float, default=1.0, help="input pixel in units of Ke's reciprocal pixel")
     ap.add_argument("--data-only", action="store_true", help="simulate and cache the data, do not train")
     ap.add_argument("--install", action="store_true", help="copy the model over the bundled one")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(p, SEED0 + k, args.frames, args.work) for k, p in enumerate(PRESETS)]
+    jobs = [(p, SEED0 + k, args.frames, args.work, args.input_size, args.scale) for k, p in enumerate(PRESETS)]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         paths = dict(zip(PRESETS, ex.map(simulate_inputs, jobs)))
     if args.data_only:
         return
 
     from diffscreen.benchmarks.ke2018 import CLASSES
-    from diffscreen.preprocess import PreprocessConfig
     from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
 
     n_val = int(round(VAL_FRACTION * args.frames))
@@ -117,12 +130,19 @@ def main() -> None:
         "augment": "dihedral (random flips and 90-degree rotations per batch)",
         "script": "scripts/make_default_model.py",
     }
-    out = args.work / "ke2018_default.safetensors"
-    res = train_on_arrays(x_tr, y_tr, out, class_names=CLASSES, preprocess=PreprocessConfig(), config=cfg,
+    bundled = {(720, 1.0): "default", (360, 2.0): "fast"}.get((args.input_size, args.scale))
+    name = f"ke2018_{bundled}" if bundled else f"ke2018_{args.input_size}x{args.scale:g}"
+    if args.install and not bundled:
+        raise SystemExit("--install: only the recipes of the bundled models (720 × 1, 360 × 2) can be installed")
+    description["command"] = (f"python scripts/make_default_model.py --frames {args.frames} --epochs {args.epochs} "
+                              f"--batch-size {args.batch_size} --input-size {args.input_size} --scale {args.scale:g}")
+    out = args.work / f"{name}.safetensors"
+    res = train_on_arrays(x_tr, y_tr, out, class_names=CLASSES, preprocess=recipe(args.input_size, args.scale),
+                          config=cfg,
                           x_val=x_va, y_val=y_va, data_description=description, augment=dihedral_augment)
     print(json.dumps({"best_epoch": res.best_epoch, "val_accuracy": res.history[res.best_epoch - 1]["val_accuracy"]}))
     if args.install:
-        shutil.copyfile(out, ROOT / "src" / "diffscreen" / "data" / "ke2018_default.safetensors")
+        shutil.copyfile(out, ROOT / "src" / "diffscreen" / "data" / f"{name}.safetensors")
 
 
 if __name__ == "__main__":

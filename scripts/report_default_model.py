@@ -2,13 +2,13 @@
 
 Writes docs/default_model.md.  Usage::
 
-    python scripts/report_default_model.py [--model M] [--compare OLD] [--work work/report] [--frames 200]
+    python scripts/report_default_model.py [--model M] [--compare OTHER ...] [--work work/report] [--frames 200]
 
 The simulated test runs are one per simulator preset (:data:`TEST_RUNS`),
 with seeds that no training data used (2001-2011) and each preset's default
 class mix.  The real frames are those of ../shared/data/real-frames with the
-labels of its MANIFEST.tsv.  With ``--compare OLD`` each table also gives
-the scores of the model file OLD (e.g. the previously bundled model).
+labels of its MANIFEST.tsv.  Each ``--compare OTHER`` (a model file, or a
+bundled model's name such as ``fast``) adds a column to every table.
 """
 
 from __future__ import annotations
@@ -119,10 +119,17 @@ def _describe(bundle) -> list[str]:
             f"(script: `{data.get('script', 'not recorded')}`)."]  # fmt: skip
 
 
+def _column(spec: str) -> str:
+    """Column heading of a model: ``bundled NAME`` for a bundled model, else the file's stem."""
+    from diffscreen.models import BUNDLED_MODELS
+
+    return f"bundled {spec}" if spec in BUNDLED_MODELS and not Path(spec).exists() else Path(spec).stem
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model file (default: the bundled one)")
-    ap.add_argument("--compare", default=None, help="a second model file to score beside it")
+    ap.add_argument("--model", default="default", help="model file or bundled model name (default: default)")
+    ap.add_argument("--compare", action="append", default=[], help="another model to score beside it (repeatable)")
     ap.add_argument("--work", default=str(ROOT / "work" / "report"))
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "docs" / "default_model.md"))
@@ -131,14 +138,15 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bundle = load_model(a.model)
-    clfs = {"bundled" if a.model is None else Path(a.model).stem: Classifier(bundle)}
-    lines = ["# The bundled default model", ""] + _describe(bundle)
-    lines += ["Reproduce it with `python scripts/make_default_model.py --install`, and this page with "
-              "`python scripts/report_default_model.py" + (" --compare OLD`." if a.compare else "`."), ""]
-    if a.compare:
-        other = load_model(a.compare)
-        clfs["compared: " + Path(a.compare).stem] = Classifier(other)
-        lines += [f"Compared with `{a.compare}`:", ""] + _describe(other) + [""]
+    clfs = {_column(a.model): Classifier(bundle)}
+    lines = ["# The bundled models", "", f"**{_column(a.model)}**: "] + _describe(bundle)
+    lines += ["", "Reproduce the bundled models with `python scripts/make_default_model.py --install` (default) and "
+              "`python scripts/make_default_model.py --input-size 360 --scale 2 --install` (fast), and this page with "
+              "`python scripts/report_default_model.py" + "".join(f" --compare {c}" for c in a.compare) + "`.", ""]
+    for c in a.compare:
+        other = load_model(c)
+        clfs[_column(c)] = Classifier(other)
+        lines += [f"**{_column(c)}** (`{c}`): "] + _describe(other) + [""]
     lines += simulated_section(clfs, work, a.frames)
     lines += real_section(clfs)
     if a.notes:

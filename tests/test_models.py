@@ -99,3 +99,28 @@ def test_bundled_model_loads_with_complete_metadata():
     for key in ("training", "metrics", "seed", "preprocess", "arch"):
         assert key in b.meta
     assert b.meta["training"]["data"], "the bundled model must describe its training data"
+
+
+def test_bundled_fast_model_by_name_and_a_file_of_that_name_wins(tmp_path, monkeypatch, capsys):
+    from diffscreen.cli import main
+    from diffscreen.models import BUNDLED_MODELS, default_model_path, resolve_model_path
+
+    assert set(BUNDLED_MODELS) == {"default", "fast"}
+    fast, default = load_model("fast"), load_model("default")
+    # the fast model: 360² over the default's field of view, at twice its reciprocal pixel
+    assert fast.preprocess.out_size == 360 and default.preprocess.out_size == 720
+    assert fast.preprocess.s_per_px == pytest.approx(2 * default.preprocess.s_per_px)
+    assert fast.arch_kwargs["input_size"] == 360 and fast.class_names == default.class_names
+    assert fast.meta["training"]["data"]["simulated_presets"], "the fast model must describe its training data"
+    assert resolve_model_path(None) == resolve_model_path("default") == default_model_path()
+    # a file the user names "fast" is that file, not the bundled model
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        load_model("fast")
+    with pytest.raises(ConfigError, match="no bundled model named 'slow'"):
+        default_model_path("slow")
+    (tmp_path / "fast").unlink()
+    assert main(["model-info", "fast"]) == 0
+    out = capsys.readouterr().out
+    assert "ke2018_fast.safetensors" in out and '"out_size": 360' in out

@@ -30,7 +30,7 @@ def explain(
     inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
     method: Method = typer.Option(Method.gradcam, "--method", help="Explanation method."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNGs and explain_<method>.h5."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors); default: bundled."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default."),
     target: Optional[str] = typer.Option(None, help="Class to explain (name or index); default: the predicted one."),
     layer: Optional[str] = typer.Option(None, help="CAM layer (dotted module name); default: last conv block."),
     max_frames: Optional[int] = typer.Option(None, help="Explain at most this many frames."),

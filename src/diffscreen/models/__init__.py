@@ -7,6 +7,8 @@ Where a frame is classified: a :class:`ModelBundle` from :func:`load_model`
 from diffscreen.models._api import (
     ModelBundle,
     default_model_path,
+    resolve_model_path,
+    BUNDLED_MODELS,
     get_model,
     list_models,
     load_model,
@@ -26,6 +28,8 @@ __all__ = [
     "rwd1d_cnn",
     "ModelBundle",
     "default_model_path",
+    "resolve_model_path",
+    "BUNDLED_MODELS",
     "get_model",
     "list_models",
     "load_model",

@@ -25,6 +25,8 @@ __all__ = [
     "save_model",
     "load_model",
     "default_model_path",
+    "resolve_model_path",
+    "BUNDLED_MODELS",
     "FORMAT_VERSION",
 ]
 
@@ -101,9 +103,48 @@ class ModelBundle:
     path: str | None = None
 
 
-def default_model_path() -> Path:
-    """Path of the bundled default model (trained on simulated runs)."""
-    return Path(str(resources.files("diffscreen") / "data" / "ke2018_default.safetensors"))
+#: The bundled models (trained on simulated runs of every simulator preset; docs/default_model.md):
+#: ``default``, the Ke CNN at 720 × 720 (Ke's full field at Ke's pixel), and ``fast``, the same CNN
+#: at 360 × 360 over the same field at twice the pixel (about 2.5 × faster, a little less accurate).
+BUNDLED_MODELS = {"default": "ke2018_default.safetensors", "fast": "ke2018_fast.safetensors"}
+
+
+def default_model_path(name: str = "default") -> Path:
+    """Path of a bundled model file (``name``: a key of :data:`BUNDLED_MODELS`).
+
+    Raises
+    ------
+    ConfigError
+        Unknown name.
+    """
+    from diffscreen.errors import ConfigError
+
+    if name not in BUNDLED_MODELS:
+        raise ConfigError(f"no bundled model named {name!r}; use one of {', '.join(BUNDLED_MODELS)}")
+    return Path(str(resources.files("diffscreen") / "data" / BUNDLED_MODELS[name]))
+
+
+def resolve_model_path(path=None) -> Path:
+    """The model file that ``path`` names.
+
+    ``None`` is the bundled default model; a name of :data:`BUNDLED_MODELS`
+    (``"default"``, ``"fast"``) that is not an existing file is that bundled
+    model; anything else is a file path (checked when it is read).
+
+    Parameters
+    ----------
+    path : str, Path or None
+
+    Returns
+    -------
+    Path
+    """
+    if path is None:
+        return default_model_path()
+    p = Path(path)
+    if str(path) in BUNDLED_MODELS and not p.exists():
+        return default_model_path(str(path))
+    return p
 
 
 def save_model(path, model, *, arch: str, arch_kwargs: dict, preprocess, class_names, **meta) -> Path:
@@ -155,7 +196,7 @@ def read_model_metadata(path) -> dict:
     """
     from safetensors import safe_open
 
-    p = Path(path)
+    p = resolve_model_path(path)
     if not p.is_file():
         raise ModelFileError("model file not found", path=p)
     try:
@@ -189,6 +230,8 @@ def load_model(path=None) -> ModelBundle:
     Parameters
     ----------
     path : str or Path, optional
+        A model file, or the name of a bundled model (``"default"``,
+        ``"fast"``; see :func:`resolve_model_path`).
 
     Returns
     -------
@@ -202,7 +245,7 @@ def load_model(path=None) -> ModelBundle:
     """
     from safetensors.torch import load_file
 
-    p = Path(path) if path is not None else default_model_path()
+    p = resolve_model_path(path)
     rec = read_model_metadata(p)
     try:
         model = get_model(rec["arch"], **rec.get("arch_kwargs", {}))
