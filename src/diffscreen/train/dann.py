@@ -150,7 +150,8 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     config : TrainConfig, optional
         ``arch``, ``arch_kwargs``, ``optimizer``, ``epochs``,
         ``batches_per_epoch``, ``batch_size``, learning rates (exponential
-        decay), ``seed``, ``threads``.  Default :data:`DANN_DEFAULT`.
+        decay), ``seed``, ``threads``.  Default :data:`DANN_DEFAULT`, or
+        :data:`DANN_FROM_MODEL` (ten times lower rates) with ``init_path``.
     x_val, y_val : arrays, optional
         Labelled validation inputs: the epoch with the best
         :func:`~diffscreen.train.transfer.validation_score` (balanced
@@ -189,7 +190,7 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     """
     from diffscreen.models import get_model, load_model, save_model
 
-    cfg = config or DANN_DEFAULT
+    cfg = config or (DANN_DEFAULT if init_path is None else DANN_FROM_MODEL)
     names = tuple(class_names)
     xs, ys = check_arrays(x_source, y_source, len(names), "x_source")
     xt, _ = check_arrays(x_target, None, None, "x_target", labelled=False)
