@@ -331,12 +331,11 @@ def _checks(r: dict, margins: dict) -> list[dict]:
     add("memory floor / end-to-end (frames/s ratio)", floor / e2e, "<=", margins["max_floor_ratio"])
     add("end-to-end / peakfinder8 fast", e2e / pf8, ">=", margins["min_pf8_ratio"])
     for name in ("binned", "ke-full"):  # the bundled models' recipes: reported against the same targets
-        if name in r["configs"]:
-            e = r["configs"][name]["end_to_end_fast"]["none"]["fps"]
-            add(f"{name} (bundled {'fast' if name == 'binned' else 'default'}): end-to-end frames/s", e, ">=",
-                margins["min_fps"], False)
-            add(f"{name}: memory floor / end-to-end", floor / e, "<=", margins["max_floor_ratio"], False)
-            add(f"{name}: end-to-end / peakfinder8 fast", e / pf8, ">=", margins["min_pf8_ratio"], False)
+        e = r["configs"][name]["end_to_end_fast"]["none"]["fps"]
+        add(f"{name} (bundled {'fast' if name == 'binned' else 'default'}): end-to-end frames/s", e, ">=",
+            margins["min_fps"], False)
+        add(f"{name}: memory floor / end-to-end", floor / e, "<=", margins["max_floor_ratio"], False)
+        add(f"{name}: end-to-end / peakfinder8 fast", e / pf8, ">=", margins["min_pf8_ratio"], False)
     if "two_processes" in d:
         add("2 processes / 1 process", d["two_processes"]["fps_wall"] / d["one_process"]["fps_wall"], ">=",
             margins["min_2proc"])
@@ -366,7 +365,7 @@ def markdown(r: dict) -> str:
          "*bundled 720* = 720 × 720 at Ke's pixel, the recipe of the bundled model "
          f"`ke2018_default` ({r['configs']['ke-full']['window_side']} px window); *fast 360, 2× pixel* "
          "= 360 × 360 over the same field at twice the pixel, the recipe of the bundled `--model fast` "
-         + (f"({r['configs']['binned']['window_side']} px window)." if "binned" in r["configs"] else "."), "",
+         f"({r['configs']['binned']['window_side']} px window).", "",
          "## End to end (read from HDF5, preprocess, classify, decide)", "",
          _head("")]
     cfg = r["configs"]
@@ -408,7 +407,7 @@ def markdown(r: dict) -> str:
           "recipes to the same targets without requiring them.", "",
           "| check | value | target | pass |", "|---|---:|---|---|"]
     for c in r["checks"]:
-        tag = "" if c.get("required", True) else " *(reported)*"
+        tag = "" if c["required"] else " *(reported)*"
         L.append(f"| {c['check']}{tag} | {c['value']:.4g} | {c['limit']} | {'yes' if c['pass'] else '**no**'} |")
     L += ["", "## Notes", "",
           "* What a user gets: `screen` with the bundled default model (the *bundled 720* column) is below "
@@ -522,7 +521,7 @@ def main(argv=None) -> int:
         atomic_write_text(json_path, json.dumps(r, indent=2, default=float))
     if md_path:
         atomic_write_text(md_path, md)
-    failed = [c for c in r["checks"] if not c["pass"] and c.get("required", True)]
+    failed = [c for c in r["checks"] if not c["pass"] and c["required"]]
     for c in failed:
         print(f"FAILED: {c['check']} = {c['value']:.4g} (needs {c['limit']})", file=sys.stderr)
     return 1 if (failed and quick) else 0

@@ -153,6 +153,8 @@ def test_run_refuses_unknown_presets_and_sources_without_a_cnn(tmp_path):
     with pytest.raises(ConfigError, match="fully supervised"):
         xie2022.run(tmp_path, settings=xie2022.Settings(full_presets=("LN83",), pairs=(("LN84", "L498"),),
                                                         tsne_pairs=()))  # fmt: skip
+    with pytest.raises(ConfigError, match="dann_init must be 'source' or 'scratch'"):
+        xie2022.run(tmp_path, settings=xie2022.Settings(dann_init="pretrained"))
     assert not any(tmp_path.iterdir())  # nothing written before the settings are checked
 
 

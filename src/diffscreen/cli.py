@@ -132,6 +132,9 @@ class ModelType(str, Enum):
 
 
 _PF8 = "peakfinder8 (with --method peakfinder8)"
+#: --model help, shared by every command that takes a model
+MODEL_HELP = ("Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× "
+              "faster); default: default.")
 
 
 @app.command()
@@ -139,7 +142,7 @@ _PF8 = "peakfinder8 (with --method peakfinder8)"
 def screen(
     inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for scores.csv, hits.lst, hits.cxi."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     batch_size: int = typer.Option(16, help="Frames per forward pass."),
     no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
@@ -510,7 +513,7 @@ def _train_cdi(inputs, out, *, epochs, batch_size, lr, seed, ccf, alpha, width, 
 def evaluate(
     inputs: List[str] = typer.Argument(None, help="Labelled frame files (simulated .cxi runs carry their labels)."),
     labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files (expert_annotation.txt, CSV)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     scores: Optional[Path] = typer.Option(None, help="Score an existing scores.csv instead of running a model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here (.json and .md beside it)."),
     batch_size: int = typer.Option(16, help="Frames per forward pass."),
@@ -617,7 +620,7 @@ def demo(
     frames: int = typer.Option(40, "--frames", "-n", help="Frames to simulate."),
     preset: str = typer.Option("rayonix", help="Simulator preset."),
     seed: int = typer.Option(2026, help="Simulation seed."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
 ):
     """Simulate a small run, screen it with the bundled model and score it against the truth.
 
@@ -642,7 +645,7 @@ def demo(
 
 @app.command("model-info")
 @friendly
-def model_info(model: Optional[Path] = typer.Argument(None, help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default.")):
+def model_info(model: Optional[Path] = typer.Argument(None, help=MODEL_HELP)):
     """Print a model file's architecture, preprocessing, classes, training data and metrics."""
     import json
 

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli import ModelType, _Bar, _expand, _progress, app, friendly
+from diffscreen.cli import MODEL_HELP, ModelType, _Bar, _expand, _progress, app, friendly
 
 _DANN = "DANN training"
 
@@ -193,7 +193,7 @@ def suggest_labels_cmd(
     inputs: List[str] = typer.Argument(..., help="The run: frame files, folders or globs; HDF5 datasets as file.h5:/path."),
     n: int = typer.Option(200, "--n", "-n", help="Frames to suggest."),
     out: Path = typer.Option(Path("labels_todo.csv"), "--out", "-o", help="CSV to write (file,frame,label,p_*,reason)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     uncertainty_weight: float = typer.Option(0.5, help="1: most uncertain frames only; 0: most diverse only."),
     seed: int = typer.Option(0, help="Seed for breaking ties."),
     batch_size: int = typer.Option(16, help="Frames per forward pass."),

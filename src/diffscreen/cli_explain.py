@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli import EXIT_PARTIAL, _Bar, _expand, _progress, app, benchmark_app, friendly
+from diffscreen.cli import EXIT_PARTIAL, MODEL_HELP, _Bar, _expand, _progress, app, benchmark_app, friendly
 
 
 class Method(str, Enum):
@@ -30,7 +30,7 @@ def explain(
     inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
     method: Method = typer.Option(Method.gradcam, "--method", help="Explanation method."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNGs and explain_<method>.h5."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× faster); default: default."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     target: Optional[str] = typer.Option(None, help="Class to explain (name or index); default: the predicted one."),
     layer: Optional[str] = typer.Option(None, help="CAM layer (dotted module name); default: last conv block."),
     max_frames: Optional[int] = typer.Option(None, help="Explain at most this many frames."),

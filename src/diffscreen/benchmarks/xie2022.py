@@ -290,6 +290,11 @@ def _train_config(st: Settings, kind: str):
     raise ConfigError(f"unknown job kind {kind!r}")
 
 
+def _source_cnn(preset: str, st: Settings, work: Path) -> str:
+    """Path of a preset's fully supervised CNN (Table 1; trained and cached by ``benchmark ke2018``'s job)."""
+    return ke2018._job((preset, (preset,), "lcn", None, st.data, work))[1]
+
+
 def _job(args):
     """One training job in a worker process → (name, model path)."""
     kind, name, src, tgt, st, work = args
@@ -300,7 +305,7 @@ def _job(args):
 
     torch.set_num_threads(1)
     if kind == "full":  # Table 1: the ke2018 per-preset CNN (shared cache with `benchmark ke2018`)
-        return name, ke2018._job((src, (src,), "lcn", None, st.data, work))[1]
+        return name, _source_cnn(src, st, work)
     out = work / f"xie_models_{_tag(st)}" / f"{name}.safetensors"
     if out.exists():
         return name, str(out)
@@ -320,7 +325,7 @@ def _job(args):
     elif kind == "transfer":
         from diffscreen.train.transfer import transfer_on_arrays
 
-        init = ke2018._job((src, (src,), "lcn", None, st.data, work))[1]
+        init = _source_cnn(src, st, work)
         res = transfer_on_arrays(init, x[lab], y[lab], out, x_val=x[val], y_val=y[val],
                                  frozen=_train_config(st, "frozen"), unfrozen=_train_config(st, "unfrozen"),
                                  unfreeze_blocks=st.unfreeze_blocks, augment=aug, data_description=desc, log=quiet)
@@ -330,9 +335,7 @@ def _job(args):
         ds = ke2018.simulate_preset(src, st.data, work)
         ps = label_split(ds["split"], src, st.n_labels, st.n_val, st.seed)
         xs, ys = ds["x_lcn"], np.asarray(ds["labels"])
-        if st.dann_init not in ("source", "scratch"):
-            raise ConfigError(f"dann_init must be 'source' or 'scratch', got {st.dann_init!r}")
-        init = ke2018._job((src, (src,), "lcn", None, st.data, work))[1] if st.dann_init == "source" else None
+        init = _source_cnn(src, st, work) if st.dann_init == "source" else None
         res = train_dann_on_arrays(xs[ps["unlabelled"]], ys[ps["unlabelled"]], x[part["unlabelled"]], out,
                                    class_names=CLASSES, preprocess=pre, config=_train_config(st, kind),
                                    x_val=xs[ps["val"]], y_val=ys[ps["val"]],
@@ -466,6 +469,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     missing = {s for s, _ in st.pairs} - set(st.full_presets)
     if missing:
         raise ConfigError(f"sources {sorted(missing)} need a fully supervised CNN: add them to full_presets")
+    if st.dann_init not in ("source", "scratch"):
+        raise ConfigError(f"dann_init must be 'source' or 'scratch', got {st.dann_init!r}")
     if set(map(tuple, st.tsne_pairs)) - set(map(tuple, st.pairs)):
         raise ConfigError("every t-SNE pair must be one of the (source, target) pairs")
     out = Path(out_dir)
