@@ -43,7 +43,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PRESETS = ["LN84", "LO19", "LN83", "rayonix", "L498", "LG36", "pilatus", "jungfrau"]
+DEFAULT_PRESETS = ["LN84", "LO19", "LN83", "rayonix", "L498", "LG36", "pilatus", "jungfrau", "eiger"]
+TARGET_FPS = 20.0  # issue 3: frames/s on one core at 1920 × 1920
 
 #: stage -> function wrapped with a CPU timer: (where, name); "spots" is ``_spots`` without the
 #: reflection prediction it calls (Bragg-spot scoring and rendering)
@@ -177,6 +178,7 @@ def _markdown(results: dict) -> str:
         for p in runs[lab]["presets"]:
             if p not in presets:
                 presets.append(p)
+    last = runs[labels[-1]]["presets"] if labels else {}
     lines = [
         "# Simulator speed (one core)",
         "",
@@ -185,17 +187,34 @@ def _markdown(results: dict) -> str:
         "preset's default class mix, one thread (OMP/MKL/OpenBLAS = 1, threadpoolctl).  Frames per",
         "CPU-second: each frame's least CPU time over the repeated passes (the machine is shared by",
         "several jobs, so CPU time, not wall time, is the single-core figure; means and wall-clock",
-        "frames/s are in the JSON).  Target: ≥ 20 frames/s at 1920 × 1920.",
+        "frames/s are in the JSON).  Hits cost far more than misses (a photosystem II hit predicts",
+        "10⁴–10⁵ reflections), so the mean needs many frames: the frame counts are in the stage tables.",
+        f"Target (issue 3): ≥ {TARGET_FPS:g} frames/s on one core at 1920 × 1920; the last column",
+        f"judges the newest run (`{labels[-1] if labels else ''}`) against it, for frame generation and for a whole",
+        "run streamed to a bitshuffle-LZ4 CXI file (`simulate_run`); presets with other frame sizes are",
+        "shown for comparison.",
         "",
-        "| preset | shape | " + " | ".join(f"{lab} frames/s" for lab in labels) + " | speed-up |",
-        "|---|---|" + "---|" * len(labels) + "---|",
+        "| preset | shape | " + " | ".join(f"{lab} frames/s" for lab in labels)
+        + f" | speed-up ({labels[-1] if labels else ''} / {labels[-2] if len(labels) > 1 else ''}) | "
+        "run + CXI writing, frames/s | target |",
+        "|---|---|" + "---|" * len(labels) + "---|---|---|",
     ]
     for p in presets:
         vals = [runs[lab]["presets"].get(p, {}).get("frames_per_cpu_s") for lab in labels]
         shape = next(runs[lab]["presets"][p]["shape"] for lab in labels if p in runs[lab]["presets"])
         cells = [f"{v:.1f}" if v else "–" for v in vals]
-        sp = f"{vals[-1] / vals[0]:.1f}×" if len(vals) > 1 and vals[0] and vals[-1] else "–"
-        lines.append(f"| {p} | {shape[0]}×{shape[1]} | " + " | ".join(cells) + f" | {sp} |")
+        sp = f"{vals[-1] / vals[-2]:.1f}×" if len(vals) > 1 and vals[-2] and vals[-1] else "–"
+        wr = last.get(p, {}).get("simulate_run_frames_per_cpu_s")
+        verdict = "–"
+        if tuple(shape) == (1920, 1920) and vals[-1]:
+            ok = vals[-1] >= TARGET_FPS
+            verdict = ("met" if ok else "missed") + (
+                "" if wr is None else f" (writing: {'met' if wr >= TARGET_FPS else 'missed'})"
+            )
+        lines.append(
+            f"| {p} | {shape[0]}×{shape[1]} | " + " | ".join(cells) + f" | {sp} | "
+            + (f"{wr:.1f}" if wr else "–") + f" | {verdict} |"
+        )
     for lab in labels:
         r = runs[lab]
         stages = None
@@ -209,7 +228,9 @@ def _markdown(results: dict) -> str:
             "",
             f"## Stages, `{lab}` (CPU ms per frame, mean over the frames of each frame's fastest pass)",
             "",
-            f"{r.get('when', '')}; {r.get('note', '')}; load average (1 min) at the end of each preset: "
+            f"{r.get('when', '')}; {r.get('note', '')}; frames per preset: "
+            + ", ".join(sorted({f"{v['frames']} × {v.get('repeats', 1)} passes" for v in r["presets"].values()}))
+            + "; load average (1 min) at the end of each preset: "
             + ", ".join(f"{p} {v['loadavg_at_end'][0]:.1f}" for p, v in r["presets"].items() if v.get("loadavg_at_end")),
             "",
             "| preset | " + " | ".join(stages) + " |",
@@ -230,9 +251,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--label", default="after", help="name of this measurement in the JSON (e.g. baseline, after)")
     ap.add_argument("--note", default="", help="free text stored with the run")
-    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--frames", type=int, default=100, help="frames per preset (hits are rare and slow: use many)")
     ap.add_argument("--repeats", type=int, default=3, help="passes over the frames (best CPU time per frame is used)")
-    ap.add_argument("--run-frames", type=int, default=10)
+    ap.add_argument("--run-frames", type=int, default=100, help="frames of the simulate_run (CXI writing) measurement")
     ap.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS)
     ap.add_argument("--replace", action="store_true", help="drop the presets stored earlier under this label")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "simulate_speed.json"))

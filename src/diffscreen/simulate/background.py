@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffscreen.simulate.detector import PSF, render_windows, spot_windows
+from diffscreen.simulate._kernels import radial_map, render_spots, upsample2
 
 __all__ = ["WaterRing", "water_profile", "air_profile", "diffuse_background", "jet_streak", "kapton_transmission"]
 
@@ -125,17 +125,9 @@ def diffuse_background(
     s = 2 * np.sin(two_theta / 2) / wavelength_A
     t1 = (profile(s) * cos2t**3).astype(np.float32)
     t2 = (t1 * (pixel_size_mm**2 / rho2)).astype(np.float32)
-    # table index round(4 r) = floor(sqrt((4dy)² + (4dx)²) + 0.5)
-    dx4 = dx * np.float32(4)
-    dy4 = dy * np.float32(4)
-    r2 = np.add((dy4 * dy4)[:, None], (dx4 * dx4)[None, :])
-    np.sqrt(r2, out=r2)
-    r2 += np.float32(0.5)
-    idx = r2.astype(np.intp)  # (take() would convert narrower indices itself, once per call)
-    bg = t1.take(idx)
-    pol = t2.take(idx)
-    pol *= (dx**2)[None, :]
-    bg -= pol
+    # t1 - t2·dx² at table index round(4 r) = floor(sqrt((4dy)² + (4dx)²) + 0.5), one compiled pass
+    bg = np.empty((hc, wc), np.float32)
+    radial_map(bg, dx, dy, t1, t2)
     if kapton is not None:
         bg *= kapton_transmission(dx[None, :], dy[:, None], pixel_size_mm, distance_mm, *kapton)
     if f == 1:
@@ -151,24 +143,11 @@ def _upsample2(a: np.ndarray, H: int, W: int, out: np.ndarray | None = None) -> 
 
     ``a`` holds the values at pixels (2i, 2j) and must cover rows/columns up to
     H - 1 / W - 1 (``a.shape >= (H // 2 + 1, W // 2 + 1)`` when H, W are even).
+    Midpoints are the means of their two (rows) or four (centres) neighbours.
     """
-    hc, wc = a.shape
     if out is None:
         out = np.empty((H, W), np.float32)
-    # rows of a interpolated along x to full width: E (hc, W)
-    E = np.empty((hc, W), np.float32)
-    ne = (W + 1) // 2  # even columns 0, 2, ...
-    no = W // 2  # odd columns 1, 3, ...
-    E[:, 0::2] = a[:, :ne]
-    odd = E[:, 1::2]
-    np.add(a[:, :no], a[:, 1 : no + 1], out=odd)
-    odd *= np.float32(0.5)
-    re = (H + 1) // 2
-    ro = H // 2
-    out[0::2] = E[:re]
-    rows = out[1::2]
-    np.add(E[:ro], E[1 : ro + 1], out=rows)
-    rows *= np.float32(0.5)
+    upsample2(out, np.ascontiguousarray(a, np.float32))
     return out
 
 
@@ -210,11 +189,13 @@ def jet_streak(
         return
     if weight_fn is not None:
         amps = amps * weight_fn(xs, ys)
-    ux = np.full(len(xs), -sa)
-    uy = np.full(len(xs), ca)  # elongate across nothing: isotropic
-    sig = np.full(len(xs), width_px)
-    ix, iy, prof = spot_windows(xs, ys, ux, uy, sig, sig, PSF(0.0, 1.0, 1.0), 3)
-    render_windows(img, ix, iy, prof * amps[:, None, None].astype(np.float32))
+    m = len(xs)
+    sig = np.full(m, float(width_px))
+    G = np.stack([xs, ys, np.full(m, -sa), np.full(m, ca), sig, sig], axis=1)  # isotropic
+    # Gaussian points (PSF weight 1, σ 0) in 7 × 7 windows
+    ones = np.ones(m, np.float32)
+    render_spots(img, G, np.arange(m), np.full(m, 3), 1.0, 0.0, 1.0, amps.astype(np.float32), ones,
+                 np.zeros(m, bool), np.zeros(0))  # fmt: skip
 
 
 def kapton_transmission(dx, dy, pixel_size_mm, distance_mm, normal, mu_t, max_att=np.inf):

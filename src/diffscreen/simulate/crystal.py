@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffscreen.simulate import _kernels
+
 __all__ = [
     "CellSpec",
     "b_matrix",
@@ -147,7 +149,7 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     )
 
 
-_ABSENCE_CACHE: dict[str, list] = {}
+_ABSENCE_CACHE: dict = {}
 
 
 def _symmetry_ops(space_group: str) -> list:
@@ -184,6 +186,23 @@ def _symmetry_ops(space_group: str) -> list:
     return ops
 
 
+def _translation_ops(space_group: str) -> tuple[np.ndarray, np.ndarray]:
+    """The symmetry operations with a translation, the only ones that cause absences.
+
+    Returns
+    -------
+    rots : (n, 3, 3) float64 ndarray
+    trans : (n, 3) float64 ndarray
+    """
+    key = ("translation", space_group)
+    if key not in _ABSENCE_CACHE:
+        ops = [(R, t) for R, t in _symmetry_ops(space_group) if np.any(t)]
+        rots = np.array([R for R, _ in ops], np.float64).reshape(-1, 3, 3)
+        trans = np.array([t for _, t in ops], np.float64).reshape(-1, 3)
+        _ABSENCE_CACHE[key] = (rots, trans)
+    return _ABSENCE_CACHE[key]
+
+
 def systematic_absence(hkl: np.ndarray, space_group: str) -> np.ndarray:
     """Flag systematically absent reflections.
 
@@ -202,10 +221,8 @@ def systematic_absence(hkl: np.ndarray, space_group: str) -> np.ndarray:
     """
     hf = np.asarray(hkl, dtype=np.float64).reshape(-1, 3)  # float matmul uses BLAS
     absent = np.zeros(len(hf), dtype=bool)
-    for R, t in _symmetry_ops(space_group):
-        if not t.any():
-            continue
-        fixed = np.all(np.abs(hf @ R.astype(np.float64) - hf) < 0.5, axis=1)
+    for R, t in zip(*_translation_ops(space_group)):
+        fixed = np.all(np.abs(hf @ R - hf) < 0.5, axis=1)
         if not fixed.any():
             continue
         ph = hf[fixed] @ t
@@ -327,7 +344,11 @@ class Reflections:
         return len(self.d)
 
     def take(self, idx) -> "Reflections":
-        return Reflections(**{k: v[idx] for k, v in self.__dict__.items()})
+        """The reflections at ``idx`` (indices, or a boolean mask of length N)."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)  # (take with indices: 3× faster than a mask on (N, 3) arrays)
+        return Reflections(**{k: v.take(idx, axis=0) for k, v in self.__dict__.items()})
 
 
 def predict_reflections(
@@ -387,44 +408,26 @@ def predict_reflections(
     smax = 1.0 / d_min_A
     sig_eps_max = np.hypot(wavelength_A * smax**2 / 2 * sig_bw, np.hypot(smax * sig_eta, sig_dom))
     shell = np.sqrt(-2 * np.log(p_min)) * sig_eps_max * 1.05 + 1e-6
-    hkl = ewald_candidates(A, wavelength_A, d_min_A, shell)
-    s = hkl @ A.T
-    s2 = np.einsum("ij,ij->i", s, s)
-    sz = s[:, 2]
-    ok = (sz < 0) & (s2 <= smax * smax)
-    hkl, s, s2, sz = hkl[ok], s[ok], s2[ok], sz[ok]
-    smag = np.sqrt(s2)
-    lam_h = -2.0 * sz / s2  # wavelength that satisfies Bragg exactly
-    dl = np.log(lam_h / wavelength_A)
-    sig_r = np.hypot(smag * sig_eta, sig_dom)
-    sig_mos = sig_r / (wavelength_A * s2 / 2)
-    var = sig_bw**2 + sig_mos**2
-    p = np.exp(-0.5 * dl * dl / var)
-    keep = p >= p_min
-    if keep.any():
-        keep[keep] = ~systematic_absence(hkl[keep], space_group)
-    hkl, s, s2, sz, smag, dl, sig_mos, p = (x[keep] for x in (hkl, s, s2, sz, smag, dl, sig_mos, p))
-    # diffracting band: product of the spectrum and the acceptance Gaussians (in ln λ)
-    w_bw = 1.0 / sig_bw**2
-    w_mos = 1.0 / sig_mos**2
-    lnlam_c = np.log(wavelength_A) + dl * w_mos / (w_bw + w_mos)
-    sig_eff = 1.0 / np.sqrt(w_bw + w_mos)
-    lam_c = np.exp(lnlam_c)
-    # rotate s (mosaic block) onto the sphere of radius 1/λ_c, keeping |s| (so d is exact)
-    sz_new = -lam_c * s2 / 2
-    sperp = np.hypot(s[:, 0], s[:, 1])
-    kappa = np.sqrt(np.maximum(s2 - sz_new**2, 0.0)) / np.maximum(sperp, 1e-12)
-    kout = np.stack([s[:, 0] * kappa, s[:, 1] * kappa, sz_new + 1.0 / lam_c], axis=1)
-    direction = kout / np.linalg.norm(kout, axis=1, keepdims=True)
-    fwd = direction[:, 2] > 1e-3
-    hkl, s, s2, smag, p, direction, sig_eff, lam_c = (
-        x[fwd] for x in (hkl, s, s2, smag, p, direction, sig_eff, lam_c)
+    # candidates of ewald_candidates() with s_z < 0, |s| <= 1/d_min, partiality p >= p_min and not
+    # systematically absent, p = exp(-dl² / 2(σ_bw² + σ_mos²)), dl = ln(λ_Bragg / λ₀),
+    # λ_Bragg = -2 s_z / |s|², σ_mos = hypot(|s| σ_η, σ_dom) / (λ₀ |s|² / 2); then the diffracting
+    # band's centroid λ_c (product of the spectrum and the acceptance Gaussians in ln λ), the ray
+    # of the mosaic block rotated onto the sphere of radius 1/λ_c keeping |s| (so d is exact), and
+    # fall-off × partiality × polarisation: two compiled passes (_kernels)
+    rots, trans = _translation_ops(space_group)
+    hkl, s, p, dl, sig_mos = _kernels.excited_reflections(
+        np.ascontiguousarray(A, np.float64), wavelength_A, d_min_A, shell, sig_bw, sig_eta, sig_dom, p_min, rots, trans
     )
-    two_theta = np.arccos(np.clip(direction[:, 2], -1, 1))
-    wilson = rng.standard_exponential(len(p))
-    falloff = np.exp(-0.5 * b_factor_A2 * s2) * (1.0 - solvent_k * np.exp(-0.5 * solvent_b_A2 * s2))
-    pol = 1.0 - direction[:, 0] ** 2  # beam polarised along x
-    inten = wilson * falloff * p * pol
+    fwd, direction, two_theta, sig_eff, factor = _kernels.still_geometry(
+        s, p, dl, sig_mos, wavelength_A, sig_bw, b_factor_A2, solvent_k, solvent_b_A2
+    )
+    if not fwd.all():
+        keep = np.flatnonzero(fwd)
+        hkl, s, p, direction, two_theta, sig_eff, factor = (
+            x.take(keep, axis=0) for x in (hkl, s, p, direction, two_theta, sig_eff, factor)
+        )
+    smag = np.sqrt(np.einsum("ij,ij->i", s, s))
+    inten = rng.standard_exponential(len(p)) * factor  # Wilson (acentric) draws
     return Reflections(
         hkl=hkl,
         s=s,

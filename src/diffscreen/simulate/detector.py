@@ -35,16 +35,18 @@ Noise
 
 Speed (issue 3)
 ---------------
-Frame-sized temporaries live in a per-:class:`~diffscreen.simulate.Simulator`
-``work`` dict and are reused between frames (no page faults, no float64
-frame arrays); the binomial blur is two pairwise sums per axis; the Poisson
+The functions here are the numpy statement of the model, and the reference the
+tests hold the simulator to.  Inside :class:`~diffscreen.simulate.Simulator`
+the same steps run as compiled loops (:mod:`diffscreen.simulate._kernels`,
+numba): spot windows are scored and rendered one spot at a time without
+window-sized temporaries (the Gaussian core as a separable product built by
+geometric recurrences, the r⁻³ tail per pixel), and the digitiser makes one
+pass over the rows from the same random bits in the same order.  The Poisson
 level index is computed in integers and looked up first in a 12-bit table
 (0.5 MB, in cache) whose ambiguous buckets (0.7 %) fall back to the 16-bit
 one, which gives exactly the 16-bit inversion's counts.  None of this changes
-the noise model: the same table inversions of the same kind of draws.  Spot windows evaluate the
-elliptical Gaussian and r⁻³ tail as quadratic forms in (dx, dy), so only the
-cross term needs a full-window product (values equal the direct formula to
-float32 rounding; tests/test_simulate_speed_equivalence.py).
+the noise model: the same table inversions of the same kind of draws
+(tests/test_simulate_speed_equivalence.py, tests/test_simulate_kernels.py).
 """
 
 from __future__ import annotations

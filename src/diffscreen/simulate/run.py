@@ -63,9 +63,11 @@ per bright spot land in its faint halo.  Detection SNRs are computed from the
 analytic windows in both cases, so the labels and peak lists do not depend on
 the renderer.
 
-Noise is digitised in blocks of rows (:meth:`Simulator._digitise`) from the
-same random draws, in the same order, as the whole-frame reference
-(:meth:`Simulator._digitise_full`).
+Noise is digitised in one compiled pass over the rows (:meth:`Simulator._digitise`,
+:mod:`diffscreen.simulate._kernels`) from the same random draws, in the same
+order, as the whole-frame numpy reference (:meth:`Simulator._digitise_full`);
+spot windows are scored and rendered, and the diffuse background evaluated, by
+compiled loops too (issue 3: 20 frames/s on one core at 1920 × 1920).
 Frame-sized scratch arrays are kept in the :class:`Simulator` and reused, so
 one Simulator must not be used from several threads at once.
 
@@ -85,28 +87,34 @@ import numpy as np
 
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
+from diffscreen.simulate import _kernels
 from diffscreen.simulate.background import (
     WaterRing,
-    beam_stop_shadow,
     air_profile,
+    beam_stop_shadow,
     diffuse_background,
     jet_streak,
     kapton_transmission,
     water_profile,
 )
-from diffscreen.simulate.crystal import HC_KEV_A, b_matrix, predict_reflections, random_rotation
+from diffscreen.simulate.crystal import (
+    HC_KEV_A,
+    b_matrix,
+    predict_reflections,
+    random_rotation,
+)
 from diffscreen.simulate.detector import (
+    _Q,
+    _TMAX,
     POISSON_GAUSS_ABOVE,
     PSF,
-    _scratch,
+    _poisson_table,
+    _poisson_table12,
     _work,
     correlated_normal_raw,
     normal_table,
-    poisson_block,
     poisson_counts,
     random_u16,
-    render_windows,
-    spot_windows,
     white_normal,
     white_rows,
 )
@@ -138,14 +146,11 @@ _HIT_RANGE = 3000.0
 #: render window half-sizes (px): the smallest one ≥ the needed size is used
 _WINDOWS = np.array([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48])
 _RENDER_MIN_PHOTONS = 0.5
-#: above this many render-window pixels a frame's spots are rendered by FFT convolution
-_FFT_RENDER_PIXELS = 4_000_000
+#: above this many render-window pixels a frame's spots are rendered by FFT convolution (with the
+#: compiled window renderer at ~5 ns a pixel, about where the two cost the same on one core)
+_FFT_RENDER_PIXELS = 40_000_000
 #: zero padding (px) of the FFT renderer against wrap-around of the PSF tail
 _FFT_PAD = 96
-#: most window pixels handled by one vectorised call (scratch arrays ≤ a few MB)
-_CHUNK_PIXELS = 1 << 19
-#: rows per block of the digitiser (a few 100 kB per scratch array: stays in cache)
-_BLOCK_ROWS = 32
 
 
 def label_from_count(n_spots: int, preset: Preset | None = None) -> str:
@@ -247,17 +252,40 @@ def _parse_fractions(class_fractions, miss_breakdown) -> tuple[np.ndarray, tuple
     return probs, kinds
 
 
-def _window_groups(idx: np.ndarray, h: np.ndarray):
-    """Yield (h, spots) groups of equal window half-size, each at most :data:`_CHUNK_PIXELS` pixels.
+def kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args) -> np.ndarray:
+    """Spots whose kapton transmission must be evaluated at every window pixel.
 
-    Bounded chunks keep the scratch arrays of a frame with 10⁴–10⁵ spots small
-    (cache-sized, and the memory a Simulator keeps between frames bounded).
+    Those within ``h + 2`` px of the shadow's edge (where T jumps), or whose
+    transmission at the window's ends along the edge normal differs from the
+    centroid value by more than 2 %.
+
+    Parameters
+    ----------
+    xs, ys : (m,) float ndarray
+        Spot centroids, px.
+    h : int or (m,) int ndarray
+        Window half-sizes.
+    T_c, edge_d : (m,) float ndarray
+        Transmission at the centroids; distance from the edge line, px.
+    beam_center : (float, float)
+    kap_args : tuple
+        ``(pixel_size_mm, distance_mm, normal, mu_t, max_att)``.
+
+    Returns
+    -------
+    near : (m,) bool ndarray
     """
-    for hh in np.unique(h):
-        sel = idx[h == hh]
-        step = max(1, _CHUNK_PIXELS // (2 * int(hh) + 1) ** 2)
-        for k in range(0, len(sel), step):
-            yield int(hh), sel[k : k + step]
+    cx, cy = beam_center
+    nx, ny = float(kap_args[2][0]), float(kap_args[2][1])
+    near = np.asarray(edge_d) <= h + 2
+    nrm = np.hypot(nx, ny)
+    ex, ey = (nx / nrm, ny / nrm) if nrm > 1e-12 else (1.0, 0.0)
+    for sgn in (-1.0, 1.0):  # T at the window's ends across the edge direction
+        Te = kapton_transmission(
+            (xs - cx + sgn * h * ex).astype(np.float32), (ys - cy + sgn * h * ey).astype(np.float32), *kap_args
+        )
+        near |= np.abs(Te - T_c) > 0.02 * T_c
+    return near
 
 
 def window_transmission(xs, ys, ix, iy, h: int, T_c, edge_d, beam_center, kap_args) -> np.ndarray:
@@ -291,16 +319,8 @@ def window_transmission(xs, ys, ix, iy, h: int, T_c, edge_d, beam_center, kap_ar
     T : (m, 1, 1) or (m, 2h+1, 2h+1) float32 ndarray
     """
     cx, cy = beam_center
-    nx, ny = float(kap_args[2][0]), float(kap_args[2][1])
     Tk = np.asarray(T_c, np.float32)[:, None, None]
-    near = np.asarray(edge_d) <= h + 2
-    nrm = np.hypot(nx, ny)
-    ex, ey = (nx / nrm, ny / nrm) if nrm > 1e-12 else (1.0, 0.0)
-    for sgn in (-1.0, 1.0):  # T at the window's ends across the edge direction
-        Te = kapton_transmission(
-            (xs - cx + sgn * h * ex).astype(np.float32), (ys - cy + sgn * h * ey).astype(np.float32), *kap_args
-        )
-        near |= np.abs(Te - T_c) > 0.02 * T_c
+    near = kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args)
     if near.any():
         Tk = np.broadcast_to(Tk, (len(xs), 2 * h + 1, 2 * h + 1)).copy()
         Tk[near] = kapton_transmission(
@@ -396,7 +416,6 @@ class Simulator:
         self._inactive = np.flatnonzero(~self.layout.active.reshape(-1))
         self._work: dict = {}  # scratch frame-sized arrays reused between frames (not thread-safe)
         self._asic_boxes = _asic_boxes(self.layout)
-        self._block_box_cache: dict = {}
         self._fft_geom = None  # (shape, padded H, padded W, k², |k|) of the FFT spot renderer
         self.source = f"simulated:{self.preset.name}:seed={self.seed}"
 
@@ -743,8 +762,10 @@ class Simulator:
         # for spots within reach of the shadow's edge (where T jumps) or where T changes by more
         # than 2 % across the window; elsewhere it is smooth over the window and the centroid
         # value gives the spot's transmitted flux to second order in the window size
+        G = np.ascontiguousarray(np.stack([S["x"], S["y"], S["ux"], S["uy"], S["sr"], S["st"]], axis=1))
         if kap:
             kap_args = (p, D, c["kapton_normal"], c["kapton_mu_t"], c["kapton_max_att"])
+            kap_k = _kernels.kapton_params((cx, cy), *kap_args)
             T_c = kapton_transmission(
                 (S["x"] - cx).astype(np.float32), (S["y"] - cy).astype(np.float32), *kap_args
             ).astype(np.float64)
@@ -754,71 +775,34 @@ class Simulator:
                 p * max(np.hypot(nx, ny), 1e-12)
             )
         else:
+            kap_k = np.zeros(0)
             T_c = np.ones(n)
             edge_d = np.full(n, np.inf)
+        T_c32 = T_c.astype(np.float32)
 
-        def transmission(sel, ix, iy, h):
-            return window_transmission(S["x"][sel], S["y"][sel], ix, iy, h, T_c[sel], edge_d[sel], (cx, cy), kap_args)
-
-        flat_trusted = trusted.reshape(-1)
-        flat_active = active.reshape(-1)
-        flat_bg = bg.reshape(-1)
-
-        work = self._work
+        def near(sel, h):
+            """Spots ``sel`` (windows of half-size ``h``) whose transmission is evaluated per pixel."""
+            if not kap:
+                return np.zeros(len(sel), bool)
+            return kapton_near_edge(S["x"][sel], S["y"][sel], h, T_c[sel], edge_d[sel], (cx, cy), kap_args)
 
         def exact(idx):
             idx = idx[~done[idx]]
-            for h, sel in _window_groups(idx, hf[idx]):
-                m, wd = len(sel), 2 * int(h) + 1
-                ix, iy, prof = spot_windows(
-                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h),
-                    work,
-                )
-                inx = (ix >= 0) & (ix < W)
-                iny = (iy >= 0) & (iy < H)
-                shape3 = (m, wd, wd)
-                flat = _scratch(work, "ex_flat", m * wd * wd, np.intp).reshape(shape3)
-                np.add((np.clip(iy, 0, H - 1) * W)[:, :, None], np.clip(ix, 0, W - 1)[:, None, :], out=flat)
-                fp = _scratch(work, "ex_fp", m * wd * wd, bool).reshape(shape3)
-                np.greater_equal(prof, _FOOTPRINT_LEVEL * prof.max(axis=(1, 2), keepdims=True), out=fp)
-                inb = fp
-                if not (inx.all() and iny.all()):
-                    inb = fp & iny[:, :, None] & inx[:, None, :]
-                tr = _scratch(work, "ex_tr", m * wd * wd, bool).reshape(shape3)
-                flat_trusted.take(flat, out=tr, mode="clip")
-                tr &= inb
-                act = _scratch(work, "ex_act", m * wd * wd, bool).reshape(shape3)
-                flat_active.take(flat, out=act, mode="clip")
-                act &= inb
-                bgw = _scratch(work, "ex_bgw", m * wd * wd).reshape(shape3)
-                flat_bg.take(flat, out=bgw, mode="clip")
-                tmp = _scratch(work, "ex_tmp", m * wd * wd).reshape(shape3)
-
-                def msum(a, mask):
-                    np.multiply(a, mask, out=tmp)
-                    return tmp.sum(axis=(1, 2), dtype=np.float64)
-
-                p_tr = msum(prof, tr)
-                p_act = msum(prof, act)
-                frac = p_tr / np.maximum(msum(prof, fp), 1e-30)
-                if kap:
-                    Tk = transmission(sel, ix, iy, int(h))
-                    if Tk.shape[1] == 1:  # centroid transmission for every spot of the group
-                        pt_tr = p_tr * Tk[:, 0, 0]
-                        pt_act = p_act * Tk[:, 0, 0]
-                    else:
-                        prof_t = prof * Tk
-                        pt_tr = (prof_t * tr).sum(axis=(1, 2), dtype=np.float64)
-                        pt_act = (prof_t * act).sum(axis=(1, 2), dtype=np.float64)
-                else:
-                    pt_tr, pt_act = p_tr, p_act
-                n_tr = np.count_nonzero(tr, axis=(1, 2))
-                n_act = np.count_nonzero(act, axis=(1, 2))
-                u[sel] = np.where(frac >= 0.5, pt_tr, 0.0) * S["inten"][sel]
-                C[sel] = msum(bgw, tr) + n_tr * sig_read_ph2
-                bgmean[sel] = bgw.mean(axis=(1, 2), dtype=np.float64)
-                u_act[sel] = pt_act * S["inten"][sel]
-                C_act[sel] = msum(bgw, act) + n_act * sig_read_ph2
+            if not len(idx):
+                return
+            h = hf[idx]
+            sums = np.empty((len(idx), 10))
+            _kernels.window_scores(
+                sums, G, idx, h, psf.w, psf.sigma, psf.g, T_c32[idx], near(idx, h), kap_k, trusted, active, bg,
+                _FOOTPRINT_LEVEL,
+            )  # fmt: skip
+            p_tr, _, p_fp, pt_tr, pt_act, n_tr, n_act, b_tr, b_act, b_all = sums.T
+            frac = p_tr / np.maximum(p_fp, 1e-30)
+            u[idx] = np.where(frac >= 0.5, pt_tr, 0.0) * S["inten"][idx]
+            C[idx] = b_tr + n_tr * sig_read_ph2
+            bgmean[idx] = b_all
+            u_act[idx] = pt_act * S["inten"][idx]
+            C_act[idx] = b_act + n_act * sig_read_ph2
             done[idx] = True
 
         def thresholds(uu, CC, t):
@@ -829,12 +813,16 @@ class Simulator:
         # ---- exposure scale from the smallest exact detection thresholds
         need = self._needed_count(c)
         lb = thresholds(u_ub, C_lb, T)
-        order = np.argsort(lb, kind="stable")
         K = min(n, 256)
         while True:
-            exact(order[:K])
-            X = lb[order[K]] if K < n else np.inf
-            ex = thresholds(u[order[:K]], C[order[:K]], T)
+            # the K smallest bounds (any order: only the set, and the next bound X, matter)
+            if K < n:
+                part = np.argpartition(lb, K)
+                first, X = part[:K], lb[part[K]]  # X: the (K+1)-th smallest bound
+            else:
+                first, X = np.arange(n), np.inf
+            exact(first)
+            ex = thresholds(u[first], C[first], T)
             valid = np.sort(ex[ex <= X])
             if len(valid) >= need or K == n:
                 break
@@ -864,19 +852,12 @@ class Simulator:
             hneed = np.maximum(h_core, h_tail)
             hq = _WINDOWS[np.minimum(np.searchsorted(_WINDOWS, hneed), len(_WINDOWS) - 1)]
             if psf.w < 1 and float(((2 * hq + 1.0) ** 2).sum()) > _FFT_RENDER_PIXELS:
-                self._render_fft(bg, S, idx, photons, psf, transmission if kap else None)
-                hq = hq[:0]
-                idx = idx[:0]
-            for h, sel in _window_groups(idx, hq):
-                ix, iy, prof = spot_windows(
-                    S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], psf, int(h),
-                    work,
-                )
-                scale = photons[sel].astype(np.float32)[:, None, None]
-                if kap:
-                    scale = scale * transmission(sel, ix, iy, int(h))
-                prof *= scale
-                render_windows(bg, ix, iy, prof, work)
+                self._render_fft(bg, G, S, idx, photons, psf, lambda sel, h: (T_c32[sel], near(sel, h), kap_k))
+            else:
+                _kernels.render_spots(
+                    bg, G, idx, hq, psf.w, psf.sigma, psf.g, photons[idx].astype(np.float32), T_c32[idx],
+                    near(idx, hq), kap_k,
+                )  # fmt: skip
         return dict(
             x=S["x"],
             y=S["y"],
@@ -889,7 +870,7 @@ class Simulator:
             d_A=S["d_A"],
         )
 
-    def _render_fft(self, bg: np.ndarray, S: dict, idx: np.ndarray, photons: np.ndarray, psf: PSF, transmission):
+    def _render_fft(self, bg: np.ndarray, G, S: dict, idx: np.ndarray, photons: np.ndarray, psf: PSF, transmission):
         """Render many spots at once: intrinsic spots, then one FFT convolution with the PSF.
 
         Used when the per-spot windows would cover more pixels than
@@ -905,6 +886,10 @@ class Simulator:
         the windows drop the part of the tail below 0.3·√background.  The frame
         is zero-padded by :data:`_FFT_PAD` px so the periodic convolution does not
         wrap bright tails across the frame.
+
+        ``G`` is the (n, 6) spot table of :func:`~diffscreen.simulate._kernels.window_scores`;
+        ``transmission(idx, h)`` gives the kapton arguments (centroid transmission,
+        per-pixel flags, belt constants) of the spots ``idx`` with windows ``h``.
         """
         from scipy import fft as sfft
 
@@ -920,19 +905,12 @@ class Simulator:
         _, Hp, Wp, k2, kabs = self._fft_geom
         img = _work(self._work, "fft_img", (Hp, Wp))
         img.fill(0.0)
-        point = PSF(0.0, 1.0, 1.0)  # pure Gaussian: the intrinsic spot with the pixel's 1/12 px²
         sgr_i = np.sqrt(S["sr"][idx] ** 2 + 1 / 12)
         sgt_i = np.sqrt(S["st"][idx] ** 2 + 1 / 12)
         hi = np.clip(np.ceil(3.5 * np.maximum(sgr_i, sgt_i)), 2, 48).astype(int)
-        for h, sel in _window_groups(idx, hi):
-            ix, iy, prof = spot_windows(
-                S["x"][sel], S["y"][sel], S["ux"][sel], S["uy"][sel], S["sr"][sel], S["st"][sel], point, h, self._work
-            )
-            scale = photons[sel].astype(np.float32)[:, None, None]
-            if transmission is not None:
-                scale = scale * transmission(sel, ix, iy, h)
-            prof *= scale
-            render_windows(img, ix, iy, prof, self._work)  # (spill into the padding is off the detector)
+        # pure Gaussian (PSF weight 1, σ 0): the intrinsic spot with the pixel's 1/12 px²
+        # (spill into the padding is off the detector)
+        _kernels.render_spots(img, G, idx, hi, 1.0, 0.0, 1.0, photons[idx].astype(np.float32), *transmission(idx, hi))
         spec = sfft.rfft2(img, workers=1)
         tf = _work(self._work, "fft_tf", k2.shape)
         np.multiply(k2, np.float32(-2 * np.pi**2 * psf.sigma**2), out=tf)
@@ -984,28 +962,15 @@ class Simulator:
         return float(np.exp(np.log(lo_a) + us * (np.log(hi_a) - np.log(lo_a))) * (1 + 1e-9))
 
     # ------------------------------------------------------------------ noise
-    def _block_boxes(self, r0: int, r1: int) -> list:
-        """(k, rows relative to r0, columns) of the ASIC boxes that meet rows r0..r1-1 (cached)."""
-        key = (r0, r1)
-        got = self._block_box_cache.get(key)
-        if got is None:
-            got = []
-            for k, (ys, xs) in enumerate(self._asic_boxes or []):
-                a, b = max(ys.start, r0), min(ys.stop, r1)
-                if b > a:
-                    got.append((k, slice(a - r0, b - r0), xs))
-            self._block_box_cache[key] = got
-        return got
-
     def _digitise(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
         """Expected photons → int32 ADU with photon noise, gain, offset, read noise, saturation, mask.
 
-        Works through the frame in blocks of :data:`_BLOCK_ROWS` rows so that the
-        dozen element-wise steps run on cache-resident data; the uniform random
-        bits are drawn for the whole frame first, so the result does not depend
-        on the block size; they are those of :meth:`_digitise_full`, the same on
-        the whole frame at once (the reference for the tests), so the noise of a
-        (seed, index) frame is the one earlier versions drew.
+        Draws the uniform random bits for the whole frame in the order of
+        :meth:`_digitise_full` (the numpy reference, same model, same draws) and
+        runs the per-pixel chain in one compiled pass
+        (:func:`diffscreen.simulate._kernels.digitise`), so the noise of a
+        (seed, index) frame is the one earlier versions drew (to one ADU step at
+        float rounding ties).
         """
         P = self.preset
         H, W = P.shape
@@ -1014,137 +979,75 @@ class Simulator:
         g = np.float32(c["adu_per_photon"])
         offset = float(c["dark_offset"])
         sig_r = float(c["read_noise"])
-        lo = None if P.allow_negative else 0
-        boxes = self._asic_boxes
         asic = self.layout.asic_id
-        cm = P.common_mode_adu > 0 and asic is not None
-        # ---- random draws for the whole frame (same stream whatever the block size)
-        blur = False
-        u_p = u_w = z_hi = None
-        k_blur = 0.0
+        empty_u16 = np.zeros(0, np.uint16)
+        empty_f32 = np.zeros(0, np.float32)
+        u_p = zu_hi = u_w = u_z = empty_u16
+        tabk = empty_f32
+        lam_k = np.zeros((1, 1), np.float32) if lam is None else lam
+        mode = 0
+        k_blur = 1.0
         if lam is not None and P.noise_blur:
             # the [1,2,1]⊗[1,2,1]-blurred unit normals have std 6; scale the table so that the
             # blurred field times √λ has variance gain · g · λ (ADU²)
             k_blur = np.sqrt(c["gain"] * c["adu_per_photon"]) / 6
-            tab = _work(work, "ntab", (65536,))
-            np.multiply(normal_table(), np.float32(k_blur), out=tab)
-            z = _work(work, "z", (H + 2, W + 2))  # raw normals (× k_blur), as correlated_normal draws them
-            tab.take(random_u16(rng, (H + 2) * (W + 2)), out=z.reshape(-1), mode="clip")
-            blur = True
-            h2 = (H + 2) // 2  # white read noise: raw row (i + h2) mod (H + 2), as correlated_normal
+            tabk = _work(work, "ntab", (65536,))
+            np.multiply(normal_table(), np.float32(k_blur), out=tabk)
+            u_z = random_u16(rng, (H + 2) * (W + 2))  # raw normals (× k_blur), as correlated_normal draws them
+            mode = 2
         elif lam is not None:
+            mode = 1
             u_p = random_u16(rng, 2 * n)
             # Gaussian draws of the λ > 60 pixels before the read noise (the whole-frame order)
-            hi_all = np.flatnonzero(lam.reshape(-1) > POISSON_GAUSS_ABOVE)
-            z_hi = normal_table().take(random_u16(rng, hi_all.size)) if hi_all.size else None
-        if sig_r > 0 and not blur:
+            m = _kernels.count_above(lam.reshape(-1), POISSON_GAUSS_ABOVE)
+            if m:
+                zu_hi = random_u16(rng, m)
+        if sig_r > 0 and mode != 2:
             u_w = random_u16(rng, n)
-        lamf = None if lam is None else lam.reshape(-1)
-        B = _BLOCK_ROWS
-        o_buf = _scratch(work, "blk_o", B * W).reshape(B, W)
-        t_buf = _scratch(work, "blk_t", B * W).reshape(B, W)
-        if blur:
-            a_buf = _scratch(work, "blk_a", (B + 1) * (W + 2)).reshape(B + 1, W + 2)
-            a2_buf = _scratch(work, "blk_a2", B * (W + 2)).reshape(B, W + 2)
-            bb_buf = _scratch(work, "blk_bb", B * (W + 1)).reshape(B, W + 1)
-        data = np.empty((H, W), np.int32)
-        # Ke §3.2 (LG36) mixed gain: pixels inside the 3.2 Å cone read in low gain (1/ratio), then
-        # scaled back by ratio: same photon scale, ratio × the dark noise and ADU step
-        mixed = None
+        lo = None if P.allow_negative else 0
+        mixed = np.zeros(0)
         if c["mixed_gain"]:
+            # Ke §3.2 (LG36) mixed gain: pixels inside the 3.2 Å cone read in low gain (1/ratio), then
+            # scaled back by ratio: same photon scale, ratio × the dark noise and ADU step
             cx, cy = c["beam_center"]
             rm = c["mixed_gain_r_px"]
             y0, y1 = max(int(cy - rm), 0), min(int(cy + rm) + 2, H)
             x0, x1 = max(int(cx - rm), 0), min(int(cx + rm) + 2, W)
             if y1 > y0 and x1 > x0:
-                xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2
-                mixed = (y0, y1, x0, x1, xx, np.float32(rm * rm), np.float32(P.mixed_gain_ratio))
-        fast_round = lo == 0 and mixed is None
-        add_const = np.float32(offset + (0.5 if fast_round else 0.0))
-        ntab = normal_table()
-        for r0 in range(0, H, B):
-            r1 = min(r0 + B, H)
-            b = r1 - r0
-            o = o_buf[:b]
-            t = t_buf[:b]
-            f0, f1 = r0 * W, r1 * W
-            if lam is None:
-                o.fill(0.0)
-            elif blur:
-                zb = z[r0 : r1 + 2]
-                a = a_buf[: b + 1]
-                np.add(zb[:-1], zb[1:], out=a)
-                a2 = a2_buf[:b]
-                np.add(a[:-1], a[1:], out=a2)
-                bb = bb_buf[:b]
-                np.add(a2[:, :-1], a2[:, 1:], out=bb)
-                np.add(bb[:, :-1], bb[:, 1:], out=t)  # k · 6 · (unit correlated normal)
-                lb = lam[r0:r1]
-                np.maximum(lb, 0, out=o)
-                np.sqrt(o, out=o)
-                t *= o
-                np.multiply(lb, g, out=o)
-                o += t
-            else:
-                zh = None
-                if z_hi is not None:
-                    ha, hb = np.searchsorted(hi_all, (f0, f1))
-                    zh = z_hi[ha:hb]
-                poisson_block(lamf[f0:f1], u_p[f0:f1], u_p[n + f0 : n + f1], rng, o.reshape(-1), work, zh)
-                if boxes is not None:
-                    for k, rows, xs in self._block_boxes(r0, r1):
-                        o[rows, xs] *= np.float32(c["asic_gain"][k] * g)
-                elif asic is not None:
-                    o *= (c["asic_gain"] * g).take(asic[r0:r1])
-                else:
-                    o *= g
-            msub = None
-            if mixed is not None and r0 < mixed[1] and r1 > mixed[0]:
-                y0, y1, x0, x1, xx, rm2, ratio = mixed
-                ra, rb = max(y0, r0), min(y1, r1)
-                yy = (np.arange(ra, rb, dtype=np.float32) - np.float32(cy)) ** 2
-                inner = (yy[:, None] + xx[None, :]) < rm2
-                sub = o[ra - r0 : rb - r0, x0:x1]
-                msub = (sub, inner, sub.copy())  # photon ADU (high-gain scale)
-            if cm:
-                if boxes is not None:
-                    for k, rows, xs in self._block_boxes(r0, r1):
-                        o[rows, xs] += c["common_mode"][k]
-                else:
-                    o += c["common_mode"].take(asic[r0:r1])
-            if sig_r > 0:
-                if blur:
-                    i0 = (r0 + h2) % (H + 2)
-                    sr = np.float32(sig_r / k_blur)
-                    if i0 + b <= H + 2:
-                        np.multiply(z[i0 : i0 + b, :W], sr, out=t)
-                    else:
-                        m = H + 2 - i0
-                        np.multiply(z[i0:, :W], sr, out=t[:m])
-                        np.multiply(z[: b - m, :W], sr, out=t[m:])
-                else:
-                    ntab.take(u_w[f0:f1], out=t.reshape(-1), mode="clip")
-                    t *= np.float32(sig_r)
-                o += t
-            o += add_const
-            keep = None
-            if msub is not None:
-                sub, inner, sig = msub
-                dark = sub - sig - np.float32(offset)  # common mode + read noise
-                low = np.rint((sig + np.float32(offset)) / ratio + dark)
-                np.clip(low, lo, P.saturation_adu, out=low)
-                low *= ratio
-                sub[inner] = low[inner]
-                keep = low[inner]  # saturate at ratio × the ceiling
-            if not fast_round:
-                np.rint(o, out=o)
-            # fast_round: floor(x + 0.5) (== rint(x) but at exact .5 ties); float → int32
-            # truncation is the floor for the non-negative clipped values
-            np.clip(o, lo, P.saturation_adu, out=o)
-            if keep is not None:
-                sub[inner] = keep
-            np.copyto(data[r0:r1], o, casting="unsafe")
-        data.reshape(-1)[self._inactive] = 0
+                mixed = np.array([y0, y1, x0, x1, cx, cy, rm * rm, P.mixed_gain_ratio], np.float64)
+        fast_round = lo == 0 and not mixed.size
+        has_asic = asic is not None
+        cm = P.common_mode_adu > 0 and has_asic
+        data = np.empty((H, W), np.int32)
+        _kernels.digitise(
+            data,
+            mode,
+            lam_k,
+            u_p,
+            _poisson_table12(),
+            _poisson_table(),
+            np.float32((_Q * 65536.0) ** 2),
+            np.float32((_TMAX + 1) * 65536.0),
+            _TMAX,
+            POISSON_GAUSS_ABOVE,
+            zu_hi,
+            normal_table(),
+            tabk,
+            u_z,
+            g,
+            asic if has_asic else np.zeros((0, 0), np.int16),
+            (c["asic_gain"] * g).astype(np.float32) if has_asic else empty_f32,
+            c["common_mode"].astype(np.float32) if cm else empty_f32,
+            u_w,
+            np.float32(sig_r / k_blur if mode == 2 else sig_r),
+            np.float32(offset + (0.5 if fast_round else 0.0)),
+            np.float32(offset),
+            fast_round,
+            lo == 0,
+            np.float32(P.saturation_adu),
+            mixed,
+            self.layout.active,
+        )
         return data
 
     def _digitise_full(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
