@@ -469,7 +469,7 @@ def window_scores(out, G, idx, hs, pw, ps, pg, T_c, near, kap, trusted, active, 
         Kapton transmission at each centroid.
     near : (m,) bool ndarray
         Evaluate the transmission at every window pixel instead (spots near
-        the shadow's edge; see ``run.window_transmission``).
+        the shadow's edge; see ``run.kapton_near_edge``).
     kap : (8,) float64 ndarray
         :func:`kapton_params`; empty for no belt.
     trusted, active : (H, W) bool ndarray

@@ -37,6 +37,7 @@ times a mild bulk-solvent dip at low resolution.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,7 +150,7 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     )
 
 
-_ABSENCE_CACHE: dict = {}
+_ABSENCE_CACHE: dict[str, list] = {}
 
 
 def _symmetry_ops(space_group: str) -> list:
@@ -186,6 +187,7 @@ def _symmetry_ops(space_group: str) -> list:
     return ops
 
 
+@functools.lru_cache(maxsize=None)
 def _translation_ops(space_group: str) -> tuple[np.ndarray, np.ndarray]:
     """The symmetry operations with a translation, the only ones that cause absences.
 
@@ -194,13 +196,10 @@ def _translation_ops(space_group: str) -> tuple[np.ndarray, np.ndarray]:
     rots : (n, 3, 3) float64 ndarray
     trans : (n, 3) float64 ndarray
     """
-    key = ("translation", space_group)
-    if key not in _ABSENCE_CACHE:
-        ops = [(R, t) for R, t in _symmetry_ops(space_group) if np.any(t)]
-        rots = np.array([R for R, _ in ops], np.float64).reshape(-1, 3, 3)
-        trans = np.array([t for _, t in ops], np.float64).reshape(-1, 3)
-        _ABSENCE_CACHE[key] = (rots, trans)
-    return _ABSENCE_CACHE[key]
+    ops = [(R, t) for R, t in _symmetry_ops(space_group) if np.any(t)]
+    rots = np.array([R for R, _ in ops], np.float64).reshape(-1, 3, 3)
+    trans = np.array([t for _, t in ops], np.float64).reshape(-1, 3)
+    return rots, trans
 
 
 def systematic_absence(hkl: np.ndarray, space_group: str) -> np.ndarray:

@@ -51,7 +51,7 @@ the final detectable count, never copied from the kind.
 Kapton shadow on spots: a spot takes the belt's transmission at its centroid
 unless the shadow's edge is within reach of its window or the transmission
 changes by more than 2 % across it; then it is evaluated per pixel
-(:func:`window_transmission`; each spot's transmitted flux is right to 1 %).
+(:func:`kapton_near_edge`; each spot's transmitted flux is right to 1 %).
 Render windows are the smallest of :data:`_WINDOWS` (1-px steps up to 12 px)
 that hold the spot's core (3σ) and its tail down to 0.3·√background.  When
 those windows would cover more than :data:`_FFT_RENDER_PIXELS` pixels (dense
@@ -286,47 +286,6 @@ def kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args) -> np.ndarra
         )
         near |= np.abs(Te - T_c) > 0.02 * T_c
     return near
-
-
-def window_transmission(xs, ys, ix, iy, h: int, T_c, edge_d, beam_center, kap_args) -> np.ndarray:
-    """Kapton-belt transmission of spot windows, per pixel only where it matters.
-
-    A spot takes the transmission at its centroid, except when the shadow's
-    edge (where T jumps) is within ``h + 2`` px or T at the window's ends along
-    the edge normal differs from the centroid value by more than 2 %; then it
-    is evaluated at every window pixel.  Where it is not, T is smooth over the
-    window, so the spot's transmitted flux is right to second order in the
-    window size (tests/test_simulate_speed_equivalence.py checks 1 %).
-
-    Parameters
-    ----------
-    xs, ys : (m,) float ndarray
-        Spot centroids, px.
-    ix, iy : (m, 2h+1) int ndarray
-        Window columns and rows (:func:`~diffscreen.simulate.detector.spot_windows`).
-    h : int
-    T_c : (m,) float ndarray
-        Transmission at the centroids.
-    edge_d : (m,) float ndarray
-        Distance of each centroid from the shadow's edge line, px.
-    beam_center : (float, float)
-    kap_args : tuple
-        ``(pixel_size_mm, distance_mm, normal, mu_t, max_att)`` for
-        :func:`~diffscreen.simulate.background.kapton_transmission`.
-
-    Returns
-    -------
-    T : (m, 1, 1) or (m, 2h+1, 2h+1) float32 ndarray
-    """
-    cx, cy = beam_center
-    Tk = np.asarray(T_c, np.float32)[:, None, None]
-    near = kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args)
-    if near.any():
-        Tk = np.broadcast_to(Tk, (len(xs), 2 * h + 1, 2 * h + 1)).copy()
-        Tk[near] = kapton_transmission(
-            (ix[near] - cx)[:, None, :].astype(np.float32), (iy[near] - cy)[:, :, None].astype(np.float32), *kap_args
-        )
-    return Tk
 
 
 def _asic_boxes(layout) -> list | None:
@@ -962,6 +921,22 @@ class Simulator:
         return float(np.exp(np.log(lo_a) + us * (np.log(hi_a) - np.log(lo_a))) * (1 + 1e-9))
 
     # ------------------------------------------------------------------ noise
+    def _mixed_gain_zone(self, c: dict):
+        """(y0, y1, x0, x1) bounding the frame's mixed-gain circle, or None (none, or off the frame).
+
+        Ke §3.2 (LG36) mixed gain: pixels inside the 3.2 Å cone read in low gain
+        (1/ratio), then scaled back by ratio: same photon scale, ratio × the dark
+        noise and ADU step.
+        """
+        if not c["mixed_gain"]:
+            return None
+        H, W = self.preset.shape
+        cx, cy = c["beam_center"]
+        rm = c["mixed_gain_r_px"]
+        y0, y1 = max(int(cy - rm), 0), min(int(cy + rm) + 2, H)
+        x0, x1 = max(int(cx - rm), 0), min(int(cx + rm) + 2, W)
+        return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
+
     def _digitise(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
         """Expected photons → int32 ADU with photon noise, gain, offset, read noise, saturation, mask.
 
@@ -1004,18 +979,13 @@ class Simulator:
                 zu_hi = random_u16(rng, m)
         if sig_r > 0 and mode != 2:
             u_w = random_u16(rng, n)
-        lo = None if P.allow_negative else 0
+        clip_lo = not P.allow_negative
         mixed = np.zeros(0)
-        if c["mixed_gain"]:
-            # Ke §3.2 (LG36) mixed gain: pixels inside the 3.2 Å cone read in low gain (1/ratio), then
-            # scaled back by ratio: same photon scale, ratio × the dark noise and ADU step
-            cx, cy = c["beam_center"]
-            rm = c["mixed_gain_r_px"]
-            y0, y1 = max(int(cy - rm), 0), min(int(cy + rm) + 2, H)
-            x0, x1 = max(int(cx - rm), 0), min(int(cx + rm) + 2, W)
-            if y1 > y0 and x1 > x0:
-                mixed = np.array([y0, y1, x0, x1, cx, cy, rm * rm, P.mixed_gain_ratio], np.float64)
-        fast_round = lo == 0 and not mixed.size
+        zone = self._mixed_gain_zone(c)
+        if zone is not None:
+            (y0, y1, x0, x1), (cx, cy), rm = zone, c["beam_center"], c["mixed_gain_r_px"]
+            mixed = np.array([y0, y1, x0, x1, cx, cy, rm * rm, P.mixed_gain_ratio], np.float64)
+        fast_round = clip_lo and not mixed.size
         has_asic = asic is not None
         cm = P.common_mode_adu > 0 and has_asic
         data = np.empty((H, W), np.int32)
@@ -1043,7 +1013,7 @@ class Simulator:
             np.float32(offset + (0.5 if fast_round else 0.0)),
             np.float32(offset),
             fast_round,
-            lo == 0,
+            clip_lo,
             np.float32(P.saturation_adu),
             mixed,
             self.layout.active,
@@ -1087,19 +1057,16 @@ class Simulator:
             np.add(cnt, offset, out=adu)
         lo = None if P.allow_negative else 0
         mixed = None
-        if c["mixed_gain"]:
-            # Ke §3.2 (LG36): pixels inside the 3.2 Å cone read in low gain (1/ratio), then
-            # scaled back by ratio: same photon scale, ratio × the dark noise and ADU step
+        zone = self._mixed_gain_zone(c)
+        if zone is not None:
+            y0, y1, x0, x1 = zone
             cx, cy = c["beam_center"]
             r0 = c["mixed_gain_r_px"]
-            y0, y1 = max(int(cy - r0), 0), min(int(cy + r0) + 2, H)
-            x0, x1 = max(int(cx - r0), 0), min(int(cx + r0) + 2, W)
-            if y1 > y0 and x1 > x0:
-                sub = (slice(y0, y1), slice(x0, x1))
-                yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy)) ** 2
-                xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2
-                inner = (yy[:, None] + xx[None, :]) < np.float32(r0 * r0)
-                mixed = (sub, inner, adu[sub] - np.float32(c["dark_offset"]))  # photon ADU (high-gain scale)
+            sub = (slice(y0, y1), slice(x0, x1))
+            yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy)) ** 2
+            xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2
+            inner = (yy[:, None] + xx[None, :]) < np.float32(r0 * r0)
+            mixed = (sub, inner, adu[sub] - np.float32(c["dark_offset"]))  # photon ADU (high-gain scale)
         if asic is not None and P.common_mode_adu > 0:
             if self._asic_boxes is not None:
                 for k, box in enumerate(self._asic_boxes):
