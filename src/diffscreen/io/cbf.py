@@ -27,8 +27,12 @@ Conventions: pycbf's pixel (0, 0) coordinate is taken as the centre of the
 first pixel (imgCIF ``_array_structure_list_axis.displacement``), so beam
 centres here are 0-based with pixel centres at integers.  Bad pixels: values
 at or below the array's ``_array_intensities.undefined_value`` (dxtbx's
-trusted range, as in ``FormatCBFMultiTileHierarchy``) and the CSPAD sentinel
-:data:`CSPAD_SENTINEL`.  Overloaded pixels are kept (they are Bragg spots).
+trusted range, as in ``FormatCBFMultiTileHierarchy``), the CSPAD sentinel
+:data:`CSPAD_SENTINEL`, and what the detector flags as invalid (issue 13: a
+value the detector flags as invalid or overloaded must not decide a frame):
+values at or above ``_array_intensities.overload`` (or the Pilatus
+``# Count_cutoff`` of a text header) and the all-ones value of the stored
+integer dtype (:func:`~diffscreen.io.sources.invalid_mask`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import numpy as np
 
 from diffscreen.errors import FrameReadError
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.io.sources import BaseSource, open_decompressed
+from diffscreen.io.sources import BaseSource, invalid_mask, open_decompressed
 
 __all__ = [
     "ImgCIFSource",
@@ -753,6 +757,11 @@ class ImgCIFSource(BaseSource):
         info["overload"] = next((_float(r.get("overload")) for r in inten if r.get("overload")), None)
         text = next((r.get("header_contents") for r in _table(h, "array_data") if r.get("header_contents")), None)
         info["text_header"] = text
+        info["saturated"] = info["overload"]
+        if info["saturated"] is None and text:
+            from diffscreen.io.single import parse_pilatus_header
+
+            info["saturated"] = parse_pilatus_header(text).get("count_cutoff")
         return info
 
     def _read(self, index: int) -> Frame:
@@ -771,7 +780,8 @@ class ImgCIFSource(BaseSource):
         return Frame(data=data, mask=mask, meta=self._meta(len(blocks), overlap))
 
     def _bad(self, block: np.ndarray, array_id: str) -> np.ndarray:
-        bad = block == CSPAD_SENTINEL
+        bad = invalid_mask(block, self._header["saturated"])
+        bad |= block == CSPAD_SENTINEL
         low = self._header["undefined"].get(array_id)
         if low is not None:
             bad |= block <= low

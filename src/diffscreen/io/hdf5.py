@@ -18,7 +18,16 @@ CXIDB-76 (Ke et al. 2018; ANCHORS.md; nksauter/fv5080 ``FormatHDF5ImageDictionar
     ``BEAM_CENTER_X``/``_Y`` (mm, x = fast scan), ``PIXEL_SIZE`` (mm),
     ``MIN_TRUSTED_VALUE``, ``SATURATED_VALUE`` and ``ACTIVE_AREAS``.
 Generic ``file.h5:/path/to/data``
-    Any numeric (N, H, W) or (H, W) dataset; no mask, no geometry.
+    Any numeric (N, H, W) or (H, W) dataset; no geometry.  Mask: an NXmx
+    ``pixel_mask`` of the file (nonzero = bad), if one has the frame shape.
+
+Every layout also masks what the detector itself flags as invalid (issue 13:
+a value the detector flags as invalid or overloaded must not decide a frame;
+:func:`~diffscreen.io.sources.invalid_mask`): the all-ones value of the
+stored integer dtype (65535 in uint16, 4294967295 in uint32 Eiger data) and
+values at or above ``SATURATED_VALUE`` (CXIDB-76) or the NXmx
+``saturation_value``.  The CXI window read (:meth:`CXISource.read_region`)
+applies the same rule, so both paths agree.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import numpy as np
 
 from diffscreen.errors import DatasetNotFoundError, FrameReadError, UnknownFormatError
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
-from diffscreen.io.sources import BaseSource
+from diffscreen.io.sources import BaseSource, invalid_mask
 
 __all__ = [
     "CXISource",
@@ -265,9 +274,12 @@ class _CXIEntry:
         self._static_bad = None
         self._cols: dict[str, np.ndarray | None] = {}
 
-    def pixels(self, j: int, index: int) -> np.ndarray:
+    def pixels(self, j: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame ``j`` as float32, and the invalid-value mask of integer data (else None)."""
         key = j if self.data.ndim == 3 else ()
-        return np.asarray(_read(self.data, key, self.path, index), dtype=np.float32)
+        raw = np.asarray(_read(self.data, key, self.path, index))
+        invalid = invalid_mask(raw) if raw.dtype.kind in "iu" else None
+        return raw.astype(np.float32, copy=False), invalid
 
     def pixels_region(self, j: int, index: int, rows, cols, raw_file=None) -> np.ndarray:
         """Raw pixels (file dtype) of rows ``rows[0]:rows[1]`` × columns ``cols[0]:cols[1]``.
@@ -427,8 +439,10 @@ class CXISource(_H5Source):
     -----
     Frames of all ``entry_k`` groups are numbered consecutively, ``entry_1``
     first.  The mask is the OR of the static detector mask and the per-frame
-    mask, keeping only the bits in :data:`CXI_BAD_PIXEL_BITS` (so a pixel
-    flagged only as saturated stays usable: it may be a Bragg spot).
+    mask, keeping only the bits in :data:`CXI_BAD_PIXEL_BITS` (a pixel
+    flagged only as saturated by the mask bits stays usable), and the
+    all-ones value of integer pixel data (:func:`~diffscreen.io.sources.invalid_mask`),
+    in :meth:`read` and :meth:`read_region` alike.
     ``meta.extra`` carries ``entry``, ``entry_frame`` and, where the file has
     them, ``source_file``, ``source_frame``, ``label`` (class name),
     ``n_spots`` and ``probabilities``.  Source: CXI file format 1.6 (Maia
@@ -484,8 +498,11 @@ class CXISource(_H5Source):
     def _read(self, index: int) -> Frame:
         self._file()
         e, j = self._entry(index)
-        data = e.pixels(j, index)
-        return Frame(data=data, mask=e.bad(j, index), meta=self._meta(e, j, index))
+        data, invalid = e.pixels(j, index)
+        bad = e.bad(j, index)
+        if invalid is not None:
+            bad |= invalid
+        return Frame(data=data, mask=bad, meta=self._meta(e, j, index))
 
     def read_meta(self, index: int) -> FrameMeta:
         """Metadata of frame ``index`` without reading its pixels.
@@ -546,7 +563,12 @@ class CXISource(_H5Source):
         if self._raw is None and hasattr(os, "preadv") and e._raw_offset(j) is not None:
             self._raw = _RawRows(self.path, index)
         data = e.pixels_region(j, index, (r0, r1), (c0, c1), self._raw)
-        return data, e.bad_region(j, index, (r0, r1), (c0, c1))
+        bad = e.bad_region(j, index, (r0, r1), (c0, c1))
+        if data.dtype.kind in "iu":  # the same invalid-value rule as read()
+            invalid = invalid_mask(data)
+            if invalid.any():
+                bad = bad | invalid
+        return data, bad
 
     def close(self) -> None:
         """Close the HDF5 file (and the raw reader of :meth:`read_region`)."""
@@ -624,8 +646,9 @@ class CXIDB76Source(_H5Source):
     ``(slow0, fast0, slow1, fast1)``, ends exclusive, each trimmed by
     :data:`ACTIVE_AREA_MARGIN` px as fv5080 does; applied when the file has
     more than one tile, i.e. the assembled CSPAD), and pixels below
-    ``MIN_TRUSTED_VALUE``.  Pixels at or above ``SATURATED_VALUE`` are kept
-    (Bragg spots); the value is in ``meta.extra["saturated_value"]``.
+    ``MIN_TRUSTED_VALUE``, and (issue 13) pixels at or above ``SATURATED_VALUE``
+    or at the all-ones value of the stored integer dtype; the saturation value
+    is also in ``meta.extra["saturated_value"]``.
     """
 
     def __init__(self, path, *, _file=None):
@@ -668,11 +691,13 @@ class CXIDB76Source(_H5Source):
         k, j = self._locate(index)
         name, ds = self._chunks[k]
         key = j if ds.ndim == 3 else ()
-        raw = np.asarray(_read(ds, key, self.path, index)).astype(np.int32)
-        if raw.shape != self._shape:
-            raise FrameReadError(f"chunk {name} holds {raw.shape} frames, chunk 0 {self._shape}",
+        stored = np.asarray(_read(ds, key, self.path, index))
+        if stored.shape != self._shape:
+            raise FrameReadError(f"chunk {name} holds {stored.shape} frames, chunk 0 {self._shape}",
                                  path=self.path, frame=index)
-        bad = self._active_area_bad().copy()
+        bad = invalid_mask(stored, _finite_or_none(self._md.get("SATURATED_VALUE")))
+        raw = stored.astype(np.int32)
+        bad |= self._active_area_bad()
         low = _finite_or_none(self._md.get("MIN_TRUSTED_VALUE"))
         if low is not None:
             bad |= raw < low
@@ -759,7 +784,10 @@ class HDF5DatasetSource(_H5Source):
 
     Notes
     -----
-    No mask (all False) and no geometry: a bare dataset carries neither.
+    No geometry.  Mask: the first NXmx ``pixel_mask`` of :data:`NXMX_PIXEL_MASKS`
+    (or a ``pixel_mask`` beside the dataset) whose shape is the frame's, or
+    (N, H, W) per frame, nonzero = bad; plus the all-ones value of an integer
+    dtype and values at or above an NXmx ``saturation_value``.
     ``self.path`` is the spec ``file.h5:/dataset``.
 
     Raises
@@ -789,9 +817,11 @@ class HDF5DatasetSource(_H5Source):
                                            path=self.file)
             self._ds = obj
             self._n, self._shape = _frames_shape(obj, self.file)
+            self._pixel_mask, self._saturation = _nxmx_mask_info(self._f, obj, self._shape)
         except BaseException:
             self.close()
             raise
+        self._static_bad = None
 
     def __len__(self) -> int:
         return self._n
@@ -803,6 +833,59 @@ class HDF5DatasetSource(_H5Source):
     def _read(self, index: int) -> Frame:
         self._file()
         key = index if self._ds.ndim == 3 else ()
-        data = np.asarray(_read(self._ds, key, self.path, index), dtype=np.float32)
+        raw = np.asarray(_read(self._ds, key, self.path, index))
+        bad = invalid_mask(raw, self._saturation)
+        pm = self._pixel_mask
+        if pm is not None:
+            if pm.ndim == 2:
+                if self._static_bad is None:
+                    self._static_bad = np.asarray(_read(pm, (), self.path, index)) != 0
+                bad |= self._static_bad
+            else:
+                bad |= np.asarray(_read(pm, index, self.path, index)) != 0
         meta = FrameMeta(source=self.path, index=index, extra={"format": "hdf5", "dataset": self.dataset})
-        return Frame(data=data, mask=np.zeros(self._shape, bool), meta=meta)
+        if self._saturation is not None:
+            meta.extra["saturated_value"] = self._saturation
+        return Frame(data=raw.astype(np.float32, copy=False), mask=bad, meta=meta)
+
+
+#: Where NXmx (and DECTRIS Eiger) files keep the detector's pixel mask.
+NXMX_PIXEL_MASKS = (
+    "/entry/instrument/detector/pixel_mask",
+    "/entry/instrument/detector/detectorSpecific/pixel_mask",
+)
+#: Where they keep the saturation (overload) value.
+NXMX_SATURATION = (
+    "/entry/instrument/detector/saturation_value",
+    "/entry/instrument/detector/detectorSpecific/saturation_value",
+    "/entry/instrument/detector/detectorSpecific/countrate_correction_count_cutoff",
+)
+
+
+def _nxmx_mask_info(f, ds, shape):
+    """The NXmx ``pixel_mask`` dataset fitting frames of ``shape`` (or None), and the saturation value."""
+    import h5py
+
+    parent = ds.parent.name.rstrip("/")
+    mask = None
+    for p in NXMX_PIXEL_MASKS + (f"{parent}/pixel_mask",):
+        try:
+            obj = f.get(p)
+        except Exception:  # noqa: BLE001 - broken link
+            obj = None
+        if isinstance(obj, h5py.Dataset) and obj.name != ds.name and (
+                tuple(obj.shape) == tuple(shape) or (obj.ndim == 3 and tuple(obj.shape) == tuple(ds.shape))):
+            mask = obj
+            break
+    saturation = None
+    for p in NXMX_SATURATION + (f"{parent}/saturation_value",):
+        try:
+            obj = f.get(p)
+            v = obj[()] if isinstance(obj, h5py.Dataset) and obj.size == 1 else None
+            v = None if v is None else _finite_or_none(np.ravel(v)[0])
+        except Exception:  # noqa: BLE001
+            v = None
+        if v is not None and v > 0:
+            saturation = v
+            break
+    return mask, saturation

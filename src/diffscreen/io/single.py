@@ -23,7 +23,13 @@ pixels; any signed-integer CBF or TIFF); ADSC pixels reading exactly 0 (the
 CCD pedestal keeps active pixels above 0, so a 0 is the gap between the 2×2
 modules or a dead pixel); MarCCD and mar345 zeros outside the inscribed circle
 (the round active area of a MarCCD 165 or an image plate); the EDF ``Dummy``
-value.  Saturated pixels are never masked.
+value.  Besides these, every kind masks what the detector itself flags as
+invalid (issue 13: a value the detector flags as invalid or overloaded must
+not decide a frame; :func:`~diffscreen.io.sources.invalid_mask`): pixels at
+or above the header's saturation value (Pilatus ``# Count_cutoff``, ADSC
+``CCD_IMAGE_SATURATION``, MarCCD ``saturated_value``), and the all-ones value
+2**n - 1 of the stored integer dtype (65535 in a uint16 CCD frame is masked
+even where it simply means saturation).
 
 Beam-centre conventions (0-based px, x = fast scan, y = slow scan): Pilatus
 ``Beam_xy`` and MarCCD ``beam_x/y`` are pixel values and are passed through;
@@ -48,7 +54,7 @@ import numpy as np
 
 from diffscreen.errors import FrameReadError
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.io.sources import BaseSource, read_head
+from diffscreen.io.sources import BaseSource, invalid_mask, read_head
 
 __all__ = [
     "FabioSource",
@@ -235,22 +241,24 @@ class FabioSource(BaseSource):
                                      path=self.path, frame=index) from exc
         raw = np.asarray(img.data)
         meta = self._meta(img.header, index)
-        return Frame(data=raw.astype(np.float32), mask=self._mask(raw, img.header), meta=meta)
+        mask = self._mask(raw, img.header, meta.extra.get("saturated_value"))
+        return Frame(data=raw.astype(np.float32), mask=mask, meta=meta)
 
     # -- masks ---------------------------------------------------------------------
 
-    def _mask(self, raw: np.ndarray, header: dict) -> np.ndarray:
-        if self.kind in ("cbf", "tiff") and raw.dtype.kind == "i":
-            return raw < 0
+    def _mask(self, raw: np.ndarray, header: dict, saturated=None) -> np.ndarray:
+        # negatives (Pilatus -1 gaps, -2 bad) of signed CBF/TIFF/EDF, >= saturated, dtype all-ones
+        signed_markers = self.kind in ("cbf", "tiff", "edf") and raw.dtype.kind == "i"
+        bad = invalid_mask(raw, saturated, negative=signed_markers)
         if self.kind == "smv":
-            return raw == 0
-        if self.kind in ("marccd", "mar345"):
-            return (raw == 0) & ~inscribed_circle(raw.shape)
-        if self.kind == "edf":
+            bad |= raw == 0
+        elif self.kind in ("marccd", "mar345"):
+            bad |= (raw == 0) & ~inscribed_circle(raw.shape)
+        elif self.kind == "edf":
             dummy = _number(header.get("Dummy"))
-            bad = raw == dummy if dummy not in (None, 0.0) else np.zeros(raw.shape, bool)
-            return bad | (raw < 0) if raw.dtype.kind == "i" else bad
-        return np.zeros(raw.shape, bool)
+            if dummy not in (None, 0.0):
+                bad |= raw == dummy
+        return bad
 
     # -- metadata ------------------------------------------------------------------
 

@@ -16,7 +16,16 @@ hdf5      CXI (as :class:`~diffscreen.io.cxi.CXIWriter` writes it), CXIDB-76
           (Ke et al. 2018), any ``file.h5:/dataset`` (:mod:`.hdf5`)
 imgcif    x-CBF_PACKED and multi-panel imgCIF through pycbf (:mod:`.cbf`)
 fabio     miniCBF (Pilatus), ADSC/SMV, MarCCD, EDF, TIFF, mar345 (:mod:`.single`)
+fabio-any last resort: whatever fabio's own format detection opens (Bruker,
+          Oxford/ESPERANTO, KCD, GE, SPE, ...) (:mod:`.fabio_any`)
 ========  ===================================================================
+
+Invalid pixels (issue 13): a value the detector itself flags as invalid or
+overloaded must not decide a frame, so every reader masks (besides its
+format's own gap/bad-pixel markers) the values :func:`invalid_mask` names:
+at or above the header's saturation/overload/count-cutoff value, and the
+all-ones value 2**n - 1 of the stored integer dtype (65535 for uint16,
+4294967295 for uint32, 2147483647 for int32).
 
 Errors are one line each and name the file, the frame (0-based) and the
 problem; they derive from :class:`~diffscreen.errors.FrameReadError`.
@@ -32,6 +41,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
+
+import numpy as np
 
 from diffscreen.errors import DiffscreenError, FrameIndexError, FrameReadError, UnknownFormatError
 from diffscreen.io.frame import Frame, check_frame
@@ -50,6 +61,7 @@ __all__ = [
     "read_frame",
     "iter_frames",
     "expand_inputs",
+    "invalid_mask",
 ]
 
 #: Bytes of (decompressed) file start handed to every ``understand``.
@@ -169,6 +181,64 @@ class BaseSource:
         return f"<{type(self).__name__} {self.path!r}>"
 
 
+def invalid_mask(raw: np.ndarray, saturated=None, *, negative: bool = False) -> np.ndarray:
+    """Pixels whose stored value the detector flags as invalid, in one vectorised pass.
+
+    Parameters
+    ----------
+    raw : ndarray
+        Pixels in the dtype they are stored in (before any conversion).
+    saturated : float, optional
+        The header's saturation / overload / count-cutoff value; values at or
+        above it are masked.  Ignored when None, not finite or <= 0.
+    negative : bool
+        Also mask negative values (gap/bad markers of signed-integer formats).
+
+    Returns
+    -------
+    ndarray of bool, ``raw.shape``
+        True at or above ``saturated``, at the all-ones value 2**n - 1 of an
+        integer dtype of 16 bits or more (``np.iinfo(dtype).max``: 65535 for
+        uint16, 2147483647 for int32; 8-bit images are left alone), and below
+        0 if ``negative`` and the dtype is signed.
+
+    Notes
+    -----
+    For integer data the threshold is cast to the stored dtype, so no float
+    copy is made; with ``negative`` a signed array is compared as its
+    unsigned view, where every negative value lies above the threshold, so
+    it is still one comparison.
+    """
+    raw = np.asarray(raw)
+    sat = None
+    if saturated is not None:
+        try:
+            sat = float(saturated)
+        except (TypeError, ValueError):
+            sat = None
+        if sat is not None and not (np.isfinite(sat) and sat > 0):
+            sat = None
+    kind = raw.dtype.kind
+    if kind in "iu":
+        info = np.iinfo(raw.dtype)
+        thr = info.max if raw.dtype.itemsize >= 2 else None
+        if sat is not None:
+            s = int(np.ceil(sat))
+            thr = s if thr is None or s < thr else thr
+        signed_neg = negative and kind == "i"
+        if thr is None:
+            return raw < 0 if signed_neg else np.zeros(raw.shape, bool)
+        if signed_neg:  # as unsigned, every negative value is >= 2**(n-1) > thr
+            unsigned = np.dtype(raw.dtype.str.replace("i", "u"))  # same byte order
+            return raw.view(unsigned) >= unsigned.type(thr)
+        return raw >= raw.dtype.type(thr)
+    if kind == "f" and sat is not None:
+        return raw >= sat if not negative else (raw >= sat) | (raw < 0)
+    if negative and kind == "f":
+        return raw < 0
+    return np.zeros(raw.shape, bool)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -220,9 +290,10 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from diffscreen.io import cbf, hdf5, single
+    from diffscreen.io import cbf, fabio_any, hdf5, single
 
-    for mod in (hdf5, cbf, single):  # HDF5 first; pycbf before fabio for CBF
+    # HDF5 first; pycbf before fabio for CBF; fabio's own detection last of all
+    for mod in (hdf5, cbf, single, fabio_any):
         register_reader(mod.READER_NAME, mod.understand, mod.open_path)
 
 
