@@ -20,7 +20,10 @@ than one polished look.  Modules:
     CXIDB-76 runs ``"L498"``, ``"LG36"``, ``"LN84"``, ``"LN83"``, ``"LO19"``
     (Ke et al. 2018 Tables 1–2, real annotation counts as class fractions);
     the hybrid pixel detectors ``"pilatus"`` (172 µm) and ``"eiger"`` (75 µm)
-    and the XFEL panel detector ``"jungfrau"``.
+    and the XFEL panel detector ``"jungfrau"``; the domain-randomised
+    ``"wide_*"`` presets (issue 13: rings, cosmic rays, overload markers,
+    off-centre beams, small-molecule cells), one per detector family of
+    :data:`FAMILIES`.
 ``run``
     :class:`Simulator`, :func:`simulate_frame`, :func:`simulate_run`, labels
     from detectable-spot counts (Ke et al. 2018, §3.3.1).
@@ -34,7 +37,7 @@ Examples
 """
 
 from diffscreen.simulate.crystal import CellSpec
-from diffscreen.simulate.presets import CELLS, PRESETS, Preset, get_preset, load_cxidb76_mask
+from diffscreen.simulate.presets import CELLS, FAMILIES, PRESETS, WIDE_PRESETS, Preset, get_preset, load_cxidb76_mask
 from diffscreen.simulate.run import (
     DEFAULT_CLASS_FRACTIONS,
     DEFAULT_MISS_BREAKDOWN,
@@ -48,6 +51,8 @@ from diffscreen.simulate.run import (
 
 __all__ = [
     "PRESETS",
+    "FAMILIES",
+    "WIDE_PRESETS",
     "Preset",
     "CellSpec",
     "CELLS",

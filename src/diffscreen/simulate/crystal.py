@@ -76,6 +76,11 @@ class CellSpec:
         absences only.
     source : str
         Where the cell comes from (e.g. ``"Ke et al. 2018 Table 1, LN84"``).
+    b_factor_A2 : (float, float) or None
+        Wilson B factor range (Å²) of crystals of this cell, overriding the
+        preset's ``b_factor_A2`` (small-molecule crystals: a few Å², so they
+        diffract to high resolution).  The preset's uniform draw is mapped
+        linearly onto this range (no extra random draw).  None = the preset's.
     """
 
     name: str
@@ -87,6 +92,7 @@ class CellSpec:
     gamma: float = 90.0
     space_group: str = "P 1"
     source: str = ""
+    b_factor_A2: tuple[float, float] | None = None
 
     @property
     def params(self) -> tuple[float, float, float, float, float, float]:

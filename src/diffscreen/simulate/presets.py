@@ -24,8 +24,21 @@ import numpy as np
 from diffscreen.errors import ConfigError
 from diffscreen.simulate.crystal import CellSpec
 
-__all__ = ["Preset", "PRESETS", "RUN_PRESETS", "CELLS", "get_preset", "load_cxidb76_mask", "DetectorLayout", "detector_layout",
-           "tiled_mask", "pixel_maps"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "RUN_PRESETS",
+    "WIDE_PRESETS",
+    "FAMILIES",
+    "CELLS",
+    "ICE_RINGS_D_A",
+    "get_preset",
+    "load_cxidb76_mask",
+    "DetectorLayout",
+    "detector_layout",
+    "tiled_mask",
+    "pixel_maps",
+]
 
 #: Unit cells of Ke et al. (2018) Table 1.
 CELLS: dict[str, CellSpec] = {
@@ -35,7 +48,33 @@ CELLS: dict[str, CellSpec] = {
     "hydrogenase": CellSpec("hydrogenase", 73.0, 96.0, 119.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LN83"),
     "cyclophilin_a": CellSpec("cyclophilin A", 42.0, 52.0, 88.0, 90, 90, 90, "P 21 21 21", "Ke 2018 Table 1, LO19"),
     "lysozyme": CellSpec("hen egg-white lysozyme", 79.1, 79.1, 37.9, 90, 90, 90, "P 43 21 2", "PDB 193L"),
+    # large cell (issue 13): many weak, crowded spots
+    "proteasome": CellSpec("yeast 20S proteasome", 135.8, 300.1, 144.4, 90, 113.1, 90, "P 1 21 1",
+                           "approx. PDB 1RYP"),  # fmt: skip
+    # small-molecule crystals (issue 13): cells of 5-25 Å, few strong spots to high resolution
+    "urea": CellSpec("urea", 5.565, 5.565, 4.684, 90, 90, 90, "P -4 21 m", "urea, standard cell (approx.)", (2.0, 5.0)),
+    "glycine": CellSpec("alpha-glycine", 5.105, 11.972, 5.463, 90, 111.74, 90, "P 1 21/n 1",
+                        "alpha-glycine, standard cell (approx.)", (2.0, 5.0)),  # fmt: skip
+    "paracetamol": CellSpec("paracetamol form I", 7.10, 9.37, 11.72, 90, 97.4, 90, "P 1 21/n 1",
+                            "paracetamol form I (approx.)", (2.0, 6.0)),  # fmt: skip
+    "sucrose": CellSpec("sucrose", 10.86, 8.70, 7.76, 90, 102.9, 90, "P 1 21 1", "sucrose (approx.)", (2.0, 6.0)),
+    "cyanocobalamin": CellSpec("cyanocobalamin (vitamin B12)", 16.0, 21.7, 25.3, 90, 90, 90, "P 21 21 21",
+                               "wet vitamin B12 crystals (approx.)", (3.0, 10.0)),  # fmt: skip
 }
+
+#: Hexagonal ice Ih powder lines (d in Å, relative peak intensity): the standard Ih
+#: powder pattern, strong (100) 3.90, (002) 3.67, (101) 3.44 Å and weaker (102)
+#: 2.67, (110) 2.25, (103) 2.07, (112) 1.92 Å (relative intensities approximate;
+#: each frame scatters them by preferred orientation, see :class:`Preset`).
+ICE_RINGS_D_A: tuple[tuple[float, float], ...] = (
+    (3.897, 1.00),
+    (3.669, 0.60),
+    (3.441, 0.55),
+    (2.671, 0.20),
+    (2.249, 0.25),
+    (2.072, 0.20),
+    (1.918, 0.15),
+)
 
 
 @dataclass(frozen=True)
@@ -179,6 +218,63 @@ class Preset:
         the disc.
     beam_stop_transmission : (float, float)
         Fraction of the X-rays the stop lets through.
+    log_gain : bool
+        Draw ``gain_adu_per_photon`` log-uniformly (same single draw as the
+        uniform one).
+    log_distance : bool
+        Draw ``distance_mm`` log-uniformly (same single draw).
+    pixel_size_range_mm : (float, float) or None
+        Per-frame pixel size, mm (only the geometry scales: the pixel grid,
+        mask and ``shape`` stay fixed); None = ``pixel_size_mm``.
+
+    The fields below (issue 13, domain randomisation) draw from a separate
+    random stream, ``default_rng([seed, index, 13013])``, and only when their
+    probability is > 0, so frames of presets that leave them at their defaults
+    are bit-identical to those of earlier versions.
+
+    p_offcentre_beam : float
+        Probability that the beam centre is drawn anywhere in the frame:
+        x ∈ W·``offcentre_beam_frac``, y ∈ H·``offcentre_beam_frac`` (uniform),
+        from the middle to near a corner or edge.
+    offcentre_beam_frac : (float, float)
+    p_energy_line : float
+        Probability that the photon energy is one of ``energy_lines_keV``
+        (home sources: Cu Kα 8.048 keV, Mo Kα 17.479 keV) instead of the
+        ``energy_keV`` draw.
+    energy_lines_keV : tuple of float
+    p_ice_rings : float
+        Probability of hexagonal-ice Ih powder rings (:data:`ICE_RINGS_D_A`).
+    ice_ring_photons : (float, float)
+        Peak of the strongest (3.90 Å) ice ring, photons per pixel
+        (log-uniform); the other lines follow their relative intensity × a
+        log-normal factor (σ = 0.4, preferred orientation).
+    p_powder_rings : float
+        Probability of salt/powder rings at random d-spacings.
+    powder_rings : (int, int)
+        Number of powder rings when present.
+    powder_ring_d_A : (float, float)
+        Range of their d-spacings, Å (uniform in 1/d).
+    powder_ring_photons : (float, float)
+        Peak of each powder ring, photons per pixel (log-uniform).
+    ring_sigma_px : (float, float)
+        Radial Gaussian σ of a ring, pixels (converted to s at the ring).
+    ring_grain_fraction : (float, float)
+        Fraction of a ring's flux in grains (small Gaussian blobs on the ring,
+        a grainy/textured ring); the rest is the smooth radial profile.  Rings
+        are never Bragg spots: they do not count towards the label.
+    p_cosmic : float
+        Probability of cosmic-ray tracks on a frame.
+    cosmic_rays : (int, int)
+        Number of tracks when present.
+    cosmic_length_px : (float, float)
+        Track length, px (log-uniform).
+    cosmic_photons : (float, float)
+        Deposit per pixel along the track, photon equivalents (log-uniform).
+    p_overload_markers : float
+        Probability of overload markers: pixels pegged at ``saturation_adu``
+        or at 2ⁿ−1 (n ∈ 12, 14, 16, 20), singly or in clusters of 2–4.
+    overload_markers : (int, int)
+        Number of marker clusters when present.
     notes : str
         Free text: which experiment the preset imitates.
 
@@ -243,7 +339,37 @@ class Preset:
     p_beam_stop: float = 0.0
     beam_stop_radius_px: tuple[float, float] = (10.0, 20.0)
     beam_stop_transmission: tuple[float, float] = (0.0, 0.01)
+    log_gain: bool = False
+    log_distance: bool = False
+    pixel_size_range_mm: tuple[float, float] | None = None
+    # ---- issue 13 (domain randomisation): separate random stream, off by default
+    p_offcentre_beam: float = 0.0
+    offcentre_beam_frac: tuple[float, float] = (0.05, 0.95)
+    p_energy_line: float = 0.0
+    energy_lines_keV: tuple[float, ...] = (8.048, 17.479)
+    p_ice_rings: float = 0.0
+    ice_ring_photons: tuple[float, float] = (0.3, 30.0)
+    p_powder_rings: float = 0.0
+    powder_rings: tuple[int, int] = (1, 6)
+    powder_ring_d_A: tuple[float, float] = (1.3, 8.0)
+    powder_ring_photons: tuple[float, float] = (0.2, 30.0)
+    ring_sigma_px: tuple[float, float] = (1.0, 4.0)
+    ring_grain_fraction: tuple[float, float] = (0.0, 0.5)
+    p_cosmic: float = 0.0
+    cosmic_rays: tuple[int, int] = (1, 4)
+    cosmic_length_px: tuple[float, float] = (2.0, 30.0)
+    cosmic_photons: tuple[float, float] = (5.0, 2000.0)
+    p_overload_markers: float = 0.0
+    overload_markers: tuple[int, int] = (1, 20)
     notes: str = field(default="", compare=False)
+
+    @property
+    def randomised(self) -> bool:
+        """Whether any issue-13 feature (separate random stream) is on."""
+        return (
+            max(self.p_offcentre_beam, self.p_energy_line, self.p_ice_rings, self.p_powder_rings, self.p_cosmic,
+                self.p_overload_markers) > 0
+        )  # fmt: skip
 
     def replace(self, **changes) -> "Preset":
         """A copy with some fields changed (``dataclasses.replace``)."""
@@ -505,6 +631,165 @@ PRESETS["jungfrau"] = Preset(
     beam_stop_radius_px=(15.0, 35.0),
     notes="XFEL SFX on a JUNGFRAU-like 4M: 32 chips in 8 modules, gain-calibrated, pedestal-subtracted.",
 )
+
+
+# ---- Domain-randomised "wide" presets, one per detector family (issue 13) -------
+# Each takes a detector family's preset above and widens everything a CNN must
+# not key on: geometry (distance 80-600 mm, 6-20 keV and the Cu/Mo Kα home-source
+# lines, beam centre from the middle to near a corner), gain and noise, background
+# level (near-blank photon-counting frames to bright CCD water rings), cells
+# (small molecules of 5-25 Å, proteins, a large 20S-proteasome cell), and the
+# artefacts that are not Bragg spots and so never make a miss a hit: ice rings
+# (standard hexagonal ice Ih powder lines), salt/powder rings, cosmic-ray tracks,
+# hot pixels and overload markers.  Default class fractions 0.3 / 0.2 / 0.5.
+
+_WIDE_CELLS = (
+    CELLS["lysozyme"], CELLS["thermolysin"], CELLS["cyclophilin_a"], CELLS["hydrogenase"], CELLS["psII_ln84"],
+    CELLS["proteasome"], CELLS["urea"], CELLS["glycine"], CELLS["paracetamol"], CELLS["sucrose"],
+    CELLS["cyanocobalamin"],
+)  # fmt: skip
+# proteins 0.62, the large proteasome cell 0.08, small molecules 0.30 (the 5-Å cells of urea and
+# glycine put only 0-8 spots on a still, so they are rarer than the 7-25 Å cells)
+_WIDE_WEIGHTS = (0.16, 0.14, 0.14, 0.12, 0.06, 0.08, 0.03, 0.04, 0.07, 0.07, 0.09)
+
+_WIDE_COMMON = dict(
+    distance_mm=(80.0, 600.0),
+    energy_keV=(6.0, 20.0),
+    p_energy_line=0.1,  # Cu Kα 8.048 keV / Mo Kα 17.479 keV home sources
+    energy_lines_keV=(8.048, 17.479),
+    bandwidth_fwhm=(0.0001, 0.005),
+    cells=_WIDE_CELLS,
+    cell_weights=_WIDE_WEIGHTS,
+    b_factor_A2=(10.0, 90.0),
+    mosaicity_deg=(0.005, 0.5),
+    domain_size_um=(0.1, 10.0),
+    p_multi_lattice=0.2,
+    class_fractions=(0.3, 0.2, 0.5),
+    log_gain=True,
+    log_distance=True,
+    p_offcentre_beam=0.35,
+    offcentre_beam_frac=(0.05, 0.95),
+    p_ice_rings=0.15,
+    ice_ring_photons=(0.3, 40.0),
+    p_powder_rings=0.10,
+    powder_rings=(1, 8),
+    powder_ring_d_A=(1.3, 8.0),
+    powder_ring_photons=(0.2, 40.0),
+    ring_sigma_px=(1.0, 4.0),
+    ring_grain_fraction=(0.0, 0.5),
+    p_cosmic=0.12,
+    cosmic_rays=(1, 5),
+    cosmic_length_px=(2.0, 30.0),
+    p_overload_markers=0.1,
+    overload_markers=(1, 20),
+    hot_pixels=(0, 30),
+)
+
+PRESETS["wide_hybrid172"] = PRESETS["pilatus"].replace(
+    name="wide_hybrid172",
+    detector="PILATUS-like hybrid pixel detector, 172 um, domain-randomised (simulated)",
+    **_WIDE_COMMON,
+    beam_center_jitter_px=10.0,
+    water_photons=(0.005, 30.0),  # near-blank (mostly 0-2 counts) to bright
+    air_photons=(0.001, 3.0),
+    cosmic_photons=(1.0, 50.0),  # counting: a track adds a few counts per pixel
+    p_jet_streak=0.1,
+    p_beam_stop=0.9,
+    beam_stop_radius_px=(5.0, 20.0),
+    notes="Issue 13: Pilatus-family (172 um, photon counting, gain 1, module gaps) with wide geometry, "
+    "low backgrounds incl. near-blank frames, rings, cosmics, hot pixels and overload markers.",
+)
+PRESETS["wide_hybrid75"] = PRESETS["eiger"].replace(
+    name="wide_hybrid75",
+    detector="EIGER 1M-like hybrid pixel detector, 75 um, domain-randomised (simulated)",
+    shape=(1065, 1030),
+    tiles=((514, 1030, 0), (2, 1, 37, 0)),  # 2 x 1 modules of 514 x 1030 px, gap 37 px
+    beam_center_px=(515.0, 532.0),
+    **_WIDE_COMMON,
+    beam_center_jitter_px=10.0,
+    water_photons=(0.005, 20.0),
+    air_photons=(0.001, 2.0),
+    cosmic_photons=(1.0, 50.0),
+    p_jet_streak=0.1,
+    p_beam_stop=0.9,
+    beam_stop_radius_px=(12.0, 45.0),
+    dead_pixels=30,
+    notes="Issue 13: Eiger-family (75 um, photon counting, 16-bit) with wide geometry and artefacts.",
+)
+PRESETS["wide_ccd"] = PRESETS["rayonix"].replace(
+    name="wide_ccd",
+    detector="phosphor/fibre-optic CCD (Rayonix, MarCCD, ADSC-like), domain-randomised (simulated)",
+    mask_key=None,  # no beam hole: a beam-stop shadow instead (most CCDs)
+    pixel_size_range_mm=(0.05, 0.10),  # ADSC 51/102, MarCCD 79, Rayonix binned 88.6 um
+    **{**_WIDE_COMMON, "p_energy_line": 0.2},
+    beam_center_jitter_px=15.0,
+    # noise-equivalent gain; mean ADU per photon = gain / 0.1406 = 0.5-3 ADU/photon
+    gain_adu_per_photon=(0.07, 0.42),
+    read_noise_adu=(0.5, 8.0),
+    dark_offset_adu=(0.0, 100.0),
+    water_photons=(0.5, 150.0),  # up to high-background misses
+    air_photons=(0.1, 60.0),
+    cosmic_photons=(20.0, 3000.0),  # direct hits on the CCD chip are very bright
+    p_kapton=0.2,
+    p_jet_streak=0.1,
+    p_beam_stop=0.7,
+    beam_stop_radius_px=(10.0, 35.0),
+    notes="Issue 13: phosphor-CCD family (correlated noise, 50-100 um pixels, 0.5-3 ADU/photon, offsets) "
+    "with wide geometry, high backgrounds, rings and artefacts.",
+)
+PRESETS["wide_cspad"] = PRESETS["cspad"].replace(
+    name="wide_cspad",
+    detector="CSPAD-like ASIC detector, domain-randomised (simulated)",
+    **{**_WIDE_COMMON, "energy_keV": (6.0, 14.0), "p_energy_line": 0.0},
+    beam_center_jitter_px=10.0,
+    gain_adu_per_photon=(4.0, 50.0),  # log-uniform
+    read_noise_adu=(1.0, 8.0),
+    dark_offset_adu=(-3.0, 3.0),
+    common_mode_adu=2.0,
+    water_photons=(0.05, 40.0),
+    air_photons=(0.01, 3.0),
+    cosmic_photons=(5.0, 1000.0),
+    p_jet_streak=0.3,
+    p_strip_shadow=0.2,
+    p_mixed_gain=0.15,
+    notes="Issue 13: CSPAD family (64-ASIC layout of LG36_mask2, gain 4-50 ADU/photon, common mode) "
+    "with wide geometry, XFEL energies, rings and artefacts.",
+)
+PRESETS["wide_panel"] = PRESETS["jungfrau"].replace(
+    name="wide_panel",
+    detector="JUNGFRAU/AGIPD-like gain-calibrated panel detector, domain-randomised (simulated)",
+    shape=(1608, 1024),
+    # chips of 256 x 256 px (1-px untrusted perimeter), 2 x 4 chips a module, 3 x 1 modules, gaps 36 px
+    tiles=((256, 256, 1), (2, 4, 0, 0), (3, 1, 36, 0)),
+    beam_center_px=(512.0, 804.0),
+    pixel_size_range_mm=(0.075, 0.2),  # JUNGFRAU 75, ePix 100, AGIPD 200 um
+    **_WIDE_COMMON,
+    beam_center_jitter_px=10.0,
+    gain_adu_per_photon=(0.5, 12.0),  # log-uniform: photon units (~1) to keV units (= photon energy)
+    read_noise_adu=(0.05, 1.5),
+    dark_offset_adu=(-0.5, 0.5),
+    water_photons=(0.05, 40.0),
+    air_photons=(0.01, 3.0),
+    cosmic_photons=(3.0, 1000.0),
+    p_jet_streak=0.3,
+    p_beam_stop=0.8,
+    beam_stop_radius_px=(6.0, 35.0),
+    dead_pixels=60,
+    notes="Issue 13: gain-calibrated panel family (JUNGFRAU/AGIPD-like, photon or keV units, read noise) "
+    "with wide geometry, rings and artefacts.",
+)
+
+#: The domain-randomised presets of issue 13, one per detector family.
+WIDE_PRESETS = ("wide_hybrid172", "wide_hybrid75", "wide_ccd", "wide_cspad", "wide_panel")
+
+#: The five detector families and the presets that simulate each.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "hybrid172": ("pilatus", "wide_hybrid172"),
+    "hybrid75": ("eiger", "wide_hybrid75"),
+    "ccd": ("rayonix", "rayonix_jet", "LN84", "LN83", "LO19", "wide_ccd"),
+    "cspad": ("cspad", "L498", "LG36", "wide_cspad"),
+    "panel": ("jungfrau", "wide_panel"),
+}
 
 
 def get_preset(preset) -> Preset:

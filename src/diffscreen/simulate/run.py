@@ -48,6 +48,22 @@ a_(N+1).  The exposure distribution is thus a mixture whose weights are the
 requested class fractions; the stored label is still computed afterwards from
 the final detectable count, never copied from the kind.
 
+Domain randomisation (issue 13)
+-------------------------------
+Presets with any of the issue-13 features on (:attr:`Preset.randomised`, the
+``wide_*`` presets) draw them from a second stream,
+``default_rng([seed, index, 13013])``, after the frame's usual draws: per-frame
+pixel size, off-centre beam, Cu/Mo Kα energies, ice rings (hexagonal ice Ih
+lines, :data:`~diffscreen.simulate.presets.ICE_RINGS_D_A`) and salt/powder
+rings (added to the diffuse background as Gaussians in s = 1/d, plus grains on
+the ring), cosmic-ray tracks and overload markers.  None of them is a Bragg
+spot, so none counts towards the label; spots on a ring are scored against the
+ring's background.  Presets that leave these fields at their defaults consume
+exactly the random numbers of earlier versions (bit-identical frames).  When a
+wide-preset hit cannot reach 10 detectable spots (small-molecule cells), its
+few spots are made strong (exposure up to ``_HIT_RANGE`` × the last
+threshold) instead of just detectable.
+
 Kapton shadow on spots: a spot takes the belt's transmission at its centroid
 unless the shadow's edge is within reach of its window or the transmission
 changes by more than 2 % across it; then it is evaluated per pixel
@@ -89,12 +105,17 @@ from diffscreen.errors import ConfigError
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
 from diffscreen.simulate import _kernels
 from diffscreen.simulate.background import (
+    PowderRing,
     WaterRing,
     air_profile,
     beam_stop_shadow,
+    cosmic_tracks,
     diffuse_background,
     jet_streak,
     kapton_transmission,
+    ring_grains,
+    ring_profile,
+    ring_radius_px,
     water_profile,
 )
 from diffscreen.simulate.crystal import (
@@ -118,7 +139,7 @@ from diffscreen.simulate.detector import (
     white_normal,
     white_rows,
 )
-from diffscreen.simulate.presets import Preset, detector_layout, get_preset, pixel_maps
+from diffscreen.simulate.presets import ICE_RINGS_D_A, Preset, detector_layout, get_preset, pixel_maps
 
 __all__ = [
     "SimFrame",
@@ -151,6 +172,12 @@ _RENDER_MIN_PHOTONS = 0.5
 _FFT_RENDER_PIXELS = 40_000_000
 #: zero padding (px) of the FFT renderer against wrap-around of the PSF tail
 _FFT_PAD = 96
+#: key of the separate random stream of the issue-13 features: ``default_rng([seed, index, _AUX_KEY])``
+_AUX_KEY = 13013
+#: at most this many grains per ring (speed)
+_MAX_GRAINS = 6000
+#: values of the 2ⁿ−1 overload markers
+_MARKER_BITS = (12, 14, 16, 20)
 
 
 def label_from_count(n_spots: int, preset: Preset | None = None) -> str:
@@ -376,6 +403,7 @@ class Simulator:
         self._work: dict = {}  # scratch frame-sized arrays reused between frames (not thread-safe)
         self._asic_boxes = _asic_boxes(self.layout)
         self._fft_geom = None  # (shape, padded H, padded W, k², |k|) of the FFT spot renderer
+        self._active_flat = None  # flat indices of the active pixels (overload markers), computed lazily
         self.source = f"simulated:{self.preset.name}:seed={self.seed}"
 
     # ------------------------------------------------------------------ draws
@@ -388,14 +416,14 @@ class Simulator:
             raise ConfigError(f"unknown frame kind {kind!r}; use one of {KINDS}")
         c["energy_keV"] = _u(rng, P.energy_keV)
         c["wavelength_A"] = HC_KEV_A / c["energy_keV"]
-        c["distance_mm"] = _u(rng, P.distance_mm)
+        c["distance_mm"] = (_logu if P.log_distance else _u)(rng, P.distance_mm)
         j = P.beam_center_jitter_px
         c["beam_center"] = (
             P.beam_center_px[0] + j * (2 * rng.random() - 1),
             P.beam_center_px[1] + j * (2 * rng.random() - 1),
         )
         c["bandwidth"] = _logu(rng, P.bandwidth_fwhm)
-        c["gain"] = _u(rng, P.gain_adu_per_photon)
+        c["gain"] = (_logu if P.log_gain else _u)(rng, P.gain_adu_per_photon)
         c["adu_per_photon"] = c["gain"] / (_BLUR_SUM_K2 if P.noise_blur else 1.0)
         c["read_noise"] = _u(rng, P.read_noise_adu)
         c["dark_offset"] = _u(rng, P.dark_offset_adu)
@@ -442,6 +470,7 @@ class Simulator:
                               _u(rng, P.beam_stop_transmission))  # fmt: skip
         c["mixed_gain"] = rng.random() < P.p_mixed_gain
         two_theta0 = 2 * np.arcsin(min(c["wavelength_A"] / (2 * P.mixed_gain_d_A), 1.0))
+        c["pixel_size_mm"] = P.pixel_size_mm
         c["mixed_gain_r_px"] = c["distance_mm"] * np.tan(two_theta0) / P.pixel_size_mm
         # crystals
         n_x = 1
@@ -463,10 +492,71 @@ class Simulator:
             )
         for x in xtals[1:]:  # further lattices: same protein (same sample)
             x["cell"] = xtals[0]["cell"]
+        for x in xtals:  # per-cell B range (small molecules): the same draw mapped onto it
+            bc = x["cell"].b_factor_A2
+            if bc is not None:
+                lo, hi = P.b_factor_A2
+                f = (x["b_factor"] - lo) / (hi - lo) if hi > lo else 0.5
+                x["b_factor"] = bc[0] + f * (bc[1] - bc[0])
         c["crystals"] = xtals
         c["target_u"] = rng.random()
         c["scale_u"] = rng.random()
         return c
+
+    def _draw_aux(self, rng: np.random.Generator, c: dict) -> None:
+        """Issue-13 domain randomisation, from its own stream ``rng`` (updates ``c`` in place).
+
+        Pixel size, off-centre beam, home-source energy lines, ice and powder
+        rings, cosmic rays and overload markers.  Each feature draws only when
+        its probability is > 0.
+        """
+        P = self.preset
+        H, W = P.shape
+        if P.pixel_size_range_mm is not None:
+            c["pixel_size_mm"] = _u(rng, P.pixel_size_range_mm)
+        if P.p_offcentre_beam > 0 and rng.random() < P.p_offcentre_beam:
+            c["beam_center"] = (W * _u(rng, P.offcentre_beam_frac), H * _u(rng, P.offcentre_beam_frac))
+        if P.p_energy_line > 0 and P.energy_lines_keV and rng.random() < P.p_energy_line:
+            c["energy_keV"] = float(P.energy_lines_keV[int(rng.integers(len(P.energy_lines_keV)))])
+        c["wavelength_A"] = HC_KEV_A / c["energy_keV"]
+        two_theta0 = 2 * np.arcsin(min(c["wavelength_A"] / (2 * P.mixed_gain_d_A), 1.0))
+        c["mixed_gain_r_px"] = c["distance_mm"] * np.tan(two_theta0) / c["pixel_size_mm"]
+        lam_A, D, p = c["wavelength_A"], c["distance_mm"], c["pixel_size_mm"]
+
+        def ring(d, photons, kind):
+            sig_px = _u(rng, P.ring_sigma_px)
+            gf = _u(rng, P.ring_grain_fraction)
+            x = lam_A / (2 * d)
+            if x >= 1:
+                return None
+            th = np.arcsin(x)
+            R = D * np.tan(2 * th)
+            ds_dr = np.cos(th) / lam_A * p * D / (D * D + R * R)  # Å⁻¹ per px at the ring
+            return PowderRing(d_A=d, photons=photons * (1 - gf), sigma_s=max(sig_px * ds_dr, 1e-6),
+                              grain_photons=photons * gf, grain_spacing_px=_logu(rng, (1.5, 8.0)), sigma_px=sig_px,
+                              kind=kind)  # fmt: skip
+
+        rings = []
+        if P.p_ice_rings > 0 and rng.random() < P.p_ice_rings:
+            top = _logu(rng, P.ice_ring_photons)
+            for d, rel in ICE_RINGS_D_A:
+                r = ring(d, top * rel * float(np.exp(0.4 * rng.standard_normal())), "ice")
+                if r is not None:
+                    rings.append(r)
+        if P.p_powder_rings > 0 and rng.random() < P.p_powder_rings:
+            n = int(rng.integers(P.powder_rings[0], P.powder_rings[1] + 1))
+            s_lo, s_hi = 1 / P.powder_ring_d_A[1], 1 / P.powder_ring_d_A[0]
+            for _ in range(n):
+                r = ring(1 / _u(rng, (s_lo, s_hi)), _logu(rng, P.powder_ring_photons), "powder")
+                if r is not None:
+                    rings.append(r)
+        c["rings"] = rings
+        c["n_cosmic"] = 0
+        if P.p_cosmic > 0 and rng.random() < P.p_cosmic:
+            c["n_cosmic"] = int(rng.integers(P.cosmic_rays[0], P.cosmic_rays[1] + 1))
+        c["n_markers"] = 0
+        if P.p_overload_markers > 0 and rng.random() < P.p_overload_markers:
+            c["n_markers"] = int(rng.integers(P.overload_markers[0], P.overload_markers[1] + 1))
 
     # ------------------------------------------------------------------ frame
     def frame(self, index: int, *, kind: str | None = None) -> SimFrame:
@@ -488,9 +578,14 @@ class Simulator:
         H, W = P.shape
         rng = np.random.default_rng([self.seed, int(index)])
         c = self._draw(rng, kind)
+        aux = None
+        c["rings"], c["n_cosmic"], c["n_markers"] = [], 0, 0
+        if P.randomised or P.pixel_size_range_mm is not None:
+            aux = np.random.default_rng([self.seed, int(index), _AUX_KEY])
+            self._draw_aux(aux, c)
         kind = c["kind"]
         cx, cy = c["beam_center"]
-        lam_A, D, p = c["wavelength_A"], c["distance_mm"], P.pixel_size_mm
+        lam_A, D, p = c["wavelength_A"], c["distance_mm"], c["pixel_size_mm"]
         trusted = self.layout.trusted
         if c["strip"]:
             trusted = trusted.copy()
@@ -509,12 +604,22 @@ class Simulator:
             if kind == "empty":
                 water = WaterRing(photons=0.0)
             air, air_s = c["air"], c["air_s"]
+            rings = c["rings"]
 
             def profile(s):
+                if rings:  # powder/ice rings: diffuse background, never Bragg spots (not in the label)
+                    return water_profile(s, water) + air_profile(s, air, air_s) + ring_profile(s, rings)
                 return water_profile(s, water) + air_profile(s, air, air_s)
 
             kap = (c["kapton_normal"], c["kapton_mu_t"], c["kapton_max_att"]) if c["kapton"] else None
             lam = diffuse_background((H, W), (cx, cy), p, D, lam_A, profile, kapton=kap, out=_work(self._work, "lam", (H, W)))
+            n_grains = 0
+            for rg in rings:
+                if rg.grain_photons > 0:
+                    rr = ring_radius_px(rg.d_A, lam_A, D, p)
+                    if np.isfinite(rr):
+                        cos2t = D / np.hypot(D, rr * p)
+                        n_grains += ring_grains(lam, (cx, cy), aux, rg, rr, cos2t**3, _MAX_GRAINS)
             if kind in ("hit", "maybe", "weak"):
                 spots = self._spots(c, rng, lam, trusted)
             if c["jet"]:
@@ -541,10 +646,18 @@ class Simulator:
                 lam = np.zeros((H, W), np.float32)
             hot = rng.integers(0, H * W, c["n_hot"])
             lam.reshape(-1)[hot] += np.exp(rng.uniform(np.log(5), np.log(200), c["n_hot"])).astype(np.float32)
+        if c["n_cosmic"]:
+            # cosmic rays hit the sensor with or without beam; they are not Bragg spots
+            if lam is None:
+                lam = np.zeros((H, W), np.float32)
+            cosmic_tracks(lam, aux, c["n_cosmic"], P.cosmic_length_px, P.cosmic_photons)
         if beam and self._pixel_gain is not None:
             lam *= self._pixel_gain  # fixed flat-field response of each pixel
         data = self._digitise(c, rng, lam)
         data.reshape(-1)[self._dead] = 0
+        markers = None
+        if c["n_markers"]:
+            markers = self._overload_markers(data, aux, c["n_markers"])
 
         # ---- labels and peaks
         T = P.snr_threshold
@@ -609,6 +722,16 @@ class Simulator:
             "crystal_scale": float(crystals[0]["scale"]) if crystals else 0.0,
             "cell": crystals[0]["cell"].name if crystals else "",
         }
+        if aux is not None:  # (only for presets with issue-13 features: older presets keep their keys)
+            rings_on = c["rings"] if beam else []
+            extra.update(
+                pixel_size_mm=float(p),
+                ice_rings=float(any(r.kind == "ice" for r in rings_on)),
+                n_powder_rings=float(sum(r.kind == "powder" for r in rings_on)),
+                ring_photons_max=float(max((r.photons + r.grain_photons for r in rings_on), default=0.0)),
+                n_cosmic=float(c["n_cosmic"]),
+                n_overload_markers=float(0 if markers is None else len(markers)),
+            )
         meta = FrameMeta(
             source=self.source,
             index=int(index),
@@ -620,6 +743,9 @@ class Simulator:
             extra=extra,
         )
         truth = dict(crystals=crystals, trusted=trusted, **truth_peaks)
+        if aux is not None:
+            truth["rings"] = [(r.kind, r.d_A, r.photons + r.grain_photons) for r in (c["rings"] if beam else [])]
+            truth["overload_pixels"] = markers if markers is not None else np.zeros(0, np.int64)
         return SimFrame(
             data=data,
             mask=~self.layout.active,
@@ -637,7 +763,7 @@ class Simulator:
         P = self.preset
         H, W = P.shape
         cx, cy = c["beam_center"]
-        lam_A, D, p = c["wavelength_A"], c["distance_mm"], P.pixel_size_mm
+        lam_A, D, p = c["wavelength_A"], c["distance_mm"], c["pixel_size_mm"]
         # resolution: detector corner, or where the Wilson fall-off makes spots hopeless
         rcorner = max(np.hypot(x - cx, y - cy) for x in (0, W) for y in (0, H)) * p
         d_corner = lam_A / (2 * np.sin(np.arctan2(rcorner, D) / 2))
@@ -904,11 +1030,15 @@ class Simulator:
         """
         N = c["target_n"]
         us = c["scale_u"]
+        if len(a) and not np.isfinite(a[-1]):  # spots that can never be detected (no trusted flux)
+            a = a[np.isfinite(a)]
         nf = len(a)
         if nf == 0:
             return 1.0
         if c["kind"] == "hit":
-            if nf < N:
+            if nf < N:  # fewer than 10 detectable spots possible (small cells): make them all detectable
+                if self.preset.randomised:  # wide presets: few *strong* spots, up to the whole hit range
+                    return float(a[-1] * np.exp(us * np.log(_HIT_RANGE)) * (1 + 1e-9))
                 return float(a[-1] * (1 + us))
             return float(a[N - 1] * np.exp(us * np.log(_HIT_RANGE)) * (1 + 1e-9))
         N = min(N, nf)
@@ -921,6 +1051,34 @@ class Simulator:
         return float(np.exp(np.log(lo_a) + us * (np.log(hi_a) - np.log(lo_a))) * (1 + 1e-9))
 
     # ------------------------------------------------------------------ noise
+    def _overload_markers(self, data: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Peg ``n`` clusters (1–4 px) of active pixels at an overload value, in place; their flat indices.
+
+        The value is ``saturation_adu`` or 2ⁿ−1 (n ∈ :data:`_MARKER_BITS`), as
+        detectors and their software mark overloaded or defective pixels.
+        These are artefacts, not Bragg spots: they never change the label.
+        """
+        P = self.preset
+        H, W = P.shape
+        if self._active_flat is None:
+            self._active_flat = np.flatnonzero(self.layout.active.reshape(-1))
+        act = self._active_flat
+        if not len(act):
+            return np.zeros(0, np.int64)
+        vals = [P.saturation_adu] + [2**b - 1 for b in _MARKER_BITS]
+        out = []
+        for _ in range(n):
+            i = int(act[rng.integers(len(act))])
+            y, x = divmod(i, W)
+            k = int(rng.integers(1, 5))
+            cl = [(y, x), (y, x + 1), (y + 1, x), (y + 1, x + 1)][:k]
+            v = vals[int(rng.integers(len(vals)))]
+            for yy, xx in cl:
+                if yy < H and xx < W and self.layout.active[yy, xx]:
+                    data[yy, xx] = v
+                    out.append(yy * W + xx)
+        return np.unique(np.asarray(out, np.int64))
+
     def _mixed_gain_zone(self, c: dict):
         """(y0, y1, x0, x1) bounding the frame's mixed-gain circle, or None (none, or off the frame).
 
