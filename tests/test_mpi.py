@@ -20,7 +20,7 @@ import torch
 from diffscreen.models import get_model, save_model
 from diffscreen.preprocess import PreprocessConfig
 from diffscreen.screen import screen
-from diffscreen.screen.parallel import launch_rank, mpi_launched
+from diffscreen.screen.parallel import launch_rank, mpi_launched, rank_thread_share
 
 from toyrun import write_toy_run
 
@@ -42,9 +42,9 @@ def need_mpi():
     pytest.skip(f"{what} not installed")
 
 
-def mpirun(n, args, **kw):
+def mpirun(n, args, env=None, **kw):
     """Run ``args`` as n MPI ranks (as root too, oversubscribing a small machine)."""
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    env = dict(os.environ if env is None else env, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none")  # containers forbid the ptrace-based copy
     for var in [v for v in env if v.startswith(("OMPI_COMM_WORLD", "PMI_", "PMIX_"))]:
         del env[var]  # never inherit a launcher's identity
@@ -118,6 +118,42 @@ def test_launcher_detection(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setenv("PMI_RANK", "1")
     assert mpi_launched() and launch_rank() == 1
+
+
+def test_rank_thread_share():
+    ompi = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    assert rank_thread_share(env=ompi, cpus=2) == 1
+    four = dict(ompi, OMPI_COMM_WORLD_SIZE="8", OMPI_COMM_WORLD_LOCAL_SIZE="4")  # 2 nodes of 4 ranks
+    assert rank_thread_share(env=four, cpus=16) == 4
+    assert rank_thread_share(env=four, cpus=3) == 1  # never below one thread
+    assert rank_thread_share(5, env=four, cpus=16) == 5  # --threads wins
+    assert rank_thread_share(env={}, cpus=16) == 16  # not under MPI: every usable CPU
+    assert rank_thread_share(env={"OMPI_COMM_WORLD_SIZE": "1"}, cpus=16) == 16  # mpirun -n 1
+    assert rank_thread_share(env={"PMI_SIZE": "4", "PMI_RANK": "1", "MPI_LOCALNRANKS": "2"}, cpus=16) == 8  # Hydra
+    assert rank_thread_share(env={"PMIX_RANK": "0", "SLURM_NTASKS_PER_NODE": "8(x4)"}, cpus=32) == 4  # srun
+    assert rank_thread_share(env={"PMI_SIZE": "4", "PMI_RANK": "0"}, cpus=16) == 4  # no local size: world size
+    assert rank_thread_share() >= 1  # this process, its real environment
+
+
+def test_mpirun_ranks_take_their_share_of_the_cores(tmp_path):
+    """Unbound ranks (--bind-to none) each use cpus // 2 torch and BLAS threads, with no OMP_NUM_THREADS set."""
+    need_mpi()
+    code = textwrap.dedent("""
+        import os, torch
+        from threadpoolctl import threadpool_info
+        from diffscreen.screen.parallel import limit_threads, rank_thread_share
+        limit_threads(rank_thread_share())
+        print("SHARE", len(os.sched_getaffinity(0)), torch.get_num_threads(),
+              max(i["num_threads"] for i in threadpool_info()), flush=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    r = mpirun(2, [sys.executable, "-c", code], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("SHARE")]
+    assert len(rows) == 2, r.stdout
+    for cpus, torch_threads, blas_threads in (map(int, row) for row in rows):
+        assert torch_threads == max(1, cpus // 2), rows
+        assert blas_threads <= max(1, cpus // 2), rows
 
 
 def test_mpirun_two_ranks_gives_one_process_outputs(setup):

@@ -23,6 +23,10 @@ chunks stay in ``.partial``, so the same command resumes.
 mpi4py is imported only when the environment says the process was started
 by an MPI launcher (OpenMPI ``OMPI_COMM_WORLD_SIZE``, MPICH/Intel MPI/Slurm
 PMI ``PMI_SIZE``, PMIx ``PMIX_RANK``), so a plain run never loads MPI.
+
+Threads: each rank uses its share of the node's cores for torch and for the
+BLAS/OpenMP pools (:func:`rank_thread_share`, :func:`limit_threads`), so N
+ranks on a node never run more threads than it has cores.
 """
 
 from __future__ import annotations
@@ -33,9 +37,16 @@ from collections import deque
 
 from diffscreen.errors import ConfigError, DiffscreenError
 
-__all__ = ["mpi_launched", "launch_rank", "get_comm", "RankFailed", "Team"]
+__all__ = ["mpi_launched", "launch_rank", "get_comm", "rank_thread_share", "limit_threads", "RankFailed", "Team"]
 
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+#: ranks on this node: OpenMPI, MPICH/Intel MPI (Hydra), Slurm (e.g. "32" or "32(x4)")
+_LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+#: ranks in the job, the fallback when no launcher says how many share this node
+_WORLD_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
+#: read by BLAS/OpenMP libraries when they load: libraries loaded later, and child processes, see the share
+_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _TAG_REQ, _TAG_REPLY = 4711, 4712
 _POLL_S = 0.002  # wait by polling: a blocking receive in OpenMPI spins a core
 
@@ -44,9 +55,12 @@ class RankFailed(DiffscreenError, RuntimeError):
     """Another MPI rank failed, so this one stopped too (its own error was printed there)."""
 
 
-def mpi_launched() -> bool:
-    """True when an MPI launcher started this process as one of several ranks (no mpi4py import)."""
-    env = os.environ
+def mpi_launched(env=None) -> bool:
+    """True when an MPI launcher started this process as one of several ranks (no mpi4py import).
+
+    ``env``: the environment to read (default ``os.environ``).
+    """
+    env = os.environ if env is None else env
     if "OMPI_COMM_WORLD_SIZE" in env or "PMI_SIZE" in env:
         return int(env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE") or 1) > 1
     return "PMIX_RANK" in env  # PMIx (e.g. srun --mpi=pmix) sets no size variable
@@ -58,6 +72,112 @@ def launch_rank() -> int:
         if var in os.environ:
             return int(os.environ[var])
     return 0
+
+
+def _leading_int(value) -> int:
+    """The leading integer of an environment value ("4", "32(x4)", "2,1"); 0 when there is none."""
+    digits = ""
+    for ch in str(value).strip():
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else 0
+
+
+def rank_thread_share(threads: int = 0, env=None, cpus: int | None = None) -> int:
+    """Threads this process should use: ``threads`` if given, else its share of the node's cores.
+
+    Parameters
+    ----------
+    threads : int
+        An explicit thread count (``screen --threads``); any value > 0 is
+        returned as is.
+    env : mapping, optional
+        The environment to read (default ``os.environ``).
+    cpus : int, optional
+        CPUs this process may run on (default: ``len(os.sched_getaffinity(0))``,
+        which honours taskset, cgroup cpusets and an MPI launcher's binding).
+
+    Returns
+    -------
+    int
+        ``threads`` when > 0; without an MPI launcher, ``cpus``; as one of
+        several MPI ranks, ``max(1, cpus // local_ranks)``, the ranks on this
+        node being read from ``OMPI_COMM_WORLD_LOCAL_SIZE`` (OpenMPI),
+        ``MPI_LOCALNRANKS`` (MPICH, Intel MPI) or ``SLURM_NTASKS_PER_NODE``,
+        else the job's size (``OMPI_COMM_WORLD_SIZE``, ``PMI_SIZE``,
+        ``SLURM_NTASKS``).
+
+    Notes
+    -----
+    When the launcher binds each rank to its own cores (OpenMPI's default
+    ``--bind-to core`` for 2 ranks, ``srun --cpus-per-task``), ``cpus`` is
+    already the rank's share and the division can only lower it, never
+    oversubscribe; pass ``threads`` to use more.
+
+    Examples
+    --------
+    >>> rank_thread_share(env={"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, cpus=16)
+    4
+    >>> rank_thread_share(3, env={"OMPI_COMM_WORLD_SIZE": "4"}, cpus=16)
+    3
+    >>> rank_thread_share(env={}, cpus=16)
+    16
+    """
+    if threads and threads > 0:
+        return int(threads)
+    env = os.environ if env is None else env
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+    cpus = max(1, int(cpus))
+    if not mpi_launched(env):
+        return cpus
+    local = next((n for n in (_leading_int(env.get(v, "")) for v in _LOCAL_SIZE_VARS) if n > 0), 0)
+    if not local:
+        local = next((n for n in (_leading_int(env.get(v, "")) for v in _WORLD_SIZE_VARS) if n > 0), 1)
+    return max(1, cpus // local)
+
+
+def limit_threads(n: int) -> int:
+    """Make this process (and the processes it starts) use ``n`` threads for its numerical work.
+
+    Sets torch's intra-op threads and, where torch still allows it (before
+    its first parallel work), its inter-op threads; limits the BLAS and
+    OpenMP thread pools of the libraries already loaded (OpenBLAS, MKL,
+    BLIS, OpenMP; ``threadpoolctl``); and sets ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and the like, which
+    libraries loaded later and child processes read.  Screening uses no
+    numba-parallel code, so numba's pool is left alone.
+
+    Parameters
+    ----------
+    n : int
+        Threads (at least 1).
+
+    Returns
+    -------
+    int
+        ``n``.
+    """
+    n = max(1, int(n))
+    for var in _THREAD_ENV_VARS:
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # torch allows it once, before any inter-op work
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # comes with scikit-learn; without it the variables above still hold for later loads
+        return n
+    threadpool_limits(limits=n)  # not used as a context: the limits stay
+    return n
 
 
 def get_comm():
