@@ -6,8 +6,9 @@ Writes docs/default_model.md.  Usage::
 
 The simulated test runs are one per simulator preset (:data:`TEST_RUNS`),
 with seeds that no training data used (2001-2011) and each preset's default
-class mix.  The real frames are those of ../shared/data/real-frames with the
-labels of its MANIFEST.tsv.  Each ``--compare OTHER`` (a model file, or a
+class mix.  The real frames are those of ../shared/data/real-frames and
+../shared/data/real-frames-2 with the labels of their MANIFEST.tsv files
+(they measure; no model or setting was chosen on them).  Each ``--compare OTHER`` (a model file, or a
 bundled model's name such as ``fast``) adds a column to every table.
 """
 
@@ -29,7 +30,7 @@ from diffscreen.models.inference import Classifier
 from diffscreen.simulate import simulate_run
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "real-frames"
+REALS = (ROOT.parent / "shared" / "data" / "real-frames", ROOT.parent / "shared" / "data" / "real-frames-2")
 TEST_RUNS = (("rayonix", 2001), ("cspad", 2002), ("rayonix_jet", 2003), ("L498", 2004), ("LG36", 2005),
              ("LN84", 2006), ("LN83", 2007), ("LO19", 2008), ("pilatus", 2009), ("eiger", 2010),
              ("jungfrau", 2011))  # fmt: skip
@@ -79,31 +80,40 @@ def simulated_section(clfs: dict, work: Path, n: int) -> list[str]:
 
 
 def real_section(clfs: dict) -> list[str]:
-    """The real frames of ../shared/data/real-frames: p(hit, maybe, miss) and the call of each model."""
-    manifest = {r["file"]: r for r in csv.DictReader(open(REAL / "MANIFEST.tsv"), delimiter="\t")}
+    """The shared real frames: p(hit, maybe, miss) and the call of each model, and the keep balanced accuracy."""
+    manifest = {}
+    for folder in REALS:
+        for r in csv.DictReader(open(folder / "MANIFEST.tsv"), delimiter="\t"):
+            manifest[f"{folder.name}/{r['file']}"] = (folder / r["file"], r)
     names = list(clfs)
     out = [
-        "## Real frames (../shared/data/real-frames)",
+        "## Real frames (../shared/data/real-frames and real-frames-2)",
         "",
-        "No model was tuned to these files. Cells: p_hit / p_maybe / p_miss → call.",
+        "No model, threshold or setting was chosen on these files. Cells: p_hit / p_maybe / p_miss → call.",
         "",
         "| file | detector | truth | " + " | ".join(names) + " |",
         "|---|---|---" + "|---" * len(names) + "|",
     ]
-    ok = {m: 0 for m in names}
-    for fname in sorted(manifest):
-        with open_source(str(REAL / fname)) as src:
+    kept = {m: [0, 0, 0, 0] for m in names}  # positives kept, positives, misses rejected, misses
+    for key in sorted(manifest):
+        path, m = manifest[key]
+        spec = f"{path}:/data" if path.suffix == ".h5" else str(path)
+        with open_source(spec) as src:
             fr = src.read(0)
-        m = manifest[fname]
         cells = []
         for name, clf in clfs.items():
             p = clf.predict([fr])[0]
             _, lab = decide(p[None], clf.class_names)
             cells.append(f"{p[0]:.3f} / {p[1]:.3f} / {p[2]:.3f} → {lab[0]}")
-            ok[name] += (m["label"] == "miss") == (lab[0] == "miss")
-            print(name, fname, m["label"], p.round(3), lab[0])
-        out.append(f"| {fname} | {m['detector']} | {m['label']} | " + " | ".join(cells) + " |")
-    out += ["", "Keep decision correct: " + ", ".join(f"{m} {ok[m]} of {len(manifest)}" for m in names) + ".", ""]
+            pos = m["label"] != "miss"
+            k = kept[name]
+            k[0 if pos else 2] += (lab[0] != "miss") == pos
+            k[1 if pos else 3] += 1
+            print(name, key, m["label"], p.round(3), lab[0])
+        out.append(f"| {key} | {m['detector']} | {m['label']} | " + " | ".join(cells) + " |")
+    out += ["", "Keep decision (hit or maybe against miss): " + "; ".join(
+        f"{m}: balanced accuracy **{(k[0] / k[1] + k[2] / k[3]) / 2:.3f}** (hits and maybes kept {k[0]} of {k[1]}, "
+        f"misses rejected {k[2]} of {k[3]})" for m, k in kept.items()) + ".", ""]
     return out
 
 
@@ -141,7 +151,7 @@ def main() -> None:
     clfs = {_column(a.model): Classifier(bundle)}
     lines = ["# The bundled models", "", f"**{_column(a.model)}**: "] + _describe(bundle)
     lines += ["", "Reproduce the bundled models with `python scripts/make_default_model.py --install` (default) and "
-              "`python scripts/make_default_model.py --input-size 360 --scale 2 --install` (fast), and this page with "
+              "`python scripts/make_default_model.py --which fast --install` (fast), and this page with "
               "`python scripts/report_default_model.py" + "".join(f" --compare {c}" for c in a.compare) + "`.", ""]
     for c in a.compare:
         other = load_model(c)

@@ -8,6 +8,8 @@ status, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import sys
 from enum import Enum
@@ -109,6 +111,11 @@ class Contrast(str, Enum):
     linear = "linear"
 
 
+class Recipe(str, Enum):
+    significance = "significance"
+    ke2018 = "ke2018"
+
+
 class Task(str, Enum):
     crystallography = "crystallography"
     cdi = "cdi"
@@ -146,7 +153,7 @@ def screen(
     batch_size: int = typer.Option(16, help="Frames per forward pass."),
     no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
-    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default; 1 per rank under mpirun)."),
+    threads: int = typer.Option(0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
     method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
@@ -183,15 +190,13 @@ def screen(
     MPI ranks (needs mpi4py: pip install 'diffscreen[mpi]'); the outputs are
     those of one process.  See docs/scaling.md.
     """
-    import torch
-
     from diffscreen.screen import screen as run_screen
     from diffscreen.errors import DiffscreenError
-    from diffscreen.screen.parallel import launch_rank, mpi_launched
+    from diffscreen.screen.parallel import launch_rank, limit_threads, mpi_launched, rank_thread_share
 
     mpi, root = mpi_launched(), launch_rank() == 0  # under mpirun/srun: ranks share the chunks
     if threads or mpi:
-        torch.set_num_threads(threads or 1)  # one thread per MPI rank unless told otherwise
+        limit_threads(rank_thread_share(threads))  # an MPI rank: its share of the node's cores unless told
     if model_type is not None:
         from diffscreen.cli_adapt import check_model_type
 
@@ -365,7 +370,8 @@ def train(
     split: Split = typer.Option(Split.order, help="Train/val/test split: in file order per file (fv5080) or random."),
     fractions: Optional[Tuple[float, float, float]] = typer.Option(None, help="Train, validation, test fractions (Ke: 0.5 0.2 0.3; with --init: 0.8 0.2 0)."),
     first_kernel: int = typer.Option(7, help="First convolution kernel: 7 (fv5080 code) or 3 (paper text)."),
-    contrast: Contrast = typer.Option(Contrast.lcn, help="LCN (Ke §2.2) or linear contrast (Ke Table 8)."),
+    preprocess: Recipe = typer.Option(Recipe.significance, "--preprocess", help="significance: per-pixel significance over resolution shells, the bundled models' detector-invariant recipe (360² at 2× Ke's reciprocal pixel); ke2018: Ke §2.2 GCN + LCN at 720² (the paper's recipe)."),
+    contrast: Contrast = typer.Option(Contrast.lcn, help="--preprocess ke2018: LCN (Ke §2.2) or linear contrast (Ke Table 8)."),
     pixel_scaling: bool = typer.Option(False, help="Scale by pixel count (fv5080: whole frame to 960) instead of physically."),
     input_size: Optional[int] = typer.Option(None, help="Network input side in pixels (Ke: 720; CDI: 224)."),
     workers: int = typer.Option(1, help="Worker processes reading and preprocessing frames."),
@@ -430,7 +436,6 @@ def train(
     fractions = (0.5, 0.2, 0.3) if fractions is None else fractions
     epochs = 120 if epochs is None else epochs
     batch_size = 64 if batch_size is None else batch_size
-    input_size = 720 if input_size is None else input_size
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.train import TrainConfig, collect_samples, split_samples, train_model
     from diffscreen.train.distributed import launch_rank
@@ -445,10 +450,14 @@ def train(
                       lr_start=lr_start, lr_end=lr_end,
                       first_kernel=first_kernel, workers=workers,
                       arch=model_type.value if model_type is not None else "ke2018")
-    pcfg = PreprocessConfig(
-        out_size=input_size, contrast=contrast.value, s_per_px=None if pixel_scaling else PreprocessConfig.s_per_px,
-        max_shift=min(120, input_size // 6),
-    )
+    if preprocess is Recipe.significance:
+        input_size = 360 if input_size is None else input_size
+        pcfg = PreprocessConfig.significance(input_size, scale=720 / input_size)
+    else:
+        input_size = 720 if input_size is None else input_size
+        pcfg = PreprocessConfig(out_size=input_size, contrast=contrast.value, max_shift=min(120, input_size // 6))
+    if pixel_scaling:
+        pcfg = dataclasses.replace(pcfg, s_per_px=None)
     info["label_files"] = [str(x) for x in labels]
     info["split"] = {"mode": split.value, "fractions": list(fractions)}
     if not root:
@@ -669,6 +678,7 @@ from diffscreen import cli_cdi  # noqa: E402,F401
 from diffscreen import cli_baselines  # noqa: E402,F401
 from diffscreen import cli_xie2022  # noqa: E402,F401
 from diffscreen import cli_adapt  # noqa: E402,F401
+from diffscreen import cli_generalisation  # noqa: E402,F401
 
 
 def main(argv=None) -> int:

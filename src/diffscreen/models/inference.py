@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffscreen.models._api import ModelBundle, load_model
-from diffscreen.preprocess import Preprocessor
+from diffscreen.preprocess import Preprocessor, beam_centre
 from diffscreen.preprocess.fast import FastPreprocessor
 
 __all__ = ["Classifier"]
@@ -132,13 +132,14 @@ class Classifier:
         pre = self.preprocessor
         buf = np.empty((batch_size, S, S), np.float32)
         for b in range(0, len(idx), batch_size):
-            rows, n = [], 0
+            rows, centres, n = [], [], 0
             for k in range(b, min(b + batch_size, len(idx))):
                 i = idx[k]
                 try:
                     if not regions:
                         fr = check_frame(src.read(i))
                         buf[n] = pre.crop(fr)
+                        centre = pre.centre_in_crop(fr)
                     else:
                         meta = src.read_meta(i)
                         shape = src.frame_shape(i) if hasattr(src, "frame_shape") else src.shape
@@ -150,12 +151,14 @@ class Classifier:
                             prep = pre.prepare(data, bad)
                             _check_window(data, bad, prep, meta)
                             buf[n] = pre.resample(prep, plan)
+                        centre = plan.to_crop(*beam_centre(meta, shape))
                     rows.append(k)
+                    centres.append(centre)
                     n += 1
                 except DiffscreenError as exc:
                     errors[i] = exc.problem
             if n:
-                x = pre._normalise_inplace(buf[:n]) if self.fast else pre.normalise(buf[:n])
+                x = pre.normalise_inplace(buf[:n], centres) if self.fast else pre.normalise(buf[:n], centres)
                 probs[rows] = self.predict_batch(x[:, None])
         return probs, errors
 

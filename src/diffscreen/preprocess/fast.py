@@ -46,7 +46,7 @@ import numpy as np
 from diffscreen.errors import BadFrameError, ConfigError
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.preprocess.geometry import beam_centre, zoom_factor
-from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor
+from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, significance_batch
 
 __all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "TorchPreprocessor",
            "prepare_region"]
@@ -91,6 +91,11 @@ class CropPlan:
         """``(first, end)`` detector columns of the window inside the frame (end exclusive; may be empty)."""
         a, b = max(self.x0, 0), min(self.x0 + self.side, self.shape[1])
         return a, max(a, b)
+
+    def to_crop(self, x: float, y: float) -> tuple[float, float]:
+        """Detector position ``(x, y)`` (pixels) → position in the resampled crop (pixels)."""
+        f = self.out_size / self.side
+        return (x - self.x0 + 0.5) * f - 0.5, (y - self.y0 + 0.5) * f - 0.5
 
     @property
     def empty(self) -> bool:
@@ -445,16 +450,22 @@ class FastPreprocessor(Preprocessor):
         (r0, r1), (c0, c1) = p.rows, p.cols
         return self.from_region(frame.data[r0:r1, c0:c1], frame.mask[r0:r1, c0:c1], p)
 
-    def normalise(self, crops: np.ndarray) -> np.ndarray:
-        """Contrast step on crops ``(N, S, S)``; returns a new float32 array of the same shape."""
-        return self._normalise_inplace(np.array(crops, dtype=np.float32, copy=True))
+    def normalise(self, crops: np.ndarray, centres=None) -> np.ndarray:
+        """Contrast step on crops ``(N, S, S)``; returns a new float32 array of the same shape.
 
-    def _normalise_inplace(self, crops: np.ndarray) -> np.ndarray:
+        ``centres`` as :meth:`Preprocessor.normalise <diffscreen.preprocess.Preprocessor.normalise>`.
+        """
+        return self.normalise_inplace(np.array(crops, dtype=np.float32, copy=True), centres)
+
+    def normalise_inplace(self, crops: np.ndarray, centres=None) -> np.ndarray:
+        """:meth:`normalise` overwriting ``crops`` ``(N, S, S)`` float32 (no copy); returns it."""
         c = self.config
         if c.contrast == "lcn":
             for k in range(len(crops)):
                 fast_lcn(crops[k], size=c.lcn_size, std_floor=c.std_floor)
             return crops
+        if c.contrast == "snr":
+            return significance_batch(crops, centres, c)
         from diffscreen.preprocess.contrast import linear_contrast
 
         return linear_contrast(crops, m=c.linear_m)
@@ -473,9 +484,12 @@ class FastPreprocessor(Preprocessor):
         """
         n, S = len(frames), self.config.out_size
         out = np.empty((n, S, S), np.float32)
+        centres = []
         for k, f in enumerate(frames):
-            out[k] = self.crop(f, (0.0, 0.0) if shifts is None else tuple(shifts[k]))
-        return self._normalise_inplace(out)[:, None]
+            shift = (0.0, 0.0) if shifts is None else tuple(shifts[k])
+            out[k] = self.crop(f, shift)
+            centres.append(self.centre_in_crop(f, shift))
+        return self.normalise_inplace(out, centres)[:, None]
 
 
 class TorchPreprocessor:
@@ -560,6 +574,8 @@ class TorchPreprocessor:
         import torch.nn.functional as F
 
         c = self.config
+        if c.contrast == "snr":
+            raise ConfigError("TorchPreprocessor has no 'snr' contrast yet: use FastPreprocessor")
         flat = x.flatten(1)
         if c.contrast == "linear":
             ref = torch.quantile(flat, 0.9, dim=1)

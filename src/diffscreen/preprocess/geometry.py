@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import FrameMeta
 
-__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "crop_scaled"]
+__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "beam_in_crop", "crop_scaled"]
 
 #: Å⁻¹ per output pixel: 1/2.5 Å at 360 px from the beam.
 DEFAULT_S_PER_PX = 1.0 / (2.5 * 360)
@@ -88,6 +88,41 @@ def beam_centre(meta: FrameMeta, shape) -> tuple[float, float]:
     if bc is not None and all(map(math.isfinite, bc)) and 0 <= bc[0] < W and 0 <= bc[1] < H:
         return float(bc[0]), float(bc[1])
     return (W - 1) / 2.0, (H - 1) / 2.0
+
+
+def beam_in_crop(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[float, float]:
+    """Where the beam centre lands in the crop :func:`crop_scaled` cuts.
+
+    Parameters
+    ----------
+    centre : (float, float)
+        Beam centre ``(x, y)`` in detector pixels.
+    zoom : float
+        Output pixels per detector pixel (> 0).
+    out_size : int
+        Output side in pixels.
+    shift : (float, float)
+        Crop offset ``(dx, dy)`` in output pixels.
+
+    Returns
+    -------
+    (float, float)
+        ``(x, y)`` of the beam in crop pixels (pixel centres at integers):
+        about ``(out_size - 1) / 2 - shift``, exact to the window's rounding.
+
+    Raises
+    ------
+    ConfigError
+        If ``zoom`` <= 0.
+    """
+    if zoom <= 0:
+        raise ConfigError(f"zoom must be > 0, got {zoom}")
+    side = max(1, int(round(out_size / zoom)))
+    out = []
+    for c, s in zip(centre, shift):
+        first = int(round(c + s / zoom - side / 2.0 + 0.5))  # the window's first pixel, as crop_scaled cuts it
+        out.append((c - first + 0.5) * out_size / side - 0.5)
+    return out[0], out[1]
 
 
 def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shift=(0.0, 0.0)) -> np.ndarray:

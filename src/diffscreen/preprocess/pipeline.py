@@ -7,7 +7,12 @@ Ke et al. (2018) §2.2 with the fv5080 details of ANCHORS.md:
    720 × 720 around the beam centre, randomly shifted by up to ±120 output
    pixels when training;
 3. contrast: GCN + LCN (5 × 5 box, local std floored at 1), or the linear
-   contrast of ``dials.image_viewer`` (Ke Table 8).
+   contrast of ``dials.image_viewer`` (Ke Table 8), or — a departure from
+   Ke, for detectors nobody trained on — the per-pixel significance over
+   resolution shells (``"snr"``, :mod:`diffscreen.preprocess.significance`).
+
+:meth:`PreprocessConfig.significance` is the recipe of the bundled models;
+``PreprocessConfig()`` is Ke's.
 
 The recipe is stored in every model file (:meth:`PreprocessConfig.to_dict`),
 so a model is always fed the way it was trained.
@@ -22,11 +27,12 @@ import numpy as np
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import Frame
 from diffscreen.preprocess.contrast import lcn, linear_contrast
-from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX, beam_centre, crop_scaled, zoom_factor
+from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX, beam_centre, beam_in_crop, crop_scaled, zoom_factor
+from diffscreen.preprocess.significance import significance
 
-__all__ = ["PreprocessConfig", "Preprocessor", "prepare_pixels"]
+__all__ = ["PreprocessConfig", "Preprocessor", "prepare_pixels", "significance_batch"]
 
-_CONTRASTS = ("lcn", "linear")
+_CONTRASTS = ("lcn", "linear", "snr")
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,10 @@ class PreprocessConfig:
         None reproduces fv5080's pixel-count resize to ``fallback_size``.
     fallback_size : int
         Whole-frame size used when a frame has no geometry (fv5080: 960).
-    contrast : {"lcn", "linear"}
-        Ke §2.2 LCN, or the linear contrast of Ke Table 8.
+    contrast : {"lcn", "linear", "snr"}
+        Ke §2.2 LCN, the linear contrast of Ke Table 8, or the per-pixel
+        significance over resolution shells
+        (:func:`~diffscreen.preprocess.significance.significance`).
     lcn_size : int
         LCN box side (5).
     std_floor : float
@@ -52,6 +60,10 @@ class PreprocessConfig:
         Linear-contrast parameter M (0.4).
     max_shift : int
         Largest random crop shift for training, in output pixels (120).
+    snr_shell_px, snr_low, snr_scale, snr_high : float
+        ``"snr"`` only: shell width (crop pixels), lower clip of the
+        significance (σ), its compression scale (σ) and the upper clip of the
+        compressed value; see :func:`~diffscreen.preprocess.significance.significance`.
     """
 
     out_size: int = 720
@@ -62,12 +74,30 @@ class PreprocessConfig:
     std_floor: float = 1.0
     linear_m: float = 0.4
     max_shift: int = 120
+    snr_shell_px: float = 1.0
+    snr_low: float = -2.0
+    snr_scale: float = 2.0
+    snr_high: float = 8.0
 
     def __post_init__(self):
         if self.contrast not in _CONTRASTS:
             raise ConfigError(f"contrast must be one of {_CONTRASTS}, got {self.contrast!r}")
         if self.out_size < 16:
             raise ConfigError(f"out_size must be >= 16, got {self.out_size}")
+
+    @classmethod
+    def significance(cls, out_size: int = 360, scale: float = 2.0) -> "PreprocessConfig":
+        """The bundled models' recipe: significance input over Ke's field of view.
+
+        ``out_size`` × ``out_size`` pixels covering the field of
+        ``PreprocessConfig()`` (±1/(2 × 2.5 Å) at the crop edge, i.e. 720 of
+        Ke's reciprocal pixels) at ``scale`` × Ke's pixel; contrast
+        ``"snr"``; crop shifts up to ``out_size / 6`` for training.  A frame
+        without geometry is scaled so that the crop spans 3/4 of its longer
+        side, as Ke's 720 of 960 pixels do.
+        """
+        return cls(out_size=out_size, s_per_px=DEFAULT_S_PER_PX * scale, contrast="snr",
+                   fallback_size=int(round(out_size * 4 / 3)), max_shift=min(120, out_size // 6))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,11 +154,24 @@ class Preprocessor:
         centre = beam_centre(frame.meta, frame.data.shape)
         return crop_scaled(prepare_pixels(frame), centre, z, c.out_size, shift)
 
-    def normalise(self, crops: np.ndarray) -> np.ndarray:
-        """Contrast step on crops ``(N, S, S)``; returns float32 of the same shape."""
+    def centre_in_crop(self, frame: Frame, shift=(0.0, 0.0)) -> tuple[float, float]:
+        """Beam centre ``(x, y)`` in the pixels of :meth:`crop`'s output."""
+        c = self.config
+        z = zoom_factor(frame.meta, frame.data.shape, s_per_px=c.s_per_px, fallback_size=c.fallback_size)
+        return beam_in_crop(beam_centre(frame.meta, frame.data.shape), z, c.out_size, shift)
+
+    def normalise(self, crops: np.ndarray, centres=None) -> np.ndarray:
+        """Contrast step on crops ``(N, S, S)``; returns float32 of the same shape.
+
+        ``centres`` : (N, 2) beam centres ``(x, y)`` in crop pixels, used by
+        the ``"snr"`` contrast only (default: the crop's middle).
+        """
         c = self.config
         if c.contrast == "lcn":
             return lcn(crops, size=c.lcn_size, std_floor=c.std_floor)
+        if c.contrast == "snr":
+            out = np.array(crops, dtype=np.float32, copy=True)
+            return significance_batch(out, centres, c)
         return linear_contrast(crops, m=c.linear_m)
 
     def random_shifts(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -156,4 +199,28 @@ class Preprocessor:
         if shifts is None:
             shifts = np.zeros((n, 2))
         crops = np.stack([self.crop(f, tuple(s)) for f, s in zip(frames, shifts)])
-        return self.normalise(crops)[:, None].astype(np.float32, copy=False)
+        centres = [self.centre_in_crop(f, tuple(s)) for f, s in zip(frames, shifts)]
+        return self.normalise(crops, centres)[:, None].astype(np.float32, copy=False)
+
+
+def significance_batch(crops: np.ndarray, centres, config: PreprocessConfig) -> np.ndarray:
+    """The ``"snr"`` contrast of a batch, in place.
+
+    Parameters
+    ----------
+    crops : (N, S, S) float32 ndarray
+        Overwritten with the result.
+    centres : (N, 2) array_like or None
+        Beam centres ``(x, y)`` in crop pixels; None: the middle of each crop.
+    config : PreprocessConfig
+
+    Returns
+    -------
+    (N, S, S) float32 ndarray
+        ``crops`` itself.
+    """
+    mid = ((crops.shape[-1] - 1) / 2.0, (crops.shape[-2] - 1) / 2.0)
+    for k in range(len(crops)):
+        significance(crops[k], mid if centres is None else centres[k], shell_px=config.snr_shell_px,
+                     low=config.snr_low, scale=config.snr_scale, high=config.snr_high, out=crops[k])
+    return crops
