@@ -118,3 +118,26 @@ def test_the_bundled_recipe_is_significance():
     assert cfg.contrast == "snr" and cfg.out_size == 360
     assert cfg.s_per_px == pytest.approx(2 * PreprocessConfig().s_per_px)
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_gaps_and_the_frame_edge_vanish_from_the_input():
+    rng = np.random.default_rng(7)
+    data = rng.poisson(20.0, (400, 400)).astype(np.float32)
+    mask = np.zeros(data.shape, bool)
+    mask[:, 120:140] = True
+    meta = FrameMeta("x.h5", 0, beam_center_px=(60.0, 200.0))  # near the left edge: half the crop is off the frame
+    cfg = PreprocessConfig.significance(64, scale=720 / 64)
+    cfg = PreprocessConfig.from_dict({**cfg.to_dict(), "s_per_px": None, "fallback_size": 100})  # zoom 1/4
+    pre = FastPreprocessor(cfg)
+    a = pre([Frame(data, mask, meta)])[0, 0]
+    junk = data.copy()
+    junk[mask] = 1e7  # whatever the masked pixels hold, the input is the same
+    b = pre([Frame(junk, mask, meta)])[0, 0]
+    assert np.array_equal(a, b)
+    plan = pre.plan(meta, data.shape)
+    off = plan.to_crop(-0.5, 0)[0]  # the frame's left edge in crop pixels
+    assert off > 5
+    assert np.all(a[:, : int(off) - 1] == 0)  # outside the frame: exactly 0, not a dark band
+    gx0, gx1 = plan.to_crop(120, 0)[0], plan.to_crop(139, 0)[0]
+    assert np.all(a[:, int(np.ceil(gx0)) : int(gx1)] == 0)
+    assert a[:, int(off) + 2 :].std() > 0.3  # the noise of the frame itself is there

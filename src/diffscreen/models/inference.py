@@ -173,6 +173,6 @@ def _check_window(data, bad, prep, meta) -> None:
         if nonfinite.any():
             raise BadFrameError(f"{int(nonfinite.sum())} pixels of the crop window are NaN or infinite",
                                 path=meta.source, frame=meta.index)
-    if not prep.any() and not np.any(data[~bad]):
+    if not np.any(data) or (not prep.any() and not np.any(data[~bad])):  # (prep.any() short-circuits on NaN)
         raise BadFrameError("all pixels of the crop window are zero or masked (empty readout)",
                             path=meta.source, frame=meta.index)

@@ -49,7 +49,7 @@ from diffscreen.preprocess.geometry import beam_centre, zoom_factor
 from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, significance_batch
 
 __all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "TorchPreprocessor",
-           "prepare_region"]
+           "prepare_region", "partial_outputs"]
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,9 @@ def resample_matrix(side: int, out_size: int, first: int = 0, end: int | None = 
     return sp.csr_matrix(a[:, first:end], dtype=np.float32)
 
 
-def prepare_region(data, bad=None, out: np.ndarray | None = None) -> np.ndarray:
-    """Pixels of a window with masked and negative values set to 0, as float32.
+def prepare_region(data, bad=None, out: np.ndarray | None = None, *, invalid: float = 0.0,
+                   clamp: bool = True) -> np.ndarray:
+    """Pixels of a window with masked (and negative) values replaced, as float32.
 
     The same as :func:`~diffscreen.preprocess.prepare_pixels` on a part of the
     frame.
@@ -200,6 +201,10 @@ def prepare_region(data, bad=None, out: np.ndarray | None = None) -> np.ndarray:
         True = masked.
     out : (h, w) float32 ndarray, optional
         Where to write (default: a new array).
+    invalid : float
+        Value of masked pixels (0, Ke; NaN for the significance input).
+    clamp : bool
+        Negative values → 0 (Ke); False keeps them.
 
     Returns
     -------
@@ -211,14 +216,29 @@ def prepare_region(data, bad=None, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty(data.shape, np.float32)
     np.copyto(out, data, casting="unsafe")
-    if data.dtype.kind != "u":
+    if clamp and data.dtype.kind != "u":
         # torch's clamp is ~4x faster than np.maximum here; NaN stays NaN as in the reference
         torch.from_numpy(out).clamp_min_(0.0)
     if bad is not None:
         bad = np.asarray(bad, dtype=bool)
         if bad.any():
-            np.copyto(out, np.float32(0), where=bad)
+            np.copyto(out, np.float32(invalid), where=bad)
     return out
+
+
+@lru_cache(maxsize=256)
+def partial_outputs(side: int, out_size: int, first: int, end: int) -> np.ndarray:
+    """Output rows of :func:`resample_matrix` that draw on input outside ``first:end``.
+
+    Returns
+    -------
+    (out_size,) bool ndarray
+        True where part of the row's weight falls outside the kept columns
+        (the frame's edge): those output pixels mix in padding.
+    """
+    full = np.asarray(resample_matrix(side, out_size).sum(axis=1)).ravel()
+    kept = np.asarray(resample_matrix(side, out_size, first, end).sum(axis=1)).ravel()
+    return kept < full - 1e-6
 
 
 _WORK = threading.local()
@@ -409,21 +429,29 @@ class FastPreprocessor(Preprocessor):
         (out_size, out_size) float32 ndarray
         """
         S = plan.out_size
+        pad = self.config.invalid_value
         if plan.empty:
-            return np.zeros((S, S), np.float32)
+            return np.full((S, S), pad, np.float32)
         (r0, r1), (c0, c1) = plan.rows, plan.cols
         if region.shape != (r1 - r0, c1 - c0):
             raise BadFrameError(f"window pixels have shape {region.shape}, the plan needs {(r1 - r0, c1 - c0)}")
         if plan.side == S and region.shape == (S, S):
             return np.array(region, dtype=np.float32, copy=True)
-        ay = resample_matrix(plan.side, S, r0 - plan.y0, r1 - plan.y0)
-        ax = resample_matrix(plan.side, S, c0 - plan.x0, c1 - plan.x0)
+        fy, ey, fx, ex = r0 - plan.y0, r1 - plan.y0, c0 - plan.x0, c1 - plan.x0
+        ay = resample_matrix(plan.side, S, fy, ey)
+        ax = resample_matrix(plan.side, S, fx, ex)
         t = ay @ region  # (S, c1 - c0)
-        return np.ascontiguousarray((ax @ t.T).T, dtype=np.float32)
+        out = np.ascontiguousarray((ax @ t.T).T, dtype=np.float32)
+        if pad != 0:  # output pixels that mix in the padding outside the frame take the padding's value
+            out[partial_outputs(plan.side, S, fy, ey)] = pad
+            out[:, partial_outputs(plan.side, S, fx, ex)] = pad
+        return out
 
     def prepare(self, data, bad) -> np.ndarray:
         """:func:`prepare_region` into a scratch buffer reused by the next call (per thread)."""
-        return prepare_region(data, bad, out=_buffer("prepare", np.shape(data)))
+        c = self.config
+        return prepare_region(data, bad, out=_buffer("prepare", np.shape(data)), invalid=c.invalid_value,
+                              clamp=c.clamp_negative)
 
     def from_region(self, data, bad, plan: CropPlan) -> np.ndarray:
         """Crop (before contrast) from the raw pixels of the window only.
@@ -441,7 +469,7 @@ class FastPreprocessor(Preprocessor):
         (out_size, out_size) float32 ndarray
         """
         if plan.empty:
-            return np.zeros((plan.out_size, plan.out_size), np.float32)
+            return np.full((plan.out_size, plan.out_size), self.config.invalid_value, np.float32)
         return self.resample(self.prepare(data, bad), plan)
 
     def crop(self, frame: Frame, shift=(0.0, 0.0)) -> np.ndarray:

@@ -125,7 +125,8 @@ def beam_in_crop(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[
     return out[0], out[1]
 
 
-def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shift=(0.0, 0.0)) -> np.ndarray:
+def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shift=(0.0, 0.0), *,
+                fill: float = 0.0) -> np.ndarray:
     """Cut the window an ``out_size`` crop needs, then resample it.
 
     Equivalent to scaling the whole frame by ``zoom`` and cropping
@@ -147,6 +148,9 @@ def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shi
     shift : (float, float)
         Offset ``(dx, dy)`` of the crop in *output* pixels (random cropping
         for training: Ke uses up to ±120).
+    fill : float
+        Value of the window outside the frame (Ke: 0; NaN marks it, so that
+        every output pixel it touches is NaN).
 
     Returns
     -------
@@ -160,7 +164,7 @@ def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shi
     cy = centre[1] + shift[1] / zoom
     x0 = int(round(cx - side / 2.0 + 0.5))
     y0 = int(round(cy - side / 2.0 + 0.5))
-    win = np.zeros((side, side), dtype=np.float32)
+    win = np.full((side, side), fill, dtype=np.float32)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + side, W), min(y0 + side, H)
     if sx1 > sx0 and sy1 > sy0:

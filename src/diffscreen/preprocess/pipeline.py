@@ -99,6 +99,22 @@ class PreprocessConfig:
         return cls(out_size=out_size, s_per_px=DEFAULT_S_PER_PX * scale, contrast="snr",
                    fallback_size=int(round(out_size * 4 / 3)), max_shift=min(120, out_size // 6))
 
+    @property
+    def invalid_value(self) -> float:
+        """What masked pixels and the area outside the frame become before scaling.
+
+        0 for Ke's recipes (Ke §3.2: inactive pixels are 0); NaN for the
+        significance input, which leaves them out of the shell statistics and
+        sets every output pixel they touch to 0, so a detector's gaps and
+        edges do not show in the network input.
+        """
+        return float("nan") if self.contrast == "snr" else 0.0
+
+    @property
+    def clamp_negative(self) -> bool:
+        """Negative pixels → 0 (Ke); the significance input keeps them (pedestal-subtracted noise)."""
+        return self.contrast != "snr"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -111,8 +127,16 @@ class PreprocessConfig:
         return cls(**d)
 
 
-def prepare_pixels(frame: Frame) -> np.ndarray:
-    """Frame pixels with masked and negative values set to 0.
+def prepare_pixels(frame: Frame, *, invalid: float = 0.0, clamp: bool = True) -> np.ndarray:
+    """Frame pixels with masked (and negative) values replaced.
+
+    Parameters
+    ----------
+    frame : Frame
+    invalid : float
+        Value of masked pixels (Ke: 0).
+    clamp : bool
+        Negative values → 0 (Ke); False keeps them.
 
     Returns
     -------
@@ -120,8 +144,9 @@ def prepare_pixels(frame: Frame) -> np.ndarray:
         A new array; ``frame.data`` is not modified.
     """
     x = np.asarray(frame.data, dtype=np.float32)
-    x = np.where(frame.mask | (x < 0), np.float32(0), x)
-    return x
+    if clamp:
+        x = np.where(x < 0, np.float32(0), x)
+    return np.where(frame.mask, np.float32(invalid), x)
 
 
 class Preprocessor:
@@ -152,7 +177,8 @@ class Preprocessor:
         c = self.config
         z = zoom_factor(frame.meta, frame.data.shape, s_per_px=c.s_per_px, fallback_size=c.fallback_size)
         centre = beam_centre(frame.meta, frame.data.shape)
-        return crop_scaled(prepare_pixels(frame), centre, z, c.out_size, shift)
+        pixels = prepare_pixels(frame, invalid=c.invalid_value, clamp=c.clamp_negative)
+        return crop_scaled(pixels, centre, z, c.out_size, shift, fill=c.invalid_value)
 
     def centre_in_crop(self, frame: Frame, shift=(0.0, 0.0)) -> tuple[float, float]:
         """Beam centre ``(x, y)`` in the pixels of :meth:`crop`'s output."""

@@ -124,7 +124,9 @@ def _transform(x, bins, mu, var, cnt, min_count, low, scale, high, out):
         for j in range(w):
             b = bins[i, j]
             z = (x[i, j] - mu[b]) * inv[b]
-            if z < lowc:
+            if z != z:  # NaN: masked, or outside the frame
+                z = 0.0
+            elif z < lowc:
                 z = lowc
             elif z > 1.0:  # logarithmic above z = scale (value and slope continuous there)
                 z = 1.0 + math.log(z)
@@ -205,8 +207,10 @@ def significance(crop, centre, *, shell_px: float = 1.0, k: float = 3.0, iters: 
     Parameters
     ----------
     crop : (S, S) float32 ndarray
-        Scaled, beam-centred crop with masked and negative pixels at 0
-        (:meth:`diffscreen.preprocess.Preprocessor.crop`), any ADU scale.
+        Scaled, beam-centred crop (:meth:`diffscreen.preprocess.Preprocessor.crop`),
+        any ADU scale; NaN marks pixels touched by masked pixels or the
+        area outside the frame: they are left out of the statistics and
+        become 0.
     centre : (float, float)
         Beam centre ``(x, y)`` in crop pixels
         (:func:`diffscreen.preprocess.geometry.beam_in_crop`).
@@ -227,8 +231,8 @@ def significance(crop, centre, *, shell_px: float = 1.0, k: float = 3.0, iters: 
     Returns
     -------
     (S, S) float32 ndarray
-        The compressed significance, in ``[low / scale, high]``; 0 in shells
-        with fewer than ``min_count`` sampled pixels.
+        The compressed significance, in ``[low / scale, high]``; 0 at NaN
+        pixels and in shells with fewer than ``min_count`` valid sampled pixels.
 
     Raises
     ------
