@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=40, help="class-balanced mini-batches per epoch")
     ap.add_argument("--data-only", action="store_true", help="simulate and cache the data, do not train")
     ap.add_argument("--install", action="store_true", help="copy the model over the bundled one")
     args = ap.parse_args()
@@ -81,7 +82,7 @@ def main() -> None:
         described[job[0]] = {"seed": job[1], "n_train": len(y) - nv, "n_val": nv,
                              "class_counts": np.bincount(y, minlength=3).tolist()}
     x_tr, y_tr = np.concatenate(xs), np.concatenate(ys)
-    cfg_t = TrainConfig(arch="ke2018", epochs=args.epochs, batches_per_epoch=25, batch_size=args.batch_size,
+    cfg_t = TrainConfig(arch="ke2018", epochs=args.epochs, batches_per_epoch=args.batches, batch_size=args.batch_size,
                         lr_start=0.05, lr_end=1e-4, seed=0, threads=args.threads)
     description = {
         "simulated_presets": described,
@@ -92,7 +93,8 @@ def main() -> None:
         "real_frames": "none (the shared real frames only measure the model)",
         "script": "scripts/make_default_model.py",
         "command": (f"python scripts/make_default_model.py --which {args.which} --frames {args.frames} "
-                    f"--wide-frames {args.wide_frames} --epochs {args.epochs} --batch-size {args.batch_size}"),
+                    f"--wide-frames {args.wide_frames} --epochs {args.epochs} --batches {args.batches} "
+                    f"--batch-size {args.batch_size}"),
     }
     out = args.work / f"ke2018_{args.which}.safetensors"
     res = train_on_arrays(x_tr, y_tr, out, class_names=CLASSES, preprocess=cfg, config=cfg_t,

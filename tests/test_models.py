@@ -107,10 +107,14 @@ def test_bundled_fast_model_by_name_and_a_file_of_that_name_wins(tmp_path, monke
 
     assert set(BUNDLED_MODELS) == {"default", "fast"}
     fast, default = load_model("fast"), load_model("default")
-    # the fast model: 360² over the default's field of view, at twice its reciprocal pixel
-    assert fast.preprocess.out_size == 360 and default.preprocess.out_size == 720
-    assert fast.preprocess.s_per_px == pytest.approx(2 * default.preprocess.s_per_px)
-    assert fast.arch_kwargs["input_size"] == 360 and fast.class_names == default.class_names
+    # both on the significance input (issue 13) over Ke's field of view: the default 360² at twice Ke's
+    # reciprocal pixel, the fast model 240² at three times it
+    from diffscreen.preprocess import PreprocessConfig
+
+    assert default.preprocess == PreprocessConfig.significance(360, 2.0)
+    assert fast.preprocess == PreprocessConfig.significance(240, 3.0)
+    assert fast.preprocess.s_per_px * 240 == pytest.approx(default.preprocess.s_per_px * 360)
+    assert fast.arch_kwargs["input_size"] == 240 and fast.class_names == default.class_names
     assert fast.meta["training"]["data"]["simulated_presets"], "the fast model must describe its training data"
     assert resolve_model_path(None) == resolve_model_path("default") == default_model_path()
     # a file the user names "fast" is that file, not the bundled model
@@ -123,4 +127,4 @@ def test_bundled_fast_model_by_name_and_a_file_of_that_name_wins(tmp_path, monke
     (tmp_path / "fast").unlink()
     assert main(["model-info", "fast"]) == 0
     out = capsys.readouterr().out
-    assert "ke2018_fast.safetensors" in out and '"out_size": 360' in out
+    assert "ke2018_fast.safetensors" in out and '"out_size": 240' in out

@@ -15,11 +15,12 @@ from diffscreen.cli import _progress, benchmark_app, friendly
 def benchmark_generalisation(
     out: Path = typer.Option(Path("docs/benchmarks"), "--out", "-o", help="Folder for generalisation.md and .json."),
     quick: bool = typer.Option(False, "--quick", help="CI size: 1 seed, few frames, 2 epochs (minutes; asserts nothing)."),
-    work: Path = typer.Option(None, help="Cache of simulated inputs and models (default OUT/work/generalisation); reruns resume."),
+    work: Path = typer.Option(Path("work/bundled"), help="Cache of simulated inputs (WORK/inputs, shared with "
+                                                          "scripts/make_default_model.py) and models; reruns resume."),
     seeds: int = typer.Option(3, help="Training runs per family (≥ 3 for a 95 % interval)."),
-    frames: int = typer.Option(240, help="Training frames per preset."),
-    test_frames: int = typer.Option(120, help="Test frames per preset."),
-    epochs: int = typer.Option(24, help="Epochs of 25 batches of 32."),
+    test_frames: int = typer.Option(100, help="Test frames per preset."),
+    epochs: int = typer.Option(20, help="Epochs of --batches class-balanced batches of 32."),
+    batches: int = typer.Option(25, help="Batches per epoch."),
     workers: int = typer.Option(2, help="Simulation processes."),
     real: Path = typer.Option(Path("../shared/data"), help="Folder holding real-frames/ and real-frames-2/ (each with "
                                                             "MANIFEST.tsv) for the real-frame column; skipped if absent."),
@@ -35,23 +36,23 @@ def benchmark_generalisation(
     from diffscreen.benchmarks import generalisation as g
     from diffscreen.io._atomic import atomic_write_text
 
+    n_train = None
     if quick:
-        seeds, frames, test_frames, epochs = 1, 40, 40, 2
-    work = work or out / "work" / "generalisation"
+        seeds, n_train, test_frames, epochs, batches = 1, 40, 40, 2, 5
     t0 = time.time()
     with _progress() as p:
         p.console.print(f"leave-one-family-out benchmark{' (quick)' if quick else ''} -> {out}")
-        res = g.run_generalisation(work, out / "generalisation.json", seeds=tuple(range(seeds)), n_train=frames,
-                                   n_test=test_frames, epochs=epochs, workers=workers, log=p.console.print)
+        res = g.run_generalisation(work, out / "generalisation.json", seeds=tuple(range(seeds)), n_train=n_train,
+                                   n_test=test_frames, epochs=epochs, batches=batches, workers=workers,
+                                   log=p.console.print)
         folders = [real / "real-frames", real / "real-frames-2"]
         if all((f / "MANIFEST.tsv").exists() for f in folders):
             res["real"] = {}
             res["real_frames"] = {}
             for fam in res["families"]:
                 scores = []
-                for s in range(seeds):
-                    r = g.real_frame_scores(work / "models" / f"without_{fam}_seed{s}.safetensors", folders)
-                    scores.append(r["balanced_accuracy"])
+                for m in res["families"][fam]["models"]:
+                    scores.append(g.real_frame_scores(m, folders)["balanced_accuracy"])
                 res["real"][f"trained without {fam}"] = g.t_interval(scores)
             bundled = g.real_frame_scores(g.bundled_model_path(), folders)
             res["real"]["bundled default (all families)"] = bundled["balanced_accuracy"]

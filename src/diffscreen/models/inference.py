@@ -148,9 +148,13 @@ class Classifier:
                             buf[n] = 0.0
                         else:
                             data, bad = src.read_region(i, plan.rows, plan.cols)
-                            prep = pre.prepare(data, bad)
-                            _check_window(data, bad, prep, meta)
-                            buf[n] = pre.resample(prep, plan)
+                            if pre.config.pooling == "max":  # one pass; the crop stands in for the prepared window
+                                buf[n] = pre.from_region(data, bad, plan)
+                                _check_window(data, bad, None, meta, crop=buf[n])
+                            else:
+                                prep = pre.prepare(data, bad)
+                                _check_window(data, bad, prep, meta)
+                                buf[n] = pre.resample(prep, plan)
                         centre = plan.to_crop(*beam_centre(meta, shape))
                     rows.append(k)
                     centres.append(centre)
@@ -163,8 +167,13 @@ class Classifier:
         return probs, errors
 
 
-def _check_window(data, bad, prep, meta) -> None:
-    """check_frame's tests on the crop window only (cheap: prep is the prepared window)."""
+def _check_window(data, bad, prep, meta, *, crop=None) -> None:
+    """check_frame's tests on the crop window only.
+
+    Cheap: ``prep`` is the prepared window (bilinear path), or ``crop`` the
+    max-pooled crop (NaN where nothing valid), whose extremes tell whether
+    any valid pixel is non-zero.
+    """
     from diffscreen.errors import BadFrameError
 
     if data.dtype.kind == "f":
@@ -173,6 +182,10 @@ def _check_window(data, bad, prep, meta) -> None:
         if nonfinite.any():
             raise BadFrameError(f"{int(nonfinite.sum())} pixels of the crop window are NaN or infinite",
                                 path=meta.source, frame=meta.index)
-    if not np.any(data) or (not prep.any() and not np.any(data[~bad])):  # (prep.any() short-circuits on NaN)
+    if crop is not None:
+        empty = not (np.fmax.reduce(crop, axis=None) > 0 or np.fmin.reduce(crop, axis=None) < 0)
+    else:
+        empty = not np.any(data) or (not prep.any() and not np.any(data[~bad]))
+    if empty:
         raise BadFrameError("all pixels of the crop window are zero or masked (empty readout)",
                             path=meta.source, frame=meta.index)

@@ -45,8 +45,9 @@ import numpy as np
 
 from diffscreen.errors import BadFrameError, ConfigError
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.preprocess.geometry import beam_centre, zoom_factor
+from diffscreen.preprocess.geometry import beam_centre, crop_window, zoom_factor
 from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, significance_batch
+from diffscreen.preprocess.pooling import max_pool_window
 
 __all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "TorchPreprocessor",
            "prepare_region", "partial_outputs"]
@@ -129,14 +130,7 @@ def crop_plan(shape, centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> Cr
     ConfigError
         If ``zoom`` <= 0.
     """
-    if zoom <= 0:
-        raise ConfigError(f"zoom must be > 0, got {zoom}")
-    # the same arithmetic as geometry.crop_scaled (tests check the two agree)
-    side = max(1, int(round(out_size / zoom)))
-    cx = centre[0] + shift[0] / zoom
-    cy = centre[1] + shift[1] / zoom
-    x0 = int(round(cx - side / 2.0 + 0.5))
-    y0 = int(round(cy - side / 2.0 + 0.5))
+    side, x0, y0 = crop_window(centre, zoom, out_size, shift)  # the window geometry.crop_scaled cuts
     return CropPlan((int(shape[0]), int(shape[1])), side, x0, y0, int(out_size))
 
 
@@ -470,6 +464,9 @@ class FastPreprocessor(Preprocessor):
         """
         if plan.empty:
             return np.full((plan.out_size, plan.out_size), self.config.invalid_value, np.float32)
+        if self.config.pooling == "max":
+            (r0, _), (c0, _) = plan.rows, plan.cols
+            return max_pool_window(data, bad, plan.side, r0 - plan.y0, c0 - plan.x0, plan.out_size)
         return self.resample(self.prepare(data, bad), plan)
 
     def crop(self, frame: Frame, shift=(0.0, 0.0)) -> np.ndarray:
@@ -602,8 +599,8 @@ class TorchPreprocessor:
         import torch.nn.functional as F
 
         c = self.config
-        if c.contrast == "snr":
-            raise ConfigError("TorchPreprocessor has no 'snr' contrast yet: use FastPreprocessor")
+        if c.contrast == "snr" or c.pooling != "bilinear":
+            raise ConfigError("TorchPreprocessor has no 'snr' contrast or max-pooling yet: use FastPreprocessor")
         flat = x.flatten(1)
         if c.contrast == "linear":
             ref = torch.quantile(flat, 0.9, dim=1)

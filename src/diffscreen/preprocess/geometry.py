@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import FrameMeta
 
-__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "beam_in_crop", "crop_scaled"]
+__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "crop_window", "beam_in_crop", "crop_scaled"]
 
 #: Å⁻¹ per output pixel: 1/2.5 Å at 360 px from the beam.
 DEFAULT_S_PER_PX = 1.0 / (2.5 * 360)
@@ -90,6 +90,39 @@ def beam_centre(meta: FrameMeta, shape) -> tuple[float, float]:
     return (W - 1) / 2.0, (H - 1) / 2.0
 
 
+def crop_window(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[int, int, int]:
+    """The square detector window an ``out_size`` crop is cut from.
+
+    Parameters
+    ----------
+    centre : (float, float)
+        Beam centre ``(x, y)`` in detector pixels.
+    zoom : float
+        Output pixels per detector pixel (> 0).
+    out_size : int
+        Output side in pixels.
+    shift : (float, float)
+        Crop offset ``(dx, dy)`` in output pixels.
+
+    Returns
+    -------
+    side, x0, y0 : int
+        Window side in detector pixels and the column and row of its first
+        pixel (may be negative or past the frame edge).
+
+    Raises
+    ------
+    ConfigError
+        If ``zoom`` <= 0.
+    """
+    if zoom <= 0:
+        raise ConfigError(f"zoom must be > 0, got {zoom}")
+    side = max(1, int(round(out_size / zoom)))
+    x0 = int(round(centre[0] + shift[0] / zoom - side / 2.0 + 0.5))
+    y0 = int(round(centre[1] + shift[1] / zoom - side / 2.0 + 0.5))
+    return side, x0, y0
+
+
 def beam_in_crop(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[float, float]:
     """Where the beam centre lands in the crop :func:`crop_scaled` cuts.
 
@@ -115,14 +148,9 @@ def beam_in_crop(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[
     ConfigError
         If ``zoom`` <= 0.
     """
-    if zoom <= 0:
-        raise ConfigError(f"zoom must be > 0, got {zoom}")
-    side = max(1, int(round(out_size / zoom)))
-    out = []
-    for c, s in zip(centre, shift):
-        first = int(round(c + s / zoom - side / 2.0 + 0.5))  # the window's first pixel, as crop_scaled cuts it
-        out.append((c - first + 0.5) * out_size / side - 0.5)
-    return out[0], out[1]
+    side, x0, y0 = crop_window(centre, zoom, out_size, shift)
+    f = out_size / side
+    return (centre[0] - x0 + 0.5) * f - 0.5, (centre[1] - y0 + 0.5) * f - 0.5
 
 
 def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shift=(0.0, 0.0), *,
@@ -156,14 +184,8 @@ def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shi
     -------
     out : (out_size, out_size) float32 ndarray
     """
-    if zoom <= 0:
-        raise ConfigError(f"zoom must be > 0, got {zoom}")
     H, W = image.shape
-    side = max(1, int(round(out_size / zoom)))
-    cx = centre[0] + shift[0] / zoom
-    cy = centre[1] + shift[1] / zoom
-    x0 = int(round(cx - side / 2.0 + 0.5))
-    y0 = int(round(cy - side / 2.0 + 0.5))
+    side, x0, y0 = crop_window(centre, zoom, out_size, shift)
     win = np.full((side, side), fill, dtype=np.float32)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + side, W), min(y0 + side, H)

@@ -5,7 +5,8 @@ Ke et al. (2018) §2.2 with the fv5080 details of ANCHORS.md:
 1. negative and masked pixels -> 0 (fv5080; Ke §3.2 sets inactive pixels to 0);
 2. scale (physically, see :mod:`diffscreen.preprocess.geometry`) and crop
    720 × 720 around the beam centre, randomly shifted by up to ±120 output
-   pixels when training;
+   pixels when training (bilinear; the bundled models take the maximum of
+   each output pixel's footprint instead, :mod:`diffscreen.preprocess.pooling`);
 3. contrast: GCN + LCN (5 × 5 box, local std floored at 1), or the linear
    contrast of ``dials.image_viewer`` (Ke Table 8), or — a departure from
    Ke, for detectors nobody trained on — the per-pixel significance over
@@ -27,12 +28,15 @@ import numpy as np
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import Frame
 from diffscreen.preprocess.contrast import lcn, linear_contrast
-from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX, beam_centre, beam_in_crop, crop_scaled, zoom_factor
+from diffscreen.preprocess.geometry import (DEFAULT_S_PER_PX, beam_centre, beam_in_crop, crop_scaled, crop_window,
+                                            zoom_factor)
+from diffscreen.preprocess.pooling import max_pool_window
 from diffscreen.preprocess.significance import significance
 
 __all__ = ["PreprocessConfig", "Preprocessor", "prepare_pixels", "significance_batch"]
 
 _CONTRASTS = ("lcn", "linear", "snr")
+_POOLINGS = ("bilinear", "max")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class PreprocessConfig:
         Linear-contrast parameter M (0.4).
     max_shift : int
         Largest random crop shift for training, in output pixels (120).
+    pooling : {"bilinear", "max"}
+        How the window is brought to ``out_size``: Ke's bilinear resize
+        (averaging when shrinking), or the maximum of each output pixel's
+        footprint (:mod:`diffscreen.preprocess.pooling`), which keeps a
+        one-pixel Bragg spot's peak.
     snr_shell_px, snr_low, snr_scale, snr_high : float
         ``"snr"`` only: shell width (crop pixels), lower clip of the
         significance (σ), its compression scale (σ) and the upper clip of the
@@ -74,6 +83,7 @@ class PreprocessConfig:
     std_floor: float = 1.0
     linear_m: float = 0.4
     max_shift: int = 120
+    pooling: str = "bilinear"
     snr_shell_px: float = 1.0
     snr_low: float = -2.0
     snr_scale: float = 2.0
@@ -82,6 +92,8 @@ class PreprocessConfig:
     def __post_init__(self):
         if self.contrast not in _CONTRASTS:
             raise ConfigError(f"contrast must be one of {_CONTRASTS}, got {self.contrast!r}")
+        if self.pooling not in _POOLINGS:
+            raise ConfigError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
         if self.out_size < 16:
             raise ConfigError(f"out_size must be >= 16, got {self.out_size}")
 
@@ -92,11 +104,11 @@ class PreprocessConfig:
         ``out_size`` × ``out_size`` pixels covering the field of
         ``PreprocessConfig()`` (±1/(2 × 2.5 Å) at the crop edge, i.e. 720 of
         Ke's reciprocal pixels) at ``scale`` × Ke's pixel; contrast
-        ``"snr"``; crop shifts up to ``out_size / 6`` for training.  A frame
-        without geometry is scaled so that the crop spans 3/4 of its longer
-        side, as Ke's 720 of 960 pixels do.
+        ``"snr"``; max-pooling; crop shifts up to ``out_size / 6`` for
+        training.  A frame without geometry is scaled so that the crop spans
+        3/4 of its longer side, as Ke's 720 of 960 pixels do.
         """
-        return cls(out_size=out_size, s_per_px=DEFAULT_S_PER_PX * scale, contrast="snr",
+        return cls(out_size=out_size, s_per_px=DEFAULT_S_PER_PX * scale, contrast="snr", pooling="max",
                    fallback_size=int(round(out_size * 4 / 3)), max_shift=min(120, out_size // 6))
 
     @property
@@ -177,6 +189,12 @@ class Preprocessor:
         c = self.config
         z = zoom_factor(frame.meta, frame.data.shape, s_per_px=c.s_per_px, fallback_size=c.fallback_size)
         centre = beam_centre(frame.meta, frame.data.shape)
+        if c.pooling == "max":
+            side, x0, y0 = crop_window(centre, z, c.out_size, shift)
+            (H, W), r0, c0 = frame.data.shape, max(y0, 0), max(x0, 0)
+            r1, c1 = max(r0, min(y0 + side, H)), max(c0, min(x0 + side, W))
+            return max_pool_window(frame.data[r0:r1, c0:c1], frame.mask[r0:r1, c0:c1], side, r0 - y0, c0 - x0,
+                                   c.out_size)
         pixels = prepare_pixels(frame, invalid=c.invalid_value, clamp=c.clamp_negative)
         return crop_scaled(pixels, centre, z, c.out_size, shift, fill=c.invalid_value)
 

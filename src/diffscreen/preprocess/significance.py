@@ -40,6 +40,7 @@ into that shell's background.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -145,10 +146,19 @@ def _check(crop, shell_px, iters, min_count, step):
         raise ConfigError(f"need iters >= 0, min_count >= 2 and step >= 1, got {iters}, {min_count}, {step}")
 
 
+@lru_cache(maxsize=8)
+def _shell_map(h: int, w: int, cx: float, cy: float, shell_px: float):
+    """Shell index of every pixel (read-only, cached: the frames of a run share one beam centre)."""
+    bins = np.empty((h, w), np.int32)
+    nb = _shells(h, w, cx, cy, shell_px, bins)
+    bins.flags.writeable = False
+    return bins, nb
+
+
 def _shell_stats(x, centre, shell_px, k, iters, min_count, step):
     _check(x, shell_px, iters, min_count, step)
-    bins = np.empty(x.shape, np.int32)
-    nb = _shells(x.shape[0], x.shape[1], float(centre[0]), float(centre[1]), float(shell_px), bins)
+    bins, nb = _shell_map(x.shape[0], x.shape[1], round(float(centre[0]), 4), round(float(centre[1]), 4),
+                          float(shell_px))
     mu, var, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb, np.int64)
     _stats(x, bins, nb, float(k), int(iters), int(min_count), int(step), mu, var, cnt)
     return mu, var, cnt, bins
