@@ -57,6 +57,9 @@ def benchmark_generalisation(
             bundled = g.real_frame_scores(g.bundled_model_path(), folders)
             res["real"]["bundled default (all families)"] = bundled["balanced_accuracy"]
             res["real_frames"]["bundled default"] = bundled["frames"]
+    dials = Path("bench/results/dials_real_frames.json")
+    if dials.exists():  # written by bench/dials/real_frames.py (needs Debian's python3-dials)
+        res["peers"] = g.dials_peer_lines(dials)
     res["seconds"] = time.time() - t0
     import json
 
