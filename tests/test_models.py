@@ -107,13 +107,13 @@ def test_bundled_fast_model_by_name_and_a_file_of_that_name_wins(tmp_path, monke
 
     assert set(BUNDLED_MODELS) == {"default", "fast"}
     fast, default = load_model("fast"), load_model("default")
-    # both on the significance input (issue 13) over Ke's field of view: the default 360² at twice Ke's
-    # reciprocal pixel, the fast model 240² at three times it
+    # the default: Ke's 720² GCN + LCN; the fast model: the significance input (issue 13) at 240² over the
+    # same field of view, at three times Ke's reciprocal pixel
     from diffscreen.preprocess import PreprocessConfig
 
-    assert default.preprocess == PreprocessConfig.significance(360, 2.0)
+    assert default.preprocess.out_size == 720 and default.preprocess.contrast == "lcn"
     assert fast.preprocess == PreprocessConfig.significance(240, 3.0)
-    assert fast.preprocess.s_per_px * 240 == pytest.approx(default.preprocess.s_per_px * 360)
+    assert fast.preprocess.s_per_px * 240 == pytest.approx(default.preprocess.s_per_px * 720)
     assert fast.arch_kwargs["input_size"] == 240 and fast.class_names == default.class_names
     assert fast.meta["training"]["data"]["simulated_presets"], "the fast model must describe its training data"
     assert resolve_model_path(None) == resolve_model_path("default") == default_model_path()

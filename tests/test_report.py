@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from diffscreen.cli import main
+from diffscreen.models import load_model
 from toyrun import write_toy_run
 
 LABELS = ["hit", "miss", "maybe", "miss", "hit", "miss", "hit", "miss"]
@@ -51,7 +52,8 @@ def test_explain_cli_writes_overlays_and_raw_maps(screened, tmp_path, capsys):
     assert len(pngs) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     with h5py.File(out / "explain_gradcam++.h5") as f:
         maps, x, probs = f["maps"][:], f["input"][:], f["probabilities"][:]
-        assert maps.shape == (3, 720, 720) and list(f["frame"][:]) == [0, 1, 2]
+        S = load_model("default").preprocess.out_size  # the bundled model's input side
+        assert maps.shape == (3, S, S) and list(f["frame"][:]) == [0, 1, 2]
         assert f.attrs["method"] == "gradcam++" and f.attrs["layer"] == "features.3.2"
         assert list(f["target"][:]) == list(probs.argmax(1))
     # the stored maps are the API's maps of the stored inputs

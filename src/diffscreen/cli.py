@@ -370,7 +370,7 @@ def train(
     split: Split = typer.Option(Split.order, help="Train/val/test split: in file order per file (fv5080) or random."),
     fractions: Optional[Tuple[float, float, float]] = typer.Option(None, help="Train, validation, test fractions (Ke: 0.5 0.2 0.3; with --init: 0.8 0.2 0)."),
     first_kernel: int = typer.Option(7, help="First convolution kernel: 7 (fv5080 code) or 3 (paper text)."),
-    preprocess: Recipe = typer.Option(Recipe.significance, "--preprocess", help="significance: per-pixel significance over resolution shells, the bundled models' detector-invariant recipe (360² at 2× Ke's reciprocal pixel); ke2018: Ke §2.2 GCN + LCN at 720² (the paper's recipe)."),
+    preprocess: Recipe = typer.Option(Recipe.ke2018, "--preprocess", help="ke2018: Ke §2.2 GCN + LCN at 720² (the paper's recipe, the bundled default model's); significance: per-pixel significance over resolution shells, max-pooled (the bundled fast model's recipe; 360² at 2× Ke's reciprocal pixel unless --input-size)."),
     contrast: Contrast = typer.Option(Contrast.lcn, help="--preprocess ke2018: LCN (Ke §2.2) or linear contrast (Ke Table 8)."),
     pixel_scaling: bool = typer.Option(False, help="Scale by pixel count (fv5080: whole frame to 960) instead of physically."),
     input_size: Optional[int] = typer.Option(None, help="Network input side in pixels (Ke: 720; CDI: 224)."),

@@ -54,9 +54,11 @@ def benchmark_generalisation(
                 for m in res["families"][fam]["models"]:
                     scores.append(g.real_frame_scores(m, folders)["balanced_accuracy"])
                 res["real"][f"trained without {fam}"] = g.t_interval(scores)
-            bundled = g.real_frame_scores(g.bundled_model_path(), folders)
-            res["real"]["bundled default (all families)"] = bundled["balanced_accuracy"]
-            res["real_frames"]["bundled default"] = bundled["frames"]
+            for name in ("default", "fast"):  # the bundled models as they ship (trained on every family)
+                path = g.bundled_model_path(name)
+                scored = g.real_frame_scores(path, folders)
+                res["real"][f"bundled {name} ({Path(path).name})"] = scored["balanced_accuracy"]
+                res["real_frames"][f"bundled {name}"] = scored["frames"]
     dials = Path("bench/results/dials_real_frames.json")
     if dials.exists():  # written by bench/dials/real_frames.py (needs Debian's python3-dials)
         res["peers"] = g.dials_peer_lines(dials)

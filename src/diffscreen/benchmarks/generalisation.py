@@ -326,11 +326,11 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     return res
 
 
-def bundled_model_path() -> str:
-    """Path of the bundled default model (what ``screen`` uses without ``--model``)."""
+def bundled_model_path(name: str = "default") -> str:
+    """Path of a bundled model (``"default"``: what ``screen`` uses without ``--model``)."""
     from diffscreen.models import resolve_model_path
 
-    return str(resolve_model_path(None))
+    return str(resolve_model_path(name))
 
 
 def real_frame_scores(model_path, folders) -> dict:
@@ -406,16 +406,16 @@ def report_markdown(res: dict) -> str:
     """``docs/benchmarks/generalisation.md`` from :func:`run_generalisation`'s result."""
     st = res["settings"]
     lines = ["# Leave one detector family out (issue 13)", "",
-             "The bundled recipe (Ke et al. 2018 CNN on the per-pixel significance over resolution shells, "
-             "360² at 2× Ke's reciprocal pixel) trained on simulated frames of every detector family but one, "
+             "The significance recipe (Ke et al. 2018 CNN on the max-pooled per-pixel significance over resolution "
+             "shells, 360² at 2× Ke's reciprocal pixel; the bundled fast model is the same recipe at 240²) trained on simulated frames of every detector family but one, "
              "then tested on fresh frames of the family left out. Score: balanced accuracy of the keep decision "
              "(hit or maybe against miss), mean and 95 % t-interval over "
              f"{len(st['seeds'])} seeds (each seed sets the initialisation and batches and draws fresh test frames; "
-             "the training frames are the bundled models' and the same for every seed). "
+             "the training frames are those of scripts/make_default_model.py and the same for every seed). "
              "Training frames per preset (20 % validate): "
              + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
              + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
-             "(the bundled model: 60 × 40). Goal: ≥ 0.95 in every family.", "",
+             "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.", "",
              "| family left out | presets | balanced accuracy | per seed | ≥ 0.95 |", "|---|---|---|---|---|"]
     for fam, r in res["families"].items():
         lo = r["ci95"][0]
@@ -428,7 +428,7 @@ def report_markdown(res: dict) -> str:
             lines.append(f"| {fam} | {p} | {_fmt(*v)} |")
     if res.get("real"):
         lines += ["", "## The same models on the shared real frames", "",
-                  "Each left-out model, and the bundled default model, on the 18 real frames of "
+                  "Each left-out model, and models trained on every family, on the 18 real frames of "
                   "`../shared/data/real-frames` and `real-frames-2` (measurement only: nothing was chosen on them).",
                   "", "| model | balanced accuracy on the real frames |", "|---|---|"]
         for name, v in res["real"].items():
@@ -440,7 +440,7 @@ def report_markdown(res: dict) -> str:
               f"({', '.join(below) or 'none'}); "
               + ("no family reaches it." if all(r["mean"] < 0.95 for r in fams.values()) else
                  "see the table for the others."),
-              f"- The left-out models are trained {st['epochs']} × {st['batches']} batches (the bundled model "
+              f"- The left-out models are trained {st['epochs']} × {st['batches']} batches (scripts/make_default_model.py: "
               "60 × 40), so they are a lower bound on the recipe."]
     wide = max(fams, key=lambda f: (fams[f]["ci95"][1] - fams[f]["ci95"][0]) if not math.isnan(fams[f]["ci95"][0])
                else -1.0)
