@@ -150,8 +150,8 @@ def main() -> None:
     bundle = load_model(a.model)
     clfs = {_column(a.model): Classifier(bundle)}
     lines = ["# The bundled models", "", f"**{_column(a.model)}**: "] + _describe(bundle)
-    lines += ["", "Reproduce the bundled models with `python scripts/make_default_model.py --install` (default) and "
-              "`python scripts/make_default_model.py --which fast --install` (fast), and this page with "
+    lines += ["", "Reproduce the bundled default model with `scripts/make_default_model.py` as of commit 436bf33, "
+              "the fast model with `python scripts/make_default_model.py --which fast --install`, and this page with "
               "`python scripts/report_default_model.py" + "".join(f" --compare {c}" for c in a.compare) + "`.", ""]
     for c in a.compare:
         other = load_model(c)
