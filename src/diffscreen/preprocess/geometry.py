@@ -128,14 +128,8 @@ def beam_in_crop(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[
 
     Parameters
     ----------
-    centre : (float, float)
-        Beam centre ``(x, y)`` in detector pixels.
-    zoom : float
-        Output pixels per detector pixel (> 0).
-    out_size : int
-        Output side in pixels.
-    shift : (float, float)
-        Crop offset ``(dx, dy)`` in output pixels.
+    centre, zoom, out_size, shift
+        As :func:`crop_window`.
 
     Returns
     -------
