@@ -185,7 +185,7 @@ def _check_window(data, bad, prep, meta, *, crop=None) -> None:
     if crop is not None:
         empty = not (np.fmax.reduce(crop, axis=None) > 0 or np.fmin.reduce(crop, axis=None) < 0)
     else:
-        empty = not np.any(data) or (not prep.any() and not np.any(data[~bad]))
+        empty = not prep.any() and not np.any(data[~bad])
     if empty:
         raise BadFrameError("all pixels of the crop window are zero or masked (empty readout)",
                             path=meta.source, frame=meta.index)
