@@ -1,6 +1,6 @@
 """Leave one detector family out: does the screen hold on a detector it never saw? (issue 13)
 
-``diffscreen benchmark generalisation`` trains the bundled recipe (the Ke et
+``diffscreen benchmark generalisation`` trains the significance recipe (the Ke et
 al. 2018 CNN on the per-pixel significance input,
 :meth:`~diffscreen.preprocess.PreprocessConfig.significance`) on simulated
 frames of every detector family but one and tests it on fresh frames of the

@@ -12,7 +12,7 @@ Ke et al. (2018) §2.2 with the fv5080 details of ANCHORS.md:
    Ke, for detectors nobody trained on — the per-pixel significance over
    resolution shells (``"snr"``, :mod:`diffscreen.preprocess.significance`).
 
-:meth:`PreprocessConfig.significance` is the recipe of the bundled models;
+:meth:`PreprocessConfig.significance` is the recipe of the bundled fast model;
 ``PreprocessConfig()`` is Ke's.
 
 The recipe is stored in every model file (:meth:`PreprocessConfig.to_dict`),
@@ -99,7 +99,7 @@ class PreprocessConfig:
 
     @classmethod
     def significance(cls, out_size: int = 360, scale: float = 2.0) -> "PreprocessConfig":
-        """The bundled models' recipe: significance input over Ke's field of view.
+        """The significance recipe (the bundled fast model's at 240, 3.0) over Ke's field of view.
 
         ``out_size`` × ``out_size`` pixels covering the field of
         ``PreprocessConfig()`` (±1/(2 × 2.5 Å) at the crop edge, i.e. 720 of
