@@ -45,7 +45,7 @@ import numpy as np
 
 from diffscreen.errors import BadFrameError, ConfigError
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.preprocess.geometry import beam_centre, crop_window, zoom_factor
+from diffscreen.preprocess.geometry import beam_centre, crop_window, window_to_crop, zoom_factor
 from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, significance_batch
 from diffscreen.preprocess.pooling import max_pool_window
 
@@ -95,8 +95,7 @@ class CropPlan:
 
     def to_crop(self, x: float, y: float) -> tuple[float, float]:
         """Detector position ``(x, y)`` (pixels) → position in the resampled crop (pixels)."""
-        f = self.out_size / self.side
-        return (x - self.x0 + 0.5) * f - 0.5, (y - self.y0 + 0.5) * f - 0.5
+        return window_to_crop((x, y), self.side, self.x0, self.y0, self.out_size)
 
     @property
     def empty(self) -> bool:
@@ -112,14 +111,8 @@ def crop_plan(shape, centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> Cr
     ----------
     shape : (int, int)
         Frame ``(H, W)``.
-    centre : (float, float)
-        Beam centre ``(x, y)`` in detector pixels.
-    zoom : float
-        Output pixels per detector pixel (> 0).
-    out_size : int
-        Output side in pixels.
-    shift : (float, float)
-        Crop offset ``(dx, dy)`` in output pixels.
+    centre, zoom, out_size, shift
+        As :func:`~diffscreen.preprocess.geometry.crop_window`.
 
     Returns
     -------
@@ -471,9 +464,14 @@ class FastPreprocessor(Preprocessor):
 
     def crop(self, frame: Frame, shift=(0.0, 0.0)) -> np.ndarray:
         """As :meth:`Preprocessor.crop <diffscreen.preprocess.Preprocessor.crop>`, reading only the window."""
+        return self.crop_with_centre(frame, shift)[0]
+
+    def crop_with_centre(self, frame: Frame, shift=(0.0, 0.0)) -> tuple[np.ndarray, tuple[float, float]]:
+        """:meth:`crop` and the beam centre ``(x, y)`` in its pixels, from one crop plan."""
         p = self.plan(frame.meta, frame.data.shape, shift)
         (r0, r1), (c0, c1) = p.rows, p.cols
-        return self.from_region(frame.data[r0:r1, c0:c1], frame.mask[r0:r1, c0:c1], p)
+        crop = self.from_region(frame.data[r0:r1, c0:c1], frame.mask[r0:r1, c0:c1], p)
+        return crop, p.to_crop(*beam_centre(frame.meta, frame.data.shape))
 
     def normalise(self, crops: np.ndarray, centres=None) -> np.ndarray:
         """Contrast step on crops ``(N, S, S)``; returns a new float32 array of the same shape.
@@ -511,9 +509,8 @@ class FastPreprocessor(Preprocessor):
         out = np.empty((n, S, S), np.float32)
         centres = []
         for k, f in enumerate(frames):
-            shift = (0.0, 0.0) if shifts is None else tuple(shifts[k])
-            out[k] = self.crop(f, shift)
-            centres.append(self.centre_in_crop(f, shift))
+            out[k], centre = self.crop_with_centre(f, (0.0, 0.0) if shifts is None else tuple(shifts[k]))
+            centres.append(centre)
         return self.normalise_inplace(out, centres)[:, None]
 
 

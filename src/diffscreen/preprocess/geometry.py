@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import FrameMeta
 
-__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "crop_window", "beam_in_crop", "crop_scaled"]
+__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "crop_window", "window_to_crop", "beam_in_crop",
+           "crop_scaled"]
 
 #: Å⁻¹ per output pixel: 1/2.5 Å at 360 px from the beam.
 DEFAULT_S_PER_PX = 1.0 / (2.5 * 360)
@@ -143,8 +144,17 @@ def beam_in_crop(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[
         If ``zoom`` <= 0.
     """
     side, x0, y0 = crop_window(centre, zoom, out_size, shift)
+    return window_to_crop(centre, side, x0, y0, out_size)
+
+
+def window_to_crop(point, side: int, x0: int, y0: int, out_size: int) -> tuple[float, float]:
+    """Detector position ``(x, y)`` → position in the crop resampled from the window.
+
+    The window (:func:`crop_window`: ``side`` pixels from column ``x0``, row
+    ``y0``) maps onto ``out_size`` output pixels, pixel centres at integers.
+    """
     f = out_size / side
-    return (centre[0] - x0 + 0.5) * f - 0.5, (centre[1] - y0 + 0.5) * f - 0.5
+    return (point[0] - x0 + 0.5) * f - 0.5, (point[1] - y0 + 0.5) * f - 0.5
 
 
 def crop_scaled(image: np.ndarray, centre, zoom: float, out_size: int = 720, shift=(0.0, 0.0), *,
