@@ -36,7 +36,7 @@ def test_missing_input_is_one_line_error(tmp_path, capsys):
 def test_bad_model_file_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "m.safetensors"
     bad.write_bytes(b"not a model")
-    assert main(["model-info", str(bad)]) == 2
+    assert main(["model-info", str(bad)]) == 3  # a model file error is a run error (README, "Exit status")
     err = capsys.readouterr().err
     assert err.startswith("ERROR: ") and "m.safetensors" in err and "Traceback" not in err
 

@@ -195,7 +195,7 @@ def test_failure_on_one_rank_stops_all_and_resume_completes(setup):
         sys.exit(main(sys.argv[1:]))
     """))
     r = mpirun(2, [sys.executable, str(driver), *screen_args(runs, model, out)[3:]])
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr  # a failed rank is a run error
     assert "ERROR: rank 1 failed: x.h5, frame 0: injected failure" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (out / "scores.csv").exists()

@@ -18,6 +18,8 @@ from typing import List, Optional, Tuple
 
 import typer
 
+from diffscreen.errors import EXIT_RUN, EXIT_USAGE as EXIT_ERROR  # numbers only: loads nothing heavy
+
 app = typer.Typer(
     name="diffscreen",
     help="Screen X-ray diffraction frames with convolutional neural networks: keep the hits, drop the misses.",
@@ -32,8 +34,8 @@ benchmark_app = typer.Typer(
 )
 app.add_typer(benchmark_app, name="benchmark")
 
-EXIT_ERROR = 2  # bad input or usage
 EXIT_PARTIAL = 1  # finished, but some frames or files failed
+EXIT_INTERNAL = 4  # a bug in diffscreen: the traceback goes to a file to report
 
 
 def _err(msg: str) -> None:
@@ -41,23 +43,55 @@ def _err(msg: str) -> None:
 
 
 def friendly(fn):
-    """Turn diffscreen's (and file-system) errors into one line and exit status 2."""
+    """Turn errors into one ``ERROR:`` line and the documented exit status (README, "Exit status").
+
+    A diffscreen error exits with its ``exit_status``: 3 for a run error
+    (output folder, model file, disk full), 2 for a usage error; memory
+    exhaustion exits 3; file-system errors on user input 2; anything else is
+    a bug: one line, the traceback in a file, exit 4.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import errno
+
         from diffscreen.errors import DiffscreenError
 
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
         except DiffscreenError as exc:
             _err(str(exc))
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            _err(f"{exc.filename}: {exc.strerror}")
+            raise typer.Exit(exc.exit_status)
+        except MemoryError:
+            _err("out of memory; screen fewer frames at once (--batch-size) or lower --max-frame-pixels")
+            raise typer.Exit(EXIT_RUN)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                _err(f"{exc.filename or 'output'}: cannot write ({exc.strerror})")
+                raise typer.Exit(EXIT_RUN)
+            _err(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
         except KeyboardInterrupt:
             _err("interrupted; run the same command again to resume")
+        except Exception as exc:  # noqa: BLE001 - a bug: report it without a wall of text
+            _err(f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                 f"the traceback is in {_save_traceback()}; please report it")
+            raise typer.Exit(EXIT_INTERNAL)
         raise typer.Exit(EXIT_ERROR)
 
     return wrapper
+
+
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a temporary file; its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="diffscreen-crash-", suffix=".txt")
+    with open(fd, "w") as fh:
+        fh.write(traceback.format_exc())
+    return path
 
 
 def _progress():
@@ -169,6 +203,7 @@ def screen(
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
     model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
+    max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -178,7 +213,10 @@ def screen(
     (Ke et al. 2018).  With --method peakfinder8 a frame is a hit when it has at
     least --min-peaks peaks; scores.csv then holds n_peaks and hits.cxi the
     peaks (Cheetah/CrystFEL layout).  An interrupted run resumes when started
-    again.  Exit status 1 when some frames or files could not be screened.
+    again; a second run into the same OUT is refused while the first runs.
+    Exit status: 0 all screened; 1 finished, but some frames or files could not
+    be screened (errors.csv); 2 usage error; 3 run error (output folder, model
+    file, disk full).
 
     With --task cdi: single-particle coherent-diffraction frames get the 11
     Zimmermann et al. (2019) class probabilities and multi-hot labels in
@@ -191,9 +229,14 @@ def screen(
     those of one process.  See docs/scaling.md.
     """
     from diffscreen.screen import screen as run_screen
-    from diffscreen.errors import DiffscreenError
+    from diffscreen.errors import ConfigError, DiffscreenError
     from diffscreen.screen.parallel import launch_rank, limit_threads, mpi_launched, rank_thread_share
 
+    from diffscreen.io.limits import set_max_frame_pixels
+
+    if threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: PyTorch's default), got {threads}")
+    set_max_frame_pixels(max_frame_pixels)
     mpi, root = mpi_launched(), launch_rank() == 0  # under mpirun/srun: ranks share the chunks
     if threads or mpi:
         limit_threads(rank_thread_share(threads))  # an MPI rank: its share of the node's cores unless told
@@ -204,8 +247,6 @@ def screen(
     specs = _expand(inputs)
     if task is Task.cdi:
         if mpi:
-            from diffscreen.errors import ConfigError
-
             raise ConfigError("screen --task cdi runs as one process; start it without mpirun")
         return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh)
     finder = None
@@ -222,7 +263,7 @@ def screen(
             summary = run_screen(specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh,
                                  write_cxi=not no_cxi)
         except DiffscreenError:  # rank 0 prints it ("rank k failed: ..."), once
-            raise typer.Exit(EXIT_ERROR)
+            raise typer.Exit(EXIT_RUN)
         raise typer.Exit(EXIT_PARTIAL if summary.n_error else 0)
     with _progress() as p:
         summary = run_screen(
@@ -597,10 +638,9 @@ def _predict_labelled(specs, labels, model, batch_size):
 
 
 def _labels_for_scores(scores_csv, inputs, labels):
-    import csv
-
     from diffscreen.errors import LabelError
     from diffscreen.io.labels import LabelTable, read_labels
+    from diffscreen.io.scores import read_scores
 
     records = []
     for lf in labels:
@@ -609,14 +649,13 @@ def _labels_for_scores(scores_csv, inputs, labels):
         records.extend(read_labels(spec))
     table = LabelTable.from_records(records)
     true, pred = [], []
-    with open(scores_csv, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["label"] == "error":
-                continue
-            t = table.get(row["file"], int(row["frame"]))
-            if t is not None:
-                true.append(t)
-                pred.append(row["label"])
+    for row in read_scores(scores_csv):
+        if row["label"] == "error":
+            continue
+        t = table.get(row["file"], row.frame)
+        if t is not None:
+            true.append(t)
+            pred.append(row["label"])
     if not true:
         raise LabelError("no frame in the scores file has a label", path=scores_csv)
     return true, pred
@@ -695,4 +734,13 @@ if __name__ == "__main__":
 
 
 def _console_main() -> None:  # console-script wrapper: exit with main()'s status
-    sys.exit(main())
+    code = main()
+    if code == EXIT_RUN:
+        # A run error may leave an HDF5 file that cannot be flushed (disk full); its temporary file is
+        # gone already, but HDF5 would crash (SIGSEGV) trying to flush it when the interpreter exits.
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

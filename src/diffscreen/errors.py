@@ -18,7 +18,15 @@ __all__ = [
     "LabelError",
     "ModelFileError",
     "ConfigError",
+    "OutputError",
+    "EXIT_USAGE",
+    "EXIT_RUN",
 ]
+
+#: Exit status of the CLI for a usage error: bad arguments, an unreadable input, label or scores file.
+EXIT_USAGE = 2
+#: Exit status of the CLI for a run error: the output folder, the model file, the machine's resources.
+EXIT_RUN = 3
 
 
 def _where(path=None, frame=None) -> str:
@@ -42,6 +50,9 @@ class DiffscreenError(Exception):
     frame : int, optional
         The 0-based frame index concerned.
     """
+
+    #: Exit status of the CLI when this error ends a command (README, "Exit status").
+    exit_status = EXIT_USAGE
 
     def __init__(self, message: str, *, path=None, frame=None):
         self.path = None if path is None else str(path)
@@ -81,6 +92,15 @@ class LabelError(DiffscreenError, ValueError):
 class ModelFileError(DiffscreenError, OSError):
     """A model file is missing, corrupt, or lacks the metadata diffscreen needs."""
 
+    exit_status = EXIT_RUN
+
 
 class ConfigError(DiffscreenError, ValueError):
     """A user-supplied option or parameter is invalid."""
+
+
+class OutputError(DiffscreenError, OSError):
+    """The outputs cannot be written: the output folder is a file, another run
+    holds its lock, or the disk is full or read-only."""
+
+    exit_status = EXIT_RUN

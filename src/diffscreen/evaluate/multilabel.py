@@ -229,24 +229,20 @@ def evaluate_cdi_scores(scores_csv, runs, *, threshold: float = 0.5) -> dict:
     LabelError
         A missing probability column, or no row matching a labelled frame.
     """
-    import csv
     import os
+
+    from diffscreen.io.scores import read_scores
 
     truth = {os.path.realpath(str(r)): read_cdi_labels(r) for r in runs}
     y, p = [], []
-    with open(scores_csv, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = [f"p_{c}" for c in CDI_CLASSES]
-        missing = [c for c in cols if c not in (reader.fieldnames or [])]
-        if missing:
-            raise LabelError(f"not a CDI scores file: no columns {missing[:3]}…", path=str(scores_csv))
-        for row in reader:
-            t = truth.get(os.path.realpath(row["file"].split(":/", 1)[0]))
-            i = int(row["frame"])
-            if t is None or not 0 <= i < len(t):
-                continue
-            y.append(t[i])
-            p.append([float(row[c]) for c in cols])
+    cols = [f"p_{c}" for c in CDI_CLASSES]
+    for row in read_scores(scores_csv, required=("file", "frame", *cols)):
+        t = truth.get(os.path.realpath(row["file"].split(":/", 1)[0]))
+        i = row.frame
+        if t is None or not 0 <= i < len(t):
+            continue
+        y.append(t[i])
+        p.append([row.number(c) for c in cols])
     if not y:
         raise LabelError("no row of the scores file is a frame of the given runs", path=str(scores_csv))
     y, p = np.array(y), np.array(p)

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from diffscreen.io._atomic import _tmp_name
+from diffscreen.io.outdir import check_free_space
 from diffscreen.io.frame import CLASS_NAMES, FrameMeta
 
 __all__ = ["CXIWriter", "EV_TO_J", "compression_options", "merge_cxi"]
@@ -211,6 +212,7 @@ class CXIWriter:
         data = np.asarray(data)
         if data.ndim != 2:
             raise ValueError(f"CXIWriter.append expects a 2-D frame, got shape {data.shape}")
+        check_free_space(self._tmp.parent, data.nbytes + (0 if mask is None else mask.size))
         e = self._entry(data.shape, data.dtype)
         i = e.n
         e.data.resize(i + 1, axis=0)
@@ -313,12 +315,18 @@ class CXIWriter:
         return self.path
 
     def abort(self) -> None:
-        """Close and delete the temporary file; ``path`` is untouched."""
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-        if self._tmp.exists():
-            self._tmp.unlink()
+        """Close and delete the temporary file; ``path`` is untouched.
+
+        Never raises: after a failed write (disk full) HDF5 may fail to close
+        the file, and the temporary file is removed all the same.
+        """
+        h5, self._h5 = self._h5, None
+        if h5 is not None:
+            try:
+                h5.close()
+            except Exception:  # noqa: BLE001 - HDF5 cannot flush after ENOSPC; the file goes anyway
+                pass
+        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
@@ -405,6 +413,7 @@ def _merge_entry(src: h5py.Group, dst: h5py.Group, comp: dict) -> None:
         ds.resize(n0 + n, axis=0)
         if obj.ndim == 3:
             for i in range(n):  # frame by frame: bounded memory
+                check_free_space(Path(dst.file.filename).parent, obj[0].nbytes)
                 ds[n0 + i] = obj[i]
         elif obj.ndim == 2:
             ds[n0 : n0 + n, : obj.shape[1]] = obj[...]

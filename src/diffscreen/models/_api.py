@@ -10,6 +10,7 @@ pickle): :func:`load_model` reads tensors and JSON only.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "resolve_model_path",
     "BUNDLED_MODELS",
     "FORMAT_VERSION",
+    "check_record",
 ]
 
 FORMAT_VERSION = 1
@@ -207,9 +209,71 @@ def read_model_metadata(path) -> dict:
     if "diffscreen" not in md:
         raise ModelFileError("safetensors file has no diffscreen metadata record", path=p)
     try:
-        return json.loads(md["diffscreen"])
+        rec = json.loads(md["diffscreen"])
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"corrupt metadata record ({exc})", path=p) from None
+    check_record(rec, p)
+    return rec
+
+
+#: Bounds on what a model record may ask for, so that no file can make loading allocate
+#: more than a few hundred MB: network input side (px), number of outputs, input channels,
+#: any other integer builder argument, and the preprocessing's crop sizes (px).
+LIMITS = {"input_size": (1, 4096), "num_classes": (1, 1024), "in_chans": (1, 64), "int": (0, 4096),
+          "out_size": (1, 4096), "fallback_size": (1, 16384)}
+
+
+def _check_bounds(record: dict, what: str, p) -> None:
+    for k, v in record.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v):
+            raise ModelFileError(f"{what} {k} is {v}; it must be finite", path=p)
+        lo, hi = LIMITS.get(k, LIMITS["int"] if isinstance(v, int) else (-math.inf, math.inf))
+        if not lo <= v <= hi:
+            raise ModelFileError(f"{what} {k} = {v} is outside {lo}..{hi}; refused (not a model diffscreen made?)",
+                                 path=p)
+
+
+def check_record(rec, path=None) -> None:
+    """Refuse a model metadata record that diffscreen cannot or must not use.
+
+    Checks the format version, the types of the fields, the class names
+    (at least one, unique, non-empty strings) and the bounds of every number
+    in ``arch_kwargs`` and ``preprocess`` (:data:`LIMITS`), before any
+    network is built: an absurd ``input_size`` would otherwise allocate
+    gigabytes.
+
+    Parameters
+    ----------
+    rec : object
+        The decoded JSON record (``"diffscreen"`` metadata key).
+    path : str or Path, optional
+        The model file, for the error message.
+
+    Raises
+    ------
+    ModelFileError
+        What is wrong, one line.
+    """
+    if not isinstance(rec, dict):
+        raise ModelFileError(f"the metadata record is a JSON {type(rec).__name__}, not an object", path=path)
+    version = rec.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(f"format_version {version!r} is not one this diffscreen reads ({FORMAT_VERSION}); "
+                             "a newer diffscreen may read it", path=path)
+    for key, kind in (("arch", str), ("arch_kwargs", dict), ("preprocess", dict), ("class_names", list)):
+        if not isinstance(rec.get(key, {} if key == "arch_kwargs" else None), kind):
+            raise ModelFileError(f"metadata field {key!r} is missing or not a {kind.__name__}", path=path)
+    names = rec["class_names"]
+    if not names or not all(isinstance(c, str) and c for c in names) or len(set(names)) != len(names):
+        raise ModelFileError(f"class_names {names!r} must be unique non-empty strings", path=path)
+    kwargs = rec.get("arch_kwargs", {})
+    _check_bounds(kwargs, "arch_kwargs", path)
+    _check_bounds(rec["preprocess"], "preprocess", path)
+    if "num_classes" in kwargs and kwargs["num_classes"] != len(names):
+        raise ModelFileError(f"num_classes {kwargs['num_classes']} differs from the {len(names)} class_names",
+                             path=path)
 
 
 def _preprocess_from_record(d: dict):
@@ -240,8 +304,9 @@ def load_model(path=None) -> ModelBundle:
     Raises
     ------
     ModelFileError
-        If the file is missing, corrupt, or its weights do not fit its
-        declared architecture.
+        If the file is missing or corrupt, its record fails
+        :func:`check_record`, a weight is NaN or inf, or its weights do not
+        fit its declared architecture.
     """
     from safetensors.torch import load_file
 
@@ -251,9 +316,15 @@ def load_model(path=None) -> ModelBundle:
         model = get_model(rec["arch"], **rec.get("arch_kwargs", {}))
         pre = _preprocess_from_record(rec["preprocess"])
         class_names = tuple(rec["class_names"])
-    except (KeyError, ConfigError, TypeError) as exc:
+    except (KeyError, ConfigError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"incomplete or invalid metadata record ({exc})", path=p) from None
-    state = load_file(str(p))
+    try:
+        state = load_file(str(p))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelFileError(f"the weights cannot be read ({exc})", path=p) from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise ModelFileError(f"{len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the file is corrupt", path=p)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffscreen.errors import ConfigError
 from diffscreen.models._api import register_model
 
 __all__ = ["KeCNN", "ke2018_cnn"]
@@ -68,7 +69,12 @@ class KeCNN(nn.Module):
         )
         self.features.eval()  # shape probe: BatchNorm must not need batch statistics
         with torch.no_grad():
-            n_feat = self.features(torch.zeros(1, in_chans, input_size, input_size)).numel()
+            try:
+                n_feat = self.features(torch.zeros(1, in_chans, input_size, input_size)).numel()
+            except RuntimeError:  # "Output size is too small"
+                raise ConfigError(f"input_size {input_size} is too small for the Ke CNN with a {first_kernel}-px "
+                                  "first kernel: its four stride-2 convolutions and pools leave nothing (at "
+                                  "least 168 px with the default kernel)") from None
         self.features.train()
         self.num_features = n_feat
         self.classifier = nn.Linear(n_feat, num_classes)

@@ -340,8 +340,14 @@ def fast_lcn(crop, *, size: int = 5, std_floor: float = 1.0) -> np.ndarray:
     x -= np.float32(mu)
     both = _buffer("both", (2,) + x.shape)
     sq = both[1]
-    np.square(x, out=sq)
-    sd = float(np.sqrt(sq.sum(dtype=np.float64) / n))  # population std (float64 sum, no temporary)
+    with np.errstate(over="ignore"):  # overflow is caught just below
+        np.square(x, out=sq)
+    ss = sq.sum(dtype=np.float64)
+    if not np.isfinite(ss):  # a pixel beyond ~1e19 ADU: its square overflows float32; GCN is scale-free
+        x *= np.float32(1.0 / np.abs(x).max())
+        np.square(x, out=sq)
+        ss = sq.sum(dtype=np.float64)
+    sd = float(np.sqrt(ss / n))  # population std (float64 sum, no temporary)
     if sd < 1e-6:
         sd = 1.0
     x *= np.float32(1.0 / sd)  # Eq. 6

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.errors import ConfigError, DiffscreenError
+from diffscreen.errors import ConfigError
 from diffscreen.io._atomic import atomic_write_text
+from diffscreen.io.outdir import OutputLock, remove_stale_parts
 
 __all__ = ["CDIScreenSummary", "screen_cdi", "load_cdi_model"]
 
@@ -121,6 +122,21 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     ConfigError
         Not a CDI model, or a bad threshold / batch size.
     """
+    if not (0 < threshold < 1):
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ConfigError("batch_size and chunk_size must be >= 1")
+    bundle = model if hasattr(model, "model") else load_cdi_model(model)
+    out = Path(out_dir)
+    part = out / ".partial"
+    with OutputLock(out):
+        remove_stale_parts(out)
+        remove_stale_parts(part)
+        return _screen_cdi_locked(inputs, out, part, bundle, threshold, batch_size, chunk_size, resume, progress)
+
+
+def _screen_cdi_locked(inputs, out, part, bundle, threshold, batch_size, chunk_size, resume, progress):
+    """:func:`screen_cdi` while it holds the output folder's lock."""
     import shutil
 
     import torch
@@ -128,18 +144,11 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     from diffscreen.evaluate.multilabel import rule_violations
     from diffscreen.io._atomic import temporary_path
     from diffscreen.preprocess.cdi import prepare_cdi
-    from diffscreen.screen.runner import FrameReader, _read_json, _work_list
+    from diffscreen.screen.runner import FrameReader, _read_json, _work_list, problem_of, strict_json
 
-    if not (0 < threshold < 1):
-        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    if batch_size < 1 or chunk_size < 1:
-        raise ConfigError("batch_size and chunk_size must be >= 1")
-    bundle = model if hasattr(model, "model") else load_cdi_model(model)
     names = list(bundle.class_names)
     pre = bundle.preprocess
     net = bundle.model.eval()
-    out = Path(out_dir)
-    part = out / ".partial"
     t0 = time.time()
     errors: list = []
     items = _work_list(list(inputs), errors)
@@ -170,15 +179,18 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
                 try:
                     fr, _ = reader.read(spec, i)
                     buf.append(((spec, i), prepare_cdi(fr.data, pre, mask=fr.mask, meta=fr.meta)))
-                except DiffscreenError as exc:
-                    errs.append((spec, i, exc.problem if hasattr(exc, "problem") else str(exc)))
+                except Exception as exc:  # noqa: BLE001 - the firewall: one frame's failure is its error row
+                    errs.append((spec, i, problem_of(exc)))
                 if len(buf) >= batch_size:
                     flush()
             flush()
         finally:
             reader.close()
         P = np.concatenate(probs) if probs else np.zeros((0, len(names)), np.float32)
-        return keys, P, errs
+        ok = np.isfinite(P).all(axis=1)  # never a silent label from NaN probabilities
+        errs.extend((f, i, "the classifier gave a non-finite probability (NaN or inf); the frame is not classified")
+                    for (f, i), good in zip(keys, ok) if not good)
+        return [k for k, good in zip(keys, ok) if good], P[ok], errs
 
     rows = []
     n_new = 0
@@ -221,6 +233,6 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     )
     rec = {**asdict(summ), "errors": len(errors), "task": "cdi", "threshold": threshold,
            "model": bundle.path, "preprocess": pre.to_dict(), "class_names": names}
-    atomic_write_text(out / "summary.json", json.dumps(rec, indent=2))
+    atomic_write_text(out / "summary.json", strict_json(rec))
     shutil.rmtree(part, ignore_errors=True)
     return summ

@@ -35,7 +35,7 @@ import os
 import time
 from collections import deque
 
-from diffscreen.errors import ConfigError, DiffscreenError
+from diffscreen.errors import EXIT_RUN, ConfigError, DiffscreenError
 
 __all__ = ["mpi_launched", "launch_rank", "get_comm", "rank_thread_share", "limit_threads", "RankFailed", "Team"]
 
@@ -53,6 +53,8 @@ _POLL_S = 0.002  # wait by polling: a blocking receive in OpenMPI spins a core
 
 class RankFailed(DiffscreenError, RuntimeError):
     """Another MPI rank failed, so this one stopped too (its own error was printed there)."""
+
+    exit_status = EXIT_RUN
 
 
 def mpi_launched(env=None) -> bool:

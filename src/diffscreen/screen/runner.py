@@ -27,7 +27,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io as _io
+import itertools
 import json
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -37,15 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.errors import ConfigError, DiffscreenError
+from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError, OutputError
 from diffscreen.io import open_source
 from diffscreen.io._atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter, merge_cxi
 from diffscreen.io.frame import check_frame
+from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
 from diffscreen.models.decision import decide
 from diffscreen.models.inference import Classifier
 
-__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "FrameDecision", "CNNMethod"]
+__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "FrameDecision", "CNNMethod", "problem_of",
+           "strict_json"]
 
 #: scores.csv columns of a screen with a hit/maybe/miss CNN
 SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "label")
@@ -142,8 +146,8 @@ def _work_list(inputs, errors: list) -> _WorkList:
         try:
             with open_source(spec) as src:
                 n = len(src)
-        except DiffscreenError as exc:
-            errors.append((spec, -1, exc.problem))
+        except Exception as exc:  # noqa: BLE001 - the firewall: a file that cannot be opened is its error row
+            errors.append((spec, -1, problem_of(exc)))
             continue
         if n == 0:
             errors.append((spec, -1, "the file holds no frames"))
@@ -192,6 +196,9 @@ class CNNMethod:
     def __init__(self, clf: Classifier):
         self.clf = clf
         self.class_names = tuple(clf.class_names)
+        if "miss" not in self.class_names:
+            raise ModelFileError(f"the model's classes {', '.join(self.class_names)} lack 'miss': screening needs a "
+                                 "hit/maybe/miss model (a CDI model screens with --task cdi)", path=clf.bundle.path)
         self.score_columns = tuple(f"p_{c}" for c in self.class_names)
         p = clf.bundle.path
         self.path = p
@@ -256,85 +263,115 @@ class FrameReader:
         self._spec, self._src = None, None
 
 
+def problem_of(exc: BaseException) -> str:
+    """One line describing why a file or frame failed (the ``error`` column of errors.csv).
+
+    A diffscreen error gives its problem (the file and frame are in their own
+    columns); anything else (h5py, fabio, pycbf, numpy, torch) its type and
+    first line, so that no library's exception stops a run.
+    """
+    if isinstance(exc, DiffscreenError):
+        return exc.problem
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+
+
+def _unusable(d) -> str | None:
+    """Why a method's decision cannot stand (a non-finite score or probability), or None."""
+    vals = list(d.scores) + ([] if d.probabilities is None else list(np.ravel(d.probabilities)))
+    if not np.all(np.isfinite(np.asarray(vals, dtype=np.float64))):
+        return "the classifier gave a non-finite score (NaN or inf); the frame is not classified"
+    return None
+
+
 class _Chunk:
-    """Classify one chunk of (file, frame) items and write its partial outputs."""
+    """Classify one chunk of (file, frame) items and write its partial outputs.
+
+    A firewall: whatever goes wrong while one file is opened or one frame is
+    read or classified becomes an ``error`` row naming the file, the frame and
+    the cause, and the chunk goes on.  Only a failure to write the outputs
+    stops it (:class:`~diffscreen.errors.OutputError`).  Every batch is one
+    file's frames, so a frame gets the same path, and the same answer,
+    whatever else is on the command line.
+    """
 
     def __init__(self, method, batch_size: int, write_cxi: bool):
         self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
         self.reader = FrameReader()
 
-    def _run_source(self, batch, rows, errors, writer, blank) -> None:
-        """One batch of one file through the method's source-level (fast) path.
-
-        Only kept frames are read whole, to be written to hits.cxi.
-        """
-        spec = batch[0][0]
+    def _decide(self, spec, indices) -> tuple[list, bool]:
+        """Decisions (or problem strings) for frames ``indices`` of ``spec``, and whether it holds one frame."""
         try:
             src = self.reader.source(spec)
             single = len(src) == 1
-            results = self.method.classify_source(src, [i for _, i in batch])
-        except DiffscreenError as exc:
-            results, single = [exc.problem] * len(batch), False
-        for (_, i), d in zip(batch, results):
-            if isinstance(d, str):
-                rows.append([spec, i, *blank, "error", 0])
-                errors.append([spec, i, d])
-                continue
-            if d.keep and writer is not None:
+        except Exception as exc:  # noqa: BLE001 - the firewall: any reader failure is this file's error
+            self.reader.close()
+            return [problem_of(exc)] * len(indices), False
+        m = self.method
+        try:
+            if hasattr(m, "classify_source"):
+                return m.classify_source(src, indices), single
+            out, frames, ks = [None] * len(indices), [], []
+            for k, i in enumerate(indices):
                 try:
-                    fr = check_frame(src.read(i))
-                except DiffscreenError as exc:
-                    rows.append([spec, i, *blank, "error", 0])
-                    errors.append([spec, i, exc.problem])
-                    continue
-                writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
-                              peaks=d.peaks)  # fmt: skip
-            rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
+                    frames.append(check_frame(src.read(i)))
+                    ks.append(k)
+                except Exception as exc:  # noqa: BLE001 - one frame's failure
+                    out[k] = problem_of(exc)
+            for k, d in zip(ks, m.classify(frames) if frames else []):
+                out[k] = d
+            return out, single
+        except Exception as exc:  # noqa: BLE001 - the batch's forward pass failed: each frame is an error
+            return [problem_of(exc)] * len(indices), single
+
+    def _run_file(self, spec, indices, rows, errors, writer, blank) -> None:
+        """One batch of one file's frames; only kept frames are read whole, to be written to hits.cxi."""
+        results, single = self._decide(spec, indices)
+        for i, d in zip(indices, results):
+            why = d if isinstance(d, str) else _unusable(d)
+            if why is None and d.keep and writer is not None:
+                try:
+                    fr = check_frame(self.reader.source(spec).read(i))
+                except Exception as exc:  # noqa: BLE001 - the frame cannot be read again
+                    why = problem_of(exc)
+                else:
+                    writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
+                                  peaks=d.peaks)  # fmt: skip
+            if why is not None:
+                rows.append([spec, i, *blank, "error", 0])
+                errors.append([spec, i, why])
+            else:
+                rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         rows, errors = [], []
         m = self.method
-        writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=m.class_names) if self.write_cxi else None
+        writer = None
         blank = [""] * len(m.score_columns)
         try:
+            if self.write_cxi:
+                writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=m.class_names)
             for b in range(0, len(items), self.batch_size):
                 batch = items[b : b + self.batch_size]
-                if hasattr(m, "classify_source") and len({spec for spec, _ in batch}) == 1:
-                    self._run_source(batch, rows, errors, writer, blank)
-                    if progress:
-                        progress(len(batch))
-                    continue
-                frames, keys = [], []
-                for spec, i in items[b : b + self.batch_size]:
-                    try:
-                        fr, single = self.reader.read(spec, i)
-                        frames.append(fr)
-                        keys.append((spec, i, single))
-                    except DiffscreenError as exc:
-                        rows.append([spec, i, *blank, "error", 0])
-                        errors.append([spec, i, exc.problem])
-                decisions = m.classify(frames) if frames else []
-                for (spec, i, single), d, fr in zip(keys, decisions, frames):
-                    rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
-                    if d.keep and writer is not None:
-                        writer.append(
-                            fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities, peaks=d.peaks
-                        )
+                for spec, group in itertools.groupby(batch, key=lambda item: item[0]):
+                    self._run_file(spec, [i for _, i in group], rows, errors, writer, blank)
                 if progress:
-                    progress(len(items[b : b + self.batch_size]))
+                    progress(len(batch))
             if writer is not None:
                 writer.close()
-        except BaseException:
+            buf = _io.StringIO()
+            w = csv.writer(buf)
+            w.writerows(rows)
+            w.writerows([["#error", *e] for e in errors])
+            atomic_write_text(csv_path, buf.getvalue())  # written last: marks the chunk complete
+        except BaseException as exc:
             if writer is not None:
                 writer.abort()
+            if isinstance(exc, OSError):
+                raise output_error(exc, csv_path.parent) from None
             raise
         finally:
             self.reader.close()
-        buf = _io.StringIO()
-        w = csv.writer(buf)
-        w.writerows(rows)
-        w.writerows([["#error", *e] for e in errors])
-        atomic_write_text(csv_path, buf.getvalue())  # written last: marks the chunk complete
 
 
 def screen(
@@ -398,11 +435,18 @@ def screen(
     ------
     ConfigError
         No inputs, or bad sizes.
+    OutputError
+        ``out_dir`` is a file, another run holds its lock
+        (:class:`~diffscreen.io.outdir.OutputLock`), or the outputs cannot be
+        written (disk full: the finished chunks stay for the resume, every
+        temporary file is removed).
+    ModelFileError
+        The model cannot be loaded, or is not a hit/maybe/miss model.
     diffscreen.screen.parallel.RankFailed
         Under MPI, on the ranks that did not fail themselves, when another
         rank failed.
     """
-    from diffscreen.screen.parallel import RankFailed, Team, get_comm
+    from diffscreen.screen.parallel import Team, get_comm
 
     if not inputs:
         raise ConfigError("no input files to screen")
@@ -412,6 +456,7 @@ def screen(
     team = Team(get_comm() if comm == "auto" else comm)
     out = Path(out_dir)
     part = out / ".partial"
+    lock = OutputLock(out)
 
     def setup():
         nonlocal method
@@ -419,6 +464,11 @@ def screen(
             method = CNNMethod(model if isinstance(model, Classifier) else Classifier(model))
         if not team.is_root:
             return None
+        lock.acquire()  # refuses a second run into the same folder
+        remove_stale_parts(out)  # left by killed runs; no live run owns them while we hold the lock
+        remove_stale_parts(part)
+        if not write_cxi:  # an earlier run's hits.cxi would describe other frames than this run's hits.lst
+            remove_outputs(out, ["hits.cxi"])
         file_errors: list = []
         items = _work_list(list(inputs), file_errors)
         cs = chunk_size
@@ -438,7 +488,36 @@ def screen(
         atomic_write_text(part / "manifest.json", json.dumps(manifest))
         return items.files, file_errors, cs
 
+    try:
+        return _screen_locked(team, setup, part, out, t0, method_of=lambda: method, batch_size=batch_size,
+                              write_cxi=write_cxi, progress=progress)
+    except DiffscreenError as exc:
+        if lock.held and isinstance(exc, OutputError):
+            _drop_empty_partial(part)
+        raise
+    except OSError as exc:  # writing the outputs failed (disk full, read-only, ...): a run error
+        if lock.held:
+            _drop_empty_partial(part)
+        raise output_error(exc, out) from None
+    finally:
+        lock.release()
+
+
+def _drop_empty_partial(part: Path) -> None:
+    """After a failed run: remove ``.partial/`` when it holds no finished chunk (nothing to resume)."""
+    try:
+        if not any(part.glob("chunk_*.csv")):
+            shutil.rmtree(part, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_cxi, progress) -> ScreenSummary:
+    """The body of :func:`screen` once its arguments are checked (the root rank takes the output lock in ``setup``)."""
+    from diffscreen.screen.parallel import RankFailed
+
     files, file_errors, cs = team.bcast(team.agree(setup))
+    method = method_of()
     items = _WorkList(files)
     n_chunks = -(-len(items) // cs)
 
@@ -475,7 +554,7 @@ def screen(
         record["errors"] = [{"file": f, "frame": i, "error": e} for f, i, e in summary.errors]
         record["mpi_ranks"] = team.size
         record["chunks_per_rank"] = team.chunks_per_rank
-        atomic_write_text(out / "summary.json", json.dumps(record, indent=2, default=float))
+        atomic_write_text(out / "summary.json", strict_json(record))
         shutil.rmtree(part, ignore_errors=True)
         return summary
 
@@ -485,6 +564,34 @@ def screen(
         if failure is not None:  # a rank > 0 whose own chunk failed: report its own error
             raise failure from None
         raise
+
+
+def strict_json(record) -> str:
+    """``record`` as strict JSON (RFC 8259): NaN and ±inf become null, which every parser reads.
+
+    Parameters
+    ----------
+    record : dict, list or scalar
+        JSON-serialisable, with numpy scalars allowed.
+
+    Returns
+    -------
+    str
+        Indented JSON text.
+    """
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.integer, np.bool_)):
+            return v.item()
+        if isinstance(v, (float, np.floating)):
+            return float(v) if math.isfinite(v) else None
+        return v
+
+    return json.dumps(clean(record), indent=2, allow_nan=False, default=float)
 
 
 def _read_json(path: Path):
