@@ -7,6 +7,7 @@ merge into scores.csv / hits.lst / hits.cxi).
 
     python bench/memory.py                       # 10,000 frames of 64x64 px (about 20-40 min on 2 cores)
     python bench/memory.py --frames 2000 --sim-frames 500 --big-frames 0   # quicker look
+    python bench/memory.py scale                 # peak RSS of a 10,000- against a 1,000-frame screen
 
 Stages:
 
@@ -48,6 +49,26 @@ HERE = Path(__file__).resolve().parent
 def peak_mb() -> float:
     """Peak resident set size of this process so far, MB (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux: ``5`` into /proc/self/clear_refs); whether it worked."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def hwm_mb() -> float:
+    """Peak RSS since the last :func:`reset_peak` (VmHWM), MB; NaN where /proc has none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
 
 
 def current_mb() -> float:
@@ -121,11 +142,14 @@ def stage_probe(args) -> dict:
             return classify(frames)
 
         method.classify = leaky
+    # Loading the model (and compiling) has a one-off peak that differs from process to process by tens of
+    # MB whatever the run's length; the screen's own peak is measured from here on.
+    reset = reset_peak()
     t0 = time.time()
     summary = screen(args.inputs, args.out, method=method, batch_size=args.batch_size, comm=None, progress=progress)
     return {"stage": "screen", "frames": summary.n_frames, "kept": summary.n_kept, "seconds": time.time() - t0,
             "frames_per_s": summary.frames_per_s, "samples": s.samples, "final_peak_rss_mb": round(peak_mb(), 2),
-            "leak_kb_per_frame": args.leak_kb}
+            "screen_peak_rss_mb": round(hwm_mb(), 2) if reset else None, "leak_kb_per_frame": args.leak_kb}
 
 
 def growth(record: dict) -> dict:
@@ -226,6 +250,49 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _stack(path: Path, n_frames: int, seed: int = 11) -> str:
+    """An HDF5 stack of n 64x64 int32 frames, about 30 % with bright spots (so some are kept)."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("data", shape=(n_frames, 64, 64), dtype=np.int32, chunks=(1, 64, 64))
+        for a in range(0, n_frames, 1000):
+            block = rng.poisson(8, (min(1000, n_frames - a), 64, 64)).astype(np.int32)
+            for k in np.flatnonzero(rng.random(len(block)) < 0.3):
+                ys, xs = rng.integers(4, 60, (2, 30))
+                block[k, ys, xs] += 500
+            ds[a : a + len(block)] = block
+    return f"{path}:/data"
+
+
+def scale(args) -> int:
+    """Screen a short and a long run in fresh processes; the long run's peak RSS against the short one's."""
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        model = _tiny_model(work / "tiny.safetensors")
+        runs = {}
+        for n in args.frames:
+            spec = _stack(work / f"run{n}.h5", n)
+            rec = _child(["probe", spec, "--model", str(model), "--out", str(work / f"out{n}"),
+                          "--every", str(max(1, n // 20))])
+            runs[str(n)] = {"frames": rec["frames"], "kept": rec["kept"], "seconds": round(rec["seconds"], 1),
+                            "process_peak_rss_mb": rec["final_peak_rss_mb"],
+                            "screen_peak_rss_mb": rec["screen_peak_rss_mb"]}
+    short, long_ = (runs[str(n)]["screen_peak_rss_mb"] or runs[str(n)]["process_peak_rss_mb"] for n in args.frames)
+    res = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+           "command": "python bench/memory.py " + " ".join(sys.argv[1:]),
+           "detector": "64x64 px frames in one HDF5 stack, random-weight Ke CNN (input 192 px), one thread",
+           "note": "screen_peak_rss_mb: peak RSS from the start of screen() to its end (VmHWM reset after the model "
+                   "is loaded); process_peak_rss_mb also holds the one-off peak of loading the model and compiling, "
+                   "which varies by tens of MB from process to process whatever the run's length",
+           "runs": runs, "peak_ratio": round(long_ / short, 4), "bound": 1.10, "within_bound": long_ / short <= 1.10}
+    Path(args.results).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    return 0 if res["within_bound"] else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd")
@@ -245,6 +312,10 @@ def main(argv=None) -> int:
     pp.add_argument("--batch-size", type=int, default=16)
     pp.add_argument("--leak-kb", type=int, default=0)
     pp.add_argument("--json", required=True)
+    pc = sub.add_parser("scale", help="Peak RSS of a 1,000- and a 10,000-frame screen (issue 18's bound: 10 %%).")
+    pc.add_argument("--frames", type=int, nargs=2, default=(1000, 10000))
+    pc.add_argument("--results", default=str(HERE / "results" / "memory_scale.json"))
+    pc.add_argument("--work", default=None)
     ap.add_argument("--frames", type=int, default=10000)
     ap.add_argument("--sim-frames", type=int, default=2000)
     ap.add_argument("--size", type=int, default=64)
@@ -264,6 +335,8 @@ def main(argv=None) -> int:
         print(table(res))
         return 0
 
+    if args.cmd == "scale":
+        return scale(args)
     if args.cmd in ("simulate", "probe"):
         rec = stage_simulate(args) if args.cmd == "simulate" else stage_probe(args)
         Path(args.json).write_text(json.dumps(rec, indent=1))
