@@ -358,7 +358,7 @@ def test_exit_statuses(run, model_file, tmp_path, monkeypatch):
     assert cli.invoke(app, ["screen", run, "--model", m, "--out", str(tmp_path / "a")]).exit_code == 0
     assert cli.invoke(app, ["screen", run, str(bad), "--model", m, "--out", str(tmp_path / "b")]).exit_code == 1
     r = cli.invoke(app, ["screen", run, "--model", m, "--out", str(tmp_path / "c"), "--threads", "-3"])
-    assert r.exit_code == 2 and "--threads" in r.output
+    assert r.exit_code == 2 and "threads" in r.output
     (tmp_path / "file").write_text("x")
     r = cli.invoke(app, ["screen", run, "--model", m, "--out", str(tmp_path / "file")])
     assert r.exit_code == 3 and "not a folder" in r.output

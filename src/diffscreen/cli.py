@@ -184,10 +184,10 @@ def screen(
     inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for scores.csv, hits.lst, hits.cxi."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    batch_size: int = typer.Option(16, help="Frames per forward pass."),
+    batch_size: int = typer.Option(16, min=1, help="Frames per forward pass."),
     no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
-    threads: int = typer.Option(0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
+    threads: int = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
     method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
@@ -203,7 +203,7 @@ def screen(
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
     model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
-    max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
+    max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -234,8 +234,6 @@ def screen(
 
     from diffscreen.io.limits import set_max_frame_pixels
 
-    if threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0: PyTorch's default), got {threads}")
     set_max_frame_pixels(max_frame_pixels)
     mpi, root = mpi_launched(), launch_rank() == 0  # under mpirun/srun: ranks share the chunks
     if threads or mpi:
@@ -324,7 +322,7 @@ def _report_screen(summary, out) -> None:
 def simulate(
     out: Optional[Path] = typer.Argument(None, help="Output CXI file (.cxi)."),
     preset: str = typer.Option("rayonix", help="Detector/experiment preset (see --list-presets)."),
-    frames: int = typer.Option(100, "--frames", "-n", help="Number of frames."),
+    frames: int = typer.Option(100, "--frames", "-n", min=1, help="Number of frames."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same frames."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
     task: Task = typer.Option(Task.crystallography, help="crystallography (Bragg frames) or cdi (single-particle patterns, 11 multi-hot labels)."),
@@ -566,7 +564,7 @@ def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     scores: Optional[Path] = typer.Option(None, help="Score an existing scores.csv instead of running a model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here (.json and .md beside it)."),
-    batch_size: int = typer.Option(16, help="Frames per forward pass."),
+    batch_size: int = typer.Option(16, min=1, help="Frames per forward pass."),
     task: Task = typer.Option(Task.crystallography, help="cdi: score a `screen --task cdi` scores.csv against simulated CDI runs."),
 ):
     """Confusion matrices (3-class and Hit-or-Maybe vs Miss, Ke Table 3), precision, recall, accuracy.
@@ -665,7 +663,7 @@ def _labels_for_scores(scores_csv, inputs, labels):
 @friendly
 def demo(
     out: Path = typer.Option(Path("diffscreen-demo"), "--out", "-o", help="Output folder."),
-    frames: int = typer.Option(40, "--frames", "-n", help="Frames to simulate."),
+    frames: int = typer.Option(40, "--frames", "-n", min=1, help="Frames to simulate."),
     preset: str = typer.Option("rayonix", help="Simulator preset."),
     seed: int = typer.Option(2026, help="Simulation seed."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),

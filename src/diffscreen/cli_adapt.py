@@ -104,7 +104,7 @@ def adapt(
     input_size: int = typer.Option(720, help="Network input side in pixels when no --init is given (Ke/Xie: 720)."),
     epochs: int = typer.Option(20, help="Epochs.", rich_help_panel=_DANN),
     batches_per_epoch: int = typer.Option(25, help="Steps per epoch; each sees a source and a target batch.", rich_help_panel=_DANN),
-    batch_size: int = typer.Option(32, help="Source frames (and as many target frames) per step.", rich_help_panel=_DANN),
+    batch_size: int = typer.Option(32, min=1, help="Source frames (and as many target frames) per step.", rich_help_panel=_DANN),
     lr_start: Optional[float] = typer.Option(None, help="Adam learning rate of the first epoch [default: 1e-3; 1e-4 with --init].", rich_help_panel=_DANN, show_default=False),
     lr_end: Optional[float] = typer.Option(None, help="Learning rate of the last epoch, exponential in between [default: 1e-4; 1e-5 with --init].", rich_help_panel=_DANN, show_default=False),
     lambda_max: float = typer.Option(1.0, help="Final weight of the reversed domain gradient (Ganin schedule).", rich_help_panel=_DANN),
@@ -112,7 +112,7 @@ def adapt(
     max_source: int = typer.Option(2000, help="At most this many labelled source frames (a seeded random subset)."),
     max_target: int = typer.Option(2000, help="At most this many target frames (a seeded random subset)."),
     seed: int = typer.Option(0, help="Seed for initialisation, subsets and batches."),
-    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+    threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
 ):
     """Adapt a classifier to a new experiment without its labels (DANN, Xie et al. 2022 §2.3.3).
 
@@ -196,8 +196,8 @@ def suggest_labels_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     uncertainty_weight: float = typer.Option(0.5, help="1: most uncertain frames only; 0: most diverse only."),
     seed: int = typer.Option(0, help="Seed for breaking ties."),
-    batch_size: int = typer.Option(16, help="Frames per forward pass."),
-    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+    batch_size: int = typer.Option(16, min=1, help="Frames per forward pass."),
+    threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
 ):
     """Pick the frames of a run most worth labelling, and write them as a CSV to fill in.
 

@@ -15,7 +15,7 @@ def zimmermann2019(
     out: Path = typer.Option(Path("docs/benchmarks"), "--out", "-o", help="Folder for zimmermann2019.md and its PNGs."),
     quick: bool = typer.Option(False, "--quick", help="CI mode: tiny runs that assert the qualitative findings."),
     seed: int = typer.Option(0, help="Seed of the simulation, splits and training."),
-    threads: int = typer.Option(1, help="Torch threads."),
+    threads: int = typer.Option(1, min=1, help="Torch threads."),
 ):
     """Zimmermann et al. (2019): log-activation α (Table 4), training-set size (Table 5),
     noise with images vs CCF maps (Table 6) and Grad-CAM++ overlays (Fig. 5), on

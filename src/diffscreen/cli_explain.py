@@ -34,9 +34,9 @@ def explain(
     target: Optional[str] = typer.Option(None, help="Class to explain (name or index); default: the predicted one."),
     layer: Optional[str] = typer.Option(None, help="CAM layer (dotted module name); default: last conv block."),
     max_frames: Optional[int] = typer.Option(None, help="Explain at most this many frames."),
-    batch_size: int = typer.Option(4, help="Frames per forward/backward pass."),
+    batch_size: int = typer.Option(4, min=1, help="Frames per forward/backward pass."),
     steps: int = typer.Option(200, help="Inversion: Adam steps per block."),
-    threads: int = typer.Option(0, help="Torch threads (0: PyTorch default)."),
+    threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
 ):
     """Show why each frame was kept or rejected: a heat map over every frame.
 
