@@ -380,3 +380,27 @@ def test_cli_refuses_bad_arguments_without_a_traceback(run, tmp_path):
         scores.write_text(text)
         r = cli.invoke(app, ["evaluate", run, "--scores", str(scores)])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (text, r.output)
+
+
+def test_absurd_geometry_is_a_warning_and_treated_as_unknown(tmp_path):
+    """Pixel size 1e-12 m and distance 0: classified as if unknown, with a warning row each (exit status 0)."""
+    from diffscreen.io import CXIWriter, FrameMeta
+
+    a = np.random.default_rng(3).poisson(5, (1000, 1000)).astype("u2")
+    metas = [FrameMeta(source="x", pixel_size_mm=1e-9, distance_mm=100, wavelength_A=1.0, beam_center_px=(500, 500)),
+             FrameMeta(source="x", pixel_size_mm=0.1, distance_mm=0, wavelength_A=1.0, beam_center_px=(500, 500)),
+             FrameMeta(source="x", beam_center_px=(500, 500))]  # geometry unknown: the reference
+    spec = str(tmp_path / "geo.cxi")
+    with CXIWriter(spec, mask_mode="per_frame") as w:
+        for m in metas:
+            w.append(a, m, mask=np.zeros(a.shape, bool))
+    res = CliRunner().invoke(app, ["screen", spec, "--model", "fast", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: " in res.output and "Traceback" not in res.output
+    rows = rows_of(tmp_path / "o" / "scores.csv")
+    assert len({r["p_miss"] for r in rows}) == 1, "an absurd value must act as an unknown one"
+    errs = rows_of(tmp_path / "o" / "errors.csv")
+    assert [(e["frame"], e["error"].split()[1]) for e in errs] == [("0", "pixel_size_mm"), ("1", "distance_mm")]
+    assert all(e["error"].startswith("warning: ") for e in errs)
+    rec = strict(tmp_path / "o" / "summary.json")
+    assert rec["n_warning"] == 2 and rec["n_error"] == 0 and rec["n_frames"] == 3

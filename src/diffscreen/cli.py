@@ -310,7 +310,8 @@ def _peakfinder8(settings_file, **overrides):
 def _report_screen(summary, out) -> None:
     for f, i, e in summary.errors[:20]:
         where = f if i < 0 else f"{f}, frame {i}"
-        print(f"ERROR: {where}: {e}", file=sys.stderr)
+        kind, _, text = e.partition(": ") if e.startswith("warning: ") else ("ERROR", "", e)
+        print(f"{kind.upper()}: {where}: {text}", file=sys.stderr)
     if len(summary.errors) > 20:
         print(f"... {len(summary.errors) - 20} more in {Path(out) / 'errors.csv'}", file=sys.stderr)
     print(summary.text())

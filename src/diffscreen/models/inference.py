@@ -19,6 +19,7 @@ import torch
 
 from diffscreen.models._api import ModelBundle, load_model
 from diffscreen.preprocess import Preprocessor, beam_centre
+from diffscreen.preprocess.geometry import geometry_warnings
 from diffscreen.preprocess.fast import FastPreprocessor
 
 __all__ = ["Classifier"]
@@ -92,7 +93,7 @@ class Classifier:
         """Class probabilities ``(N, C)`` float32 for a sequence of :class:`Frame`."""
         return self.predict_batch(self.preprocess(frames))
 
-    def predict_source(self, src, indices=None, *, batch_size: int = 16):
+    def predict_source(self, src, indices=None, *, batch_size: int = 16, warnings: dict | None = None):
         """Class probabilities of frames of an open source, reading only the crop window where it can.
 
         The fast screening path end to end: for a source with ``read_meta``
@@ -109,6 +110,10 @@ class Classifier:
             Frames to classify; default all.
         batch_size : int
             Frames per forward pass.
+        warnings : dict, optional
+            Filled with frame index → list of geometry warnings
+            (:func:`~diffscreen.preprocess.geometry.geometry_warnings`) for
+            frames whose recorded geometry is outside physical ranges.
 
         Returns
         -------
@@ -138,6 +143,7 @@ class Classifier:
                 try:
                     if not regions:
                         fr = check_frame(src.read(i))
+                        meta, shape = fr.meta, fr.data.shape
                         buf[n] = pre.crop(fr)
                         centre = pre.centre_in_crop(fr)
                     else:
@@ -159,6 +165,8 @@ class Classifier:
                     rows.append(k)
                     centres.append(centre)
                     n += 1
+                    if warnings is not None and (w := geometry_warnings(meta, shape)):
+                        warnings[i] = w
                 except DiffscreenError as exc:
                     errors[i] = exc.problem
             if n:

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from diffscreen.errors import ConfigError
-from diffscreen.io.frame import FrameMeta
+from diffscreen.io.frame import GEOMETRY_RANGES, FrameMeta, check_geometry
 
-__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "zoom_factor", "beam_centre", "crop_window", "window_to_crop", "beam_in_crop",
+__all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "geometry_warnings", "zoom_factor", "beam_centre", "crop_window", "window_to_crop", "beam_in_crop",
            "crop_scaled"]
 
 #: Å⁻¹ per output pixel: 1/2.5 Å at 360 px from the beam.
@@ -45,14 +45,43 @@ def reciprocal_pixel(meta: FrameMeta) -> float | None:
     -------
     float or None
         ``pixel_size_mm / (distance_mm * wavelength_A)``, or None if any of
-        the three is missing or not positive.
+        the three is missing, not positive, or outside its physical range
+        (:data:`diffscreen.io.frame.GEOMETRY_RANGES`).
     """
     p, d, w = meta.pixel_size_mm, meta.distance_mm, meta.wavelength_A
     if not p or not d or not w or p <= 0 or d <= 0 or w <= 0:
         return None
     if not all(map(math.isfinite, (p, d, w))):
         return None
+    ranges = GEOMETRY_RANGES  # a value outside the physical range is unknown, not a zoom (the runner warns)
+    if not all(ranges[k][0] <= v <= ranges[k][1] for k, v in (("pixel_size_mm", p), ("distance_mm", d),
+                                                               ("wavelength_A", w))):
+        return None
     return p / (d * w)
+
+
+def geometry_warnings(meta: FrameMeta, shape) -> list[str]:
+    """What is wrong with a frame's recorded geometry, for ``errors.csv``; empty when it is sane.
+
+    A value outside its physical range (:func:`diffscreen.io.frame.check_geometry`)
+    is treated as unknown by :func:`reciprocal_pixel` and :func:`beam_centre`
+    (the frame is scaled and centred as if it were missing), and the warning
+    says so, so that a wrong header never changes a decision silently.
+
+    Parameters
+    ----------
+    meta : FrameMeta
+    shape : (int, int)
+        Frame shape ``(H, W)``, pixels.
+
+    Returns
+    -------
+    list of str
+        One line per field, without the file and frame (``errors.csv`` has
+        columns for them).
+    """
+    prefix = f"{meta.source}, frame {meta.index}: "
+    return [f"{w.removeprefix(prefix)}; treated as unknown" for w in check_geometry(meta, shape=shape)]
 
 
 def zoom_factor(meta: FrameMeta, shape, *, s_per_px: float | None = DEFAULT_S_PER_PX, fallback_size: int = 960) -> float:

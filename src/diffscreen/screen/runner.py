@@ -47,6 +47,7 @@ from diffscreen.io.frame import check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
 from diffscreen.models.decision import decide
 from diffscreen.models.inference import Classifier
+from diffscreen.preprocess.geometry import geometry_warnings
 
 __all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "FrameDecision", "CNNMethod", "problem_of",
            "strict_json"]
@@ -54,6 +55,8 @@ __all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "FrameDecis
 #: scores.csv columns of a screen with a hit/maybe/miss CNN
 SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
+#: errors.csv rows starting with this are warnings about a frame that was classified
+WARNING = "warning: "
 
 
 @dataclass
@@ -66,6 +69,9 @@ class ScreenSummary:
         Frames screened (errors included).
     n_hit, n_maybe, n_miss, n_error : int
         Frames per label.
+    n_warning : int
+        Warnings in errors.csv (``warning: ...``, e.g. geometry outside
+        physical ranges) about frames that were classified all the same.
     hit_rate : float
         Kept (hit + maybe) / frames classified.
     frames_per_s : float
@@ -82,6 +88,7 @@ class ScreenSummary:
     n_maybe: int = 0
     n_miss: int = 0
     n_error: int = 0
+    n_warning: int = 0
     hit_rate: float = float("nan")
     frames_per_s: float = float("nan")
     seconds: float = 0.0
@@ -98,7 +105,7 @@ class ScreenSummary:
         """Human-readable summary lines."""
         return (
             f"frames: {self.n_frames}  hits: {self.n_hit}  maybe: {self.n_maybe}  miss: {self.n_miss}  "
-            f"errors: {self.n_error}\n"
+            f"errors: {self.n_error}" + (f"  warnings: {self.n_warning}" if self.n_warning else "") + "\n"
             f"hit rate (hit + maybe): {100 * self.hit_rate:.1f}%  speed: {self.frames_per_s:.1f} frames/s  "
             f"({self.seconds:.1f} s)"
         )
@@ -172,6 +179,9 @@ class FrameDecision:
         Class probabilities, stored in hits.cxi when given.
     peaks : (P, 4) float32 ndarray or None
         Peaks found (x, y, intensity, SNR), stored in hits.cxi when given.
+    warnings : tuple of str
+        Problems that did not stop the frame (geometry outside physical
+        ranges, treated as unknown); written to errors.csv as ``warning: ...``.
     """
 
     scores: tuple
@@ -179,6 +189,7 @@ class FrameDecision:
     keep: bool
     probabilities: np.ndarray | None = None
     peaks: np.ndarray | None = None
+    warnings: tuple = ()
 
 
 class CNNMethod:
@@ -227,10 +238,12 @@ class CNNMethod:
             One per index, in order; a str is the problem of a frame that
             could not be classified.
         """
-        probs, errors = self.clf.predict_source(src, indices, batch_size=max(1, len(indices)))
+        warnings: dict = {}
+        probs, errors = self.clf.predict_source(src, indices, batch_size=max(1, len(indices)), warnings=warnings)
         ok = [k for k, i in enumerate(indices) if i not in errors]
         out = [errors.get(i) for i in indices]
         for k, d in zip(ok, self._decisions(probs[ok])):
+            d.warnings = tuple(warnings.get(indices[k], ()))
             out[k] = d
         return out
 
@@ -318,7 +331,8 @@ class _Chunk:
                     ks.append(k)
                 except Exception as exc:  # noqa: BLE001 - one frame's failure
                     out[k] = problem_of(exc)
-            for k, d in zip(ks, m.classify(frames) if frames else []):
+            for k, d, fr in zip(ks, m.classify(frames) if frames else [], frames):
+                d.warnings = tuple(d.warnings) + tuple(geometry_warnings(fr.meta, fr.data.shape))
                 out[k] = d
             return out, single
         except Exception as exc:  # noqa: BLE001 - the batch's forward pass failed: each frame is an error
@@ -342,6 +356,7 @@ class _Chunk:
                 errors.append([spec, i, why])
             else:
                 rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
+                errors.extend([spec, i, f"{WARNING}{w}"] for w in d.warnings)
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         rows, errors = [], []
@@ -618,6 +633,7 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
                 for row in csv.reader(fh):
                     if row[0] == "#error":
                         errors.append((row[1], int(row[2]), row[3]))
+                        s.n_warning += row[3].startswith(WARNING)
                         continue
                     spec, i, *vals, lab, single = row
                     w.writerow([spec, i, *vals, lab])
@@ -632,8 +648,8 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
             ew.writerows(errors)
         if write_cxi:
             merge_cxi([part / f"chunk_{c:06d}.cxi" for c in range(n_chunks)], out / "hits.cxi")
-    s.n_error = len(errors)
-    s.n_frames = s.n_hit + s.n_maybe + s.n_miss + sum(1 for e in errors if e[1] >= 0)
+    s.n_error = len(errors) - s.n_warning
+    s.n_frames = s.n_hit + s.n_maybe + s.n_miss + sum(1 for e in errors if e[1] >= 0 and not e[2].startswith(WARNING))
     classified = s.n_hit + s.n_maybe + s.n_miss
     s.hit_rate = s.n_kept / classified if classified else float("nan")
     s.errors = errors
