@@ -330,5 +330,9 @@ def load_model(path=None) -> ModelBundle:
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise ModelFileError(f"weights do not match architecture {rec['arch']!r}: {first}", path=p) from None
+    heads = [m for m in model.modules() if hasattr(m, "out_features")]
+    if heads and heads[-1].out_features != len(class_names):
+        raise ModelFileError(f"the network has {heads[-1].out_features} outputs but the record names "
+                             f"{len(class_names)} class_names", path=p)
     model.eval()
     return ModelBundle(model, rec["arch"], rec.get("arch_kwargs", {}), pre, class_names, rec, str(p))
