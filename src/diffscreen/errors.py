@@ -29,6 +29,19 @@ EXIT_USAGE = 2
 EXIT_RUN = 3
 
 
+def one_line(text: str, limit: int = 500) -> str:
+    """``text`` as one printable line: control characters (a header's newline, NUL) escaped, cut at ``limit``.
+
+    Every error message goes to one ``ERROR:`` line and one errors.csv field,
+    whatever bytes a damaged file put into it.
+    """
+    text = str(text)
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
 def _where(path=None, frame=None) -> str:
     parts = []
     if path is not None:
@@ -57,7 +70,7 @@ class DiffscreenError(Exception):
     def __init__(self, message: str, *, path=None, frame=None):
         self.path = None if path is None else str(path)
         self.frame = frame
-        self.problem = message
+        self.problem = message = one_line(message)
         where = _where(path, frame)
         super().__init__(f"{where}: {message}" if where else message)
 

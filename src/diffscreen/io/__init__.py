@@ -16,7 +16,8 @@ the first file that needs them.
 
 from __future__ import annotations
 
-from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta, check_frame
+from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta, check_frame, check_geometry
+from diffscreen.io.limits import check_frame_size, max_frame_pixels, set_max_frame_pixels
 from diffscreen.io.labels import (
     LabelRecord,
     LabelTable,
@@ -46,6 +47,10 @@ __all__ = [
     "FrameMeta",
     "CLASS_NAMES",
     "check_frame",
+    "check_geometry",
+    "max_frame_pixels",
+    "set_max_frame_pixels",
+    "check_frame_size",
     "LabelRecord",
     "LabelTable",
     "read_labels",

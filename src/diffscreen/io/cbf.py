@@ -23,6 +23,14 @@ pixel to the nearest image pixel.  Pixels no panel covers are masked.  A file
 with several arrays but no geometry has its panels tiled in a grid, with
 :data:`TILE_GAP_PX` masked pixels between them.
 
+Limits (issue 18): the file must hold a binary section within its first
+16 MiB; every array's stated dimensions, the pixels of all arrays together
+and the assembled frame are checked against
+:func:`~diffscreen.io.limits.max_frame_pixels` before any pixel is decoded
+(a hostile geometry cannot make the assembled frame huge), and a compressed
+file is decompressed as a stream, at most 8 bytes per pixel of the limit
+plus 16 MiB of text.
+
 Conventions: pycbf's pixel (0, 0) coordinate is taken as the centre of the
 first pixel (imgCIF ``_array_structure_list_axis.displacement``), so beam
 centres here are 0-based with pixel centres at integers.  Bad pixels: values
@@ -48,7 +56,8 @@ import numpy as np
 
 from diffscreen.errors import FrameReadError
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.io.sources import BaseSource, invalid_mask, open_decompressed
+from diffscreen.io.limits import check_frame_size, max_frame_pixels, max_stream_bytes
+from diffscreen.io.sources import BaseSource, invalid_mask, open_decompressed, read_decompressed
 
 __all__ = [
     "ImgCIFSource",
@@ -62,6 +71,7 @@ __all__ = [
     "cbf_header",
     "is_cbf",
     "needs_pycbf",
+    "mime_fields",
     "understand",
     "open_path",
     "CSPAD_SENTINEL",
@@ -116,22 +126,59 @@ def cbf_header(path) -> bytes:
 @functools.lru_cache(maxsize=16)
 def _cbf_header_cached(path: str, _mtime: int, _size: int) -> bytes:
     fh, kind = open_decompressed(path)
-    buf = b""
+    buf = bytearray()
+    i = -1
     try:
         with fh:
             while len(buf) < _HEADER_LIMIT:
                 chunk = fh.read(1 << 16)
                 if not chunk:
                     break
+                old = len(buf)
                 buf += chunk
-                i = buf.find(_BINARY_MARK)
-                j = buf.find(b"\r\n\r\n", i) if i >= 0 else -1
+                if i < 0:  # search only what is new (a quadratic scan would cost seconds on 16 MiB)
+                    i = buf.find(_BINARY_MARK, max(old - len(_BINARY_MARK), 0))
+                j = buf.find(b"\r\n\r\n", max(i, old - 3)) if i >= 0 else -1
                 if j >= 0:
-                    return buf[:j]
+                    return bytes(buf[:j])
     except (OSError, EOFError, ValueError) as exc:
         if not buf:
             raise FrameReadError(f"cannot read the CBF header ({exc})", path=path) from exc
-    return buf
+    return bytes(buf)
+
+
+def mime_fields(mime: bytes, path=None) -> dict[str, int]:
+    """The integer fields of a CBF binary section's MIME header.
+
+    Parameters
+    ----------
+    mime : bytes
+        The header, from ``--CIF-BINARY-FORMAT-SECTION--`` to the blank line.
+    path : str, optional
+        The file, for the message.
+
+    Returns
+    -------
+    dict of str -> int
+        ``X-Binary-Size`` (bytes of binary data), ``X-Binary-Number-of-Elements``,
+        ``X-Binary-Size-Fastest-Dimension``, ``-Second-``, ``-Third-`` where present.
+
+    Raises
+    ------
+    FrameReadError
+        A field that is not a whole number >= 0.
+    """
+    out = {}
+    for key, val in re.findall(rb"(X-Binary-(?:Size|Number-of-Elements|Size-\w+-Dimension))\s*:\s*(\S*)", mime):
+        try:
+            n = int(val)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise FrameReadError(f"the CBF header's {key.decode()} = {val.decode('latin-1')!r} is not a whole "
+                                 "number >= 0", path=path, frame=0)
+        out[key.decode()] = n
+    return out
 
 
 def needs_pycbf(header: bytes) -> bool:
@@ -218,25 +265,42 @@ def _c_stderr_silenced():
         os.close(saved)
 
 
+def _check_first_section(path: str) -> None:
+    """Refuse a CBF without a binary section in its first 16 MiB, or whose first array is over the limit."""
+    header = cbf_header(path)
+    i = header.find(_BINARY_MARK)
+    if i < 0:
+        raise FrameReadError(f"no binary section (--CIF-BINARY-FORMAT-SECTION--) in the first "
+                             f"{min(len(header), _HEADER_LIMIT):,} bytes: damaged, truncated or not an image",
+                             path=path, frame=0)
+    m = mime_fields(header[i:], path)
+    dims = [m[f"X-Binary-Size-{k}-Dimension"] for k in ("Third", "Second", "Fastest")
+            if f"X-Binary-Size-{k}-Dimension" in m]
+    for shape in (dims, [m.get("X-Binary-Number-of-Elements")]):
+        if shape and None not in shape:
+            check_frame_size([max(d, 1) for d in shape], path, 0)
+
+
 def _open_handle(path: str):
     """A pycbf handle on the file, and the buffer it reads from (kept alive with it)."""
     import pycbf
 
+    _check_first_section(path)
     h = pycbf.cbf_handle_struct()
     fh, kind = open_decompressed(path)
+    fh.close()
     try:
         if kind is None:
-            fh.close()
             with _c_stderr_silenced():
                 h.read_widefile(path.encode(), pycbf.MSG_DIGEST)
             return h, None
-        with fh:
-            buf = fh.read()
+        buf, _ = read_decompressed(path, max_stream_bytes(None, slack=_HEADER_LIMIT), frame=0,
+                                   what="a frame within the --max-frame-pixels limit")
         with _c_stderr_silenced():
             h.read_buffer(buf, pycbf.MSG_DIGEST)
         return h, buf
-    except (OSError, EOFError, ValueError) as exc:
-        raise FrameReadError(f"cannot decompress ({exc})", path=path, frame=0) from exc
+    except FrameReadError:
+        raise
     except Exception as exc:  # pycbf raises plain Exception("CBFlib Error(s): ...")
         raise _cbf_error(exc, "parse the file", path) from exc
 
@@ -281,7 +345,7 @@ def _read_arrays(h, path: str) -> dict[str, np.ndarray]:
             h.find_column(b"data")
             if b"bnry" not in h.get_typeofvalue():
                 continue
-            arrays[aid] = _read_binary(h, encodings.get(aid, ""))
+            arrays[aid] = _read_binary(h, encodings.get(aid, ""), path)
     except FrameReadError:
         raise
     except Exception as exc:
@@ -291,16 +355,25 @@ def _read_arrays(h, path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _read_binary(h, encoding: str) -> np.ndarray:
-    if "real" in encoding.lower():
+def _read_binary(h, encoding: str, path: str = "") -> np.ndarray:
+    """One binary array as (D3, D2, D1); its stated size is checked before CBFlib decodes it."""
+    real = "real" in encoding.lower()
+    # The plain parameter call first: on damaged data CBFlib fails and it raises cleanly, where the _wdims_fs
+    # and _as_string calls would read an uninitialised pointer (pycbf's wrapper; SIGSEGV seen on a damaged
+    # x-CBF_PACKED array).
+    h.get_realarrayparameters() if real else h.get_integerarrayparameters()
+    if real:
         p = h.get_realarrayparameters_wdims_fs()
-        dtype = np.dtype(f"f{p[2]}")
-        raw, dims = h.get_realarray_as_string(), (p[7], p[6], p[5])
+        dtype, elements, dims = np.dtype(f"f{p[2]}"), int(p[3]), (p[7], p[6], p[5])
     else:
         p = h.get_integerarrayparameters_wdims_fs()
-        dtype = np.dtype(f"{'i' if p[3] else 'u'}{p[2]}")
-        raw, dims = h.get_integerarray_as_string(), (p[11], p[10], p[9])
+        dtype, elements, dims = np.dtype(f"{'i' if p[3] else 'u'}{p[2]}"), int(p[5]), (p[11], p[10], p[9])
     dims = tuple(max(int(d), 1) for d in dims)
+    check_frame_size(dims, path, 0)
+    if elements != int(np.prod(dims)):
+        raise FrameReadError(f"a binary array states {elements:,} elements but dimensions "
+                             f"{' x '.join(map(str, dims[::-1]))}", path=path, frame=0)
+    raw = h.get_realarray_as_string() if real else h.get_integerarray_as_string()
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
@@ -724,18 +797,29 @@ class ImgCIFSource(BaseSource):
             raise _cbf_error(exc, "read the detector description", self.path) from exc
         self._panels = panels
         if has_geometry:
+            bad = next((p.name for p in panels if not _sound_panel(p)), None)
+            if bad is not None:
+                raise FrameReadError(f"panel {bad} has a non-finite or degenerate origin, axis or pixel size in the "
+                                     "file's geometry (_axis)", path=self.path, frame=0)
             self._plan = plan_assembly(panels, sizes, beam=self._header["beam"])
         else:
             self._plan = plan_tiling(sizes)
+        check_frame_size(self._plan.shape, self.path, 0)  # a hostile geometry must not make it huge
 
     def _sizes(self, h, panels) -> list[tuple[int, int]]:
         dims = array_dims(h)
+        for d in dims.values():
+            check_frame_size(d, self.path, 0)
+        total = sum(int(np.prod(d)) for d in dims.values())
+        if total > max_frame_pixels():
+            raise FrameReadError(f"the file's {len(dims)} arrays hold {total:,} pixels, more than the limit of "
+                                 f"{max_frame_pixels():,} pixels (--max-frame-pixels)", path=self.path, frame=0)
         sizes = []
         for pan in panels:
             if pan.array_id not in dims:
                 raise FrameReadError(f"no dimensions for array {pan.array_id} in _array_structure_list",
                                      path=self.path)
-            shape = np.empty(dims[pan.array_id], dtype=np.uint8)[pan.region].shape
+            shape = tuple(len(range(*sl.indices(n))) for sl, n in zip(pan.region, dims[pan.array_id]))
             sizes.append(tuple(shape[-2:]))
         return sizes
 
@@ -804,6 +888,13 @@ class ImgCIFSource(BaseSource):
 
             fill_from_pilatus_header(meta, hd["text_header"])
         return meta
+
+
+def _sound_panel(p: PanelGeometry) -> bool:
+    """Finite origin and unit axes, positive finite pixel sizes."""
+    vectors = np.concatenate([p.origin, p.fast, p.slow])
+    return bool(np.isfinite(vectors).all() and p.pixel_mm is not None and all(np.isfinite(p.pixel_mm))
+                and min(p.pixel_mm) > 0)
 
 
 def _float(v) -> float | None:

@@ -5,7 +5,12 @@ Registered after every dedicated reader (:mod:`.hdf5`, :mod:`.cbf`,
 (``.sfrm``, ``.gfrm``), Oxford Diffraction / ESPERANTO, Nonius KappaCCD
 (``.kcd``), GE amorphous-Si (``ADEPT``), Princeton Instruments SPE, R-AXIS,
 DM3, numpy ``.npy``, ... (fabio's ``openimage``: magic bytes first, then the
-file name).  gzip/bzip2 files are opened by fabio itself.
+file name).  gzip/bzip2 files are decompressed here, as a stream, into
+memory for fabio: at most :func:`~diffscreen.io.limits.max_stream_bytes`
+(4 bytes per pixel of :func:`~diffscreen.io.limits.max_frame_pixels`, as
+these formats' headers are not parsed here), and the claim is checked on
+the first MiB only, so a decompression bomb is never decompressed whole.
+Every decoded frame is checked against the pixel limit.
 
 A file is claimed when fabio names a format for it (its magic-number table
 on the decompressed first bytes, else its name) that is not one the
@@ -39,7 +44,14 @@ import numpy as np
 
 from diffscreen.errors import FrameReadError, UnknownFormatError
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.io.sources import BaseSource, invalid_mask
+from diffscreen.io.limits import check_frame_size, max_stream_bytes
+from diffscreen.io.sources import (
+    BaseSource,
+    invalid_mask,
+    read_decompressed,
+    read_head,
+    reader_errors,
+)
 
 __all__ = ["FabioAnySource", "fabio_format", "understand", "open_path"]
 
@@ -55,6 +67,8 @@ _NOT_HERE = {
 _SATURATION_KEYS = ("saturated_value", "saturation_value", "saturation", "overload", "ccd_image_saturation",
                     "nOverflow_limit", "max_count")
 _NUM = r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
+#: Decompressed bytes of a compressed file that :func:`understand` reads a header from.
+_HEADER_PROBE_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
@@ -114,24 +128,41 @@ def understand(path: str, head: bytes) -> bool:
     path : str
     head : bytes
     """
-    if fabio_format(path, head) is None:
+    fmt = fabio_format(path, head)
+    if fmt is None:
         return False
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return _header_reads(os.fspath(path), st.st_mtime_ns, st.st_size)
+    return _header_reads(os.fspath(path), fmt, st.st_mtime_ns, st.st_size)
+
+
+def _fabio_image(fmt: str):
+    """A fresh fabio image object of the format ``fmt`` names (as ``fabio.open`` picks it)."""
+    from fabio import fabioformats
+
+    return fabioformats.factory(fmt + "image")
+
+
+def _is_compressed(path: str) -> bool:
+    return read_head(path, 3)[1] is not None
 
 
 @functools.lru_cache(maxsize=64)
-def _header_reads(path: str, _mtime: int, _size: int) -> bool:
-    try:
-        import fabio
+def _header_reads(path: str, fmt: str, _mtime: int, _size: int) -> bool:
+    """True if fabio reads the header; for a compressed file from its first MiB only."""
+    from fabio.fabioutils import BytesIO
 
+    try:
         with _quiet():
-            img = fabio.openheader(path)
-        return img is not None
-    except Exception:  # noqa: BLE001 - any failure means "not claimed"
+            img = _fabio_image(fmt)
+            if _is_compressed(path):
+                img.readheader(BytesIO(read_head(path, _HEADER_PROBE_BYTES)[0], path))
+            else:
+                img.readheader(path)
+        return True
+    except Exception:  # noqa: BLE001 - fabio raises anything, even plain Exception; any failure means "not claimed"
         return False
 
 
@@ -169,21 +200,28 @@ class FabioAnySource(BaseSource):
         self._img = None
         self._image()
 
+    def _source(self):
+        """The path, or for a compressed file its bytes decompressed within the budget."""
+        if not _is_compressed(self.path):
+            return self.path
+        from fabio.fabioutils import BytesIO
+
+        budget = max_stream_bytes(None, bytes_per_pixel=4)
+        data, _ = read_decompressed(self.path, budget, what="a file within the --max-frame-pixels limit", frame=0)
+        return BytesIO(data, self.path)
+
     def _image(self):
         if self._img is None:
-            import fabio
-
-            try:
-                with _quiet():
-                    img = fabio.open(self.path)
-            except Exception as exc:  # noqa: BLE001 - fabio raises many types
-                reason = " ".join(str(exc).split())[:300]
-                if "could not identify" in reason.lower():
-                    raise UnknownFormatError(f"fabio cannot identify the format ({reason})", path=self.path) from exc
-                raise FrameReadError(f"fabio cannot decode it ({type(exc).__name__}: {reason})",
-                                     path=self.path, frame=0) from exc
+            head, _ = read_head(self.path)
+            fmt = fabio_format(self.path, head)
+            if fmt is None:
+                raise UnknownFormatError("fabio cannot identify the format", path=self.path)
+            source = self._source()
+            with reader_errors(self.path, 0, f"decode it as fabio's {fmt}"), _quiet():
+                img = _fabio_image(fmt).read(source)
             if img.data is None or np.ndim(img.data) != 2:
                 raise FrameReadError(f"decoded {type(img).__name__} holds no 2-D image", path=self.path, frame=0)
+            check_frame_size(np.shape(img.data), self.path, 0)
             self._img = img
         return self._img
 
@@ -201,15 +239,12 @@ class FabioAnySource(BaseSource):
     def _read(self, index: int) -> Frame:
         img = self._image()
         if index:
-            try:
-                with _quiet():
-                    img = img.getframe(index)
-            except Exception as exc:  # noqa: BLE001
-                raise FrameReadError(f"cannot decode frame ({type(exc).__name__}: {exc})",
-                                     path=self.path, frame=index) from exc
+            with reader_errors(self.path, index, "decode the frame"), _quiet():
+                img = img.getframe(index)
         raw = np.asarray(img.data)
         if raw.ndim != 2:
             raise FrameReadError(f"frame is {raw.ndim}-D, not 2-D", path=self.path, frame=index)
+        check_frame_size(raw.shape, self.path, index)
         meta = _meta(self.path, index, type(img).__name__, dict(img.header or {}))
         mask = invalid_mask(raw, meta.extra.get("saturated_value"), negative=True)
         return Frame(data=raw.astype(np.float32), mask=mask, meta=meta)
@@ -251,8 +286,8 @@ def _fill_from_bruker(meta: FrameMeta, h: dict) -> None:
     ``CENTER`` is left out: it counts from another corner than fabio's array.
     """
     d = _numbers(h.get("distanc"))
-    if d and _positive(d[0]):
+    if d:  # as stated: check_geometry warns about absurd values
         meta.distance_mm = d[0] * 10.0
     w = _numbers(h.get("wavelen"))
-    if w and _positive(w[0]):
+    if w:
         meta.wavelength_A = w[0]

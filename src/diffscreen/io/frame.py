@@ -6,13 +6,14 @@ of the pipeline never needs to know the file format.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from diffscreen.errors import BadFrameError
 
-__all__ = ["Frame", "FrameMeta", "CLASS_NAMES", "check_frame"]
+__all__ = ["Frame", "FrameMeta", "CLASS_NAMES", "check_frame", "check_geometry", "GEOMETRY_RANGES"]
 
 #: Ke et al. (2018) §2.1 classes, in the order of the network's outputs.
 CLASS_NAMES: tuple[str, ...] = ("hit", "maybe", "miss")
@@ -118,3 +119,94 @@ def check_frame(frame: Frame) -> Frame:
     if not vals.any():
         raise BadFrameError("all pixels are zero (empty readout)", path=meta.source, frame=meta.index)
     return frame
+
+
+#: Physical ranges of the geometry fields, ``(low, high)`` inclusive, in the
+#: fields' units.  Pixel sizes: 1 µm (none smaller exists) to 10 mm; distances:
+#: above 0 up to 100 m (XFEL SAXS tubes are a few m); wavelengths: 0.01 Å
+#: (1.2 MeV) to 100 Å (124 eV, soft X-rays).
+GEOMETRY_RANGES = {
+    "pixel_size_mm": (1e-3, 10.0),
+    "distance_mm": (0.0, 100_000.0),
+    "wavelength_A": (0.01, 100.0),
+}
+#: A beam centre farther than this many frame sizes from the frame is absurd.
+BEAM_CENTRE_FRAMES = 10
+
+
+def _geometry_value(name: str, value, unit: str) -> str | None:
+    """The warning for one scalar geometry field, or None if it is fine."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return f"{name} {value!r} is not a number"
+    if not math.isfinite(v):
+        return f"{name} is {v} (not finite)"
+    low, high = GEOMETRY_RANGES[name]
+    if name == "distance_mm" and v <= low:
+        return f"distance_mm {v:g} mm is not positive"
+    if not low <= v <= high:
+        return f"{name} {v:g} {unit} is outside the physical range {low:g}..{high:g} {unit}"
+    return None
+
+
+def _beam_centre_warning(bc, shape) -> str | None:
+    try:
+        x, y = (float(c) for c in bc)
+    except (TypeError, ValueError, OverflowError):
+        return f"beam_center_px {bc!r} is not a pair of numbers"
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return f"beam_center_px ({x}, {y}) is not finite"
+    if shape is not None and len(shape) == 2:
+        H, W = (int(s) for s in shape)
+        k = BEAM_CENTRE_FRAMES
+        if not (-k * W <= x <= (k + 1) * W and -k * H <= y <= (k + 1) * H):
+            return (f"beam_center_px ({x:g}, {y:g}) is more than {k} frame sizes away from the {W} x {H} px frame"
+                    " (x = fast scan, y = slow scan)")
+    return None
+
+
+def check_geometry(meta: FrameMeta, *, path=None, frame: int | None = None, shape=None) -> list[str]:
+    """Warnings for geometry outside physical ranges; nothing is changed or refused.
+
+    Readers keep what a header states (0, negative, inf, NaN); the
+    preprocessing treats such values as unknown.  This says so, one line per
+    field, for ``errors.csv``.
+
+    Parameters
+    ----------
+    meta : FrameMeta
+        Fields that are None (unknown) are not warned about.
+    path : str or os.PathLike, optional
+        File named in the warnings; default ``meta.source``.
+    frame : int, optional
+        0-based frame index named in the warnings; default ``meta.index``.
+    shape : (int, int), optional
+        ``(H, W)`` of the frame in pixels; enables the beam-centre distance test.
+
+    Returns
+    -------
+    list of str
+        Empty when the geometry is sane.  Each warning is one line:
+        ``"<path>, frame <i>: <problem>"``, e.g. ``"run.cxi, frame 3:
+        pixel_size_mm 1e-09 mm is outside the physical range 0.001..10 mm"``.
+
+    Notes
+    -----
+    Ranges (:data:`GEOMETRY_RANGES`): pixel size 1e-3..10 mm; distance
+    > 0 and <= 100 000 mm (100 m); wavelength 0.01..100 Å; every value
+    finite; a beam centre finite and within :data:`BEAM_CENTRE_FRAMES` frame
+    sizes of the frame (a centre off the detector, up to that far, is
+    legitimate: some setups put the beam past the edge).
+    """
+    path = meta.source if path is None else path
+    frame = meta.index if frame is None else frame
+    where = ", ".join([str(path)] * (path is not None) + [f"frame {frame}"] * (frame is not None))
+    problems = []
+    for name, unit in (("pixel_size_mm", "mm"), ("distance_mm", "mm"), ("wavelength_A", "Å")):
+        value = getattr(meta, name, None)
+        if value is not None:
+            problems.append(_geometry_value(name, value, unit))
+    if meta.beam_center_px is not None:
+        problems.append(_beam_centre_warning(meta.beam_center_px, shape))
+    return [f"{where}: {p}" if where else p for p in problems if p]

@@ -28,6 +28,18 @@ stored integer dtype (65535 in uint16, 4294967295 in uint32 Eiger data) and
 values at or above ``SATURATED_VALUE`` (CXIDB-76) or the NXmx
 ``saturation_value``.  The CXI window read (:meth:`CXISource.read_region`)
 applies the same rule, so both paths agree.
+
+Hostile files (issue 18): everything is checked when the file is opened,
+from the datasets' shapes and types alone: frames must be 2-D or 3-D
+integer or float data (not bool, string or compound) within
+:func:`~diffscreen.io.limits.max_frame_pixels`; a mask must have the frame's
+shape (or the data's, one per frame); a link (soft or external) that cannot
+be resolved is named in the error, never taken for a missing dataset.
+Pixel data are read one frame (or one window) at a time, per-frame columns
+only when they are 1-D or 2-D with few values per frame, and ``/metadata``
+only for the keys used.  Whatever h5py raises becomes a
+:class:`~diffscreen.errors.FrameReadError` naming the file and frame
+(:func:`~diffscreen.io.sources.reader_errors`).
 """
 
 from __future__ import annotations
@@ -40,7 +52,8 @@ import numpy as np
 
 from diffscreen.errors import DatasetNotFoundError, FrameReadError, UnknownFormatError
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
-from diffscreen.io.sources import BaseSource, invalid_mask
+from diffscreen.io.limits import check_frame_size
+from diffscreen.io.sources import BaseSource, check_input_file, invalid_mask, reader_errors
 
 __all__ = [
     "CXISource",
@@ -69,6 +82,13 @@ CXI_BAD_PIXEL_BITS = 1 | 4 | 8 | 16 | 64 | 128 | 512 | 1024 | 4096
 
 #: Inactive margin fv5080 trims from each CXIDB-76 active area, in pixels.
 ACTIVE_AREA_MARGIN = 1
+#: Most values per frame of a per-frame column (``probabilities`` has one per class).
+_COLUMN_WIDTH_LIMIT = 1024
+#: Most values of a metadata dataset (``ACTIVE_AREAS``: 4 per tile) or a column read whole.
+_SMALL_DATASET_LIMIT = 1 << 22
+#: The ``/metadata`` keys of a CXIDB-76 file that are read.
+CXIDB76_METADATA_KEYS = ("PIXEL_SIZE", "BEAM_CENTER_X", "BEAM_CENTER_Y", "MIN_TRUSTED_VALUE", "SATURATED_VALUE",
+                         "ACTIVE_AREAS", "DETECTOR", "DETECTOR_ADDRESS")
 
 
 # --------------------------------------------------------------------------- opening
@@ -90,15 +110,66 @@ def _h5open(path: str):
     import hdf5plugin  # noqa: F401  registers bitshuffle/LZ4 and friends before h5py reads
     import h5py
 
+    check_input_file(path)  # never hand a FIFO or a device to HDF5
     try:
         return h5py.File(path, "r")
     except OSError as exc:
         raise FrameReadError(f"cannot open as HDF5 ({_h5_reason(exc)}): damaged, truncated or still being written",
                              path=path) from exc
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise FrameReadError(f"cannot open as HDF5 ({_h5_reason(exc)})", path=path) from exc
+
+
+def _link_text(group, name: str) -> str:
+    """``"is an external link to other.h5:/data, which "``-style description of a link, or ``""``."""
+    import h5py
+
+    try:
+        link = group.get(name, getlink=True)
+    except Exception:  # noqa: BLE001 - a broken group on the way: no link to describe
+        return ""
+    if isinstance(link, h5py.ExternalLink):
+        return f"is an external link to {link.filename}:{link.path}, which "
+    if isinstance(link, h5py.SoftLink):
+        return f"is a soft link to {link.path}, which "
+    return ""
+
+
+def _full_name(group, name: str) -> str:
+    return name if name.startswith("/") else f"{group.name.rstrip('/')}/{name}"
+
+
+def _object(group, name: str, path: str):
+    """``group[name]``; a link that cannot be resolved is a FrameReadError naming it."""
+    try:
+        return group[name]
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        raise FrameReadError(f"{_full_name(group, name)} {_link_text(group, name)}cannot be opened "
+                             f"({_h5_reason(exc)})", path=path) from exc
+
+
+def _optional(group, name: str, path: str):
+    """``group[name]`` if the name exists (even as a broken link, then an error), else None."""
+    try:
+        present = name in group
+    except (KeyError, OSError, ValueError, RuntimeError):
+        present = True  # a broken group on the way: let _object name it
+    return _object(group, name, path) if present else None
+
+
+def _dataset(group, name: str, path: str, *, optional: bool = False):
+    """Like :func:`_object`, and it must be a dataset."""
+    import h5py
+
+    obj = _optional(group, name, path) if optional else _object(group, name, path)
+    if obj is not None and not isinstance(obj, h5py.Dataset):
+        raise FrameReadError(f"{_full_name(group, name)} is a {type(obj).__name__.lower()}, not a dataset",
+                             path=path)
+    return obj
 
 
 def _h5_reason(exc: Exception) -> str:
-    text = str(exc)
+    text = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else str(exc)  # KeyError quotes str()
     m = re.search(r"\((.*)\)\s*$", text)
     return (m.group(1) if m else text).strip()
 
@@ -142,12 +213,13 @@ def open_path(path: str):
     """
     f = _h5open(path)
     try:
-        layout = hdf5_layout(f)
-        if layout == "cxi":
-            return CXISource(path, _file=f)
-        if layout == "cxidb76":
-            return CXIDB76Source(path, _file=f)
-        hint = _candidates_hint(f)
+        with reader_errors(path, None, "read the HDF5 layout"):
+            layout = hdf5_layout(f)
+            if layout == "cxi":
+                return CXISource(path, _file=f)
+            if layout == "cxidb76":
+                return CXIDB76Source(path, _file=f)
+            hint = _candidates_hint(f)
     except BaseException:
         f.close()
         raise
@@ -185,10 +257,13 @@ def _candidates_hint(f, limit: int = 6) -> str:
     found = []
 
     def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "biuf":
+        if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "iuf":
             found.append(f"/{name} {obj.shape}")
 
-    f.visititems(visit)
+    try:
+        f.visititems(visit)
+    except (KeyError, OSError, ValueError, RuntimeError, TypeError):  # a damaged group: list what was found
+        pass
     if not found:
         return " (the file holds no 2-D or 3-D numeric dataset)"
     more = f", and {len(found) - limit} more" if len(found) > limit else ""
@@ -196,10 +271,9 @@ def _candidates_hint(f, limit: int = 6) -> str:
 
 
 def _read(ds, key, path: str, frame: int | None):
-    try:
+    """``ds[key]``: one frame, window or small dataset; h5py's errors become a FrameReadError."""
+    with reader_errors(path, frame, f"read {ds.name}"):  # damaged chunks: OSError, RuntimeError, ValueError
         return ds[key]
-    except Exception as exc:  # h5py raises OSError, RuntimeError or ValueError for damaged chunks
-        raise FrameReadError(f"cannot read {ds.name} ({_h5_reason(exc)})", path=path, frame=frame) from exc
 
 
 def _decode(v):
@@ -215,9 +289,27 @@ def _decode(v):
 def _finite_or_none(v) -> float | None:
     try:
         v = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return v if np.isfinite(v) else None
+
+
+def _float_or_none(v) -> float | None:
+    """A float as stored (inf and nan kept, for check_geometry to warn about); None if not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _stated_or_none(v, nan_is_unknown: bool) -> float | None:
+    """CXI geometry as stored (inf and nan too); with ``nan_is_unknown`` NaN is None.
+
+    NaN means "unknown" in files diffscreen's CXIWriter wrote (root attribute
+    ``creator = "diffscreen"``); elsewhere it is kept, for check_geometry.
+    """
+    v = _float_or_none(v)
+    return None if v is None or (nan_is_unknown and np.isnan(v)) else v
 
 
 class _H5Source(BaseSource):
@@ -239,14 +331,47 @@ class _H5Source(BaseSource):
         return self._f
 
 
+def _dtype_text(dtype) -> str:
+    text = str(dtype)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _frames_shape(ds, path: str) -> tuple[int, tuple[int, int]]:
-    if ds.dtype.kind not in "biuf":
-        raise FrameReadError(f"{ds.name} holds {ds.dtype} values, not numbers", path=path)
+    """``(N, (H, W))`` of a frames dataset, checked from its metadata alone.
+
+    Raises
+    ------
+    FrameReadError
+        Not integer or float data (bool, string, compound, complex, ...);
+        not 2-D or 3-D; or frames over the pixel limit.
+    """
+    if ds.dtype.kind not in "iuf":
+        kind = {"b": "bool", "S": "string", "U": "string", "O": "string", "V": "compound", "c": "complex"}.get(
+            ds.dtype.kind)
+        desc = f"{kind} values ({_dtype_text(ds.dtype)})" if kind else f"{_dtype_text(ds.dtype)} values"
+        raise FrameReadError(f"{ds.name} holds {desc}, not pixel numbers (integer or float)", path=path)
     if ds.ndim == 3:
-        return int(ds.shape[0]), (int(ds.shape[1]), int(ds.shape[2]))
-    if ds.ndim == 2:
-        return 1, (int(ds.shape[0]), int(ds.shape[1]))
-    raise FrameReadError(f"{ds.name} has shape {ds.shape}; expected frames (N, H, W) or one frame (H, W)", path=path)
+        n, shape = int(ds.shape[0]), (int(ds.shape[1]), int(ds.shape[2]))
+    elif ds.ndim == 2:
+        n, shape = 1, (int(ds.shape[0]), int(ds.shape[1]))
+    else:
+        raise FrameReadError(f"{ds.name} has shape {ds.shape}; expected frames (N, H, W) or one frame (H, W)",
+                             path=path)
+    check_frame_size(shape, path)
+    return n, shape
+
+
+def _check_mask(mask, data, n: int, shape, path: str, *, per_frame: bool) -> None:
+    """Refuse a mask dataset that does not fit the frames (wrong shape or type)."""
+    if mask is None:
+        return
+    if mask.dtype.kind not in "biuf":
+        raise FrameReadError(f"mask {mask.name} holds {_dtype_text(mask.dtype)} values, not numbers", path=path)
+    ok = tuple(mask.shape) == tuple(shape) or (per_frame and mask.ndim == 3 and tuple(mask.shape) == (n, *shape))
+    if not ok:
+        expected = f"{(n, *shape)} (one per frame) or {tuple(shape)}" if per_frame else f"{tuple(shape)}"
+        raise FrameReadError(f"mask {mask.name} has shape {tuple(mask.shape)}, but the frames in {data.name} are "
+                             f"{tuple(shape)}: expected {expected}", path=path)
 
 
 # --------------------------------------------------------------------------- CXI
@@ -256,7 +381,7 @@ def _cxi_entry_names(f) -> list[str]:
     names = []
     for key in f.keys():
         m = re.fullmatch(r"entry_(\d+)", key)
-        if m and "data_1/data" in f[key]:
+        if m and "data_1/data" in _object(f, key, f.filename):
             names.append((int(m.group(1)), key))
     return [k for _, k in sorted(names)]
 
@@ -268,9 +393,12 @@ class _CXIEntry:
         self.g = group
         self.name = group.name.strip("/")
         self.path = path
-        self.data = group["data_1/data"]
+        self.data = _dataset(group, "data_1/data", path)
         self.n, self.shape = _frames_shape(self.data, path)
-        self.frame_mask = group.get("data_1/mask")
+        self.frame_mask = _dataset(group, "data_1/mask", path, optional=True)
+        _check_mask(self.frame_mask, self.data, self.n, self.shape, path, per_frame=True)
+        self.static_mask = _dataset(group, "instrument_1/detector_1/mask", path, optional=True)
+        _check_mask(self.static_mask, self.data, self.n, self.shape, path, per_frame=False)
         self._static_bad = None
         self._cols: dict[str, np.ndarray | None] = {}
 
@@ -318,7 +446,7 @@ class _CXIEntry:
             bad.flags.writeable = False
             return bad
         key = (j, slice(*rows), slice(*cols)) if self.frame_mask.ndim == 3 else (slice(*rows), slice(*cols))
-        return bad | _bad_bits(_read(self.frame_mask, key, self.path, index))
+        return bad | _bad_bits(_read(self.frame_mask, key, self.path, index))  # shape checked at open
 
     def bad(self, j: int, index: int) -> np.ndarray:
         bad = self.static_bad(index).copy()
@@ -329,20 +457,35 @@ class _CXIEntry:
 
     def static_bad(self, index: int) -> np.ndarray:
         if self._static_bad is None:
-            ds = self.g.get("instrument_1/detector_1/mask")
+            ds = self.static_mask  # (H, W), checked at open
             self._static_bad = (np.zeros(self.shape, bool) if ds is None
                                 else _bad_bits(_read(ds, (), self.path, index)))
         return self._static_bad
 
-    def column(self, name: str):
-        """Whole per-frame column (N,) or scalar as 0-d array; None if absent."""
+    def column(self, name: str, index: int | None = None):
+        """Whole per-frame column (N,) or (N, k), or a scalar as 0-d array; None if absent.
+
+        Raises
+        ------
+        FrameReadError
+            The column is not a scalar, (N,) or (N, k <= 1024) dataset, is
+            too large to hold, or cannot be read (a broken link).
+        """
         if name not in self._cols:
-            ds = self.g.get(name)
-            self._cols[name] = None if ds is None or not hasattr(ds, "shape") else ds[()]
+            import h5py
+
+            ds = _optional(self.g, name, self.path)  # a broken link is an error, a group not our column
+            ds = ds if isinstance(ds, h5py.Dataset) else None
+            if ds is not None:
+                width = int(np.prod(ds.shape[1:])) if ds.ndim else 1
+                if ds.ndim > 2 or width > _COLUMN_WIDTH_LIMIT or ds.size > _SMALL_DATASET_LIMIT:
+                    raise FrameReadError(f"per-frame column {ds.name} has shape {ds.shape}; expected (N,), "
+                                         f"(N, k <= {_COLUMN_WIDTH_LIMIT}) or a scalar", path=self.path, frame=index)
+            self._cols[name] = None if ds is None else _read(ds, (), self.path, index)
         return self._cols[name]
 
-    def value(self, name: str, j: int):
-        col = self.column(name)
+    def value(self, name: str, j: int, index: int | None = None):
+        col = self.column(name, index)
         if col is None:
             return None
         if np.ndim(col) == 0:
@@ -350,9 +493,9 @@ class _CXIEntry:
         return _decode(col[j]) if j < len(col) else None
 
     def class_names(self) -> tuple[str, ...]:
-        res = self.g.get("result_1")
+        res = _optional(self.g, "result_1", self.path)
         names = None if res is None else res.attrs.get("class_names")
-        return CLASS_NAMES if names is None else tuple(_decode(n) for n in np.atleast_1d(names))
+        return CLASS_NAMES if names is None else tuple(str(_decode(n)) for n in np.atleast_1d(names))
 
 
 def _plain_layout(ds):
@@ -453,7 +596,9 @@ class CXISource(_H5Source):
         self._raw = None
         super().__init__(path, _file)
         try:
-            self._entries = [_CXIEntry(self._f[k], self.path) for k in _cxi_entry_names(self._f)]
+            with reader_errors(self.path, None, "read the CXI layout"):
+                self._entries = [_CXIEntry(self._f[k], self.path) for k in _cxi_entry_names(self._f)]
+                self._nan_is_unknown = str(_decode(self._f.attrs.get("creator", ""))) == "diffscreen"
         except BaseException:
             self.close()
             raise
@@ -516,7 +661,8 @@ class CXISource(_H5Source):
         """
         self._file()
         e, j = self._entry(self._check_index(index))
-        return self._meta(e, j, index)
+        with reader_errors(self.path, index, "read the frame's metadata"):
+            return self._meta(e, j, index)
 
     def frame_shape(self, index: int) -> tuple[int, int]:
         """``(H, W)`` of frame ``index`` (entries may hold frames of different shapes)."""
@@ -560,10 +706,11 @@ class CXISource(_H5Source):
         if not (0 <= r0 <= r1 <= H and 0 <= c0 <= c1 <= W):
             raise FrameReadError(f"window rows {r0}:{r1}, columns {c0}:{c1} is not inside the {H}x{W} frame",
                                  path=self.path, frame=index)
-        if self._raw is None and hasattr(os, "preadv") and e._raw_offset(j) is not None:
-            self._raw = _RawRows(self.path, index)
-        data = e.pixels_region(j, index, (r0, r1), (c0, c1), self._raw)
-        bad = e.bad_region(j, index, (r0, r1), (c0, c1))
+        with reader_errors(self.path, index, "read the frame's window"):
+            if self._raw is None and hasattr(os, "preadv") and e._raw_offset(j) is not None:
+                self._raw = _RawRows(self.path, index)
+            data = e.pixels_region(j, index, (r0, r1), (c0, c1), self._raw)
+            bad = e.bad_region(j, index, (r0, r1), (c0, c1))
         # the same invalid-value rule as read(); the max (no temporary) spares the mask pass on most frames
         if data.dtype.kind in "iu" and data.size and data.max() >= np.iinfo(data.dtype).max:
             bad = bad | invalid_mask(data)
@@ -578,12 +725,13 @@ class CXISource(_H5Source):
 
     def _meta(self, e: _CXIEntry, j: int, index: int) -> FrameMeta:
         det = "instrument_1/detector_1/"
-        dist = _finite_or_none(e.value(det + "distance", j))
-        px = _finite_or_none(e.value(det + "x_pixel_size", j))
-        bx = _finite_or_none(e.value(det + "beam_center_x", j))
-        by = _finite_or_none(e.value(det + "beam_center_y", j))
-        energy = _finite_or_none(e.value("instrument_1/source_1/energy", j))
-        description = e.value(det + "description", j)
+        ours = self._nan_is_unknown
+        dist = _stated_or_none(e.value(det + "distance", j, index), ours)
+        px = _stated_or_none(e.value(det + "x_pixel_size", j, index), ours)
+        bx = _stated_or_none(e.value(det + "beam_center_x", j, index), ours)
+        by = _stated_or_none(e.value(det + "beam_center_y", j, index), ours)
+        energy = _stated_or_none(e.value("instrument_1/source_1/energy", j, index), ours)
+        description = e.value(det + "description", j, index)
         return FrameMeta(
             source=self.path,
             index=index,
@@ -591,22 +739,22 @@ class CXISource(_H5Source):
             pixel_size_mm=None if px is None else px * 1e3,
             beam_center_px=None if bx is None or by is None else (bx, by),
             distance_mm=None if dist is None else dist * 1e3,
-            wavelength_A=None if not energy else _HC_EV_A / (energy / _EV_TO_J),
-            extra=self._extra(e, j),
+            wavelength_A=None if energy is None else (np.inf if energy == 0 else _HC_EV_A / (energy / _EV_TO_J)),
+            extra=self._extra(e, j, index),
         )
 
-    def _extra(self, e: _CXIEntry, j: int) -> dict:
+    def _extra(self, e: _CXIEntry, j: int, index: int) -> dict:
         extra = {"format": "cxi", "entry": e.name, "entry_frame": j}
         for key in ("source_file", "source_frame", "n_spots"):
-            v = e.value("result_1/" + key, j)
+            v = e.value("result_1/" + key, j, index)
             if v is not None and v != "" and not (isinstance(v, int) and v < 0):
                 extra[key] = v
-        lab = e.value("result_1/label", j)
+        lab = _float_or_none(e.value("result_1/label", j, index))
         names = e.class_names()
-        if lab is not None and 0 <= int(lab) < len(names):
+        if lab is not None and lab.is_integer() and 0 <= lab < len(names):
             extra["label"] = names[int(lab)]
-        probs = e.column("result_1/probabilities")
-        if probs is not None and np.ndim(probs) == 2 and j < len(probs):
+        probs = e.column("result_1/probabilities", index)
+        if probs is not None and np.ndim(probs) == 2 and j < len(probs) and probs.dtype.kind in "iuf":
             extra["probabilities"] = [float(p) for p in probs[j]]
         return extra
 
@@ -620,7 +768,8 @@ def _cxidb76_chunks(f) -> list[str]:
     data = f.get("data")
     if not isinstance(data, h5py.Group) or "metadata" not in f:
         return []
-    return [k for k, g in data.items() if isinstance(g, h5py.Group) and isinstance(g.get("images"), h5py.Dataset)]
+    # "images" present (even as a broken link, reported when opened)
+    return [k for k in data.keys() if isinstance(data.get(k), h5py.Group) and "images" in data[k]]
 
 
 class CXIDB76Source(_H5Source):
@@ -653,11 +802,14 @@ class CXIDB76Source(_H5Source):
     def __init__(self, path, *, _file=None):
         super().__init__(path, _file)
         try:
-            self._chunks = [(k, self._f["data"][k]["images"]) for k in _cxidb76_chunks(self._f)]
-            if not self._chunks:
-                raise UnknownFormatError("no /data/<chunk>/images in this HDF5 file (not CXIDB-76)", path=self.path)
-            sizes = [_frames_shape(ds, self.path) for _, ds in self._chunks]
-            self._md = self._metadata()
+            with reader_errors(self.path, None, "read the CXIDB-76 layout"):
+                self._chunks = [(k, _dataset(self._f["data"][k], "images", self.path))
+                                for k in _cxidb76_chunks(self._f)]
+                if not self._chunks:
+                    raise UnknownFormatError("no /data/<chunk>/images in this HDF5 file (not CXIDB-76)",
+                                             path=self.path)
+                sizes = [_frames_shape(ds, self.path) for _, ds in self._chunks]
+                self._md = self._metadata()
         except BaseException:
             self.close()
             raise
@@ -667,11 +819,18 @@ class CXIDB76Source(_H5Source):
         self._static_bad = None
 
     def _metadata(self) -> dict:
+        """The used keys of ``/metadata`` (:data:`CXIDB76_METADATA_KEYS`), each a small dataset."""
         md = {}
-        for key, ds in self._f["metadata"].items():
-            if hasattr(ds, "shape"):
-                v = ds[()]
-                md[key] = _decode(v) if np.ndim(v) == 0 else np.asarray(v)
+        group = _object(self._f, "metadata", self.path)
+        for key in CXIDB76_METADATA_KEYS:
+            ds = _dataset(group, key, self.path, optional=True)
+            if ds is None:
+                continue
+            if ds.size > _SMALL_DATASET_LIMIT or ds.dtype.kind not in "biufSUO":
+                raise FrameReadError(f"{ds.name} has shape {ds.shape} and type {_dtype_text(ds.dtype)}; expected "
+                                     "a number, a string or a short list", path=self.path)
+            v = _read(ds, (), self.path, None)
+            md[key] = _decode(v) if np.ndim(v) == 0 else np.asarray(v)
         return md
 
     def __len__(self) -> int:
@@ -707,23 +866,28 @@ class CXIDB76Source(_H5Source):
             self._static_bad = active_area_mask(self._md.get("ACTIVE_AREAS"), self._shape)
         return self._static_bad
 
-    def _chunk_value(self, k: int, name: str, j: int):
-        ds = self._chunks[k][1].parent.get(name)
-        if ds is None or not hasattr(ds, "shape"):
+    def _chunk_value(self, k: int, name: str, j: int, index: int | None = None):
+        import h5py
+
+        ds = _optional(self._chunks[k][1].parent, name, self.path)  # a broken link is an error
+        if not isinstance(ds, h5py.Dataset) or ds.ndim > 1:
             return None
-        v = ds[()] if ds.ndim == 0 else (ds[j] if j < ds.shape[0] else None)
+        v = _read(ds, (), self.path, index) if ds.ndim == 0 else (_read(ds, j, self.path, index)
+                                                                  if j < ds.shape[0] else None)
         return _decode(v)
 
     def _meta(self, k: int, j: int, index: int) -> FrameMeta:
         md = self._md
-        px = _finite_or_none(md.get("PIXEL_SIZE"))
-        bx, by = _finite_or_none(md.get("BEAM_CENTER_X")), _finite_or_none(md.get("BEAM_CENTER_Y"))
-        beam = None if px is None or bx is None or by is None else (bx / px, by / px)
+        # geometry as stored (inf/nan kept: check_geometry warns about them)
+        px = _float_or_none(md.get("PIXEL_SIZE"))
+        bx, by = _float_or_none(md.get("BEAM_CENTER_X")), _float_or_none(md.get("BEAM_CENTER_Y"))
+        beam = (None if px is None or bx is None or by is None or not np.isfinite(px) or px == 0
+                else (bx / px, by / px))
         extra = {"format": "cxidb76", "chunk": self._chunks[k][0], "chunk_frame": j}
         for key, name in (("saturated_value", "SATURATED_VALUE"), ("min_trusted_value", "MIN_TRUSTED_VALUE")):
             if _finite_or_none(md.get(name)) is not None:
                 extra[key] = _finite_or_none(md.get(name))
-        ts = self._chunk_value(k, "timestamp", j)
+        ts = self._chunk_value(k, "timestamp", j, index)
         if ts is not None:
             extra["timestamp"] = ts
         det = md.get("DETECTOR") or md.get("DETECTOR_ADDRESS")
@@ -733,8 +897,8 @@ class CXIDB76Source(_H5Source):
             detector=None if det is None else str(det),
             pixel_size_mm=px,
             beam_center_px=beam,
-            distance_mm=_finite_or_none(self._chunk_value(k, "distance", j)),
-            wavelength_A=_finite_or_none(self._chunk_value(k, "wavelength", j)),
+            distance_mm=_float_or_none(self._chunk_value(k, "distance", j, index)),
+            wavelength_A=_float_or_none(self._chunk_value(k, "wavelength", j, index)),
             extra=extra,
         )
 
@@ -806,17 +970,15 @@ class HDF5DatasetSource(_H5Source):
         self.dataset = "/" + dataset.lstrip("/")
         self.path = f"{self.file}:{self.dataset}"
         try:
-            obj = self._f.get(self.dataset)
-        except Exception:  # a broken link or an unreadable group on the way
-            obj = None
-        try:
-            if not isinstance(obj, h5py.Dataset):
-                what = "no dataset at" if obj is None else "a group, not a dataset, at"
-                raise DatasetNotFoundError(f"{what} {self.dataset} in this file{_candidates_hint(self._f)}",
-                                           path=self.file)
-            self._ds = obj
-            self._n, self._shape = _frames_shape(obj, self.file)
-            self._pixel_mask, self._saturation = _nxmx_mask_info(self._f, obj, self._shape)
+            with reader_errors(self.file, None, f"open {self.dataset}"):
+                obj = _optional(self._f, self.dataset, self.file)  # a broken link is named, not "missing"
+                if not isinstance(obj, h5py.Dataset):
+                    what = "no dataset at" if obj is None else "a group, not a dataset, at"
+                    raise DatasetNotFoundError(f"{what} {self.dataset} in this file{_candidates_hint(self._f)}",
+                                               path=self.file)
+                self._ds = obj
+                self._n, self._shape = _frames_shape(obj, self.file)
+                self._pixel_mask, self._saturation = _nxmx_mask_info(self._f, obj, self._shape)
         except BaseException:
             self.close()
             raise
@@ -872,7 +1034,7 @@ def _nxmx_mask_info(f, ds, shape):
             obj = f.get(p)
         except Exception:  # noqa: BLE001 - broken link
             obj = None
-        if isinstance(obj, h5py.Dataset) and obj.name != ds.name and (
+        if isinstance(obj, h5py.Dataset) and obj.name != ds.name and obj.dtype.kind in "biuf" and (
                 tuple(obj.shape) == tuple(shape) or (obj.ndim == 3 and tuple(obj.shape) == tuple(ds.shape))):
             mask = obj
             break

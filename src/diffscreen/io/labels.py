@@ -18,6 +18,10 @@ CXI
 
 All frame indices in diffscreen are 0-based.  Errors are
 :class:`~diffscreen.errors.LabelError` naming the label file and line.
+Text files may carry a UTF-8 byte-order mark and CRLF line ends (what a
+spreadsheet writes).  A frame number must be a whole number in
+``0 ..`` :data:`MAX_FRAME_INDEX` (written as digits: ``1.5``, ``abc``,
+``1e3`` or ``10**30`` are errors, never dropped).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import csv
 import io as _io
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +47,15 @@ __all__ = [
     "read_labels",
     "write_label_csv",
     "label_format",
+    "MAX_FRAME_INDEX",
 ]
 
-_EXPERT = re.compile(r"^(\S+)\s+\[\s*(-?\d+)\s*\]\s+(\S+)\s*$")
-_DIALS = re.compile(r"^(-?\d+)\s+(-?\d+)\s+(\S+)\s*$")
+_EXPERT = re.compile(r"^(\S+)\s+\[\s*(\S+?)\s*\]\s+(\S+)\s*$")
+_DIALS = re.compile(r"^([-+]?\d+)\s+([-+]?\d+)\s+(\S+)\s*$")
+_INTEGER = re.compile(r"^[-+]?\d+$")
+#: Largest frame index (and spot count) a label file may give: no detector
+#: file holds 2**31 frames, and numpy's int32 indices stay exact below it.
+MAX_FRAME_INDEX = 2**31 - 1
 _CSV_COLUMNS = ("file", "frame", "label")
 _EXPERT_FILE = "expert_annotation.txt"
 
@@ -88,17 +98,57 @@ class LabelRecord:
 # --------------------------------------------------------------------------- text files
 
 
-def _lines(path) -> list[tuple[int, str]]:
-    """Non-blank, non-comment lines with their 1-based numbers."""
+def _check_label_file(path) -> None:
+    """Refuse a missing label file, a directory, FIFO, socket or device without opening it."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise LabelError("no such label file", path=path) from None
+    except OSError as exc:
+        raise LabelError(f"cannot read the label file ({exc.strerror or exc})", path=path) from exc
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        raise LabelError(f"the label file is {kind}; refused without reading it", path=path)
+
+
+def _lines(path) -> list[tuple[int, str]]:
+    """Non-blank, non-comment lines with their 1-based numbers (BOM and CRLF handled)."""
+    _check_label_file(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise LabelError("not a text label file (not UTF-8)", path=path) from None
     except OSError as exc:
         raise LabelError(f"cannot read the label file ({exc.strerror or exc})", path=path) from exc
+    if "\x00" in text:
+        raise LabelError("not a text label file (it holds NUL bytes)", path=path)
     return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip() and not s.lstrip().startswith("#")]
+
+
+def _whole_number(text: str, what: str, path, line: int, *, low: int = 0, hint: str = "") -> int:
+    """A frame index or spot count written as digits, within ``low .. MAX_FRAME_INDEX``.
+
+    Raises
+    ------
+    LabelError
+        Naming the label file, the line and the value (``1.5``, ``abc``,
+        ``10**30``, a negative value).
+    """
+    text = text.strip()
+    if not _INTEGER.match(text):
+        raise LabelError(f"line {line}: {what} {text!r} is not an integer", path=path)
+    if len(text.lstrip("+-").lstrip("0")) > 12 and not text.startswith("-"):  # never int() a 5000-digit string
+        raise LabelError(f"line {line}: {what} {text[:40]}{'...' if len(text) > 40 else ''} is larger than any "
+                         f"file holds (at most {MAX_FRAME_INDEX})", path=path)
+    value = int(text[:14]) if len(text.lstrip("+-").lstrip("0")) > 12 else int(text)  # a huge negative stays < 0
+    if value < low:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise LabelError(f"line {line}: {what} {shown} is {'negative' if low == 0 else f'below {low}'}{hint}",
+                         path=path)
+    if value > MAX_FRAME_INDEX:
+        raise LabelError(f"line {line}: {what} {value} is larger than any file holds (at most {MAX_FRAME_INDEX})",
+                         path=path)
+    return value
 
 
 def _class(word: str, path, line: int) -> str:
@@ -144,9 +194,7 @@ def read_expert_annotation(path) -> list[LabelRecord]:
         m = _EXPERT.match(line)
         if not m:
             raise LabelError(f"line {n}: expected '<file> [<1-based frame>] HIT|MAYBE|MISS', got {line!r}", path=path)
-        idx = int(m.group(2))
-        if idx < 1:
-            raise LabelError(f"line {n}: frame index [{idx}] is not 1-based (expected >= 1)", path=path)
+        idx = _whole_number(m.group(2), "frame index", path, n, low=1, hint=" (indices here are 1-based)")
         records.append(LabelRecord(m.group(1), idx - 1, _class(m.group(3), path, n), None, str(path), n))
     return _no_duplicates(records, path)
 
@@ -189,9 +237,8 @@ def read_dials_annotation(path, *, threshold: int | None = None, file: str | Non
         m = _DIALS.match(line)
         if not m:
             raise LabelError(f"line {n}: expected '<1-based frame> <n_spots> Hit|Miss', got {line!r}", path=path)
-        idx, spots, verdict = int(m.group(1)), int(m.group(2)), m.group(3).lower()
-        if idx < 1 or spots < 0:
-            raise LabelError(f"line {n}: frame {idx} must be >= 1 and spot count {spots} >= 0", path=path)
+        idx = _whole_number(m.group(1), "frame", path, n, low=1, hint=" (indices here are 1-based)")
+        spots, verdict = _whole_number(m.group(2), "spot count", path, n), m.group(3).lower()
         if verdict not in ("hit", "miss"):
             raise LabelError(f"line {n}: unknown verdict {m.group(3)!r}; expected Hit or Miss", path=path)
         if n_frames is not None and idx > n_frames:
@@ -237,33 +284,37 @@ def read_label_csv(path) -> list[LabelRecord]:
         Missing columns, a malformed row (with its line number), a negative
         frame, an unknown class, or a frame labelled twice.
     """
-    text = "\n".join(line for _, line in _lines(path))
-    reader = csv.DictReader(_io.StringIO(text))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    missing = [c for c in _CSV_COLUMNS if c not in header]
-    if missing:
-        raise LabelError(f"line 1: CSV header lacks column(s) {', '.join(missing)}; expected file,frame,label",
-                         path=path)
-    reader.fieldnames = header
-    numbers = [n for n, _ in _lines(path)]
+    lines = _lines(path)
+    numbers = [n for n, _ in lines]
+    reader = csv.DictReader(_io.StringIO("\n".join(line for _, line in lines)))
     records = []
-    for row in reader:
-        n = numbers[reader.line_num - 1]
-        records.append(_csv_record(row, path, n))
+    try:
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        first = numbers[0] if numbers else 1
+        missing = [c for c in _CSV_COLUMNS if c not in header]
+        if missing:
+            raise LabelError(f"line {first}: CSV header lacks column(s) {', '.join(missing)}; expected "
+                             "file,frame,label", path=path)
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise LabelError(f"line {first}: CSV header names column(s) {', '.join(twice)} twice", path=path)
+        reader.fieldnames = header
+        for row in reader:
+            n = numbers[min(reader.line_num, len(numbers)) - 1]
+            records.append(_csv_record(row, path, n))
+    except csv.Error as exc:
+        n = numbers[min(max(reader.line_num, 1), len(numbers)) - 1] if numbers else 1
+        raise LabelError(f"line {n}: malformed CSV ({exc})", path=path) from None
     return _no_duplicates(records, path)
 
 
 def _csv_record(row: dict, path, n: int) -> LabelRecord:
     if None in row or any(row.get(c) in (None, "") for c in _CSV_COLUMNS):
-        raise LabelError(f"line {n}: expected file,frame,label values, got {row}", path=path)
-    try:
-        frame = int(row["frame"])
-        spots = row.get("n_spots")
-        spots = int(spots) if spots not in (None, "") else None
-    except ValueError:
-        raise LabelError(f"line {n}: frame {row['frame']!r} or n_spots is not an integer", path=path) from None
-    if frame < 0:
-        raise LabelError(f"line {n}: frame {frame} is negative (frames are 0-based)", path=path)
+        shown = str(row) if len(str(row)) <= 200 else str(row)[:197] + "..."
+        raise LabelError(f"line {n}: expected file,frame,label values, got {shown}", path=path)
+    frame = _whole_number(row["frame"], "frame", path, n, hint=" (frames are 0-based)")
+    spots = row.get("n_spots")
+    spots = _whole_number(spots, "n_spots", path, n) if spots not in (None, "") and spots.strip() else None
     return LabelRecord(row["file"].strip(), frame, _class(row["label"], path, n), spots, str(path), n)
 
 
@@ -324,31 +375,52 @@ def read_cxi_labels(path) -> list[LabelRecord]:
     path = os.fspath(path)
     records = []
     with CXISource(path) as src:
-        for name, start, g in _entries(src):
-            lab = g.get("result_1/label")
-            if lab is None:
-                continue
-            names = [str(_text(n)).lower() for n in np.atleast_1d(g["result_1"].attrs.get("class_names", CLASS_NAMES))]
-            spots = g.get("result_1/n_spots")
-            spots = None if spots is None else spots[()]
-            for j, k in enumerate(lab[()]):
-                if k < 0:
-                    continue
-                if k >= len(names) or names[k] not in CLASS_NAMES:
-                    raise LabelError(f"{name}/result_1/label[{j}] = {k} is not one of {CLASS_NAMES} "
-                                     f"(class_names {names})", path=path)
-                n = None if spots is None or j >= len(spots) or spots[j] < 0 else int(spots[j])
-                records.append(LabelRecord(path, start + j, names[k], n, path, None))
+        try:
+            for name, start, n, g in _entries(src):
+                records += _cxi_entry_labels(g, name, start, n, path)
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            if isinstance(exc, (LabelError, FrameReadError)):
+                raise
+            raise LabelError(f"cannot read the labels ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+                             path=path) from exc
+    return records
+
+
+def _cxi_entry_labels(g, name: str, start: int, n_frames: int, path: str) -> list[LabelRecord]:
+    """The labelled frames of one ``entry_k`` group (``n_frames`` frames, numbered from ``start``)."""
+    import numpy as np
+
+    lab = g.get("result_1/label")
+    if lab is None:
+        return []
+    if lab.ndim != 1 or lab.dtype.kind not in "iu" or lab.shape[0] > n_frames:
+        raise LabelError(f"{name}/result_1/label has shape {lab.shape} and type {lab.dtype}; expected at most "
+                         f"({n_frames},) integers, one per frame", path=path)
+    names = [str(_text(n)).lower() for n in np.atleast_1d(g["result_1"].attrs.get("class_names", CLASS_NAMES))]
+    spots = g.get("result_1/n_spots")
+    usable = spots is not None and spots.ndim == 1 and spots.dtype.kind in "iu" and spots.shape[0] <= n_frames
+    spots = spots[()] if usable else None
+    records = []
+    for j, k in enumerate(lab[()]):
+        if k < 0:
+            continue
+        if k >= len(names) or names[k] not in CLASS_NAMES:
+            raise LabelError(f"{name}/result_1/label[{j}] = {k} is not one of {CLASS_NAMES} "
+                             f"(class_names {names})", path=path)
+        n = None if spots is None or j >= len(spots) or spots[j] < 0 else int(spots[j])
+        records.append(LabelRecord(path, start + j, names[k], n, path, None))
     return records
 
 
 def _entries(src):
+    """``(name, first frame, frames, group)`` of each ``entry_k`` of a CXISource."""
     start = 0
     for name in src.entries:
         g = src._f[name]
-        yield name, start, g
         ds = g["data_1/data"]
-        start += ds.shape[0] if ds.ndim == 3 else 1
+        n = ds.shape[0] if ds.ndim == 3 else 1
+        yield name, start, n, g
+        start += n
 
 
 def _text(v):
@@ -380,8 +452,7 @@ def label_format(path) -> str:
     from diffscreen.io.sources import read_head, readers, split_spec
 
     file, dataset = split_spec(os.fspath(path))
-    if not os.path.isfile(file):
-        raise LabelError("no such label file", path=path)
+    _check_label_file(file)
     try:
         head, _ = read_head(file)
     except FrameReadError as exc:
@@ -434,12 +505,14 @@ def read_labels(path) -> list[LabelRecord]:
     Raises
     ------
     LabelError
-        Unrecognised or malformed label file (with the line number).
+        Unrecognised, empty or malformed label file (with the line number).
     """
     kind = label_format(path)
     if kind == "cxi":
         return read_cxi_labels(path)
-    if kind in ("frames", "empty"):
+    if kind == "empty":
+        raise LabelError("the label file is empty (no label lines)", path=path)
+    if kind == "frames":
         return []
     reader = {"csv": read_label_csv, "expert": read_expert_annotation, "dials": read_dials_annotation}[kind]
     return reader(path)

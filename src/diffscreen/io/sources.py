@@ -29,14 +29,27 @@ all-ones value 2**n - 1 of the stored integer dtype (65535 for uint16,
 
 Errors are one line each and name the file, the frame (0-based) and the
 problem; they derive from :class:`~diffscreen.errors.FrameReadError`.
+
+Hostile input (issue 18): only regular files are ever opened (a FIFO, a
+socket or a device is refused from its ``stat``, see
+:func:`check_input_file`); whatever h5py, fabio, pycbf or numpy raise while
+a file is opened or a frame read becomes a one-line
+:class:`~diffscreen.errors.FrameReadError` (:func:`reader_errors`, used by
+:func:`open_source` and :meth:`BaseSource.read` for every reader); compressed
+files are decompressed as a stream with a byte budget
+(:func:`read_decompressed`); and every reader checks the frame size its
+header states against :mod:`diffscreen.io.limits` before allocating.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import glob
 import gzip
 import os
+import stat
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +75,12 @@ __all__ = [
     "iter_frames",
     "expand_inputs",
     "invalid_mask",
+    "check_input_file",
+    "reader_errors",
+    "LIBRARY_ERRORS",
+    "read_decompressed",
+    "check_length",
+    "describe_exception",
 ]
 
 #: Bytes of (decompressed) file start handed to every ``understand``.
@@ -69,6 +88,16 @@ HEAD_BYTES = 4096
 _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
 _GLOB_CHARS = set("*?[")
+#: Decompression step of :func:`read_decompressed`, bytes.
+_STREAM_CHUNK = 1 << 20
+
+#: What h5py, fabio, pycbf, numpy and the decompressors raise for a damaged,
+#: truncated or hostile file; :func:`reader_errors` turns these (and only
+#: these) into :class:`~diffscreen.errors.FrameReadError`.
+LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError,
+    AssertionError, ArithmeticError, MemoryError, struct.error, zlib.error,
+)
 
 
 @runtime_checkable
@@ -147,9 +176,12 @@ class BaseSource:
         FrameIndexError
             If ``index`` is not an integer in ``[0, len(self))``.
         FrameReadError
-            If the frame's bytes cannot be read or decoded.
+            If the frame's bytes cannot be read or decoded (whatever the
+            underlying library raised, see :func:`reader_errors`).
         """
-        return self._read(self._check_index(index))
+        i = self._check_index(index)
+        with reader_errors(self.path, i, "read the frame"):
+            return self._read(i)
 
     def _check_index(self, index) -> int:
         try:
@@ -239,6 +271,255 @@ def invalid_mask(raw: np.ndarray, saturated=None, *, negative: bool = False) -> 
     return np.zeros(raw.shape, bool)
 
 
+# --------------------------------------------------------------------------- hostile input
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """One line naming an exception's type and message.
+
+    Parameters
+    ----------
+    exc : BaseException
+    limit : int
+        Most characters of the message kept.
+
+    Returns
+    -------
+    str
+        ``"KeyError: Unable to open object (can't open file)"``, whitespace
+        collapsed (h5py and CBFlib messages span lines).
+    """
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+@contextlib.contextmanager
+def reader_errors(path, frame: int | None = None, what: str = "read the file"):
+    """Turn what a library raises for a bad file into one :class:`FrameReadError`.
+
+    The one place where exceptions of h5py, fabio, pycbf, numpy and the
+    decompressors (:data:`LIBRARY_ERRORS`) become diffscreen errors;
+    :func:`open_source` and :meth:`BaseSource.read` wrap every reader in it.
+    Besides :data:`LIBRARY_ERRORS` it catches exceptions of exactly the type
+    ``Exception`` (fabio and CBFlib raise those), not its other subclasses.
+    Diffscreen's own errors pass unchanged, and so does anything else
+    (``KeyboardInterrupt``, a bug's ``NameError``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file (or spec), named in the message.
+    frame : int, optional
+        0-based frame index, named in the message.
+    what : str
+        What was being done, as in ``"cannot {what} (...)"``.
+
+    Raises
+    ------
+    FrameReadError
+        ``"<path>, frame <i>: cannot <what> (<Type>: <message>)"``, chained
+        to the original exception (``from``).
+
+    Examples
+    --------
+    >>> with reader_errors("a.h5", 3, "read the mask"):  # doctest: +SKIP
+    ...     ds[3]
+    """
+    try:
+        yield
+    except DiffscreenError:
+        raise
+    except MemoryError as exc:
+        raise FrameReadError(f"cannot {what}: out of memory ({describe_exception(exc)})",
+                             path=path, frame=frame) from exc
+    except LIBRARY_ERRORS as exc:
+        raise FrameReadError(f"cannot {what} ({describe_exception(exc)})", path=path, frame=frame) from exc
+    except Exception as exc:
+        if type(exc) is not Exception:  # only the bare Exception that fabio and CBFlib raise
+            raise
+        reason = describe_exception(exc).replace("CBFlib Error(s): ", "")
+        raise FrameReadError(f"cannot {what} ({reason})", path=path, frame=frame) from exc
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a frame file; refused without opening it (reading could block "
+                    "forever)"),
+    (stat.S_ISSOCK, "is a socket, not a frame file"),
+    (stat.S_ISCHR, "is a character device (like /dev/zero), not a frame file; refused without reading it"),
+    (stat.S_ISBLK, "is a block device, not a frame file; refused without reading it"),
+)
+
+
+def _file_type_problem(mode: int) -> str | None:
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a frame file (expand it with expand_inputs)"
+    for test, problem in _SPECIAL_FILES:
+        if test(mode):
+            return problem
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return None
+
+
+def check_input_file(path) -> os.stat_result:
+    """Refuse anything but an existing, readable regular file, without opening it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    os.stat_result
+        The file's ``stat`` (symbolic links followed).
+
+    Raises
+    ------
+    FrameReadError
+        One line naming the file: no such file; a dangling symbolic link
+        (naming its target); a directory; a FIFO, socket, character or block
+        device (decided from ``stat``, never opened, so a FIFO cannot hang the
+        run); or a file this user may not read.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise FrameReadError(f"dangling symbolic link to {target!r}, which does not exist", path=path) from None
+        raise FrameReadError("no such file", path=path) from None
+    except OSError as exc:
+        raise FrameReadError(f"cannot stat the file ({exc.strerror or exc})", path=path) from exc
+    problem = _file_type_problem(st.st_mode)
+    if problem:
+        raise FrameReadError(problem, path=path)
+    if not os.access(path, os.R_OK):
+        raise FrameReadError("permission denied: this user may not read the file", path=path)
+    return st
+
+
+def _open_regular(path):
+    """Open a regular file for binary reading; anything else is refused before a read can block."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise FrameReadError(f"cannot open: {exc.strerror or exc}", path=path) from exc
+    try:
+        problem = _file_type_problem(os.fstat(fd).st_mode)
+        if problem:
+            raise FrameReadError(problem, path=path)
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_length(path, have: int, need: int | None, what: str, frame: int | None = None) -> None:
+    """Refuse a file (or decompressed stream) shorter than its header says.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    have : int
+        Bytes present (file size, or bytes the stream decompressed to).
+    need : int or None
+        Bytes the header implies (header + pixel data); None skips the check.
+    what : str
+        What needs them, e.g. ``"its SMV header's 2304 x 2304 uint16 frame"``.
+    frame : int, optional
+
+    Raises
+    ------
+    FrameReadError
+        ``"truncated: ... needs 10,617,344 bytes, the file holds 1,000"``.
+    """
+    if need is not None and have < need:
+        raise FrameReadError(f"truncated: {what} needs {need:,} bytes, the file holds {have:,}",
+                             path=path, frame=frame)
+
+
+def read_decompressed(path, max_bytes: int, *, layout=None, what: str = "",
+                      frame: int | None = None) -> tuple[bytes, object]:
+    """Decompress a gzip/bzip2 file as a stream, never past a byte budget.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A regular file (gzip, bzip2, or plain: then it is read as is).
+    max_bytes : int
+        Most bytes the decompressed data may hold (e.g.
+        :func:`~diffscreen.io.limits.max_stream_bytes`).
+    layout : callable (data: bytearray, at_eof: bool) -> (cap, need[, info]) or None, optional
+        Called with the data decompressed so far (at doubling sizes) until it
+        returns a tuple: the header's own budget ``cap`` in bytes (replacing
+        ``max_bytes`` when smaller), the ``need`` bytes the header implies
+        (int or None; checked at the end) and optionally anything to hand
+        back as ``info``.  Return None while the header is incomplete; raise
+        :class:`FrameReadError` for a header that states too much.  With
+        ``at_eof`` True it must decide (the stream has ended).
+    what : str
+        Describes what ``need`` is for, for :func:`check_length`.
+    frame : int, optional
+        Frame index named in the errors (0 for a single-frame file).
+
+    Returns
+    -------
+    data : bytes
+        The decompressed file, at most the budget.
+    info : object
+        What ``layout`` returned as its third element, or None.
+
+    Raises
+    ------
+    FrameReadError
+        The stream is damaged or ends early (bzip2/gzip end-of-stream marker
+        missing); it decompresses to more than the budget (the reading stops
+        there, so a decompression bomb costs at most the budget); or it holds
+        fewer bytes than ``need``.
+    """
+    fh, kind = open_decompressed(path)
+    buf = bytearray()  # grows in place: no second copy while streaming
+    cap, need, info = int(max_bytes), None, None
+    decided, next_look = layout is None, 0
+    try:
+        with fh:
+            while True:
+                chunk = fh.read(min(_STREAM_CHUNK, cap + 1 - len(buf)))
+                buf += chunk
+                if not decided and (not chunk or len(buf) > cap or len(buf) >= next_look):
+                    next_look = 2 * len(buf)  # doubling sizes: the header is parsed O(log n) times
+                    got = layout(buf, not chunk)
+                    if got is not None:
+                        decided = True
+                        cap, need = min(cap, int(got[0])), got[1]
+                        info = got[2] if len(got) > 2 else None
+                if len(buf) > cap:
+                    why = f", more than {what} needs" if what else ""
+                    raise FrameReadError(f"decompresses to more than {cap:,} bytes{why} (a damaged file or a "
+                                         "decompression bomb)", path=path, frame=frame)
+                if not chunk:
+                    break
+    except DiffscreenError:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise FrameReadError(f"damaged or truncated {kind or 'compressed'} stream ({describe_exception(exc)})",
+                             path=path, frame=frame) from exc
+    data = bytes(buf)
+    del buf
+    check_length(path, len(data), need, what or "its header", frame)
+    return data, info
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -308,12 +589,42 @@ def readers() -> list[ReaderInfo]:
     return list(_REGISTRY)
 
 
+class _OwningGzip(gzip.GzipFile):
+    """A gzip stream that closes the file it reads from."""
+
+    def __init__(self, fh):
+        super().__init__(fileobj=fh, mode="rb")
+        self._owned = fh
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._owned.close()
+
+
+class _OwningBZ2(bz2.BZ2File):
+    """A bzip2 stream that closes the file it reads from."""
+
+    def __init__(self, fh):
+        super().__init__(fh, "rb")
+        self._owned = fh
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._owned.close()
+
+
 def open_decompressed(path):
     """Open a file for binary reading, through gzip or bzip2 if its magic bytes say so.
 
     Parameters
     ----------
     path : str or Path
+        A regular file; anything else (FIFO, socket, device, directory) is
+        refused before it could be read.
 
     Returns
     -------
@@ -324,18 +635,20 @@ def open_decompressed(path):
     Raises
     ------
     FrameReadError
-        If the file cannot be opened.
+        If the file cannot be opened, or is not a regular file.
     """
+    fh = _open_regular(path)
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(3)
+        magic = fh.read(3)
+        fh.seek(0)
         if magic.startswith(_GZIP_MAGIC):
-            return gzip.open(path, "rb"), "gzip"
+            return _OwningGzip(fh), "gzip"
         if magic.startswith(_BZIP2_MAGIC):
-            return bz2.open(path, "rb"), "bzip2"
-        return open(path, "rb"), None
+            return _OwningBZ2(fh), "bzip2"
+        return fh, None
     except OSError as exc:
-        raise FrameReadError(f"cannot open: {exc.strerror or exc}", path=path) from exc
+        fh.close()
+        raise FrameReadError(f"cannot read: {exc.strerror or exc}", path=path) from exc
 
 
 def read_head(path, n: int = HEAD_BYTES) -> tuple[bytes, str | None]:
@@ -363,7 +676,7 @@ def read_head(path, n: int = HEAD_BYTES) -> tuple[bytes, str | None]:
         with fh:
             return fh.read(n), kind
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        raise FrameReadError(f"damaged {kind} stream: {exc}", path=path) from exc
+        raise FrameReadError(f"damaged or truncated {kind} stream ({describe_exception(exc)})", path=path) from exc
 
 
 def find_reader(path) -> ReaderInfo:
@@ -381,24 +694,18 @@ def find_reader(path) -> ReaderInfo:
     Raises
     ------
     FrameReadError
-        If the file is missing, a directory, or unreadable.
+        If the file is missing, a dangling link, a directory, a FIFO, socket
+        or device, or unreadable (:func:`check_input_file`).
     UnknownFormatError
         If no reader understands it; the message shows its first bytes.
     """
     path = str(path)
-    _check_file(path)
+    check_input_file(path)
     head, compression = read_head(path)
     for info in readers():
         if info.understand(path, head):
             return info
     raise UnknownFormatError(_unknown_message(path, head, compression), path=path)
-
-
-def _check_file(path: str) -> None:
-    if os.path.isdir(path):
-        raise FrameReadError("is a directory, not a frame file (expand it with expand_inputs)", path=path)
-    if not os.path.exists(path):
-        raise FrameReadError("no such file", path=path)
 
 
 def _unknown_message(path: str, head: bytes, compression) -> str:
@@ -473,7 +780,10 @@ def open_source(spec) -> FrameSource:
     Raises
     ------
     FrameReadError
-        Missing, unreadable, truncated or corrupt file.
+        Missing, unreadable, truncated or corrupt file; not a regular file
+        (FIFO, socket, device: refused without opening it); a frame larger
+        than :func:`~diffscreen.io.limits.max_frame_pixels`; or whatever the
+        reader's library raised, as one line (:func:`reader_errors`).
     UnknownFormatError
         No reader understands the file.
     DatasetNotFoundError
@@ -487,12 +797,13 @@ def open_source(spec) -> FrameSource:
     """
     spec = _as_spec(spec)
     path, dataset = split_spec(spec)
-    if dataset is not None:
-        _check_file(path)
-        from diffscreen.io.hdf5 import open_dataset
+    check_input_file(path)
+    with reader_errors(spec, None, "open the file"):
+        if dataset is not None:
+            from diffscreen.io.hdf5 import open_dataset
 
-        return open_dataset(path, dataset)
-    return find_reader(path).open(path)
+            return open_dataset(path, dataset)
+        return find_reader(path).open(path)
 
 
 def read_frame(spec, index: int = 0) -> Frame:
@@ -596,8 +907,17 @@ def expand_inputs(inputs, *, recursive: bool = False) -> list[str]:
     Raises
     ------
     FrameReadError
-        If an input does not exist or a glob matches nothing; the message
-        names it.
+        If an input does not exist (a dangling symbolic link is kept: opening
+        it names its missing target, one error row) or a glob
+        matches nothing; the message names it.
+
+    Notes
+    -----
+    Nothing is opened here except to recognise files in directories, and
+    only regular files are looked at there.  A FIFO, socket or device named
+    explicitly is kept, like any other bad file, and refused by
+    :func:`open_source` (a one-line error for that input) without being
+    opened.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -620,11 +940,14 @@ def _expand_one(item: str, recursive: bool) -> list[str]:
         if not matches:
             raise FrameReadError("no file matches this pattern", path=item)
         return [f for m in matches for f in (_frame_files(m, recursive) if os.path.isdir(m) else [m])]
+    if os.path.islink(item):  # a named link whose target is gone (as a shell glob lists it): its own error row
+        return [item]
     raise FrameReadError("no such file or directory", path=item)
 
 
 def _frame_files(directory: str, recursive: bool) -> list[str]:
     pattern = "**/*" if recursive else "*"
+    # is_file(): regular files only (FIFOs, sockets and devices in a folder are no frame files)
     files = sorted(str(p) for p in Path(directory).glob(pattern) if p.is_file() and not p.name.startswith("."))
     return [f for f in files if _understood(f)]
 
