@@ -100,20 +100,21 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
-@pytest.fixture(scope="module")
-def reader_worker(work):
-    w = fuzz.Worker("reader", rlimit_bytes=RLIMIT, log_dir=work / "logs")
+def _worker(target, work):
+    w = fuzz.Worker(target, rlimit_bytes=RLIMIT, log_dir=work / "logs")
     w.start()
     yield w
     w.close()
+
+
+@pytest.fixture(scope="module")
+def reader_worker(work):
+    yield from _worker("reader", work)
 
 
 @pytest.fixture(scope="module")
 def model_worker(work):
-    w = fuzz.Worker("model", rlimit_bytes=RLIMIT, log_dir=work / "logs")
-    w.start()
-    yield w
-    w.close()
+    yield from _worker("model", work)
 
 
 def _verdict(res: dict, saved: Path) -> str:

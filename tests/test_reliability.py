@@ -18,31 +18,25 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from diffscreen.cli import app
 from diffscreen.errors import ModelFileError, OutputError
 from diffscreen.io.outdir import OutputLock
-from diffscreen.models import get_model, load_model, save_model
+from diffscreen.models import load_model
 from diffscreen.models._api import default_model_path
-from diffscreen.preprocess import PreprocessConfig
 from diffscreen.screen import screen
 from diffscreen.screen.runner import FrameDecision, strict_json
 
-from toyrun import write_toy_run
+from toyrun import write_toy_model, write_toy_run
 
 LABELS = ["hit", "miss", "maybe", "miss", "hit", "miss"]
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(7)
-    m = get_model("ke2018", input_size=256).eval()
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    return save_model(path, m, arch="ke2018", arch_kwargs={"input_size": 256},
-                      preprocess=PreprocessConfig(out_size=256, fallback_size=256), class_names=("hit", "maybe", "miss"))
+    return write_toy_model(tmp_path_factory.mktemp("model") / "m.safetensors")
 
 
 @pytest.fixture()

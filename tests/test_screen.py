@@ -6,16 +6,13 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from diffscreen.io import open_source
-from diffscreen.models import get_model, save_model
 from diffscreen.models.decision import decide
 from diffscreen.models.inference import Classifier
-from diffscreen.preprocess import PreprocessConfig
 from diffscreen.screen import screen
 
-from toyrun import write_toy_run
+from toyrun import write_toy_model, write_toy_run
 
 LABELS = ["hit", "miss", "maybe", "miss", "hit", "miss", "miss", "hit", "miss", "maybe", "miss", "miss"]
 
@@ -23,11 +20,7 @@ LABELS = ["hit", "miss", "maybe", "miss", "hit", "miss", "miss", "hit", "miss", 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A random-weight model whose outputs vary between frames (bias pushed to split decisions)."""
-    torch.manual_seed(7)
-    m = get_model("ke2018", input_size=256).eval()
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    return save_model(path, m, arch="ke2018", arch_kwargs={"input_size": 256},
-                      preprocess=PreprocessConfig(out_size=256, fallback_size=256), class_names=("hit", "maybe", "miss"))
+    return write_toy_model(tmp_path_factory.mktemp("model") / "m.safetensors")
 
 
 @pytest.fixture()

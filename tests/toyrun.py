@@ -28,3 +28,16 @@ def write_toy_run(path, labels, *, size=256, seed=0):
             meta = FrameMeta(str(path), i, "toy", None, None, None, None)
             w.append(toy_frame(lab, rng, size), meta, mask=mask, label=lab, n_spots=N_SPOTS[lab])
     return path
+
+
+def write_toy_model(path, *, size=256, seed=7):
+    """A random-weight Ke CNN for ``size``-px toy frames, saved to ``path`` (its outputs vary between frames)."""
+    import torch
+
+    from diffscreen.models import get_model, save_model
+    from diffscreen.preprocess import PreprocessConfig
+
+    torch.manual_seed(seed)
+    m = get_model("ke2018", input_size=size).eval()
+    return save_model(path, m, arch="ke2018", arch_kwargs={"input_size": size},
+                      preprocess=PreprocessConfig(out_size=size, fallback_size=size), class_names=("hit", "maybe", "miss"))

@@ -1007,7 +1007,9 @@ class HDF5DatasetSource(_H5Source):
         meta = FrameMeta(source=self.path, index=index, extra={"format": "hdf5", "dataset": self.dataset})
         if self._saturation is not None:
             meta.extra["saturated_value"] = self._saturation
-        return Frame(data=raw.astype(np.float32, copy=False), mask=bad, meta=meta)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: check_frame refuses it
+            data = raw.astype(np.float32, copy=False)
+        return Frame(data=data, mask=bad, meta=meta)
 
 
 #: Where NXmx (and DECTRIS Eiger) files keep the detector's pixel mask.

@@ -589,32 +589,33 @@ def readers() -> list[ReaderInfo]:
     return list(_REGISTRY)
 
 
-class _OwningGzip(gzip.GzipFile):
+class _ClosesItsFile:
+    """Mixin of a decompressing stream that also closes the file it reads from (``self._owned``)."""
+
+    _owned = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+
+
+class _OwningGzip(_ClosesItsFile, gzip.GzipFile):
     """A gzip stream that closes the file it reads from."""
 
     def __init__(self, fh):
         super().__init__(fileobj=fh, mode="rb")
         self._owned = fh
 
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._owned.close()
 
-
-class _OwningBZ2(bz2.BZ2File):
+class _OwningBZ2(_ClosesItsFile, bz2.BZ2File):
     """A bzip2 stream that closes the file it reads from."""
 
     def __init__(self, fh):
         super().__init__(fh, "rb")
         self._owned = fh
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._owned.close()
 
 
 def open_decompressed(path):
