@@ -684,3 +684,15 @@ def test_fifo_label_file_is_refused_without_blocking(tmp_path):
     box = _in_thread(lambda: read_labels(fifo))
     assert isinstance(box.get("error"), LabelError)
     assert_names(box["error"], fifo, "not a regular file")
+
+
+def test_a_library_bug_on_a_damaged_file_is_that_files_error(tmp_path):
+    """fabio raises UnboundLocalError on an EDF whose Dim_2 is missing and Dim_1 repeated (found by bench/fuzz.py)."""
+    head = ("{\nEDF_DataBlockID = 0.Image.Psd ;\nEDF_BinarySize = 20480 ;\nEDF_HeaderSize =   512 ;\n"
+            "ByteOrder = LowByteFirst ;\nDataType = FloatValue ;\nDim_1 = 80 ;\nDim_1 = 64= 64 ;\nImage = 0 ;\n"
+            "Size = 20480 ;\n").encode()
+    f = write(tmp_path / "dim.edf", head.ljust(510, b" ") + b"}\n" + bytes(20480))
+    with pytest.raises(FrameReadError) as ei:
+        with open_source(f) as src:
+            src.read(0)
+    assert_names(ei.value, f, "UnboundLocalError")

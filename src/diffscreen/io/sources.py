@@ -304,9 +304,10 @@ def reader_errors(path, frame: int | None = None, what: str = "read the file"):
     decompressors (:data:`LIBRARY_ERRORS`) become diffscreen errors;
     :func:`open_source` and :meth:`BaseSource.read` wrap every reader in it.
     Besides :data:`LIBRARY_ERRORS` it catches exceptions of exactly the type
-    ``Exception`` (fabio and CBFlib raise those), not its other subclasses.
-    Diffscreen's own errors pass unchanged, and so does anything else
-    (``KeyboardInterrupt``, a bug's ``NameError``).
+    ``Exception`` (fabio and CBFlib raise those) and any exception raised
+    inside a library rather than in diffscreen (a library's own bug met on a
+    damaged file).  Diffscreen's own errors pass unchanged, and so does
+    anything else (``KeyboardInterrupt``, a ``NameError`` in diffscreen).
 
     Parameters
     ----------
@@ -338,10 +339,26 @@ def reader_errors(path, frame: int | None = None, what: str = "read the file"):
     except LIBRARY_ERRORS as exc:
         raise FrameReadError(f"cannot {what} ({describe_exception(exc)})", path=path, frame=frame) from exc
     except Exception as exc:
-        if type(exc) is not Exception:  # only the bare Exception that fabio and CBFlib raise
-            raise
+        if type(exc) is not Exception and not _raised_in_library(exc):
+            raise  # a bug of ours (a NameError in diffscreen) is not the file's fault
         reason = describe_exception(exc).replace("CBFlib Error(s): ", "")
         raise FrameReadError(f"cannot {what} ({reason})", path=path, frame=frame) from exc
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def _raised_in_library(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside a library (fabio, h5py, ...) rather than in diffscreen itself.
+
+    A library's own bug met on a damaged file (fabio's ``UnboundLocalError``
+    on an EDF ``Dim_`` key without a value, found by bench/fuzz.py) is that
+    file's error.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and not str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIR)
 
 
 _SPECIAL_FILES = (
