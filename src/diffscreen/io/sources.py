@@ -349,16 +349,22 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 
 def _raised_in_library(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside a library (fabio, h5py, ...) rather than in diffscreen itself.
+    """Whether ``exc`` was raised inside an installed library (fabio, h5py, ...), not in diffscreen or its caller.
 
     A library's own bug met on a damaged file (fabio's ``UnboundLocalError``
-    on an EDF ``Dim_`` key without a value, found by bench/fuzz.py) is that
-    file's error.
+    on an EDF with a repeated ``Dim_1``, found by bench/fuzz.py) is that
+    file's error.  "Installed": the innermost frame's file lies in a
+    ``site-packages`` or ``dist-packages`` folder (Debian's python3-dials)
+    and not in diffscreen itself.
     """
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and not str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIR)
+    if tb is None:
+        return False
+    where = str(Path(tb.tb_frame.f_code.co_filename).resolve())
+    return not where.startswith(_PACKAGE_DIR) and any(d in Path(where).parts
+                                                      for d in ("site-packages", "dist-packages"))
 
 
 _SPECIAL_FILES = (
