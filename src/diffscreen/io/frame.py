@@ -13,7 +13,7 @@ import numpy as np
 
 from diffscreen.errors import BadFrameError
 
-__all__ = ["Frame", "FrameMeta", "CLASS_NAMES", "check_frame", "check_geometry", "GEOMETRY_RANGES"]
+__all__ = ["Frame", "FrameMeta", "CLASS_NAMES", "check_frame", "check_geometry", "geometry_problem", "GEOMETRY_RANGES"]
 
 #: Ke et al. (2018) §2.1 classes, in the order of the network's outputs.
 CLASS_NAMES: tuple[str, ...] = ("hit", "maybe", "miss")
@@ -134,8 +134,25 @@ GEOMETRY_RANGES = {
 BEAM_CENTRE_FRAMES = 10
 
 
-def _geometry_value(name: str, value, unit: str) -> str | None:
-    """The warning for one scalar geometry field, or None if it is fine."""
+_GEOMETRY_UNITS = {"pixel_size_mm": "mm", "distance_mm": "mm", "wavelength_A": "Å"}
+
+
+def geometry_problem(name: str, value) -> str | None:
+    """What is wrong with one scalar geometry field, or None if it lies in its physical range.
+
+    Parameters
+    ----------
+    name : {"pixel_size_mm", "distance_mm", "wavelength_A"}
+        A key of :data:`GEOMETRY_RANGES`.
+    value : float
+        In the field's unit (mm or Å).
+
+    Returns
+    -------
+    str or None
+        One line (not a number, not finite, not positive, outside the range).
+    """
+    unit = _GEOMETRY_UNITS[name]
     try:
         v = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -166,7 +183,8 @@ def _beam_centre_warning(bc, shape) -> str | None:
     return None
 
 
-def check_geometry(meta: FrameMeta, *, path=None, frame: int | None = None, shape=None) -> list[str]:
+def check_geometry(meta: FrameMeta, *, path=None, frame: int | None = None, shape=None,
+                   locate: bool = True) -> list[str]:
     """Warnings for geometry outside physical ranges; nothing is changed or refused.
 
     Readers keep what a header states (0, negative, inf, NaN); the
@@ -183,6 +201,9 @@ def check_geometry(meta: FrameMeta, *, path=None, frame: int | None = None, shap
         0-based frame index named in the warnings; default ``meta.index``.
     shape : (int, int), optional
         ``(H, W)`` of the frame in pixels; enables the beam-centre distance test.
+    locate : bool
+        False: the warnings without the leading ``"<path>, frame <i>: "``
+        (for a table whose columns name the file and frame, e.g. errors.csv).
 
     Returns
     -------
@@ -201,12 +222,12 @@ def check_geometry(meta: FrameMeta, *, path=None, frame: int | None = None, shap
     """
     path = meta.source if path is None else path
     frame = meta.index if frame is None else frame
-    where = ", ".join([str(path)] * (path is not None) + [f"frame {frame}"] * (frame is not None))
+    where = ", ".join([str(path)] * (path is not None) + [f"frame {frame}"] * (frame is not None)) if locate else ""
     problems = []
-    for name, unit in (("pixel_size_mm", "mm"), ("distance_mm", "mm"), ("wavelength_A", "Å")):
+    for name in _GEOMETRY_UNITS:
         value = getattr(meta, name, None)
         if value is not None:
-            problems.append(_geometry_value(name, value, unit))
+            problems.append(geometry_problem(name, value))
     if meta.beam_center_px is not None:
         problems.append(_beam_centre_warning(meta.beam_center_px, shape))
     return [f"{where}: {p}" if where else p for p in problems if p]

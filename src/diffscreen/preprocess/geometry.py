@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from diffscreen.errors import ConfigError
-from diffscreen.io.frame import GEOMETRY_RANGES, FrameMeta, check_geometry
+from diffscreen.io.frame import FrameMeta, check_geometry, geometry_problem
 
 __all__ = ["DEFAULT_S_PER_PX", "reciprocal_pixel", "geometry_warnings", "zoom_factor", "beam_centre", "crop_window", "window_to_crop", "beam_in_crop",
            "crop_scaled"]
@@ -48,16 +48,11 @@ def reciprocal_pixel(meta: FrameMeta) -> float | None:
         the three is missing, not positive, or outside its physical range
         (:data:`diffscreen.io.frame.GEOMETRY_RANGES`).
     """
-    p, d, w = meta.pixel_size_mm, meta.distance_mm, meta.wavelength_A
-    if not p or not d or not w or p <= 0 or d <= 0 or w <= 0:
+    fields = {"pixel_size_mm": meta.pixel_size_mm, "distance_mm": meta.distance_mm, "wavelength_A": meta.wavelength_A}
+    # a value outside its physical range is unknown, not a zoom (the runner warns: geometry_warnings)
+    if any(v is None or geometry_problem(k, v) for k, v in fields.items()):
         return None
-    if not all(map(math.isfinite, (p, d, w))):
-        return None
-    ranges = GEOMETRY_RANGES  # a value outside the physical range is unknown, not a zoom (the runner warns)
-    if not all(ranges[k][0] <= v <= ranges[k][1] for k, v in (("pixel_size_mm", p), ("distance_mm", d),
-                                                               ("wavelength_A", w))):
-        return None
-    return p / (d * w)
+    return fields["pixel_size_mm"] / (fields["distance_mm"] * fields["wavelength_A"])
 
 
 def geometry_warnings(meta: FrameMeta, shape) -> list[str]:
@@ -80,8 +75,7 @@ def geometry_warnings(meta: FrameMeta, shape) -> list[str]:
         One line per field, without the file and frame (``errors.csv`` has
         columns for them).
     """
-    prefix = f"{meta.source}, frame {meta.index}: "
-    return [f"{w.removeprefix(prefix)}; treated as unknown" for w in check_geometry(meta, shape=shape)]
+    return [f"{w}; treated as unknown" for w in check_geometry(meta, shape=shape, locate=False)]
 
 
 def zoom_factor(meta: FrameMeta, shape, *, s_per_px: float | None = DEFAULT_S_PER_PX, fallback_size: int = 960) -> float:
