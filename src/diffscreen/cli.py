@@ -578,7 +578,7 @@ def evaluate(
     import json
 
     from diffscreen.evaluate import evaluate_labels
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     if task is Task.cdi:
         from diffscreen.errors import ConfigError

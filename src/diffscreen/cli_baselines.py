@@ -32,7 +32,7 @@ def tune_peakfinder8_cmd(
     import numpy as np
 
     from diffscreen.baselines import Peakfinder8Config, tune_peakfinder8
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.io.frame import CLASS_NAMES, check_frame
     from diffscreen.io.sources import read_frame
     from diffscreen.train import collect_samples

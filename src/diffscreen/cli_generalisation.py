@@ -34,7 +34,7 @@ def benchmark_generalisation(
     per family, and of every trained model on the shared real frames.
     """
     from diffscreen.benchmarks import generalisation as g
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     n_train = None
     if quick:

@@ -74,7 +74,7 @@ def _simulate_job(args) -> str:
     preset, seed, n, work, cfg_dict, train = args
     import torch
 
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
     from diffscreen.io.frame import Frame
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.preprocess.fast import FastPreprocessor
@@ -197,7 +197,7 @@ def predict_arrays(model_path, x, batch: int = 64) -> np.ndarray:
     """Class probabilities ``(N, C)`` of preprocessed inputs with a model file."""
     import torch
 
-    from diffscreen.models._api import load_model
+    from diffscreen.models import load_model
 
     bundle = load_model(model_path)
     net = bundle.model.eval()
@@ -260,7 +260,7 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     dict
         ``{"families": {name: {"presets", "per_seed", "mean", "ci95", "per_preset"}}, "settings": ...}``.
     """
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.simulate.presets import FAMILIES
     from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays

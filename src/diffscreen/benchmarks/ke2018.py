@@ -212,7 +212,7 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
         test split); ``pf8`` the two tuned settings; ``seconds``.
     """
     from diffscreen.baselines import Peakfinder8, Peakfinder8Config, tune_peakfinder8
-    from diffscreen.io._atomic import atomic_write_text, temporary_path
+    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.preprocess import Preprocessor
     from diffscreen.simulate import Simulator
 
@@ -617,7 +617,7 @@ def write_report(results: dict, out_dir) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffscreen.io._atomic import atomic_write_text, temporary_path
+    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
 
     out = Path(out_dir)

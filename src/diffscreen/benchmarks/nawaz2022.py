@@ -168,7 +168,7 @@ def simulate_dataset(n: int, *, seed: int, input_size: int = 227, cache_dir=None
             if have is not None:
                 new = {k: np.concatenate([have[k], new[k]]) for k in new}
             if f is not None:
-                from diffscreen.io._atomic import temporary_path
+                from diffscreen.io.atomic import temporary_path
 
                 with temporary_path(f) as tmp:
                     with open(tmp, "wb") as fh:
@@ -376,7 +376,7 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
 
     from diffscreen.evaluate.metrics import confusion_matrix
     from diffscreen.explain import penultimate_features, save_png, tsne_embed, tsne_figure
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.models import load_model
     from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, hit_miss
 
@@ -480,7 +480,7 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
 
 def write_markdown(result, out_dir="docs/benchmarks") -> Path:
     """(Re)write ``nawaz2022.md`` from a result dict or the JSON file :func:`run` saved in ``work_dir``."""
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())

@@ -300,7 +300,7 @@ def _job(args):
     kind, name, src, tgt, st, work = args
     import torch
 
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.train.loop import dihedral_augment, train_on_arrays
 
     torch.set_num_threads(1)
@@ -667,7 +667,7 @@ def write_report(results: dict, out_dir) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffscreen.io._atomic import atomic_write_text, temporary_path
+    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
 
     out = Path(out_dir)

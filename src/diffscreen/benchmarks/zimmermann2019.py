@@ -33,7 +33,7 @@ def _save_figure(fig, path: Path, dpi: int = 80) -> None:
     """Write a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
 
     with temporary_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -159,7 +159,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
     import torch
 
     from diffscreen.evaluate.multilabel import all_negative_baseline
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     cfg = QUICK if quick else FULL
     out = Path(out_dir)

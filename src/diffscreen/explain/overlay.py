@@ -166,7 +166,7 @@ def to_png_bytes(rgb) -> bytes:
 
 def save_png(path, rgb) -> None:
     """Write an RGB image or Figure to ``path`` as PNG, atomically."""
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
 
     data = to_png_bytes(rgb)
     with temporary_path(path) as tmp:

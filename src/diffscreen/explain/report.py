@@ -295,7 +295,7 @@ def build_report(
     import torch
 
     from diffscreen.explain import attribute, overlay, penultimate_features, tsne_embed, tsne_figure
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.models.inference import Classifier
 
     if gallery < 0 or tsne_frames < 0 or window < 1:

@@ -154,7 +154,7 @@ def explain_frames(
     from diffscreen.explain import attribute, find_cam_layer, invert_all, overlay, representation_layers
     from diffscreen.explain import saliency_mask, save_png
     from diffscreen.io import iter_frames
-    from diffscreen.io._atomic import atomic_write_text, temporary_path
+    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.models.inference import Classifier
 
     if method not in EXPLAIN_METHODS:

@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from diffscreen.io._atomic import _tmp_name
+from diffscreen.io.atomic import _tmp_name
 from diffscreen.io.outdir import check_free_space
 from diffscreen.io.frame import CLASS_NAMES, FrameMeta
 

@@ -331,7 +331,7 @@ def write_label_csv(records, path) -> Path:
     Path
         ``path``; :func:`read_label_csv` reads back the same records.
     """
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -6,7 +6,7 @@ the run.  A second run into the same folder is refused with a message naming
 that PID; a lock left by a process that no longer exists (kill -9, a crash,
 a reboot) is taken over.  While it holds the lock, a run removes what killed
 runs left behind (temporary ``.NAME.part-PID`` files, see
-:mod:`diffscreen.io._atomic`) and the outputs it will not write itself.
+:mod:`diffscreen.io.atomic`) and the outputs it will not write itself.
 
 :func:`check_free_space` refuses a write that would fill the disk, before
 HDF5 starts it: HDF5 cannot recover from ENOSPC in the middle of a write (its

@@ -172,7 +172,7 @@ def save_model(path, model, *, arch: str, arch_kwargs: dict, preprocess, class_n
     """
     from safetensors.torch import save_file
 
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
 
     record = {
         "format_version": FORMAT_VERSION,

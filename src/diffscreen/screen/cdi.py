@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.errors import ConfigError
-from diffscreen.io._atomic import atomic_write_text
+from diffscreen.io.atomic import atomic_write_text
 from diffscreen.io.outdir import OutputLock, remove_stale_parts
 
 __all__ = ["CDIScreenSummary", "screen_cdi", "load_cdi_model"]
@@ -142,7 +142,7 @@ def _screen_cdi_locked(inputs, out, part, bundle, threshold, batch_size, chunk_s
     import torch
 
     from diffscreen.evaluate.multilabel import rule_violations
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
     from diffscreen.preprocess.cdi import prepare_cdi
     from diffscreen.screen.runner import FrameReader, _read_json, _work_list, problem_of, strict_json
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError, OutputError
 from diffscreen.io import open_source
-from diffscreen.io._atomic import atomic_write_text, temporary_path
+from diffscreen.io.atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter, merge_cxi
 from diffscreen.io.frame import check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts

@@ -277,7 +277,7 @@ def write_suggestions(result: dict, path) -> Path:
     import csv
     import io
 
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

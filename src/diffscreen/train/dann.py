@@ -319,7 +319,7 @@ def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from diffscreen.io._atomic import temporary_path
+    from diffscreen.io.atomic import temporary_path
 
     ep = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.4), dpi=100)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate import evaluate_labels
-from diffscreen.io._atomic import temporary_path
+from diffscreen.io.atomic import temporary_path
 from diffscreen.models import get_model, save_model
 from diffscreen.models.decision import decide
 from diffscreen.preprocess import PreprocessConfig, Preprocessor

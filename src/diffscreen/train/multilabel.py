@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from diffscreen.errors import ConfigError, LabelError
 from diffscreen.evaluate.multilabel import CDI_CLASSES, multilabel_metrics, read_cdi_labels
-from diffscreen.io._atomic import temporary_path
+from diffscreen.io.atomic import temporary_path
 from diffscreen.models import get_model, save_model
 
 __all__ = ["MultiLabelConfig", "MultiLabelResult", "CPU_RECIPE", "load_cdi_runs", "train_multilabel",
