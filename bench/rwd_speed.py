@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     }
     data = json.loads(OUT.read_text()) if OUT.exists() else {"what": __doc__.splitlines()[0], "runs": {}}
     data["runs"][dev.type] = entry
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     atomic_write_text(OUT, json.dumps(data, indent=2) + "\n")
     print(f"written {OUT}")

@@ -622,7 +622,7 @@ def main(argv=None) -> int:
     print(md)
     json_path = args.json or (None if quick else ROOT / "bench" / "results" / "throughput.json")
     md_path = args.md or (None if quick else ROOT / "docs" / "throughput.md")
-    from diffscreen.io._atomic import atomic_write_text
+    from diffscreen.io.atomic import atomic_write_text
 
     if json_path:
         atomic_write_text(json_path, json.dumps(r, indent=2, default=float))

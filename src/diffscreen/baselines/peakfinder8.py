@@ -9,7 +9,7 @@ is kept when it has ``min_pixel_count`` to ``max_pixel_count`` connected
 pixels and an integrated SNR of at least ``min_snr`` against the local
 background within ``local_bg_radius``.  We call the compiled implementation
 shipped with OnDA Monitor (PyPI ``ondamonitor``, ``om.algorithms._crystallography``)
-directly, as ../shared/STACK.md describes, because its high-level class fails
+directly, because its high-level class fails
 with NumPy 2.
 
 A frame is a *hit* when it has at least ``min_peaks`` peaks (Cheetah's

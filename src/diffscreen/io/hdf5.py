@@ -11,7 +11,7 @@ CXI (Maia 2012, as :class:`~diffscreen.io.cxi.CXIWriter` writes it)
     (N,) or per entry (scalar): ``distance`` (m), ``x_pixel_size`` (m),
     ``beam_center_x``/``_y`` (px), ``source_1/energy`` (J).  Labels
     ``/entry_k/result_1/label`` (index into attribute ``class_names``).
-CXIDB-76 (Ke et al. 2018; ANCHORS.md; nksauter/fv5080 ``FormatHDF5ImageDictionary``)
+CXIDB-76 (Ke et al. 2018; nksauter/fv5080 ``FormatHDF5ImageDictionary``)
     Frames ``/data/<chunk>/images`` (N, H, W), chunks in h5py's (name) order,
     the order the published labels count in.  Per frame ``distance`` (mm) and
     ``wavelength`` (Å) beside the images; ``/metadata/`` holds
@@ -781,7 +781,7 @@ class CXIDB76Source(_H5Source):
 
     Notes
     -----
-    Layout (ANCHORS.md; fv5080 ``FormatHDF5ImageDictionary``): chunks
+    Layout (fv5080 ``FormatHDF5ImageDictionary``): chunks
     ``/data/<chunk>/images`` (N, H, W), taken in h5py's name order, which is
     the order of the 1-based indices in ``expert_annotation.txt``; per-frame
     ``distance`` (mm) and ``wavelength`` (Å) beside them.  Pixels are read

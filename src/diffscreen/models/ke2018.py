@@ -3,7 +3,7 @@
 Four blocks of convolution (stride 2) → BatchNorm → ReLU → max-pooling turn a
 1 × 720 × 720 preprocessed frame into 32 × 3 × 3 = 288 features; one fully
 connected layer maps them to the three classes hit / maybe / miss (Eq. 3).
-Layer sizes follow the authors' Torch7 code (ANCHORS.md, nksauter/fv5080).
+Layer sizes follow the authors' Torch7 code (nksauter/fv5080).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class KeCNN(nn.Module):
 
 @register_model("ke2018")
 def ke2018_cnn(*, num_classes: int = 3, first_kernel: int = 7, input_size: int = 720, in_chans: int = 1) -> KeCNN:
-    """Build the Ke et al. (2018) screening CNN (fv5080 layer sizes, ANCHORS.md).
+    """Build the Ke et al. (2018) screening CNN (fv5080 layer sizes).
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """Pre-activation ResNet-18 with the logarithmic activation of Zimmermann et al. (2019).
 
 Architecture (He et al. 2016, "Identity mappings in deep residual networks",
-arXiv:1603.05027; the airynet code, ANCHORS.md):
+arXiv:1603.05027; the authors' airynet code):
 
 * stem: 7×7 convolution, stride 2, ``width`` channels, no bias, then the
   logarithmic activation of Eq. 11 (``alpha``), then 3×3 max-pooling,

@@ -52,7 +52,7 @@ def local_normalise(image, *, size: int = 5, std_floor: float = 1.0):
     ----------
     image : (H, W) or (N, H, W) ndarray
     size : int
-        Box side in pixels (odd). ANCHORS.md: 5 (the fv5080 code).
+        Box side in pixels (odd). 5 in the authors' fv5080 code (Ke et al. 2018 §2.2 gives no size).
     std_floor : float
         Lower bound of the local standard deviation (fv5080: 1), so flat
         background is not amplified into noise.
@@ -97,9 +97,9 @@ def lcn(image, *, size: int = 5, std_floor: float = 1.0):
     image : (H, W) or (N, H, W) ndarray
         Frames, usually after scaling and cropping to 720 × 720.
     size : int
-        Box side (ANCHORS.md: 5).
+        Box side (5 in the fv5080 code).
     std_floor : float
-        Floor of the local standard deviation (ANCHORS.md: 1).
+        Floor of the local standard deviation (1 in the fv5080 code).
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """The preprocessing recipe, set up once and applied to batches of frames.
 
-Ke et al. (2018) §2.2 with the fv5080 details of ANCHORS.md:
+Ke et al. (2018) §2.2 with the details of the authors' fv5080 code where the paper is silent:
 
 1. negative and masked pixels -> 0 (fv5080; Ke §3.2 sets inactive pixels to 0);
 2. scale (physically, see :mod:`diffscreen.preprocess.geometry`) and crop

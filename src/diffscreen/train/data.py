@@ -105,7 +105,7 @@ def split_samples(samples, fractions=(0.5, 0.2, 0.3), *, mode: str = "order", se
         Train, validation, test fractions (Ke §3.4: 50/20/30).
     mode : {"order", "random"}
         ``"order"``: each input file is split in frame order, as the fv5080
-        code does (ANCHORS.md), so neighbouring frames do not straddle the
+        code does (fv5080), so neighbouring frames do not straddle the
         split and every run contributes to every part; ``"random"``: a seeded
         shuffle of all frames, as the paper's text says.
     seed : int

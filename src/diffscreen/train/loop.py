@@ -44,7 +44,7 @@ _OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters; defaults are the paper's (ANCHORS.md).
+    """Training hyper-parameters; defaults are Ke et al. (2018) §2.3 and, where the paper is silent, the authors' fv5080 code.
 
     Attributes
     ----------

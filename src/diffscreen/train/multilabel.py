@@ -46,7 +46,7 @@ __all__ = ["MultiLabelConfig", "MultiLabelResult", "CPU_RECIPE", "load_cdi_runs"
 
 @dataclass
 class MultiLabelConfig:
-    """Hyper-parameters; defaults are the paper's (§3.1.5, ANCHORS.md).
+    """Hyper-parameters; defaults are the paper's (Zimmermann et al. 2019, §3.1.5; the airynet code where it is silent).
 
     Attributes
     ----------
