@@ -43,7 +43,8 @@ from torch import nn
 
 from diffscreen.errors import BadFrameError, ConfigError
 
-__all__ = ["METHODS", "CAM_METHODS", "attribute", "find_cam_layer", "saliency_mask", "gradcam_pp_weights"]
+__all__ = ["METHODS", "CAM_METHODS", "attribute", "find_cam_layer", "saliency_mask", "gradcam_pp_weights",
+           "prepared_model", "input_batch"]
 
 METHODS = ("saliency", "gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
 CAM_METHODS = ("gradcam", "gradcam++")
@@ -97,8 +98,25 @@ def find_cam_layer(model: nn.Module, layer=None) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _prepared(model: nn.Module):
-    """Eval mode and no in-place ReLUs (backward hooks need them), restored after."""
+def prepared_model(model: nn.Module):
+    """Put a model in the state the explanation methods need, restoring it on exit.
+
+    Inside the ``with`` block the model is in eval mode (dropout off, batch
+    norm on its running statistics) and its in-place ReLUs are made
+    out-of-place, because backward hooks (captum's attributions, Grad-CAM)
+    cannot see through in-place operations.  On exit the ReLUs are in-place
+    again and the model is back in its former training mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Modified in place while the block runs.
+
+    Yields
+    ------
+    torch.nn.Module
+        ``model`` itself.
+    """
     was_training = model.training
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
     for m in relus:
@@ -122,7 +140,25 @@ def _quiet():
         yield
 
 
-def _as_input(x) -> torch.Tensor:
+def input_batch(x) -> torch.Tensor:
+    """A checked float32 copy of a batch of network inputs.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) numpy.ndarray or torch.Tensor
+        Network inputs (any real dtype); not modified.
+
+    Returns
+    -------
+    (N, C, H, W) float32 torch.Tensor
+        A new tensor, detached from any graph, on ``x``'s device (the CPU for an array).
+
+    Raises
+    ------
+    BadFrameError
+        If ``x`` is neither an array nor a tensor, is not 4-D, holds no
+        frames, or contains NaN or infinite values.
+    """
     if isinstance(x, np.ndarray):
         t = torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
     elif isinstance(x, torch.Tensor):
@@ -294,10 +330,10 @@ def attribute(model: nn.Module, x, method: str = "gradcam++", target=None, layer
     """
     if method not in METHODS:
         raise ConfigError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
-    x = _as_input(x)
+    x = input_batch(x)
     # A CAM method needs a 2-D convolutional layer: refuse a model without one before running it.
     lay = find_cam_layer(model, layer) if method in ("gradcam", "gradcam++", "guided-gradcam") else None
-    with _prepared(model):
+    with prepared_model(model):
         tgt, _ = _targets(model, x, target)
         if method == "saliency":
             out = _saliency_signed(model, x, tgt).abs()
@@ -342,8 +378,8 @@ def saliency_mask(model: nn.Module, x, target=None, nsigma: float = 3.0) -> tupl
     """
     if not nsigma > 0:
         raise ConfigError(f"nsigma must be > 0, got {nsigma}")
-    x = _as_input(x)
-    with _prepared(model):
+    x = input_batch(x)
+    with prepared_model(model):
         tgt, _ = _targets(model, x, target)
         g = _saliency_signed(model, x, tgt).numpy().astype(np.float64)
     mu = g.mean(axis=(1, 2), keepdims=True)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from diffscreen.errors import ConfigError
-from diffscreen.explain.attribution import _as_input, _prepared
+from diffscreen.explain.attribution import input_batch, prepared_model
 
 __all__ = ["representation_layers", "invert", "Inversion", "invert_all"]
 
@@ -174,7 +174,7 @@ def invert(
     BadFrameError
         ``x`` not 4-D or not finite.
     """
-    x0 = _as_input(x)
+    x0 = input_batch(x)
     if x0.shape[0] != 1:
         raise ConfigError(f"invert takes one frame, got {x0.shape[0]}")
     if steps < 1:
@@ -200,7 +200,7 @@ def invert(
     for p in params:
         p.requires_grad_(False)
     try:
-        with _prepared(model):
+        with prepared_model(model):
             phi0 = _representation(model, mod, x0, grad=False).detach()
             norm0 = phi0.pow(2).sum().clamp_min(1e-12)
             sigma = float(x0.pow(2).mean().sqrt().clamp_min(1e-6))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from diffscreen.errors import BadFrameError, ConfigError
-from diffscreen.explain.attribution import _as_input, _prepared
+from diffscreen.explain.attribution import input_batch, prepared_model
 
 __all__ = ["penultimate_features", "tsne_embed", "tsne_figure"]
 
@@ -42,12 +42,12 @@ def penultimate_features(model: nn.Module, x, batch_size: int = 16) -> np.ndarra
     BadFrameError
         Bad input.
     """
-    x = _as_input(x)
+    x = input_batch(x)
     lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not hasattr(model, "forward_features") and not lin:
         raise ConfigError(f"{type(model).__name__} has no forward_features and no Linear layer")
     out = []
-    with _prepared(model), torch.no_grad():
+    with prepared_model(model), torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
             if hasattr(model, "forward_features"):
