@@ -13,7 +13,7 @@ from diffscreen.cli import main
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate import match_peaks
 from diffscreen.io.frame import Frame, FrameMeta
-from tests.toyrun import write_toy_run
+from toyrun import write_toy_run
 
 SIZE = 384
 GEOM = dict(pixel_size_mm=0.1, distance_mm=100.0, wavelength_A=1.0)
