@@ -318,15 +318,8 @@ def test_empty_and_garbage_files_are_diffscreen_errors(tmp_path, data):
     assert_names(ei.value, f)
 
 
-def _cspad(shared_data):
-    path = shared_data / "real-frames" / "idx-20130301060858401.cbf"
-    if not path.is_file():
-        pytest.skip("no real CSPAD imgCIF frame")
-    return path.read_bytes()
-
-
-def test_imgcif_huge_array_dimension_and_broken_geometry(shared_data, tmp_path):
-    data = _cspad(shared_data)
+def test_imgcif_huge_array_dimension_and_broken_geometry(real_frame, tmp_path):
+    data = real_frame("real-frames", "idx-20130301060858401.cbf").read_bytes()
     big = write(tmp_path / "bigdim.cbf", data.replace(b" ARRAY_D0Q0 . 3 8 3 increasing .",
                                                       b" ARRAY_D0Q0 . 3 99999999 3 increasing .", 1))
     with pytest.raises(FrameReadError) as ei:
@@ -344,10 +337,8 @@ def test_imgcif_huge_array_dimension_and_broken_geometry(shared_data, tmp_path):
     assert_names(ei.value, nan, "panel ARRAY_D0Q0S0A0 has a non-finite", frame=0)
 
 
-def test_fabio_fallback_bomb_is_bounded(shared_data, tmp_path, limit):
-    src = shared_data / "real-frames-2" / "i01f0001.kcd.bz2"
-    if not src.is_file():
-        pytest.skip("no KCD frame")
+def test_fabio_fallback_bomb_is_bounded(real_frame, tmp_path, limit):
+    src = real_frame("real-frames-2", "i01f0001.kcd.bz2")
     raw = bz2.open(src).read()
     limit.set_max_frame_pixels(2_000_000)  # budget 8 MB: a KCD frame of 0.36 Mpx fits, the bomb does not
     assert read_frame(src).data.shape == (576, 625)

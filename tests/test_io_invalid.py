@@ -12,6 +12,8 @@ from diffscreen.errors import DiffscreenError
 from diffscreen.io import open_source, read_frame
 from diffscreen.io.sources import invalid_mask
 
+from conftest import TEST_DATA, shared_data_path
+
 FOLDERS = ("real-frames", "real-frames-2")
 # The KCD MANIFEST entry gives X x Y (header: "X dimension 625", "Y dimension 576"); frames are (H, W).
 SHAPE_FIX = {"i01f0001.kcd.bz2": (576, 625)}
@@ -22,29 +24,26 @@ def _manifest(folder):
         return {row["file"]: row for row in csv.DictReader(fh, delimiter="\t")}
 
 
+def _frame_files(folder):
+    """(path, MANIFEST row) of every frame file in ``folder`` (the MANIFEST, READMEs and licences left out)."""
+    man = _manifest(folder)
+    return [(p, man.get(p.name)) for p in sorted(folder.iterdir())
+            if p.name != "MANIFEST.tsv" and not p.name.startswith(("README", "LICENSE")) and not p.name.endswith("README.md")]
+
+
 def _all_files(shared):
-    out = []
-    for name in FOLDERS:
-        folder = shared / name
-        if not folder.is_dir():
-            continue
-        man = _manifest(folder)
-        for p in sorted(folder.iterdir()):
-            if p.name == "MANIFEST.tsv" or (p.name.startswith("README") or p.name.endswith("README.md")):
-                continue
-            out.append((p, man.get(p.name)))
-    return out
+    return [f for name in FOLDERS if (shared / name).is_dir() for f in _frame_files(shared / name)]
 
 
 @pytest.fixture(scope="module")
-def real_files(shared_data):
-    files = _all_files(shared_data)
-    if not files:
-        pytest.skip("no real-frame folders")
-    return files
+def real_files():
+    """Every frame of the shared folder (18 files), else the six bundled in tests/data."""
+    files = _all_files(shared_data_path())
+    return (files, 18) if files else (_frame_files(TEST_DATA), 6)
 
 
 def test_every_real_file_opens_with_sane_pixels(real_files):
+    real_files, expected = real_files
     seen = 0
     for path, row in real_files:
         spec = f"{path}:/data" if path.suffix == ".h5" else str(path)
@@ -60,37 +59,32 @@ def test_every_real_file_opens_with_sane_pixels(real_files):
         if len(dims) == 2:
             assert fr.data.shape == SHAPE_FIX.get(path.name, dims), path.name
         seen += 1
-    assert seen >= 18  # 10 in real-frames, 8 in real-frames-2
+    assert seen >= expected  # shared: 10 in real-frames, 8 in real-frames-2; tests/data: 6
 
 
-def test_fabio_only_files_go_through_the_fallback(shared_data):
+@pytest.mark.parametrize("name, cls", [("CeO2_PI_CCD_Mo.SPE.bz2", "SpeImage"),
+                                       ("GE_aSI_detector_image_1529.bz2", "GeImage"), ("i01f0001.kcd.bz2", "KcdImage")])
+def test_fabio_only_files_go_through_the_fallback(real_frame, name, cls):
     import fabio
 
-    folder = shared_data / "real-frames-2"
-    if not folder.is_dir():
-        pytest.skip("no real-frames-2")
-    for name, cls in (("CeO2_PI_CCD_Mo.SPE.bz2", "SpeImage"), ("GE_aSI_detector_image_1529.bz2", "GeImage"),
-                      ("i01f0001.kcd.bz2", "KcdImage")):
-        fr = read_frame(folder / name)
-        ref = fabio.open(str(folder / name)).data
-        np.testing.assert_array_equal(fr.data, ref.astype(np.float32))
-        assert fr.meta.extra["format"] == cls
+    path = real_frame("real-frames-2", name)
+    fr = read_frame(path)
+    ref = fabio.open(str(path)).data
+    np.testing.assert_array_equal(fr.data, ref.astype(np.float32))
+    assert fr.meta.extra["format"] == cls
 
 
 def _pilatus_cutoff(fr):
     return fr.meta.extra.get("saturated_value")
 
 
-def test_real_pilatus_pixels_above_the_count_cutoff_are_masked(shared_data):
-    folder = shared_data / "real-frames"
-    if not folder.is_dir():
-        pytest.skip("no real-frames")
-    for name in ("DLS_I03_smargon_0001.cbf.gz", "run2_1_00148.cbf.bz2"):
-        fr = read_frame(folder / name)
-        cutoff = _pilatus_cutoff(fr)
-        assert cutoff is not None and cutoff > 1000, name
-        over = fr.data >= cutoff
-        assert not (over & ~fr.mask).any(), name  # (neither frame has one today; any such pixel must be masked)
+@pytest.mark.parametrize("name", ["DLS_I03_smargon_0001.cbf.gz", "run2_1_00148.cbf.bz2"])
+def test_real_pilatus_pixels_above_the_count_cutoff_are_masked(real_frame, name):
+    fr = read_frame(real_frame("real-frames", name))
+    cutoff = _pilatus_cutoff(fr)
+    assert cutoff is not None and cutoff > 1000, name
+    over = fr.data >= cutoff
+    assert not (over & ~fr.mask).any(), name  # (neither frame has one today; any such pixel must be masked)
 
 
 def _write_pilatus_cbf(path, data, cutoff=1000):
@@ -218,11 +212,8 @@ def test_fallback_reads_a_bruker_frame_fabio_writes(tmp_path):
     assert fr.data.shape == (64, 64) and np.count_nonzero(fr.data) > 0
 
 
-def test_fallback_keeps_stdout_clean(tmp_path, capsys, shared_data):
-    path = shared_data / "real-frames-2" / "GE_aSI_detector_image_1529.bz2"
-    if not path.exists():
-        pytest.skip("no GE frame")
-    read_frame(path)
+def test_fallback_keeps_stdout_clean(tmp_path, capsys, real_frame):
+    read_frame(real_frame("real-frames-2", "GE_aSI_detector_image_1529.bz2"))
     assert capsys.readouterr().out == ""
 
 

@@ -1,5 +1,9 @@
 """Every real detector frame in shared/data/real-frames loads with the right pixels, mask and geometry.
 
+The frames bundled in tests/data (one of each format) are used when the shared
+folder is absent, so a fresh clone runs the per-file tests on them; the tests
+that look at the whole folder need the shared folder.
+
 Reference numbers were computed once by routes that do not use diffscreen's
 readers, and are hard-coded here:
 
@@ -47,18 +51,31 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def real(shared_data):
+def real(real_frame):
+    """``real(name)`` → (frames in the file, source shape, frame 0); ``real.path(name)`` → the file."""
+
+    def path(name):
+        return real_frame("real-frames", name)
+
+    @functools.lru_cache(maxsize=None)
+    def read(p):
+        with open_source(p) as src:
+            return len(src), src.shape, src.read(0)
+
+    def load(name):
+        return read(path(name))
+
+    load.path = path
+    return load
+
+
+@pytest.fixture(scope="module")
+def shared_frames(shared_data):
+    """The shared folder's ``real-frames`` (all ten files and the MANIFEST); skip if absent."""
     folder = shared_data / "real-frames"
     if not folder.is_dir():
         pytest.skip("no real-frames folder")
-
-    @functools.lru_cache(maxsize=None)
-    def load(name):
-        with open_source(folder / name) as src:
-            return len(src), src.shape, src.read(0)
-
-    load.folder = folder
-    return load
+    return folder
 
 
 def _raw_cbf(path):
@@ -80,8 +97,8 @@ def _raw_cbf(path):
     return np.concatenate(out)
 
 
-def test_every_file_in_the_folder_is_covered(real):
-    names = {p.name for p in real.folder.iterdir()} - {"MANIFEST.tsv", "thermolysin_cspad_README.md"}
+def test_every_file_in_the_folder_is_covered(shared_frames):
+    names = {p.name for p in shared_frames.iterdir()} - {"MANIFEST.tsv", "thermolysin_cspad_README.md"}
     assert names == set(EXPECTED)
 
 
@@ -94,11 +111,11 @@ def test_real_frame_pixels_and_mask(real, name):
     assert fr.data.dtype == np.float32 and fr.mask.dtype == bool
     assert int(fr.mask.sum()) == n_masked
     assert int(fr.data[~fr.mask].astype(np.int64).sum()) == total
-    assert fr.meta.index == 0 and fr.meta.source == str(real.folder / name)
+    assert fr.meta.index == 0 and fr.meta.source == str(real.path(name))
 
 
-def test_manifest_shapes_agree(real):
-    rows = [line.split("\t") for line in (real.folder / "MANIFEST.tsv").read_text().splitlines()[1:]]
+def test_manifest_shapes_agree(shared_frames):
+    rows = [line.split("\t") for line in (shared_frames / "MANIFEST.tsv").read_text().splitlines()[1:]]
     for row in rows:
         if not row[0].startswith("idx-"):
             assert EXPECTED[row[0]][0] == tuple(int(v) for v in row[4].split("x")), row[0]
@@ -126,7 +143,7 @@ def test_header_geometry(real, name, detector, pixel, distance, wavelength, beam
 
 @pytest.mark.parametrize("name", ["corkcont2_H_0089.mccd.bz2", "somedata_0001.mccd.bz2"])
 def test_marccd_header_geometry(real, name):
-    raw = bz2.open(real.folder / name).read(4096)
+    raw = bz2.open(real.path(name)).read(4096)
     words = struct.unpack("<768i", raw[1024:4096])  # MarCCD frame_header, 32-bit words
     dist, bx, by, px, wl = words[160], words[161], words[162], words[193], words[227]
     m = real(name)[2].meta
@@ -157,7 +174,7 @@ def test_adsc_beam_centre_matches_the_powder_rings(real):
 @pytest.mark.parametrize("name", CSPAD)
 def test_cspad_assembly_keeps_every_panel_pixel(real, name):
     fr = real(name)[2]
-    raw = _raw_cbf(real.folder / name).astype(np.int64)
+    raw = _raw_cbf(real.path(name)).astype(np.int64)
     assert raw.shape == (32, 185, 388)
     good = raw[(raw != -5136) & (raw > -400)]
     assert good.size == CSPAD_PANEL_PIXELS - (EXPECTED[name][2] - (fr.data.size - CSPAD_PANEL_PIXELS))
@@ -171,7 +188,7 @@ def test_cspad_assembly_keeps_every_panel_pixel(real, name):
 def test_single_panel_imgcif_comes_out_as_read_out(real):
     """Rayonix: fast along +x, slow along -y, so the assembled frame is the raw array itself."""
     fr = real("hit-20181213155134902.cbf")[2]
-    raw = _raw_cbf(real.folder / "hit-20181213155134902.cbf")
+    raw = _raw_cbf(real.path("hit-20181213155134902.cbf"))
     np.testing.assert_array_equal(fr.data, raw[0].astype(np.float32))
     assert fr.meta.extra["assembly"] == "geometry" and fr.meta.extra["max_panel_rotation_deg"] == 0
 
@@ -198,7 +215,7 @@ def test_cspad_panels_land_where_pycbf_puts_them(real):
     from diffscreen.io.cbf import assemble, plan_assembly, read_panels
 
     h = pycbf.cbf_handle_struct()
-    h.read_widefile(str(real.folder / CSPAD[0]).encode(), pycbf.MSG_DIGEST)
+    h.read_widefile(str(real.path(CSPAD[0])).encode(), pycbf.MSG_DIGEST)
     panels, has_geometry = read_panels(h)
     assert has_geometry and len(panels) == 64
     sizes = [(185, 194)] * 64
@@ -223,14 +240,14 @@ def test_cspad_panels_land_where_pycbf_puts_them(real):
 
 def test_truncated_and_garbage_frames_fail_with_the_file_named(real, tmp_path):
     cut = tmp_path / "cut.cbf.gz"
-    data = (real.folder / "DLS_I03_smargon_0001.cbf.gz").read_bytes()
+    data = real.path("DLS_I03_smargon_0001.cbf.gz").read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(FrameReadError) as ei:
         read_frame(cut)
     assert "cut.cbf.gz" in str(ei.value) and "frame 0" in str(ei.value)
 
     cspad = tmp_path / "cut_cspad.cbf"
-    data = (real.folder / CSPAD[0]).read_bytes()
+    data = real.path(CSPAD[0]).read_bytes()
     cspad.write_bytes(data[: len(data) // 2])
     with pytest.raises(FrameReadError) as ei:
         read_frame(cspad)
@@ -243,15 +260,15 @@ def test_truncated_and_garbage_frames_fail_with_the_file_named(real, tmp_path):
     assert "junk.cbf" in str(ei.value) and "###CBF" in str(ei.value)
 
     with pytest.raises(FrameIndexError) as ei:
-        read_frame(real.folder / "adsc.img.bz2", 1)
-    assert "adsc.img.bz2" in str(ei.value) and "frame 1" in str(ei.value)
+        read_frame(real.path("somedata_0001.mccd.bz2"), 1)
+    assert "somedata_0001.mccd.bz2" in str(ei.value) and "frame 1" in str(ei.value)
     assert isinstance(ei.value, IndexError)
 
 
 def test_iter_frames_reports_bad_files_in_place(real, tmp_path):
     cut = tmp_path / "cut.mccd.bz2"
-    cut.write_bytes((real.folder / "somedata_0001.mccd.bz2").read_bytes()[:20000])
-    good = real.folder / "hit-20181213155134902.cbf"
+    cut.write_bytes(real.path("somedata_0001.mccd.bz2").read_bytes()[:20000])
+    good = real.path("hit-20181213155134902.cbf")
     out = list(iter_frames([cut, str(tmp_path / "missing.cbf"), good]))
     assert [s for s, _, _ in out] == [str(cut), str(tmp_path / "missing.cbf"), str(good)]
     assert out[0][1] in (-1, 0) and out[1][1] == -1 and out[2][1] == 0
@@ -262,18 +279,18 @@ def test_iter_frames_reports_bad_files_in_place(real, tmp_path):
 
 def test_inputs_are_never_modified(real, tmp_path):
     src = tmp_path / "copy.cbf"
-    shutil.copy(real.folder / CSPAD[1], src)
+    shutil.copy(real.path(CSPAD[0]), src)
     before = src.read_bytes(), src.stat().st_mtime_ns
     read_frame(src)
     assert (src.read_bytes(), src.stat().st_mtime_ns) == before
 
 
-def test_expand_inputs(real, tmp_path):
-    listed = expand_inputs([real.folder])
-    assert listed == sorted(str(real.folder / n) for n in EXPECTED)  # MANIFEST.tsv and README skipped
-    assert expand_inputs([str(real.folder / "idx-*.cbf")]) == [str(real.folder / n) for n in CSPAD]
+def test_expand_inputs(shared_frames, tmp_path):
+    listed = expand_inputs([shared_frames])
+    assert listed == sorted(str(shared_frames / n) for n in EXPECTED)  # MANIFEST.tsv and README skipped
+    assert expand_inputs([str(shared_frames / "idx-*.cbf")]) == [str(shared_frames / n) for n in CSPAD]
     with pytest.raises(FrameReadError, match="nowhere.cbf"):
-        expand_inputs([real.folder / "adsc.img.bz2", tmp_path / "nowhere.cbf"])
+        expand_inputs([shared_frames / "adsc.img.bz2", tmp_path / "nowhere.cbf"])
     with pytest.raises(FrameReadError, match="no file matches"):
         expand_inputs([str(tmp_path / "*.h5")])
 

@@ -151,16 +151,15 @@ def _labelled_cxi(path):
     return path
 
 
-def test_labels_from_cxi_and_from_frame_files(tmp_path, shared_data):
+def test_labels_from_cxi_and_from_frame_files(tmp_path, real_frame):
     path = _labelled_cxi(tmp_path / "run.cxi")
     recs = read_labels(path)
     assert [(r.file, r.frame, r.label, r.n_spots) for r in recs] == [
         (str(path), 0, "hit", 20), (str(path), 1, "miss", 0), (str(path), 2, "maybe", 5), (str(path), 3, "miss", None)]
     with open_source(path) as src:
         assert [src.read(r.frame).meta.extra["label"] for r in recs] == [r.label for r in recs]
-    cbf = shared_data / "real-frames" / "hit-20181213155134902.cbf"
-    if cbf.exists():
-        assert read_labels(cbf) == [] and label_format(cbf) == "frames"
+    cbf = real_frame("real-frames", "hit-20181213155134902.cbf")
+    assert read_labels(cbf) == [] and label_format(cbf) == "frames"
 
 
 def test_table_matches_full_path_or_base_name(tmp_path):
