@@ -528,7 +528,7 @@ def test_bad_model_file_fails_to_load(case):
     _markers_absent(case)
     assert case.extra.get("screen_only"), f"{case.name}: load_model accepted it"
     from diffscreen.models.inference import Classifier
-    from diffscreen.screen.runner import CNNMethod
+    from diffscreen.screen.method import CNNMethod
 
     with pytest.raises(ModelFileError):
         CNNMethod(Classifier(bundle))

@@ -26,6 +26,7 @@ from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.models import decide, get_model, save_model
 from diffscreen.models.fused import StridedMaxPool2d, fold_batchnorm, inference_model
 from diffscreen.models.inference import Classifier
+from diffscreen.screen.pipeline import predict_source
 from diffscreen.preprocess import PreprocessConfig, Preprocessor, crop_scaled, lcn, prepare_pixels
 from diffscreen.preprocess.fast import (
     FastPreprocessor,
@@ -217,6 +218,21 @@ def test_read_region_returns_the_frames_pixels(run_and_model):
                 src.read_region(0, (100, 2000), (0, 10))
 
 
+def test_default_read_region_slices_the_whole_frame(tmp_path):
+    """A reader without a window read (here an HDF5 dataset) slices the frame it reads whole."""
+    frames = np.random.default_rng(2).poisson(5, (2, 40, 50)).astype(np.float32)
+    p = tmp_path / "plain.h5"
+    with h5py.File(p, "w") as f:
+        f["data"] = frames
+    with open_source(f"{p}:/data") as src:
+        assert src.reads_window is False
+        data, bad = src.read_region(1, (3, 30), (4, 41))
+        np.testing.assert_array_equal(data, frames[1, 3:30, 4:41])
+        assert bad.shape == data.shape and src.frame_shape(1) == (40, 50) and src.read_meta(1).index == 1
+        with pytest.raises(FrameReadError, match="not inside"):
+            src.read_region(0, (0, 41), (0, 10))
+
+
 def test_read_region_of_a_contiguous_and_a_truncated_file(tmp_path):
     rng = np.random.default_rng(4)
     frames = rng.integers(0, 1000, (3, 64, 80)).astype(np.int32)
@@ -245,8 +261,8 @@ def test_classifier_fast_path_agrees_with_reference(run_and_model):
     np.testing.assert_allclose(fast.predict(ln84), pr, rtol=0, atol=1e-4)
     for comp, p in runs.items():
         with open_source(str(p)) as src:
-            pf, ef = fast.predict_source(src)
-            pr2, er = ref.predict_source(src)
+            pf, ef = predict_source(fast, src)
+            pr2, er = predict_source(ref, src)
         assert ef == er == {}
         np.testing.assert_allclose(pf, pr2, rtol=0, atol=1e-4)
         np.testing.assert_allclose(pr2, pr, rtol=0, atol=1e-6)
@@ -270,8 +286,8 @@ def test_predict_source_reports_bad_windows(tmp_path, run_and_model):
             w.append(d, f0.meta, mask=f0.mask)
     fast, ref = Classifier(model), Classifier(model, fast=False)
     with open_source(str(p)) as src:
-        pf, ef = fast.predict_source(src)
-        pr, er = ref.predict_source(src)
+        pf, ef = predict_source(fast, src)
+        pr, er = predict_source(ref, src)
     assert set(ef) == set(er) == {1, 2}
     assert "NaN" in ef[1] and "zero" in ef[2]
     assert np.isnan(pf[1:]).all() and np.isfinite(pf[0]).all()

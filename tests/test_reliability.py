@@ -27,7 +27,9 @@ from diffscreen.io.outdir import OutputLock
 from diffscreen.models import load_model
 from diffscreen.models._api import default_model_path
 from diffscreen.screen import screen
-from diffscreen.screen.runner import FrameDecision, strict_json
+from diffscreen.screen.method import FrameDecision
+from diffscreen.screen.pipeline import predict_source
+from diffscreen.screen.runner import strict_json
 
 from toyrun import write_toy_model, write_toy_run
 
@@ -135,8 +137,8 @@ def test_one_huge_finite_pixel_does_not_make_nan(name, tmp_path):
     from diffscreen.models.inference import Classifier
 
     with __import__("diffscreen.io", fromlist=["open_source"]).open_source(spec) as src:
-        fast, err = Classifier(name).predict_source(src)
-        ref, _ = Classifier(name, fast=False).predict_source(src)
+        fast, err = predict_source(Classifier(name), src)
+        ref, _ = predict_source(Classifier(name, fast=False), src)
     assert not err and np.isfinite(fast).all()
     np.testing.assert_allclose(fast, ref, atol=2e-3)
 

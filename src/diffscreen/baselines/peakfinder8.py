@@ -281,7 +281,7 @@ class Peakfinder8:
         list of FrameDecision
             ``scores = (num_peaks,)``, label ``"hit"`` or ``"miss"``, the peak table.
         """
-        from diffscreen.screen.runner import FrameDecision
+        from diffscreen.screen.method import FrameDecision
 
         out = []
         for fr in frames:

@@ -592,6 +592,8 @@ class CXISource(_H5Source):
     2012) and diffscreen's :mod:`~diffscreen.io.cxi`.
     """
 
+    reads_window = True
+
     def __init__(self, path, *, _file=None):
         self._raw = None
         super().__init__(path, _file)

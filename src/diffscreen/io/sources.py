@@ -58,7 +58,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from diffscreen.errors import DiffscreenError, FrameIndexError, FrameReadError, UnknownFormatError
-from diffscreen.io.frame import Frame, check_frame
+from diffscreen.io.frame import Frame, FrameMeta, check_frame
 
 __all__ = [
     "FrameSource",
@@ -112,15 +112,24 @@ class FrameSource(Protocol):
         ``(H, W)`` of one assembled frame (of frame 0 where a CXI file holds
         frames of several shapes).
 
+    reads_window : bool
+        True when :meth:`read_region` reads only the window's pixels from the
+        file (:class:`~diffscreen.io.hdf5.CXISource`); False when it reads the
+        whole frame and slices it (:class:`BaseSource`'s default).
+
     Notes
     -----
     ``len(src)`` and ``src.shape`` read headers only, never pixels.
     ``src.read(i)`` returns a :class:`~diffscreen.io.frame.Frame` with
     ``data`` (H, W) float32 in ADU and ``mask`` (H, W) bool, True = bad.
+    ``read_meta(i)``, ``frame_shape(i)`` and ``read_region(i, rows, cols)``
+    give what the fast screening path needs to plan and read a crop window
+    (:mod:`diffscreen.screen.pipeline`).
     Sources are context managers; :meth:`close` releases the file.
     """
 
     path: str
+    reads_window: bool
 
     @property
     def shape(self) -> tuple[int, int]: ...
@@ -128,6 +137,12 @@ class FrameSource(Protocol):
     def __len__(self) -> int: ...
 
     def read(self, index: int) -> Frame: ...
+
+    def read_meta(self, index: int) -> FrameMeta: ...
+
+    def frame_shape(self, index: int) -> tuple[int, int]: ...
+
+    def read_region(self, index: int, rows, cols) -> tuple[np.ndarray, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -143,9 +158,14 @@ class BaseSource:
 
     Subclasses set ``self.path`` and implement ``__len__``, ``shape``,
     ``_read(index)`` (index already checked) and optionally ``close``.
+    :meth:`read_meta`, :meth:`frame_shape` and :meth:`read_region` read the
+    whole frame (once for the three calls on one index) unless a subclass
+    reads less (and then sets ``reads_window = True``).
     """
 
     path: str = ""
+    reads_window: bool = False
+    _last: tuple[int, Frame] | None = None
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -183,6 +203,57 @@ class BaseSource:
         with reader_errors(self.path, i, "read the frame"):
             return self._read(i)
 
+    def _whole(self, index: int) -> Frame:
+        """:meth:`read`, remembering the last frame so that the window calls read it once."""
+        if self._last is None or self._last[0] != index:
+            self._last = None  # never keep a stale frame after a failed read
+            self._last = (index, self.read(index))
+        return self._last[1]
+
+    def read_meta(self, index: int) -> FrameMeta:
+        """Metadata of frame ``index`` (here by reading the frame).
+
+        Raises
+        ------
+        FrameIndexError, FrameReadError
+            As :meth:`read`.
+        """
+        return self._whole(index).meta
+
+    def frame_shape(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of frame ``index`` (here by reading the frame)."""
+        return self._whole(index).data.shape
+
+    def read_region(self, index: int, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        """A window of frame ``index``: its pixels and bad-pixel mask (here sliced from the whole frame).
+
+        Parameters
+        ----------
+        index : int
+            0-based frame index.
+        rows, cols : (int, int)
+            ``(first, end)`` rows and columns, end exclusive, inside the frame.
+
+        Returns
+        -------
+        data : (rows[1] - rows[0], cols[1] - cols[0]) float32 ndarray
+            Pixels (ADU), a view of the frame.
+        bad : same shape bool ndarray
+            True = bad, as :meth:`read`'s mask.
+
+        Raises
+        ------
+        FrameIndexError, FrameReadError
+            As :meth:`read`, or a window outside the frame.
+        """
+        fr = self._whole(index)
+        (r0, r1), (c0, c1) = (int(rows[0]), int(rows[1])), (int(cols[0]), int(cols[1]))
+        H, W = fr.data.shape
+        if not (0 <= r0 <= r1 <= H and 0 <= c0 <= c1 <= W):
+            raise FrameReadError(f"window rows {r0}:{r1}, columns {c0}:{c1} is not inside the {H}x{W} frame",
+                                 path=self.path, frame=index)
+        return fr.data[r0:r1, c0:c1], fr.mask[r0:r1, c0:c1]
+
     def _check_index(self, index) -> int:
         try:
             i = int(index)
@@ -198,6 +269,7 @@ class BaseSource:
 
     def close(self) -> None:
         """Release the file (a no-op for readers that hold nothing open)."""
+        self._last = None
 
     def __iter__(self) -> Iterator[Frame]:
         for i in range(len(self)):

@@ -1,12 +1,10 @@
 """Screening a run: classify every frame, keep the hits (the main job).
 
-Layers, as in OnDA Monitor: :func:`diffscreen.io.iter_frames`-style data
-retrieval, per-batch processing (:class:`~diffscreen.models.inference.Classifier`
-plus the Ke et al. 2018 §2.1 decision), and collection into the outputs::
+Outputs::
 
-    DIR/scores.csv    file,frame,<scores>,label   (label: hit|maybe|miss|error)
+    DIR/scores.csv    file,frame,<scores>,label   (label: a class name, or error)
                       <scores> = p_hit,p_maybe,p_miss for a CNN, n_peaks for peakfinder8
-    DIR/hits.lst      kept frames (hit or maybe), CrystFEL list: "file //frame"
+    DIR/hits.lst      kept frames, CrystFEL list: "file //frame"
     DIR/hits.cxi      kept frames' raw pixels, masks and probabilities (CXI layout)
     DIR/errors.csv    file,frame,error for every frame or file that failed
     DIR/summary.json  frames, hits, hit rate, frames/s, model
@@ -16,22 +14,42 @@ complete once its CSV exists, so an interrupted run resumes where it
 stopped.  Final files appear only at the end, each written to a temporary
 name and renamed.
 
-The per-frame decision comes from a *screening method*: any object with
-``class_names``, ``score_columns``, ``identity`` and ``classify(frames) ->
-list[FrameDecision]``.  :class:`CNNMethod` wraps a trained model; the
-peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`) is another.
+The per-frame decision comes from a *screening method*
+(:class:`~diffscreen.screen.method.ScreeningMethod`): it gives each frame's
+scores, label and whether it is kept; this module never interprets labels.
+:class:`~diffscreen.screen.method.CNNMethod` wraps a trained model; the
+peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`) decides on
+whole frames (:class:`~diffscreen.screen.method.PerFrame`).
+
+The walk of one frame (every step calls downward, none climbs back)::
+
+    cli                         screen ... (the command line)
+    screen.runner.screen        setup: _work_list -> io.open_source (count frames)
+    screen.runner._Chunk.run    per batch of one file's frames (the file opened once per chunk)
+      _Chunk._decide            -> FrameReader.source -> io.open_source
+        CNNMethod.classify_source      (screen.method)
+          screen.pipeline.predict_source
+            io FrameSource.read_meta / frame_shape      (window path)
+            preprocess.fast.FastPreprocessor.plan
+            io FrameSource.read_region                  (or .read + io.frame.check_frame)
+            preprocess ... from_region / prepare / resample, screen.pipeline.check_window
+            preprocess ... normalise_inplace
+            models.inference.Classifier.predict_batch   (the network)
+          models.decision.decide        (Ke et al. 2018 §2.1)
+      _Chunk._run_file          kept frames: io FrameSource.read -> io.cxi.CXIWriter.append
+    screen.runner._collect      chunk files -> scores.csv, hits.lst, errors.csv, hits.cxi
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io as _io
 import itertools
 import json
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -39,24 +57,24 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError, OutputError
+from diffscreen.errors import ConfigError, DiffscreenError, OutputError
 from diffscreen.io import open_source
 from diffscreen.io.atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter, merge_cxi
 from diffscreen.io.frame import check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
-from diffscreen.models.decision import decide
 from diffscreen.models.inference import Classifier
-from diffscreen.preprocess.geometry import geometry_warnings
+from diffscreen.screen.method import CNNMethod, as_method, problem_of
 
-__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "FrameDecision", "CNNMethod", "problem_of",
-           "strict_json"]
+__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "strict_json"]
 
 #: scores.csv columns of a screen with a hit/maybe/miss CNN
 SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
 #: errors.csv rows starting with this are warnings about a frame that was classified
 WARNING = "warning: "
+#: scores.csv label of a frame that could not be classified
+ERROR = "error"
 
 
 @dataclass
@@ -163,91 +181,6 @@ def _work_list(inputs, errors: list) -> _WorkList:
     return _WorkList(files)
 
 
-@dataclass
-class FrameDecision:
-    """A screening method's verdict on one frame.
-
-    Attributes
-    ----------
-    scores : tuple of float
-        Values of the method's ``score_columns`` (written to scores.csv).
-    label : str
-        One of the method's ``class_names``.
-    keep : bool
-        Whether the frame goes to hits.lst / hits.cxi.
-    probabilities : (C,) float32 ndarray or None
-        Class probabilities, stored in hits.cxi when given.
-    peaks : (P, 4) float32 ndarray or None
-        Peaks found (x, y, intensity, SNR), stored in hits.cxi when given.
-    warnings : tuple of str
-        Problems that did not stop the frame (geometry outside physical
-        ranges, treated as unknown); written to errors.csv as ``warning: ...``.
-    """
-
-    scores: tuple
-    label: str
-    keep: bool
-    probabilities: np.ndarray | None = None
-    peaks: np.ndarray | None = None
-    warnings: tuple = ()
-
-
-class CNNMethod:
-    """A trained classifier as a screening method (Ke et al. 2018 §2.1 decision).
-
-    Parameters
-    ----------
-    clf : Classifier
-        Its path decides how frames are handled: the fast path by default
-        (``Classifier(model)``), the reference path with
-        ``Classifier(model, fast=False)`` (CLI ``screen --reference-path``).
-        Both give the same probabilities to 1e-4 (docs/throughput.md).
-    """
-
-    def __init__(self, clf: Classifier):
-        self.clf = clf
-        self.class_names = tuple(clf.class_names)
-        if "miss" not in self.class_names:
-            raise ModelFileError(f"the model's classes {', '.join(self.class_names)} lack 'miss': screening needs a "
-                                 "hit/maybe/miss model (a CDI model screens with --task cdi)", path=clf.bundle.path)
-        self.score_columns = tuple(f"p_{c}" for c in self.class_names)
-        p = clf.bundle.path
-        self.path = p
-        if p and Path(p).is_file():
-            self.identity = hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
-        else:
-            self.identity = "in-memory"
-
-    def classify(self, frames) -> list[FrameDecision]:
-        probs = self.clf.predict(frames)
-        return self._decisions(probs)
-
-    def _decisions(self, probs) -> list[FrameDecision]:
-        keep, labels = decide(probs, self.class_names)
-        return [FrameDecision(tuple(float(v) for v in p), lab, bool(k), p) for p, k, lab in zip(probs, keep, labels)]
-
-    def classify_source(self, src, indices) -> list:
-        """Decisions for frames ``indices`` of an open source, reading only what the crop needs.
-
-        The fast path end to end (:meth:`Classifier.predict_source`): for a
-        CXI/HDF5 source only the crop window of each frame is read.
-
-        Returns
-        -------
-        list of FrameDecision or str
-            One per index, in order; a str is the problem of a frame that
-            could not be classified.
-        """
-        warnings: dict = {}
-        probs, errors = self.clf.predict_source(src, indices, batch_size=max(1, len(indices)), warnings=warnings)
-        ok = [k for k, i in enumerate(indices) if i not in errors]
-        out = [errors.get(i) for i in indices]
-        for k, d in zip(ok, self._decisions(probs[ok])):
-            d.warnings = tuple(warnings.get(indices[k], ()))
-            out[k] = d
-        return out
-
-
 class FrameReader:
     """Read checked frames of (file, frame) work items, keeping one input open at a time.
 
@@ -265,28 +198,10 @@ class FrameReader:
             self._src, self._spec = open_source(spec), spec
         return self._src
 
-    def read(self, spec, i):
-        """Frame ``i`` of ``spec`` (checked by :func:`check_frame`) and whether the file holds one frame only."""
-        src = self.source(spec)
-        return check_frame(src.read(i)), len(src) == 1
-
     def close(self) -> None:
         if self._src is not None:
             self._src.close()
         self._spec, self._src = None, None
-
-
-def problem_of(exc: BaseException) -> str:
-    """One line describing why a file or frame failed (the ``error`` column of errors.csv).
-
-    A diffscreen error gives its problem (the file and frame are in their own
-    columns); anything else (h5py, fabio, pycbf, numpy, torch) its type and
-    first line, so that no library's exception stops a run.
-    """
-    if isinstance(exc, DiffscreenError):
-        return exc.problem
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
 def _unusable(d) -> str | None:
@@ -320,21 +235,8 @@ class _Chunk:
         except Exception as exc:  # noqa: BLE001 - the firewall: any reader failure is this file's error
             self.reader.close()
             return [problem_of(exc)] * len(indices), False
-        m = self.method
         try:
-            if hasattr(m, "classify_source"):
-                return m.classify_source(src, indices), single
-            out, frames, ks = [None] * len(indices), [], []
-            for k, i in enumerate(indices):
-                try:
-                    frames.append(check_frame(src.read(i)))
-                    ks.append(k)
-                except Exception as exc:  # noqa: BLE001 - one frame's failure
-                    out[k] = problem_of(exc)
-            for k, d, fr in zip(ks, m.classify(frames) if frames else [], frames):
-                d.warnings = tuple(d.warnings) + tuple(geometry_warnings(fr.meta, fr.data.shape))
-                out[k] = d
-            return out, single
+            return self.method.classify_source(src, indices), single
         except Exception as exc:  # noqa: BLE001 - the batch's forward pass failed: each frame is an error
             return [problem_of(exc)] * len(indices), single
 
@@ -352,10 +254,10 @@ class _Chunk:
                     writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
                                   peaks=d.peaks)  # fmt: skip
             if why is not None:
-                rows.append([spec, i, *blank, "error", 0])
+                rows.append([spec, i, *blank, ERROR, 0, 0])
                 errors.append([spec, i, why])
             else:
-                rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(single)])
+                rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(d.keep), int(single)])
                 errors.extend([spec, i, f"{WARNING}{w}"] for w in d.warnings)
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
@@ -419,9 +321,12 @@ def screen(
     model : ModelBundle, Classifier, path or None
         None: the bundled default model.
     method : screening method, optional
-        Decides instead of ``model``: an object with ``class_names``,
-        ``score_columns``, ``identity`` and ``classify(frames) ->
-        list[FrameDecision]``, e.g. :class:`diffscreen.baselines.Peakfinder8`.
+        Decides instead of ``model``: a
+        :class:`~diffscreen.screen.method.ScreeningMethod`, or an object with
+        ``class_names``, ``score_columns``, ``identity`` and
+        ``classify(frames) -> list[FrameDecision]`` that decides on whole
+        frames (:class:`~diffscreen.screen.method.PerFrame`), e.g.
+        :class:`diffscreen.baselines.Peakfinder8`.
     batch_size : int
         Frames per forward pass.
     chunk_size : int
@@ -475,8 +380,8 @@ def screen(
 
     def setup():
         nonlocal method
-        if method is None:
-            method = CNNMethod(model if isinstance(model, Classifier) else Classifier(model))
+        method = (CNNMethod(model if isinstance(model, Classifier) else Classifier(model)) if method is None
+                  else as_method(method))
         if not team.is_root:
             return None
         lock.acquire()  # refuses a second run into the same folder
@@ -620,6 +525,7 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
     """Merge the chunks' part files into the final outputs, streaming (memory independent of the run's length)."""
     s = ScreenSummary()
     errors = list(file_errors)
+    labels, kept = Counter(), 0
     with ExitStack() as stack:  # files appear (are renamed) only when all are written; scores.csv last
         paths = {n: stack.enter_context(temporary_path(out / n)) for n in ("scores.csv", "hits.lst", "errors.csv")}
         fh_scores = stack.enter_context(open(paths["scores.csv"], "w", newline=""))
@@ -627,7 +533,7 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
         w = csv.writer(fh_scores)
         w.writerow(("file", "frame", *score_columns, "label"))
         for spec, i, _ in file_errors:
-            w.writerow([spec, i, *[""] * len(score_columns), "error"])
+            w.writerow([spec, i, *[""] * len(score_columns), ERROR])
         for c in range(n_chunks):
             with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
                 for row in csv.reader(fh):
@@ -635,11 +541,13 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
                         errors.append((row[1], int(row[2]), row[3]))
                         s.n_warning += row[3].startswith(WARNING)
                         continue
-                    spec, i, *vals, lab, single = row
+                    spec, i, *vals, lab, keep, single = row
                     w.writerow([spec, i, *vals, lab])
-                    if lab in ("hit", "maybe"):
+                    if keep == "1":
                         fh_lst.write(list_entry(spec, int(i), single == "1") + "\n")
-                    setattr(s, f"n_{lab}", getattr(s, f"n_{lab}") + 1)
+                        kept += 1
+                    if lab != ERROR:
+                        labels[lab] += 1
         fh_scores.close()
         fh_lst.close()
         with open(paths["errors.csv"], "w", newline="") as fh:
@@ -648,9 +556,10 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
             ew.writerows(errors)
         if write_cxi:
             merge_cxi([part / f"chunk_{c:06d}.cxi" for c in range(n_chunks)], out / "hits.cxi")
+    s.n_hit, s.n_maybe, s.n_miss = labels["hit"], labels["maybe"], labels["miss"]
     s.n_error = len(errors) - s.n_warning
-    s.n_frames = s.n_hit + s.n_maybe + s.n_miss + sum(1 for e in errors if e[1] >= 0 and not e[2].startswith(WARNING))
-    classified = s.n_hit + s.n_maybe + s.n_miss
-    s.hit_rate = s.n_kept / classified if classified else float("nan")
+    classified = sum(labels.values())
+    s.n_frames = classified + sum(1 for e in errors if e[1] >= 0 and not e[2].startswith(WARNING))
+    s.hit_rate = kept / classified if classified else float("nan")
     s.errors = errors
     return s

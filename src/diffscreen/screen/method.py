@@ -1,0 +1,202 @@
+"""Screening methods: what decides, frame by frame, during a screening run.
+
+A method names its classes (``class_names``) and its score columns
+(``score_columns``), identifies its settings (``identity``, so a resumed run
+uses the same) and, for frames ``indices`` of an open source, returns one
+:class:`FrameDecision` per frame (or a one-line problem for a frame it could
+not classify) through ``classify_source(src, indices)``.  The decision says
+whether the frame is kept; the runner (:mod:`diffscreen.screen.runner`)
+never interprets labels.
+
+* :class:`CNNMethod`: a trained hit/maybe/miss classifier with the Ke et al.
+  (2018) §2.1 decision, reading only the crop window where it can
+  (:func:`diffscreen.screen.pipeline.predict_source`);
+* :class:`PerFrame`: any object with ``classify(frames)`` on whole frames,
+  e.g. the peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from diffscreen.errors import DiffscreenError, ModelFileError
+from diffscreen.io.frame import check_frame
+from diffscreen.models.decision import decide
+from diffscreen.preprocess.geometry import geometry_warnings
+from diffscreen.screen.pipeline import predict_source
+
+__all__ = ["FrameDecision", "ScreeningMethod", "CNNMethod", "PerFrame", "as_method", "problem_of"]
+
+
+@dataclass
+class FrameDecision:
+    """A screening method's verdict on one frame.
+
+    Attributes
+    ----------
+    scores : tuple of float
+        Values of the method's ``score_columns`` (written to scores.csv).
+    label : str
+        One of the method's ``class_names``.
+    keep : bool
+        Whether the frame goes to hits.lst / hits.cxi.
+    probabilities : (C,) float32 ndarray or None
+        Class probabilities, stored in hits.cxi when given.
+    peaks : (P, 4) float32 ndarray or None
+        Peaks found (x, y, intensity, SNR), stored in hits.cxi when given.
+    warnings : tuple of str
+        Problems that did not stop the frame (geometry outside physical
+        ranges, treated as unknown); written to errors.csv as ``warning: ...``.
+    """
+
+    scores: tuple
+    label: str
+    keep: bool
+    probabilities: np.ndarray | None = None
+    peaks: np.ndarray | None = None
+    warnings: tuple = ()
+
+
+@runtime_checkable
+class ScreeningMethod(Protocol):
+    """What :func:`diffscreen.screen.screen` asks of a method.
+
+    Attributes
+    ----------
+    class_names : tuple of str
+        Labels the method gives.
+    score_columns : tuple of str
+        Names of :attr:`FrameDecision.scores`, the scores.csv columns.
+    identity : str
+        Identifies the method and its settings (model file hash, parameters).
+    """
+
+    class_names: tuple
+    score_columns: tuple
+    identity: str
+
+    def classify_source(self, src, indices) -> list:
+        """One :class:`FrameDecision`, or a one-line problem (str), per index of the open source ``src``."""
+        ...
+
+
+def problem_of(exc: BaseException) -> str:
+    """One line describing why a file or frame failed (the ``error`` column of errors.csv).
+
+    A diffscreen error gives its problem (the file and frame are in their own
+    columns); anything else (h5py, fabio, pycbf, numpy, torch) its type and
+    first line, so that no library's exception stops a run.
+    """
+    if isinstance(exc, DiffscreenError):
+        return exc.problem
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
+
+
+class CNNMethod:
+    """A trained classifier as a screening method (Ke et al. 2018 §2.1 decision).
+
+    Parameters
+    ----------
+    clf : Classifier
+        Its path decides how frames are handled: the fast path by default
+        (``Classifier(model)``), the reference path with
+        ``Classifier(model, fast=False)`` (CLI ``screen --reference-path``).
+        Both give the same probabilities to 1e-4 (docs/throughput.md).
+
+    Raises
+    ------
+    ModelFileError
+        The model's classes lack ``"miss"`` (not a hit/maybe/miss model).
+    """
+
+    def __init__(self, clf):
+        self.clf = clf
+        self.class_names = tuple(clf.class_names)
+        if "miss" not in self.class_names:
+            raise ModelFileError(f"the model's classes {', '.join(self.class_names)} lack 'miss': screening needs a "
+                                 "hit/maybe/miss model (a CDI model screens with --task cdi)", path=clf.bundle.path)
+        self.score_columns = tuple(f"p_{c}" for c in self.class_names)
+        p = clf.bundle.path
+        self.path = p
+        if p and Path(p).is_file():
+            self.identity = hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
+        else:
+            self.identity = "in-memory"
+
+    def classify(self, frames) -> list[FrameDecision]:
+        """Decisions for frames in memory (a sequence of :class:`~diffscreen.io.frame.Frame`)."""
+        return self._decisions(self.clf.predict(frames))
+
+    def _decisions(self, probs) -> list[FrameDecision]:
+        keep, labels = decide(probs, self.class_names)
+        return [FrameDecision(tuple(float(v) for v in p), lab, bool(k), p) for p, k, lab in zip(probs, keep, labels)]
+
+    def classify_source(self, src, indices) -> list:
+        """Decisions for frames ``indices`` of an open source, reading only what the crop needs.
+
+        Returns
+        -------
+        list of FrameDecision or str
+            One per index, in order; a str is the problem of a frame that
+            could not be classified.
+        """
+        warnings: dict = {}
+        probs, errors = predict_source(self.clf, src, indices, batch_size=max(1, len(indices)), warnings=warnings)
+        ok = [k for k, i in enumerate(indices) if i not in errors]
+        out = [errors.get(i) for i in indices]
+        for k, d in zip(ok, self._decisions(probs[ok])):
+            d.warnings = tuple(warnings.get(indices[k], ()))
+            out[k] = d
+        return out
+
+
+class PerFrame:
+    """A method that decides on whole frames (``classify(frames)``) as a :class:`ScreeningMethod`.
+
+    Parameters
+    ----------
+    method : object
+        With ``class_names``, ``score_columns``, ``identity`` and
+        ``classify(frames) -> list[FrameDecision]``, e.g.
+        :class:`diffscreen.baselines.Peakfinder8`.
+    """
+
+    def __init__(self, method):
+        self.method = method
+        self.class_names = tuple(method.class_names)
+        self.score_columns = tuple(method.score_columns)
+        self.identity = method.identity
+        self.path = getattr(method, "path", None)
+
+    def classify_source(self, src, indices) -> list:
+        """Read frames ``indices`` whole, refuse unusable ones (:func:`check_frame`), classify the rest.
+
+        Returns
+        -------
+        list of FrameDecision or str
+            One per index; a str is the problem of a frame that could not be
+            read or is unusable.  Decisions carry the frame's geometry
+            warnings.
+        """
+        out, frames, ks = [None] * len(indices), [], []
+        for k, i in enumerate(indices):
+            try:
+                frames.append(check_frame(src.read(i)))
+                ks.append(k)
+            except Exception as exc:  # noqa: BLE001 - one frame's failure is its problem
+                out[k] = problem_of(exc)
+        for k, d, fr in zip(ks, self.method.classify(frames) if frames else [], frames):
+            d.warnings = tuple(d.warnings) + tuple(geometry_warnings(fr.meta, fr.data.shape))
+            out[k] = d
+        return out
+
+
+def as_method(method) -> ScreeningMethod:
+    """``method`` as a :class:`ScreeningMethod`: itself, or wrapped in :class:`PerFrame` when it classifies frames."""
+    return method if isinstance(method, ScreeningMethod) else PerFrame(method)
