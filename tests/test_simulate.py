@@ -7,8 +7,9 @@ import pytest
 from diffscreen.errors import ConfigError
 from diffscreen.simulate import CELLS, PRESETS, Simulator, label_from_count, simulate_frame, simulate_run
 from diffscreen.simulate.crystal import b_matrix, predict_reflections, random_rotation, systematic_absence
-from diffscreen.simulate.detector import PSF, poisson_counts, spot_windows
+from diffscreen.simulate.detector import PSF
 from diffscreen.simulate.presets import detector_layout, load_cxidb76_mask
+from reference.simulate import poisson_counts, spot_windows
 
 HC = 12.3984198
 

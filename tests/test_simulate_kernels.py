@@ -16,8 +16,9 @@ from diffscreen.simulate.crystal import (
     random_rotation,
     systematic_absence,
 )
-from diffscreen.simulate.detector import PSF, render_windows, spot_windows
+from diffscreen.simulate.detector import PSF
 from diffscreen.simulate.presets import CELLS
+from reference.simulate import render_windows, spot_windows
 
 
 def _spots(rng, n, H, W, *, sharp=False):

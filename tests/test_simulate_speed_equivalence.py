@@ -11,18 +11,13 @@ from diffscreen.simulate.background import (
     kapton_transmission,
     water_profile,
 )
-from diffscreen.simulate.detector import (
-    POISSON_GAUSS_ABOVE,
-    PSF,
-    correlated_normal,
-    poisson_counts,
-    spot_windows,
-)
+from diffscreen.simulate.detector import POISSON_GAUSS_ABOVE, PSF
 from diffscreen.simulate.run import kapton_near_edge
+from reference.simulate import correlated_normal, digitise_full, poisson_counts, spot_windows
 
 
 def _reference_profiles(xc, yc, ux, uy, sr, st, psf, h):
-    """Spot profiles straight from the formulas of detector.spot_windows' docstring (float64, per pixel)."""
+    """Spot profiles straight from the formulas of the reference spot_windows' docstring (float64, per pixel)."""
     out = []
     for k in range(len(xc)):
         x0, y0 = np.rint(xc[k]), np.rint(yc[k])
@@ -277,7 +272,7 @@ def test_blocked_digitiser_equals_the_whole_frame_reference(preset, mixed):
     step = int(sim.preset.mixed_gain_ratio) if mixed else 1
     for L in (lam, None):
         a = sim._digitise(c, np.random.default_rng(9), L)
-        b = sim._digitise_full(c, np.random.default_rng(9), L)
+        b = digitise_full(sim, c, np.random.default_rng(9), L)
         d = np.abs(a.astype(np.int64) - b)
         assert d.max() <= step and (d > 0).mean() < 1e-5
     if mixed:  # the low-gain zone is there: ADU steps of the ratio

@@ -6,12 +6,14 @@ Each kernel fuses what :mod:`diffscreen.simulate.detector`,
 steps into one pass:
 
 * the digitiser (:func:`digitise`) does the same float32 operations in the same
-  order on the same pre-drawn random bits as ``Simulator._digitise_full``, so a
-  (seed, index) frame is the one the numpy reference draws (one ADU step at
+  order on the same pre-drawn random bits as the numpy reference
+  (``digitise_full`` in tests/reference/simulate.py), so a (seed, index) frame
+  is the one the numpy reference draws (one ADU step at
   float rounding ties; tests/test_simulate_speed_equivalence.py);
 * the spot windows (:func:`window_scores`, :func:`render_spots`) evaluate the
-  profile of :func:`~diffscreen.simulate.detector.spot_windows` in float64 (its
-  Gaussian core as a separable product), equal to it to float32 rounding;
+  profile of the numpy reference ``spot_windows`` (tests/reference/simulate.py)
+  in float64 (its Gaussian core as a separable product), equal to it to
+  float32 rounding;
 * reflection prediction (:func:`excited_reflections`, :func:`still_geometry`)
   gives the reflections of ``ewald_candidates`` + ``predict_reflections``' filters
   in the same order (tests/test_simulate_kernels.py).
@@ -93,9 +95,11 @@ def digitise(
     u_p : (2·H·W,) uint16 ndarray
         Mode 1: table column bits, then level dither bits.
     tab12, tab16 : uint8 ndarray
-        Poisson quantile tables (``detector._poisson_table12`` / ``_poisson_table``).
+        Poisson quantile tables (:func:`~diffscreen.simulate.detector.poisson_table12` /
+        :func:`~diffscreen.simulate.detector.poisson_table`).
     pscale, tmax_t : float32
-        (Q·65536)² and (TMAX + 1)·65536.
+        (Q·65536)² and (TMAX + 1)·65536, with Q = ``detector.POISSON_LEVELS`` and
+        TMAX = ``detector.POISSON_TOP_LEVEL``.
     tmax : int
     gauss_above : float
         Photons above which the count is ``rint(λ + √λ·z)``.
@@ -148,7 +152,7 @@ def digitise(
         my0 = my1 = mx0 = mx1 = 0
         mcx = mcy = mr2 = ratio = np.float32(0.0)
     # one row at a time, in short loops that each do one step (the compiler vectorises the
-    # branch-free ones); the steps and their float32 order are those of Simulator._digitise_full
+    # branch-free ones); the steps and their float32 order are those of the reference digitise_full
     va = np.empty(W + 2, np.float32)
     zring = np.empty((3, W + 2), np.float32)
     o = np.empty(W, np.float32)
@@ -170,7 +174,7 @@ def digitise(
             for j in range(W):
                 f = base + j
                 lm = lrow[j]
-                # detector.poisson_block: level index floor(Q√λ + dither) in integers, 12-bit
+                # reference poisson_block: level index floor(Q√λ + dither) in integers, 12-bit
                 # quantile table, 16-bit table where the 12-bit bucket is ambiguous
                 tq = lm * pscale
                 if tq < 0:
@@ -193,7 +197,7 @@ def digitise(
                         v = np.float32(0.0)
                 o[j] = v * gk[j]
         elif mode == 2:
-            # [1,2,1] vertical then horizontal pairwise sums, as correlated_normal_raw, over the
+            # [1,2,1] vertical then horizontal pairwise sums, as the reference correlated_normal_raw, over the
             # white normals z = tabk[u] of raw rows r, r + 1, r + 2 (a ring of three rows)
             if r == 0:
                 for i in range(2):
@@ -302,7 +306,7 @@ def _geometric_from_centre(out, h, v0, k1, k2):
 
 @njit(**_SUMS)
 def _profile(buf, tmp, xc, yc, ux, uy, sr, st, pw, ps, pg, h):
-    """One spot's unit-flux profile into ``buf[:, :2h+1]`` ((2h+1, ≥ 2h+1) float32), as detector.spot_windows.
+    """One spot's unit-flux profile into ``buf[:, :2h+1]`` ((2h+1, ≥ 2h+1) float32), as the reference spot_windows.
 
     The Gaussian core exp(q), q = A·dx² + B·dx·dy + C·dy² (dx, dy from the
     centroid), is evaluated as the separable product X[b]·Y[a]·Z_a[b] with
@@ -458,7 +462,7 @@ def window_scores(out, G, idx, hs, pw, ps, pg, T_c, near, kap, trusted, active, 
     G : (n, 6) float64 ndarray
         Spot table: centroid x, y (px), unit radial direction ux, uy,
         intrinsic radial and tangential σ (px), as
-        :func:`~diffscreen.simulate.detector.spot_windows` takes them.
+        the reference ``spot_windows`` (tests/reference/simulate.py) takes them.
     idx : (m,) int64 ndarray
         Spots to score.
     hs : (m,) int64 ndarray
@@ -545,7 +549,7 @@ def window_scores(out, G, idx, hs, pw, ps, pg, T_c, near, kap, trusted, active, 
 
 @njit(**_EXACT)
 def render_spots(img, G, idx, hs, pw, ps, pg, photons, T_c, near, kap):
-    """Add spots' photons into an image in place (clipped to it), as spot_windows + render_windows.
+    """Add spots' photons into an image in place (clipped to it), as the reference spot_windows + render_windows.
 
     Parameters
     ----------

@@ -81,7 +81,7 @@ the renderer.
 
 Noise is digitised in one compiled pass over the rows (:meth:`Simulator._digitise`,
 :mod:`diffscreen.simulate._kernels`) from the same random draws, in the same
-order, as the whole-frame numpy reference (:meth:`Simulator._digitise_full`);
+order, as the whole-frame numpy reference (``digitise_full`` in ``tests/reference/simulate.py``);
 spot windows are scored and rendered, and the diffuse background evaluated, by
 compiled loops too (issue 3: 20 frames/s on one core at 1920 × 1920).
 Frame-sized scratch arrays are kept in the :class:`Simulator` and reused, so
@@ -125,19 +125,14 @@ from diffscreen.simulate.crystal import (
     random_rotation,
 )
 from diffscreen.simulate.detector import (
-    _Q,
-    _TMAX,
     POISSON_GAUSS_ABOVE,
+    POISSON_LEVELS,
+    POISSON_TOP_LEVEL,
     PSF,
-    _poisson_table,
-    _poisson_table12,
-    _work,
-    correlated_normal_raw,
     normal_table,
-    poisson_counts,
+    poisson_table,
+    poisson_table12,
     random_u16,
-    white_normal,
-    white_rows,
 )
 from diffscreen.simulate.presets import ICE_RINGS_D_A, Preset, detector_layout, get_preset, pixel_maps
 
@@ -332,6 +327,16 @@ def _asic_boxes(layout) -> list | None:
         if not np.all(layout.asic_id[b] == k):
             return None
     return boxes
+
+
+def _work(work: dict | None, key: str, shape, dtype=np.float32) -> np.ndarray:
+    """A scratch array from ``work`` (reused between frames: no page faults), or a new one."""
+    if work is None:
+        return np.empty(shape, dtype)
+    a = work.get(key)
+    if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+        a = work[key] = np.empty(shape, dtype)
+    return a
 
 
 def _u(rng, lohi):
@@ -1098,9 +1103,10 @@ class Simulator:
     def _digitise(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
         """Expected photons → int32 ADU with photon noise, gain, offset, read noise, saturation, mask.
 
-        Draws the uniform random bits for the whole frame in the order of
-        :meth:`_digitise_full` (the numpy reference, same model, same draws) and
-        runs the per-pixel chain in one compiled pass
+        Draws the uniform random bits for the whole frame in the order of the
+        whole-frame numpy reference (``digitise_full`` in
+        ``tests/reference/simulate.py``: same model, same draws) and runs the
+        per-pixel chain in one compiled pass
         (:func:`diffscreen.simulate._kernels.digitise`), so the noise of a
         (seed, index) frame is the one earlier versions drew (to one ADU step at
         float rounding ties).
@@ -1126,7 +1132,7 @@ class Simulator:
             k_blur = np.sqrt(c["gain"] * c["adu_per_photon"]) / 6
             tabk = _work(work, "ntab", (65536,))
             np.multiply(normal_table(), np.float32(k_blur), out=tabk)
-            u_z = random_u16(rng, (H + 2) * (W + 2))  # raw normals (× k_blur), as correlated_normal draws them
+            u_z = random_u16(rng, (H + 2) * (W + 2))  # raw normals (× k_blur), as the reference correlated_normal
             mode = 2
         elif lam is not None:
             mode = 1
@@ -1152,11 +1158,11 @@ class Simulator:
             mode,
             lam_k,
             u_p,
-            _poisson_table12(),
-            _poisson_table(),
-            np.float32((_Q * 65536.0) ** 2),
-            np.float32((_TMAX + 1) * 65536.0),
-            _TMAX,
+            poisson_table12(),
+            poisson_table(),
+            np.float32((POISSON_LEVELS * 65536.0) ** 2),
+            np.float32((POISSON_TOP_LEVEL + 1) * 65536.0),
+            POISSON_TOP_LEVEL,
             POISSON_GAUSS_ABOVE,
             zu_hi,
             normal_table(),
@@ -1176,93 +1182,6 @@ class Simulator:
             mixed,
             self.layout.active,
         )
-        return data
-
-    def _digitise_full(self, c: dict, rng: np.random.Generator, lam: np.ndarray | None) -> np.ndarray:
-        """Whole-frame version of :meth:`_digitise`, with the CSPAD mixed-gain zone (Ke §3.2)."""
-        P = self.preset
-        H, W = P.shape
-        g = np.float32(c["adu_per_photon"])
-        asic = self.layout.asic_id
-        rn = None
-        work = self._work
-        adu = _work(work, "adu", (H, W))
-        offset = np.float32(c["dark_offset"])
-        if lam is None:
-            adu.fill(offset)
-        elif P.noise_blur:
-            b6, z = correlated_normal_raw(rng, (H, W), work)
-            # variance (ADU²) = gain × mean ADU = gain · g · λ  (gain = noise-equivalent gain)
-            sd = _work(work, "sd", (H, W))
-            np.maximum(lam, 0, out=sd)
-            np.sqrt(sd, out=sd)
-            b6 *= sd
-            b6 *= np.float32(np.sqrt(c["gain"] * c["adu_per_photon"]) / 6)  # std of b6 is 6
-            np.multiply(lam, g, out=adu)
-            adu += b6
-            adu += offset
-            rn = white_rows(z, H, W)  # white read noise from the same draws (independent per pixel)
-        else:
-            cnt = poisson_counts(lam, rng, work)
-            if self._asic_boxes is not None:
-                # per-ASIC gain on each ASIC's rectangle (pixels outside every ASIC are inactive → 0)
-                for k, box in enumerate(self._asic_boxes):
-                    cnt[box] *= np.float32(c["asic_gain"][k] * g)
-            elif asic is not None:
-                cnt *= (c["asic_gain"] * g).take(asic)
-            else:
-                cnt *= g
-            np.add(cnt, offset, out=adu)
-        lo = None if P.allow_negative else 0
-        mixed = None
-        zone = self._mixed_gain_zone(c)
-        if zone is not None:
-            y0, y1, x0, x1 = zone
-            cx, cy = c["beam_center"]
-            r0 = c["mixed_gain_r_px"]
-            sub = (slice(y0, y1), slice(x0, x1))
-            yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy)) ** 2
-            xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx)) ** 2
-            inner = (yy[:, None] + xx[None, :]) < np.float32(r0 * r0)
-            mixed = (sub, inner, adu[sub] - np.float32(c["dark_offset"]))  # photon ADU (high-gain scale)
-        if asic is not None and P.common_mode_adu > 0:
-            if self._asic_boxes is not None:
-                for k, box in enumerate(self._asic_boxes):
-                    adu[box] += c["common_mode"][k]
-            else:
-                adu += c["common_mode"].take(asic)
-        if rn is None and c["read_noise"] > 0:  # (photon-counting detectors have none)
-            rn = [(slice(0, H), white_normal(rng, (H, W)))]
-        tmp = _work(work, "sd", (H, W))
-        for rows, w in rn or []:
-            t = tmp[rows]
-            np.multiply(w, np.float32(c["read_noise"]), out=t)
-            adu[rows] += t
-        if mixed is not None:
-            sub, inner, sig = mixed
-            ratio = np.float32(P.mixed_gain_ratio)
-            dark = adu[sub] - sig - np.float32(c["dark_offset"])  # common mode + read noise
-            low = np.rint((sig + np.float32(c["dark_offset"])) / ratio + dark)
-            np.clip(low, lo, P.saturation_adu, out=low)
-            low *= ratio
-            a = adu[sub]
-            a[inner] = low[inner]
-        if mixed is None and lo == 0:
-            # round half up and clip in one: floor(x + 0.5) == rint(x) except at exact .5 ties,
-            # and float → int32 truncation is floor for the non-negative clipped values
-            adu += np.float32(0.5)
-            np.clip(adu, 0, P.saturation_adu, out=adu)
-        else:
-            np.rint(adu, out=adu)
-            if mixed is None:
-                np.clip(adu, lo, P.saturation_adu, out=adu)
-            else:
-                keep = adu[mixed[0]][mixed[1]]
-                np.clip(adu, lo, P.saturation_adu, out=adu)
-                a = adu[mixed[0]]
-                a[mixed[1]] = keep
-        data = adu.astype(np.int32)
-        data.reshape(-1)[self._inactive] = 0
         return data
 
 
