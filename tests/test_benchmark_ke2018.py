@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from diffscreen.benchmarks import ke2018
+from diffscreen.benchmarks._harness import keep_scores
 
 
 def test_scores_follow_ke_eq_10_and_the_keep_decision():
     # probabilities (hit, maybe, miss); truth 0 = hit, 1 = maybe, 2 = miss
     probs = np.array([[0.5, 0.2, 0.3], [0.1, 0.3, 0.6], [0.2, 0.35, 0.45], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
     truth = np.array([0, 1, 1, 2, 2])
-    s = ke2018._scores(probs, truth)
+    s = keep_scores(probs, truth)
     # keep = P(hit) + P(maybe) > P(miss): kept frames 0, 2, 4
     assert s["success_rate"] == pytest.approx(100 * 3 / 5)
     assert s["kept_of_hit_or_maybe"] == pytest.approx(100 * 2 / 3) and s["kept_of_miss"] == pytest.approx(50.0)

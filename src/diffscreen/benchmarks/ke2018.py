@@ -25,26 +25,29 @@ crop shifts (centred crops; the simulated beam centre jitters instead).
 Each preset's frames are split 50/20/30 in frame order (fv5080).
 
 Layers: :func:`simulate_preset` (data: simulate, preprocess, count peaks;
-cached under the work folder), :func:`train_cnn` (one model), :func:`run`
-(the experiments, in parallel over ``workers`` processes), :func:`write_report`.
+cached under the work folder; :func:`simulate_presets` for several),
+:func:`train_cnn` (one model; :func:`train_group` for a preset group),
+:func:`run` (the experiments, in parallel over ``workers`` processes),
+:func:`write_report`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, keep_scores, pct, pool_map, predict,
+                                            pyplot, rate, save_figure, save_npy, start, write_json)
+from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import CLASS_NAMES
 
-__all__ = ["Settings", "FULL", "QUICK", "PAPER", "simulate_preset", "train_cnn", "run", "write_report"]
+__all__ = ["Settings", "FULL", "QUICK", "PAPER", "preprocess_configs", "simulate_preset", "simulate_presets",
+           "train_cnn", "train_group", "run", "check_findings", "write_report"]
 
 CLASSES = CLASS_NAMES  # the network's outputs: hit, maybe, miss
 _ARRAYS = ("x_lcn", "x_linear", "labels", "split", "n_spots", "pf8_ke", "pf8_tuned")
@@ -173,7 +176,8 @@ QUICK = Settings(
 )
 
 
-def _preprocess_configs(settings: Settings):
+def preprocess_configs(settings: Settings):
+    """The LCN and the linear-contrast :class:`~diffscreen.preprocess.PreprocessConfig` of ``settings``."""
     from diffscreen.preprocess import PreprocessConfig
 
     s_per_px = PreprocessConfig.s_per_px * settings.scale
@@ -212,7 +216,6 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
         test split); ``pf8`` the two tuned settings; ``seconds``.
     """
     from diffscreen.baselines import Peakfinder8, Peakfinder8Config, tune_peakfinder8
-    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.preprocess import Preprocessor
     from diffscreen.simulate import Simulator
 
@@ -227,7 +230,7 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
     t0 = time.time()
     n = settings.n_frames
     split = _split_of(n)
-    p_lcn, p_lin = (Preprocessor(c) for c in _preprocess_configs(settings))
+    p_lcn, p_lin = (Preprocessor(c) for c in preprocess_configs(settings))
     S = settings.input_size
     x_lcn = np.zeros((n, 1, S, S), np.float16)
     x_lin = np.zeros((n, 1, S, S), np.float16)
@@ -270,11 +273,9 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
                   pf8_ke=pf8_counts["ke"], pf8_tuned=pf8_counts["tuned"])  # fmt: skip
     cache.mkdir(parents=True, exist_ok=True)
     for k, a in arrays.items():
-        with temporary_path(cache / f"{k}.npy") as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, a)
+        save_npy(cache / f"{k}.npy", a)
     meta = {"pf8": pf8, "seconds": time.time() - t0, "preset": preset}
-    atomic_write_text(meta_path, json.dumps(meta, default=float))
+    write_json(meta_path, meta, indent=None)
     return {**arrays, **meta}
 
 
@@ -285,7 +286,7 @@ def train_cnn(x, y, x_val, y_val, out_path: Path, settings: Settings, *, contras
     if out_path.exists():
         return out_path
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    pre = _preprocess_configs(settings)[0 if contrast == "lcn" else 1]
+    pre = preprocess_configs(settings)[0 if contrast == "lcn" else 1]
     cfg = TrainConfig(
         epochs=settings.epochs, batches_per_epoch=settings.batches_per_epoch, batch_size=settings.batch_size,
         lr_start=settings.lr_start, lr_end=settings.lr_end, seed=settings.seed, threads=1, arch="ke2018",
@@ -296,43 +297,18 @@ def train_cnn(x, y, x_val, y_val, out_path: Path, settings: Settings, *, contras
     return out_path
 
 
-def _predict(model_path: Path, x: np.ndarray) -> np.ndarray:
-    import torch
+def train_group(name: str, presets, contrast: str, size, settings: Settings, work: Path) -> tuple[str, str]:
+    """Train (or reuse) the CNN ``name`` on the training splits of ``presets`` (one worker process's job).
 
-    from diffscreen.models import load_model
+    ``contrast`` is ``"lcn"`` or ``"linear"``; ``size`` (Table 7) sub-selects
+    that many training frames at random, keeping the class ratio (None: all).
+    Models are cached under ``work/models_<hash of settings>``.
 
-    torch.set_num_threads(1)
-    model = load_model(model_path).model
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), 32):
-            out.append(torch.softmax(model(torch.from_numpy(x[i : i + 32].astype(np.float32))), 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
-
-
-def _pct(pred: np.ndarray, among: np.ndarray) -> float:
-    """Percentage of ``pred`` true among the frames where ``among`` is true (NaN if none)."""
-    return 100 * float(np.asarray(pred)[among].mean()) if np.any(among) else float("nan")
-
-
-def _scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    keep_pred = probs[:, 0] + probs[:, 1] > probs[:, 2]
-    keep_true = labels != 2
-    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
-    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
-    return {
-        "success_rate": 100 * float((keep_pred == keep_true).mean()),
-        "balanced_success": 100 * float(np.nanmean([tpr, tnr])),
-        "accuracy_3class": 100 * float((probs.argmax(1) == labels).mean()),
-        "kept_of_hit_or_maybe": 100 * float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan"),
-        "kept_of_miss": 100 * float(keep_pred[~keep_true].mean()) if (~keep_true).any() else float("nan"),
-        "n": int(len(labels)),
-    }
-
-
-def _job(args):
-    """One training job in a worker process: (name, presets, contrast, size) → (name, model path)."""
-    name, presets, contrast, size, settings, work = args
+    Returns
+    -------
+    (str, str)
+        ``name`` and the model file's path.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -353,17 +329,20 @@ def _job(args):
     desc = {"presets": list(presets), "n_train": int(len(x)), "simulated": True, "seed": settings.seed,
             "augment": "random flip/rotation by 90° per sample" if settings.augment else None}  # fmt: skip
 
-    tag = hashlib.sha256(json.dumps({**asdict(settings), "v": _MODEL_VERSION}, sort_keys=True,
-                                    default=str).encode()).hexdigest()[:10]  # fmt: skip
+    tag = digest({**asdict(settings), "v": _MODEL_VERSION})
     path = train_cnn(x, y, np.concatenate(xv), np.concatenate(yv), work / f"models_{tag}" / f"{name}.safetensors",
                      settings, contrast=contrast, description=desc)  # fmt: skip
     return name, str(path)
 
 
-def _sim_job(args):
-    preset, settings, work = args
-    d = simulate_preset(preset, settings, work)
-    return preset, d["seconds"]
+def _simulate_seconds(preset: str, settings: Settings, work: Path) -> tuple[str, float]:
+    return preset, simulate_preset(preset, settings, work)["seconds"]
+
+
+def simulate_presets(presets, settings: Settings, work: Path, workers: int) -> tuple[dict, dict]:
+    """Simulate presets in ``workers`` processes (cached) → (preset → data, preset → simulation seconds)."""
+    seconds = dict(pool_map(_simulate_seconds, [(p, settings, work) for p in presets], workers))
+    return {p: simulate_preset(p, settings, work) for p in presets}, seconds
 
 
 def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> dict:
@@ -381,25 +360,11 @@ def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> d
     for f in frames:  # one detector geometry, as in a real run (peakfinder8 sets up once)
         f.meta.beam_center_px = centre
     out = {"preset": preset, "frame_shape": list(frames[0].shape), "frames": len(frames)}
-    clf = Classifier(model_path)
-    clf.predict(frames[:1])
-    t = time.perf_counter()
-    for f in frames:
-        clf.predict([f])
-    out["cnn_fps"] = len(frames) / (time.perf_counter() - t)
-    bundled = Classifier()
-    bundled.predict(frames[:1])
-    t = time.perf_counter()
-    for f in frames:
-        bundled.predict([f])
-    out["cnn720_fps"] = len(frames) / (time.perf_counter() - t)
+    for key, clf in (("cnn_fps", Classifier(model_path)), ("cnn720_fps", Classifier())):
+        out[key] = rate(lambda f: clf.predict([f]), frames)  # noqa: B023 - called at once
     for fast in (False, True):
         pf = Peakfinder8(Peakfinder8Config(adc_threshold=50, fast_mode=fast))
-        pf.find_peaks(frames[0])
-        t = time.perf_counter()
-        for f in frames:
-            pf.find_peaks(f)
-        out["pf8_fast_fps" if fast else "pf8_fps"] = len(frames) / (time.perf_counter() - t)
+        out["pf8_fast_fps" if fast else "pf8_fps"] = rate(pf.find_peaks, frames)
     return out
 
 
@@ -428,22 +393,16 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     dict
         Every number of the report (see ``ke2018.json``).
     """
+    import torch
+
     st = settings or (QUICK if quick else FULL)
     unknown = set(st.presets) - {"L498", "LG36", "LN84", "LN83", "LO19"}
     if unknown:
         raise ConfigError(f"ke2018 benchmark presets must be CXIDB-76 runs; unknown {sorted(unknown)}")
-    out = Path(out_dir)
-    work = Path(work) if work else out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    out, work, results = start(out_dir, work, st, quick)
     t_start = time.time()
-    results: dict = {"settings": asdict(st), "quick": quick}
-
     log(f"simulating {len(st.presets)} presets × {st.n_frames} frames")
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        sim_times = dict(ex.map(_sim_job, [(p, st, work) for p in st.presets]))
-    data = {p: simulate_preset(p, st, work) for p in st.presets}
-    results["simulation_seconds"] = sim_times
+    data, results["simulation_seconds"] = simulate_presets(st.presets, st, work, workers)
     results["class_counts"] = {p: {c: int((d["labels"][d["split"] == 2] == k).sum()) for k, c in enumerate(CLASSES)}
                                for p, d in data.items()}  # fmt: skip
 
@@ -460,8 +419,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     lin_targets = ([("Rayonix", ray)] if ray else []) + [(p, (p,)) for p in CSPAD if p in st.presets]
     jobs += [(f"linear_{name}", ps, "linear", None) for name, ps in lin_targets]
     log(f"training {len(jobs)} CNNs on {workers} processes")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        models = dict(ex.map(_job, [(*j, st, work) for j in jobs]))
+    models = dict(pool_map(train_group, [(*j, st, work) for j in jobs], workers))
+    torch.set_num_threads(1)
 
     def test_set(presets, contrast="lcn"):
         xs = [data[p]["x_lcn" if contrast == "lcn" else "x_linear"][data[p]["split"] == 2] for p in presets]
@@ -474,8 +433,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         x, y = test_set(presets, contrast)
         key = (model, tuple(presets), contrast)
         if key not in preds:
-            preds[key] = _predict(Path(models[model]), x)
-        return _scores(preds[key], y)
+            preds[key] = predict(models[model], x)
+        return keep_scores(preds[key], y)
 
     # Table 3 and Fig. 9
     t3 = {}
@@ -487,13 +446,13 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         keep_true = y != 2
         pr = preds[(p, (p,), "lcn")]
         row = {"cnn": cnn, "keep_recall_cnn": cnn["kept_of_hit_or_maybe"],
-               "hit_recall_cnn": _pct(pr[:, 0] + pr[:, 1] > pr[:, 2], y == 0)}  # fmt: skip
+               "hit_recall_cnn": pct(pr[:, 0] + pr[:, 1] > pr[:, 2], y == 0)}  # fmt: skip
         for name in ("ke", "tuned"):
             kept = d[f"pf8_{name}"][te] >= d["pf8"][name]["settings"]["min_peaks"]
             row[f"pf8_{name}"] = {
-                "kept_of_hit_or_maybe": _pct(kept, keep_true),
-                "kept_of_miss": _pct(kept, ~keep_true),
-                "hit_recall": _pct(kept, y == 0),
+                "kept_of_hit_or_maybe": pct(kept, keep_true),
+                "kept_of_miss": pct(kept, ~keep_true),
+                "hit_recall": pct(kept, y == 0),
                 "success_rate": 100 * float((kept == keep_true).mean()),
                 "settings": d["pf8"][name]["settings"],
             }
@@ -583,11 +542,8 @@ def check_findings(results: dict) -> dict:
     weak = [p for p in WEAK_SPOT_PRESETS if p in t3]
     if weak:
         pairs = [(t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"]) for p in weak]
-        out["cnn_beats_spotfinder_on_weak_spots"] = {
-            "holds": all(c > f for c, f in pairs),
-            "detail": "; ".join(f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept"
-                                for p, (c, f) in zip(weak, pairs)),
-        }  # fmt: skip
+        out["cnn_beats_spotfinder_on_weak_spots"] = finding(
+            (f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f) for p, (c, f) in zip(weak, pairs))
     t8 = results["table8"]
     if t8:
         lcn = float(np.mean([r["lcn_balanced"] for r in t8.values()]))
@@ -602,22 +558,12 @@ def check_findings(results: dict) -> dict:
             drops.append((f"{ray}->{c} {t5[ray][c]:.0f} < {c}->{c} {t5[c][c]:.0f}", t5[ray][c] < t5[c][c]))
             drops.append((f"{c}->{ray} {t5[c][ray]:.0f} < {ray}->{ray} {t5[ray][ray]:.0f}", t5[c][ray] < t5[ray][ray]))
         if drops:
-            out["cross_detector_drop"] = {"holds": all(ok for _, ok in drops), "detail": "; ".join(d for d, _ in drops)}
+            out["cross_detector_drop"] = finding(drops)
     return out
-
-
-def _fmt(v, nd=1):
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
 
 
 def write_report(results: dict, out_dir) -> Path:
     """Write ``ke2018.md``, ``ke2018.json`` and the figures (atomically) into ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
 
     out = Path(out_dir)
@@ -651,11 +597,11 @@ def write_report(results: dict, out_dir) -> Path:
     for p, r in results["table3"].items():
         pp = PAPER["table3"][p]
         ke, tu = r["pf8_ke"], r["pf8_tuned"]
-        L.append(f"| {p} | hit or maybe | {_fmt(r['cnn']['kept_of_hit_or_maybe'])} [{pp[0]}] | "
-                 f"{_fmt(ke['kept_of_hit_or_maybe'])} [{pp[2]}] | {_fmt(tu['kept_of_hit_or_maybe'])} |")  # fmt: skip
-        L.append(f"| | hit | {_fmt(r['hit_recall_cnn'])} | {_fmt(ke['hit_recall'])} | {_fmt(tu['hit_recall'])} |")
-        L.append(f"| | miss | {_fmt(r['cnn']['kept_of_miss'])} [{pp[1]}] | {_fmt(ke['kept_of_miss'])} [{pp[3]}] | "
-                 f"{_fmt(tu['kept_of_miss'])} |")  # fmt: skip
+        L.append(f"| {p} | hit or maybe | {fmt(r['cnn']['kept_of_hit_or_maybe'])} [{pp[0]}] | "
+                 f"{fmt(ke['kept_of_hit_or_maybe'])} [{pp[2]}] | {fmt(tu['kept_of_hit_or_maybe'])} |")  # fmt: skip
+        L.append(f"| | hit | {fmt(r['hit_recall_cnn'])} | {fmt(ke['hit_recall'])} | {fmt(tu['hit_recall'])} |")
+        L.append(f"| | miss | {fmt(r['cnn']['kept_of_miss'])} [{pp[1]}] | {fmt(ke['kept_of_miss'])} [{pp[3]}] | "
+                 f"{fmt(tu['kept_of_miss'])} |")  # fmt: skip
     L += ["", "peakfinder8 settings (ADC threshold, minimum SNR, pixels per peak, minimum peak count):", ""]
     for p, r in results["table3"].items():
         txt = []
@@ -671,7 +617,7 @@ def write_report(results: dict, out_dir) -> Path:
         rows += ["| train \\ test | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for a, r in tab.items():
             pa = paper.get(a, {})
-            rows.append(f"| {a} | " + " | ".join(f"{_fmt(r[b], 0)} [{pa.get(b, '–')}]" for b in cols) + " |")
+            rows.append(f"| {a} | " + " | ".join(f"{fmt(r[b], 0)} [{pa.get(b, '–')}]" for b in cols) + " |")
         return rows
 
     L += matrix("Table 4: Rayonix presets against each other", results["table4"], PAPER["table4"])
@@ -682,11 +628,11 @@ def write_report(results: dict, out_dir) -> Path:
               "| training frames | Rayonix | LG36 |", "|---|---|---|"]  # fmt: skip
         for n, r in sorted(results["table7"].items(), key=lambda kv: int(kv[0])):
             pp = PAPER["table7"].get(int(n), ("–", "–"))
-            L.append(f"| {n} | {_fmt(r.get('Rayonix'), 0)} [{pp[0]}] | {_fmt(r.get('LG36'), 0)} [{pp[1]}] |")
+            L.append(f"| {n} | {fmt(r.get('Rayonix'), 0)} [{pp[0]}] | {fmt(r.get('LG36'), 0)} [{pp[1]}] |")
     L += ["", "## Table 8: linear contrast against LCN", "", "| test set | linear contrast | LCN |", "|---|---|---|"]
     for name, r in results["table8"].items():
         pp = PAPER["table8"].get(name, ("–", "–"))
-        L.append(f"| {name} | {_fmt(r['linear'], 0)} [{pp[0]}] | {_fmt(r['lcn'], 0)} [{pp[1]}] |")
+        L.append(f"| {name} | {fmt(r['linear'], 0)} [{pp[0]}] | {fmt(r['lcn'], 0)} [{pp[1]}] |")
     tp = results["throughput"]
     L += ["", "## Throughput (one core)", "",
           f"{tp['frames']} simulated {tp['preset']} frames of {tp['frame_shape'][1]}×{tp['frame_shape'][0]} px, "
@@ -700,14 +646,11 @@ def write_report(results: dict, out_dir) -> Path:
     L += ["## Class counts of the test splits", "", "| preset | hit | maybe | miss |", "|---|---|---|---|"]
     for p, c in results["class_counts"].items():
         L.append(f"| {p} | {c['hit']} | {c['maybe']} | {c['miss']} |")
-    if results.get("findings"):
-        L += ["", "## The paper's qualitative findings", ""]
-        for name, f in results["findings"].items():
-            L.append(f"- {'holds' if f['holds'] else '**does not hold**'}: {name.replace('_', ' ')} ({f['detail']})")
+    L += findings_lines(results.get("findings"))
     L += ["", "## Why our numbers differ from the paper's", "", *_DISCUSSION]
     # Fig. 9
     presets = list(results["fig9"])
-    fig, axes = plt.subplots(len(presets), 2, figsize=(7, 1.8 * len(presets) + 0.5), squeeze=False)
+    fig, axes = pyplot().subplots(len(presets), 2, figsize=(7, 1.8 * len(presets) + 0.5), squeeze=False)
     for i, p in enumerate(presets):
         for j, (k, title) in enumerate((("miss", "P(miss), correct misses"),
                                         ("hit_or_maybe", "P(hit)+P(maybe), correct hit/maybe"))):  # fmt: skip
@@ -717,12 +660,8 @@ def write_report(results: dict, out_dir) -> Path:
             ax.set_title(f"{p}: {title}\nn = {len(v)}, mean {v.mean() if len(v) else float('nan'):.2f}", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
-    with temporary_path(out / "ke2018_fig9.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    atomic_write_text(out / "ke2018.md", "\n".join(L) + "\n")
-    atomic_write_text(out / "ke2018.json", json.dumps(results, indent=1, default=float))
-    return out / "ke2018.md"
+    save_figure(fig, out / "ke2018_fig9.png", dpi=110)
+    return write_files(out, "ke2018", L, results)
 
 
 _DISCUSSION = [

@@ -37,18 +37,18 @@ as the ke2018 CNNs they start from); a frame is called hit-or-maybe when
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from diffscreen.benchmarks import ke2018
+from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, keep_scores, pct, pool_map, predict,
+                                            pyplot, save_figure, start, write_json)
+from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "ASSERTED", "run", "check_findings", "write_report",
@@ -111,7 +111,8 @@ class Settings:
         The simulated runs (presets, frames, input size and scale, class
         fractions, seed; :func:`diffscreen.benchmarks.ke2018.simulate_preset`)
         and the recipe of the fully supervised CNNs of Table 1
-        (``ke2018._job``, cached with the ke2018 models).
+        (:func:`diffscreen.benchmarks.ke2018.train_group`, cached with the
+        ke2018 models).
     full_presets : tuple of str
         Presets with a fully supervised CNN (Table 1; the sources).
     targets : tuple of str
@@ -246,10 +247,10 @@ def label_split(split: np.ndarray, preset: str, n_labels: int, n_val: int, seed:
 
 def _per_class(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Xie's two numbers per test set: % of hit-or-maybe called hit-or-maybe, % of misses called miss."""
-    s = ke2018._scores(probs, labels)
+    s = keep_scores(probs, labels)
     miss = 100 - s["kept_of_miss"] if not np.isnan(s["kept_of_miss"]) else float("nan")
     return {"hit_or_maybe": s["kept_of_hit_or_maybe"], "miss": miss, "balanced": s["balanced_success"],
-            "accuracy": s["success_rate"], "hit": ke2018._pct(probs[:, 0] + probs[:, 1] > probs[:, 2], labels == 0),
+            "accuracy": s["success_rate"], "hit": pct(probs[:, 0] + probs[:, 1] > probs[:, 2], labels == 0),
             "n": s["n"]}  # fmt: skip
 
 
@@ -258,9 +259,7 @@ _NOT_TRAINING = ("full_presets", "targets", "pairs", "tsne_pairs", "n_tsne", "n_
 
 
 def _tag(st: Settings) -> str:
-    keep = {k: v for k, v in asdict(st).items() if k not in _NOT_TRAINING}
-    blob = json.dumps({**keep, "v": _MODEL_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return digest({**{k: v for k, v in asdict(st).items() if k not in _NOT_TRAINING}, "v": _MODEL_VERSION})
 
 
 #: Optimiser of the RWD 1-D CNN (Xie give none): Adam, 1e-3 → 1e-4, no weight decay.
@@ -292,15 +291,13 @@ def _train_config(st: Settings, kind: str):
 
 def _source_cnn(preset: str, st: Settings, work: Path) -> str:
     """Path of a preset's fully supervised CNN (Table 1; trained and cached by ``benchmark ke2018``'s job)."""
-    return ke2018._job((preset, (preset,), "lcn", None, st.data, work))[1]
+    return ke2018.train_group(preset, (preset,), "lcn", None, st.data, work)[1]
 
 
-def _job(args):
+def _job(kind: str, name: str, src: str, tgt: str, st: Settings, work: Path) -> tuple[str, str]:
     """One training job in a worker process → (name, model path)."""
-    kind, name, src, tgt, st, work = args
     import torch
 
-    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.train.loop import dihedral_augment, train_on_arrays
 
     torch.set_num_threads(1)
@@ -314,7 +311,7 @@ def _job(args):
     part = label_split(dt["split"], tgt, st.n_labels, st.n_val, st.seed)
     x, y = dt["x_lcn"], np.asarray(dt["labels"])
     aug = dihedral_augment if st.data.augment else None
-    pre = ke2018._preprocess_configs(st.data)[0]
+    pre = ke2018.preprocess_configs(st.data)[0]
     desc = {"benchmark": "xie2022", "kind": kind, "source": src, "target": tgt, "n_labels": st.n_labels,
             "simulated": True, "seed": st.seed}  # fmt: skip
     lab, val = part["labelled"], part["val"]
@@ -343,7 +340,7 @@ def _job(args):
                                    init_path=init, augment=aug, data_description=desc, log=quiet)  # fmt: skip
     else:
         raise ConfigError(f"unknown job kind {kind!r}")
-    atomic_write_text(out.with_suffix(".history.json"), json.dumps(res.history, default=float))
+    write_json(out.with_suffix(".history.json"), res.history, indent=None)
     return name, str(out)
 
 
@@ -461,6 +458,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     ConfigError
         Unknown presets, or pairs / t-SNE pairs naming presets without data.
     """
+    import torch
+
     st = settings or (QUICK if quick else FULL)
     presets = tuple(dict.fromkeys(st.full_presets + st.targets + tuple(p for pr in st.pairs for p in pr)))
     unknown = set(presets) - set(_KNOWN)
@@ -473,16 +472,10 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         raise ConfigError(f"dann_init must be 'source' or 'scratch', got {st.dann_init!r}")
     if set(map(tuple, st.tsne_pairs)) - set(map(tuple, st.pairs)):
         raise ConfigError("every t-SNE pair must be one of the (source, target) pairs")
-    out = Path(out_dir)
-    work = Path(work) if work else out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    out, work, results = start(out_dir, work, st, quick)
     t_start = time.time()
-    results: dict = {"settings": asdict(st), "quick": quick}
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch threads
     log(f"simulating {len(presets)} presets × {st.data.n_frames} frames")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        results["simulation_seconds"] = dict(ex.map(ke2018._sim_job, [(p, st.data, work) for p in presets]))
-    data = {p: ke2018.simulate_preset(p, st.data, work) for p in presets}
+    data, results["simulation_seconds"] = ke2018.simulate_presets(presets, st.data, work, workers)
     parts = {p: label_split(d["split"], p, st.n_labels, st.n_val, st.seed) for p, d in data.items()}
     results["class_counts"] = {
         p: {k: {c: int((np.asarray(data[p]["labels"])[idx] == i).sum()) for i, c in enumerate(CLASSES)}
@@ -490,10 +483,9 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     jobs = _jobs(st)
     log(f"training {len(jobs)} models on {workers} processes")
     t_train = time.time()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        # the Table 1 CNNs first: transfer (and DANN with dann_init="source") start from them
-        models = dict(ex.map(_job, [(*j, st, work) for j in jobs if j[0] == "full"]))
-        models.update(ex.map(_job, [(*j, st, work) for j in jobs if j[0] != "full"]))
+    # the Table 1 CNNs first: transfer (and DANN with dann_init="source") start from them
+    models = dict(pool_map(_job, [(*j, st, work) for j in jobs if j[0] == "full"], workers))
+    models.update(pool_map(_job, [(*j, st, work) for j in jobs if j[0] != "full"], workers))
     results["training_seconds"] = time.time() - t_train
 
     preds: dict = {}
@@ -501,10 +493,11 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     def score(model: str, preset: str) -> dict:
         if (model, preset) not in preds:
             te = parts[preset]["test"]
-            preds[(model, preset)] = ke2018._predict(Path(models[model]), np.asarray(data[preset]["x_lcn"][te]))
+            preds[(model, preset)] = predict(models[model], np.asarray(data[preset]["x_lcn"][te]))
         return _per_class(preds[(model, preset)], np.asarray(data[preset]["labels"])[parts[preset]["test"]])
 
     log("testing")
+    torch.set_num_threads(1)
     tested = tuple(dict.fromkeys(st.full_presets + st.targets))
     results["table1"] = {a: {b: score(f"full_{a}", b) for b in tested} for a in st.full_presets}
     results["table2"] = {t: score(f"scratch_{t}", t) for t in st.targets}
@@ -570,7 +563,7 @@ def check_findings(results: dict) -> dict:
             rows.append((f"{r['source']}->{t}: balanced {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
                          r["balanced"] > t2[t]["balanced"]))  # fmt: skip
     if rows:
-        out["transfer_beats_scratch"] = {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)}
+        out["transfer_beats_scratch"] = finding(rows)
     cross, same = [], []
     for r in results["table5"].values():
         s, t = r["source"], r["target"]
@@ -582,17 +575,17 @@ def check_findings(results: dict) -> dict:
     for name, rows in (("dann_recall_beats_source_only", cross or same),
                        ("dann_recall_beats_source_only_same_detector", same if cross else [])):  # fmt: skip
         if rows:
-            out[name] = {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)}
+            out[name] = finding(rows)
     rows = [(f"{r['source']}->{r['target']}: balanced DANN {r['on_target']['balanced']:.1f}% vs λ = 0 "
              f"{r['no_grl_on_target']['balanced']:.1f}%", r["on_target"]["balanced"] > r["no_grl_on_target"]["balanced"])
             for r in results["table5"].values() if "no_grl_on_target" in r]  # fmt: skip
     if rows:
-        out["grl_beats_no_grl"] = {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)}
+        out["grl_beats_no_grl"] = finding(rows)
     rows = [(f"{t}: balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
              r["balanced"] > t2[t]["balanced"])
             for t, r in results.get("table4", {}).items() if t in t2]  # fmt: skip
     if rows:
-        out["rwd_beats_scratch"] = {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)}
+        out["rwd_beats_scratch"] = finding(rows)
     return out
 
 
@@ -601,7 +594,7 @@ def _cell(ours: dict | None, paper=None) -> str:
     if ours is None:
         txt = "–"
     else:
-        txt = f"**{ke2018._fmt(ours['hit_or_maybe'])}** / {ke2018._fmt(ours['miss'])}"
+        txt = f"**{fmt(ours['hit_or_maybe'])}** / {fmt(ours['miss'])}"
     if paper is not None:
         txt += f" [**{paper[0]:.2f}** / {paper[1]:.2f}]"
     return txt
@@ -662,12 +655,6 @@ def paper_tables(results: dict) -> list[str]:
 
 def write_report(results: dict, out_dir) -> Path:
     """Write ``xie2022.md``, ``xie2022.json`` and the figures (atomically) into ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from diffscreen.io.atomic import atomic_write_text, temporary_path
     from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
 
     out = Path(out_dir)
@@ -713,9 +700,9 @@ def write_report(results: dict, out_dir) -> Path:
           f"{sp['n']} preprocessed inputs {'×'.join(map(str, sp['input']))} in memory, batches of 16, one thread "
           "of this CPU (best of 3).", "",
           "| model | inputs/s [paper, A100 GPU] |", "|---|---|",
-          f"| 2-D CNN | {ke2018._fmt(sp.get('cnn2d_per_s'))} [{PAPER['speed']['cnn2d']}] |",
-          f"| RWD 1-D CNN (row ranges + network) | {ke2018._fmt(sp.get('rwd1d_per_s'))} [{PAPER['speed']['rwd1d']}] |",
-          f"| ratio | {ke2018._fmt(sp.get('ratio'))} [{PAPER['speed']['rwd1d'] / PAPER['speed']['cnn2d']:.0f}] |"]  # fmt: skip
+          f"| 2-D CNN | {fmt(sp.get('cnn2d_per_s'))} [{PAPER['speed']['cnn2d']}] |",
+          f"| RWD 1-D CNN (row ranges + network) | {fmt(sp.get('rwd1d_per_s'))} [{PAPER['speed']['rwd1d']}] |",
+          f"| ratio | {fmt(sp.get('ratio'))} [{PAPER['speed']['rwd1d'] / PAPER['speed']['cnn2d']:.0f}] |"]  # fmt: skip
     L += _bench_speed_lines(sp.get("bench_rwd_speed"))
     # Fig. 9
     L += ["", "## Fig. 9: t-SNE of source and target features", ""]
@@ -723,28 +710,22 @@ def write_report(results: dict, out_dir) -> Path:
         png = f"xie2022_fig9_{f9['source']}_{f9['target']}.png"
         L += [f"{f9['source']} (source, red) and {f9['target']} (target, blue) test frames, features entering the "
               f"last layer. Domain separability (5-fold logistic regression, 50 % = the domains overlap fully): "
-              f"DANN {ke2018._fmt(f9['dann']['domain_accuracy'])} %, source-only CNN "
-              f"{ke2018._fmt(f9['cnn']['domain_accuracy'])} %.", "", f"![Fig. 9 {key}]({png})", ""]  # fmt: skip
-        _fig9(plt, f9, out / png, temporary_path)
+              f"DANN {fmt(f9['dann']['domain_accuracy'])} %, source-only CNN "
+              f"{fmt(f9['cnn']['domain_accuracy'])} %.", "", f"![Fig. 9 {key}]({png})", ""]  # fmt: skip
+        _fig9(f9, out / png)
     if any(results["dann_history"].values()):
         L += ["## Fig. 10: DANN training", "", "![Fig. 10](xie2022_fig10.png)", ""]
-        _fig10(plt, results["dann_history"], out / "xie2022_fig10.png", temporary_path)
+        _fig10(results["dann_history"], out / "xie2022_fig10.png")
     L += ["## Class counts (hit / maybe / miss)", "", "| preset | labelled | validation | test |", "|---|---|---|---|"]
     for p, c in results["class_counts"].items():
         L.append(f"| {p} | " + " | ".join(" / ".join(str(c[k][n]) for n in CLASSES) for k in ("labelled", "val", "test"))
                  + " |")  # fmt: skip
-    if results.get("findings"):
-        L += ["", "## The paper's qualitative findings", ""]
-        for name, f in results["findings"].items():
-            tag = " (asserted by `--quick`)" if name in ASSERTED else ""
-            L.append(f"- {'holds' if f['holds'] else '**does not hold**'}: {name.replace('_', ' ')}{tag} ({f['detail']})")
+    L += findings_lines(results.get("findings"), ASSERTED)
     for extra in results.get("notes", []):
         L += ["", extra]
     L += ["", "## The full run and the quick run", "", *_sizes()]
     L += ["", "## Differences from the paper", "", *_discussion(st)]
-    atomic_write_text(out / "xie2022.md", "\n".join(L) + "\n")
-    atomic_write_text(out / "xie2022.json", json.dumps(results, indent=1, default=float))
-    return out / "xie2022.md"
+    return write_files(out, "xie2022", L, results)
 
 
 def _bench_speed_lines(bench) -> list[str]:
@@ -766,9 +747,9 @@ def _bench_speed_lines(bench) -> list[str]:
     return L
 
 
-def _fig9(plt, f9: dict, path: Path, temporary_path) -> None:
+def _fig9(f9: dict, path: Path) -> None:
     labels, domain = np.asarray(f9["labels"]), np.asarray(f9["domain"])
-    fig, axes = plt.subplots(2, 3, figsize=(9, 6), squeeze=False)
+    fig, axes = pyplot().subplots(2, 3, figsize=(9, 6), squeeze=False)
     for i, (key, name) in enumerate((("dann", "DANN"), ("cnn", "source-only CNN"))):
         emb = np.asarray(f9[key]["embedding"])
         for j, c in enumerate(("miss", "maybe", "hit")):
@@ -782,13 +763,11 @@ def _fig9(plt, f9: dict, path: Path, temporary_path) -> None:
             ax.set_yticks([])
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    with temporary_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
-def _fig10(plt, histories: dict, path: Path, temporary_path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+def _fig10(histories: dict, path: Path) -> None:
+    fig, axes = pyplot().subplots(1, 3, figsize=(11, 3.2))
     for k, (pair, h) in enumerate(histories.items()):
         if not h:
             continue
@@ -799,9 +778,7 @@ def _fig10(plt, histories: dict, path: Path, temporary_path) -> None:
             ax.set_xlabel("epoch", fontsize=8)
     axes[0].legend(fontsize=6)
     fig.tight_layout()
-    with temporary_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _sizes() -> list[str]:

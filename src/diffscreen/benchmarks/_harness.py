@@ -1,0 +1,180 @@
+"""What every paper benchmark shares: its run folders, cached jobs, the process pool, findings and report files.
+
+Each paper's module keeps only its experiments and calls these.  Caches are
+keyed by a hash of the settings that make them (:func:`digest`) and written
+atomically (:mod:`diffscreen.io.atomic`), so an interrupted run resumes.  The
+keep decision scored everywhere is Ke et al. (2018) Eq. 4: a frame is kept
+(hit or maybe) when P(hit) + P(maybe) > P(miss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from diffscreen.io.atomic import atomic_write_text, temporary_path
+
+
+def start(out_dir, work, settings, quick: bool) -> tuple[Path, Path, dict]:
+    """The folders of one run and its results skeleton.
+
+    Returns
+    -------
+    (Path, Path, dict)
+        ``out_dir``; ``work`` (default ``out_dir/work``, created); the results
+        ``{"settings": asdict(settings), "quick": quick}``.
+    """
+    out = Path(out_dir)
+    work = Path(work) if work else out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return out, work, {"settings": asdict(settings), "quick": quick}
+
+
+def digest(obj, n: int = 10, algo: str = "sha256") -> str:
+    """First ``n`` hex digits of the hash of ``obj`` as sorted JSON: the key of a cached job."""
+    return hashlib.new(algo, json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def save_npy(path: Path, a: np.ndarray) -> None:
+    """Write one array as ``.npy`` atomically."""
+    with temporary_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, a)
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """Write arrays as one ``.npz`` atomically."""
+    with temporary_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def write_json(path: Path, obj, indent: int | None = 1) -> None:
+    """Write ``obj`` as JSON atomically (numpy scalars as floats)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=float))
+
+
+def pool_map(fn, args, workers: int) -> list:
+    """``[fn(*a) for a in args]`` in ``workers`` spawned processes (in this process if ``workers`` ≤ 1).
+
+    Spawned, never forked: a forked process may inherit torch's threads.
+    """
+    args = list(args)
+    if workers <= 1:
+        return [fn(*a) for a in args]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return list(ex.map(fn, *zip(*args))) if args else []
+
+
+def predict(model, x, batch: int = 32) -> np.ndarray:
+    """Softmax class probabilities (N, C) float32 of preprocessed inputs (N, 1, S, S).
+
+    ``model`` is a model file or a loaded network (put in eval mode).
+    """
+    import torch
+
+    from diffscreen.models import load_model
+
+    net = load_model(model).model if isinstance(model, (str, Path)) else model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            out.append(torch.softmax(net(torch.from_numpy(np.asarray(x[i : i + batch], np.float32))), 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+
+def rate(call, items) -> float:
+    """Items per second of ``call(item)`` over ``items``, after one warm-up call on the first."""
+    call(items[0])
+    t = time.perf_counter()
+    for item in items:
+        call(item)
+    return len(items) / (time.perf_counter() - t)
+
+
+def pct(pred, among) -> float:
+    """Percentage of ``pred`` true among the frames where ``among`` is true (NaN if none)."""
+    return 100 * float(np.asarray(pred)[among].mean()) if np.any(among) else float("nan")
+
+
+def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Scores of the keep decision (Ke Eq. 4) against the truth hit or maybe (labels 0, 1) versus miss (2).
+
+    Parameters
+    ----------
+    probs : (N, 3) float ndarray
+        P(hit), P(maybe), P(miss).
+    labels : (N,) int ndarray
+
+    Returns
+    -------
+    dict
+        ``success_rate`` (Ke Eq. 10: % of frames whose keep decision is
+        right), ``balanced_success`` (mean of the kept % of hit-or-maybe
+        frames and the dropped % of misses), ``accuracy_3class`` (% argmax
+        right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN where the
+        class is absent), ``n``.
+    """
+    keep_pred = probs[:, 0] + probs[:, 1] > probs[:, 2]
+    keep_true = labels != 2
+    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
+    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
+    return {
+        "success_rate": 100 * float((keep_pred == keep_true).mean()),
+        "balanced_success": 100 * float(np.nanmean([tpr, tnr])),
+        "accuracy_3class": 100 * float((probs.argmax(1) == labels).mean()),
+        "kept_of_hit_or_maybe": pct(keep_pred, keep_true),
+        "kept_of_miss": pct(keep_pred, ~keep_true),
+        "n": int(len(labels)),
+    }
+
+
+def finding(rows) -> dict | None:
+    """One finding from its ``(detail, holds)`` rows: ``{"holds": all hold, "detail": "; "-joined}``; None if no rows."""
+    rows = list(rows)
+    return {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)} if rows else None
+
+
+def findings_lines(findings: dict, asserted=()) -> list[str]:
+    """Markdown section listing each finding, whether it holds and its numbers (empty if none)."""
+    if not findings:
+        return []
+    L = ["", "## The paper's qualitative findings", ""]
+    for name, f in findings.items():
+        tag = " (asserted by `--quick`)" if name in asserted else ""
+        L.append(f"- {'holds' if f['holds'] else '**does not hold**'}: {name.replace('_', ' ')}{tag} ({f['detail']})")
+    return L
+
+
+def fmt(v, nd: int = 1) -> str:
+    """A number with ``nd`` decimals; "–" for None or NaN."""
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Write a pyplot figure as PNG atomically and close it."""
+    with temporary_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+
+
+def write_report(out: Path, name: str, lines: list[str], results: dict) -> Path:
+    """Write ``out/name.md`` (the lines) and ``out/name.json`` (the results) atomically; returns the ``.md`` path."""
+    atomic_write_text(out / f"{name}.md", "\n".join(lines) + "\n")
+    write_json(out / f"{name}.json", results)
+    return out / f"{name}.md"
