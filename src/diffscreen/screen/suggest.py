@@ -80,9 +80,8 @@ def suggest_labels(probabilities, features, n: int, *, seed: int = 0, uncertaint
     probabilities : (N, C) float array
         The model's class probabilities for every frame of the run.
     features : (N, F) float array
-        Penultimate features of the same frames
-        (:func:`diffscreen.explain.tsne.penultimate_features`, or
-        ``model.forward_features``).
+        Penultimate features of the same frames (``model.forward_features``,
+        flattened).
     n : int
         Frames to pick; all ``N`` (in pick order) if ``n >= N``.
     seed : int
@@ -200,7 +199,7 @@ def run_suggestions(specs, clf, n: int, *, batch_size: int = 16, seed: int = 0, 
     from diffscreen.io import check_frame, open_source
 
     model = clf.model.eval()
-    fused = hasattr(model, "forward_features") and isinstance(getattr(model, "classifier", None), torch.nn.Linear)
+    linear_head = isinstance(getattr(model, "classifier", None), torch.nn.Linear)
     sources, errors, total = [], [], 0
     for spec in specs:
         try:
@@ -218,16 +217,10 @@ def run_suggestions(specs, clf, n: int, *, batch_size: int = 16, seed: int = 0, 
             return
         x = clf.preprocess(frames)
         with torch.inference_mode():
-            t = torch.from_numpy(x)
-            if fused:
-                f = model.forward_features(t)
-                pr = torch.softmax(model.classifier(f), dim=1).numpy()
-                f = f.numpy()
-            else:
-                from diffscreen.explain.tsne import penultimate_features
-
-                pr = clf.predict_batch(x)
-                f = penultimate_features(model, x)
+            f = model.forward_features(torch.from_numpy(x))
+            # one pass when the head is a single Linear layer; otherwise the classifier's own network
+            pr = torch.softmax(model.classifier(f), dim=1).numpy() if linear_head else clf.predict_batch(x)
+            f = f.numpy()
         probs.append(pr)
         feats.append(np.asarray(f, np.float32).reshape(len(frames), -1))
         items.extend(where)
