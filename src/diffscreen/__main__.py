@@ -1,5 +1,5 @@
 """``python -m diffscreen``: the ``diffscreen`` command."""
 
-from diffscreen.cli import _console_main
+from diffscreen.cli import console_main
 
-_console_main()
+console_main()

@@ -1,9 +1,7 @@
-"""``diffscreen adapt``, ``diffscreen suggest-labels`` and ``train --init`` (Xie et al. 2022).
+"""``diffscreen adapt`` and ``diffscreen suggest-labels`` (Xie et al. 2022).
 
-Learning a new experiment with few or no labels: transfer learning (§2.3.1),
-the RWD 1-D CNN (§3.4.2), DANN (§2.3.3) and choosing which frames to label.
-Registered on the main app when :mod:`diffscreen.cli` imports this module;
-nothing heavy is imported at module level (``--help`` stays fast).
+Learning a new experiment with few or no labels: DANN (§2.3.3) and choosing
+which frames to label (transfer learning is ``train --init``).
 """
 
 from __future__ import annotations
@@ -13,86 +11,11 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli import MODEL_HELP, ModelType, _Bar, _expand, _progress, app, friendly
+from diffscreen.cli._common import MODEL_HELP, Bar, ModelType, expand, friendly, progress
 
 _DANN = "DANN training"
 
 
-def check_model_type(model, expected: str) -> str:
-    """The architecture of a model file (default: the bundled one), refusing any other than ``expected``.
-
-    Raises
-    ------
-    ConfigError
-        The file holds another architecture.
-    ModelFileError
-        The file is missing or unreadable.
-    """
-    from diffscreen.errors import ConfigError
-    from diffscreen.models import read_model_metadata, resolve_model_path
-
-    path = resolve_model_path(model)
-    arch = read_model_metadata(path).get("arch")
-    if arch != expected:
-        raise ConfigError(f"the model is a {arch!r} model, but --model-type {expected} was given", path=path)
-    return arch
-
-
-def train_transfer(inputs, out, labels, *, init, model_type, frozen_epochs, unfrozen_epochs, unfreeze,
-                   batches_per_epoch, batch_size, seed, split, fractions):
-    """``train --init MODEL``: two-stage transfer learning from a few labelled frames (Xie §2.3.1, Fig. 3)."""
-    from dataclasses import replace
-
-    from diffscreen.errors import ConfigError
-    from diffscreen.evaluate import evaluate_labels
-    from diffscreen.models import load_model, read_model_metadata
-    from diffscreen.models.decision import decide
-    from diffscreen.models.inference import Classifier
-    from diffscreen.preprocess import Preprocessor
-    from diffscreen.train import collect_samples, split_samples
-    from diffscreen.train.loop import dihedral_augment
-    from diffscreen.train.transfer import FROZEN_DEFAULT, UNFROZEN_DEFAULT, samples_to_arrays, transfer_on_arrays
-
-    if frozen_epochs < 1 or unfrozen_epochs < 0 or unfreeze < 0:
-        raise ConfigError("--frozen-epochs must be >= 1, --unfrozen-epochs and --unfreeze >= 0")
-    bundle = load_model(init)
-    if model_type is not None and bundle.arch != model_type.value:
-        raise ConfigError(f"the init model is a {bundle.arch!r} model, but --model-type {model_type.value} was given",
-                          path=init)
-    specs = _expand(inputs)
-    samples, info = collect_samples(specs, [str(x) for x in labels], class_names=bundle.class_names)
-    tr, va, te = split_samples(samples, tuple(fractions), mode=split, seed=seed)
-    if not tr:
-        raise ConfigError(f"no frame left for training after the split {tuple(fractions)} of {len(samples)} frames")
-    print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
-    pre = Preprocessor(bundle.preprocess)
-    rows = bundle.arch == "rwd1d"
-    with _progress() as p:
-        x, y = samples_to_arrays(tr, pre, rows=rows, progress=_Bar(p, "reading training frames"))
-        xv, yv = samples_to_arrays(va, pre, rows=rows, progress=_Bar(p, "reading validation frames")) if va \
-            else (None, None)
-        s1 = replace(FROZEN_DEFAULT, epochs=frozen_epochs, batches_per_epoch=batches_per_epoch,
-                     batch_size=batch_size, seed=seed)
-        s2 = replace(UNFROZEN_DEFAULT, epochs=max(1, unfrozen_epochs), batches_per_epoch=batches_per_epoch,
-                     batch_size=batch_size, seed=seed)
-        info["label_files"] = [str(v) for v in labels]
-        info["split"] = {"mode": split, "fractions": list(fractions)}
-        res = transfer_on_arrays(init, x, y, out, x_val=xv, y_val=yv, frozen=s1, unfrozen=s2,
-                                 unfreeze_blocks=unfreeze if unfrozen_epochs > 0 else 0,
-                                 augment=None if rows else dihedral_augment, data_description=info,
-                                 log=p.console.print)
-    stage = read_model_metadata(res.model_path)["metrics"]["best_stage"]
-    print(f"kept epoch {res.best_epoch} of the {stage} stage; model written to {res.model_path}")
-    if te:
-        clf = Classifier(res.model_path)
-        xt, yt = samples_to_arrays(te, pre, rows=rows)
-        _, pred = decide(clf.predict_batch(xt.astype("float32")), clf.class_names)
-        rep = evaluate_labels([clf.class_names[k] for k in yt], pred, clf.class_names)
-        print("test split:")
-        print(rep.to_markdown())
-
-
-@app.command()
 @friendly
 def adapt(
     source: List[str] = typer.Option(..., "--source", "-s", help="Labelled frames of a known experiment (simulated .cxi runs, or files with --labels); repeat for more."),
@@ -148,7 +71,7 @@ def adapt(
     else:
         pcfg = PreprocessConfig(out_size=input_size, max_shift=min(120, input_size // 6))
         names, arch = ("hit", "maybe", "miss"), model_type.value
-    src_specs, tgt_specs = _expand(source), _expand(target)
+    src_specs, tgt_specs = expand(source), expand(target)
     samples, info = collect_samples(src_specs, [str(x) for x in labels], class_names=names)
     rng = np.random.default_rng(seed)
     if len(samples) > max_source:
@@ -169,12 +92,12 @@ def adapt(
                   lr_start=base.lr_start if lr_start is None else lr_start,
                   lr_end=base.lr_end if lr_end is None else lr_end, seed=seed,
                   threads=threads or torch.get_num_threads())
-    with _progress() as p:
-        xs, ys = samples_to_arrays(trn, pre, rows=rows, progress=_Bar(p, "reading source frames"))
-        xv, yv = samples_to_arrays(val, pre, rows=rows, progress=_Bar(p, "reading validation frames")) if val \
+    with progress() as p:
+        xs, ys = samples_to_arrays(trn, pre, rows=rows, progress=Bar(p, "reading source frames"))
+        xv, yv = samples_to_arrays(val, pre, rows=rows, progress=Bar(p, "reading validation frames")) if val \
             else (None, None)
         xt, _ = samples_to_arrays([Sample(s, i, -1) for s, i in items], pre, rows=rows,
-                                  progress=_Bar(p, "reading target frames"))
+                                  progress=Bar(p, "reading target frames"))
         desc = {"source": info, "target": {"inputs": tgt_specs, "n_frames": len(items)},
                 "label_files": [str(x) for x in labels], "val_fraction": val_fraction}
         res = train_dann_on_arrays(xs, ys, xt, out, class_names=names, preprocess=pcfg, config=cfg, x_val=xv,
@@ -187,9 +110,8 @@ def adapt(
     print(f"model written to {res.model_path} (epoch {res.best_epoch}); loss plot {png}")
 
 
-@app.command("suggest-labels")
 @friendly
-def suggest_labels_cmd(
+def suggest_labels(
     inputs: List[str] = typer.Argument(..., help="The run: frame files, folders or globs; HDF5 datasets as file.h5:/path."),
     n: int = typer.Option(200, "--n", "-n", help="Frames to suggest."),
     out: Path = typer.Option(Path("labels_todo.csv"), "--out", "-o", help="CSV to write (file,frame,label,p_*,reason)."),
@@ -218,10 +140,10 @@ def suggest_labels_cmd(
     if threads:
         torch.set_num_threads(threads)
     clf = Classifier(model)
-    specs = _expand(inputs)
-    with _progress() as p:
+    specs = expand(inputs)
+    with progress() as p:
         res = run_suggestions(specs, clf, n, batch_size=batch_size, seed=seed,
-                              uncertainty_weight=uncertainty_weight, progress=_Bar(p, "scoring frames"))
+                              uncertainty_weight=uncertainty_weight, progress=Bar(p, "scoring frames"))
     write_suggestions(res, out)
     for f, i, e in res["errors"][:20]:
         print(f"WARNING: skipped {f}" + ("" if i < 0 else f", frame {i}") + f": {e}")

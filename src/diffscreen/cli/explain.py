@@ -1,8 +1,4 @@
-"""``diffscreen explain``, ``diffscreen report`` and ``diffscreen benchmark nawaz2022``.
-
-Registered on the main app when :mod:`diffscreen.cli` imports this module.
-Nothing heavy is imported at module level (``--help`` stays fast).
-"""
+"""``diffscreen explain`` (a heat map of why each frame was kept) and ``diffscreen report`` (one HTML page)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli import EXIT_PARTIAL, MODEL_HELP, _Bar, _expand, _progress, app, benchmark_app, friendly
+from diffscreen.cli._common import EXIT_PARTIAL, MODEL_HELP, Bar, expand, friendly, progress
 
 
 class Method(str, Enum):
@@ -24,7 +20,6 @@ class Method(str, Enum):
     inversion = "inversion"
 
 
-@app.command()
 @friendly
 def explain(
     inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
@@ -53,13 +48,13 @@ def explain(
 
     if threads:
         torch.set_num_threads(threads)
-    specs = _expand(inputs)
+    specs = expand(inputs)
     clf = Classifier(model)
     resolve_target(clf.class_names, target)  # refuse a bad class before any output
-    with _progress() as p:
+    with progress() as p:
         res = explain_frames(
             specs, out, method=method.value, model=clf, target=target, layer=layer, max_frames=max_frames,
-            batch_size=batch_size, steps=steps, progress=_Bar(p, f"explaining ({method.value})"),
+            batch_size=batch_size, steps=steps, progress=Bar(p, f"explaining ({method.value})"),
         )
     for f, i, e in res["errors"][:20]:
         print(f"ERROR: {f}" + ("" if i < 0 else f", frame {i}") + f": {e}")
@@ -68,7 +63,6 @@ def explain(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-@app.command()
 @friendly
 def report(
     run_out_dir: Path = typer.Argument(..., help="Output folder of `diffscreen screen` (scores.csv, summary.json)."),
@@ -92,20 +86,3 @@ def report(
         tsne_frames=tsne_frames, progress=lambda m: print(f"report: {m}"),
     )
     print(f"report written to {path}")
-
-
-@benchmark_app.command("nawaz2022")
-@friendly
-def benchmark_nawaz2022(
-    out: Path = typer.Option(Path("docs/benchmarks"), "--out", "-o", help="Folder for nawaz2022.md and its PNGs."),
-    quick: bool = typer.Option(False, "--quick", help="Minutes-long smoke run (narrow AlexNet, few frames)."),
-    seed: int = typer.Option(0, help="Seed of training frames and weights (test frames: seed + 1000)."),
-    work: Path = typer.Option(Path("work/nawaz2022"), help="Cache of simulated inputs and the trained model."),
-):
-    """Nawaz et al. (2022): AlexNet on the five DiffraNet classes, Tables 2-3, Figs. 6-7 (CPU recipe)."""
-    from diffscreen.benchmarks.nawaz2022 import run
-
-    r = run(out, quick=quick, seed=seed, work_dir=work, log=print)
-    print(f"5-class accuracy {100 * r['accuracy']:.1f} %, hit/miss accuracy {100 * r['hit_miss']['accuracy']:.1f} %")
-    if not quick:
-        print(f"written {Path(out) / 'nawaz2022.md'}")

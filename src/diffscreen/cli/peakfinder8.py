@@ -1,4 +1,4 @@
-"""The peer hit-finder on the command line: ``tune-peakfinder8`` and ``benchmark ke2018``."""
+"""``diffscreen tune-peakfinder8``: peakfinder8 settings tuned on labelled frames (the peer hit-finder)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import List
 
 import typer
 
-from diffscreen.cli import _expand, _progress, app, benchmark_app, friendly
+from diffscreen.cli._common import expand, friendly, progress
 
 
-@app.command("tune-peakfinder8")
 @friendly
-def tune_peakfinder8_cmd(
+def tune_peakfinder8(
     inputs: List[str] = typer.Argument(..., help="Labelled validation frames: simulated .cxi runs, or files with --labels."),
     out: Path = typer.Option(..., "--out", "-o", help="Settings file to write (.json), for screen --pf8-settings."),
     labels: List[Path] = typer.Option([], "--labels", "-l", help="Label files: expert_annotation.txt or CSV file,frame,label."),
@@ -37,12 +36,12 @@ def tune_peakfinder8_cmd(
     from diffscreen.io.sources import read_frame
     from diffscreen.train import collect_samples
 
-    samples, info = collect_samples(_expand(inputs), [str(x) for x in labels])
+    samples, info = collect_samples(expand(inputs), [str(x) for x in labels])
     pick = np.unique(np.linspace(0, len(samples) - 1, min(max_frames, len(samples))).round().astype(int))
     chosen = [samples[k] for k in pick]
     frames = [check_frame(read_frame(s.source, s.index)) for s in chosen]
     base = Peakfinder8Config(min_pixel_count=min_pixels, max_pixel_count=max_pixels, fast_mode=fast)
-    with _progress() as p:
+    with progress() as p:
         task = p.add_task("tuning peakfinder8", total=20 * len(frames), rate="")
         cfg, grid = tune_peakfinder8(frames, [CLASS_NAMES[s.label] for s in chosen], base=base,
                                      progress=lambda n: p.advance(task, n))
@@ -52,31 +51,3 @@ def tune_peakfinder8_cmd(
     atomic_write_text(out, json.dumps(record, indent=2))
     print(f"adc_threshold {cfg.adc_threshold:.1f} ADU, min_snr {cfg.min_snr:g}, min_peaks {cfg.min_peaks}: "
           f"balanced accuracy {best['balanced_accuracy']:.3f} on {len(frames)} frames; written to {out}")
-
-
-@benchmark_app.command("ke2018")
-@friendly
-def benchmark_ke2018(
-    out: Path = typer.Option(Path("docs/benchmarks"), "--out", "-o", help="Folder for ke2018.md, ke2018.json and figures."),
-    quick: bool = typer.Option(False, "--quick", help="CI size: two presets, small models (minutes)."),
-    work: Path = typer.Option(None, help="Cache of simulated data and models (default OUT/work); reruns resume."),
-    workers: int = typer.Option(2, help="Processes for simulation and training."),
-):
-    """Rerun Ke et al. (2018) on simulated runs of the five CXIDB-76 presets.
-
-    Tables 3-8 (CNN against peakfinder8, cross-preset and cross-detector
-    training, training-set size, LCN against linear contrast), Fig. 9 and the
-    throughput of both methods, with the paper's numbers alongside.  The full
-    run takes about an hour on 2 cores.
-    """
-    from diffscreen.benchmarks import ke2018
-
-    with _progress() as p:
-        p.console.print(f"Ke et al. (2018) benchmark{' (quick)' if quick else ''} -> {out}")
-        res = ke2018.run(out, quick=quick, work=work, workers=workers, log=p.console.print)
-    print(f"wrote {out / 'ke2018.md'} ({res['seconds'] / 60:.1f} min)")
-    failed = [name for name, f in res["findings"].items() if not f["holds"]]
-    for name, f in res["findings"].items():
-        print(f"{'ok  ' if f['holds'] else 'FAIL'} {name}: {f['detail']}")
-    if quick and failed:
-        raise typer.Exit(1)  # the quick mode asserts the paper's qualitative findings

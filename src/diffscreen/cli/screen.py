@@ -1,0 +1,148 @@
+"""``diffscreen screen``: classify every frame and keep the hits (CNN, peakfinder8, or CDI multi-label)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from diffscreen.cli._common import (EXIT_PARTIAL, EXIT_RUN, MODEL_HELP, Bar, ModelType, Task, expand, friendly,
+                                    progress, report_screen)
+
+_PF8 = "peakfinder8 (with --method peakfinder8)"
+
+
+class Method(str, Enum):
+    cnn = "cnn"
+    peakfinder8 = "peakfinder8"
+
+
+@friendly
+def screen(
+    inputs: List[str] = typer.Argument(..., help="Frame files, folders or globs; HDF5 datasets as file.h5:/path."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for scores.csv, hits.lst, hits.cxi."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(16, min=1, help="Frames per forward pass."),
+    no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
+    threads: int = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
+    method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder."),
+    pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
+    adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
+    min_snr: Optional[float] = typer.Option(None, help="Minimum signal-to-noise ratio [5].", rich_help_panel=_PF8),
+    min_pixels: Optional[int] = typer.Option(None, help="Minimum pixels per peak [2].", rich_help_panel=_PF8),
+    max_pixels: Optional[int] = typer.Option(None, help="Maximum pixels per peak [30].", rich_help_panel=_PF8),
+    local_bg_radius: Optional[int] = typer.Option(None, help="Local background radius, px [4].", rich_help_panel=_PF8),
+    low_res: Optional[float] = typer.Option(None, help="Low-resolution limit (inner), Å.", rich_help_panel=_PF8),
+    high_res: Optional[float] = typer.Option(None, help="High-resolution limit (outer), Å.", rich_help_panel=_PF8),
+    min_peaks: Optional[int] = typer.Option(None, help="Peaks that make a hit [10].", rich_help_panel=_PF8),
+    fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
+    task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss) or cdi (11 multi-label classes, Zimmermann 2019)."),
+    threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
+    model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
+    reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
+    max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
+):
+    """Classify every frame as hit / maybe / miss and keep the hits.
+
+    Writes OUT/scores.csv (file,frame,p_hit,p_maybe,p_miss,label), OUT/hits.lst
+    (CrystFEL list of kept frames), OUT/hits.cxi (their raw pixels), OUT/errors.csv
+    and OUT/summary.json.  A frame is kept when P(hit) + P(maybe) > P(miss)
+    (Ke et al. 2018).  With --method peakfinder8 a frame is a hit when it has at
+    least --min-peaks peaks; scores.csv then holds n_peaks and hits.cxi the
+    peaks (Cheetah/CrystFEL layout).  An interrupted run resumes when started
+    again; a second run into the same OUT is refused while the first runs.
+    Exit status: 0 all screened; 1 finished, but some frames or files could not
+    be screened (errors.csv); 2 usage error; 3 run error (output folder, model
+    file, disk full).
+
+    With --task cdi: single-particle coherent-diffraction frames get the 11
+    Zimmermann et al. (2019) class probabilities and multi-hot labels in
+    OUT/scores.csv (p_<class>, <class> 0/1, labels, rule_violation), plus
+    OUT/summary.json; --model must be a model from `train --task cdi` (its
+    file says whether it takes images or CCF maps).
+
+    Scale-out: `mpirun -n N diffscreen screen ...` shares the frames among N
+    MPI ranks (needs mpi4py: pip install 'diffscreen[mpi]'); the outputs are
+    those of one process.  See docs/scaling.md.
+    """
+    from diffscreen.screen import screen as run_screen
+    from diffscreen.errors import ConfigError, DiffscreenError
+    from diffscreen.screen.parallel import launch_rank, limit_threads, mpi_launched, rank_thread_share
+
+    from diffscreen.io.limits import set_max_frame_pixels
+
+    set_max_frame_pixels(max_frame_pixels)
+    mpi, root = mpi_launched(), launch_rank() == 0  # under mpirun/srun: ranks share the chunks
+    if threads or mpi:
+        limit_threads(rank_thread_share(threads))  # an MPI rank: its share of the node's cores unless told
+    if model_type is not None:
+        from diffscreen.models.types import check_model_type
+
+        check_model_type(model, model_type.value)
+    specs = expand(inputs)
+    if task is Task.cdi:
+        if mpi:
+            raise ConfigError("screen --task cdi runs as one process; start it without mpirun")
+        return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh)
+    finder = None
+    if method is Method.peakfinder8:
+        finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
+                              max_pixel_count=max_pixels, local_bg_radius=local_bg_radius, low_res_A=low_res,
+                              high_res_A=high_res, min_peaks=min_peaks, fast_mode=fast)
+    if reference_path and finder is None:
+        from diffscreen.models.inference import Classifier
+
+        model = Classifier(model, fast=False)
+    if not root:  # MPI ranks > 0: no progress bar or summary; rank 0 reports for all
+        try:
+            summary = run_screen(specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh,
+                                 write_cxi=not no_cxi)
+        except DiffscreenError:  # rank 0 prints it ("rank k failed: ..."), once
+            raise typer.Exit(EXIT_RUN)
+        raise typer.Exit(EXIT_PARTIAL if summary.n_error else 0)
+    with progress() as p:
+        summary = run_screen(
+            specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
+            progress=Bar(p, "screening"),
+        )
+    report_screen(summary, out)
+    if summary.n_error:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True):
+    """``screen --task cdi``: multi-label screening (diffscreen.screen.cdi)."""
+    from diffscreen.screen.cdi import load_cdi_model, screen_cdi
+
+    bundle = load_cdi_model(model)  # refuse a missing or non-CDI model before any output
+    with progress() as p:
+        summ = screen_cdi(specs, out, model=bundle, batch_size=batch_size, threshold=threshold, resume=resume,
+                          progress=Bar(p, "screening (cdi)"))
+    for f, i, e in summ.errors[:20]:
+        print(f"ERROR: {f if i < 0 else f'{f}, frame {i}'}: {e}", file=sys.stderr)
+    print(summ.text())
+    print(f"outputs in {out}/: scores.csv, summary.json, errors.csv")
+    if summ.n_error:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _peakfinder8(settings_file, **overrides):
+    """A Peakfinder8 from a settings JSON (optional) and the CLI options given."""
+    import json
+
+    from diffscreen.baselines import Peakfinder8, Peakfinder8Config
+    from diffscreen.errors import ConfigError
+
+    base = {}
+    if settings_file is not None:
+        try:
+            base = json.loads(Path(settings_file).read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{settings_file}: not a JSON settings file ({exc})") from None
+        base = base.get("peakfinder8", base)  # a tuning record or the bare settings
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Peakfinder8(Peakfinder8Config.from_dict(base))

@@ -1,0 +1,100 @@
+"""True and predicted labels of labelled frames, for :func:`~diffscreen.evaluate.metrics.evaluate_labels`."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import numpy as np
+
+__all__ = ["labels_for_scores", "predict_labelled"]
+
+
+def labels_for_scores(scores_csv, inputs=(), label_files=()) -> tuple[list[str], list[str]]:
+    """Pair the labels of a ``scores.csv`` with the true labels of its frames.
+
+    Parameters
+    ----------
+    scores_csv : str or Path
+        A ``screen`` output (file, frame, ..., label).
+    inputs : sequence of str
+        Inputs that carry their own labels (simulated CXI runs).
+    label_files : sequence of str or Path
+        Label files (expert_annotation.txt, CSV file,frame,label).
+
+    Returns
+    -------
+    true, pred : lists of str
+        Class names of the frames that have a label and were screened without error, in the file's order.
+
+    Raises
+    ------
+    LabelError
+        No frame in the scores file has a label.
+    """
+    from diffscreen.errors import LabelError
+    from diffscreen.io.labels import LabelTable, read_labels
+    from diffscreen.io.scores import read_scores
+
+    records = []
+    for source in [str(x) for x in label_files] + list(inputs):
+        records.extend(read_labels(source))
+    table = LabelTable.from_records(records)
+    true, pred = [], []
+    for row in read_scores(scores_csv):
+        if row["label"] == "error":
+            continue
+        t = table.get(row["file"], row.frame)
+        if t is not None:
+            true.append(t)
+            pred.append(row["label"])
+    if not true:
+        raise LabelError("no frame in the scores file has a label", path=scores_csv)
+    return true, pred
+
+
+def predict_labelled(samples, classifier, *, batch_size: int = 16, progress=None) -> tuple[list[str], list[str]]:
+    """Classify labelled frames (centred crops) and decide each (Ke et al. 2018: keep when P(hit) + P(maybe) > P(miss)).
+
+    Parameters
+    ----------
+    samples : sequence of Sample
+        Frames with ``source``, ``index`` and ``label`` (a class index of the classifier), e.g. from
+        :func:`~diffscreen.train.data.collect_samples`.
+    classifier : Classifier
+    batch_size : int
+        Frames per forward pass.
+    progress : callable, optional
+        Called as ``progress(total=n)`` once, then ``progress(advance=k)`` per batch.
+
+    Returns
+    -------
+    true, pred : lists of str
+        Class names, in the order of ``samples``.
+
+    Raises
+    ------
+    FrameReadError, BadFrameError
+        A frame cannot be read, or has NaN/inf pixels or is empty.
+    """
+    from diffscreen.io import open_source
+    from diffscreen.io.frame import check_frame
+    from diffscreen.models.decision import decide
+
+    names, progress = classifier.class_names, progress or (lambda **kw: None)
+    true, pred = [], []
+    progress(total=len(samples))
+    with ExitStack() as stack:
+        sources = {}  # each file stays open across its frames
+
+        def item(s):
+            if s.source not in sources:
+                sources[s.source] = stack.enter_context(open_source(s.source))
+            return classifier.preprocessor([check_frame(sources[s.source].read(s.index))], shifts=[(0, 0)])[0]
+
+        for b in range(0, len(samples), batch_size):
+            chunk = samples[b:b + batch_size]
+            _, lab = decide(classifier.predict_batch(np.stack([item(s) for s in chunk])), names)
+            pred.extend(lab)
+            true.extend(names[s.label] for s in chunk)
+            progress(advance=len(chunk))
+    return true, pred
