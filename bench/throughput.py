@@ -359,7 +359,8 @@ def gpu(model_path: str, raw, frames, n: int, device: str) -> dict:
         return {"measured": False, "note": "not measured: no CUDA device in this run"}
     from diffscreen.models import decide
     from diffscreen.models.inference import Classifier
-    from diffscreen.preprocess.fast import TorchPreprocessor
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from reference.torch_preprocess import TorchPreprocessor  # a benchmark of the batched form, not shipped
 
     clf = Classifier(model_path)
     tp = TorchPreprocessor(clf.preprocessor.config, device=device)

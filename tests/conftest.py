@@ -42,6 +42,14 @@ def shared_data() -> Path:
     return path
 
 
+def find_real_frame(subfolder: str, name: str) -> Path | None:
+    """A real frame by name: ``tests/data/``'s copy, else the shared folder's ``subfolder``'s, else None."""
+    for path in (TEST_DATA / name, shared_data_path() / subfolder / name):
+        if path.is_file():
+            return path
+    return None
+
+
 @pytest.fixture(scope="session")
 def real_frame():
     """A function giving the path of a real frame by name: ``tests/data/``'s copy, else the shared folder's.
@@ -52,9 +60,9 @@ def real_frame():
     """
 
     def find(subfolder: str, name: str) -> Path:
-        for path in (TEST_DATA / name, shared_data_path() / subfolder / name):
-            if path.is_file():
-                return path
-        pytest.skip(f"{name} is neither in the shared data nor in {TEST_DATA}")
+        path = find_real_frame(subfolder, name)
+        if path is None:
+            pytest.skip(f"{name} is neither in {TEST_DATA} nor in the shared data")
+        return path
 
     return find

@@ -9,7 +9,7 @@ gives the same input touching only the crop window (the screening default,
 from diffscreen.preprocess.contrast import gcn, lcn, linear_contrast, local_normalise
 from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX, beam_centre, crop_scaled, reciprocal_pixel, zoom_factor
 from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, prepare_pixels
-from diffscreen.preprocess.fast import FastPreprocessor, TorchPreprocessor
+from diffscreen.preprocess.fast import FastPreprocessor
 from diffscreen.preprocess.rwd import row_ranges
 
 __all__ = [
