@@ -1,5 +1,6 @@
 """The command line: help without heavy imports, one-line errors, exit codes."""
 
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 from diffscreen.cli import main
 
 COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report", "tune-peakfinder8", "benchmark", "adapt", "suggest-labels"]
+BENCHMARKS = ["ke2018", "xie2022", "nawaz2022", "zimmermann2019", "generalisation"]
 
 
 def test_help_does_not_import_torch():
@@ -16,13 +18,39 @@ def test_help_does_not_import_torch():
         "from diffscreen.cli import main\n"
         "for c in %r:\n"
         "    assert main([c, '--help']) == 0\n"
-        "for b in ('ke2018', 'nawaz2022', 'zimmermann2019'):\n"
+        "for b in %r:\n"
         "    assert main(['benchmark', b, '--help']) == 0\n"
-        "assert 'torch' not in sys.modules and 'h5py' not in sys.modules, sorted(sys.modules)\n" % COMMANDS
+        "assert 'torch' not in sys.modules and 'h5py' not in sys.modules, sorted(sys.modules)\n" % (COMMANDS, BENCHMARKS)
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Classify every frame" in r.stdout
+
+
+def _help(*args):
+    r = subprocess.run([sys.executable, "-m", *args, "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("module", ["diffscreen", "diffscreen.cli"])
+def test_every_command_is_listed_however_started(module):
+    listed = _help(module)
+    assert all(f" {c} " in listed for c in COMMANDS), listed
+    benchmarks = _help(module, "benchmark")
+    assert all(f" {b} " in benchmarks for b in BENCHMARKS), benchmarks
+    assert "--source" in _help(module, "adapt")
+
+
+def test_simulate_positional_output_is_deprecated(tmp_path, capsys):
+    assert main(["simulate", str(tmp_path / "old.cxi"), "--frames", "1", "--preset", "wide_hybrid75"]) == 0
+    assert "deprecated; use `diffscreen simulate --out" in capsys.readouterr().err
+    assert main(["simulate", "--out", str(tmp_path / "new.cxi"), "--frames", "1", "--preset", "wide_hybrid75"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert (tmp_path / "old.cxi").exists() and (tmp_path / "new.cxi").exists()
+    assert main(["simulate", str(tmp_path / "a.cxi"), "--out", str(tmp_path / "b.cxi")]) == 2
+    assert "give the output file once" in capsys.readouterr().err
 
 
 def test_missing_input_is_one_line_error(tmp_path, capsys):
@@ -42,7 +70,7 @@ def test_bad_model_file_is_one_line_error(tmp_path, capsys):
 
 
 def test_unknown_preset_is_refused(tmp_path, capsys):
-    assert main(["simulate", str(tmp_path / "x.cxi"), "--preset", "pilatus-9000"]) == 2
+    assert main(["simulate", "--out", str(tmp_path / "x.cxi"), "--preset", "pilatus-9000"]) == 2
     assert "unknown preset" in capsys.readouterr().err
     assert not (tmp_path / "x.cxi").exists()
 
