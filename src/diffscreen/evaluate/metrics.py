@@ -20,6 +20,7 @@ __all__ = [
     "EvaluationReport",
     "evaluate_labels",
     "HIT_GROUP",
+    "balanced_accuracy",
 ]
 
 #: Ke Table 3 groups Hit and Maybe against Miss.
@@ -100,6 +101,25 @@ def binary_metrics(true, pred) -> dict:
         "balanced_accuracy": float(np.nanmean([rec, rej])) if len(t) else float("nan"),
         "f1": ratio(2 * prec * rec, prec + rec) if tp else 0.0,
     }
+
+
+def balanced_accuracy(pred, true) -> float:
+    """Mean recall over the classes present in ``true`` (robust at low hit rates; Xie et al. 2022 §3.1).
+
+    Parameters
+    ----------
+    pred, true : (N,) int arrays
+        Predicted and true class indices.
+
+    Returns
+    -------
+    float
+        NaN for empty input.
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    if len(true) == 0:
+        return float("nan")
+    return float(np.mean([(pred[true == c] == c).mean() for c in np.unique(true)]))
 
 
 @dataclass

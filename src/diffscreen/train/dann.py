@@ -20,8 +20,6 @@ plateau, the domain loss and accuracy oscillate).
 from __future__ import annotations
 
 import math
-import platform
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -31,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffscreen.errors import ConfigError
-from diffscreen.train.loop import TrainConfig, TrainResult, learning_rate, make_optimizer
-from diffscreen.train.sampler import ClassBalancedSampler
-from diffscreen.train.transfer import balance_groups, check_arrays, validation_score
+from diffscreen.train.engine import (TrainConfig, TrainResult, arch_kwargs_for, balanced_batches, check_arrays, fit,
+                                     learning_rate, make_optimizer, save_trained)
+from diffscreen.train.transfer import balance_groups, validation_score
 
 __all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
            "DANN_DEFAULT", "DANN_FROM_MODEL"]
@@ -188,7 +186,7 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     ModelFileError
         ``init_path`` unreadable.
     """
-    from diffscreen.models import get_model, load_model, save_model
+    from diffscreen.models import get_model, load_model
 
     cfg = config or (DANN_DEFAULT if init_path is None else DANN_FROM_MODEL)
     names = tuple(class_names)
@@ -208,98 +206,67 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
                               path=init_path)
         model, arch, arch_kwargs = init.model, init.arch, dict(init.arch_kwargs)
     else:
-        arch = cfg.arch
-        arch_kwargs = {"num_classes": len(names), "input_size": int(xs.shape[-1]), **cfg.arch_kwargs}
-        if arch == "ke2018":
-            arch_kwargs.setdefault("first_kernel", cfg.first_kernel)
+        arch, arch_kwargs = cfg.arch, arch_kwargs_for(cfg, len(names), xs.shape[-1])
         model = get_model(arch, **arch_kwargs)
     if not hasattr(model, "forward_features") or not hasattr(model, "classifier"):
         raise ConfigError(f"architecture {arch!r} has no forward_features / classifier; DANN needs both")
     domain = DomainClassifier(_num_features(model, xs[:1]), domain_hidden)
-    opt = make_optimizer(nn.ModuleList([model, domain]), cfg)
-    sampler = ClassBalancedSampler(balance_groups(ys, names), cfg.batches_per_epoch * cfg.batch_size, max_shift=0,
-                                   seed=cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 11])
-    aug_rng = np.random.default_rng([cfg.seed, 7])
-    bs = cfg.batch_size
+    rng, aug_rng = np.random.default_rng([cfg.seed, 11]), np.random.default_rng([cfg.seed, 7])
     total = cfg.epochs * cfg.batches_per_epoch
-    history, best = [], {"score": -math.inf, "epoch": 0, "state": None}
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.time()
-        lr = learning_rate(epoch, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        sampler.set_epoch(epoch)
-        items = sampler.draw()[:, 0]
-        model.train()
-        domain.train()
-        sums = {"label_loss": 0.0, "domain_loss": 0.0, "domain_ok": 0, "label_ok": 0}
-        for b in range(cfg.batches_per_epoch):
-            idx = items[b * bs : (b + 1) * bs]
-            tdx = rng.integers(0, len(xt), len(idx))
-            xa = np.concatenate([np.asarray(xs[idx], np.float32), np.asarray(xt[tdx], np.float32)])
-            if augment is not None:
-                xa = augment(xa, aug_rng)
-            lam = ganin_lambda(step / max(1, total - 1), lambda_max)
-            domain.grl.lambda_ = lam
-            feats = model.forward_features(torch.from_numpy(np.ascontiguousarray(xa)))
-            n = len(idx)
-            logits = model.classifier(feats[:n])
-            yb = torch.from_numpy(ys[idx])
-            dlog = domain(feats)
-            dt = torch.cat([torch.zeros(n), torch.ones(n)])
-            l_label = F.cross_entropy(logits, yb)
-            l_domain = F.binary_cross_entropy_with_logits(dlog, dt)
-            opt.zero_grad(set_to_none=True)
-            (l_label + l_domain).backward()
-            opt.step()
-            step += 1
-            sums["label_loss"] += float(l_label.detach()) * n
-            sums["domain_loss"] += float(l_domain.detach()) * 2 * n
-            sums["label_ok"] += int((logits.argmax(1) == yb).sum())
-            sums["domain_ok"] += int(((dlog > 0).float() == dt).sum())
-        n_src = cfg.batches_per_epoch * bs
+    step = [0]
+
+    def loss(idx):  # source batch idx and as many random target inputs, through the base together
+        tdx = rng.integers(0, len(xt), len(idx))
+        xa = np.concatenate([np.asarray(xs[idx], np.float32), np.asarray(xt[tdx], np.float32)])
+        if augment is not None:
+            xa = augment(xa, aug_rng)
+        domain.grl.lambda_ = ganin_lambda(step[0] / max(1, total - 1), lambda_max)
+        step[0] += 1
+        feats = model.forward_features(torch.from_numpy(np.ascontiguousarray(xa)))
+        n = len(idx)
+        logits, yb = model.classifier(feats[:n]), torch.from_numpy(ys[idx])
+        dlog, dt = domain(feats), torch.cat([torch.zeros(n), torch.ones(n)])
+        l_label = F.cross_entropy(logits, yb)
+        l_domain = F.binary_cross_entropy_with_logits(dlog, dt)
+        return l_label + l_domain, {"label_loss": float(l_label.detach()) * n,
+                                    "domain_loss": float(l_domain.detach()) * 2 * n,
+                                    "label_ok": int((logits.argmax(1) == yb).sum()),
+                                    "domain_ok": int(((dlog > 0).float() == dt).sum()), "n": n}
+
+    def row(s):
+        n = s["n"]
+        return {"lambda": domain.grl.lambda_, "label_loss": s["label_loss"] / n,
+                "domain_loss": s["domain_loss"] / (2 * n), "domain_accuracy": s["domain_ok"] / (2 * n),
+                "train_accuracy": s["label_ok"] / n}
+
+    def validate(epoch):
         score = validation_score(model, x_val, y_val, names)
-        rec = {"epoch": epoch, "lr": lr, "lambda": lam, "label_loss": sums["label_loss"] / n_src,
-               "domain_loss": sums["domain_loss"] / (2 * n_src), "domain_accuracy": sums["domain_ok"] / (2 * n_src),
-               "train_accuracy": sums["label_ok"] / n_src, "val_balanced_accuracy": score,
-               "seconds": time.time() - t0}
-        history.append(rec)
-        improved = math.isnan(score) or score >= best["score"]
-        if improved:
-            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
-        log(f"epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  lambda {lam:.2f}  label loss {rec['label_loss']:.4f}  "
-            f"domain loss {rec['domain_loss']:.4f}  domain acc {rec['domain_accuracy']:.3f}  "
-            f"val bal. acc {score:.3f}{'  *' if improved else ''}")
-    model.load_state_dict(best["state"])
+        return score, {"val_balanced_accuracy": score}
+
+    def line(r, improved):
+        return (f"epoch {r['epoch']}/{cfg.epochs}  lr {r['lr']:.2e}  lambda {r['lambda']:.2f}  "
+                f"label loss {r['label_loss']:.4f}  domain loss {r['domain_loss']:.4f}  "
+                f"domain acc {r['domain_accuracy']:.3f}  val bal. acc {r['val_balanced_accuracy']:.3f}"
+                f"{'  *' if improved else ''}")
+
+    history, best = fit(model, make_optimizer(nn.ModuleList([model, domain]), cfg), epochs=cfg.epochs,
+                        lr=lambda e: learning_rate(e, cfg), batches=balanced_batches(balance_groups(ys, names), cfg,
+                                                                                    cfg.seed),
+                        loss=loss, row=row, validate=validate, line=line,
+                        train_mode=lambda: (model.train(), domain.train()), log=log)
     model.eval()
-    save_model(
-        out_path, model, arch=arch,
-        arch_kwargs={k: (list(v) if isinstance(v, tuple) else v) for k, v in arch_kwargs.items()},
-        preprocess=preprocess, class_names=names,
-        training={
-            "method": "dann",
-            "source": "Xie et al. 2022 sec. 2.3.3, Fig. 4; Ganin et al. 2016",
-            "config": asdict(replace(cfg, arch=arch)),
-            "lambda_max": lambda_max,
-            "domain_hidden": domain_hidden,
-            "init_model": None if init_path is None else str(init_path),
-            "data": data_description or {},
-            "n_source": int(len(xs)),
-            "n_target": int(len(xt)),
-            "n_val": int(0 if x_val is None else len(x_val)),
-            "history": history,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-        seed=cfg.seed,
-        metrics={"best_epoch": best["epoch"], "val_balanced_accuracy": best["score"],
-                 "final_label_loss": history[-1]["label_loss"], "final_domain_loss": history[-1]["domain_loss"],
-                 "final_domain_accuracy": history[-1]["domain_accuracy"]},
-    )
-    return TrainResult(Path(out_path), best["epoch"], history, None)
+    last = history[-1]
+    save_trained(
+        out_path, model, arch=arch, arch_kwargs=arch_kwargs, preprocess=preprocess, class_names=names,
+        history=history, seed=cfg.seed, data=data_description,
+        metrics={"best_epoch": best.epoch, "val_balanced_accuracy": best.score,
+                 "final_label_loss": last["label_loss"], "final_domain_loss": last["domain_loss"],
+                 "final_domain_accuracy": last["domain_accuracy"]},
+        head={"method": "dann", "source": "Xie et al. 2022 sec. 2.3.3, Fig. 4; Ganin et al. 2016",
+              "config": asdict(replace(cfg, arch=arch)), "lambda_max": lambda_max, "domain_hidden": domain_hidden,
+              "init_model": None if init_path is None else str(init_path)},
+        counts={"n_source": int(len(xs)), "n_target": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
+    return TrainResult(Path(out_path), best.epoch, history, None)
 
 
 def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 2022 Fig. 10)") -> Path:

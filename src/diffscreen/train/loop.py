@@ -15,11 +15,7 @@ inputs held in memory (the DiffraNet-class AlexNet benchmark).
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import platform
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,115 +25,18 @@ from torch.utils.data import DataLoader
 
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate import evaluate_labels
-from diffscreen.io.atomic import temporary_path
-from diffscreen.models import get_model, save_model
+from diffscreen.models import get_model
+from diffscreen.models.batch import predict_arrays
 from diffscreen.models.decision import decide
 from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
+from diffscreen.train.engine import (Checkpoint, TrainConfig, TrainResult, arch_kwargs_for, batch_counts,
+                                     check_arrays, counts_row, epoch_line, fit, fit_balanced, learning_rate,
+                                     make_optimizer, save_trained)
 from diffscreen.train.sampler import ClassBalancedSampler
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
            "dihedral_augment"]
-
-_OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters; defaults are Ke et al. (2018) §2.3 and, where the paper is silent, the authors' fv5080 code.
-
-    Attributes
-    ----------
-    epochs : int
-        Number of epochs (Ke: 120).
-    batches_per_epoch : int
-        Mini-batches per epoch (Ke: 100).
-    batch_size : int
-        Frames per mini-batch (Ke: 64).
-    lr_start, lr_end : float
-        Learning rate at the first and last epoch (0.1 → 1e-4, exponential).
-    momentum, weight_decay : float
-        SGD parameters (0.9, 5e-4).
-    seed : int
-        Seeds weight initialisation, batch drawing and crop shifts.
-    arch : str
-        Registry name of the architecture.
-    first_kernel : int
-        7 (fv5080) or 3 (paper text).
-    workers : int
-        DataLoader worker processes reading and preprocessing frames.
-    threads : int
-        Torch threads for the optimisation step.
-    optimizer : {"sgd", "adam"}
-        SGD with momentum (Ke, default) or Adam (Nawaz §3.5; ``momentum``
-        is then unused and ``weight_decay`` is Adam's L2 term).
-    arch_kwargs : dict
-        Further builder arguments of ``arch`` (e.g. AlexNet ``channels``).
-    """
-
-    epochs: int = 120
-    batches_per_epoch: int = 100
-    batch_size: int = 64
-    lr_start: float = 0.1
-    lr_end: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    arch: str = "ke2018"
-    first_kernel: int = 7
-    workers: int = 1
-    threads: int = 1
-    optimizer: str = "sgd"
-    arch_kwargs: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.optimizer not in _OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("epochs", "batches_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr_start > 0 and self.lr_end > 0):
-            raise ConfigError("learning rates must be > 0")
-
-
-def make_optimizer(model, config: TrainConfig):
-    """The optimiser ``config.optimizer`` names, at ``config.lr_start``."""
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr_start, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=config.lr_start, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-
-
-def learning_rate(epoch: int, config: TrainConfig) -> float:
-    """Learning rate of 1-based ``epoch``: exponential from ``lr_start`` to ``lr_end``.
-
-    With the defaults this is ``10^-(1 + 3(epoch-1)/(epochs-1))`` (fv5080).
-    """
-    if config.epochs == 1:
-        return config.lr_start
-    f = (epoch - 1) / (config.epochs - 1)
-    return float(10 ** (math.log10(config.lr_start) + f * (math.log10(config.lr_end) - math.log10(config.lr_start))))
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train_model` produced.
-
-    Attributes
-    ----------
-    model_path : Path
-    best_epoch : int
-    history : list of dict
-        Per epoch: ``epoch``, ``lr``, ``train_loss``, ``train_accuracy``,
-        ``val_score`` and ``seconds``.
-    test_report : EvaluationReport or None
-    """
-
-    model_path: Path
-    best_epoch: int
-    history: list = field(default_factory=list)
-    test_report: object = None
 
 
 def _fingerprint(samples) -> str:
@@ -147,27 +46,16 @@ def _fingerprint(samples) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.inference_mode()
-def _predict(model, loader) -> tuple[np.ndarray, np.ndarray]:
-    model.eval()
-    probs, ys = [], []
-    dev = next(model.parameters()).device
-    for x, y in loader:
-        probs.append(torch.softmax(model(x.to(dev)), 1).cpu().numpy())
-        ys.append(y.numpy())
-    if not probs:
-        return np.zeros((0, 3)), np.zeros(0, int)
-    return np.concatenate(probs), np.concatenate(ys)
-
-
 def _score(model, loader, class_names):
-    """Validation score: balanced accuracy of the keep decision (hit-or-maybe vs miss)."""
-    probs, ys = _predict(model, loader)
-    if len(ys) == 0:
+    """Validation score: balanced accuracy of the keep decision (hit-or-maybe vs miss), and the report."""
+    probs, ys = [], []
+    for x, y in loader:
+        probs.append(predict_arrays(model, x, batch_size=len(x)))
+        ys.append(y.numpy())
+    if not ys:
         return float("nan"), None
-    _, pred = decide(probs, class_names)
-    true = [class_names[i] for i in ys]
-    rep = evaluate_labels(true, pred, class_names)
+    _, pred = decide(np.concatenate(probs), class_names)
+    rep = evaluate_labels([class_names[i] for i in np.concatenate(ys)], pred, class_names)
     return rep.metrics["balanced_accuracy"], rep
 
 
@@ -255,35 +143,14 @@ def _train_model(train, val, out_path, *, config, preprocess, class_names, test,
     ckpt_path = out_path.with_name(out_path.name + ".ckpt")
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
-    arch_kwargs = {"num_classes": len(class_names), "input_size": pcfg.out_size}
-    if cfg.arch == "ke2018":
-        arch_kwargs["first_kernel"] = cfg.first_kernel
-    arch_kwargs.update(cfg.arch_kwargs)
+    arch_kwargs = arch_kwargs_for(cfg, len(class_names), pcfg.out_size)
     model = get_model(cfg.arch, **arch_kwargs).to(device)
     net = model if ctx is None else ctx.wrap(model)  # DDP: gradients averaged over the ranks
     opt = make_optimizer(model, cfg)
     pre = Preprocessor(pcfg)
-    fingerprint = _fingerprint(train) + _fingerprint(val)
-    run_id = {"config": asdict(cfg), "preprocess": pcfg.to_dict(), "data": fingerprint}
-
-    start_epoch, history, best = 1, [], {"score": -math.inf, "epoch": 0, "state": None}
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True, map_location=device)
-        if json.loads(ck["run_id"]) != run_id:
-            raise ConfigError(
-                "a checkpoint from a different training run exists; remove it or pass --no-resume",
-                path=ckpt_path,
-            )
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch = int(ck["epoch"]) + 1
-        history = json.loads(ck["history"])
-        best = {"score": float(ck["best_score"]), "epoch": int(ck["best_epoch"]), "state": ck["best_state"]}
-        log(f"resuming from {ckpt_path} after epoch {start_epoch - 1}")
-
-    labels = [s.label for s in train]
+    run_id = {"config": asdict(cfg), "preprocess": pcfg.to_dict(), "data": _fingerprint(train) + _fingerprint(val)}
     sampler = ClassBalancedSampler(
-        labels, cfg.batches_per_epoch * cfg.batch_size, max_shift=pcfg.max_shift, seed=cfg.seed
+        [s.label for s in train], cfg.batches_per_epoch * cfg.batch_size, max_shift=pcfg.max_shift, seed=cfg.seed
     )
     loader_kw = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
     local_batch = cfg.batch_size
@@ -293,115 +160,44 @@ def _train_model(train, val, out_path, *, config, preprocess, class_names, test,
     train_loader = DataLoader(FrameDataset(train, pre), batch_size=local_batch, sampler=sampler, **loader_kw)
     val_loader = DataLoader(FrameDataset(val, pre), batch_size=cfg.batch_size, **loader_kw) if val and root else None
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.time()
-        lr = learning_rate(epoch, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    def batches(epoch):
         sampler.set_epoch(epoch)
-        model.train()
-        tot_loss, tot_ok, tot_n = 0.0, 0, 0
-        for b, (x, y) in enumerate(train_loader):
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)  # log-softmax + NLL (fv5080)
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach()) * len(y)
-            tot_ok += int((logits.argmax(1) == y).sum())
-            tot_n += len(y)
-            if progress:
-                progress(epoch, b + 1, cfg.batches_per_epoch)
-        if ctx is not None:  # loss and accuracy over the whole batches of all ranks
-            tot_loss, tot_ok, tot_n = ctx.sum([tot_loss, tot_ok, tot_n])
-        score = _score(model, val_loader, class_names)[0] if val_loader else float("nan")
-        rec = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": tot_loss / tot_n,
-            "train_accuracy": tot_ok / tot_n,
-            "val_score": score,
-            "seconds": time.time() - t0,
-        }
-        history.append(rec)
-        improved = not val_loader or score > best["score"]
-        if improved and root:  # (DDP: only rank 0 keeps the best state)
-            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
-        log(
-            f"epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  loss {rec['train_loss']:.4f}  "
-            f"train acc {rec['train_accuracy']:.3f}  val bal. acc {score:.3f}{'  *' if improved else ''}  "
-            f"({rec['seconds']:.0f} s)"
-        )
-        if not root:
-            continue
-        with temporary_path(ckpt_path) as tmp:
-            torch.save(
-                {
-                    "run_id": json.dumps(run_id),
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "history": json.dumps(history),
-                    "best_score": best["score"],
-                    "best_epoch": best["epoch"],
-                    "best_state": best["state"],
-                },
-                tmp,
-            )
+        return train_loader
 
-    if ctx is not None:
-        _ddp_check(ctx, model)
-        if not root:
-            ctx.barrier()  # rank 0 writes the model file meanwhile
-            return TrainResult(out_path, ctx.broadcast(None), history, None)
-    model.load_state_dict(best["state"])
+    def loss(batch):
+        x, y = batch[0].to(device), batch[1].to(device)
+        logits = net(x)
+        value = F.cross_entropy(logits, y)  # log-softmax + NLL (fv5080)
+        return value, batch_counts(value, logits, y)
+
+    def validate(epoch):
+        score = _score(model, val_loader, class_names)[0] if val_loader else float("nan")
+        return score, {"val_score": score}
+
+    history, best = fit(model, opt, epochs=cfg.epochs, lr=lambda e: learning_rate(e, cfg), batches=batches,
+                        loss=loss, row=counts_row, validate=validate,
+                        line=epoch_line(cfg.epochs, "val_score", "val bal. acc"), ties_win=False,
+                        checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
+                        n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
+    if ctx is not None and not root:
+        ctx.barrier()  # rank 0 writes the model file meanwhile
+        return TrainResult(out_path, ctx.broadcast(None), history, None)
     model.eval().cpu()
-    metrics = {"best_epoch": best["epoch"], "val_balanced_accuracy": best["score"]}
+    metrics = {"best_epoch": best.epoch, "val_balanced_accuracy": best.score}
     test_report = None
     if test:
         test_loader = DataLoader(FrameDataset(test, pre), batch_size=cfg.batch_size, **loader_kw)
         _, test_report = _score(model, test_loader, class_names)
         metrics["test"] = test_report.to_dict()
-    save_model(
-        out_path,
-        model,
-        arch=cfg.arch,
-        arch_kwargs=arch_kwargs,
-        preprocess=pcfg,
-        class_names=class_names,
-        training={
-            "config": asdict(cfg),
-            "data": data_description or {},
-            "n_train": len(train),
-            "n_val": len(val),
-            "n_test": len(test or []),
-            "history": history,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "distributed": ctx.describe() if ctx is not None else {"world_size": 1},
-        },
-        seed=cfg.seed,
-        metrics=metrics,
-    )
+    save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=pcfg, class_names=class_names,
+                 history=history, seed=cfg.seed, metrics=metrics, data=data_description, head={"config": asdict(cfg)},
+                 counts={"n_train": len(train), "n_val": len(val), "n_test": len(test or [])},
+                 tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}})
     ckpt_path.unlink(missing_ok=True)
     if ctx is not None:
         ctx.barrier()
-        ctx.broadcast(best["epoch"])
-    return TrainResult(out_path, best["epoch"], history, test_report)
-
-
-def _ddp_check(ctx, model) -> None:
-    """Debugging aid: with ``DIFFSCREEN_DDP_CHECKSUM_DIR`` set, each rank writes a checksum of its
-    parameters after the last epoch to ``rank<r>.sha256`` there (they must all be equal)."""
-    import os
-
-    from diffscreen.train.distributed import parameter_checksum
-
-    folder = os.environ.get("DIFFSCREEN_DDP_CHECKSUM_DIR")
-    if folder:
-        Path(folder, f"rank{ctx.rank}.sha256").write_text(parameter_checksum(model) + "\n")
+        ctx.broadcast(best.epoch)
+    return TrainResult(out_path, best.epoch, history, test_report)
 
 
 def dihedral_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -474,93 +270,26 @@ def train_on_arrays(
         Empty or mismatched arrays, or labels outside the classes.
     """
     cfg = config or TrainConfig(optimizer="adam")
-    aug_rng = np.random.default_rng([cfg.seed, 7])
-    xt = np.asarray(x_train)
-    yt = np.asarray(y_train, dtype=np.int64)
-    if xt.ndim != 4 or len(xt) == 0 or len(xt) != len(yt):
-        raise ConfigError(f"x_train must be (N, C, S, S) with N = len(y_train) > 0, got {xt.shape} and {yt.shape}")
-    if yt.min() < 0 or yt.max() >= len(class_names):
-        raise ConfigError(f"labels must be in 0..{len(class_names) - 1}")
+    xt, yt = check_arrays(x_train, y_train, len(class_names))
+    if xt.ndim != 4:
+        raise ConfigError(f"x_train must be (N, C, S, S), got {xt.shape}")
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
-    arch_kwargs = {"num_classes": len(class_names), "input_size": int(xt.shape[-1]), **cfg.arch_kwargs}
-    if cfg.arch == "ke2018":
-        arch_kwargs.setdefault("first_kernel", cfg.first_kernel)
+    arch_kwargs = arch_kwargs_for(cfg, len(class_names), xt.shape[-1])
     model = get_model(cfg.arch, **arch_kwargs)
-    opt = make_optimizer(model, cfg)
-    sampler = ClassBalancedSampler(yt, cfg.batches_per_epoch * cfg.batch_size, max_shift=0, seed=cfg.seed)
-    history, best = [], {"score": -math.inf, "epoch": 0, "state": None}
+    ya = None if y_val is None else np.asarray(y_val)
 
-    @torch.inference_mode()
-    def accuracy(xa, ya):
-        model.eval()
-        pred = []
-        for i in range(0, len(xa), 64):
-            pred.append(model(torch.from_numpy(np.asarray(xa[i : i + 64], dtype=np.float32))).argmax(1).numpy())
-        return float((np.concatenate(pred) == ya).mean())
+    def accuracy():
+        if x_val is None or not len(x_val):
+            return float("nan")
+        return float((predict_arrays(model, x_val).argmax(1) == ya).mean())
 
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.time()
-        lr = learning_rate(epoch, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        sampler.set_epoch(epoch)
-        items = sampler.draw()[:, 0]
-        model.train()
-        tot_loss, tot_ok, tot_n = 0.0, 0, 0
-        for b in range(cfg.batches_per_epoch):
-            idx = items[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            xa = np.asarray(xt[idx], dtype=np.float32)
-            if augment is not None:
-                xa = augment(xa, aug_rng)
-            xb = torch.from_numpy(np.ascontiguousarray(xa))
-            yb = torch.from_numpy(yt[idx])
-            opt.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach()) * len(yb)
-            tot_ok += int((logits.argmax(1) == yb).sum())
-            tot_n += len(yb)
-        score = accuracy(x_val, np.asarray(y_val)) if x_val is not None and len(x_val) else float("nan")
-        rec = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": tot_loss / tot_n,
-            "train_accuracy": tot_ok / tot_n,
-            "val_accuracy": score,
-            "seconds": time.time() - t0,
-        }
-        history.append(rec)
-        improved = math.isnan(score) or score >= best["score"]
-        if improved:
-            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
-        log(
-            f"epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  loss {rec['train_loss']:.4f}  "
-            f"train acc {rec['train_accuracy']:.3f}  val acc {score:.3f}{'  *' if improved else ''}  "
-            f"({rec['seconds']:.0f} s)"
-        )
-    model.load_state_dict(best["state"])
+    history, best = fit_balanced(model, make_optimizer(model, cfg), xt, yt, cfg, score=accuracy,
+                                 val_key="val_accuracy", label="val acc", augment=augment, log=log)
     model.eval()
-    save_model(
-        out_path,
-        model,
-        arch=cfg.arch,
-        arch_kwargs={k: (list(v) if isinstance(v, tuple) else v) for k, v in arch_kwargs.items()},
-        preprocess=preprocess,
-        class_names=class_names,
-        training={
-            "config": asdict(cfg),
-            "data": data_description or {},
-            "n_train": int(len(xt)),
-            "n_val": int(0 if x_val is None else len(x_val)),
-            "history": history,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-        seed=cfg.seed,
-        metrics={"best_epoch": best["epoch"], "val_accuracy": best["score"]},
-    )
-    return TrainResult(Path(out_path), best["epoch"], history, None)
+    save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=preprocess,
+                 class_names=class_names, history=history, seed=cfg.seed,
+                 metrics={"best_epoch": best.epoch, "val_accuracy": best.score}, data=data_description,
+                 head={"config": asdict(cfg)},
+                 counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
+    return TrainResult(Path(out_path), best.epoch, history, None)

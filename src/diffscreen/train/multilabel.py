@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,11 +36,12 @@ import torch.nn.functional as F
 
 from diffscreen.errors import ConfigError, LabelError
 from diffscreen.evaluate.multilabel import CDI_CLASSES, multilabel_metrics, read_cdi_labels
-from diffscreen.io.atomic import temporary_path
-from diffscreen.models import get_model, save_model
+from diffscreen.models import get_model
+from diffscreen.models.batch import predict_arrays
+from diffscreen.train.engine import Checkpoint, fit, save_trained
 
 __all__ = ["MultiLabelConfig", "MultiLabelResult", "CPU_RECIPE", "load_cdi_runs", "train_multilabel",
-           "predict_proba", "augment", "regularisation"]
+           "augment", "regularisation"]
 
 
 @dataclass
@@ -233,25 +233,6 @@ def regularisation(model, l1: float, l2: float) -> torch.Tensor:
     return r
 
 
-@torch.no_grad()
-def predict_proba(model, x, *, batch_size: int = 64) -> np.ndarray:
-    """Sigmoid probabilities of ``model`` on preprocessed inputs.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    x : (N, 1, S, S) float32 ndarray or tensor
-
-    Returns
-    -------
-    (N, C) float32 ndarray
-    """
-    model.eval()
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    out = [torch.sigmoid(model(xt[i: i + batch_size])) for i in range(0, len(xt), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
 def _fingerprint(*arrays) -> str:
     h = hashlib.sha1()
     for a in arrays:
@@ -319,68 +300,43 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
     run_id = {"config": asdict(cfg), "preprocess": preprocess.to_dict() if preprocess else None,
               "data": _fingerprint(xt, yt, xv, yv)}
     ckpt = Path(str(out_path) + ".ckpt") if out_path else None
-    start, history = 1, []
-    best = {"accuracy": -1.0, "epoch": 0}
-    best_state = None
-    if resume and ckpt is not None and ckpt.exists():
-        ck = torch.load(ckpt, weights_only=True)
-        if json.loads(ck["run_id"]) != json.loads(json.dumps(run_id)):
-            raise ConfigError("a checkpoint from a different training run exists; remove it or use --fresh",
-                              path=ckpt)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["gen"])
-        start, history = int(ck["epoch"]) + 1, json.loads(ck["history"])
-        best, best_state = json.loads(ck["best"]), ck["best_state"]
-        log(f"resuming from {ckpt} after epoch {start - 1}")
     X, Y = torch.from_numpy(xt), torch.from_numpy(yt)
     nb = math.ceil(len(X) / cfg.batch_size)
-    t_all = time.time()
-    for epoch in range(start, cfg.epochs + 1):
-        t0 = time.time()
-        lr = cfg.lr * 0.1 ** sum(epoch > m for m in cfg.milestones)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        model.train()
+
+    def batches(epoch):  # a shuffled pass over the training set; a last batch of one is skipped (BatchNorm)
         perm = torch.randperm(len(X), generator=gen)
-        tot = 0.0
-        for b in range(nb):
-            idx = perm[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb = X[idx]
-            if cfg.augment:
-                xb = augment(xb, gen, flips=flips, brightness=cfg.brightness, contrast=cfg.contrast)
-            opt.zero_grad(set_to_none=True)
-            bce = F.binary_cross_entropy_with_logits(model(xb), Y[idx])
-            loss = bce + regularisation(model, cfg.l1, cfg.l2)
-            loss.backward()
-            opt.step()
-            tot += float(bce.detach()) * len(idx)
-            if progress:
-                progress(epoch, b + 1, nb)
-        rec = {"epoch": epoch, "lr": lr, "train_bce": tot / len(X)}
-        if len(xv) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            m = multilabel_metrics(yv, predict_proba(model, xv), class_names=class_names)
-            rec.update({k: m[k] for k in ("accuracy", "precision", "recall")})
-            if "violation_rate" in m:
-                rec["violation_rate"] = m["violation_rate"]
-            if m["accuracy"] > best["accuracy"]:
-                best = {"epoch": epoch, **{k: rec[k] for k in rec if k not in ("lr", "train_bce", "seconds")}}
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        rec["seconds"] = time.time() - t0
-        history.append(rec)
-        log(f"epoch {epoch}/{cfg.epochs} lr {lr:.1e} bce {rec['train_bce']:.4f}"
-            + (f" val acc {rec['accuracy']:.3f} P {rec['precision']:.3f} R {rec['recall']:.3f}" if "accuracy" in rec else "")
-            + f" ({rec['seconds']:.1f} s)")
-        if ckpt is not None:
-            with temporary_path(ckpt) as tmp:
-                torch.save({"run_id": json.dumps(run_id), "epoch": epoch, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "gen": gen.get_state(), "history": json.dumps(history),
-                            "best": json.dumps(best), "best_state": best_state or {}}, tmp)
-    if best_state:
-        model.load_state_dict(best_state)
+        return (idx for b in range(nb) if len(idx := perm[b * cfg.batch_size: (b + 1) * cfg.batch_size]) >= 2)
+
+    def loss(idx):
+        xb = X[idx]
+        if cfg.augment:
+            xb = augment(xb, gen, flips=flips, brightness=cfg.brightness, contrast=cfg.contrast)
+        bce = F.binary_cross_entropy_with_logits(model(xb), Y[idx])
+        return bce + regularisation(model, cfg.l1, cfg.l2), {"bce": float(bce.detach()) * len(idx)}
+
+    def validate(epoch):  # every eval_every epochs and after the last
+        if not (len(xv) and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)):
+            return None, {}
+        m = multilabel_metrics(yv, predict_arrays(model, xv, multilabel=True), class_names=class_names)
+        cols = {k: m[k] for k in ("accuracy", "precision", "recall", "violation_rate") if k in m}
+        return cols["accuracy"], cols
+
+    def lr(epoch):  # ÷10 after each milestone
+        return cfg.lr * 0.1 ** sum(epoch > m for m in cfg.milestones)
+
+    def line(r, improved):
+        return (f"epoch {r['epoch']}/{cfg.epochs} lr {r['lr']:.1e} bce {r['train_bce']:.4f}"
+                + (f" val acc {r['accuracy']:.3f} P {r['precision']:.3f} R {r['recall']:.3f}" if "accuracy" in r
+                   else "") + f" ({r['seconds']:.1f} s)")
+
+    t_all = time.time()
+    history, best = fit(model, opt, epochs=cfg.epochs, lr=lr, batches=batches, loss=loss,
+                        row=lambda s: {"train_bce": s.get("bce", 0.0) / len(X)}, validate=validate, line=line,
+                        ties_win=False, progress=progress, n_batches=nb, log=log,
+                        checkpoint=None if ckpt is None else Checkpoint(ckpt, run_id, resume, "use --fresh",
+                                                                        {"gen": gen}))
     model.eval()
+    best = {"epoch": best.epoch, **best.cols} if best.epoch else {"accuracy": -1.0, "epoch": 0}
     evals = [h for h in history if "accuracy" in h]
     mx = {k: max(h[k] for h in evals) for k in ("accuracy", "precision", "recall")} if evals else {}
     if evals and "violation_rate" in evals[0]:
@@ -388,13 +344,9 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
     seconds = time.time() - t_all
     path = None
     if out_path is not None:
-        path = save_model(
-            out_path, model, arch="zimmermann2019", arch_kwargs=arch_kwargs, preprocess=preprocess,
-            class_names=class_names, task="cdi", multilabel=True,
-            training={"config": asdict(cfg), "data": data_description or {}, "n_train": int(len(xt)),
-                      "n_val": int(len(xv)), "history": history, "torch": torch.__version__,
-                      "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-            seed=cfg.seed, metrics={"best": best, "max": mx},
-        )
+        path = save_trained(out_path, model, arch="zimmermann2019", arch_kwargs=arch_kwargs, preprocess=preprocess,
+                            class_names=class_names, task="cdi", multilabel=True, history=history, seed=cfg.seed,
+                            metrics={"best": best, "max": mx}, data=data_description, head={"config": asdict(cfg)},
+                            counts={"n_train": int(len(xt)), "n_val": int(len(xv))})
         ckpt.unlink(missing_ok=True)
     return MultiLabelResult(model, history, best, mx, path, seconds)

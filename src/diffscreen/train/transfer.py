@@ -16,23 +16,20 @@ so their running statistics stay those of the source experiment.
 
 from __future__ import annotations
 
-import math
-import platform
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffscreen.errors import ConfigError
-from diffscreen.train.loop import TrainConfig, TrainResult, learning_rate, make_optimizer
-from diffscreen.train.sampler import ClassBalancedSampler
+from diffscreen.evaluate.metrics import balanced_accuracy
+from diffscreen.models.batch import predict_arrays
+from diffscreen.train.engine import TrainConfig, TrainResult, check_arrays, fit_balanced, make_optimizer, save_trained
 
-__all__ = ["freeze_base", "set_train_mode", "balanced_accuracy", "fit_arrays", "transfer_on_arrays",
-           "FROZEN_DEFAULT", "UNFROZEN_DEFAULT", "check_arrays", "samples_to_arrays", "frame_items",
+__all__ = ["freeze_base", "set_train_mode", "fit_arrays", "transfer_on_arrays",
+           "FROZEN_DEFAULT", "UNFROZEN_DEFAULT", "samples_to_arrays", "frame_items",
            "validation_score", "balance_groups"]
 
 #: Stage 1 (base frozen, only the new classifier learns): Adam, learning rate 1e-2 → 1e-3.
@@ -105,34 +102,6 @@ def set_train_mode(model: nn.Module) -> nn.Module:
     return model
 
 
-def balanced_accuracy(pred, true) -> float:
-    """Mean recall over the classes present in ``true`` (robust at low hit rates).
-
-    Parameters
-    ----------
-    pred, true : (N,) int arrays
-
-    Returns
-    -------
-    float
-        NaN for empty input.
-    """
-    pred, true = np.asarray(pred), np.asarray(true)
-    if len(true) == 0:
-        return float("nan")
-    return float(np.mean([(pred[true == c] == c).mean() for c in np.unique(true)]))
-
-
-@torch.inference_mode()
-def _predict_probs(model, x, batch_size: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        t = torch.from_numpy(np.asarray(x[i : i + batch_size], dtype=np.float32))
-        out.append(torch.softmax(model(t), dim=1).numpy())
-    return np.concatenate(out)
-
-
 def validation_score(model, x_val, y_val, class_names=None) -> float:
     """Validation balanced accuracy used to pick the best epoch.
 
@@ -148,7 +117,7 @@ def validation_score(model, x_val, y_val, class_names=None) -> float:
     """
     if x_val is None or len(x_val) == 0:
         return float("nan")
-    probs = _predict_probs(model, x_val)
+    probs = predict_arrays(model, x_val)
     y = np.asarray(y_val)
     if class_names is not None and "miss" in class_names:
         from diffscreen.models.decision import decide
@@ -185,31 +154,6 @@ def balance_groups(y, class_names=None) -> np.ndarray:
     return y
 
 
-def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate preprocessed inputs (``(N, 1, S, S)`` frames or ``(N, 1, S)`` row vectors) and labels.
-
-    Raises
-    ------
-    ConfigError
-        Empty input, wrong rank, a length mismatch, labels outside ``0..n_classes-1``, or ``y``
-        missing while ``labelled``.
-    """
-    xa = np.asarray(x)
-    if y is None and labelled:
-        raise ConfigError(f"{what} is given without its labels")
-    if xa.ndim not in (3, 4) or len(xa) == 0:
-        raise ConfigError(f"{what} must be non-empty (N, 1, S, S) frames or (N, 1, S) row vectors, got {xa.shape}")
-    if y is None:
-        return xa, None
-    ya = np.asarray(y, dtype=np.int64)
-    if ya.shape != (len(xa),):
-        raise ConfigError(f"{what} has {len(xa)} inputs but {ya.shape} labels")
-    if n_classes is not None and (ya.min() < 0 or ya.max() >= n_classes):
-        raise ConfigError(f"labels must be class indices 0..{n_classes - 1}, got {ya.min()}..{ya.max()}")
-    return xa, ya
-
-
 def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, class_names=None, augment=None,
                stage=None, log=print, seed_offset: int = 0) -> tuple[list, dict]:
     """Train the trainable parameters of ``model`` on in-memory inputs with balanced batches.
@@ -217,12 +161,13 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     Parameters
     ----------
     model : torch.nn.Module
-        Trained in place (frozen parameters untouched, see :func:`freeze_base`).
+        Trained in place (frozen parameters untouched, see :func:`freeze_base`); it is left
+        holding the best epoch's weights.
     x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
     y : (N,) int ndarray
     config : TrainConfig
         ``optimizer``, ``epochs``, ``batches_per_epoch``, ``batch_size``,
-        learning rates (exponential decay, :func:`~diffscreen.train.loop.learning_rate`), ``seed``.
+        learning rates (exponential decay, :func:`~diffscreen.train.engine.learning_rate`), ``seed``.
     x_val, y_val : arrays, optional
         Model selection by :func:`validation_score`; without them the last epoch is kept.
     class_names : sequence of str, optional
@@ -244,49 +189,16 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     best : dict
         ``score``, ``epoch``, ``state`` (a copy of the best state dict).
     """
-    cfg = config
-    seed = cfg.seed + seed_offset
-    rng = np.random.default_rng([seed, 7])
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters")
-    opt = make_optimizer(nn.ParameterList(params), cfg)
-    sampler = ClassBalancedSampler(balance_groups(y, class_names), cfg.batches_per_epoch * cfg.batch_size,
-                                   max_shift=0, seed=seed)
-    history, best = [], {"score": -math.inf, "epoch": 0, "state": None}
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.time()
-        lr = learning_rate(epoch, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        sampler.set_epoch(epoch)
-        items = sampler.draw()[:, 0]
-        set_train_mode(model)
-        tot_loss, tot_ok, tot_n = 0.0, 0, 0
-        for b in range(cfg.batches_per_epoch):
-            idx = items[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            xa = np.asarray(x[idx], dtype=np.float32)
-            if augment is not None:
-                xa = augment(xa, rng)
-            xb, yb = torch.from_numpy(np.ascontiguousarray(xa)), torch.from_numpy(y[idx])
-            opt.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach()) * len(yb)
-            tot_ok += int((logits.argmax(1) == yb).sum())
-            tot_n += len(yb)
-        score = validation_score(model, x_val, y_val, class_names)
-        rec = {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": tot_loss / tot_n,
-               "train_accuracy": tot_ok / tot_n, "val_balanced_accuracy": score, "seconds": time.time() - t0}
-        history.append(rec)
-        improved = math.isnan(score) or score >= best["score"]
-        if improved:
-            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
-        log(f"{stage + ' ' if stage else ''}epoch {epoch}/{cfg.epochs}  lr {lr:.2e}  loss {rec['train_loss']:.4f}  "
-            f"train acc {rec['train_accuracy']:.3f}  val bal. acc {score:.3f}{'  *' if improved else ''}")
-    return history, best
+    history, best = fit_balanced(
+        model, make_optimizer(nn.ParameterList(params), config), x, y, config,
+        score=lambda: validation_score(model, x_val, y_val, class_names), val_key="val_balanced_accuracy",
+        label="val bal. acc", groups=balance_groups(y, class_names), seed=config.seed + seed_offset,
+        augment=augment, train_mode=lambda: set_train_mode(model), tag={"stage": stage},
+        prefix=f"{stage} " if stage else "", seconds=False, log=log)
+    return history, {"score": best.score, "epoch": best.epoch, "state": best.state}
 
 
 def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_val=None, frozen=None,
@@ -344,7 +256,7 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
     ConfigError
         Bad arrays or labels, or an architecture without ``features`` / ``classifier``.
     """
-    from diffscreen.models import get_model, load_model, save_model
+    from diffscreen.models import get_model, load_model
 
     init = load_model(init_path)
     names = tuple(init.class_names)
@@ -359,45 +271,30 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
         torch.manual_seed(s1.seed)
         fresh = get_model(init.arch, **init.arch_kwargs)
         model.classifier.load_state_dict(fresh.classifier.state_dict())
+    fit_kw = {"x_val": x_val, "y_val": y_val, "class_names": names, "augment": augment, "log": log}
     freeze_base(model, 0)
     log(f"stage 1: base frozen, training the classifier on {len(xt)} inputs")
-    h1, best = fit_arrays(model, xt, yt, s1, x_val=x_val, y_val=y_val, class_names=names, augment=augment,
-                          stage="frozen", log=log)
-    history, best_stage = list(h1), "frozen"
+    history, best = fit_arrays(model, xt, yt, s1, stage="frozen", **fit_kw)
+    best_stage = "frozen"
     if unfreeze_blocks > 0:
-        model.load_state_dict(best["state"])
         trainable = freeze_base(model, unfreeze_blocks)
         log(f"stage 2: top {unfreeze_blocks} block(s) unfrozen ({len(trainable)} parameter tensors trainable)")
-        h2, best = fit_arrays(model, xt, yt, s2, x_val=x_val, y_val=y_val, class_names=names, augment=augment,
-                              stage="unfrozen", log=log, seed_offset=1000)
-        history += h2
-        best_stage = "unfrozen"
-    model.load_state_dict(best["state"])
+        h2, best = fit_arrays(model, xt, yt, s2, stage="unfrozen", seed_offset=1000, **fit_kw)
+        history, best_stage = history + h2, "unfrozen"
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
     init_train = init.meta.get("training", {})
-    save_model(
+    save_trained(
         out_path, model, arch=init.arch, arch_kwargs=init.arch_kwargs, preprocess=init.preprocess,
-        class_names=names,
-        training={
-            "method": "transfer",
-            "source": "Xie et al. 2022 sec. 2.3.1, Fig. 3",
-            "init_model": {"path": str(init_path), "arch": init.arch, "data": init_train.get("data", {}),
-                           "seed": init.meta.get("seed")},
-            "stages": {"frozen": asdict(s1), "unfrozen": asdict(s2) if unfreeze_blocks else None,
-                       "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head},
-            "data": data_description or {},
-            "n_train": int(len(xt)),
-            "n_val": int(0 if x_val is None else len(x_val)),
-            "history": history,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-        seed=s1.seed,
+        class_names=names, history=history, seed=s1.seed, data=data_description,
         metrics={"best_stage": best_stage, "best_epoch": best["epoch"], "val_balanced_accuracy": best["score"]},
-    )
+        head={"method": "transfer", "source": "Xie et al. 2022 sec. 2.3.1, Fig. 3",
+              "init_model": {"path": str(init_path), "arch": init.arch, "data": init_train.get("data", {}),
+                             "seed": init.meta.get("seed")},
+              "stages": {"frozen": asdict(s1), "unfrozen": asdict(s2) if unfreeze_blocks else None,
+                         "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head}},
+        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
     return TrainResult(Path(out_path), best["epoch"], history, None)
 
 
