@@ -8,9 +8,11 @@ than one polished look.  Modules:
     Reciprocal lattice (B matrix), random orientation, Ewald sphere,
     still-shot partiality from mosaicity and bandwidth, Wilson intensities.
 ``detector``
-    Spot rendering with a core + r⁻³-tail point-spread function (Holton et al.
-    2012), Poisson / correlated photon noise, read noise; per-pixel gain
-    (flat field), fixed dead pixels and hot pixels.
+    The detector model: a core + r⁻³-tail point-spread function (Holton et
+    al. 2012), Poisson / correlated photon noise, read noise; the Poisson and
+    normal tables and random draws the compiled kernels use (the model's
+    numpy statement, which the tests hold the kernels to, is
+    ``tests/reference/simulate.py``).
 ``background``
     Water ring (peak at d = 3.2 Å, i.e. s = 1/3.2 Å⁻¹), air scatter, jet
     streak, kapton-belt shadow.
