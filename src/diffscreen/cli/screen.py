@@ -115,8 +115,8 @@ def screen(
 
 
 def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True):
-    """``screen --task cdi``: multi-label screening (diffscreen.screen.cdi)."""
-    from diffscreen.screen.cdi import load_cdi_model, screen_cdi
+    """``screen --task cdi``: multi-label screening (Zimmermann et al. 2019)."""
+    from diffscreen.screen import load_cdi_model, screen_cdi
 
     bundle = load_cdi_model(model)  # refuse a missing or non-CDI model before any output
     with progress() as p:

@@ -199,11 +199,19 @@ def _train_transfer(inputs, out, labels, *, init, model_type, frozen_epochs, unf
     sizes = _given(batches_per_epoch=batches_per_epoch, batch_size=batch_size)
     frozen = replace(FROZEN_DEFAULT, epochs=frozen_epochs, seed=seed, **sizes)
     unfrozen = replace(UNFROZEN_DEFAULT, epochs=max(1, unfrozen_epochs), seed=seed, **sizes)
-    with progress() as p:
+    display = progress()  # shown from the first bar on, so that errors in the inputs come alone
+
+    def bar(description):
+        display.start()
+        return Bar(display, description)
+
+    try:
         res, test = train_transfer(expand(inputs), out, labels, init=init, arch=model_type and model_type.value,
                                    frozen=frozen, unfrozen=unfrozen, unfreeze=unfreeze if unfrozen_epochs > 0 else 0,
-                                   split=split, fractions=fractions, log=p.console.print,
-                                   bar=lambda description: Bar(p, description))
+                                   split=split, fractions=fractions, log=display.console.print, bar=bar)
+    finally:
+        if display.live.is_started:
+            display.stop()
     stage = read_model_metadata(res.model_path)["metrics"]["best_stage"]
     print(f"kept epoch {res.best_epoch} of the {stage} stage; model written to {res.model_path}")
     if test is not None:
