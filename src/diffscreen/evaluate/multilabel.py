@@ -26,12 +26,14 @@ while its Precision 0.907 and Recall 0.423 are reproduced exactly.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from diffscreen.errors import ConfigError, LabelError
 
 __all__ = ["CDI_CLASSES", "multilabel_metrics", "rule_violations", "all_negative_baseline", "read_cdi_labels",
-           "evaluate_cdi_scores", "cdi_report_markdown"]
+           "load_cdi_runs", "evaluate_cdi_scores", "cdi_report_markdown"]
 
 CDI_CLASSES: tuple[str, ...] = (
     "spherical_oblate", "round", "elliptical", "newton_rings", "prolate", "bent",
@@ -183,7 +185,6 @@ def read_cdi_labels(path) -> np.ndarray:
     LabelError
         No label table, or other class names.
     """
-    import json
 
     import h5py
 
@@ -202,6 +203,63 @@ def read_cdi_labels(path) -> np.ndarray:
         if names != CDI_CLASSES:
             raise LabelError(f"class names {names} differ from {CDI_CLASSES}", path=str(path))
         return ds[()].astype(np.uint8)
+
+
+def load_cdi_runs(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Read simulated CDI runs (:func:`diffscreen.simulate.cdi.simulate_cdi_run` files).
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+
+    Returns
+    -------
+    frames : (N, H, W) float32 ndarray
+        Photons per pixel.
+    mask : (H, W) bool ndarray
+        The hole mask (that of the first file).
+    labels : (N, 11) uint8 ndarray
+        Multi-hot labels.
+    info : dict
+        Files, frame counts and the simulation configs.
+
+    Raises
+    ------
+    LabelError
+        A file without ``/entry_1/result_1/labels`` or with other class names.
+    FrameReadError
+        Unreadable file.
+    """
+    import h5py
+
+    from diffscreen.errors import FrameReadError
+
+    frames, labels, info, mask = [], [], {"files": [], "configs": []}, None
+    for p in paths:
+        p = str(p)
+        try:
+            h = h5py.File(p, "r")
+        except OSError as exc:
+            raise FrameReadError(f"cannot open as HDF5 ({exc})", path=p) from None
+        with h:
+            labels.append(read_cdi_labels(p))  # checks the table and its class names
+            import hdf5plugin  # noqa: F401  (bitshuffle-compressed runs)
+
+            frames.append(h["entry_1/data_1/data"][()].astype(np.float32))
+            if mask is None:
+                mk = "entry_1/instrument_1/detector_1/mask"
+                mask = h[mk][()].astype(bool) if mk in h else np.zeros(frames[-1].shape[1:], bool)
+            info["files"].append(p)
+            info["configs"].append(json.loads(h.attrs.get("cdi_config", "{}")))
+    if not frames:
+        raise ConfigError("no CDI runs given")
+    shapes = {f.shape[1:] for f in frames}
+    if len(shapes) > 1:
+        raise ConfigError(f"CDI runs of different frame sizes {sorted(shapes)}")
+    x, y = np.concatenate(frames), np.concatenate(labels)
+    info["n_frames"] = int(len(x))
+    info["label_counts"] = {n: int(c) for n, c in zip(CDI_CLASSES, y.sum(0))}
+    return x, mask, y, info
 
 
 def evaluate_cdi_scores(scores_csv, runs, *, threshold: float = 0.5) -> dict:

@@ -1,20 +1,11 @@
 """Domain-adversarial training (DANN; Xie et al. 2022, §2.3.3, Fig. 4, Table 5, Fig. 10).
 
-After Ganin & Lempitsky (2015) / Ganin et al. (2016, JMLR 17): one
-convolutional base, two heads.  The label classifier (the model's own
-``classifier``) sees only the labelled *source* frames; the domain
-classifier sees the features of source and unlabelled *target* frames
-through a gradient reversal layer (GRL), which is the identity going
-forward and multiplies the gradient by ``−λ`` going back.  The domain head
-learns to tell the experiments apart while the base learns to make them
-indistinguishable, so features common to both experiments carry the
-hit/miss decision (Xie Fig. 9).
-
-Loss per step: ``L = CE(label head, source labels) + BCE(domain head, both)``
-with ``λ_p = λ_max (2 / (1 + exp(−10 p)) − 1)``, ``p`` the fraction of
-training done (Ganin et al. 2016 §5.2.2).  The label loss and the domain
-loss are logged per epoch (Xie Fig. 10: the label loss settles on a
-plateau, the domain loss and accuracy oscillate).
+After Ganin & Lempitsky (2015) / Ganin et al. (2016, JMLR 17): one base, two heads.  The label head
+sees the labelled *source* frames; the domain head sees source and unlabelled *target* features through
+a gradient reversal layer (GRL: identity forward, gradient × ``−λ`` back), so the base learns features
+common to both experiments (Xie Fig. 9).  Loss per step ``CE(label head, source labels) + BCE(domain
+head, both)``, ``λ_p = λ_max (2 / (1 + exp(−10 p)) − 1)`` at training fraction ``p`` (Ganin et al. 2016
+§5.2.2); both losses are logged per epoch (Xie Fig. 10).  A recipe over :func:`~diffscreen.train.engine.fit`.
 """
 
 from __future__ import annotations
@@ -60,15 +51,8 @@ class _ReverseGrad(torch.autograd.Function):
 
 
 class GradientReversal(nn.Module):
-    """Gradient reversal layer (Ganin & Lempitsky 2015; Xie §2.3.3 "GRL").
-
-    Forward: the identity.  Backward: the incoming gradient times ``−lambda_``.
-
-    Parameters
-    ----------
-    lambda_ : float
-        Scale of the reversed gradient (set per step by the training loop).
-    """
+    """Gradient reversal layer (Ganin & Lempitsky 2015; Xie §2.3.3 "GRL"): forward the identity, backward the
+    gradient times ``−lambda_`` (a float set per step by the training loop)."""
 
     def __init__(self, lambda_: float = 1.0):
         super().__init__()
@@ -83,14 +67,8 @@ class GradientReversal(nn.Module):
 
 
 class DomainClassifier(nn.Module):
-    """Domain head: GRL → Linear(F, hidden) → ReLU → Dropout(0.5) → Linear(hidden, 1) (logit of "target").
-
-    Parameters
-    ----------
-    in_features : int
-        Feature length of the base (288 for KeCNN at 720, 128 for RWD1DCNN).
-    hidden : int
-    """
+    """Domain head: GRL → Linear(F, hidden) → ReLU → Dropout(0.5) → Linear(hidden, 1) (logit of "target");
+    ``in_features`` F is the base's feature length (288 for KeCNN at 720, 128 for RWD1DCNN)."""
 
     def __init__(self, in_features: int, hidden: int = 64):
         super().__init__()
@@ -121,14 +99,10 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
                          data_description=None, domain_hidden: int = 64, log=print) -> TrainResult:
     """Train a classifier on a labelled source and an unlabelled target experiment (DANN, Xie §2.3.3).
 
-    Each step draws a balanced batch of ``config.batch_size`` source inputs
-    (:class:`~diffscreen.train.sampler.ClassBalancedSampler` over hit-or-maybe
-    against miss, :func:`~diffscreen.train.transfer.balance_groups`) and as
-    many random target inputs; both pass the base together
-    (``model.forward_features``), the source half goes to the label head
-    (cross entropy), all of it to the :class:`DomainClassifier` through the
-    GRL (binary cross entropy, source 0 / target 1).  λ follows
-    :func:`ganin_lambda` over all steps.
+    Each step takes a batch of ``config.batch_size`` source inputs balanced over hit-or-maybe against miss
+    (:func:`~diffscreen.train.transfer.balance_groups`) and as many random target inputs through the base
+    (``model.forward_features``); the source half goes to the label head (cross entropy), all of it to the
+    :class:`DomainClassifier` (binary cross entropy, source 0 / target 1); λ follows :func:`ganin_lambda`.
 
     Parameters
     ----------
@@ -139,27 +113,18 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     x_target : (Nt, 1, S, S) ndarray
         Preprocessed unlabelled frames of the new experiment, same recipe.
     out_path : str or Path
-        Model file to write: the plain classifier (base + label head), same
-        architecture as ``config.arch`` (or the init model's), loadable by
-        :func:`~diffscreen.models.load_model` and usable by ``screen``.
+        Model file to write: the plain classifier (base + label head), usable by ``screen``.
     class_names : sequence of str
     preprocess : PreprocessConfig
         Recipe that produced the inputs (stored in the model file).
     config : TrainConfig, optional
-        ``arch``, ``arch_kwargs``, ``optimizer``, ``epochs``,
-        ``batches_per_epoch``, ``batch_size``, learning rates (exponential
-        decay), ``seed``, ``threads``.  Default :data:`DANN_DEFAULT`, or
-        :data:`DANN_FROM_MODEL` (ten times lower rates) with ``init_path``.
+        Default :data:`DANN_DEFAULT`, or :data:`DANN_FROM_MODEL` with ``init_path``; ``workers`` unused.
     x_val, y_val : arrays, optional
-        Labelled validation inputs: the epoch with the best
-        :func:`~diffscreen.train.transfer.validation_score` (balanced
-        accuracy of the keep decision) is kept.  Without them the last epoch is kept (Xie §4: the
-        plateaus of Fig. 10 show that training has converged, no target
-        labels needed).
+        The epoch with the best :func:`~diffscreen.train.transfer.validation_score` is kept; without them
+        the last (Xie §4: the plateaus of Fig. 10 show convergence, no target labels needed).
     init_path : str or Path, optional
-        Start from this model file (e.g. the source-only model); its
-        architecture wins over ``config.arch`` and its class names must
-        equal ``class_names``.
+        Start from this model file (e.g. the source-only model); its architecture wins over
+        ``config.arch`` and its class names must equal ``class_names``.
     lambda_max : float
         Final GRL weight.
     augment : callable, optional
@@ -173,15 +138,13 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     Returns
     -------
     TrainResult
-        ``history`` per epoch: ``epoch``, ``lr``, ``lambda``, ``label_loss``,
-        ``domain_loss``, ``domain_accuracy``, ``train_accuracy``,
-        ``val_balanced_accuracy``, ``seconds``.
+        ``history`` per epoch: ``epoch``, ``lr``, ``lambda``, ``label_loss``, ``domain_loss``,
+        ``domain_accuracy``, ``train_accuracy``, ``val_balanced_accuracy``, ``seconds``.
 
     Raises
     ------
     ConfigError
-        Empty or malformed arrays, labels outside the classes, source and
-        target of different input shapes, an architecture without
+        Malformed arrays or labels, source and target of different shapes, an architecture without
         ``forward_features`` / ``classifier``, or an init model with other classes.
     ModelFileError
         ``init_path`` unreadable.
@@ -270,19 +233,8 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
 
 
 def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 2022 Fig. 10)") -> Path:
-    """Plot label / domain loss and accuracy per epoch (Xie Fig. 10) to a PNG, atomically.
-
-    Parameters
-    ----------
-    history : list of dict
-        :func:`train_dann_on_arrays` history.
-    path : str or Path
-        PNG to write.
-
-    Returns
-    -------
-    Path
-    """
+    """Plot the label / domain loss and accuracy per epoch of a :func:`train_dann_on_arrays` ``history``
+    (Xie Fig. 10) to the PNG ``path``, atomically; returns ``Path(path)``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -294,17 +246,14 @@ def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 
     a1, a2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     a1.plot(ep, [h["label_loss"] for h in history], "o-", label="label loss (source)")
     a1.plot(ep, [h["domain_loss"] for h in history], "s-", label="domain loss")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("loss")
+    a1.set(xlabel="epoch", ylabel="loss")
     a1.legend(fontsize=8)
     a2.plot(ep, [h["train_accuracy"] for h in history], "o-", label="label accuracy (source)")
     a2.plot(ep, [h["domain_accuracy"] for h in history], "s-", label="domain accuracy")
     if any(np.isfinite(h.get("val_balanced_accuracy", np.nan)) for h in history):
         a2.plot(ep, [h["val_balanced_accuracy"] for h in history], "^-", label="validation bal. accuracy")
     a2.axhline(0.5, color="grey", lw=0.8, ls=":")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy")
-    a2.set_ylim(0, 1.02)
+    a2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     a2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -1,32 +1,18 @@
 """Data-parallel training over several processes (PyTorch DistributedDataParallel).
 
-``torchrun --nproc_per_node N -m diffscreen.cli train ...`` (or ``torchrun
---nproc_per_node N $(which diffscreen) train ...``) starts N copies of the
-program; :func:`from_env` finds them through torchrun's environment
-(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``)
-and :func:`diffscreen.train.train_model` then
+``torchrun --nproc_per_node N -m diffscreen.cli train ...`` starts N copies of the program;
+:func:`from_env` joins them through torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``) and :func:`diffscreen.train.train_model` then builds the same initial
+model on every rank (same seed), wrapped in DistributedDataParallel (gradients averaged after every
+backward pass, so the parameters stay identical); draws each epoch's class-balanced batches identically on
+every rank and gives rank r the r-th slice of every batch (:class:`ShardedBatchSampler`: together the
+ranks see exactly the batches of a one-process run); rank 0 alone validates, logs and writes files.
+NCCL with one GPU per rank when CUDA is available, else Gloo (``DIFFSCREEN_DDP_BACKEND=gloo`` forces it).
+BatchNorm layers normalise with each rank's part of the batch; running statistics are broadcast from
+rank 0 at every forward pass.
 
-* builds the same initial model on every rank (same seed) and wraps it in
-  :class:`torch.nn.parallel.DistributedDataParallel`, which averages the
-  gradients of all ranks after every backward pass, so the ranks' parameters
-  stay identical;
-* draws each epoch's class-balanced batches once, identically on every rank
-  (the sampler is seeded by (seed, epoch)), and gives rank r the r-th slice of
-  every batch (:class:`ShardedBatchSampler`): the N ranks together see exactly
-  the batches of a one-process run with the same ``batch_size``, each rank
-  preprocessing only ``batch_size / N`` frames of each;
-* lets rank 0 alone validate, write the checkpoint and the model file, and log.
-
-Backend: NCCL with one GPU per rank (``cuda:LOCAL_RANK``) when CUDA is
-available, else Gloo on the CPU; ``DIFFSCREEN_DDP_BACKEND=gloo`` forces Gloo.
-
-BatchNorm layers normalise with each rank's own part of the batch (as
-DistributedDataParallel does by default); their running statistics are
-broadcast from rank 0 at every forward pass.
-
-Reference: Li et al. (2020), "PyTorch Distributed: Experiences on
-Accelerating Data Parallel Training", VLDB 13(12), §3 (gradient averaging
-with all-reduce).
+Reference: Li et al. (2020), "PyTorch Distributed: Experiences on Accelerating Data Parallel Training",
+VLDB 13(12), §3 (gradient averaging with all-reduce).
 """
 
 from __future__ import annotations
@@ -57,18 +43,9 @@ def launch_rank() -> int:
 
 @dataclass
 class DDPContext:
-    """One process of a data-parallel training.
-
-    Attributes
-    ----------
-    rank, world_size, local_rank : int
-    backend : {"gloo", "nccl"}
-    device : torch.device
-        Where this rank's model and batches live.
-    owned : bool
-        The process group was set up by :func:`from_env` (and is left by
-        ``train_model`` at its end).
-    """
+    """One process of a data-parallel training: ``rank``, ``world_size``, ``local_rank``, ``backend``
+    ("gloo" or "nccl"), the ``device`` of its model and batches, and whether :func:`from_env` set up the
+    process group (``owned``: ``train_model`` leaves it at its end)."""
 
     rank: int
     world_size: int

@@ -1,17 +1,12 @@
-"""The one training engine: :func:`fit` runs the epochs of every training recipe.
+"""The one training engine: :func:`fit` runs the epochs of every recipe; :func:`save_trained` writes its model file.
 
-An epoch sets the learning rate of the schedule, puts the network in training
-mode, runs the recipe's mini-batches (``opt.zero_grad``, the recipe's loss,
-``backward``, ``opt.step``), validates, keeps the best epoch's weights and
-writes a checkpoint, so that an interrupted run resumes where it stopped.
-What differs between the recipes is plugged in: the batches (class-balanced,
-Ke et al. 2018 §2.1.3; a shuffled permutation, Zimmermann et al. 2019
-§3.1.5), the loss and its targets (softmax classes, multi-label sigmoid, the
-DANN domain head of Ganin et al. 2016), augmentation, the schedule and the
-validation score.  Data-parallel runs (:mod:`diffscreen.train.distributed`)
-sum the batch statistics over the ranks; rank 0 alone validates and saves.
-
-:func:`save_trained` builds the model-file metadata of every recipe.
+An epoch sets the scheduled learning rate, runs the recipe's mini-batches
+(zero the gradients, the recipe's loss, backward, step), validates, keeps the
+best epoch's weights and writes a checkpoint to resume from.  A recipe plugs
+in the batches (class-balanced, Ke et al. 2018 §2.1.3; shuffled passes,
+Zimmermann et al. 2019 §3.1.5), the loss and targets (softmax classes,
+multi-label sigmoid, the DANN domain head of Ganin et al. 2016),
+augmentation, the schedule and the validation score.
 """
 
 from __future__ import annotations
@@ -42,51 +37,24 @@ _OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters; defaults are Ke et al. (2018) §2.3 and, where the paper is silent, the authors' fv5080 code.
+    """Hyper-parameters of the softmax recipes; defaults are Ke et al. (2018) §2.3 and, where the paper is silent,
+    the authors' fv5080 code.  ``optimizer="adam"`` is Adam (Nawaz et al. 2022 §3.5; ``momentum`` then unused,
+    ``weight_decay`` its L2 term)."""
 
-    Attributes
-    ----------
-    epochs : int
-        Number of epochs (Ke: 120).
-    batches_per_epoch : int
-        Mini-batches per epoch (Ke: 100).
-    batch_size : int
-        Frames per mini-batch (Ke: 64).
-    lr_start, lr_end : float
-        Learning rate at the first and last epoch (0.1 → 1e-4, exponential).
-    momentum, weight_decay : float
-        SGD parameters (0.9, 5e-4).
-    seed : int
-        Seeds weight initialisation, batch drawing and crop shifts.
-    arch : str
-        Registry name of the architecture.
-    first_kernel : int
-        7 (fv5080) or 3 (paper text).
-    workers : int
-        DataLoader worker processes reading and preprocessing frames.
-    threads : int
-        Torch threads for the optimisation step.
-    optimizer : {"sgd", "adam"}
-        SGD with momentum (Ke, default) or Adam (Nawaz et al. 2022 §3.5;
-        ``momentum`` is then unused and ``weight_decay`` is Adam's L2 term).
-    arch_kwargs : dict
-        Further builder arguments of ``arch`` (e.g. AlexNet ``channels``).
-    """
-
-    epochs: int = 120
-    batches_per_epoch: int = 100
-    batch_size: int = 64
-    lr_start: float = 0.1
+    epochs: int = 120  #: Ke: 120
+    batches_per_epoch: int = 100  #: mini-batches per epoch (Ke: 100)
+    batch_size: int = 64  #: frames per mini-batch (Ke: 64)
+    lr_start: float = 0.1  #: learning rate at the first epoch, falling exponentially to ``lr_end`` at the last
     lr_end: float = 1e-4
-    momentum: float = 0.9
+    momentum: float = 0.9  #: SGD momentum
     weight_decay: float = 5e-4
-    seed: int = 0
-    arch: str = "ke2018"
-    first_kernel: int = 7
-    workers: int = 1
-    threads: int = 1
-    optimizer: str = "sgd"
-    arch_kwargs: dict = field(default_factory=dict)
+    seed: int = 0  #: seeds weight initialisation, batch drawing, crop shifts and augmentation
+    arch: str = "ke2018"  #: registry name of the architecture
+    first_kernel: int = 7  #: 7 (fv5080) or 3 (paper text)
+    workers: int = 1  #: DataLoader processes reading and preprocessing frames
+    threads: int = 1  #: torch threads of the optimisation step
+    optimizer: str = "sgd"  #: "sgd" (Ke) or "adam"
+    arch_kwargs: dict = field(default_factory=dict)  #: further builder arguments (e.g. AlexNet ``channels``)
 
     def __post_init__(self):
         if self.optimizer not in _OPTIMIZERS:
@@ -100,17 +68,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a training recipe produced.
-
-    Attributes
-    ----------
-    model_path : Path
-    best_epoch : int
-    history : list of dict
-        One row per epoch (``epoch``, ``lr``, the recipe's training columns,
-        its validation columns, ``seconds``).
-    test_report : EvaluationReport or None
-    """
+    """What a recipe produced: ``model_path``, ``best_epoch``, ``history`` (one dict per epoch), ``test_report``."""
 
     model_path: Path
     best_epoch: int
@@ -140,22 +98,8 @@ def learning_rate(epoch: int, config: TrainConfig) -> float:
 
 @dataclass
 class Checkpoint:
-    """Where :func:`fit` writes its checkpoint after every epoch, and whether it resumes from it.
-
-    Attributes
-    ----------
-    path : Path
-        The checkpoint file (a ``torch.save`` dict, read with ``weights_only=True``).
-    run_id : dict
-        JSON-serialisable identity of the run (configuration, data
-        fingerprint); a checkpoint of another run is refused.
-    resume : bool
-        Continue from ``path`` if it exists.
-    hint : str
-        How the user discards a stale checkpoint (ends the error message).
-    generators : dict of str to torch.Generator
-        Random generators whose state is saved and restored with the weights.
-    """
+    """Checkpoint hook of :func:`fit`: the file ``path``, the JSON ``run_id`` it must match, whether to
+    ``resume``, the ``hint`` ending the refusal, and ``generators`` (name → torch.Generator) saved with it."""
 
     path: Path
     run_id: dict
@@ -166,7 +110,7 @@ class Checkpoint:
 
 @dataclass
 class Best:
-    """The best epoch so far: its validation ``score``, ``epoch`` (0: none yet), weights and validation columns."""
+    """The best epoch so far: ``score``, ``epoch`` (0: none yet), weights ``state``, validation ``cols``."""
 
     score: float = -math.inf
     epoch: int = 0
@@ -200,52 +144,47 @@ def _save(ck: Checkpoint, epoch, model, opt, history, best: Best) -> None:
 def fit(model, opt, *, epochs: int, lr, batches, loss, row, validate, line, train_mode=None, tag=None,
         ties_win: bool = True, checkpoint: Checkpoint | None = None, progress=None, n_batches=None, log=print,
         ctx=None) -> tuple[list, Best]:
-    """Run the epochs of a training recipe and keep the best one's weights in ``model``.
+    """Run the epochs of a recipe; ``model`` ends with the best epoch's weights (on rank 0).
 
     Parameters
     ----------
     model : torch.nn.Module
-        The network whose weights are selected, checkpointed and returned
-        (a DDP wrapper or a domain head, if any, live in the recipe's ``loss``).
+        Whose weights are selected and checkpointed (a DDP wrapper or domain head lives in ``loss``).
     opt : torch.optim.Optimizer
     epochs : int
-        Last epoch (1-based).
     lr : callable
-        ``lr(epoch) -> float``, the learning-rate schedule.
+        Schedule hook ``lr(epoch) -> float``.
     batches : callable
-        ``batches(epoch) -> iterable`` of the epoch's mini-batches, in any form ``loss`` takes.
+        Sampler hook ``batches(epoch) -> iterable`` of mini-batches in the form ``loss`` takes.
     loss : callable
-        ``loss(batch) -> (loss tensor, sums)``: the scalar to minimise and a
-        dict of per-batch statistics (summed over the epoch and the ranks).
+        ``loss(batch) -> (scalar tensor, stats)``; the dict ``stats`` is summed over the epoch (and ranks).
     row : callable
-        ``row(sums) -> dict``: the epoch's training columns of the history.
+        ``row(sums) -> dict``, the training columns of the history row.
     validate : callable
-        ``validate(epoch) -> (score, cols)``: the selection score (NaN: no
-        validation data, every epoch improves; None: not validated this
-        epoch) and the history's validation columns.
+        ``validate(epoch) -> (score, cols)``: NaN scores (no validation data) always improve, None
+        (not validated this epoch) never; ``cols`` go in the history row.
     line : callable
-        ``line(row, improved) -> str``, the epoch's log line.
+        ``line(row, improved) -> str``, logged after each epoch.
     train_mode : callable, optional
-        Puts the modules in training mode (default ``model.train()``).
+        Default ``model.train()``.
     tag : dict, optional
-        Columns put after ``epoch`` in every history row (e.g. the stage).
+        Columns put after ``epoch`` in every row (e.g. the stage).
     ties_win : bool
         An epoch scoring equal to the best replaces it.
     checkpoint : Checkpoint, optional
     progress : callable, optional
         ``progress(epoch, batch, n_batches)`` after every batch.
     n_batches : int, optional
-        Passed to ``progress``.
     log : callable
     ctx : DDPContext, optional
-        Data-parallel run: batch statistics are summed over the ranks; only
-        rank 0 keeps the best weights and writes the checkpoint.
+        Data-parallel run (:mod:`diffscreen.train.distributed`): stats summed over the ranks; rank 0
+        alone keeps the best weights and writes the checkpoint.
 
     Returns
     -------
     history : list of dict
+        ``epoch``, ``tag``, ``lr``, ``row(sums)``, ``cols``, ``seconds``.
     best : Best
-        The kept epoch; its weights are loaded into ``model`` (on rank 0).
 
     Raises
     ------
@@ -305,23 +244,9 @@ def _ddp_check(ctx, model) -> None:
 
 
 def balanced_batches(labels, config: TrainConfig, seed: int):
-    """Sampler hook: each epoch's class-balanced mini-batches of sample indices (Ke et al. 2018 §2.1.3).
-
-    Parameters
-    ----------
-    labels : (N,) int array
-        What the batches are balanced over.
-    config : TrainConfig
-        ``batches_per_epoch`` batches of ``batch_size``.
-    seed : int
-        Epoch ``e`` draws with ``default_rng([seed, e])``
-        (:class:`~diffscreen.train.sampler.ClassBalancedSampler`).
-
-    Returns
-    -------
-    callable
-        ``batches(epoch)`` → iterator of ``(batch_size,)`` int64 index arrays.
-    """
+    """Sampler hook: ``batches(epoch)`` → ``config.batches_per_epoch`` class-balanced ``(batch_size,)`` int64
+    index arrays over the classes of ``labels`` (N,), drawn with ``default_rng([seed, epoch])`` (Ke et al. 2018
+    §2.1.3; :class:`~diffscreen.train.sampler.ClassBalancedSampler`)."""
     sampler = ClassBalancedSampler(labels, config.batches_per_epoch * config.batch_size, max_shift=0, seed=seed)
     bs = config.batch_size
 
@@ -344,22 +269,9 @@ def counts_row(sums) -> dict:
 
 
 def softmax_loss(model, x, y, *, augment=None, rng=None):
-    """Loss hook: cross entropy (log-softmax + NLL, fv5080) of the inputs ``x[idx]`` held in memory.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
-    y : (N,) int64 ndarray
-    augment : callable, optional
-        ``augment(xb, rng) -> xb`` on every float32 mini-batch.
-    rng : numpy.random.Generator, optional
-
-    Returns
-    -------
-    callable
-        ``loss(idx) -> (loss, batch_counts)``.
-    """
+    """Loss hook ``loss(idx) -> (loss, batch_counts)``: cross entropy (log-softmax + NLL, fv5080) of ``model``
+    on ``x[idx]`` ((N, 1, S, S) or (N, 1, S) float16/float32, cast to float32, then ``augment(xb, rng)`` if
+    given) against ``y[idx]`` ((N,) int64)."""
 
     def loss(idx):
         xa = np.asarray(x[idx], dtype=np.float32)
@@ -386,25 +298,25 @@ def epoch_line(epochs: int, val_key: str, label: str, *, prefix: str = "", secon
 
 def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, label: str, groups=None,
                  seed=None, augment=None, train_mode=None, tag=None, prefix="", seconds=True, log=print):
-    """:func:`fit` with class-balanced batches of in-memory inputs, cross entropy and the exponential schedule.
+    """:func:`fit` on inputs held in memory: class-balanced batches, cross entropy, exponential schedule.
 
     Parameters
     ----------
     model, opt
         The network and its optimiser.
-    x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
-    y : (N,) int64 ndarray
+    x, y, augment
+        As :func:`softmax_loss`.
     config : TrainConfig
     score : callable
-        ``score() -> float``, the validation score (NaN without validation data).
+        ``score() -> float``, the validation score (NaN without validation data), logged as ``label``
+        and recorded as column ``val_key``.
     val_key, label : str
-        Its history column and its name in the log.
     groups : (N,) int array, optional
         What the batches are balanced over (default ``y``).
     seed : int, optional
         Batch drawing and augmentation (default ``config.seed``).
-    augment, train_mode, tag, log
-        As :func:`softmax_loss` and :func:`fit`.
+    train_mode, tag, log
+        As :func:`fit`.
     prefix : str
         Starts every log line.
     seconds : bool
@@ -412,8 +324,8 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
 
     Returns
     -------
-    history : list of dict
-    best : Best
+    history, best
+        As :func:`fit`.
     """
     seed = config.seed if seed is None else seed
     rng = np.random.default_rng([seed, 7])
@@ -471,29 +383,11 @@ def arch_kwargs_for(config: TrainConfig, n_classes: int, input_size: int) -> dic
 
 def save_trained(path, model, *, arch, arch_kwargs, preprocess, class_names, history, seed, metrics, data=None,
                  head=None, counts=None, tail=None, **meta) -> Path:
-    """Write a trained model file with its training record (:func:`~diffscreen.models.save_model`).
+    """Write a trained model file (:func:`~diffscreen.models.save_model`); the one place its record is built.
 
-    The record ``training`` is ``head``, then ``data`` (the description of
-    the training data), the set sizes ``counts``, the ``history``, the torch
-    and Python versions, the creation time, then ``tail``.
-
-    Parameters
-    ----------
-    path : str or Path
-    model : torch.nn.Module
-    arch, arch_kwargs, preprocess, class_names
-        As :func:`~diffscreen.models.save_model`.
-    history : list of dict
-    seed : int
-    metrics : dict
-    data : dict, optional
-    head, counts, tail : dict, optional
-    **meta
-        Further top-level records (e.g. ``task``, ``multilabel``).
-
-    Returns
-    -------
-    Path
+    ``training`` holds ``head``, ``data`` (the training data's description), the set sizes ``counts``, the
+    ``history``, the torch and Python versions, the creation time, then ``tail``; ``**meta`` (e.g. ``task``,
+    ``multilabel``) go before it, ``seed`` and ``metrics`` after.  Returns ``Path(path)``.
     """
     training = {**(head or {}), "data": data or {}, **(counts or {}), "history": history,
                 "torch": torch.__version__, "python": platform.python_version(),

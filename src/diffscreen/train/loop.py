@@ -59,31 +59,18 @@ def _score(model, loader, class_names):
     return rep.metrics["balanced_accuracy"], rep
 
 
-def train_model(
-    train: list[Sample],
-    val: list[Sample],
-    out_path,
-    *,
-    config: TrainConfig | None = None,
-    preprocess: PreprocessConfig | None = None,
-    class_names=("hit", "maybe", "miss"),
-    test: list[Sample] | None = None,
-    data_description: dict | None = None,
-    resume: bool = True,
-    progress=None,
-    log=print,
-    ddp="auto",
-) -> TrainResult:
+def train_model(train: list[Sample], val: list[Sample], out_path, *, config: TrainConfig | None = None,
+                preprocess: PreprocessConfig | None = None, class_names=("hit", "maybe", "miss"),
+                test: list[Sample] | None = None, data_description: dict | None = None, resume: bool = True,
+                progress=None, log=print, ddp="auto") -> TrainResult:
     """Train a screening CNN and write the best-validation model file.
 
     Parameters
     ----------
     train, val : list of Sample
-        Training and validation frames (``val`` may be empty: the last epoch
-        is kept).
+        Training and validation frames (``val`` may be empty: the last epoch is kept).
     out_path : str or Path
-        Model file to write (``.safetensors``).  The checkpoint goes beside
-        it as ``<out_path>.ckpt`` and is removed at the end.
+        Model file to write (``.safetensors``); the checkpoint ``<out_path>.ckpt`` is removed at the end.
     config : TrainConfig
     preprocess : PreprocessConfig
     class_names : sequence of str
@@ -98,12 +85,9 @@ def train_model(
     log : callable
         Receives one line of text per epoch.
     ddp : "auto", DDPContext or None
-        Data-parallel training (:mod:`diffscreen.train.distributed`):
-        "auto" joins the processes torchrun started (``WORLD_SIZE`` > 1);
-        every rank then computes ``batch_size / world_size`` frames of each
-        class-balanced batch, gradients are averaged, and rank 0 alone
-        validates, logs and writes the checkpoint and model file
-        (``training.distributed`` in its metadata).  None: one process.
+        Data-parallel training (:mod:`diffscreen.train.distributed`): "auto" joins the processes torchrun
+        started; each rank computes ``batch_size / world_size`` frames of every batch, gradients are
+        averaged, rank 0 alone validates, logs and writes files.  None: one process.
 
     Returns
     -------
@@ -213,27 +197,14 @@ def dihedral_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def train_on_arrays(
-    x_train,
-    y_train,
-    out_path,
-    *,
-    class_names,
-    preprocess: PreprocessConfig,
-    config: TrainConfig | None = None,
-    x_val=None,
-    y_val=None,
-    data_description: dict | None = None,
-    augment=None,
-    log=print,
-) -> TrainResult:
+def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: PreprocessConfig,
+                    config: TrainConfig | None = None, x_val=None, y_val=None, data_description: dict | None = None,
+                    augment=None, log=print) -> TrainResult:
     """Train a registered architecture on preprocessed inputs held in memory.
 
-    Each epoch is ``batches_per_epoch`` class-balanced mini-batches
-    (:class:`~diffscreen.train.sampler.ClassBalancedSampler`, no crop
-    shifts: the inputs are already cropped); the learning rate decays
-    exponentially from ``lr_start`` to ``lr_end`` (:func:`learning_rate`);
-    the epoch with the best validation accuracy (over all classes) is kept.
+    Class-balanced mini-batches without crop shifts, the exponential schedule
+    (:func:`~diffscreen.train.engine.fit_balanced`); the epoch with the best
+    validation accuracy (over all classes) is kept.
 
     Parameters
     ----------
@@ -247,9 +218,7 @@ def train_on_arrays(
     preprocess : PreprocessConfig
         The recipe that produced the inputs (stored in the model file).
     config : TrainConfig
-        ``arch``, ``arch_kwargs``, ``optimizer``, ``epochs``,
-        ``batches_per_epoch``, ``batch_size``, learning rates, ``seed``,
-        ``threads`` are used.
+        Default ``TrainConfig(optimizer="adam")``; ``workers`` is unused.
     x_val, y_val : arrays, optional
         Validation set for model selection (default: keep the last epoch).
     data_description : dict, optional

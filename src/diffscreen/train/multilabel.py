@@ -1,30 +1,20 @@
-"""Multi-label training of the Zimmermann et al. (2019) ResNet18_α (§3.1.5).
+"""Multi-label training of the Zimmermann et al. (2019) ResNet18_α (§3.1.5), a recipe over :func:`~diffscreen.train.engine.fit`.
 
-Recipe (paper defaults in :class:`MultiLabelConfig`):
-
-* loss: sigmoid binary cross-entropy (Eq. 6, averaged over the batch and the
-  classes) plus ``l1 · Σ|w| + l2 · Σ w²`` over all convolution and dense
-  weights, both 1e-5 (Eq. 10; "L2" as the sum of squares, the TensorFlow
-  ``l2_regularizer`` convention);
-* SGD, learning rate 0.1 divided by 10 at ``milestones`` (paper: every 50 of
-  200 epochs), Nesterov momentum 0.9 (airynet code), batch 48;
-* augmentation: random horizontal and vertical flips (images only: a flip
-  leaves the CCF map unchanged, see :mod:`diffscreen.preprocess.ccf`), random
-  brightness (+U(-b, b)) and contrast (×U(1-c, 1+c) about the mean);
-* the metrics of §3.2 on the validation split after every ``eval_every``
-  epochs; the paper reports the maximum of each over training (``max``), the
-  model kept is the epoch of the best validation Accuracy;
-* a checkpoint ``<out>.ckpt`` after every epoch so an interrupted run resumes.
-
-The paper's full recipe (224 px, width 64, 200 epochs) is for GPU machines;
-the reduced CPU recipe of ``docs/benchmarks/zimmermann2019.md`` is
-:data:`CPU_RECIPE`.
+Paper defaults in :class:`MultiLabelConfig`.  Loss: sigmoid binary cross-entropy
+(Eq. 6, mean over batch and classes) plus ``l1 · Σ|w| + l2 · Σ w²`` over the
+convolution and dense weights (Eq. 10; "L2" as TensorFlow's sum of squares).
+SGD, learning rate 0.1 ÷ 10 at ``milestones``, Nesterov momentum 0.9 (airynet
+code), batch 48, shuffled passes.  Augmentation: random flips (images only: a
+flip leaves the CCF map unchanged, :mod:`diffscreen.preprocess.ccf`),
+brightness (+U(-b, b)) and contrast (×U(1-c, 1+c) about the mean).  The §3.2
+metrics on the validation split every ``eval_every`` epochs; the paper reports
+each one's maximum over training (``max``); the epoch of the best validation
+Accuracy is kept.  A checkpoint ``<out>.ckpt`` after every epoch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -35,63 +25,34 @@ import torch
 import torch.nn.functional as F
 
 from diffscreen.errors import ConfigError, LabelError
-from diffscreen.evaluate.multilabel import CDI_CLASSES, multilabel_metrics, read_cdi_labels
+from diffscreen.evaluate.multilabel import CDI_CLASSES, load_cdi_runs, multilabel_metrics
 from diffscreen.models import get_model
 from diffscreen.models.batch import predict_arrays
 from diffscreen.train.engine import Checkpoint, fit, save_trained
 
-__all__ = ["MultiLabelConfig", "MultiLabelResult", "CPU_RECIPE", "load_cdi_runs", "train_multilabel",
-           "augment", "regularisation"]
+__all__ = ["MultiLabelConfig", "MultiLabelResult", "load_cdi_runs", "train_multilabel", "augment", "regularisation"]
 
 
 @dataclass
 class MultiLabelConfig:
-    """Hyper-parameters; defaults are the paper's (Zimmermann et al. 2019, §3.1.5; the airynet code where it is silent).
+    """Hyper-parameters; defaults are the paper's (Zimmermann et al. 2019, §3.1.5; the airynet code where it is silent)."""
 
-    Attributes
-    ----------
-    epochs : int
-        200 in the paper.
-    milestones : tuple of int
-        Epochs (1-based) after which the learning rate is divided by 10.
-    batch_size : int
-        48.
-    lr, momentum, nesterov : float, float, bool
-        0.1, 0.9, True.
-    l1, l2 : float
-        Elastic-net coefficients, 1e-5 each (Eq. 10).
-    alpha : float or None
-        Logarithmic-activation α; None = unmodified ResNet18.
-    width : int
-        First-stage channels (64).
-    augment : bool
-        Flips (images only), brightness and contrast.
-    brightness, contrast : float
-        Augmentation ranges.
-    eval_every : int
-        Validate every this many epochs (and after the last).
-    seed : int
-        Seeds initialisation, batch order and augmentation.
-    threads : int
-        Torch CPU threads (0: leave as is).
-    """
-
-    epochs: int = 200
-    milestones: tuple = (50, 100, 150)
+    epochs: int = 200  #: 200 in the paper
+    milestones: tuple = (50, 100, 150)  #: epochs (1-based) after which the learning rate is divided by 10
     batch_size: int = 48
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
-    l1: float = 1e-5
+    l1: float = 1e-5  #: elastic-net coefficients (Eq. 10)
     l2: float = 1e-5
-    alpha: float | None = 0.2
-    width: int = 64
-    augment: bool = True
-    brightness: float = 0.1
+    alpha: float | None = 0.2  #: logarithmic-activation α; None: the unmodified ResNet18
+    width: int = 64  #: first-stage channels
+    augment: bool = True  #: flips (images only), brightness and contrast
+    brightness: float = 0.1  #: augmentation ranges
     contrast: float = 0.2
-    eval_every: int = 1
-    seed: int = 0
-    threads: int = 1
+    eval_every: int = 1  #: validate every this many epochs (and after the last)
+    seed: int = 0  #: seeds initialisation, batch order and augmentation
+    threads: int = 1  #: torch CPU threads (0: leave as is)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -103,10 +64,6 @@ class MultiLabelConfig:
         self.milestones = tuple(int(m) for m in self.milestones)
 
 
-#: The reduced CPU recipe of the benchmark: 64 px inputs, width 16, 16 epochs (÷10 after 10 and 14).
-CPU_RECIPE = {"input_size": 64, "width": 16, "epochs": 16, "milestones": (10, 14), "batch_size": 48}
-
-
 @dataclass
 class MultiLabelResult:
     """What :func:`train_multilabel` returns.
@@ -116,12 +73,12 @@ class MultiLabelResult:
     model : torch.nn.Module
         The best-validation-Accuracy model, in eval mode.
     history : list of dict
-        Per-epoch loss, learning rate, validation metrics, seconds.
+        Per epoch: ``epoch``, ``lr``, ``train_bce``, validation metrics, ``seconds``.
     best : dict
         Validation metrics of the kept epoch (``epoch`` included).
     max : dict
-        Maximum over the epochs of accuracy, precision and recall (how the
-        paper reports its tables), plus the minimum violation rate.
+        Maximum over the epochs of accuracy, precision and recall (as the paper's tables), and
+        ``violation_rate_min``.
     model_path : Path or None
     seconds : float
     """
@@ -134,78 +91,9 @@ class MultiLabelResult:
     seconds: float = 0.0
 
 
-def load_cdi_runs(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Read simulated CDI runs (:func:`diffscreen.simulate.cdi.simulate_cdi_run` files).
-
-    Parameters
-    ----------
-    paths : sequence of str or Path
-
-    Returns
-    -------
-    frames : (N, H, W) float32 ndarray
-        Photons per pixel.
-    mask : (H, W) bool ndarray
-        The hole mask (that of the first file).
-    labels : (N, 11) uint8 ndarray
-        Multi-hot labels.
-    info : dict
-        Files, frame counts and the simulation configs.
-
-    Raises
-    ------
-    LabelError
-        A file without ``/entry_1/result_1/labels`` or with other class names.
-    FrameReadError
-        Unreadable file.
-    """
-    import h5py
-
-    from diffscreen.errors import FrameReadError
-
-    frames, labels, info, mask = [], [], {"files": [], "configs": []}, None
-    for p in paths:
-        p = str(p)
-        try:
-            h = h5py.File(p, "r")
-        except OSError as exc:
-            raise FrameReadError(f"cannot open as HDF5 ({exc})", path=p) from None
-        with h:
-            labels.append(read_cdi_labels(p))  # checks the table and its class names
-            import hdf5plugin  # noqa: F401  (bitshuffle-compressed runs)
-
-            frames.append(h["entry_1/data_1/data"][()].astype(np.float32))
-            if mask is None:
-                mk = "entry_1/instrument_1/detector_1/mask"
-                mask = h[mk][()].astype(bool) if mk in h else np.zeros(frames[-1].shape[1:], bool)
-            info["files"].append(p)
-            info["configs"].append(json.loads(h.attrs.get("cdi_config", "{}")))
-    if not frames:
-        raise ConfigError("no CDI runs given")
-    shapes = {f.shape[1:] for f in frames}
-    if len(shapes) > 1:
-        raise ConfigError(f"CDI runs of different frame sizes {sorted(shapes)}")
-    x, y = np.concatenate(frames), np.concatenate(labels)
-    info["n_frames"] = int(len(x))
-    info["label_counts"] = {n: int(c) for n, c in zip(CDI_CLASSES, y.sum(0))}
-    return x, mask, y, info
-
-
 def augment(x: torch.Tensor, gen: torch.Generator, *, flips: bool, brightness: float, contrast: float) -> torch.Tensor:
-    """Random flips, brightness and contrast, per sample.
-
-    Parameters
-    ----------
-    x : (N, C, S, S) float32 tensor
-        Not modified.
-    gen : torch.Generator
-    flips : bool
-    brightness, contrast : float
-
-    Returns
-    -------
-    (N, C, S, S) float32 tensor
-    """
+    """Random flips, brightness and contrast per sample of ``x`` ((N, C, S, S) float32 tensor, not
+    modified), drawn from ``gen``; returns a new (N, C, S, S) float32 tensor."""
     n = x.shape[0]
     y = x.clone()
     if flips:
@@ -256,7 +144,7 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
         Model file to write (with a checkpoint ``<out>.ckpt`` during training).
     config : MultiLabelConfig
     preprocess : CDIPreprocessConfig, optional
-        Stored in the model file.
+        Stored in the model file (needed with ``out_path``).
     class_names : sequence of str
     data_description : dict, optional
         Stored in the model file.
@@ -273,8 +161,7 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
     Raises
     ------
     ConfigError
-        Empty training set, inputs of the wrong shape, or a checkpoint of a
-        different run.
+        Empty training set, inputs of the wrong shape, or a checkpoint of a different run.
     LabelError
         Labels of the wrong shape.
     """

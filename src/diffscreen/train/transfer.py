@@ -1,17 +1,10 @@
 """Transfer learning from a trained model to a new experiment (Xie et al. 2022, §2.3.1, Fig. 3, Table 3).
 
-Fig. 3: the convolutional base of a well-trained CNN is joined to a randomly
-initialised classifier and trained on a few labelled frames of the new
-experiment in two stages:
-
-1. the base frozen, only the classifier learns;
-2. the top one or two convolutional blocks unfrozen, retrained with a lower
-   learning rate.
-
-Xie et al. fine-tune with 200 labelled frames (and validate on 200).  Here
-"frozen" means what Keras (the paper's framework) does: frozen weights get
-no gradient and the BatchNorm layers of frozen blocks run in inference mode,
-so their running statistics stay those of the source experiment.
+Fig. 3: the convolutional base of a well-trained CNN, joined to a randomly initialised classifier, is
+trained on a few labelled frames of the new experiment (Xie: 200, validated on 200) in two stages, each a
+recipe over :func:`~diffscreen.train.engine.fit_balanced`: (1) the base frozen, only the classifier
+learns; (2) the top one or two blocks unfrozen, at a lower learning rate.  "Frozen" is what Keras (the
+paper's framework) does: no gradient, and BatchNorm layers of frozen blocks keep their running statistics.
 """
 
 from __future__ import annotations
@@ -130,12 +123,9 @@ def validation_score(model, x_val, y_val, class_names=None) -> float:
 def balance_groups(y, class_names=None) -> np.ndarray:
     """What the mini-batches are balanced over: the keep decision when there is a ``"miss"`` class.
 
-    Xie et al. merge hit and maybe into one class (§3.1).  With a few hundred
-    labels the maybe class is small (tens of frames), and balancing over the
-    three classes would draw it as often as all misses together, teaching the
-    model a 2:1 prior for keeping a frame (``P(hit) + P(maybe) > P(miss)``).
-    Balancing hit-or-maybe against miss (hit and maybe in their natural
-    ratio within the first half) keeps the decision unbiased.
+    Xie et al. merge hit and maybe (§3.1).  With a few hundred labels the maybe class is small, and
+    balancing over three classes would draw it as often as all misses, teaching a 2:1 prior for keeping
+    a frame; balancing hit-or-maybe (in their natural ratio) against miss keeps the decision unbiased.
 
     Parameters
     ----------
@@ -166,14 +156,12 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
     y : (N,) int ndarray
     config : TrainConfig
-        ``optimizer``, ``epochs``, ``batches_per_epoch``, ``batch_size``,
-        learning rates (exponential decay, :func:`~diffscreen.train.engine.learning_rate`), ``seed``.
+        ``workers``, ``threads``, ``arch`` are unused.
     x_val, y_val : arrays, optional
         Model selection by :func:`validation_score`; without them the last epoch is kept.
     class_names : sequence of str, optional
-        With a ``"miss"`` class, mini-batches are balanced over, and epochs
-        scored on, the keep decision (:func:`balance_groups`, :func:`validation_score`);
-        otherwise over the classes.
+        With a ``"miss"`` class, batches are balanced over, and epochs scored on, the keep decision
+        (:func:`balance_groups`, :func:`validation_score`); otherwise over the classes.
     augment : callable, optional
         ``augment(xb, rng) -> xb`` on each mini-batch (e.g. :func:`~diffscreen.train.loop.dihedral_augment`).
     stage : str, optional
@@ -206,22 +194,17 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
                        reset_head: bool = True, log=print) -> TrainResult:
     """Fine-tune a trained model on a few labelled inputs of a new experiment (Xie §2.3.1, Fig. 3).
 
-    Stage 1 trains a (by default newly initialised) classifier on the frozen
-    convolutional base; stage 2 unfreezes the top ``unfreeze_blocks`` blocks
-    and trains on with a lower learning rate, starting from stage 1's best
-    epoch.  The best epoch of stage 2 is kept (by :func:`validation_score`:
-    balanced accuracy of the keep decision; the last epoch without
-    validation data).
+    Stage 1 trains a (by default new) classifier on the frozen base; stage 2 unfreezes the top
+    ``unfreeze_blocks`` blocks and goes on from stage 1's best epoch.  Stage 2's best epoch by
+    :func:`validation_score` is kept (the last without validation data).
 
     Parameters
     ----------
     init_path : str or Path
-        Model file of the trained source model (any registered architecture
-        with ``.features`` and ``.classifier``: ke2018, rwd1d).  Its class
-        names, architecture and preprocessing recipe are kept.
+        The trained source model (an architecture with ``.features`` and ``.classifier``: ke2018,
+        rwd1d); its class names, architecture and preprocessing recipe are kept.
     x_train : (N, 1, S, S) float16/float32 ndarray
-        Inputs preprocessed with the init model's recipe (for rwd1d also
-        ``(N, 1, S)`` row vectors).  Not modified.
+        Inputs preprocessed with the init model's recipe (rwd1d: also ``(N, 1, S)`` rows); not modified.
     y_train : (N,) int ndarray
         Class indices into the init model's class names.
     out_path : str or Path
@@ -229,8 +212,7 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
     x_val, y_val : arrays, optional
         Validation inputs and labels (Xie: 200 frames).
     frozen, unfrozen : TrainConfig, optional
-        Stage 1 and stage 2 settings (default :data:`FROZEN_DEFAULT`,
-        :data:`UNFROZEN_DEFAULT`).
+        Stage 1 and 2 settings (default :data:`FROZEN_DEFAULT`, :data:`UNFROZEN_DEFAULT`).
     unfreeze_blocks : int
         Top blocks trained in stage 2 (Xie: one or two); 0 skips stage 2.
     augment : callable, optional
@@ -238,16 +220,14 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
     data_description : dict, optional
         Stored in the model file.
     reset_head : bool
-        Re-initialise the classifier (Fig. 3: "a randomly initialized
-        classifier"); False keeps the init model's head.
+        Re-initialise the classifier (Fig. 3: "a randomly initialized classifier").
     log : callable
 
     Returns
     -------
     TrainResult
-        ``history`` rows carry ``stage`` ("frozen" or "unfrozen"); the
-        metadata records ``training.method = "transfer"``, the init model
-        (path, arch, training data) and both stage configs.
+        ``history`` rows carry ``stage`` ("frozen" or "unfrozen"); the metadata records
+        ``training.method = "transfer"``, the init model and both stage configs.
 
     Raises
     ------
