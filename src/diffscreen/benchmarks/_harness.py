@@ -173,8 +173,11 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     pyplot().close(fig)
 
 
-def write_report(out: Path, name: str, lines: list[str], results: dict) -> Path:
-    """Write ``out/name.md`` (the lines) and ``out/name.json`` (the results) atomically; returns the ``.md`` path."""
-    atomic_write_text(out / f"{name}.md", "\n".join(lines) + "\n")
+def write_report(out: Path, name: str, markdown, results: dict) -> Path:
+    """Write ``out/name.md`` and ``out/name.json`` (the results) atomically; returns the ``.md`` path.
+
+    ``markdown`` is the text, or its lines (joined, with a final newline).
+    """
+    atomic_write_text(out / f"{name}.md", markdown if isinstance(markdown, str) else "\n".join(markdown) + "\n")
     write_json(out / f"{name}.json", results)
     return out / f"{name}.md"

@@ -22,12 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from diffscreen.benchmarks._harness import digest, pool_map, predict, save_npz, write_json
 
 __all__ = ["CLASSES", "make_inputs", "load_inputs", "keep_balanced_accuracy", "t_interval", "run_generalisation",
            "real_frame_scores", "report_markdown", "bundled_model_path", "dials_peer_lines"]
@@ -70,11 +69,10 @@ def randomise_meta(meta, shape, rng: np.random.Generator):
     return m
 
 
-def _simulate_job(args) -> str:
-    preset, seed, n, work, cfg_dict, train = args
+def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, train: bool) -> str:
+    """Simulate and preprocess one preset's frames into a cached npz (see :func:`make_inputs`) → its path."""
     import torch
 
-    from diffscreen.io.atomic import temporary_path
     from diffscreen.io.frame import Frame
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.preprocess.fast import FastPreprocessor
@@ -100,16 +98,12 @@ def _simulate_job(args) -> str:
             shift = tuple(float(v) for v in rng.integers(-cfg.max_shift, cfg.max_shift + 1, 2))
         x[i] = pre([fr], shifts=[shift])[0]
         y[i] = CLASSES.index(sf.label)
-    with temporary_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x=x, y=y)
+    save_npz(path, x=x, y=y)
     return str(path)
 
 
 def _cache_name(preset, seed, n, cfg_dict, train) -> str:
-    import hashlib
-
-    key = hashlib.sha1(json.dumps([cfg_dict, META_FAULTS], sort_keys=True).encode()).hexdigest()[:8]
+    key = digest([cfg_dict, META_FAULTS], n=8, algo="sha1")
     return f"{preset}_n{n}_seed{seed}_{'train' if train else 'test'}_{key}.npz"
 
 
@@ -140,11 +134,7 @@ def make_inputs(jobs, work, cfg, *, workers: int = 2, log=print) -> dict:
     todo = [a for a in args if not (work / _cache_name(a[0], a[1], a[2], a[4], a[5])).exists()]
     if todo:
         log(f"simulating {sum(a[2] for a in todo)} frames of {len(todo)} preset runs in {workers} processes")
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            paths = list(ex.map(_simulate_job, args))
-    else:
-        paths = [_simulate_job(a) for a in args]
+    paths = pool_map(_simulate_job, args, workers if len(todo) > 1 else 1)
     return {tuple(j): p for j, p in zip(jobs, paths)}
 
 
@@ -191,22 +181,6 @@ def t_interval(values) -> tuple[float, float, float]:
         return m, float("nan"), float("nan")
     h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return m, m - h, m + h
-
-
-def predict_arrays(model_path, x, batch: int = 64) -> np.ndarray:
-    """Class probabilities ``(N, C)`` of preprocessed inputs with a model file."""
-    import torch
-
-    from diffscreen.models import load_model
-
-    bundle = load_model(model_path)
-    net = bundle.model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.asarray(x[i : i + batch], np.float32))
-            out.append(torch.softmax(net(xb), 1).numpy())
-    return np.concatenate(out)
 
 
 #: Seeds and sizes of the training frames: the bundled models' (scripts/make_default_model.py), so the
@@ -260,7 +234,6 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     dict
         ``{"families": {name: {"presets", "per_seed", "mean", "ci95", "per_preset"}}, "settings": ...}``.
     """
-    from diffscreen.io.atomic import temporary_path
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.simulate.presets import FAMILIES
     from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
@@ -308,7 +281,7 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
             for p in ps:
                 k = presets.index(p)
                 x, y = load_inputs([paths[(p, 9000 + 100 * s + k, n_test, False)]])
-                pr = predict_arrays(model, x)
+                pr = predict(model, x, batch=64)
                 per_preset[p].append(keep_balanced_accuracy(y, pr))
                 ys_all.append(y)
                 ps_all.append(pr)
@@ -319,10 +292,8 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
                                 "per_preset": {p: t_interval(v) for p, v in per_preset.items()},
                                 "models": [str(work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors")
                                            for s in seeds]}
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    with temporary_path(out_json) as tmp:
-        Path(tmp).write_text(json.dumps(res, indent=1, default=float))
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(out_json), res)
     return res
 
 

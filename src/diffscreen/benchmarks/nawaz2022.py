@@ -21,31 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "AlexNetRecipe",
-    "PAPER_RECIPE",
-    "CPU_RECIPE",
-    "QUICK_RECIPE",
-    "PAPER_TABLE3",
-    "simulate_dataset",
-    "train_alexnet",
-    "per_class_table",
-    "write_markdown",
-    "run",
-]
+from diffscreen.benchmarks._harness import predict, save_npz, write_json
+
+__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "simulate_dataset",
+           "train_alexnet", "per_class_table", "write_markdown", "run"]
 
 PRESETS = ("rayonix", "rayonix_jet", "cspad")
 
 #: Nawaz et al. (2022) Table 3 (rows: true class, columns: predicted), DiffraNet test set.
-PAPER_TABLE3 = np.array(
-    [
-        [2069, 0, 0, 0, 0],
-        [2, 3266, 0, 0, 0],
-        [3, 24, 3273, 46, 0],
-        [0, 0, 62, 2341, 41],
-        [0, 0, 0, 60, 1412],
-    ]
-)
+PAPER_TABLE3 = np.array([[2069, 0, 0, 0, 0],
+                         [2, 3266, 0, 0, 0],
+                         [3, 24, 3273, 46, 0],
+                         [0, 0, 62, 2341, 41],
+                         [0, 0, 0, 60, 1412]])  # fmt: skip
 PAPER_ACCURACY = 98.1  # Table 2, AlexNet (our implementation)
 
 
@@ -158,21 +146,12 @@ def simulate_dataset(n: int, *, seed: int, input_size: int = 227, cache_dir=None
                 snr_len.append(len(s))
                 if progress:
                     progress(i + 1, n)
-            new = {
-                "x": np.stack(xs),
-                "kind": np.array(ks),
-                "preset": np.array(ps),
-                "snr_flat": np.concatenate(snr_flat),
-                "snr_len": np.array(snr_len),
-            }
+            new = {"x": np.stack(xs), "kind": np.array(ks), "preset": np.array(ps),
+                   "snr_flat": np.concatenate(snr_flat), "snr_len": np.array(snr_len)}  # fmt: skip
             if have is not None:
                 new = {k: np.concatenate([have[k], new[k]]) for k in new}
             if f is not None:
-                from diffscreen.io.atomic import temporary_path
-
-                with temporary_path(f) as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.savez(fh, **new)
+                save_npz(f, **new)
             have = new
         m = c1 - c0  # a longer cached chunk is cut to what is asked for
         ends = np.cumsum(have["snr_len"])
@@ -203,17 +182,6 @@ def per_class_table(cm: np.ndarray, classes) -> str:
     return "\n".join(lines)
 
 
-def _predict(model, x, batch: int = 64) -> np.ndarray:
-    import torch
-
-    out = []
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            out.append(torch.softmax(model(torch.from_numpy(np.asarray(x[i : i + batch], np.float32))), 1).numpy())
-    return np.concatenate(out)
-
-
 def train_alexnet(recipe: AlexNetRecipe, data: dict, out_path, *, log=print):
     """Train AlexNet on the first ``n_train`` frames of ``data``, validate on the next ``n_val``.
 
@@ -228,41 +196,23 @@ def train_alexnet(recipe: AlexNetRecipe, data: dict, out_path, *, log=print):
     n_tr = recipe.n_train
     sample = np.asarray(data["x"][:n_tr:max(1, n_tr // 200)], np.float32)  # input standardisation
     cfg = TrainConfig(
-        arch="alexnet",
-        optimizer="adam",
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        batches_per_epoch=max(1, int(np.ceil(n_tr / recipe.batch_size))),
-        lr_start=recipe.lr_start,
-        lr_end=recipe.lr_end,
-        weight_decay=0.0,
-        seed=recipe.seed,
-        threads=1,
-        arch_kwargs={
-            "channels": list(recipe.channels),
-            "fc_dim": recipe.fc_dim,
-            "input_mean": round(float(sample.mean()), 6),
-            "input_std": round(float(sample.std()), 6),
-        },
-    )
-    return train_on_arrays(
-        data["x"][:n_tr],
-        y[:n_tr],
-        out_path,
-        class_names=DIFFRANET_CLASSES,
-        preprocess=_preprocess_config(recipe.input_size),
-        config=cfg,
-        x_val=data["x"][n_tr : n_tr + recipe.n_val],
-        y_val=y[n_tr : n_tr + recipe.n_val],
-        data_description={
-            "simulated": True,
-            "presets": list(PRESETS),
-            "seed": recipe.seed,
-            "labels": "diffscreen.simulate.diffranet (DiffraNet classes)",
-            "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()},
-        },
-        log=log,
-    )
+        arch="alexnet", optimizer="adam", epochs=recipe.epochs, batch_size=recipe.batch_size,
+        batches_per_epoch=max(1, int(np.ceil(n_tr / recipe.batch_size))), lr_start=recipe.lr_start,
+        lr_end=recipe.lr_end, weight_decay=0.0, seed=recipe.seed, threads=1,
+        arch_kwargs={"channels": list(recipe.channels), "fc_dim": recipe.fc_dim,
+                     "input_mean": round(float(sample.mean()), 6), "input_std": round(float(sample.std()), 6)},
+    )  # fmt: skip
+    description = {"simulated": True, "presets": list(PRESETS), "seed": recipe.seed,
+                   "labels": "diffscreen.simulate.diffranet (DiffraNet classes)", "recipe": _listed(recipe)}
+    return train_on_arrays(data["x"][:n_tr], y[:n_tr], out_path, class_names=DIFFRANET_CLASSES,
+                           preprocess=_preprocess_config(recipe.input_size), config=cfg,
+                           x_val=data["x"][n_tr : n_tr + recipe.n_val], y_val=y[n_tr : n_tr + recipe.n_val],
+                           data_description=description, log=log)  # fmt: skip
+
+
+def _listed(recipe: AlexNetRecipe) -> dict:
+    """The recipe as a JSON-ready dict (tuples as lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()}
 
 
 def _time_methods(model, x, methods, repeat: int = 2) -> dict:
@@ -376,7 +326,6 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
 
     from diffscreen.evaluate.metrics import confusion_matrix
     from diffscreen.explain import penultimate_features, save_png, tsne_embed, tsne_figure
-    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.models import load_model
     from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, hit_miss
 
@@ -398,7 +347,7 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     res = train_alexnet(rec, train, model_path, log=log)
     t_train = time.time() - t0
     model = load_model(model_path).model
-    probs = _predict(model, test["x"])
+    probs = predict(model, test["x"], batch=64)
     pred = [DIFFRANET_CLASSES[i] for i in probs.argmax(1)]
     true = list(test["label"])
     cm = confusion_matrix(true, pred, DIFFRANET_CLASSES)
@@ -418,10 +367,8 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     ke = Classifier()
     kx = np.random.default_rng(0).normal(size=(1, 1, 720, 720)).astype(np.float32)
     timing["ke2018_720"] = _time_methods(ke.model, kx, methods)
-    figs = _figures(
-        model, test["x"], test["label"], DIFFRANET_CLASSES, out_dir,
-        inversion_steps=30 if quick else 200, seed=seed,
-    )
+    figs = _figures(model, test["x"], test["label"], DIFFRANET_CLASSES, out_dir,
+                    inversion_steps=30 if quick else 200, seed=seed)
     # confusion-matrix and t-SNE figures
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -451,28 +398,14 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
             thumbs[int(ks[0])] = test["x"][int(ks[0]), 0].astype(np.float32)
     save_png(out_dir / "nawaz2022_tsne.png", tsne_figure(emb, test["label"][:n_ts], DIFFRANET_CLASSES, thumbnails=thumbs,
                                                           title="t-SNE of AlexNet fc7 features (test frames)"))
-    result = {
-        "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(rec).items()},
-        "quick": quick,
-        "class_counts": counts,
-        "confusion": cm.tolist(),
-        "accuracy": acc,
-        "recall": recall,
-        "precision": precision,
-        "hit_miss": {
-            "confusion": bcm.tolist(),
-            "accuracy": float(np.trace(bcm) / bcm.sum()),
-            "hit_recall": float(bcm[0, 0] / max(bcm[0].sum(), 1)),
-            "miss_recall": float(bcm[1, 1] / max(bcm[1].sum(), 1)),
-        },
-        "best_epoch": res.best_epoch,
-        "history": res.history,
-        "timing": timing,
-        "inversion": figs["inversion"],
-        "seconds": {"simulate": t_sim, "train": t_train},
-        "model_path": str(model_path),
-    }
-    atomic_write_text(work_dir / f"result_{tag}_s{seed}.json", json.dumps(result, indent=1, default=float))
+    hit_miss = {"confusion": bcm.tolist(), "accuracy": float(np.trace(bcm) / bcm.sum()),
+                "hit_recall": float(bcm[0, 0] / max(bcm[0].sum(), 1)),
+                "miss_recall": float(bcm[1, 1] / max(bcm[1].sum(), 1))}  # fmt: skip
+    result = {"recipe": _listed(rec), "quick": quick, "class_counts": counts, "confusion": cm.tolist(),
+              "accuracy": acc, "recall": recall, "precision": precision, "hit_miss": hit_miss,
+              "best_epoch": res.best_epoch, "history": res.history, "timing": timing, "inversion": figs["inversion"],
+              "seconds": {"simulate": t_sim, "train": t_train}, "model_path": str(model_path)}  # fmt: skip
+    write_json(work_dir / f"result_{tag}_s{seed}.json", result)
     if write_doc:
         write_markdown(result, out_dir)
     return result

@@ -26,19 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run", "check_quick", "PAPER", "FULL", "QUICK", "add_uniform_noise", "noise_bounds"]
+from diffscreen.benchmarks._harness import pyplot, save_figure, write_report
 
-
-def _save_figure(fig, path: Path, dpi: int = 80) -> None:
-    """Write a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    from diffscreen.io.atomic import temporary_path
-
-    with temporary_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-
+__all__ = ["run", "check_quick", "retention", "render_markdown", "PAPER", "FULL", "QUICK", "add_uniform_noise",
+           "noise_bounds"]
 
 #: The paper's numbers (helium dataset): Accuracy, Precision, Recall.
 PAPER = {
@@ -121,15 +112,15 @@ def _prep(X, mask, size, mode):
     return P, pc, (time.perf_counter() - t0) / len(X) * 1e3
 
 
-def _train(P, Y, ntr, cfg, *, alpha, seed, n_use=None, pc=None, log=None):
+def _train(P, Y, ntr, cfg, *, alpha, seed, n_use=None, pc=None):
+    """Train ResNet18 (logarithmic activation ``alpha``) on the first ``n_use`` (default ``ntr``) frames."""
     from diffscreen.train.multilabel import MultiLabelConfig, train_multilabel
 
-    idx = np.arange(ntr) if n_use is None else np.arange(n_use)
+    idx = np.arange(ntr if n_use is None else n_use)
     mc = MultiLabelConfig(epochs=cfg["epochs"], milestones=cfg["milestones"], batch_size=cfg["batch_size"],
                           alpha=None if alpha == "unmodified" else float(alpha), width=cfg["width"], seed=seed,
                           threads=0)
-    r = train_multilabel(P[idx], Y[idx], P[ntr:], Y[ntr:], config=mc, preprocess=pc, log=log or (lambda *a: None))
-    return r
+    return train_multilabel(P[idx], Y[idx], P[ntr:], Y[ntr:], config=mc, preprocess=pc, log=lambda *a: None)
 
 
 def _fmt(t):
@@ -158,8 +149,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
     """
     import torch
 
-    from diffscreen.evaluate.multilabel import all_negative_baseline
-    from diffscreen.io.atomic import atomic_write_text
+    from diffscreen.evaluate.multilabel import all_negative_baseline, multilabel_metrics
 
     cfg = QUICK if quick else FULL
     out = Path(out_dir)
@@ -169,8 +159,6 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
     log(f"simulating {ntr + nva} CDI frames at {cfg['sim_size']} px")
     X, Y, mask, fps, frames, shapes = _simulate(ntr + nva, cfg["sim_size"], seed)
     base = all_negative_baseline(Y[ntr:])
-    from diffscreen.evaluate.multilabel import multilabel_metrics
-
     maj = multilabel_metrics(Y[ntr:], np.broadcast_to(Y[:ntr].mean(0) > 0.5, Y[ntr:].shape).astype(float))
     res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, "sim_fps": fps,
            "baseline": {k: base[k] for k in ("accuracy", "precision", "recall")},
@@ -232,10 +220,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
         _fig_examples(frames[ntr:], out)
     res["seconds"] = time.time() - t_all
     md = _markdown(res, quick)
-    name = "zimmermann2019_quick.md" if quick else "zimmermann2019.md"
-    atomic_write_text(out / name, md)
-    atomic_write_text(out / name.replace(".md", ".json"), json.dumps(res, indent=1, default=float))
-    res["markdown_path"] = str(out / name)
+    res["markdown_path"] = str(write_report(out, "zimmermann2019_quick" if quick else "zimmermann2019", md, res))
     return res
 
 
@@ -288,23 +273,16 @@ def check_quick(res: dict) -> None:
 
 
 def _fig5(model, P, Y, X, out: Path):
-    import matplotlib
+    """Fig. 5: Grad-CAM++ of the Streak and Bent outputs on five validation patterns each."""
+    from diffscreen.explain import attribute
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    try:
-        from diffscreen.explain import attribute
-
-        how = "diffscreen.explain.attribute(method='gradcam++')"
-    except ImportError:  # pragma: no cover - the explain module exists in this tree
-        attribute, how = None, "torchcam GradCAMpp"
+    how = "diffscreen.explain.attribute(method='gradcam++')"
     names = list(_names())
     rows = []
     for cls in ("streak", "bent"):
         idx = np.flatnonzero(Y[:, names.index(cls)])[:5]
         rows.append((cls, idx))
-    fig, axes = plt.subplots(2, 5, figsize=(12, 5.2))
+    fig, axes = pyplot().subplots(2, 5, figsize=(12, 5.2))
     for r, (cls, idx) in enumerate(rows):
         heats = attribute(model, P[idx], method="gradcam++", target=names.index(cls)) if len(idx) else []
         for c in range(5):
@@ -320,18 +298,12 @@ def _fig5(model, P, Y, X, out: Path):
                 ax.set_title(f"{cls}", loc="left")
     fig.suptitle("Grad-CAM++ of the Streak (top) and Bent (bottom) outputs, ResNet18_α=0.2, simulated patterns")
     fig.tight_layout()
-    p = out / "zimmermann2019_fig5.png"
-    _save_figure(fig, p)
-    return {"png": p.name, "method": how, "n": {cls: int(len(i)) for cls, i in rows}}
+    save_figure(fig, out / "zimmermann2019_fig5.png", dpi=80)
+    return {"png": "zimmermann2019_fig5.png", "method": how, "n": {cls: int(len(i)) for cls, i in rows}}
 
 
 def _fig_examples(frames, out: Path):
     """Example patterns with their CCF maps, ring-normalised and as written (cf. the paper's Fig. 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from diffscreen.preprocess.ccf import ccf_map
 
     want = ["round", "elliptical", "prolate", "bent", "newton_rings", "asymmetric", "double_rings", "layered"]
@@ -341,7 +313,7 @@ def _fig_examples(frames, out: Path):
             if w in f.label_names and i not in [p for _, p in pick]:
                 pick.append((w, i))
                 break
-    fig, axes = plt.subplots(3, len(pick), figsize=(2.1 * len(pick), 6.6))
+    fig, axes = pyplot().subplots(3, len(pick), figsize=(2.1 * len(pick), 6.6))
     for c, (w, i) in enumerate(pick):
         f = frames[i]
         cen = f.meta.beam_center_px
@@ -355,7 +327,7 @@ def _fig_examples(frames, out: Path):
     fig.suptitle("Simulated patterns (log photons), their CCF maps ring-normalised (middle) and as written (bottom);"
                  " lower triangle: full CCF, upper: Re C^8", fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, out / "zimmermann2019_examples.png")
+    save_figure(fig, out / "zimmermann2019_examples.png", dpi=80)
 
 
 def _markdown(res: dict, quick: bool) -> str:
