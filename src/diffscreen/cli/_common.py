@@ -18,7 +18,7 @@ import typer
 from diffscreen.errors import EXIT_RUN, EXIT_USAGE  # numbers only: loads nothing heavy
 
 __all__ = ["EXIT_PARTIAL", "EXIT_RUN", "EXIT_USAGE", "EXIT_INTERNAL", "MODEL_HELP", "Task", "ModelType", "Bar",
-           "friendly", "progress", "expand", "report_screen", "simulate_with_bar"]
+           "error", "friendly", "progress", "counting", "expand", "given", "report_screen", "simulate_with_bar"]
 
 EXIT_PARTIAL = 1  # finished, but some frames or files failed
 EXIT_INTERNAL = 4  # a bug in diffscreen: the traceback goes to a file to report
@@ -141,6 +141,11 @@ def counting(bar):
         done[0] = n
 
     return cb
+
+
+def given(**options) -> dict:
+    """The options given on the command line (not None); the others keep their config dataclass's defaults."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def expand(inputs: List[str]) -> List[str]:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli._common import MODEL_HELP, Bar, ModelType, expand, friendly, progress
+from diffscreen.cli._common import MODEL_HELP, Bar, ModelType, expand, friendly, given, progress
 
 _DANN = "DANN training"
 
@@ -25,9 +25,9 @@ def adapt(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this model (e.g. the source-only model); its architecture and preprocessing are kept."),
     model_type: ModelType = typer.Option(ModelType.ke2018, "--model-type", help="Architecture when no --init is given."),
     input_size: int = typer.Option(720, help="Network input side in pixels when no --init is given (Ke/Xie: 720)."),
-    epochs: int = typer.Option(20, help="Epochs.", rich_help_panel=_DANN),
-    batches_per_epoch: int = typer.Option(25, help="Steps per epoch; each sees a source and a target batch.", rich_help_panel=_DANN),
-    batch_size: int = typer.Option(32, min=1, help="Source frames (and as many target frames) per step.", rich_help_panel=_DANN),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [default: 20].", rich_help_panel=_DANN, show_default=False),
+    batches_per_epoch: Optional[int] = typer.Option(None, help="Steps per epoch; each sees a source and a target batch [default: 25].", rich_help_panel=_DANN, show_default=False),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Source frames (and as many target frames) per step [default: 32].", rich_help_panel=_DANN, show_default=False),
     lr_start: Optional[float] = typer.Option(None, help="Adam learning rate of the first epoch [default: 1e-3; 1e-4 with --init].", rich_help_panel=_DANN, show_default=False),
     lr_end: Optional[float] = typer.Option(None, help="Learning rate of the last epoch, exponential in between [default: 1e-4; 1e-5 with --init].", rich_help_panel=_DANN, show_default=False),
     lambda_max: float = typer.Option(1.0, help="Final weight of the reversed domain gradient (Ganin schedule).", rich_help_panel=_DANN),
@@ -61,8 +61,11 @@ def adapt(
 
     if not 0 <= val_fraction < 1:
         raise ConfigError("--val-fraction must be in [0, 1)")
-    if min(max_source, max_target, epochs, batches_per_epoch, batch_size) < 1:
+    sizes = given(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size)
+    if min(max_source, max_target, *sizes.values()) < 1:
         raise ConfigError("--max-source, --max-target, --epochs, --batches-per-epoch and --batch-size must be >= 1")
+    base = DANN_DEFAULT if init is None else DANN_FROM_MODEL  # their epochs, batches and learning rates unless given
+    cfg = replace(base, seed=seed, **sizes, **given(lr_start=lr_start, lr_end=lr_end))
     if threads:
         torch.set_num_threads(threads)
     if init is not None:
@@ -87,11 +90,7 @@ def adapt(
           f"unlabelled frames; architecture {arch}")
     pre = Preprocessor(pcfg)
     rows = arch == "rwd1d"
-    base = DANN_DEFAULT if init is None else DANN_FROM_MODEL
-    cfg = replace(base, arch=arch, epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size,
-                  lr_start=base.lr_start if lr_start is None else lr_start,
-                  lr_end=base.lr_end if lr_end is None else lr_end, seed=seed,
-                  threads=threads or torch.get_num_threads())
+    cfg = replace(cfg, arch=arch, threads=threads or torch.get_num_threads())
     with progress() as p:
         xs, ys = samples_to_arrays(trn, pre, rows=rows, progress=Bar(p, "reading source frames"))
         xv, yv = samples_to_arrays(val, pre, rows=rows, progress=Bar(p, "reading validation frames")) if val \

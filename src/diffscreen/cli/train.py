@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 
 import typer
 
-from diffscreen.cli._common import Bar, ModelType, Task, expand, friendly, progress
+from diffscreen.cli._common import Bar, ModelType, Task, expand, friendly, given, progress
 
 _TL = "Transfer learning"
 
@@ -114,7 +114,7 @@ def train(
     root = launch_rank() == 0  # under torchrun: rank 0 logs and writes the model, the others train silently
     if root:
         print(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
-    cfg = TrainConfig(seed=seed, **_given(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size,
+    cfg = TrainConfig(seed=seed, **given(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size,
                                           lr_start=lr_start, lr_end=lr_end, first_kernel=first_kernel,
                                           workers=workers, arch=model_type and model_type.value))
     if preprocess is Recipe.significance:
@@ -144,11 +144,6 @@ def train(
         print(res.test_report.to_markdown())
 
 
-def _given(**options) -> dict:
-    """The options given on the command line (not None); the others keep their config dataclass defaults."""
-    return {k: v for k, v in options.items() if v is not None}
-
-
 def _train_cdi(inputs, out, *, epochs, batch_size, lr, seed, ccf, alpha, width, milestones, input_size,
                val_fraction, fresh):
     """``train --task cdi``: read simulated CDI runs, preprocess, train, write the model."""
@@ -157,23 +152,23 @@ def _train_cdi(inputs, out, *, epochs, batch_size, lr, seed, ccf, alpha, width, 
     from diffscreen.train.multilabel import MultiLabelConfig, train_multilabel
     from diffscreen.train.workflows import prepare_cdi_runs
 
-    given = _given(epochs=epochs, batch_size=batch_size, lr=lr, width=width)
+    options = given(epochs=epochs, batch_size=batch_size, lr=lr, width=width)
     if alpha is not None and alpha.strip().lower() in ("none", "unmodified", "off"):
-        given["alpha"] = None
+        options["alpha"] = None
     elif alpha is not None:
         try:
-            given["alpha"] = float(alpha)
+            options["alpha"] = float(alpha)
         except ValueError:
             raise ConfigError(f"--alpha must be a number or 'none', got {alpha!r}") from None
     if milestones is not None:
         try:
-            given["milestones"] = tuple(int(x) for x in milestones.split(",") if x.strip())
+            options["milestones"] = tuple(int(x) for x in milestones.split(",") if x.strip())
         except ValueError:
             raise ConfigError(f"--milestones must be comma-separated epochs, got {milestones!r}") from None
-    pre = CDIPreprocessConfig(mode="ccf" if ccf else "image", **_given(input_size=input_size))
+    pre = CDIPreprocessConfig(mode="ccf" if ccf else "image", **given(input_size=input_size))
     x, y, tr, va, info = prepare_cdi_runs(inputs, pre, val_fraction, seed)
     print(f"{len(x)} CDI frames: train {len(tr)}, validation {len(va)}; input {pre.mode} {pre.input_size}px")
-    cfg = MultiLabelConfig(seed=seed, **given)
+    cfg = MultiLabelConfig(seed=seed, **options)
     with progress() as p:
         res = train_multilabel(x[tr], y[tr], x[va], y[va], out, config=cfg, preprocess=pre, data_description=info,
                                resume=not fresh, log=p.console.print)
@@ -196,7 +191,7 @@ def _train_transfer(inputs, out, labels, *, init, model_type, frozen_epochs, unf
     unfrozen_epochs = UNFROZEN_DEFAULT.epochs if unfrozen_epochs is None else unfrozen_epochs
     if frozen_epochs < 1 or unfrozen_epochs < 0 or unfreeze < 0:
         raise ConfigError("--frozen-epochs must be >= 1, --unfrozen-epochs and --unfreeze >= 0")
-    sizes = _given(batches_per_epoch=batches_per_epoch, batch_size=batch_size)
+    sizes = given(batches_per_epoch=batches_per_epoch, batch_size=batch_size)
     frozen = replace(FROZEN_DEFAULT, epochs=frozen_epochs, seed=seed, **sizes)
     unfrozen = replace(UNFROZEN_DEFAULT, epochs=max(1, unfrozen_epochs), seed=seed, **sizes)
     display = progress()  # shown from the first bar on, so that errors in the inputs come alone
