@@ -151,6 +151,11 @@ def findings_lines(findings: dict, asserted=()) -> list[str]:
     return L
 
 
+def table_head(*columns: str) -> list[str]:
+    """The two header lines of a markdown table with these columns."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def fmt(v, nd: int = 1) -> str:
     """A number with ``nd`` decimals; "–" for None or NaN."""
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"

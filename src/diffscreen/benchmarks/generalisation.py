@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import digest, pool_map, predict, save_npz, write_json
+from diffscreen.benchmarks._harness import digest, pool_map, predict, save_npz, table_head, write_json
 
 __all__ = ["CLASSES", "make_inputs", "load_inputs", "keep_balanced_accuracy", "t_interval", "run_generalisation",
            "real_frame_scores", "report_markdown", "bundled_model_path", "dials_peer_lines"]
@@ -370,7 +370,7 @@ def dials_peer_lines(path) -> list[str]:
     read = sum(f["n_spots"] is not None for f in d["frames"].values())
     return [f"`{d['tool']}` ({d['version']}), {d['rule']} (`bench/dials/real_frames.py`): it reads {read} of "
             f"{len(d['frames'])} files with its defaults; on those it keeps {tp} of {pos} hits or maybes and "
-            f"rejects {tn} of {neg} misses.", "", "| frame | truth | DIALS |", "|---|---|---|", *rows]
+            f"rejects {tn} of {neg} misses.", "", *table_head("frame", "truth", "DIALS"), *rows]
 
 
 def report_markdown(res: dict) -> str:
@@ -387,13 +387,13 @@ def report_markdown(res: dict) -> str:
              + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
              + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
              "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.", "",
-             "| family left out | presets | balanced accuracy | per seed | ≥ 0.95 |", "|---|---|---|---|---|"]
+             *table_head("family left out", "presets", "balanced accuracy", "per seed", "≥ 0.95")]
     for fam, r in res["families"].items():
         lo = r["ci95"][0]
         verdict = "yes" if (not math.isnan(lo) and lo >= 0.95) else ("mean only" if r["mean"] >= 0.95 else "**no**")
         lines.append(f"| {fam} | {', '.join(r['presets'])} | {_fmt(r['mean'], *r['ci95'])} | "
                      f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | {verdict} |")
-    lines += ["", "## Per preset of the family left out", "", "| family | preset | balanced accuracy |", "|---|---|---|"]
+    lines += ["", "## Per preset of the family left out", "", *table_head("family", "preset", "balanced accuracy")]
     for fam, r in res["families"].items():
         for p, v in r["per_preset"].items():
             lines.append(f"| {fam} | {p} | {_fmt(*v)} |")
@@ -401,7 +401,7 @@ def report_markdown(res: dict) -> str:
         lines += ["", "## The same models on the shared real frames", "",
                   "Each left-out model, and models trained on every family, on the 18 real frames of "
                   "`../shared/data/real-frames` and `real-frames-2` (measurement only: nothing was chosen on them).",
-                  "", "| model | balanced accuracy on the real frames |", "|---|---|"]
+                  "", *table_head("model", "balanced accuracy on the real frames")]
         for name, v in res["real"].items():
             lines.append(f"| {name} | {_fmt(*v) if isinstance(v, (list, tuple)) else f'{v:.3f}'} |")
     fams = res["families"]

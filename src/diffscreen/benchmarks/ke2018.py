@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, keep_scores, pct, pool_map, predict,
-                                            pyplot, rate, save_figure, save_npy, start, write_json)
+                                            pyplot, rate, save_figure, save_npy, start, table_head, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import CLASS_NAMES
@@ -591,8 +591,7 @@ def write_report(results: dict, out_dir) -> Path:
         "threshold → ADC threshold, sigma strong → minimum SNR, minimum spot area → minimum pixels); "
         "**tuned** — ADC threshold and minimum SNR tuned on a grid too (the best case for the spot-finder).",
         "",
-        "| preset | true class | CNN | peakfinder8, Ke protocol | peakfinder8, tuned |",
-        "|---|---|---|---|---|",
+        *table_head("preset", "true class", "CNN", "peakfinder8, Ke protocol", "peakfinder8, tuned"),
     ]
     for p, r in results["table3"].items():
         pp = PAPER["table3"][p]
@@ -614,7 +613,7 @@ def write_report(results: dict, out_dir) -> Path:
     def matrix(title, tab, paper, note=""):
         cols = list(next(iter(tab.values())).keys()) if tab else []
         rows = ["", f"## {title}", ""] + ([note, ""] if note else [])
-        rows += ["| train \\ test | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        rows += table_head("train \\ test", *cols)
         for a, r in tab.items():
             pa = paper.get(a, {})
             rows.append(f"| {a} | " + " | ".join(f"{fmt(r[b], 0)} [{pa.get(b, '–')}]" for b in cols) + " |")
@@ -625,11 +624,11 @@ def write_report(results: dict, out_dir) -> Path:
     L += matrix("Table 6: training on several presets", results["table6"], PAPER["table6"])
     if results["table7"]:
         L += ["", "## Table 7: success rate against training-set size (Rayonix + LG36 pool)", "",
-              "| training frames | Rayonix | LG36 |", "|---|---|---|"]  # fmt: skip
+              *table_head("training frames", "Rayonix", "LG36")]
         for n, r in sorted(results["table7"].items(), key=lambda kv: int(kv[0])):
             pp = PAPER["table7"].get(int(n), ("–", "–"))
             L.append(f"| {n} | {fmt(r.get('Rayonix'), 0)} [{pp[0]}] | {fmt(r.get('LG36'), 0)} [{pp[1]}] |")
-    L += ["", "## Table 8: linear contrast against LCN", "", "| test set | linear contrast | LCN |", "|---|---|---|"]
+    L += ["", "## Table 8: linear contrast against LCN", "", *table_head("test set", "linear contrast", "LCN")]
     for name, r in results["table8"].items():
         pp = PAPER["table8"].get(name, ("–", "–"))
         L.append(f"| {name} | {fmt(r['linear'], 0)} [{pp[0]}] | {fmt(r['lcn'], 0)} [{pp[1]}] |")
@@ -637,13 +636,13 @@ def write_report(results: dict, out_dir) -> Path:
     L += ["", "## Throughput (one core)", "",
           f"{tp['frames']} simulated {tp['preset']} frames of {tp['frame_shape'][1]}×{tp['frame_shape'][0]} px, "
           "in memory; frames/s of the whole per-frame work.", "",
-          "| method | frames/s |", "|---|---|",
+          *table_head("method", "frames/s"),
           f"| CNN, {st['input_size']}² input (this benchmark's models) | {tp['cnn_fps']:.1f} |",
           f"| CNN, 720² input (the bundled model) | {tp['cnn720_fps']:.1f} |",
           f"| peakfinder8 | {tp['pf8_fps']:.1f} |",
           f"| peakfinder8, fast mode | {tp['pf8_fast_fps']:.1f} |"]  # fmt: skip
     L += ["", "## Fig. 9: confidence of correctly classified test frames", "", "![Fig. 9](ke2018_fig9.png)", ""]
-    L += ["## Class counts of the test splits", "", "| preset | hit | maybe | miss |", "|---|---|---|---|"]
+    L += ["## Class counts of the test splits", "", *table_head("preset", "hit", "maybe", "miss")]
     for p, c in results["class_counts"].items():
         L.append(f"| {p} | {c['hit']} | {c['maybe']} | {c['miss']} |")
     L += findings_lines(results.get("findings"))

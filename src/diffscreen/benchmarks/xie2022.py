@@ -47,7 +47,7 @@ import numpy as np
 
 from diffscreen.benchmarks import ke2018
 from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, keep_scores, pct, pool_map, predict,
-                                            pyplot, save_figure, start, write_json)
+                                            pyplot, save_figure, start, table_head, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 
@@ -609,18 +609,18 @@ def paper_tables(results: dict) -> list[str]:
     L += ["## Table 1: 2-D CNN, fully supervised", "",
           f"Each preset's CNN ({round(0.5 * n)} training + {round(0.7 * n) - round(0.5 * n)} validation labels; "
           "Xie: 1200 + 400) tested on every preset.", "",
-          "| train \\ test | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
+          *table_head("train \\ test", *cols)]
     for a, r in results["table1"].items():
         pa = P["table1"].get(a, {})
         L.append(f"| {a} | " + " | ".join(_cell(r[b], pa.get(b)) for b in cols) + " |")
     def few(key, title):
-        L.extend(["", f"## {title}", "", "| target | ours [paper] |", "|---|---|"])
+        L.extend(["", f"## {title}", "", *table_head("target", "ours [paper]")])
         for t, r in results[key].items():
             L.append(f"| {t} | {_cell(r, P[key].get(t))} |")
 
     few("table2", "Table 2: 2-D CNN from scratch on the few target labels")
     L += ["", "## Table 3: transfer learning (source CNN fine-tuned on the few target labels)", "",
-          "| source | target | ours [paper] | from scratch (Table 2) |", "|---|---|---|---|"]  # fmt: skip
+          *table_head("source", "target", "ours [paper]", "from scratch (Table 2)")]
     for r in results["table3"].values():
         s, t = r["source"], r["target"]
         L.append(f"| {s} | {t} | {_cell(r, P['table3'].get(s, {}).get(t))} | {_cell(results['table2'].get(t))} |")
@@ -644,7 +644,7 @@ def paper_tables(results: dict) -> list[str]:
                  + f"{_cell(base, P['table1'].get(s, {}).get(t))} |")  # fmt: skip
     if results.get("table7"):
         L += ["", "## Table 7: cross-dataset test, RWD 1-D CNN (few labels) against the 2-D CNN (Table 1)", "",
-              "| train | model | " + " | ".join(cols) + " |", "|---|---" + "|---" * len(cols) + "|"]  # fmt: skip
+              *table_head("train", "model", *cols)]
         for a, r in results["table7"].items():
             for m, label in (("rwd", "1-D CNN (RWD)"), ("cnn", "2-D CNN")):
                 pa = P["table7"].get(a, {}).get(m, {})
@@ -699,7 +699,7 @@ def write_report(results: dict, out_dir) -> Path:
     L += ["", "## Speed: RWD 1-D CNN against the 2-D CNN (Xie §3.4.2)", "",
           f"{sp['n']} preprocessed inputs {'×'.join(map(str, sp['input']))} in memory, batches of 16, one thread "
           "of this CPU (best of 3).", "",
-          "| model | inputs/s [paper, A100 GPU] |", "|---|---|",
+          *table_head("model", "inputs/s [paper, A100 GPU]"),
           f"| 2-D CNN | {fmt(sp.get('cnn2d_per_s'))} [{PAPER['speed']['cnn2d']}] |",
           f"| RWD 1-D CNN (row ranges + network) | {fmt(sp.get('rwd1d_per_s'))} [{PAPER['speed']['rwd1d']}] |",
           f"| ratio | {fmt(sp.get('ratio'))} [{PAPER['speed']['rwd1d'] / PAPER['speed']['cnn2d']:.0f}] |"]  # fmt: skip
@@ -716,7 +716,7 @@ def write_report(results: dict, out_dir) -> Path:
     if any(results["dann_history"].values()):
         L += ["## Fig. 10: DANN training", "", "![Fig. 10](xie2022_fig10.png)", ""]
         _fig10(results["dann_history"], out / "xie2022_fig10.png")
-    L += ["## Class counts (hit / maybe / miss)", "", "| preset | labelled | validation | test |", "|---|---|---|---|"]
+    L += ["## Class counts (hit / maybe / miss)", "", *table_head("preset", "labelled", "validation", "test")]
     for p, c in results["class_counts"].items():
         L.append(f"| {p} | " + " | ".join(" / ".join(str(c[k][n]) for n in CLASSES) for k in ("labelled", "val", "test"))
                  + " |")  # fmt: skip

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import pyplot, save_figure, write_report
+from diffscreen.benchmarks._harness import pyplot, save_figure, table_head, write_report
 
 __all__ = ["run", "check_quick", "retention", "render_markdown", "PAPER", "FULL", "QUICK", "add_uniform_noise",
            "noise_bounds"]
@@ -367,8 +367,7 @@ def _markdown(res: dict, quick: bool) -> str:
         v = ours.get("violation_rate_min", float("nan"))
         return f"| {name} | {o} | {v:.3f} | {_fmt(paper) if paper else '—'} |"
 
-    hdr = ["| run | ours: Acc / Prec / Rec | ours: min. rule-violation rate | paper: Acc / Prec / Rec |",
-           "|---|---|---|---|"]
+    hdr = table_head("run", "ours: Acc / Prec / Rec", "ours: min. rule-violation rate", "paper: Acc / Prec / Rec")
     if "table4" in res:
         L += ["## Table 4: logarithmic activation α", ""] + hdr
         for a, v in res["table4"].items():
@@ -408,7 +407,7 @@ def _markdown(res: dict, quick: bool) -> str:
               "streak as in the paper.", "",
               "![examples](zimmermann2019_examples.png)", ""]
     L += ["## Label frequencies of the simulated set", "",
-          "| class | simulated | Table 1 |", "|---|---|---|"]
+          *table_head("class", "simulated", "Table 1")]
     from diffscreen.simulate.cdi import TABLE1_FRACTIONS
 
     for n, v in res["label_freq"].items():
