@@ -109,7 +109,7 @@ def test_transfer_refuses_labels_outside_the_init_classes(tmp_path):
 
 
 def test_batches_balance_the_keep_decision_not_the_three_classes():
-    from diffscreen.train.sampler import ClassBalancedSampler
+    from diffscreen.train.engine import ClassBalancedSampler
     from diffscreen.train.transfer import balance_groups, validation_score
 
     y = np.array([0] * 60 + [1] * 10 + [2] * 130)  # few maybes, as in a small labelled set

@@ -2,7 +2,7 @@
 
 from diffscreen.train.data import FrameDataset, Sample, collect_samples, split_samples
 from diffscreen.train.loop import TrainConfig, TrainResult, learning_rate, train_model
-from diffscreen.train.sampler import ClassBalancedSampler
+from diffscreen.train.engine import ClassBalancedSampler
 
 __all__ = [
     "FrameDataset",

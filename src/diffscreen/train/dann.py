@@ -1,11 +1,11 @@
 """Domain-adversarial training (DANN; Xie et al. 2022, §2.3.3, Fig. 4, Table 5, Fig. 10).
 
-After Ganin & Lempitsky (2015) / Ganin et al. (2016, JMLR 17): one base, two heads.  The label head
-sees the labelled *source* frames; the domain head sees source and unlabelled *target* features through
-a gradient reversal layer (GRL: identity forward, gradient × ``−λ`` back), so the base learns features
-common to both experiments (Xie Fig. 9).  Loss per step ``CE(label head, source labels) + BCE(domain
-head, both)``, ``λ_p = λ_max (2 / (1 + exp(−10 p)) − 1)`` at training fraction ``p`` (Ganin et al. 2016
-§5.2.2); both losses are logged per epoch (Xie Fig. 10).  A recipe over :func:`~diffscreen.train.engine.fit`.
+After Ganin & Lempitsky (2015) / Ganin et al. (2016, JMLR 17): one base, two heads.  The label head sees the
+labelled *source* frames; the domain head sees source and unlabelled *target* features through a gradient reversal
+layer (GRL: identity forward, gradient × ``−λ`` back), so the base learns features common to both experiments (Xie
+Fig. 9).  Loss per step ``CE(label head, source labels) + BCE(domain head, both)``, ``λ_p = λ_max (2 / (1 +
+exp(−10 p)) − 1)`` at training fraction ``p`` (Ganin et al. 2016 §5.2.2); both losses are logged per epoch (Xie
+Fig. 10).  A recipe over :func:`~diffscreen.train.engine.fit`.
 """
 
 from __future__ import annotations
@@ -120,20 +120,15 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     config : TrainConfig, optional
         Default :data:`DANN_DEFAULT`, or :data:`DANN_FROM_MODEL` with ``init_path``; ``workers`` unused.
     x_val, y_val : arrays, optional
-        The epoch with the best :func:`~diffscreen.train.transfer.validation_score` is kept; without them
-        the last (Xie §4: the plateaus of Fig. 10 show convergence, no target labels needed).
+        The epoch with the best :func:`~diffscreen.train.transfer.validation_score` is kept; without them the last
+        (Xie §4: the plateaus of Fig. 10 show convergence, no target labels needed).
     init_path : str or Path, optional
-        Start from this model file (e.g. the source-only model); its architecture wins over
-        ``config.arch`` and its class names must equal ``class_names``.
-    lambda_max : float
-        Final GRL weight.
-    augment : callable, optional
-        ``augment(xb, rng) -> xb`` on source and target batches.
-    data_description : dict, optional
-        Stored in the model file.
-    domain_hidden : int
-        Hidden units of the domain head.
-    log : callable
+        Start from this model file (e.g. the source-only model); its architecture wins over ``config.arch`` and
+        its class names must equal ``class_names``.
+    lambda_max, domain_hidden : float, int
+        Final GRL weight; hidden units of the domain head.
+    augment, data_description, log
+        As :func:`~diffscreen.train.loop.train_on_arrays` (``augment`` sees source and target together).
 
     Returns
     -------
@@ -203,8 +198,7 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
                 "train_accuracy": s["label_ok"] / n}
 
     def validate(epoch):
-        score = validation_score(model, x_val, y_val, names)
-        return score, {"val_balanced_accuracy": score}
+        return (s := validation_score(model, x_val, y_val, names)), {"val_balanced_accuracy": s}
 
     def line(r, improved):
         return (f"epoch {r['epoch']}/{cfg.epochs}  lr {r['lr']:.2e}  lambda {r['lambda']:.2f}  "
@@ -212,11 +206,10 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
                 f"domain acc {r['domain_accuracy']:.3f}  val bal. acc {r['val_balanced_accuracy']:.3f}"
                 f"{'  *' if improved else ''}")
 
+    batches = balanced_batches(balance_groups(ys, names), cfg, cfg.seed)
     history, best = fit(model, make_optimizer(nn.ModuleList([model, domain]), cfg), epochs=cfg.epochs,
-                        lr=lambda e: learning_rate(e, cfg), batches=balanced_batches(balance_groups(ys, names), cfg,
-                                                                                    cfg.seed),
-                        loss=loss, row=row, validate=validate, line=line,
-                        train_mode=lambda: (model.train(), domain.train()), log=log)
+                        lr=lambda e: learning_rate(e, cfg), batches=batches, loss=loss, row=row, validate=validate,
+                        line=line, train_mode=lambda: (model.train(), domain.train()), log=log)
     model.eval()
     last = history[-1]
     save_trained(

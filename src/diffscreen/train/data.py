@@ -1,8 +1,7 @@
 """Labelled frames for training: collecting, splitting, loading.
 
-A training set is a list of :class:`Sample` (a frame in a file plus its
-class).  Labels come from label files (CXIDB-76 ``expert_annotation.txt``,
-CSV ``file,frame,label``) or, for diffscreen's simulated CXI runs, from the
+A training set is a list of :class:`Sample` (a frame in a file plus its class).  Labels come from label files
+(CXIDB-76 ``expert_annotation.txt``, CSV ``file,frame,label``) or, for diffscreen's simulated CXI runs, from the
 runs themselves.
 """
 
@@ -19,26 +18,16 @@ from diffscreen.io import check_frame, open_source
 from diffscreen.io.labels import LabelTable, read_labels
 from diffscreen.preprocess import Preprocessor
 
-__all__ = ["Sample", "collect_samples", "split_samples", "FrameDataset"]
+__all__ = ["Sample", "collect_samples", "split_samples", "FrameDataset", "samples_to_arrays", "frame_items"]
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled frame.
+    """One labelled frame."""
 
-    Attributes
-    ----------
-    source : str
-        Input spec (path, or ``file.h5:/dataset``).
-    index : int
-        0-based frame index.
-    label : int
-        Class index into the class names.
-    """
-
-    source: str
-    index: int
-    label: int
+    source: str  #: input spec (path, or ``file.h5:/dataset``)
+    index: int  #: 0-based frame index
+    label: int  #: class index into the class names
 
 
 def collect_samples(inputs, label_files=(), class_names=("hit", "maybe", "miss")) -> tuple[list[Sample], dict]:
@@ -49,8 +38,7 @@ def collect_samples(inputs, label_files=(), class_names=("hit", "maybe", "miss")
     inputs : sequence of str
         Input specs (already expanded).
     label_files : sequence of str
-        Label files; if empty, labels are read from each input itself (a
-        simulated CXI run stores them).
+        Label files; if empty, labels are read from each input itself (a simulated CXI run stores them).
     class_names : sequence of str
 
     Returns
@@ -104,10 +92,9 @@ def split_samples(samples, fractions=(0.5, 0.2, 0.3), *, mode: str = "order", se
     fractions : (float, float, float)
         Train, validation, test fractions (Ke §3.4: 50/20/30).
     mode : {"order", "random"}
-        ``"order"``: each input file is split in frame order, as the fv5080
-        code does (fv5080), so neighbouring frames do not straddle the
-        split and every run contributes to every part; ``"random"``: a seeded
-        shuffle of all frames, as the paper's text says.
+        ``"order"``: each input file is split in frame order, as the fv5080 code does (fv5080), so neighbouring
+        frames do not straddle the split and every run contributes to every part; ``"random"``: a seeded shuffle
+        of all frames, as the paper's text says.
     seed : int
 
     Returns
@@ -139,10 +126,9 @@ def split_samples(samples, fractions=(0.5, 0.2, 0.3), *, mode: str = "order", se
 class FrameDataset(Dataset):
     """Read and preprocess labelled frames on demand.
 
-    Items are addressed as ``(k, dx, dy)``: sample ``k`` cropped with shift
-    ``(dx, dy)`` output pixels (the sampler draws the shifts, so an epoch is
-    reproducible from the seed alone); a plain integer ``k`` means a centred
-    crop.
+    Items are addressed as ``(k, dx, dy)``: sample ``k`` cropped with shift ``(dx, dy)`` output pixels (the
+    sampler draws the shifts, so an epoch is reproducible from the seed alone); a plain integer ``k`` means a
+    centred crop.
 
     Returns
     -------
@@ -179,3 +165,73 @@ class FrameDataset(Dataset):
         frame = check_frame(self._source(s.source).read(s.index))
         x = self.pre([frame], shifts=[(dx, dy)])[0]
         return torch.from_numpy(x), torch.tensor(s.label, dtype=torch.int64)
+
+
+def samples_to_arrays(samples, preprocessor, *, rows: bool = False, batch_size: int = 16, progress=None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Read and preprocess labelled frames into memory for :func:`~diffscreen.train.transfer.transfer_on_arrays` / DANN.
+
+    Parameters
+    ----------
+    samples : list of :class:`~diffscreen.train.data.Sample`
+    preprocessor : Preprocessor
+        The recipe of the model to be trained (centred crops, no shifts).
+    rows : bool
+        Keep only the row ranges ``(N, 1, S)`` (:func:`~diffscreen.preprocess.rwd.row_ranges`, for rwd1d).
+    batch_size : int
+    progress : callable, optional
+        ``progress(total=N)`` once, then ``progress(advance=k)``.
+
+    Returns
+    -------
+    x : (N, 1, S, S) float16 or (N, 1, S) float32 ndarray
+    y : (N,) int64 ndarray
+
+    Raises
+    ------
+    FrameReadError, BadFrameError
+        A labelled frame cannot be read or is unusable (named by file and frame).
+    """
+    from diffscreen.preprocess.rwd import row_ranges
+
+    if progress:
+        progress(total=len(samples))
+    xs, open_ = [], {}
+    try:
+        for b in range(0, len(samples), batch_size):
+            chunk = samples[b : b + batch_size]
+            frames = []
+            for s in chunk:
+                if s.source not in open_:
+                    open_[s.source] = open_source(s.source)
+                frames.append(check_frame(open_[s.source].read(s.index)))
+            x = preprocessor(frames)
+            xs.append(row_ranges(x) if rows else x.astype(np.float16))
+            if progress:
+                progress(advance=len(chunk))
+    finally:
+        for src in open_.values():
+            src.close()
+    return np.concatenate(xs), np.array([s.label for s in samples], np.int64)
+
+
+def frame_items(specs, *, max_frames: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
+    """All ``(spec, frame)`` of some inputs, or a seeded random subset of ``max_frames`` in input order.
+
+    Raises
+    ------
+    ConfigError
+        The inputs hold no frames.
+    FrameReadError
+        An input cannot be opened.
+    """
+    items = []
+    for spec in specs:
+        with open_source(spec) as src:
+            items.extend((spec, i) for i in range(len(src)))
+    if not items:
+        raise ConfigError(f"the inputs {', '.join(map(str, specs))} hold no frames")
+    if max_frames is not None and len(items) > max_frames:
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), max_frames, replace=False))
+        items = [items[k] for k in keep]
+    return items

@@ -1,18 +1,17 @@
 """Data-parallel training over several processes (PyTorch DistributedDataParallel).
 
-``torchrun --nproc_per_node N -m diffscreen.cli train ...`` starts N copies of the program;
-:func:`from_env` joins them through torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
-``MASTER_ADDR``/``MASTER_PORT``) and :func:`diffscreen.train.train_model` then builds the same initial
-model on every rank (same seed), wrapped in DistributedDataParallel (gradients averaged after every
-backward pass, so the parameters stay identical); draws each epoch's class-balanced batches identically on
-every rank and gives rank r the r-th slice of every batch (:class:`ShardedBatchSampler`: together the
-ranks see exactly the batches of a one-process run); rank 0 alone validates, logs and writes files.
-NCCL with one GPU per rank when CUDA is available, else Gloo (``DIFFSCREEN_DDP_BACKEND=gloo`` forces it).
-BatchNorm layers normalise with each rank's part of the batch; running statistics are broadcast from
-rank 0 at every forward pass.
+``torchrun --nproc_per_node N -m diffscreen.cli train ...`` starts N copies of the program; :func:`from_env` joins
+them through torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``)
+and :func:`diffscreen.train.train_model` then builds the same initial model on every rank (same seed), wrapped in
+DistributedDataParallel (gradients averaged after every backward pass, so the parameters stay identical); draws
+each epoch's class-balanced batches identically on every rank and gives rank r the r-th slice of every batch
+(:class:`ShardedBatchSampler`: together the ranks see exactly the batches of a one-process run); rank 0 alone
+validates, logs and writes files. NCCL with one GPU per rank when CUDA is available, else Gloo
+(``DIFFSCREEN_DDP_BACKEND=gloo`` forces it). BatchNorm layers normalise with each rank's part of the batch;
+running statistics are broadcast from rank 0 at every forward pass.
 
-Reference: Li et al. (2020), "PyTorch Distributed: Experiences on Accelerating Data Parallel Training",
-VLDB 13(12), §3 (gradient averaging with all-reduce).
+Reference: Li et al. (2020), "PyTorch Distributed: Experiences on Accelerating Data Parallel Training", VLDB
+13(12), §3 (gradient averaging with all-reduce).
 """
 
 from __future__ import annotations
@@ -123,11 +122,9 @@ def from_env() -> DDPContext | None:
 class ShardedBatchSampler(Sampler):
     """Rank ``rank``'s slice of every mini-batch a base sampler draws.
 
-    The base sampler (e.g. :class:`~diffscreen.train.sampler.ClassBalancedSampler`)
-    draws the same items on every rank; mini-batch ``b`` is items
-    ``[b·B, (b+1)·B)`` and rank ``r`` of ``W`` takes ``B/W`` of them,
-    ``[b·B + r·B/W, b·B + (r+1)·B/W)``.  Use it with a DataLoader of
-    ``batch_size = B / W``.
+    The base sampler (e.g. :class:`~diffscreen.train.engine.ClassBalancedSampler`) draws the same items on every
+    rank; mini-batch ``b`` is items ``[b·B, (b+1)·B)`` and rank ``r`` of ``W`` takes ``B/W`` of them, ``[b·B +
+    r·B/W, b·B + (r+1)·B/W)``.  Use it with a DataLoader of ``batch_size = B / W``.
 
     Parameters
     ----------
@@ -171,9 +168,8 @@ class ShardedBatchSampler(Sampler):
 def parameter_checksum(model) -> str:
     """SHA-256 (hex) of the trainable parameters of ``model``, in order.
 
-    Buffers are left out: BatchNorm running statistics are updated by each
-    rank's own forward pass and made equal again (broadcast from rank 0) only
-    at the start of the next one.
+    Buffers are left out: BatchNorm running statistics are updated by each rank's own forward pass and made equal
+    again (broadcast from rank 0) only at the start of the next one.
     """
     h = hashlib.sha256()
     for k, v in model.named_parameters():

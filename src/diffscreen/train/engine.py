@@ -1,12 +1,10 @@
 """The one training engine: :func:`fit` runs the epochs of every recipe; :func:`save_trained` writes its model file.
 
-An epoch sets the scheduled learning rate, runs the recipe's mini-batches
-(zero the gradients, the recipe's loss, backward, step), validates, keeps the
-best epoch's weights and writes a checkpoint to resume from.  A recipe plugs
-in the batches (class-balanced, Ke et al. 2018 §2.1.3; shuffled passes,
-Zimmermann et al. 2019 §3.1.5), the loss and targets (softmax classes,
-multi-label sigmoid, the DANN domain head of Ganin et al. 2016),
-augmentation, the schedule and the validation score.
+An epoch sets the scheduled learning rate, runs the recipe's mini-batches (zero the gradients, the recipe's loss,
+backward, step), validates, keeps the best epoch's weights and writes a checkpoint to resume from.  A recipe plugs
+in the batches (class-balanced, Ke et al. 2018 §2.1.3; shuffled passes, Zimmermann et al. 2019 §3.1.5), the loss
+and targets (softmax classes, multi-label sigmoid, the DANN domain head of Ganin et al. 2016), augmentation, the
+schedule and the validation score.
 """
 
 from __future__ import annotations
@@ -22,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Sampler
 
 from diffscreen.errors import ConfigError
 from diffscreen.io.atomic import temporary_path
 from diffscreen.models import save_model
-from diffscreen.train.sampler import ClassBalancedSampler
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "make_optimizer", "Checkpoint", "Best", "fit",
-           "balanced_batches", "softmax_loss", "batch_counts", "counts_row", "epoch_line", "fit_balanced",
-           "check_arrays", "arch_kwargs_for", "save_trained"]
+           "ClassBalancedSampler", "balanced_batches", "softmax_loss", "batch_counts", "counts_row", "epoch_line",
+           "fit_balanced", "check_arrays", "arch_kwargs_for", "save_trained"]
 
 _OPTIMIZERS = ("sgd", "adam")
 
@@ -152,23 +150,15 @@ def fit(model, opt, *, epochs: int, lr, batches, loss, row, validate, line, trai
         Whose weights are selected and checkpointed (a DDP wrapper or domain head lives in ``loss``).
     opt : torch.optim.Optimizer
     epochs : int
-    lr : callable
-        Schedule hook ``lr(epoch) -> float``.
-    batches : callable
-        Sampler hook ``batches(epoch) -> iterable`` of mini-batches in the form ``loss`` takes.
-    loss : callable
-        ``loss(batch) -> (scalar tensor, stats)``; the dict ``stats`` is summed over the epoch (and ranks).
-    row : callable
-        ``row(sums) -> dict``, the training columns of the history row.
-    validate : callable
-        ``validate(epoch) -> (score, cols)``: NaN scores (no validation data) always improve, None
-        (not validated this epoch) never; ``cols`` go in the history row.
-    line : callable
-        ``line(row, improved) -> str``, logged after each epoch.
+    lr, batches, loss, row, validate, line : callable
+        Schedule ``lr(epoch) -> float``; sampler ``batches(epoch) -> iterable`` of what ``loss`` takes;
+        ``loss(batch) -> (scalar tensor, stats dict)``, stats summed over the epoch (and ranks); ``row(sums) ->
+        dict`` of training columns; ``validate(epoch) -> (score, cols)`` (a NaN score, no validation data, always
+        improves; None, not validated, never); ``line(row, improved) -> str``.
     train_mode : callable, optional
         Default ``model.train()``.
     tag : dict, optional
-        Columns put after ``epoch`` in every row (e.g. the stage).
+        Columns after ``epoch`` in every row (e.g. the stage).
     ties_win : bool
         An epoch scoring equal to the best replaces it.
     checkpoint : Checkpoint, optional
@@ -177,13 +167,13 @@ def fit(model, opt, *, epochs: int, lr, batches, loss, row, validate, line, trai
     n_batches : int, optional
     log : callable
     ctx : DDPContext, optional
-        Data-parallel run (:mod:`diffscreen.train.distributed`): stats summed over the ranks; rank 0
-        alone keeps the best weights and writes the checkpoint.
+        Data-parallel run (:mod:`diffscreen.train.distributed`): stats summed over the ranks; rank 0 alone keeps
+        the best weights and writes the checkpoint.
 
     Returns
     -------
     history : list of dict
-        ``epoch``, ``tag``, ``lr``, ``row(sums)``, ``cols``, ``seconds``.
+        Rows ``epoch``, ``tag``, ``lr``, ``row(sums)``, ``cols``, ``seconds``.
     best : Best
 
     Raises
@@ -243,10 +233,57 @@ def _ddp_check(ctx, model) -> None:
 # --------------------------------------------------------------------------- parts recipes plug in
 
 
+class ClassBalancedSampler(Sampler):
+    """Draw a class uniformly, then a frame of that class (with replacement).
+
+    Every mini-batch then holds about equal numbers of each class, so the majority class (usually miss) does not
+    dominate training.  Each item is ``(k, dx, dy)``: a sample index and a random crop shift in output pixels (Ke
+    §2.2 random cropping).
+
+    Parameters
+    ----------
+    labels : (N,) sequence of int
+        Class index of each sample.
+    n_items : int
+        Items per epoch (batches per epoch × batch size).
+    max_shift : int
+        Shifts are uniform integers in ``[-max_shift, max_shift]``.
+    seed : int
+        Base seed; epoch ``e`` uses ``default_rng([seed, e])`` so that a resumed run draws the same batches.
+    """
+
+    def __init__(self, labels, n_items: int, *, max_shift: int = 0, seed: int = 0):
+        self.labels = np.asarray(labels)
+        self.classes = np.unique(self.labels)
+        self.by_class = [np.flatnonzero(self.labels == c) for c in self.classes]
+        self.n_items = int(n_items)
+        self.max_shift = int(max_shift)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def draw(self) -> np.ndarray:
+        """The epoch's items as an ``(n_items, 3)`` int array."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        cls = rng.integers(0, len(self.classes), size=self.n_items)
+        pick = np.array([self.by_class[c][rng.integers(len(self.by_class[c]))] for c in cls], dtype=np.int64)
+        m = self.max_shift
+        shifts = rng.integers(-m, m + 1, size=(self.n_items, 2)) if m else np.zeros((self.n_items, 2), np.int64)
+        return np.column_stack([pick, shifts])
+
+    def __iter__(self):
+        return iter(tuple(int(v) for v in row) for row in self.draw())
+
+
 def balanced_batches(labels, config: TrainConfig, seed: int):
     """Sampler hook: ``batches(epoch)`` → ``config.batches_per_epoch`` class-balanced ``(batch_size,)`` int64
     index arrays over the classes of ``labels`` (N,), drawn with ``default_rng([seed, epoch])`` (Ke et al. 2018
-    §2.1.3; :class:`~diffscreen.train.sampler.ClassBalancedSampler`)."""
+    §2.1.3; :class:`ClassBalancedSampler`)."""
     sampler = ClassBalancedSampler(labels, config.batches_per_epoch * config.batch_size, max_shift=0, seed=seed)
     bs = config.batch_size
 
@@ -300,39 +337,17 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
                  seed=None, augment=None, train_mode=None, tag=None, prefix="", seconds=True, log=print):
     """:func:`fit` on inputs held in memory: class-balanced batches, cross entropy, exponential schedule.
 
-    Parameters
-    ----------
-    model, opt
-        The network and its optimiser.
-    x, y, augment
-        As :func:`softmax_loss`.
-    config : TrainConfig
-    score : callable
-        ``score() -> float``, the validation score (NaN without validation data), logged as ``label``
-        and recorded as column ``val_key``.
-    val_key, label : str
-    groups : (N,) int array, optional
-        What the batches are balanced over (default ``y``).
-    seed : int, optional
-        Batch drawing and augmentation (default ``config.seed``).
-    train_mode, tag, log
-        As :func:`fit`.
-    prefix : str
-        Starts every log line.
-    seconds : bool
-        Log the epoch's duration.
-
-    Returns
-    -------
-    history, best
-        As :func:`fit`.
+    ``model`` and its optimiser ``opt``, ``x``, ``y`` and ``augment`` as :func:`softmax_loss`; ``score() ->
+    float`` the validation score (NaN without validation data), column ``val_key``, logged as ``label`` after
+    ``prefix`` (with the epoch's ``seconds``); batches balanced over ``groups`` (default ``y``) drawn with
+    ``seed`` (default ``config.seed``); ``train_mode``, ``tag``, ``log`` and the returned ``(history, best)`` as
+    :func:`fit`.
     """
     seed = config.seed if seed is None else seed
     rng = np.random.default_rng([seed, 7])
 
     def validate(epoch):
-        s = score()
-        return s, {val_key: s}
+        return (s := score()), {val_key: s}
 
     return fit(model, opt, epochs=config.epochs, lr=lambda e: learning_rate(e, config),
                batches=balanced_batches(y if groups is None else groups, config, seed),
@@ -343,19 +358,13 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
 
 def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: bool = True
                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate preprocessed inputs (``(N, 1, S, S)`` frames or ``(N, 1, S)`` row vectors) and labels.
-
-    Returns
-    -------
-    x : ndarray
-        ``x`` as an array (not copied).
-    y : (N,) int64 ndarray or None
+    """``x`` ((N, 1, S, S) frames or (N, 1, S) row vectors) as an array and ``y`` as (N,) int64 (or None).
 
     Raises
     ------
     ConfigError
-        Empty input, wrong rank, a length mismatch, labels outside ``0..n_classes-1``, or ``y``
-        missing while ``labelled``.
+        Empty input, wrong rank, a length mismatch, labels outside ``0..n_classes-1``, or ``y`` missing while
+        ``labelled``.
     """
     xa = np.asarray(x)
     if y is None and labelled:
@@ -373,7 +382,7 @@ def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: 
 
 
 def arch_kwargs_for(config: TrainConfig, n_classes: int, input_size: int) -> dict:
-    """Builder arguments of ``config.arch``: classes, input side (px), the Ke first kernel, then ``config.arch_kwargs``."""
+    """Builder arguments of ``config.arch``: classes, input side (px), Ke's first kernel, ``config.arch_kwargs``."""
     kw = {"num_classes": n_classes, "input_size": int(input_size)}
     if config.arch == "ke2018":
         kw["first_kernel"] = config.first_kernel

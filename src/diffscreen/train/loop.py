@@ -1,15 +1,10 @@
-"""Training the screening CNN (Ke et al. 2018, §2.1.3, §3.4; fv5080 recipe).
+"""Training the screening CNN (Ke et al. 2018, §2.1.3, §2.3, §3.4; fv5080): recipes over
+:func:`~diffscreen.train.engine.fit`.
 
-SGD with momentum 0.9 and weight decay 5e-4; the learning rate falls
-exponentially from 0.1 to 1e-4 over the epochs (``10^-(1 + 3(e-1)/(E-1))``);
-each epoch is ``batches_per_epoch`` class-balanced mini-batches of randomly
-shifted crops; the epoch with the best validation score is kept.  A
-checkpoint after every epoch lets an interrupted run resume.
-
-``TrainConfig(optimizer="adam")`` uses Adam instead (Nawaz et al. 2022 §3.5:
-Adam with an exponentially decaying learning rate), and
-:func:`train_on_arrays` trains any registered architecture on preprocessed
-inputs held in memory (the DiffraNet-class AlexNet benchmark).
+:func:`train_model`: SGD (momentum 0.9, weight decay 5e-4), learning rate falling exponentially from 0.1 to 1e-4,
+class-balanced batches of randomly shifted crops read from the files, the best validation epoch kept, a checkpoint
+per epoch.  :func:`train_on_arrays`: any registered architecture on preprocessed inputs in memory (e.g. AlexNet
+with Adam, Nawaz et al. 2022 §3.5).
 """
 
 from __future__ import annotations
@@ -30,10 +25,9 @@ from diffscreen.models.batch import predict_arrays
 from diffscreen.models.decision import decide
 from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
-from diffscreen.train.engine import (Checkpoint, TrainConfig, TrainResult, arch_kwargs_for, batch_counts,
-                                     check_arrays, counts_row, epoch_line, fit, fit_balanced, learning_rate,
-                                     make_optimizer, save_trained)
-from diffscreen.train.sampler import ClassBalancedSampler
+from diffscreen.train.engine import (Checkpoint, ClassBalancedSampler, TrainConfig, TrainResult, arch_kwargs_for,
+                                     batch_counts, check_arrays, counts_row, epoch_line, fit, fit_balanced,
+                                     learning_rate, make_optimizer, save_trained)
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
            "dihedral_augment"]
@@ -77,17 +71,15 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
     test : list of Sample, optional
         Held-out frames scored with the best model; metrics go in the file.
     data_description : dict, optional
-        Stored in the model file as the description of the training data.
+        Stored in the model file.
     resume : bool
         Continue from ``<out_path>.ckpt`` if it exists and matches this run.
-    progress : callable, optional
-        ``progress(epoch, batch, n_batches)`` after every batch.
-    log : callable
-        Receives one line of text per epoch.
+    progress, log : callable, optional
+        ``progress(epoch, batch, n_batches)`` after every batch; ``log`` gets a line per epoch.
     ddp : "auto", DDPContext or None
-        Data-parallel training (:mod:`diffscreen.train.distributed`): "auto" joins the processes torchrun
-        started; each rank computes ``batch_size / world_size`` frames of every batch, gradients are
-        averaged, rank 0 alone validates, logs and writes files.  None: one process.
+        Data-parallel training (:mod:`diffscreen.train.distributed`): "auto" joins the processes torchrun started;
+        each rank computes ``batch_size / world_size`` frames of every batch, gradients are averaged, rank 0 alone
+        validates, logs and writes files.  None: one process.
 
     Returns
     -------
@@ -96,99 +88,91 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
     Raises
     ------
     ConfigError
-        Empty training set, a checkpoint from a different run, or (DDP) a
-        batch size that is not a multiple of the number of processes.
+        Empty training set, a checkpoint from a different run, or (DDP) a batch size that is not a multiple of the
+        number of processes.
     """
     from diffscreen.train import distributed
 
     ctx = distributed.from_env() if ddp == "auto" else ddp
     try:
-        return _train_model(train, val, out_path, config=config, preprocess=preprocess, class_names=class_names,
-                            test=test, data_description=data_description, resume=resume, progress=progress, log=log,
-                            ctx=ctx)
+        root = ctx is None or ctx.is_root
+        if not root:  # only rank 0 talks
+            progress, log = None, (lambda *a, **k: None)
+        device = ctx.device if ctx is not None else torch.device("cpu")
+        cfg = config or TrainConfig()
+        pcfg = preprocess or PreprocessConfig()
+        if not train:
+            raise ConfigError("the training set is empty")
+        out_path = Path(out_path)
+        ckpt_path = out_path.with_name(out_path.name + ".ckpt")
+        torch.set_num_threads(max(1, cfg.threads))
+        torch.manual_seed(cfg.seed)
+        arch_kwargs = arch_kwargs_for(cfg, len(class_names), pcfg.out_size)
+        model = get_model(cfg.arch, **arch_kwargs).to(device)
+        net = model if ctx is None else ctx.wrap(model)  # DDP: gradients averaged over the ranks
+        opt = make_optimizer(model, cfg)
+        pre = Preprocessor(pcfg)
+        run_id = {"config": asdict(cfg), "preprocess": pcfg.to_dict(),
+                  "data": _fingerprint(train) + _fingerprint(val)}
+        sampler = ClassBalancedSampler([s.label for s in train], cfg.batches_per_epoch * cfg.batch_size,
+                                       max_shift=pcfg.max_shift, seed=cfg.seed)
+        loader_kw = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
+        local_batch = cfg.batch_size
+        if ctx is not None:  # rank r takes the r-th slice of every batch
+            sampler = distributed.ShardedBatchSampler(sampler, cfg.batch_size, ctx.rank, ctx.world_size)
+            local_batch = sampler.per_rank
+        train_loader = DataLoader(FrameDataset(train, pre), batch_size=local_batch, sampler=sampler, **loader_kw)
+        val_loader = (DataLoader(FrameDataset(val, pre), batch_size=cfg.batch_size, **loader_kw)
+                      if val and root else None)
+
+        def batches(epoch):
+            sampler.set_epoch(epoch)
+            return train_loader
+
+        def loss(batch):
+            x, y = batch[0].to(device), batch[1].to(device)
+            logits = net(x)
+            value = F.cross_entropy(logits, y)  # log-softmax + NLL (fv5080)
+            return value, batch_counts(value, logits, y)
+
+        def validate(epoch):
+            return (s := _score(model, val_loader, class_names)[0] if val_loader else float("nan")), {"val_score": s}
+
+        history, best = fit(model, opt, epochs=cfg.epochs, lr=lambda e: learning_rate(e, cfg), batches=batches,
+                            loss=loss, row=counts_row, validate=validate,
+                            line=epoch_line(cfg.epochs, "val_score", "val bal. acc"), ties_win=False,
+                            checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
+                            n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
+        if ctx is not None and not root:
+            ctx.barrier()  # rank 0 writes the model file meanwhile
+            return TrainResult(out_path, ctx.broadcast(None), history, None)
+        model.eval().cpu()
+        metrics = {"best_epoch": best.epoch, "val_balanced_accuracy": best.score}
+        test_report = None
+        if test:
+            test_loader = DataLoader(FrameDataset(test, pre), batch_size=cfg.batch_size, **loader_kw)
+            _, test_report = _score(model, test_loader, class_names)
+            metrics["test"] = test_report.to_dict()
+        save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=pcfg,
+                     class_names=class_names, history=history, seed=cfg.seed, metrics=metrics,
+                     data=data_description, head={"config": asdict(cfg)},
+                     counts={"n_train": len(train), "n_val": len(val), "n_test": len(test or [])},
+                     tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}})
+        ckpt_path.unlink(missing_ok=True)
+        if ctx is not None:
+            ctx.barrier()
+            ctx.broadcast(best.epoch)
+        return TrainResult(out_path, best.epoch, history, test_report)
     finally:
         if ctx is not None and ctx.owned:
             ctx.close()
 
 
-def _train_model(train, val, out_path, *, config, preprocess, class_names, test, data_description, resume, progress,
-                 log, ctx) -> TrainResult:
-    from diffscreen.train import distributed
-
-    root = ctx is None or ctx.is_root
-    if not root:  # only rank 0 talks
-        progress, log = None, (lambda *a, **k: None)
-    device = ctx.device if ctx is not None else torch.device("cpu")
-    cfg = config or TrainConfig()
-    pcfg = preprocess or PreprocessConfig()
-    if not train:
-        raise ConfigError("the training set is empty")
-    out_path = Path(out_path)
-    ckpt_path = out_path.with_name(out_path.name + ".ckpt")
-    torch.set_num_threads(max(1, cfg.threads))
-    torch.manual_seed(cfg.seed)
-    arch_kwargs = arch_kwargs_for(cfg, len(class_names), pcfg.out_size)
-    model = get_model(cfg.arch, **arch_kwargs).to(device)
-    net = model if ctx is None else ctx.wrap(model)  # DDP: gradients averaged over the ranks
-    opt = make_optimizer(model, cfg)
-    pre = Preprocessor(pcfg)
-    run_id = {"config": asdict(cfg), "preprocess": pcfg.to_dict(), "data": _fingerprint(train) + _fingerprint(val)}
-    sampler = ClassBalancedSampler(
-        [s.label for s in train], cfg.batches_per_epoch * cfg.batch_size, max_shift=pcfg.max_shift, seed=cfg.seed
-    )
-    loader_kw = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
-    local_batch = cfg.batch_size
-    if ctx is not None:  # rank r takes the r-th slice of every batch
-        sampler = distributed.ShardedBatchSampler(sampler, cfg.batch_size, ctx.rank, ctx.world_size)
-        local_batch = sampler.per_rank
-    train_loader = DataLoader(FrameDataset(train, pre), batch_size=local_batch, sampler=sampler, **loader_kw)
-    val_loader = DataLoader(FrameDataset(val, pre), batch_size=cfg.batch_size, **loader_kw) if val and root else None
-
-    def batches(epoch):
-        sampler.set_epoch(epoch)
-        return train_loader
-
-    def loss(batch):
-        x, y = batch[0].to(device), batch[1].to(device)
-        logits = net(x)
-        value = F.cross_entropy(logits, y)  # log-softmax + NLL (fv5080)
-        return value, batch_counts(value, logits, y)
-
-    def validate(epoch):
-        score = _score(model, val_loader, class_names)[0] if val_loader else float("nan")
-        return score, {"val_score": score}
-
-    history, best = fit(model, opt, epochs=cfg.epochs, lr=lambda e: learning_rate(e, cfg), batches=batches,
-                        loss=loss, row=counts_row, validate=validate,
-                        line=epoch_line(cfg.epochs, "val_score", "val bal. acc"), ties_win=False,
-                        checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
-                        n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
-    if ctx is not None and not root:
-        ctx.barrier()  # rank 0 writes the model file meanwhile
-        return TrainResult(out_path, ctx.broadcast(None), history, None)
-    model.eval().cpu()
-    metrics = {"best_epoch": best.epoch, "val_balanced_accuracy": best.score}
-    test_report = None
-    if test:
-        test_loader = DataLoader(FrameDataset(test, pre), batch_size=cfg.batch_size, **loader_kw)
-        _, test_report = _score(model, test_loader, class_names)
-        metrics["test"] = test_report.to_dict()
-    save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=pcfg, class_names=class_names,
-                 history=history, seed=cfg.seed, metrics=metrics, data=data_description, head={"config": asdict(cfg)},
-                 counts={"n_train": len(train), "n_val": len(val), "n_test": len(test or [])},
-                 tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}})
-    ckpt_path.unlink(missing_ok=True)
-    if ctx is not None:
-        ctx.barrier()
-        ctx.broadcast(best.epoch)
-    return TrainResult(out_path, best.epoch, history, test_report)
-
-
 def dihedral_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each frame of a batch ``(B, C, S, S)`` in one of its 8 flips/rotations by 90°, drawn at random.
 
-    A diffraction pattern's Bragg spots look alike in all eight, so this
-    multiplies the variety of a small training set without storing copies.
+    A diffraction pattern's Bragg spots look alike in all eight, so this multiplies the variety of a small
+    training set without storing copies.
     """
     out = np.empty_like(x)
     for b, k in enumerate(rng.integers(0, 8, len(x))):
@@ -203,8 +187,8 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
     """Train a registered architecture on preprocessed inputs held in memory.
 
     Class-balanced mini-batches without crop shifts, the exponential schedule
-    (:func:`~diffscreen.train.engine.fit_balanced`); the epoch with the best
-    validation accuracy (over all classes) is kept.
+    (:func:`~diffscreen.train.engine.fit_balanced`); the epoch with the best validation accuracy (over all
+    classes) is kept.
 
     Parameters
     ----------
@@ -213,7 +197,7 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
     y_train : (N,) int ndarray
         Class indices into ``class_names``.
     out_path : str or Path
-        Model file to write (``.safetensors``, with metadata).
+        Model file to write.
     class_names : sequence of str
     preprocess : PreprocessConfig
         The recipe that produced the inputs (stored in the model file).
@@ -223,10 +207,8 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
         Validation set for model selection (default: keep the last epoch).
     data_description : dict, optional
     augment : callable, optional
-        ``augment(xb, rng) -> xb``: applied to every training mini-batch
-        ``(B, 1, S, S)`` float32 with a generator seeded from ``config.seed``
-        (e.g. :func:`dihedral_augment`), so augmented copies never need to
-        be held in memory.
+        ``augment(xb, rng) -> xb`` on every ``(B, 1, S, S)`` float32 mini-batch, ``rng`` seeded from
+        ``config.seed`` (e.g. :func:`dihedral_augment`).
     log : callable
 
     Returns

@@ -1,15 +1,13 @@
-"""Multi-label training of the Zimmermann et al. (2019) ResNet18_α (§3.1.5), a recipe over :func:`~diffscreen.train.engine.fit`.
+"""Multi-label training of the Zimmermann et al. (2019) ResNet18_α (§3.1.5): a recipe over
+:func:`~diffscreen.train.engine.fit`.
 
-Paper defaults in :class:`MultiLabelConfig`.  Loss: sigmoid binary cross-entropy
-(Eq. 6, mean over batch and classes) plus ``l1 · Σ|w| + l2 · Σ w²`` over the
-convolution and dense weights (Eq. 10; "L2" as TensorFlow's sum of squares).
-SGD, learning rate 0.1 ÷ 10 at ``milestones``, Nesterov momentum 0.9 (airynet
-code), batch 48, shuffled passes.  Augmentation: random flips (images only: a
-flip leaves the CCF map unchanged, :mod:`diffscreen.preprocess.ccf`),
-brightness (+U(-b, b)) and contrast (×U(1-c, 1+c) about the mean).  The §3.2
-metrics on the validation split every ``eval_every`` epochs; the paper reports
-each one's maximum over training (``max``); the epoch of the best validation
-Accuracy is kept.  A checkpoint ``<out>.ckpt`` after every epoch.
+Paper defaults in :class:`MultiLabelConfig`.  Loss: sigmoid binary cross-entropy (Eq. 6, mean over batch and
+classes) plus ``l1 · Σ|w| + l2 · Σ w²`` over the convolution and dense weights (Eq. 10; "L2" as TensorFlow's sum
+of squares). SGD, learning rate 0.1 ÷ 10 at ``milestones``, Nesterov momentum 0.9 (airynet code), batch 48,
+shuffled passes.  Augmentation: random flips (images only: a flip leaves the CCF map unchanged,
+:mod:`diffscreen.preprocess.ccf`), brightness (+U(-b, b)) and contrast (×U(1-c, 1+c) about the mean).  The §3.2
+metrics on the validation split every ``eval_every`` epochs; the paper reports each one's maximum over training
+(``max``); the epoch of the best validation Accuracy is kept.  A checkpoint ``<out>.ckpt`` after every epoch.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ __all__ = ["MultiLabelConfig", "MultiLabelResult", "load_cdi_runs", "train_multi
 
 @dataclass
 class MultiLabelConfig:
-    """Hyper-parameters; defaults are the paper's (Zimmermann et al. 2019, §3.1.5; the airynet code where it is silent)."""
+    """Hyper-parameters; defaults are the paper's (Zimmermann et al. 2019, §3.1.5; airynet code where it is silent)."""
 
     epochs: int = 200  #: 200 in the paper
     milestones: tuple = (50, 100, 150)  #: epochs (1-based) after which the learning rate is divided by 10

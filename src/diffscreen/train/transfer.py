@@ -1,10 +1,10 @@
 """Transfer learning from a trained model to a new experiment (Xie et al. 2022, §2.3.1, Fig. 3, Table 3).
 
-Fig. 3: the convolutional base of a well-trained CNN, joined to a randomly initialised classifier, is
-trained on a few labelled frames of the new experiment (Xie: 200, validated on 200) in two stages, each a
-recipe over :func:`~diffscreen.train.engine.fit_balanced`: (1) the base frozen, only the classifier
-learns; (2) the top one or two blocks unfrozen, at a lower learning rate.  "Frozen" is what Keras (the
-paper's framework) does: no gradient, and BatchNorm layers of frozen blocks keep their running statistics.
+Fig. 3: the convolutional base of a well-trained CNN, joined to a randomly initialised classifier, is trained on a
+few labelled frames of the new experiment (Xie: 200, validated on 200) in two stages, each a recipe over
+:func:`~diffscreen.train.engine.fit_balanced`: (1) the base frozen, only the classifier learns; (2) the top one or
+two blocks unfrozen, at a lower learning rate.  "Frozen" is what Keras (the paper's framework) does: no gradient,
+and BatchNorm layers of frozen blocks keep their running statistics.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import balanced_accuracy
 from diffscreen.models.batch import predict_arrays
+from diffscreen.train.data import frame_items, samples_to_arrays
 from diffscreen.train.engine import TrainConfig, TrainResult, check_arrays, fit_balanced, make_optimizer, save_trained
 
 __all__ = ["freeze_base", "set_train_mode", "fit_arrays", "transfer_on_arrays",
@@ -40,13 +41,11 @@ def freeze_base(model: nn.Module, unfreeze_blocks: int = 0) -> list[str]:
     Parameters
     ----------
     model : torch.nn.Module
-        With ``.features`` (a sequence of convolutional blocks, bottom first)
-        and ``.classifier`` (the head), as :class:`~diffscreen.models.KeCNN`
-        and :class:`~diffscreen.models.rwd1d.RWD1DCNN` have.  Every other
-        parameter (e.g. an input normalisation) counts as base and is frozen.
+        With ``.features`` (convolutional blocks, bottom first) and ``.classifier`` (the head), as
+        :class:`~diffscreen.models.KeCNN` and :class:`~diffscreen.models.rwd1d.RWD1DCNN`; every other parameter
+        (e.g. an input normalisation) counts as base.  Train it in :func:`set_train_mode`.
     unfreeze_blocks : int
-        0: stage 1 (only the head trains); 1 or 2: stage 2 (Xie: "unfreeze
-        one or two top convolutional blocks").
+        0: stage 1 (only the head trains); 1 or 2: stage 2 (Xie: "unfreeze one or two top convolutional blocks").
 
     Returns
     -------
@@ -56,13 +55,7 @@ def freeze_base(model: nn.Module, unfreeze_blocks: int = 0) -> list[str]:
     Raises
     ------
     ConfigError
-        The model lacks ``features`` or ``classifier``, or ``unfreeze_blocks``
-        is negative or exceeds the number of blocks.
-
-    Notes
-    -----
-    Use :func:`set_train_mode` instead of ``model.train()`` while training,
-    so that BatchNorm layers of frozen blocks keep their running statistics.
+        No ``features`` or ``classifier``, or ``unfreeze_blocks`` outside 0..number of blocks.
     """
     if not hasattr(model, "features") or not hasattr(model, "classifier"):
         raise ConfigError(f"{type(model).__name__} has no .features / .classifier; cannot freeze its base")
@@ -79,13 +72,7 @@ def freeze_base(model: nn.Module, unfreeze_blocks: int = 0) -> list[str]:
 
 
 def set_train_mode(model: nn.Module) -> nn.Module:
-    """``model.train()``, but BatchNorm layers whose parameters are all frozen stay in eval mode.
-
-    Returns
-    -------
-    nn.Module
-        ``model``.
-    """
+    """``model.train()``, but BatchNorm layers whose parameters are all frozen stay in eval mode; returns ``model``."""
     model.train()
     for m in model.modules():
         if isinstance(m, _BN):
@@ -96,17 +83,11 @@ def set_train_mode(model: nn.Module) -> nn.Module:
 
 
 def validation_score(model, x_val, y_val, class_names=None) -> float:
-    """Validation balanced accuracy used to pick the best epoch.
+    """Validation balanced accuracy used to pick the best epoch (NaN without validation data).
 
-    With a ``"miss"`` class it is the balanced accuracy of the keep decision
-    (hit or maybe against miss, ``P(hit) + P(maybe) > P(miss)``, Ke §2.1): the
-    binary task Xie et al. score (§3.1: "we merge Hit and Maybe").  Otherwise
-    the mean recall over the classes present.
-
-    Returns
-    -------
-    float
-        NaN without validation data.
+    With a ``"miss"`` class, that of the keep decision (``P(hit) + P(maybe) > P(miss)``, Ke §2.1), the binary task
+    Xie et al. score (§3.1: "we merge Hit and Maybe"); else the mean recall over the classes. ``x_val`` (N, 1, S,
+    S) or (N, 1, S) float, ``y_val`` (N,) int.
     """
     if x_val is None or len(x_val) == 0:
         return float("nan")
@@ -123,9 +104,9 @@ def validation_score(model, x_val, y_val, class_names=None) -> float:
 def balance_groups(y, class_names=None) -> np.ndarray:
     """What the mini-batches are balanced over: the keep decision when there is a ``"miss"`` class.
 
-    Xie et al. merge hit and maybe (§3.1).  With a few hundred labels the maybe class is small, and
-    balancing over three classes would draw it as often as all misses, teaching a 2:1 prior for keeping
-    a frame; balancing hit-or-maybe (in their natural ratio) against miss keeps the decision unbiased.
+    Xie et al. merge hit and maybe (§3.1).  With a few hundred labels the maybe class is small, and balancing over
+    three classes would draw it as often as all misses, teaching a 2:1 prior for keeping a frame; balancing
+    hit-or-maybe (in their natural ratio) against miss keeps the decision unbiased.
 
     Parameters
     ----------
@@ -146,13 +127,12 @@ def balance_groups(y, class_names=None) -> np.ndarray:
 
 def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, class_names=None, augment=None,
                stage=None, log=print, seed_offset: int = 0) -> tuple[list, dict]:
-    """Train the trainable parameters of ``model`` on in-memory inputs with balanced batches.
+    """Train the trainable parameters of ``model`` on in-memory inputs with balanced batches (a stage of Fig. 3).
 
     Parameters
     ----------
     model : torch.nn.Module
-        Trained in place (frozen parameters untouched, see :func:`freeze_base`); it is left
-        holding the best epoch's weights.
+        Trained in place (frozen parameters untouched, :func:`freeze_base`); left with the best epoch's weights.
     x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
     y : (N,) int ndarray
     config : TrainConfig
@@ -173,7 +153,8 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     Returns
     -------
     history : list of dict
-        Per epoch ``epoch``, ``stage``, ``lr``, ``train_loss``, ``train_accuracy``, ``val_balanced_accuracy``, ``seconds``.
+        Per epoch ``epoch``, ``stage``, ``lr``, ``train_loss``, ``train_accuracy``, ``val_balanced_accuracy``,
+        ``seconds``.
     best : dict
         ``score``, ``epoch``, ``state`` (a copy of the best state dict).
     """
@@ -194,15 +175,15 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
                        reset_head: bool = True, log=print) -> TrainResult:
     """Fine-tune a trained model on a few labelled inputs of a new experiment (Xie §2.3.1, Fig. 3).
 
-    Stage 1 trains a (by default new) classifier on the frozen base; stage 2 unfreezes the top
-    ``unfreeze_blocks`` blocks and goes on from stage 1's best epoch.  Stage 2's best epoch by
-    :func:`validation_score` is kept (the last without validation data).
+    Stage 1 trains a (by default new) classifier on the frozen base; stage 2 unfreezes the top ``unfreeze_blocks``
+    blocks and goes on from stage 1's best epoch.  Stage 2's best epoch by :func:`validation_score` is kept (the
+    last without validation data).
 
     Parameters
     ----------
     init_path : str or Path
-        The trained source model (an architecture with ``.features`` and ``.classifier``: ke2018,
-        rwd1d); its class names, architecture and preprocessing recipe are kept.
+        The trained source model (an architecture with ``.features`` and ``.classifier``: ke2018, rwd1d); its
+        class names, architecture and preprocessing recipe are kept.
     x_train : (N, 1, S, S) float16/float32 ndarray
         Inputs preprocessed with the init model's recipe (rwd1d: also ``(N, 1, S)`` rows); not modified.
     y_train : (N,) int ndarray
@@ -215,19 +196,16 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
         Stage 1 and 2 settings (default :data:`FROZEN_DEFAULT`, :data:`UNFROZEN_DEFAULT`).
     unfreeze_blocks : int
         Top blocks trained in stage 2 (Xie: one or two); 0 skips stage 2.
-    augment : callable, optional
-        Mini-batch augmentation, e.g. :func:`~diffscreen.train.loop.dihedral_augment`.
-    data_description : dict, optional
-        Stored in the model file.
+    augment, data_description, log
+        As :func:`~diffscreen.train.loop.train_on_arrays`.
     reset_head : bool
         Re-initialise the classifier (Fig. 3: "a randomly initialized classifier").
-    log : callable
 
     Returns
     -------
     TrainResult
-        ``history`` rows carry ``stage`` ("frozen" or "unfrozen"); the metadata records
-        ``training.method = "transfer"``, the init model and both stage configs.
+        ``history`` rows carry ``stage`` ("frozen" or "unfrozen"); the metadata records ``training.method =
+        "transfer"``, the init model and both stage configs.
 
     Raises
     ------
@@ -276,80 +254,3 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
                          "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head}},
         counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
     return TrainResult(Path(out_path), best["epoch"], history, None)
-
-
-# --------------------------------------------------------------------------- inputs for few-label training
-
-
-def samples_to_arrays(samples, preprocessor, *, rows: bool = False, batch_size: int = 16, progress=None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Read and preprocess labelled frames into memory for :func:`transfer_on_arrays` / DANN.
-
-    Parameters
-    ----------
-    samples : list of :class:`~diffscreen.train.data.Sample`
-    preprocessor : Preprocessor
-        The recipe of the model to be trained (centred crops, no shifts).
-    rows : bool
-        Keep only the row ranges ``(N, 1, S)`` (:func:`~diffscreen.preprocess.rwd.row_ranges`) instead
-        of the frames: ``S`` times less memory, for ``rwd1d`` models.
-    batch_size : int
-    progress : callable, optional
-        ``progress(total=N)`` once, then ``progress(advance=k)``.
-
-    Returns
-    -------
-    x : (N, 1, S, S) float16 or (N, 1, S) float32 ndarray
-    y : (N,) int64 ndarray
-
-    Raises
-    ------
-    FrameReadError, BadFrameError
-        A labelled frame cannot be read or is unusable (named by file and frame).
-    """
-    from diffscreen.io import check_frame, open_source
-    from diffscreen.preprocess.rwd import row_ranges
-
-    if progress:
-        progress(total=len(samples))
-    xs, open_ = [], {}
-    try:
-        for b in range(0, len(samples), batch_size):
-            chunk = samples[b : b + batch_size]
-            frames = []
-            for s in chunk:
-                if s.source not in open_:
-                    open_[s.source] = open_source(s.source)
-                frames.append(check_frame(open_[s.source].read(s.index)))
-            x = preprocessor(frames)
-            xs.append(row_ranges(x) if rows else x.astype(np.float16))
-            if progress:
-                progress(advance=len(chunk))
-    finally:
-        for src in open_.values():
-            src.close()
-    return np.concatenate(xs), np.array([s.label for s in samples], np.int64)
-
-
-def frame_items(specs, *, max_frames: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
-    """All ``(spec, frame)`` of some inputs, or a seeded random subset of ``max_frames`` in input order.
-
-    Raises
-    ------
-    ConfigError
-        The inputs hold no frames.
-    FrameReadError
-        An input cannot be opened.
-    """
-    from diffscreen.io import open_source
-
-    items = []
-    for spec in specs:
-        with open_source(spec) as src:
-            items.extend((spec, i) for i in range(len(src)))
-    if not items:
-        raise ConfigError(f"the inputs {', '.join(map(str, specs))} hold no frames")
-    if max_frames is not None and len(items) > max_frames:
-        keep = np.sort(np.random.default_rng(seed).choice(len(items), max_frames, replace=False))
-        items = [items[k] for k in keep]
-    return items
