@@ -72,20 +72,15 @@ def pool_map(fn, args, workers: int) -> list:
 
 
 def predict(model, x, batch: int = 32) -> np.ndarray:
-    """Softmax class probabilities (N, C) float32 of preprocessed inputs (N, 1, S, S).
+    """Softmax class probabilities (N, C) float32 of preprocessed inputs (N, 1, S, S), ``batch`` at a time.
 
-    ``model`` is a model file or a loaded network (put in eval mode).
+    ``model`` is a model file or a loaded network; no input gives (0, 3).
     """
-    import torch
-
     from diffscreen.models import load_model
+    from diffscreen.models.batch import predict_arrays
 
-    net = load_model(model).model if isinstance(model, (str, Path)) else model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            out.append(torch.softmax(net(torch.from_numpy(np.asarray(x[i : i + batch], np.float32))), 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+    net = load_model(model).model if isinstance(model, (str, Path)) else model
+    return predict_arrays(net, x, batch_size=batch) if len(x) else np.zeros((0, 3), np.float32)
 
 
 def rate(call, items) -> float:
