@@ -140,30 +140,29 @@ def test_train_screen_cli_roundtrip(cdi_run, tmp_path, capsys):
 
 
 def _interrupted_screen_resumes(inputs, model, tmp_path, reference_csv):
-    from diffscreen.screen.cdi import screen_cdi
+    from diffscreen.screen import screen_cdi
 
     out = tmp_path / "resumed"
-    seen = []
+    done = out / ".partial" / "chunk_000000.csv"
 
     def stop_after_first_chunk(total=None, advance=None):
-        seen.append(advance)
-        if advance:
+        if advance and done.exists():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         screen_cdi(inputs, out, model=model, chunk_size=50, progress=stop_after_first_chunk)
-    done = out / ".partial" / "chunk_000000.json"
     assert done.exists() and not (out / "scores.csv").exists()  # nothing final half-written
-    rec = json.loads(done.read_text())
-    assert len(rec["keys"]) == 50
+    assert len(list(csv.reader(done.open(newline="")))) == 50
     screen_cdi(inputs, out, model=model, chunk_size=50)
     assert (out / "scores.csv").read_text() == reference_csv and not (out / ".partial").exists()
     # the completed chunk really is reused: tamper with it and resume again
     with pytest.raises(KeyboardInterrupt):
         screen_cdi(inputs, out, model=model, chunk_size=50, progress=stop_after_first_chunk)
-    rec = json.loads(done.read_text())
-    rec["p"] = [[0.99] * len(p) for p in rec["p"]]
-    done.write_text(json.dumps(rec))
+    rows = list(csv.reader(done.open(newline="")))
+    for r in rows:  # file, frame, status, single, p_<class>...
+        r[4 + CDI_CLASSES.index("empty")] = "0.990000"
+    with done.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
     screen_cdi(inputs, out, model=model, chunk_size=50)
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert all(r["p_empty"] == "0.990000" for r in rows[:50]) and rows[50]["p_empty"] != "0.990000"

@@ -12,7 +12,12 @@ never interprets labels.
   (2018) §2.1 decision, reading only the crop window where it can
   (:func:`diffscreen.screen.pipeline.predict_source`);
 * :class:`PerFrame`: any object with ``classify(frames)`` on whole frames,
-  e.g. the peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`).
+  e.g. the peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`);
+* :class:`CDIMethod`: a multi-label CDI model (Zimmermann et al. 2019), whose
+  decisions carry the sigmoid probabilities and the set of positive labels.
+
+Each method's ``outputs`` (:mod:`diffscreen.screen.outputs`) says how its
+decisions are written to scores.csv and counted in summary.json.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from diffscreen.errors import DiffscreenError, ModelFileError
+from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError
 from diffscreen.io.frame import check_frame
 from diffscreen.models.decision import decide
 from diffscreen.preprocess.geometry import geometry_warnings
+from diffscreen.screen.outputs import HitOutputs, MultiLabelOutputs
 from diffscreen.screen.pipeline import predict_source
 
-__all__ = ["FrameDecision", "ScreeningMethod", "CNNMethod", "PerFrame", "as_method", "problem_of"]
+__all__ = ["FrameDecision", "ScreeningMethod", "CNNMethod", "PerFrame", "CDIMethod", "as_method", "problem_of",
+           "load_cdi_model"]
 
 
 @dataclass
@@ -74,15 +81,26 @@ class ScreeningMethod(Protocol):
         Names of :attr:`FrameDecision.scores`, the scores.csv columns.
     identity : str
         Identifies the method and its settings (model file hash, parameters).
+    outputs : HitOutputs or MultiLabelOutputs
+        How its decisions are written and counted
+        (:mod:`diffscreen.screen.outputs`).
     """
 
     class_names: tuple
     score_columns: tuple
     identity: str
+    outputs: object
 
     def classify_source(self, src, indices) -> list:
         """One :class:`FrameDecision`, or a one-line problem (str), per index of the open source ``src``."""
         ...
+
+
+def _file_identity(path) -> str:
+    """First 16 hex digits of the SHA-256 of a model file, or ``"in-memory"``."""
+    if path and Path(path).is_file():
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return "in-memory"
 
 
 def problem_of(exc: BaseException) -> str:
@@ -122,12 +140,9 @@ class CNNMethod:
             raise ModelFileError(f"the model's classes {', '.join(self.class_names)} lack 'miss': screening needs a "
                                  "hit/maybe/miss model (a CDI model screens with --task cdi)", path=clf.bundle.path)
         self.score_columns = tuple(f"p_{c}" for c in self.class_names)
-        p = clf.bundle.path
-        self.path = p
-        if p and Path(p).is_file():
-            self.identity = hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
-        else:
-            self.identity = "in-memory"
+        self.outputs = HitOutputs(self.score_columns)
+        self.path = clf.bundle.path
+        self.identity = _file_identity(self.path)
 
     def classify(self, frames) -> list[FrameDecision]:
         """Decisions for frames in memory (a sequence of :class:`~diffscreen.io.frame.Frame`)."""
@@ -173,6 +188,7 @@ class PerFrame:
         self.score_columns = tuple(method.score_columns)
         self.identity = method.identity
         self.path = getattr(method, "path", None)
+        self.outputs = HitOutputs(self.score_columns)
 
     def classify_source(self, src, indices) -> list:
         """Read frames ``indices`` whole, refuse unusable ones (:func:`check_frame`), classify the rest.
@@ -200,3 +216,107 @@ class PerFrame:
 def as_method(method) -> ScreeningMethod:
     """``method`` as a :class:`ScreeningMethod`: itself, or wrapped in :class:`PerFrame` when it classifies frames."""
     return method if isinstance(method, ScreeningMethod) else PerFrame(method)
+
+
+#: errors.csv text for a frame whose multi-label probabilities are not finite
+NONFINITE_PROBABILITY = "the classifier gave a non-finite probability (NaN or inf); the frame is not classified"
+
+
+def load_cdi_model(path):
+    """Load a CDI model file and check that it is one.
+
+    Parameters
+    ----------
+    path : str or Path
+        A model written by ``diffscreen train --task cdi``.
+
+    Returns
+    -------
+    ModelBundle
+
+    Raises
+    ------
+    ConfigError
+        No path given, or the file holds a model for another task.
+    ModelFileError
+        Missing or corrupt file.
+    """
+    from diffscreen.models import load_model
+    from diffscreen.preprocess.cdi import CDIPreprocessConfig
+
+    if path is None:
+        raise ConfigError("--task cdi needs --model: there is no bundled CDI model; "
+                          "train one with `diffscreen train --task cdi`")
+    bundle = load_model(path)
+    if bundle.meta.get("task") != "cdi" or not isinstance(bundle.preprocess, CDIPreprocessConfig):
+        raise ConfigError(f"{path} is not a CDI model (task {bundle.meta.get('task', 'crystallography')!r})")
+    return bundle
+
+
+class CDIMethod:
+    """A multi-label CDI model as a screening method (Zimmermann et al. 2019).
+
+    Every frame is read whole, checked (:func:`check_frame`) and prepared
+    with the recipe stored in the model file (a diffraction image or a CCF
+    map, :func:`diffscreen.preprocess.cdi.prepare_cdi`); the network's
+    sigmoid outputs are the probabilities, a class is set at ``threshold``.
+    No frame is kept (no hits list): the labels are the result.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        From :func:`load_cdi_model`.
+    threshold : float
+        Probability at which a label is set, 0 < threshold < 1.
+
+    Raises
+    ------
+    ConfigError
+        ``threshold`` outside (0, 1).
+    """
+
+    def __init__(self, bundle, threshold: float = 0.5):
+        if not (0 < threshold < 1):
+            raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+        self.bundle, self.threshold = bundle, threshold
+        self.net = bundle.model.eval()
+        self.class_names = tuple(bundle.class_names)
+        self.score_columns = tuple(f"p_{n}" for n in self.class_names)
+        self.path = bundle.path
+        self.identity = f"{_file_identity(bundle.path)}:threshold={threshold!r}"
+        self.outputs = MultiLabelOutputs(self.class_names, threshold, bundle.path, bundle.preprocess.to_dict())
+
+    def classify_source(self, src, indices) -> list:
+        """Decisions for frames ``indices`` of an open source, one forward pass.
+
+        Returns
+        -------
+        list of FrameDecision or str
+            One per index; a str is the problem of a frame that could not be
+            read or prepared, or whose probabilities are not finite.
+            ``scores`` and ``probabilities`` are the sigmoid outputs,
+            ``label`` the positive class names joined by ``;``.
+        """
+        import torch
+
+        from diffscreen.preprocess.cdi import prepare_cdi
+
+        out, xs, ks = [None] * len(indices), [], []
+        for k, i in enumerate(indices):
+            try:
+                fr = check_frame(src.read(i))
+                xs.append(prepare_cdi(fr.data, self.bundle.preprocess, mask=fr.mask, meta=fr.meta))
+                ks.append(k)
+            except Exception as exc:  # noqa: BLE001 - one frame's failure is its problem
+                out[k] = problem_of(exc)
+        if not xs:
+            return out
+        with torch.no_grad():
+            P = torch.sigmoid(self.net(torch.from_numpy(np.stack(xs)[:, None]))).numpy()
+        for k, p in zip(ks, P):
+            if not np.isfinite(p).all():  # never a silent label from NaN probabilities
+                out[k] = NONFINITE_PROBABILITY
+                continue
+            label = ";".join(n for n, b in zip(self.class_names, p >= self.threshold) if b)
+            out[k] = FrameDecision(tuple(float(v) for v in p), label, False, p)
+        return out

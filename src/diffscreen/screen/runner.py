@@ -49,10 +49,8 @@ import json
 import math
 import shutil
 import time
-from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,69 +62,18 @@ from diffscreen.io.cxi import CXIWriter, merge_cxi
 from diffscreen.io.frame import check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
 from diffscreen.models.inference import Classifier
-from diffscreen.screen.method import CNNMethod, as_method, problem_of
+from diffscreen.screen.method import CDIMethod, CNNMethod, as_method, load_cdi_model, problem_of
+from diffscreen.screen.outputs import CDIScreenSummary, RunFacts, ScreenSummary
 
-__all__ = ["ScreenSummary", "screen", "SCORE_COLUMNS", "list_entry", "strict_json"]
+__all__ = ["screen", "screen_cdi", "SCORE_COLUMNS", "list_entry", "strict_json"]
 
 #: scores.csv columns of a screen with a hit/maybe/miss CNN
 SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
 #: errors.csv rows starting with this are warnings about a frame that was classified
 WARNING = "warning: "
-#: scores.csv label of a frame that could not be classified
-ERROR = "error"
-
-
-@dataclass
-class ScreenSummary:
-    """Result of a screening run.
-
-    Attributes
-    ----------
-    n_frames : int
-        Frames screened (errors included).
-    n_hit, n_maybe, n_miss, n_error : int
-        Frames per label.
-    n_warning : int
-        Warnings in errors.csv (``warning: ...``, e.g. geometry outside
-        physical ranges) about frames that were classified all the same.
-    hit_rate : float
-        Kept (hit + maybe) / frames classified.
-    frames_per_s : float
-        Frames classified per second of wall time in this invocation.
-    seconds : float
-    out_dir : str
-    model : str
-    resumed_chunks : int
-        Chunks taken from an interrupted earlier run.
-    """
-
-    n_frames: int = 0
-    n_hit: int = 0
-    n_maybe: int = 0
-    n_miss: int = 0
-    n_error: int = 0
-    n_warning: int = 0
-    hit_rate: float = float("nan")
-    frames_per_s: float = float("nan")
-    seconds: float = 0.0
-    out_dir: str = ""
-    model: str = ""
-    resumed_chunks: int = 0
-    errors: list = field(default_factory=list)
-
-    @property
-    def n_kept(self) -> int:
-        return self.n_hit + self.n_maybe
-
-    def text(self) -> str:
-        """Human-readable summary lines."""
-        return (
-            f"frames: {self.n_frames}  hits: {self.n_hit}  maybe: {self.n_maybe}  miss: {self.n_miss}  "
-            f"errors: {self.n_error}" + (f"  warnings: {self.n_warning}" if self.n_warning else "") + "\n"
-            f"hit rate (hit + maybe): {100 * self.hit_rate:.1f}%  speed: {self.frames_per_s:.1f} frames/s  "
-            f"({self.seconds:.1f} s)"
-        )
+#: status column of a partial chunk row whose frame failed (else 1 kept, 0 not kept)
+FAILED = "e"
 
 
 def list_entry(file: str, frame: int, single_frame: bool) -> str:
@@ -225,6 +172,7 @@ class _Chunk:
 
     def __init__(self, method, batch_size: int, write_cxi: bool):
         self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
+        self.cells = method.outputs.cells
         self.reader = FrameReader()
 
     def _decide(self, spec, indices) -> tuple[list, bool]:
@@ -240,7 +188,7 @@ class _Chunk:
         except Exception as exc:  # noqa: BLE001 - the batch's forward pass failed: each frame is an error
             return [problem_of(exc)] * len(indices), single
 
-    def _run_file(self, spec, indices, rows, errors, writer, blank) -> None:
+    def _run_file(self, spec, indices, rows, errors, writer) -> None:
         """One batch of one file's frames; only kept frames are read whole, to be written to hits.cxi."""
         results, single = self._decide(spec, indices)
         for i, d in zip(indices, results):
@@ -254,24 +202,24 @@ class _Chunk:
                     writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
                                   peaks=d.peaks)  # fmt: skip
             if why is not None:
-                rows.append([spec, i, *blank, ERROR, 0, 0])
+                rows.append([spec, i, FAILED, 0])
                 errors.append([spec, i, why])
             else:
-                rows.append([spec, i, *(f"{v:.6g}" for v in d.scores), d.label, int(d.keep), int(single)])
+                rows.append([spec, i, int(d.keep), int(single), *self.cells(d)])
                 errors.extend([spec, i, f"{WARNING}{w}"] for w in d.warnings)
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
+        """Screen ``items`` ((file, frame) pairs) and write the chunk's part files (its CSV last)."""
         rows, errors = [], []
         m = self.method
         writer = None
-        blank = [""] * len(m.score_columns)
         try:
             if self.write_cxi:
                 writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=m.class_names)
             for b in range(0, len(items), self.batch_size):
                 batch = items[b : b + self.batch_size]
                 for spec, group in itertools.groupby(batch, key=lambda item: item[0]):
-                    self._run_file(spec, [i for _, i in group], rows, errors, writer, blank)
+                    self._run_file(spec, [i for _, i in group], rows, errors, writer)
                 if progress:
                     progress(len(batch))
             if writer is not None:
@@ -350,6 +298,9 @@ def screen(
     Returns
     -------
     ScreenSummary
+        Or the summary type of the method's outputs
+        (:class:`~diffscreen.screen.outputs.CDIScreenSummary` for a
+        :class:`~diffscreen.screen.method.CDIMethod`).
 
     Raises
     ------
@@ -423,6 +374,60 @@ def screen(
         lock.release()
 
 
+def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float = 0.5, progress=None,
+               log=None, chunk_size: int = 512, resume: bool = True) -> CDIScreenSummary:
+    """Classify every frame of ``inputs`` into the 11 CDI classes: :func:`screen` with a :class:`CDIMethod`.
+
+    Outputs in ``out_dir`` (each written atomically; no hits list):
+
+    ``scores.csv``
+        ``file,frame,p_<class>…,<class>…,labels,rule_violation``: one row per
+        frame classified; ``p_*`` probabilities, the 0/1 columns the
+        multi-hot labels at ``threshold``, ``labels`` the positive class
+        names joined by ``;`` and ``rule_violation`` 1 when the predicted set
+        breaks a Fig. 2 rule (Zimmermann et al. 2019).
+    ``errors.csv``
+        ``file,frame,error`` for frames or files that could not be screened.
+    ``summary.json``
+        Counts per class, rule-violation rate, model, threshold, speed.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Frame specs (:func:`diffscreen.io.expand_inputs`): CXI runs, TIFFs, ...
+    out_dir : str or Path
+    model : str, Path or ModelBundle
+        A model written by ``diffscreen train --task cdi``.
+    batch_size : int
+    threshold : float
+        Probability at which a label is set (0 < threshold < 1).
+    progress : callable, optional
+        ``progress(total=None, advance=None)``.
+    log : ignored
+    chunk_size : int
+        Frames per resumable chunk.
+    resume : bool
+        Reuse the completed chunks of an interrupted screen with the same
+        inputs, model and threshold; False starts afresh.
+
+    Returns
+    -------
+    CDIScreenSummary
+
+    Raises
+    ------
+    ConfigError
+        Not a CDI model, or a bad threshold / batch size.
+    """
+    if not (0 < threshold < 1):
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ConfigError("batch_size and chunk_size must be >= 1")
+    bundle = model if hasattr(model, "model") else load_cdi_model(model)
+    return screen(inputs, out_dir, method=CDIMethod(bundle, threshold), batch_size=batch_size, chunk_size=chunk_size,
+                  resume=resume, write_cxi=False, progress=progress, comm=None)
+
+
 def _drop_empty_partial(part: Path) -> None:
     """After a failed run: remove ``.partial/`` when it holds no finished chunk (nothing to resume)."""
     try:
@@ -464,16 +469,11 @@ def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_c
     def finish():
         if failure is not None:
             raise failure
-        summary = _collect(out, part, n_chunks, file_errors, write_cxi, method.score_columns)
-        summary.seconds = time.time() - t0
-        summary.frames_per_s = n_done_now / t_work if t_work > 0 and n_done_now else float("nan")
-        summary.out_dir = str(out)
-        summary.model = getattr(method, "path", None) or method.identity
-        summary.resumed_chunks = resumed
-        record = asdict(summary)
-        record["errors"] = [{"file": f, "frame": i, "error": e} for f, i, e in summary.errors]
-        record["mpi_ranks"] = team.size
-        record["chunks_per_rank"] = team.chunks_per_rank
+        tally, errors, n_warning = _collect(out, part, n_chunks, file_errors, write_cxi, method.outputs)
+        facts = RunFacts(errors=errors, n_warning=n_warning, seconds=time.time() - t0, n_done_now=n_done_now,
+                         t_work=t_work, out_dir=str(out), model=getattr(method, "path", None) or method.identity,
+                         resumed_chunks=resumed, mpi_ranks=team.size, chunks_per_rank=team.chunks_per_rank)
+        summary, record = method.outputs.summary(tally, facts)
         atomic_write_text(out / "summary.json", strict_json(record))
         shutil.rmtree(part, ignore_errors=True)
         return summary
@@ -521,45 +521,53 @@ def _read_json(path: Path):
         return None
 
 
-def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi: bool, score_columns) -> ScreenSummary:
-    """Merge the chunks' part files into the final outputs, streaming (memory independent of the run's length)."""
-    s = ScreenSummary()
+def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi: bool, outputs):
+    """Merge the chunks' part files into the final outputs, streaming (memory independent of the run's length).
+
+    Returns
+    -------
+    tally
+        ``outputs.tally()`` after every classified frame's row was added.
+    errors : list of (file, frame, message)
+        errors.csv rows, warnings included.
+    n_warning : int
+    """
+    tally = outputs.tally()
     errors = list(file_errors)
-    labels, kept = Counter(), 0
+    n_warning = 0
+    failed = outputs.error_cells()
+    names = ("scores.csv", "errors.csv") + (("hits.lst",) if outputs.lists_hits else ())
     with ExitStack() as stack:  # files appear (are renamed) only when all are written; scores.csv last
-        paths = {n: stack.enter_context(temporary_path(out / n)) for n in ("scores.csv", "hits.lst", "errors.csv")}
+        paths = {n: stack.enter_context(temporary_path(out / n)) for n in names}
         fh_scores = stack.enter_context(open(paths["scores.csv"], "w", newline=""))
-        fh_lst = stack.enter_context(open(paths["hits.lst"], "w"))
-        w = csv.writer(fh_scores)
-        w.writerow(("file", "frame", *score_columns, "label"))
-        for spec, i, _ in file_errors:
-            w.writerow([spec, i, *[""] * len(score_columns), ERROR])
+        fh_lst = stack.enter_context(open(paths["hits.lst"], "w")) if outputs.lists_hits else None
+        w = csv.writer(fh_scores, lineterminator=outputs.lineterminator)
+        w.writerow(("file", "frame", *outputs.columns))
+        if failed is not None:
+            w.writerows([spec, i, *failed] for spec, i, _ in file_errors)
         for c in range(n_chunks):
             with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
                 for row in csv.reader(fh):
                     if row[0] == "#error":
                         errors.append((row[1], int(row[2]), row[3]))
-                        s.n_warning += row[3].startswith(WARNING)
+                        n_warning += row[3].startswith(WARNING)
                         continue
-                    spec, i, *vals, lab, keep, single = row
-                    w.writerow([spec, i, *vals, lab])
-                    if keep == "1":
+                    spec, i, status, single, *cells = row
+                    if status == FAILED:
+                        if failed is not None:
+                            w.writerow([spec, i, *failed])
+                        continue
+                    w.writerow([spec, i, *cells])
+                    if status == "1" and fh_lst is not None:
                         fh_lst.write(list_entry(spec, int(i), single == "1") + "\n")
-                        kept += 1
-                    if lab != ERROR:
-                        labels[lab] += 1
+                    tally.add(cells, status == "1")
         fh_scores.close()
-        fh_lst.close()
+        if fh_lst is not None:
+            fh_lst.close()
         with open(paths["errors.csv"], "w", newline="") as fh:
-            ew = csv.writer(fh)
+            ew = csv.writer(fh, lineterminator=outputs.lineterminator)
             ew.writerow(("file", "frame", "error"))
             ew.writerows(errors)
         if write_cxi:
             merge_cxi([part / f"chunk_{c:06d}.cxi" for c in range(n_chunks)], out / "hits.cxi")
-    s.n_hit, s.n_maybe, s.n_miss = labels["hit"], labels["maybe"], labels["miss"]
-    s.n_error = len(errors) - s.n_warning
-    classified = sum(labels.values())
-    s.n_frames = classified + sum(1 for e in errors if e[1] >= 0 and not e[2].startswith(WARNING))
-    s.hit_rate = kept / classified if classified else float("nan")
-    s.errors = errors
-    return s
+    return tally, errors, n_warning
