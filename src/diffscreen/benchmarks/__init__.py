@@ -4,6 +4,9 @@ One module per paper.  Each exposes ``run(out_dir, *, quick=False, seed=...)``
 that runs the experiments, writes ``docs/benchmarks/<paper>.md`` (our numbers
 beside the paper's) with its PNG figures, and returns the numbers as a dict so
 that tests can assert the qualitative findings of the ``--quick`` mode.
-Benchmarks sit beside the pipeline: they may import every other subpackage,
-including ``simulate`` and ``baselines``.
+What every module shares (run folders, job caches keyed by a hash of their
+settings, the process pool, keep-decision scores, findings, markdown tables,
+figures and the ``.md`` / ``.json`` writer) is in ``_harness``; each paper's
+module keeps only its experiments.  Benchmarks sit beside the pipeline: they
+may import every other subpackage, including ``simulate`` and ``baselines``.
 """
