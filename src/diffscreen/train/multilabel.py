@@ -64,27 +64,12 @@ class MultiLabelConfig:
 
 @dataclass
 class MultiLabelResult:
-    """What :func:`train_multilabel` returns.
+    """What :func:`train_multilabel` returns."""
 
-    Attributes
-    ----------
-    model : torch.nn.Module
-        The best-validation-Accuracy model, in eval mode.
-    history : list of dict
-        Per epoch: ``epoch``, ``lr``, ``train_bce``, validation metrics, ``seconds``.
-    best : dict
-        Validation metrics of the kept epoch (``epoch`` included).
-    max : dict
-        Maximum over the epochs of accuracy, precision and recall (as the paper's tables), and
-        ``violation_rate_min``.
-    model_path : Path or None
-    seconds : float
-    """
-
-    model: object
-    history: list
-    best: dict
-    max: dict
+    model: object  #: the best-validation-Accuracy torch.nn.Module, in eval mode
+    history: list  #: per epoch: ``epoch``, ``lr``, ``train_bce``, validation metrics, ``seconds``
+    best: dict  #: validation metrics of the kept epoch (``epoch`` included)
+    max: dict  #: maxima over the epochs of accuracy, precision, recall (the paper's tables); ``violation_rate_min``
     model_path: Path | None = None
     seconds: float = 0.0
 
