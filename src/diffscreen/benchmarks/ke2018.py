@@ -368,6 +368,19 @@ def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> d
     return out
 
 
+def _jobs(st: Settings, ray: tuple, lin_targets: list) -> list:
+    """(name, presets, contrast, size) of every CNN the tables need: per preset, Rayonix groups, Table 7, Table 8."""
+    jobs = [(p, (p,), "lcn", None) for p in st.presets]
+    if len(ray) > 1:
+        jobs.append(("Rayonix", ray, "lcn", None))
+    if ray and "LG36" in st.presets:
+        jobs.append(("Rayonix+LG36", ray + ("LG36",), "lcn", None))
+        if "L498" in st.presets:
+            jobs.append(("Rayonix+LG36+L498", ray + ("LG36", "L498"), "lcn", None))
+        jobs += [(f"size{n}", ray + ("LG36",), "lcn", n) for n in st.train_sizes]
+    return jobs + [(f"linear_{name}", ps, "linear", None) for name, ps in lin_targets]
+
+
 def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: Settings | None = None,
         log=print) -> dict:  # fmt: skip
     """Run the Ke et al. (2018) experiments and write the report.
@@ -407,17 +420,9 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
                                for p, d in data.items()}  # fmt: skip
 
     ray = tuple(p for p in RAYONIX if p in st.presets)
-    jobs = [(p, (p,), "lcn", None) for p in st.presets]
-    if len(ray) > 1:
-        jobs.append(("Rayonix", ray, "lcn", None))
-    if ray and "LG36" in st.presets:
-        jobs.append(("Rayonix+LG36", ray + ("LG36",), "lcn", None))
-        if "L498" in st.presets:
-            jobs.append(("Rayonix+LG36+L498", ray + ("LG36", "L498"), "lcn", None))
-        jobs += [(f"size{n}", ray + ("LG36",), "lcn", n) for n in st.train_sizes]
     group_rayonix = "Rayonix" if len(ray) > 1 else (ray[0] if ray else None)
     lin_targets = ([("Rayonix", ray)] if ray else []) + [(p, (p,)) for p in CSPAD if p in st.presets]
-    jobs += [(f"linear_{name}", ps, "linear", None) for name, ps in lin_targets]
+    jobs = _jobs(st, ray, lin_targets)
     log(f"training {len(jobs)} CNNs on {workers} processes")
     models = dict(pool_map(train_group, [(*j, st, work) for j in jobs], workers))
     torch.set_num_threads(1)
@@ -461,17 +466,11 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     # Table 4: Rayonix presets against each other
     results["table4"] = {a: {b: score(a, (b,))["success_rate"] for b in ray} for a in ray}
     # Tables 5-6: groups
-    groups = {}
-    if group_rayonix:
-        groups["Rayonix"] = ray
-    for p in CSPAD:
-        if p in st.presets:
-            groups[p] = (p,)
-    tests = {g: ps for g, ps in groups.items()}
+    tests = {**({"Rayonix": ray} if group_rayonix else {}), **{p: (p,) for p in CSPAD if p in st.presets}}
     train_names = {"Rayonix": group_rayonix, **{p: p for p in CSPAD if p in st.presets}}
-    results["table5"] = {g: {t: score(train_names[g], ps)["success_rate"] for t, ps in tests.items()} for g in groups}
+    results["table5"] = {g: {t: score(train_names[g], ps)["success_rate"] for t, ps in tests.items()} for g in tests}
     results["table5_balanced"] = {g: {t: score(train_names[g], ps)["balanced_success"] for t, ps in tests.items()}
-                                  for g in groups}  # fmt: skip
+                                  for g in tests}  # fmt: skip
     t6 = {}
     for name in ("Rayonix", "Rayonix+LG36", "Rayonix+LG36+L498"):
         m = group_rayonix if name == "Rayonix" else name
