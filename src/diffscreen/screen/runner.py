@@ -1,6 +1,6 @@
 """Screening a run: classify every frame, keep the hits (the main job).
 
-Outputs::
+Outputs of a single-label method (hit/maybe/miss CNN, peakfinder8)::
 
     DIR/scores.csv    file,frame,<scores>,label   (label: a class name, or error)
                       <scores> = p_hit,p_maybe,p_miss for a CNN, n_peaks for peakfinder8
@@ -9,6 +9,9 @@ Outputs::
     DIR/errors.csv    file,frame,error for every frame or file that failed
     DIR/summary.json  frames, hits, hit rate, frames/s, model
 
+A multi-label CDI method (:func:`screen_cdi`) writes its own scores.csv
+and summary.json and no hits (:class:`~diffscreen.screen.outputs.MultiLabelOutputs`).
+
 Work is done in chunks whose results go to ``DIR/.partial/``; a chunk is
 complete once its CSV exists, so an interrupted run resumes where it
 stopped.  Final files appear only at the end, each written to a temporary
@@ -16,28 +19,29 @@ name and renamed.
 
 The per-frame decision comes from a *screening method*
 (:class:`~diffscreen.screen.method.ScreeningMethod`): it gives each frame's
-scores, label and whether it is kept; this module never interprets labels.
-:class:`~diffscreen.screen.method.CNNMethod` wraps a trained model; the
-peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`) decides on
-whole frames (:class:`~diffscreen.screen.method.PerFrame`).
+scores, label and whether it is kept, and its ``outputs`` give the
+scores.csv cells and the summary; this module never interprets labels.
 
 The walk of one frame (every step calls downward, none climbs back)::
 
-    cli                         screen ... (the command line)
-    screen.runner.screen        setup: _work_list -> io.open_source (count frames)
-    screen.runner._Chunk.run    per batch of one file's frames (the file opened once per chunk)
-      _Chunk._decide            -> FrameReader.source -> io.open_source
-        CNNMethod.classify_source      (screen.method)
+    cli.screen                       the command line -> screen.screen / screen.screen_cdi
+    screen.runner.screen             setup: _work_list -> io.open_source (count the frames)
+    screen.runner._Chunk.run         per batch of one file's frames (each file opened once per chunk)
+      _Chunk._decide                 FrameReader.source -> io.open_source
+        screen.method.CNNMethod.classify_source
           screen.pipeline.predict_source
-            io FrameSource.read_meta / frame_shape      (window path)
+            io FrameSource.read_meta, .frame_shape       (window path)
             preprocess.fast.FastPreprocessor.plan
-            io FrameSource.read_region                  (or .read + io.frame.check_frame)
-            preprocess ... from_region / prepare / resample, screen.pipeline.check_window
-            preprocess ... normalise_inplace
-            models.inference.Classifier.predict_batch   (the network)
-          models.decision.decide        (Ke et al. 2018 §2.1)
-      _Chunk._run_file          kept frames: io FrameSource.read -> io.cxi.CXIWriter.append
-    screen.runner._collect      chunk files -> scores.csv, hits.lst, errors.csv, hits.cxi
+            io FrameSource.read_region                   (whole-frame path: .read, io.frame.check_frame)
+            preprocess FastPreprocessor.from_region / .prepare + screen.pipeline.check_window + .resample
+            preprocess FastPreprocessor.normalise_inplace
+            models.inference.Classifier.predict_batch    (the network)
+          models.decision.decide                         (Ke et al. 2018 §2.1)
+        (or screen.method.PerFrame / CDIMethod.classify_source: io .read, io.frame.check_frame,
+         the method's own classify / preprocess.cdi.prepare_cdi and network)
+      _Chunk._run_file               outputs.cells -> chunk CSV; kept frames: io .read -> io.cxi.CXIWriter.append
+    screen.runner._collect           chunk CSVs -> scores.csv, hits.lst, errors.csv, hits.cxi; outputs tally
+    screen.outputs ... .summary      ScreenSummary / CDIScreenSummary -> summary.json
 """
 
 from __future__ import annotations
