@@ -33,3 +33,16 @@ def test_metrics_edge_cases():
         confusion_matrix(["hit"], ["bogus"], ["hit", "miss"])
     with pytest.raises(LabelError, match="no labelled frames"):
         evaluate_labels([], [])
+
+
+def test_balanced_accuracy_and_the_epoch_selection_score():
+    from diffscreen.evaluate.metrics import balanced_accuracy, selection_accuracy
+
+    assert balanced_accuracy([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert math.isnan(balanced_accuracy([], []))
+    probs = np.array([[0.6, 0.1, 0.3], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]])
+    y = np.array([1, 2, 0, 2])
+    # keep decision P(hit) + P(maybe) > P(miss): keep, drop, drop, keep; hit-or-maybe 1 of 2 kept, miss 1 of 2 dropped
+    assert selection_accuracy(probs, y, ("hit", "maybe", "miss")) == pytest.approx(0.5)
+    # without a miss class: mean recall of the argmax over the classes present
+    assert selection_accuracy(probs, y, ("a", "b", "c")) == pytest.approx((0 + 0 + 1) / 3)

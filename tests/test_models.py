@@ -128,3 +128,22 @@ def test_bundled_fast_model_by_name_and_a_file_of_that_name_wins(tmp_path, monke
     assert main(["model-info", "fast"]) == 0
     out = capsys.readouterr().out
     assert "ke2018_fast.safetensors" in out and '"out_size": 240' in out
+
+
+def test_predict_arrays_batches_softmax_and_sigmoid():
+    import numpy as np
+    import torch
+
+    from diffscreen.models.batch import predict_arrays
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = np.random.default_rng(0).normal(size=(10, 1, 4, 4)).astype(np.float16)
+    p = predict_arrays(net, x, batch_size=3)
+    assert p.shape == (10, 3) and p.dtype == np.float32 and not net.training
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-6)
+    np.testing.assert_allclose(p, predict_arrays(net, x, batch_size=64), rtol=1e-6)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(x.astype(np.float32)))).numpy()
+    np.testing.assert_allclose(predict_arrays(net, x, multilabel=True), ref, rtol=1e-6)
+    assert predict_arrays(net, x[:0]).shape == (0, 0)

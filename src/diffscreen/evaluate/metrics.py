@@ -21,6 +21,7 @@ __all__ = [
     "evaluate_labels",
     "HIT_GROUP",
     "balanced_accuracy",
+    "selection_accuracy",
 ]
 
 #: Ke Table 3 groups Hit and Maybe against Miss.
@@ -120,6 +121,35 @@ def balanced_accuracy(pred, true) -> float:
     if len(true) == 0:
         return float("nan")
     return float(np.mean([(pred[true == c] == c).mean() for c in np.unique(true)]))
+
+
+def selection_accuracy(probs, true, class_names=None) -> float:
+    """Balanced accuracy that picks the best training epoch (Xie et al. 2022 §3.1).
+
+    With a ``"miss"`` class, that of the keep decision (``P(hit) + P(maybe) > P(miss)``, Ke et al. 2018
+    §2.1), the binary task Xie et al. score ("we merge Hit and Maybe"); else :func:`balanced_accuracy`
+    over the classes.
+
+    Parameters
+    ----------
+    probs : (N, C) float ndarray
+        Class probabilities.
+    true : (N,) int array
+        True class indices into ``class_names``.
+    class_names : sequence of str, optional
+
+    Returns
+    -------
+    float
+        NaN for empty input.
+    """
+    true = np.asarray(true)
+    if class_names is not None and "miss" in class_names:
+        from diffscreen.models.decision import decide
+
+        keep, _ = decide(probs, class_names)
+        return balanced_accuracy(keep.astype(int), (true != list(class_names).index("miss")).astype(int))
+    return balanced_accuracy(np.asarray(probs).argmax(1), true)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from diffscreen.errors import ConfigError
-from diffscreen.evaluate.metrics import balanced_accuracy
+from diffscreen.evaluate.metrics import selection_accuracy
 from diffscreen.models.batch import predict_arrays
 from diffscreen.train.data import frame_items, samples_to_arrays
 from diffscreen.train.engine import TrainConfig, TrainResult, check_arrays, fit_balanced, make_optimizer, save_trained
@@ -83,22 +83,11 @@ def set_train_mode(model: nn.Module) -> nn.Module:
 
 
 def validation_score(model, x_val, y_val, class_names=None) -> float:
-    """Validation balanced accuracy used to pick the best epoch (NaN without validation data).
-
-    With a ``"miss"`` class, that of the keep decision (``P(hit) + P(maybe) > P(miss)``, Ke §2.1), the binary task
-    Xie et al. score (§3.1: "we merge Hit and Maybe"); else the mean recall over the classes. ``x_val`` (N, 1, S,
-    S) or (N, 1, S) float, ``y_val`` (N,) int.
-    """
+    """:func:`~diffscreen.evaluate.metrics.selection_accuracy` of ``model`` on ``x_val`` ((N, 1, S, S) or
+    (N, 1, S) float) against ``y_val`` ((N,) int); NaN without validation data."""
     if x_val is None or len(x_val) == 0:
         return float("nan")
-    probs = predict_arrays(model, x_val)
-    y = np.asarray(y_val)
-    if class_names is not None and "miss" in class_names:
-        from diffscreen.models.decision import decide
-
-        keep, _ = decide(probs, class_names)
-        return balanced_accuracy(keep.astype(int), (y != list(class_names).index("miss")).astype(int))
-    return balanced_accuracy(probs.argmax(1), y)
+    return selection_accuracy(predict_arrays(model, x_val), y_val, class_names)
 
 
 def balance_groups(y, class_names=None) -> np.ndarray:
