@@ -118,7 +118,7 @@ class Best:
 
 def _resume(ck: Checkpoint, model, opt, log):
     ck_ = torch.load(ck.path, weights_only=True, map_location=next(model.parameters()).device)
-    if json.loads(ck_["run_id"]) != json.loads(json.dumps(ck.run_id)):
+    if "best" not in ck_ or json.loads(ck_["run_id"]) != json.loads(json.dumps(ck.run_id)):  # (or an older format)
         raise ConfigError(f"a checkpoint from a different training run exists; remove it or {ck.hint}",
                           path=ck.path)
     model.load_state_dict(ck_["model"])

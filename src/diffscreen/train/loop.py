@@ -65,9 +65,7 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
         Training and validation frames (``val`` may be empty: the last epoch is kept).
     out_path : str or Path
         Model file to write (``.safetensors``); the checkpoint ``<out_path>.ckpt`` is removed at the end.
-    config : TrainConfig
-    preprocess : PreprocessConfig
-    class_names : sequence of str
+    config, preprocess, class_names : TrainConfig, PreprocessConfig, sequence of str
     test : list of Sample, optional
         Held-out frames scored with the best model; metrics go in the file.
     data_description : dict, optional
@@ -192,15 +190,12 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
 
     Parameters
     ----------
-    x_train : (N, 1, S, S) float16/float32 ndarray
-        Preprocessed inputs (not modified).
-    y_train : (N,) int ndarray
-        Class indices into ``class_names``.
+    x_train, y_train : (N, 1, S, S) float16/float32 ndarray, (N,) int ndarray
+        Preprocessed inputs (not modified) and class indices into ``class_names``.
     out_path : str or Path
-        Model file to write.
+        Model file to write, with ``preprocess`` (the inputs' recipe) and ``data_description``.
     class_names : sequence of str
     preprocess : PreprocessConfig
-        The recipe that produced the inputs (stored in the model file).
     config : TrainConfig
         Default ``TrainConfig(optimizer="adam")``; ``workers`` is unused.
     x_val, y_val : arrays, optional

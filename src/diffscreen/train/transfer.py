@@ -97,16 +97,7 @@ def balance_groups(y, class_names=None) -> np.ndarray:
     three classes would draw it as often as all misses, teaching a 2:1 prior for keeping a frame; balancing
     hit-or-maybe (in their natural ratio) against miss keeps the decision unbiased.
 
-    Parameters
-    ----------
-    y : (N,) int array
-        Class indices.
-    class_names : sequence of str, optional
-
-    Returns
-    -------
-    (N,) int ndarray
-        ``y != miss`` as 0/1 with a ``"miss"`` class, else ``y``.
+    Returns ``y != miss`` as (N,) int64 0/1 with a ``"miss"`` class in ``class_names``, else ``y`` ((N,) int).
     """
     y = np.asarray(y)
     if class_names is not None and "miss" in class_names:
@@ -122,8 +113,7 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     ----------
     model : torch.nn.Module
         Trained in place (frozen parameters untouched, :func:`freeze_base`); left with the best epoch's weights.
-    x : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray
-    y : (N,) int ndarray
+    x, y : (N, 1, S, S) or (N, 1, S) float16/float32 ndarray, (N,) int ndarray
     config : TrainConfig
         ``workers``, ``threads``, ``arch`` are unused.
     x_val, y_val : arrays, optional
@@ -131,11 +121,10 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     class_names : sequence of str, optional
         With a ``"miss"`` class, batches are balanced over, and epochs scored on, the keep decision
         (:func:`balance_groups`, :func:`validation_score`); otherwise over the classes.
-    augment : callable, optional
-        ``augment(xb, rng) -> xb`` on each mini-batch (e.g. :func:`~diffscreen.train.loop.dihedral_augment`).
+    augment, log
+        As :func:`~diffscreen.train.loop.train_on_arrays`.
     stage : str, optional
         Recorded in every history row.
-    log : callable
     seed_offset : int
         Added to ``config.seed`` for batch drawing (distinct stages draw distinct batches).
 
