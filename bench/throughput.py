@@ -5,7 +5,7 @@ Rayonix frames of the LN84 preset, written as a CXI run):
 
 * the memory floor: reading every pixel of a frame once (``np.sum`` of the
   int32 frame already in memory);
-* every stage of the fast screening path (:meth:`Classifier.predict_source`):
+* every stage of the fast screening path (:func:`diffscreen.screen.pipeline.predict_source`):
   metadata, the crop window's hyperslab read from HDF5, masking, sparse
   resampling, GCN + LCN, the network (BatchNorm folded), the Ke et al. (2018)
   §2.1 decision; and the whole path end to end from the file, uncompressed and
@@ -267,12 +267,13 @@ def end_to_end(model_path: str, run_path: str, n: int, repeats: int, *, fast: bo
     from diffscreen.io import open_source
     from diffscreen.models import decide
     from diffscreen.models.inference import Classifier
+    from diffscreen.screen.pipeline import predict_source
 
     clf = Classifier(model_path, fast=fast)
     res = {}
     with open_source(run_path) as src:
         def go():
-            p, err = clf.predict_source(src, range(n))
+            p, err = predict_source(clf, src, range(n))
             if err:
                 raise RuntimeError(f"frames failed: {err}")
             res["keep"], _ = decide(p, clf.class_names)
@@ -312,13 +313,14 @@ def _worker(args):
     from diffscreen.io import open_source
     from diffscreen.models import decide
     from diffscreen.models.inference import Classifier
+    from diffscreen.screen.pipeline import predict_source
 
     clf = Classifier(model_path)
     with open_source(run_path) as src:
-        clf.predict_source(src, indices[:4])  # warm: caches, first-call costs
+        predict_source(clf, src, indices[:4])  # warm: caches, first-call costs
         barrier.wait()
         t0, c0 = time.time(), time.process_time()
-        p, err = clf.predict_source(src, indices)
+        p, err = predict_source(clf, src, indices)
         if err:
             raise RuntimeError(f"frames failed: {err}")
         decide(p, clf.class_names)

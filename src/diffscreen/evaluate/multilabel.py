@@ -271,7 +271,7 @@ def evaluate_cdi_scores(scores_csv, runs, *, threshold: float = 0.5) -> dict:
     Parameters
     ----------
     scores_csv : str or Path
-        ``file,frame,p_<class>…`` as :func:`diffscreen.screen.cdi.screen_cdi` writes it.
+        ``file,frame,p_<class>…`` as :func:`diffscreen.screen.screen_cdi` writes it.
     runs : sequence of str or Path
         The simulated CDI runs that were screened.
     threshold : float
