@@ -435,7 +435,7 @@ def _load(spec: str) -> dict:
 
     from diffscreen.models import load_model
     from diffscreen.models.inference import Classifier
-    from diffscreen.screen.runner import CNNMethod
+    from diffscreen.screen import CNNMethod
 
     b = load_model(spec)
     CNNMethod(Classifier(b))
