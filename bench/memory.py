@@ -135,13 +135,13 @@ def stage_probe(args) -> dict:
 
     method = CNNMethod(Classifier(args.model))
     if args.leak_kb:  # self-check of the measurement: keep memory per frame alive
-        kept, classify = [], method.classify
+        kept, classify = [], method.classify_source
 
-        def leaky(frames):
-            kept.extend(bytearray(b"\x01") * (args.leak_kb * 1024) for _ in frames)  # written: resident
-            return classify(frames)
+        def leaky(src, indices):
+            kept.extend(bytearray(b"\x01") * (args.leak_kb * 1024) for _ in indices)  # written: resident
+            return classify(src, indices)
 
-        method.classify = leaky
+        method.classify_source = leaky
     # Loading the model (and compiling) has a one-off peak that differs from process to process by tens of
     # MB whatever the run's length; the screen's own peak is measured from here on.
     reset = reset_peak()
