@@ -144,10 +144,6 @@ class CNNMethod:
         self.path = clf.bundle.path
         self.identity = _file_identity(self.path)
 
-    def classify(self, frames) -> list[FrameDecision]:
-        """Decisions for frames in memory (a sequence of :class:`~diffscreen.io.frame.Frame`)."""
-        return self._decisions(self.clf.predict(frames))
-
     def _decisions(self, probs) -> list[FrameDecision]:
         keep, labels = decide(probs, self.class_names)
         return [FrameDecision(tuple(float(v) for v in p), lab, bool(k), p) for p, k, lab in zip(probs, keep, labels)]
