@@ -24,7 +24,7 @@ pixels, overload markers, off-centre beams).
 ``--frames`` frames per preset (``--wide-frames`` for the ``wide_*`` ones;
 seeds 4001, 4002, ... in preset order; hit / maybe / miss fractions 0.3 /
 0.2 / 0.5), each with a random crop shift and the metadata faults of real
-headers (:func:`diffscreen.benchmarks.generalisation.randomise_meta`); the
+headers (:func:`diffscreen.simulate.metadata.randomise_meta`); the
 last 20 % of each preset validate (the epoch with the best validation
 accuracy is kept).  Inputs are cached in ``--work`` as float16, so a rerun
 only trains.  ``--install`` copies the model over the bundled file in
@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--install", action="store_true", help="copy the model over the bundled one")
     args = ap.parse_args()
 
-    from diffscreen.benchmarks.generalisation import CLASSES, load_inputs, make_inputs
+    from diffscreen.io.frame import CLASS_NAMES as CLASSES
+    from diffscreen.simulate.metadata import load_inputs, make_inputs
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.simulate.presets import FAMILIES
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffscreen.benchmarks import ke2018
-from diffscreen.benchmarks._harness import keep_scores
+from diffscreen.evaluate.metrics import keep_scores
 
 
 def test_scores_follow_ke_eq_10_and_the_keep_decision():

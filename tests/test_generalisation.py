@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from diffscreen.benchmarks import generalisation as g
+from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
+from diffscreen.simulate.metadata import META_FAULTS, randomise_meta
 from diffscreen.io.frame import FrameMeta
 
 
@@ -18,31 +20,31 @@ def test_keep_balanced_accuracy_counts_hit_or_maybe_against_miss():
                   [0.3, 0.3, 0.4],     # kept: wrong
                   [0.0, 0.1, 0.9],     # dropped, right
                   [0.1, 0.1, 0.8]])    # dropped: wrong
-    assert g.keep_balanced_accuracy(y, p) == pytest.approx((2 / 3 + 2 / 3) / 2)
-    assert math.isnan(g.keep_balanced_accuracy(np.array([2, 2]), p[:2]))
+    assert keep_balanced_accuracy(y, p) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert math.isnan(keep_balanced_accuracy(np.array([2, 2]), p[:2]))
 
 
 def test_t_interval_is_students():
-    m, lo, hi = g.t_interval([0.9, 0.92, 0.97])
+    m, lo, hi = t_interval([0.9, 0.92, 0.97])
     assert m == pytest.approx(0.93)
     # t(0.975, 2) = 4.303, sd = 0.03606, n = 3
     assert hi - m == pytest.approx(4.303 * 0.036056 / math.sqrt(3), rel=1e-3)
     assert m - lo == pytest.approx(hi - m)
-    assert math.isnan(g.t_interval([0.5])[1])
+    assert math.isnan(t_interval([0.5])[1])
 
 
 def test_randomise_meta_draws_each_fault_and_never_touches_the_input():
     meta = FrameMeta("x.cxi", 3, pixel_size_mm=0.1, beam_center_px=(500.0, 510.0), distance_mm=120.0,
                      wavelength_A=1.3)
     rng = np.random.default_rng(0)
-    outs = [g.randomise_meta(meta, (1000, 1000), rng) for _ in range(2000)]
+    outs = [randomise_meta(meta, (1000, 1000), rng) for _ in range(2000)]
     assert meta.distance_mm == 120.0 and meta.beam_center_px == (500.0, 510.0)  # input unchanged
     no_geom = np.mean([o.pixel_size_mm is None for o in outs])
     no_centre = np.mean([o.beam_center_px is None for o in outs])
     moved = np.mean([o.beam_center_px not in (None, (500.0, 510.0)) for o in outs])
-    assert no_geom == pytest.approx(g.META_FAULTS["no_geometry"], abs=0.03)
-    assert no_centre == pytest.approx(g.META_FAULTS["no_beam_centre"], abs=0.03)
-    assert moved == pytest.approx((1 - g.META_FAULTS["no_beam_centre"]) * g.META_FAULTS["centre_error"], abs=0.03)
+    assert no_geom == pytest.approx(META_FAULTS["no_geometry"], abs=0.03)
+    assert no_centre == pytest.approx(META_FAULTS["no_beam_centre"], abs=0.03)
+    assert moved == pytest.approx((1 - META_FAULTS["no_beam_centre"]) * META_FAULTS["centre_error"], abs=0.03)
     d = [o.distance_mm for o in outs if o.distance_mm not in (None, 120.0)]
     assert d and 0.8 * 120 <= min(d) and max(d) <= 1.25 * 120
 

@@ -3,8 +3,8 @@
 Each paper's module keeps only its experiments and calls these.  Caches are
 keyed by a hash of the settings that make them (:func:`digest`) and written
 atomically (:mod:`diffscreen.io.atomic`), so an interrupted run resumes.  The
-keep decision scored everywhere is Ke et al. (2018) Eq. 4: a frame is kept
-(hit or maybe) when P(hit) + P(maybe) > P(miss).
+keep decision scored everywhere (:func:`diffscreen.evaluate.metrics.keep_scores`)
+is Ke et al. (2018) Eq. 4: a frame is kept (hit or maybe) when P(hit) + P(maybe) > P(miss).
 """
 
 from __future__ import annotations
@@ -92,43 +92,6 @@ def rate(call, items) -> float:
     return len(items) / (time.perf_counter() - t)
 
 
-def pct(pred, among) -> float:
-    """Percentage of ``pred`` true among the frames where ``among`` is true (NaN if none)."""
-    return 100 * float(np.asarray(pred)[among].mean()) if np.any(among) else float("nan")
-
-
-def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Scores of the keep decision (Ke Eq. 4) against the truth hit or maybe (labels 0, 1) versus miss (2).
-
-    Parameters
-    ----------
-    probs : (N, 3) float ndarray
-        P(hit), P(maybe), P(miss).
-    labels : (N,) int ndarray
-
-    Returns
-    -------
-    dict
-        ``success_rate`` (Ke Eq. 10: % of frames whose keep decision is
-        right), ``balanced_success`` (mean of the kept % of hit-or-maybe
-        frames and the dropped % of misses), ``accuracy_3class`` (% argmax
-        right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN where the
-        class is absent), ``n``.
-    """
-    keep_pred = probs[:, 0] + probs[:, 1] > probs[:, 2]
-    keep_true = labels != 2
-    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
-    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
-    return {
-        "success_rate": 100 * float((keep_pred == keep_true).mean()),
-        "balanced_success": 100 * float(np.nanmean([tpr, tnr])),
-        "accuracy_3class": 100 * float((probs.argmax(1) == labels).mean()),
-        "kept_of_hit_or_maybe": pct(keep_pred, keep_true),
-        "kept_of_miss": pct(keep_pred, ~keep_true),
-        "n": int(len(labels)),
-    }
-
-
 def finding(rows) -> dict | None:
     """One finding from its ``(detail, holds)`` rows: ``{"holds": all hold, "detail": "; "-joined}``; None if no rows."""
     rows = list(rows)
@@ -149,6 +112,11 @@ def findings_lines(findings: dict, asserted=()) -> list[str]:
 def table_head(*columns: str) -> list[str]:
     """The two header lines of a markdown table with these columns."""
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def table(columns, rows) -> list[str]:
+    """The lines of a markdown table: its header with ``columns``, then one line per row (a sequence of cells)."""
+    return table_head(*columns) + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def fmt(v, nd: int = 1) -> str:

@@ -11,7 +11,7 @@ decision (hit or maybe against miss, Ke §2.1), with a 95 % t-interval over
 seeds.
 
 Training inputs are drawn the way the bundled models are trained
-(:func:`make_inputs`): a random crop shift up to ``max_shift``, and the
+(:func:`diffscreen.simulate.metadata.make_inputs`): a random crop shift up to ``max_shift``, and the
 metadata randomised as real files get it wrong or leave it out (no geometry,
 a beam centre off by a few pixels, a wrong distance), so the network learns
 not to lean on a perfect header.
@@ -19,168 +19,18 @@ not to lean on a perfect header.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import digest, pool_map, predict, save_npz, table_head, write_json
+from diffscreen.benchmarks._harness import predict, table_head, write_json
+from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
+from diffscreen.io.frame import CLASS_NAMES as CLASSES
+from diffscreen.simulate.metadata import load_inputs, make_inputs
 
-__all__ = ["CLASSES", "make_inputs", "load_inputs", "keep_balanced_accuracy", "t_interval", "run_generalisation",
-           "real_frame_scores", "report_markdown", "bundled_model_path", "dials_peer_lines"]
-
-CLASSES = ("hit", "maybe", "miss")
-#: Probabilities of the metadata faults drawn per training frame (see :func:`randomise_meta`).
-META_FAULTS = {"no_geometry": 0.2, "no_beam_centre": 0.2, "centre_error": 0.3, "centre_error_px": 5.0,
-               "distance_error": 0.15}
-
-
-def randomise_meta(meta, shape, rng: np.random.Generator):
-    """A copy of a frame's metadata with the faults real headers have.
-
-    With the probabilities of :data:`META_FAULTS`: no geometry at all (pixel
-    size, distance, wavelength unknown: the fallback scaling is used), no
-    beam centre, a beam centre off by N(0, 3 px) per axis, a distance off by
-    a factor in [0.8, 1.25].
-
-    Parameters
-    ----------
-    meta : FrameMeta
-    shape : (int, int)
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    FrameMeta
-        A new object; ``meta`` is not modified.
-    """
-    m = dataclasses.replace(meta, extra=dict(meta.extra))
-    if rng.random() < META_FAULTS["no_geometry"]:
-        m.pixel_size_mm = m.distance_mm = m.wavelength_A = None
-    elif rng.random() < META_FAULTS["distance_error"] and m.distance_mm:
-        m.distance_mm = m.distance_mm * float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    if rng.random() < META_FAULTS["no_beam_centre"]:
-        m.beam_center_px = None
-    elif rng.random() < META_FAULTS["centre_error"] and m.beam_center_px is not None:
-        e = rng.normal(0.0, META_FAULTS["centre_error_px"], 2)
-        m.beam_center_px = (m.beam_center_px[0] + float(e[0]), m.beam_center_px[1] + float(e[1]))
-    return m
-
-
-def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, train: bool) -> str:
-    """Simulate and preprocess one preset's frames into a cached npz (see :func:`make_inputs`) → its path."""
-    import torch
-
-    from diffscreen.io.frame import Frame
-    from diffscreen.preprocess import PreprocessConfig
-    from diffscreen.preprocess.fast import FastPreprocessor
-    from diffscreen.simulate import Simulator
-
-    torch.set_num_threads(1)
-    path = Path(work) / _cache_name(preset, seed, n, cfg_dict, train)
-    if path.exists():
-        return str(path)
-    cfg = PreprocessConfig.from_dict(cfg_dict)
-    pre = FastPreprocessor(cfg)
-    sim = Simulator(preset, seed=seed, class_fractions=(0.3, 0.2, 0.5))
-    rng = np.random.default_rng([seed, 977])
-    S = cfg.out_size
-    x = np.zeros((n, 1, S, S), np.float16)
-    y = np.zeros(n, np.int64)
-    for i in range(n):
-        sf = sim.frame(i)
-        fr = sf.to_frame()
-        shift = (0.0, 0.0)
-        if train:
-            fr = Frame(fr.data, fr.mask, randomise_meta(fr.meta, fr.data.shape, rng))
-            shift = tuple(float(v) for v in rng.integers(-cfg.max_shift, cfg.max_shift + 1, 2))
-        x[i] = pre([fr], shifts=[shift])[0]
-        y[i] = CLASSES.index(sf.label)
-    save_npz(path, x=x, y=y)
-    return str(path)
-
-
-def _cache_name(preset, seed, n, cfg_dict, train) -> str:
-    key = digest([cfg_dict, META_FAULTS], n=8, algo="sha1")
-    return f"{preset}_n{n}_seed{seed}_{'train' if train else 'test'}_{key}.npz"
-
-
-def make_inputs(jobs, work, cfg, *, workers: int = 2, log=print) -> dict:
-    """Simulate and preprocess frames of several presets, cached as float16 npz files.
-
-    Parameters
-    ----------
-    jobs : sequence of (preset, seed, n, train)
-        ``train`` = True draws random crop shifts and metadata faults
-        (:func:`randomise_meta`); False gives the centred crop of the header
-        as written (test frames).
-    work : str or Path
-        Cache folder (created).
-    cfg : PreprocessConfig
-    workers : int
-        Simulation processes.
-
-    Returns
-    -------
-    dict
-        ``(preset, seed, n, train)`` → npz path, with arrays ``x`` (n, 1, S, S)
-        float16 and ``y`` (n,) int64 (indices into :data:`CLASSES`).
-    """
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    args = [(p, s, n, str(work), cfg.to_dict(), t) for p, s, n, t in jobs]
-    todo = [a for a in args if not (work / _cache_name(a[0], a[1], a[2], a[4], a[5])).exists()]
-    if todo:
-        log(f"simulating {sum(a[2] for a in todo)} frames of {len(todo)} preset runs in {workers} processes")
-    paths = pool_map(_simulate_job, args, workers if len(todo) > 1 else 1)
-    return {tuple(j): p for j, p in zip(jobs, paths)}
-
-
-def load_inputs(paths) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate cached inputs → ``x`` (N, 1, S, S) float16, ``y`` (N,) int64."""
-    data = [np.load(p) for p in paths]
-    return np.concatenate([d["x"] for d in data]), np.concatenate([d["y"] for d in data])
-
-
-def keep_balanced_accuracy(y, probs) -> float:
-    """Balanced accuracy of the keep decision (Ke §2.1: P(hit) + P(maybe) > P(miss)).
-
-    Parameters
-    ----------
-    y : (N,) int ndarray
-        True class indices into :data:`CLASSES`.
-    probs : (N, 3) float ndarray
-        Class probabilities.
-
-    Returns
-    -------
-    float
-        Mean of the fraction of hits and maybes kept and of misses dropped;
-        NaN if either group is empty.
-    """
-    y = np.asarray(y)
-    p = np.asarray(probs)
-    keep = p[:, 0] + p[:, 1] > p[:, 2]
-    pos = y != CLASSES.index("miss")
-    if pos.all() or not pos.any():
-        return float("nan")
-    return float((keep[pos].mean() + (~keep[~pos]).mean()) / 2)
-
-
-def t_interval(values) -> tuple[float, float, float]:
-    """Mean and the 95 % Student-t interval ``(mean, lo, hi)`` of a few values (NaN half-width for one)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if not math.isnan(x)], float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, float("nan"), float("nan")
-    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m, m - h, m + h
+__all__ = ["run_generalisation", "report_markdown", "dials_peer_lines"]
 
 
 #: Seeds and sizes of the training frames: the bundled models' (scripts/make_default_model.py), so the
@@ -295,55 +145,6 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(out_json), res)
     return res
-
-
-def bundled_model_path(name: str = "default") -> str:
-    """Path of a bundled model (``"default"``: what ``screen`` uses without ``--model``)."""
-    from diffscreen.models import resolve_model_path
-
-    return str(resolve_model_path(name))
-
-
-def real_frame_scores(model_path, folders) -> dict:
-    """Keep decisions of a model on labelled real frames (a ``MANIFEST.tsv`` per folder).
-
-    Parameters
-    ----------
-    model_path : str or Path
-    folders : sequence of Path
-        Folders with a ``MANIFEST.tsv`` (columns ``file``, ``label``); ``.h5``
-        files are read at ``file.h5:/data``.
-
-    Returns
-    -------
-    dict
-        ``{"balanced_accuracy", "frames": {name: {"label", "p", "call"}}, "unread": [...]}``.
-    """
-    import csv
-
-    from diffscreen.errors import DiffscreenError
-    from diffscreen.io import open_source
-    from diffscreen.models.inference import Classifier
-
-    clf = Classifier(model_path)
-    ys, ps, frames, unread = [], [], {}, []
-    for folder in folders:
-        folder = Path(folder)
-        for r in csv.DictReader(open(folder / "MANIFEST.tsv"), delimiter="\t"):
-            spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
-            try:
-                with open_source(spec) as src:
-                    p = clf.predict([src.read(0)])[0]
-            except DiffscreenError as exc:
-                unread.append(f"{r['file']}: {exc}")
-                p = np.array([0.0, 0.0, 1.0]) if r["label"] != "miss" else np.array([1.0, 0.0, 0.0])  # counted wrong
-            ys.append(CLASSES.index(r["label"]))
-            ps.append(p)
-            keep = p[0] + p[1] > p[2]
-            frames[f"{folder.name}/{r['file']}"] = {"label": r["label"], "p": [float(v) for v in p],
-                                                   "call": "keep" if keep else "drop"}
-    return {"balanced_accuracy": keep_balanced_accuracy(np.array(ys), np.array(ps)), "frames": frames,
-            "unread": unread}
 
 
 def _fmt(m, lo, hi) -> str:

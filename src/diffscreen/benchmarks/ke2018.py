@@ -40,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, keep_scores, pct, pool_map, predict,
+from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, pool_map, predict,
                                             pyplot, rate, save_figure, save_npy, start, table_head, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
+from diffscreen.evaluate.metrics import keep_scores, percent_of
 from diffscreen.io.frame import CLASS_NAMES
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "preprocess_configs", "simulate_preset", "simulate_presets",
@@ -451,13 +452,13 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         keep_true = y != 2
         pr = preds[(p, (p,), "lcn")]
         row = {"cnn": cnn, "keep_recall_cnn": cnn["kept_of_hit_or_maybe"],
-               "hit_recall_cnn": pct(pr[:, 0] + pr[:, 1] > pr[:, 2], y == 0)}  # fmt: skip
+               "hit_recall_cnn": percent_of(pr[:, 0] + pr[:, 1] > pr[:, 2], y == 0)}  # fmt: skip
         for name in ("ke", "tuned"):
             kept = d[f"pf8_{name}"][te] >= d["pf8"][name]["settings"]["min_peaks"]
             row[f"pf8_{name}"] = {
-                "kept_of_hit_or_maybe": pct(kept, keep_true),
-                "kept_of_miss": pct(kept, ~keep_true),
-                "hit_recall": pct(kept, y == 0),
+                "kept_of_hit_or_maybe": percent_of(kept, keep_true),
+                "kept_of_miss": percent_of(kept, ~keep_true),
+                "hit_recall": percent_of(kept, y == 0),
                 "success_rate": 100 * float((kept == keep_true).mean()),
                 "settings": d["pf8"][name]["settings"],
             }

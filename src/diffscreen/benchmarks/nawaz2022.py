@@ -21,12 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import predict, rate, save_npz, table_head, write_json
+from diffscreen.benchmarks._harness import predict, rate, table_head, write_json
 
-__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "simulate_dataset",
-           "train_alexnet", "per_class_table", "write_markdown", "run"]
-
-PRESETS = ("rayonix", "rayonix_jet", "cspad")
+__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet", "per_class_table", "write_markdown", "run"]
 
 #: Nawaz et al. (2022) Table 3 (rows: true class, columns: predicted), DiffraNet test set.
 PAPER_TABLE3 = np.array([[2069, 0, 0, 0, 0],
@@ -92,83 +89,6 @@ QUICK_RECIPE = AlexNetRecipe(
 )
 
 
-def _preprocess_config(input_size: int):
-    from diffscreen.preprocess import PreprocessConfig
-    from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
-
-    # Same reciprocal-space window as Ke's 720-pixel crop (s_per_px × 720 / 227).
-    return PreprocessConfig(out_size=input_size, s_per_px=DEFAULT_S_PER_PX * 720 / input_size, max_shift=0)
-
-
-def simulate_dataset(n: int, *, seed: int, input_size: int = 227, cache_dir=None, progress=None) -> dict:
-    """Simulate ``n`` frames with DiffraNet labels, preprocessed for AlexNet.
-
-    Frames cycle through the presets ``rayonix``, ``rayonix_jet``, ``cspad``;
-    their kinds come from :func:`~diffscreen.simulate.diffranet.diffranet_kinds`.
-    Results are cached in ``cache_dir`` (one ``.npz`` per 100 frames, frame
-    ``i`` depending only on ``(seed, i)``) so an interrupted or longer run
-    reuses what exists.
-
-    Returns
-    -------
-    dict
-        ``x`` (n, 1, S, S) float16, ``kind`` (n,) str, ``snr`` list of (P,)
-        float32 arrays, ``preset`` (n,) str, ``label`` (n,) str (DiffraNet
-        class), ``n_spots`` (n,) int.
-    """
-    from diffscreen.preprocess import Preprocessor
-    from diffscreen.simulate import Simulator
-    from diffscreen.simulate.diffranet import diffranet_kinds, diffranet_label_from
-
-    pre = Preprocessor(_preprocess_config(input_size))
-    kinds = diffranet_kinds(n, seed)
-    sims = {p: Simulator(p, seed=seed) for p in PRESETS}
-    chunk = 100
-    parts = []
-    for c0 in range(0, n, chunk):
-        c1 = min(n, c0 + chunk)
-        f = Path(cache_dir) / f"sim_s{seed}_{input_size}_{c0:06d}.npz" if cache_dir else None
-        have = None
-        if f is not None and f.exists():
-            d = np.load(f, allow_pickle=False)
-            have = {k: d[k] for k in d.files}
-        n_have = 0 if have is None else len(have["kind"])
-        if n_have < c1 - c0:
-            xs, ks, ps, snr_flat, snr_len = [], [], [], [], []
-            for i in range(c0 + n_have, c1):
-                p = PRESETS[i % len(PRESETS)]
-                sf = sims[p].frame(i, kind=kinds[i])
-                xs.append(pre([sf.to_frame()])[0].astype(np.float16))
-                ks.append(sf.kind)
-                ps.append(p)
-                s = sf.peaks[:, 3].astype(np.float32) if len(sf.peaks) else np.zeros(0, np.float32)
-                snr_flat.append(s)
-                snr_len.append(len(s))
-                if progress:
-                    progress(i + 1, n)
-            new = {"x": np.stack(xs), "kind": np.array(ks), "preset": np.array(ps),
-                   "snr_flat": np.concatenate(snr_flat), "snr_len": np.array(snr_len)}  # fmt: skip
-            if have is not None:
-                new = {k: np.concatenate([have[k], new[k]]) for k in new}
-            if f is not None:
-                save_npz(f, **new)
-            have = new
-        m = c1 - c0  # a longer cached chunk is cut to what is asked for
-        ends = np.cumsum(have["snr_len"])
-        part = {k: have[k][:m] for k in ("x", "kind", "preset", "snr_len")}
-        part["snr_flat"] = have["snr_flat"][: int(ends[m - 1]) if m else 0]
-        parts.append(part)
-    x = np.concatenate([p["x"] for p in parts])
-    kind = np.concatenate([p["kind"] for p in parts])
-    preset = np.concatenate([p["preset"] for p in parts])
-    snr = []
-    for p in parts:
-        snr.extend(np.split(p["snr_flat"], np.cumsum(p["snr_len"])[:-1]))
-    label = np.array([diffranet_label_from(k, s) for k, s in zip(kind, snr)])
-    n_spots = np.array([int((s >= 5).sum()) for s in snr])
-    return {"x": x, "kind": kind, "preset": preset, "snr": snr, "label": label, "n_spots": n_spots}
-
-
 def per_class_table(cm: np.ndarray, classes) -> str:
     """Markdown confusion matrix with recall per row and precision per column (Nawaz Table 3 layout)."""
     cm = np.asarray(cm)
@@ -189,7 +109,7 @@ def train_alexnet(recipe: AlexNetRecipe, data: dict, out_path, *, log=print):
     -------
     TrainResult
     """
-    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES
+    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, DIFFRANET_PRESETS, diffranet_preprocess_config
     from diffscreen.train.loop import TrainConfig, train_on_arrays
 
     y = np.array([DIFFRANET_CLASSES.index(v) for v in data["label"]])
@@ -202,10 +122,10 @@ def train_alexnet(recipe: AlexNetRecipe, data: dict, out_path, *, log=print):
         arch_kwargs={"channels": list(recipe.channels), "fc_dim": recipe.fc_dim,
                      "input_mean": round(float(sample.mean()), 6), "input_std": round(float(sample.std()), 6)},
     )  # fmt: skip
-    description = {"simulated": True, "presets": list(PRESETS), "seed": recipe.seed,
+    description = {"simulated": True, "presets": list(DIFFRANET_PRESETS), "seed": recipe.seed,
                    "labels": "diffscreen.simulate.diffranet (DiffraNet classes)", "recipe": _listed(recipe)}
     return train_on_arrays(data["x"][:n_tr], y[:n_tr], out_path, class_names=DIFFRANET_CLASSES,
-                           preprocess=_preprocess_config(recipe.input_size), config=cfg,
+                           preprocess=diffranet_preprocess_config(recipe.input_size), config=cfg,
                            x_val=data["x"][n_tr : n_tr + recipe.n_val], y_val=y[n_tr : n_tr + recipe.n_val],
                            data_description=description, log=log)  # fmt: skip
 
@@ -321,7 +241,7 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     from diffscreen.evaluate.metrics import confusion_matrix
     from diffscreen.explain import penultimate_features, save_png, tsne_embed, tsne_figure
     from diffscreen.models import load_model
-    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, hit_miss
+    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, hit_miss, simulate_dataset
 
     torch.set_num_threads(1)
     rec = recipe or (QUICK_RECIPE if quick else CPU_RECIPE)

@@ -46,10 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks import ke2018
-from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, keep_scores, pct, pool_map, predict,
+from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, pool_map, predict,
                                             pyplot, save_figure, start, table_head, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
+from diffscreen.evaluate.metrics import domain_separability, keep_scores, percent_of
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "ASSERTED", "run", "check_findings", "write_report",
            "paper_tables", "label_split"]  # fmt: skip
@@ -250,7 +251,7 @@ def _per_class(probs: np.ndarray, labels: np.ndarray) -> dict:
     s = keep_scores(probs, labels)
     miss = 100 - s["kept_of_miss"] if not np.isnan(s["kept_of_miss"]) else float("nan")
     return {"hit_or_maybe": s["kept_of_hit_or_maybe"], "miss": miss, "balanced": s["balanced_success"],
-            "accuracy": s["success_rate"], "hit": pct(probs[:, 0] + probs[:, 1] > probs[:, 2], labels == 0),
+            "accuracy": s["success_rate"], "hit": percent_of(probs[:, 0] + probs[:, 1] > probs[:, 2], labels == 0),
             "n": s["n"]}  # fmt: skip
 
 
@@ -392,19 +393,6 @@ def _speed(st: Settings, models: dict, data: dict) -> dict:
     return out
 
 
-def _domain_overlap(features: np.ndarray, domain: np.ndarray, seed: int) -> float:
-    """Cross-validated accuracy (%) of a logistic regression telling the domains apart (50 % = full overlap)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if len(np.unique(domain)) < 2 or min(np.bincount(domain)) < 5:
-        return float("nan")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    return 100 * float(cross_val_score(clf, features, domain, cv=5).mean())
-
-
 def _tsne(st: Settings, models: dict, data: dict, src: str, tgt: str) -> dict:
     """Fig. 9 data: t-SNE of DANN and source-only features of source and target test frames."""
     import torch
@@ -425,7 +413,7 @@ def _tsne(st: Settings, models: dict, data: dict, src: str, tgt: str) -> dict:
         model = load_model(models[name]).model.eval()
         f = np.concatenate([penultimate_features(model, x) for x in xs])
         out[key] = {"embedding": tsne_embed(f, seed=st.seed).tolist(),
-                    "domain_accuracy": _domain_overlap(f, domain, st.seed)}  # fmt: skip
+                    "domain_accuracy": domain_separability(f, domain)}  # fmt: skip
     return out
 
 

@@ -149,7 +149,10 @@ def benchmark_generalisation(
     import json
 
     from diffscreen.benchmarks import generalisation as g
+    from diffscreen.evaluate.labelled import real_frame_scores
+    from diffscreen.evaluate.metrics import t_interval
     from diffscreen.io.atomic import atomic_write_text
+    from diffscreen.models import resolve_model_path
 
     n_train = None
     if quick:
@@ -167,11 +170,11 @@ def benchmark_generalisation(
             for fam in res["families"]:
                 scores = []
                 for m in res["families"][fam]["models"]:
-                    scores.append(g.real_frame_scores(m, folders)["balanced_accuracy"])
-                res["real"][f"trained without {fam}"] = g.t_interval(scores)
+                    scores.append(real_frame_scores(m, folders)["balanced_accuracy"])
+                res["real"][f"trained without {fam}"] = t_interval(scores)
             for name in ("default", "fast"):  # the bundled models as they ship (trained on every family)
-                path = g.bundled_model_path(name)
-                scored = g.real_frame_scores(path, folders)
+                path = str(resolve_model_path(name))
+                scored = real_frame_scores(path, folders)
                 res["real"][f"bundled {name} ({Path(path).name})"] = scored["balanced_accuracy"]
                 res["real_frames"][f"bundled {name}"] = scored["frames"]
     dials = Path("bench/results/dials_real_frames.json")

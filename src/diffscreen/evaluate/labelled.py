@@ -6,7 +6,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-__all__ = ["labels_for_scores", "predict_labelled"]
+__all__ = ["labels_for_scores", "predict_labelled", "real_frame_scores"]
 
 
 def labels_for_scores(scores_csv, inputs=(), label_files=()) -> tuple[list[str], list[str]]:
@@ -98,3 +98,52 @@ def predict_labelled(samples, classifier, *, batch_size: int = 16, progress=None
             true.extend(names[s.label] for s in chunk)
             progress(advance=len(chunk))
     return true, pred
+
+
+def real_frame_scores(model_path, folders) -> dict:
+    """Keep decisions of a model on labelled real frames (a ``MANIFEST.tsv`` per folder).
+
+    A frame that cannot be read counts as wrongly decided.
+
+    Parameters
+    ----------
+    model_path : str or Path
+    folders : sequence of Path
+        Folders with a ``MANIFEST.tsv`` (columns ``file``, ``label``); ``.h5``
+        files are read at ``file.h5:/data``.
+
+    Returns
+    -------
+    dict
+        ``{"balanced_accuracy"`` (of the keep decision,
+        :func:`~diffscreen.evaluate.metrics.keep_balanced_accuracy`),
+        ``"frames": {name: {"label", "p", "call"}}, "unread": [...]}``.
+    """
+    import csv
+    from pathlib import Path
+
+    from diffscreen.errors import DiffscreenError
+    from diffscreen.evaluate.metrics import keep_balanced_accuracy
+    from diffscreen.io import open_source
+    from diffscreen.io.frame import CLASS_NAMES
+    from diffscreen.models.inference import Classifier
+
+    clf = Classifier(model_path)
+    ys, ps, frames, unread = [], [], {}, []
+    for folder in folders:
+        folder = Path(folder)
+        for r in csv.DictReader(open(folder / "MANIFEST.tsv"), delimiter="\t"):
+            spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
+            try:
+                with open_source(spec) as src:
+                    p = clf.predict([src.read(0)])[0]
+            except DiffscreenError as exc:
+                unread.append(f"{r['file']}: {exc}")
+                p = np.array([0.0, 0.0, 1.0]) if r["label"] != "miss" else np.array([1.0, 0.0, 0.0])  # counted wrong
+            ys.append(CLASS_NAMES.index(r["label"]))
+            ps.append(p)
+            keep = p[0] + p[1] > p[2]
+            frames[f"{folder.name}/{r['file']}"] = {"label": r["label"], "p": [float(v) for v in p],
+                                                   "call": "keep" if keep else "drop"}
+    return {"balanced_accuracy": keep_balanced_accuracy(np.array(ys), np.array(ps)), "frames": frames,
+            "unread": unread}

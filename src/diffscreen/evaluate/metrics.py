@@ -7,6 +7,7 @@ Table 3).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,11 @@ __all__ = [
     "HIT_GROUP",
     "balanced_accuracy",
     "selection_accuracy",
+    "keep_balanced_accuracy",
+    "keep_scores",
+    "percent_of",
+    "t_interval",
+    "domain_separability",
 ]
 
 #: Ke Table 3 groups Hit and Maybe against Miss.
@@ -150,6 +156,110 @@ def selection_accuracy(probs, true, class_names=None) -> float:
         keep, _ = decide(probs, class_names)
         return balanced_accuracy(keep.astype(int), (true != list(class_names).index("miss")).astype(int))
     return balanced_accuracy(np.asarray(probs).argmax(1), true)
+
+
+def keep_balanced_accuracy(y, probs) -> float:
+    """Balanced accuracy of the keep decision (Ke et al. 2018 §2.1: P(hit) + P(maybe) > P(miss)).
+
+    Parameters
+    ----------
+    y : (N,) int ndarray
+        True class indices into hit, maybe, miss.
+    probs : (N, 3) float ndarray
+        Class probabilities.
+
+    Returns
+    -------
+    float
+        Mean of the fraction of hits and maybes kept and of misses dropped;
+        NaN if either group is empty.
+    """
+    y = np.asarray(y)
+    p = np.asarray(probs)
+    keep = p[:, 0] + p[:, 1] > p[:, 2]
+    pos = y != 2
+    if pos.all() or not pos.any():
+        return float("nan")
+    return float((keep[pos].mean() + (~keep[~pos]).mean()) / 2)
+
+
+def percent_of(pred, among) -> float:
+    """Percentage of ``pred`` true among the frames where ``among`` is true (NaN if none)."""
+    return 100 * float(np.asarray(pred)[among].mean()) if np.any(among) else float("nan")
+
+
+def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Scores of the keep decision (Ke et al. 2018 Eq. 4) against the truth hit or maybe (labels 0, 1) versus miss (2).
+
+    Parameters
+    ----------
+    probs : (N, 3) float ndarray
+        P(hit), P(maybe), P(miss).
+    labels : (N,) int ndarray
+
+    Returns
+    -------
+    dict
+        ``success_rate`` (Ke Eq. 10: % of frames whose keep decision is
+        right), ``balanced_success`` (mean of the kept % of hit-or-maybe
+        frames and the dropped % of misses), ``accuracy_3class`` (% argmax
+        right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN where the
+        class is absent), ``n``.
+    """
+    keep_pred = probs[:, 0] + probs[:, 1] > probs[:, 2]
+    keep_true = labels != 2
+    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
+    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
+    return {
+        "success_rate": 100 * float((keep_pred == keep_true).mean()),
+        "balanced_success": 100 * float(np.nanmean([tpr, tnr])),
+        "accuracy_3class": 100 * float((probs.argmax(1) == labels).mean()),
+        "kept_of_hit_or_maybe": percent_of(keep_pred, keep_true),
+        "kept_of_miss": percent_of(keep_pred, ~keep_true),
+        "n": int(len(labels)),
+    }
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and the 95 % Student-t interval ``(mean, lo, hi)`` of a few values (NaNs dropped; NaN half-width for one)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if not math.isnan(x)], float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - h, m + h
+
+
+def domain_separability(features: np.ndarray, domain: np.ndarray) -> float:
+    """Accuracy (%) of a logistic regression telling two domains apart from features, 5-fold cross-validated.
+
+    The domain-overlap measure of Xie et al. (2022) Fig. 9: 50 % means the
+    domains overlap fully (what domain adaptation aims at).
+
+    Parameters
+    ----------
+    features : (N, F) float ndarray
+    domain : (N,) int ndarray
+        0 or 1.
+
+    Returns
+    -------
+    float
+        NaN if a domain has fewer than 5 frames.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(domain)) < 2 or min(np.bincount(domain)) < 5:
+        return float("nan")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    return 100 * float(cross_val_score(clf, features, domain, cv=5).mean())
 
 
 @dataclass

@@ -39,6 +39,8 @@ strong and ``miss`` = blank ∪ no-crystal (Nawaz §4).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from diffscreen.errors import ConfigError
@@ -53,6 +55,9 @@ __all__ = [
     "diffranet_label_from",
     "hit_miss",
     "diffranet_kinds",
+    "DIFFRANET_PRESETS",
+    "diffranet_preprocess_config",
+    "simulate_dataset",
 ]
 
 #: The five classes, in the order of a model's outputs (Nawaz Table 3).
@@ -134,3 +139,91 @@ def diffranet_kinds(n: int, seed: int = 0) -> list[str]:
     kinds = np.array(["no_beam", "solvent", "empty", "weak", "maybe", "hit"])
     p = np.array([0.20, 0.15, 0.05, 0.10, 0.10, 0.40])
     return list(np.random.default_rng([seed, 5]).choice(kinds, size=int(n), p=p))
+
+
+#: Presets the DiffraNet-style frames cycle through (frame ``i`` uses ``DIFFRANET_PRESETS[i % 3]``).
+DIFFRANET_PRESETS = ("rayonix", "rayonix_jet", "cspad")
+
+
+def diffranet_preprocess_config(input_size: int):
+    """The :class:`~diffscreen.preprocess.PreprocessConfig` of AlexNet inputs of side ``input_size`` (Nawaz §3.5).
+
+    The reciprocal-space window of Ke's 720-pixel crop (``s_per_px × 720 / input_size``), centred (no shift).
+    """
+    from diffscreen.preprocess import PreprocessConfig
+    from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
+
+    return PreprocessConfig(out_size=input_size, s_per_px=DEFAULT_S_PER_PX * 720 / input_size, max_shift=0)
+
+
+def simulate_dataset(n: int, *, seed: int, input_size: int = 227, cache_dir=None, progress=None) -> dict:
+    """Simulate ``n`` frames with DiffraNet labels, preprocessed for AlexNet.
+
+    Frames cycle through :data:`DIFFRANET_PRESETS`; their kinds come from
+    :func:`diffranet_kinds`.  Results are cached in ``cache_dir`` (one
+    ``.npz`` per 100 frames, frame ``i`` depending only on ``(seed, i)``) so
+    an interrupted or longer run reuses what exists.
+
+    Returns
+    -------
+    dict
+        ``x`` (n, 1, S, S) float16, ``kind`` (n,) str, ``snr`` list of (P,)
+        float32 arrays, ``preset`` (n,) str, ``label`` (n,) str (DiffraNet
+        class), ``n_spots`` (n,) int.
+    """
+    from diffscreen.preprocess import Preprocessor
+    from diffscreen.simulate.run import Simulator
+
+    pre = Preprocessor(diffranet_preprocess_config(input_size))
+    kinds = diffranet_kinds(n, seed)
+    sims = {p: Simulator(p, seed=seed) for p in DIFFRANET_PRESETS}
+    parts = []
+    for c0 in range(0, n, 100):
+        c1 = min(n, c0 + 100)
+        f = Path(cache_dir) / f"sim_s{seed}_{input_size}_{c0:06d}.npz" if cache_dir else None
+        have = _chunk(f, c0, c1, kinds, sims, pre, n, progress)
+        m = c1 - c0  # a longer cached chunk is cut to what is asked for
+        ends = np.cumsum(have["snr_len"])
+        part = {k: have[k][:m] for k in ("x", "kind", "preset", "snr_len")}
+        part["snr_flat"] = have["snr_flat"][: int(ends[m - 1]) if m else 0]
+        parts.append(part)
+    x, kind, preset = (np.concatenate([p[k] for p in parts]) for k in ("x", "kind", "preset"))
+    snr = []
+    for p in parts:
+        snr.extend(np.split(p["snr_flat"], np.cumsum(p["snr_len"])[:-1]))
+    label = np.array([diffranet_label_from(k, s) for k, s in zip(kind, snr)])
+    n_spots = np.array([int((s >= 5).sum()) for s in snr])
+    return {"x": x, "kind": kind, "preset": preset, "snr": snr, "label": label, "n_spots": n_spots}
+
+
+def _chunk(f, c0: int, c1: int, kinds, sims, pre, n: int, progress) -> dict:
+    """Frames ``c0`` to ``c1`` of :func:`simulate_dataset`: read from the cache ``f``, completed and written back."""
+    from diffscreen.io.atomic import temporary_path
+
+    have = None
+    if f is not None and f.exists():
+        d = np.load(f, allow_pickle=False)
+        have = {k: d[k] for k in d.files}
+    n_have = 0 if have is None else len(have["kind"])
+    if n_have >= c1 - c0:
+        return have
+    xs, ks, ps, snr_flat, snr_len = [], [], [], [], []
+    for i in range(c0 + n_have, c1):
+        p = DIFFRANET_PRESETS[i % len(DIFFRANET_PRESETS)]
+        sf = sims[p].frame(i, kind=kinds[i])
+        xs.append(pre([sf.to_frame()])[0].astype(np.float16))
+        ks.append(sf.kind)
+        ps.append(p)
+        s = sf.peaks[:, 3].astype(np.float32) if len(sf.peaks) else np.zeros(0, np.float32)
+        snr_flat.append(s)
+        snr_len.append(len(s))
+        if progress:
+            progress(i + 1, n)
+    new = {"x": np.stack(xs), "kind": np.array(ks), "preset": np.array(ps),
+           "snr_flat": np.concatenate(snr_flat), "snr_len": np.array(snr_len)}  # fmt: skip
+    if have is not None:
+        new = {k: np.concatenate([have[k], new[k]]) for k in new}
+    if f is not None:
+        with temporary_path(f) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **new)
+    return new
