@@ -109,14 +109,27 @@ def findings_lines(findings: dict, asserted=()) -> list[str]:
     return L
 
 
+def _row(cells) -> str:
+    """One markdown table line; an empty cell is written ``| |``."""
+    return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+
 def table_head(*columns: str) -> list[str]:
     """The two header lines of a markdown table with these columns."""
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return [_row(columns), "|" + "---|" * len(columns)]
 
 
 def table(columns, rows) -> list[str]:
     """The lines of a markdown table: its header with ``columns``, then one line per row (a sequence of cells)."""
-    return table_head(*columns) + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return table_head(*columns) + [_row(row) for row in rows]
+
+
+def paragraphs(*blocks) -> list[str]:
+    """Markdown lines of ``blocks`` separated by one blank line; a block is a line (str) or its lines (a list)."""
+    out = []
+    for b in blocks:
+        out += ([""] if out else []) + ([b] if isinstance(b, str) else list(b))
+    return out
 
 
 def fmt(v, nd: int = 1) -> str:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import predict, rate, table_head, write_json
+from diffscreen.benchmarks._harness import paragraphs, predict, rate, table, write_json
 
-__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet", "per_class_table", "write_markdown", "run"]
+__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet", "per_class_table",
+           "write_markdown", "run"]
 
 #: Nawaz et al. (2022) Table 3 (rows: true class, columns: predicted), DiffraNet test set.
 PAPER_TABLE3 = np.array([[2069, 0, 0, 0, 0],
@@ -347,9 +348,9 @@ def _markdown(r: dict) -> str:
     rc = r["recipe"]
     t = r["timing"]
     inv = r["inversion"]
-    lines = [
+    nb_ours, nb_paper = _neighbour_fraction(cm), _neighbour_fraction(pcm)
+    lines = paragraphs(
         "# Nawaz et al. (2022): AlexNet on the DiffraNet classes, explained",
-        "",
         "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Kim, Barty, Chapman, Kirian, "
         "*Explainable machine learning for diffraction patterns* (2022) on **simulated** frames "
         "(`diffscreen.simulate`, presets rayonix / rayonix_jet / cspad in turn) labelled with the five "
@@ -357,135 +358,95 @@ def _markdown(r: dict) -> str:
         "detectable Bragg spot; weak = 1–24 detectable spots; good ≥ 25; strong ≥ 150 spots of which ≥ 50 "
         "have SNR ≥ 20). The paper used the DiffraNet set (nanoBragg, 512×512, 25,000 frames); "
         "we cannot download it here, so the numbers below are **not** on the same data.",
-        "",
         "Command: `diffscreen benchmark nawaz2022` (add `--quick` for a minutes-long smoke run). "
         "Everything is seeded (seed 0 for training frames and weights, 1000 for test frames).",
-        "",
         "## Recipe",
-        "",
-        "| | paper (§3.5) | this run (`CPU_RECIPE`) |",
-        "|---|---|---|",
-        "| network | AlexNet (5 conv + 3 fc) | single-channel AlexNet, torchvision layout, "
-        f"channels {tuple(rc['channels'])}, fc {rc['fc_dim']} |",
-        f"| input | 512×512 DiffraNet frames (input size not stated) | {rc['input_size']}×{rc['input_size']}, "
-        "LCN, same q-range as Ke's 720 crop |",
-        f"| training frames | ~12,400 (25,000 minus the 12,599 test frames of Table 3) | {rc['n_train']} (+{rc['n_val']} validation) |",
-        f"| test frames | 12,599 (Table 3) | {rc['n_test']} |",
-        f"| optimiser | Adam, lr 1e-5, exponential decay | Adam, lr {rc['lr_start']:g} → {rc['lr_end']:g} exponential |",
-        f"| batch, epochs | 128, 50 | {rc['batch_size']}, {rc['epochs']} (class-balanced batches) |",
-        "| hardware | GPU | 1 CPU thread |",
-        "",
+        table(("", "paper (§3.5)", "this run (`CPU_RECIPE`)"), [
+            ("network", "AlexNet (5 conv + 3 fc)", "single-channel AlexNet, torchvision layout, "
+             f"channels {tuple(rc['channels'])}, fc {rc['fc_dim']}"),
+            ("input", "512×512 DiffraNet frames (input size not stated)",
+             f"{rc['input_size']}×{rc['input_size']}, LCN, same q-range as Ke's 720 crop"),
+            ("training frames", "~12,400 (25,000 minus the 12,599 test frames of Table 3)",
+             f"{rc['n_train']} (+{rc['n_val']} validation)"),
+            ("test frames", "12,599 (Table 3)", rc["n_test"]),
+            ("optimiser", "Adam, lr 1e-5, exponential decay", f"Adam, lr {rc['lr_start']:g} → {rc['lr_end']:g} exponential"),
+            ("batch, epochs", "128, 50", f"{rc['batch_size']}, {rc['epochs']} (class-balanced batches)"),
+            ("hardware", "GPU", "1 CPU thread")]),
         "Why reduced: at 227×227 one Adam step of the full AlexNet on a batch of 64 takes ~6 s on one CPU "
         "thread, so the paper's ~4,800 steps of 128 would take ~17 h. `CPU_RECIPE` takes ~150 steps "
         f"({r['seconds']['train'] / 60:.1f} min of training here, on a shared machine; ≈ 15 min of CPU time; plus "
         "≈ 5 min of simulation when the cache is cold). With 50× fewer steps the paper's learning rate of 1e-5 barely moves "
         "the weights, so we start at 1e-4. `PAPER_RECIPE` (`AlexNetRecipe()`) is the paper's setting.",
-        "",
         "## Table 2: accuracy",
-        "",
-        *table_head("method", "accuracy (%)"),
-        "| DeepFreak (GLCM + RF) [paper] | 98.4 |",
-        "| DeepFreak [paper] | 98.6 |",
-        f"| AlexNet, Nawaz et al. (DiffraNet test set) [paper] | {PAPER_ACCURACY} (Table 3 counts: {p_acc:.1f}) |",
-        f"| AlexNet, diffscreen `CPU_RECIPE` (simulated test set) | **{100 * r['accuracy']:.1f}** |",
-        "",
+        table(("method", "accuracy (%)"), [
+            ("DeepFreak (GLCM + RF) [paper]", "98.4"), ("DeepFreak [paper]", "98.6"),
+            ("AlexNet, Nawaz et al. (DiffraNet test set) [paper]", f"{PAPER_ACCURACY} (Table 3 counts: {p_acc:.1f})"),
+            ("AlexNet, diffscreen `CPU_RECIPE` (simulated test set)", f"**{100 * r['accuracy']:.1f}**")]),
         "## Table 3: confusion matrix",
-        "",
         "Ours (rows: true class, columns: predicted):",
-        "",
         per_class_table(cm, DIFFRANET_CLASSES),
-        "",
         "Paper (Nawaz et al. 2022, Table 3):",
-        "",
         per_class_table(pcm, DIFFRANET_CLASSES),
-        "",
         "(Precision and recall recomputed from the paper's counts; the paper prints 99.9 and 97.1 % for the "
         "blank and strong precision.)",
-        "",
         "![confusion matrices](nawaz2022_confusion.png)",
-        "",
         "Class counts (train / test): "
         + ", ".join(f"{c} {r['class_counts']['train'][c]}/{r['class_counts']['test'][c]}" for c in DIFFRANET_CLASSES)
         + ".",
-        "",
         "## Hit / miss merge (blank + no-crystal = miss)",
-        "",
-        "| | ours: predicted hit | ours: predicted miss | paper: predicted hit | paper: predicted miss |",
-        "|---|---|---|---|---|",
-        f"| true hit | {b[0, 0]} | {b[0, 1]} | {p_bin[0, 0]} | {p_bin[0, 1]} |",
-        f"| true miss | {b[1, 0]} | {b[1, 1]} | {p_bin[1, 0]} | {p_bin[1, 1]} |",
-        f"| accuracy | {100 * r['hit_miss']['accuracy']:.1f} % | | {100 * np.trace(p_bin) / p_bin.sum():.1f} % | |",
-        "",
+        table(("", "ours: predicted hit", "ours: predicted miss", "paper: predicted hit", "paper: predicted miss"), [
+            ("true hit", b[0, 0], b[0, 1], p_bin[0, 0], p_bin[0, 1]),
+            ("true miss", b[1, 0], b[1, 1], p_bin[1, 0], p_bin[1, 1]),
+            ("accuracy", f"{100 * r['hit_miss']['accuracy']:.1f} %", "", f"{100 * np.trace(p_bin) / p_bin.sum():.1f} %", "")]),
         "## Explanations (Figs. 6–7)",
-        "",
         "Grad-CAM (ReLU after conv5, 13×13, bilinear upsampling) and Guided Grad-CAM for one test frame per class "
         "(Fig. 7):",
-        "",
         "![Grad-CAM per class](nawaz2022_gradcam.png)",
-        "",
         "Representation inversion from the ReLU after each of the five convolutional layers (Fig. 6; Eq. 5 with "
         "α = 6, β = 1, Adam from seeded noise); r is the pixel correlation of the reconstruction with the input:",
-        "",
         "![inversions](nawaz2022_inversion.png)",
-        "",
-        "| frame | " + " | ".join(f"conv{i + 1}" for i in range(len(next(iter(inv.values()), [])))) + " |",
-        "|---|" + "---|" * len(next(iter(inv.values()), [])),
-    ]
-    for c, row in inv.items():
-        lines.append(f"| {c}: r | " + " | ".join(f"{e['corr']:.2f}" for e in row) + " |")
-        lines.append(f"| {c}: seconds | " + " | ".join(f"{e['seconds']:.0f}" for e in row) + " |")
-    lines += [
-        "",
+        table(("frame", *(f"conv{i + 1}" for i in range(len(next(iter(inv.values()), []))))),
+              [row for c, layers in inv.items() for row in ((f"{c}: r", *(f"{e['corr']:.2f}" for e in layers)),
+                                                            (f"{c}: seconds", *(f"{e['seconds']:.0f}" for e in layers)))]),
         "t-SNE of the fc7 features of the test frames (Ke Fig. 11 style):",
-        "",
         "![t-SNE](nawaz2022_tsne.png)",
-        "",
         "## Cost of the explanations (one frame, one CPU thread)",
-        "",
-        *table_head("method", "AlexNet 227×227 (s)", "KeCNN 720×720 (s)"),
-    ]
-    for m in t["alexnet_227"]:
-        lines.append(f"| {m} | {t['alexnet_227'][m]:.3f} | {t['ke2018_720'][m]:.3f} |")
-    nb_ours, nb_paper = _neighbour_fraction(cm), _neighbour_fraction(pcm)
-    lines += [
-        "",
+        table(("method", "AlexNet 227×227 (s)", "KeCNN 720×720 (s)"),
+              [(m, f"{t['alexnet_227'][m]:.3f}", f"{t['ke2018_720'][m]:.3f}") for m in t["alexnet_227"]]),
         "## Differences from the paper, and why",
-        "",
-        f"* **Training budget.** ~{rc['epochs'] * int(np.ceil(rc['n_train'] / rc['batch_size']))} Adam steps on "
-        f"{rc['n_train']} frames instead of ~4,800 steps (50 epochs × ~97 batches of 128) on ~12,400: the network "
-        "is far from converged, so a lower accuracy than the paper's 98.1 % is expected. `PAPER_RECIPE` "
-        "reproduces the paper's setting for a GPU machine (`run(recipe=PAPER_RECIPE)`).",
-        "* **Data.** DiffraNet frames are nanoBragg simulations of one crystal structure with weak/good/strong "
-        "set by the beam intensity; ours come from three detector presets (Rayonix, Rayonix + jet, CSPAD with "
-        "its masks), random cells, orientations, backgrounds and gains, and the grade is set by what the frame "
-        "shows (detectable spots and their SNR). Frames are binned from 1920²/1765² to 227², which blurs faint "
-        "spots: the weak/good and good/strong boundaries are harder to see than in 512² DiffraNet frames.",
-        f"* **Where the errors are.** In the paper {100 * nb_paper:.0f} % of the misclassified test frames are "
-        f"confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here {100 * nb_ours:.0f} %. "
-        "Both agree that the useful decision, hit vs miss, is easier than the 5-class one (table above).",
-        "* **Grad-CAM resolution.** Grad-CAM is taken at the ReLU after conv5 (13 × 13 at 227); the paper does "
-        "not say which layer it used. Grad-CAM++ (Zimmermann §6) is our own implementation of Chattopadhyay et "
-        "al. (2018) Eq. 19: torchcam 0.5.0's `GradCAMpp` leaves out the α denominator (an in-place division on a "
-        "boolean-indexed copy), see `tests/test_explain.py::test_gradcam_pp_versus_torchcam`.",
-        f"* **Blank vs no-crystal.** The paper is perfect on these two classes; here no-crystal recall is "
-        f"{100 * r['recall']['no-crystal']:.0f} % (confused with blank and weak). Besides the short training, a "
-        "likely cause (not verified) is the preprocessing: Ke's local contrast normalisation divides by the local "
-        "standard deviation, which flattens the smooth water-ring and air-scatter level that separates a "
-        "no-crystal frame from a blank one, while DiffraNet images were fed without it.",
-        "* **Inversion.** The conv1 reconstructions are faithful (r = "
-        + ", ".join(f"{row[0]['corr']:.2f}" for row in inv.values())
-        + "), but from conv2 on they keep only the beam stop and the frame's extent (r ≤ "
-        + f"{max((e['corr'] for row in inv.values() for e in row[1:]), default=float('nan')):.2f}), far less than "
-        "the 'photographically faithful' deeper layers of Nawaz Fig. 6. Likely causes: 200 Adam steps per layer "
-        "(Mahendran & Vedaldi use thousands, with jitter), an under-trained network and LCN inputs that are "
-        "mostly noise; a sweep of λ_V from 0.02 to 1 on conv2–conv5 did not raise r.",
-        "",
+        [f"* **Training budget.** ~{rc['epochs'] * int(np.ceil(rc['n_train'] / rc['batch_size']))} Adam steps on "
+         f"{rc['n_train']} frames instead of ~4,800 steps (50 epochs × ~97 batches of 128) on ~12,400: the network "
+         "is far from converged, so a lower accuracy than the paper's 98.1 % is expected. `PAPER_RECIPE` "
+         "reproduces the paper's setting for a GPU machine (`run(recipe=PAPER_RECIPE)`).",
+         "* **Data.** DiffraNet frames are nanoBragg simulations of one crystal structure with weak/good/strong "
+         "set by the beam intensity; ours come from three detector presets (Rayonix, Rayonix + jet, CSPAD with "
+         "its masks), random cells, orientations, backgrounds and gains, and the grade is set by what the frame "
+         "shows (detectable spots and their SNR). Frames are binned from 1920²/1765² to 227², which blurs faint "
+         "spots: the weak/good and good/strong boundaries are harder to see than in 512² DiffraNet frames.",
+         f"* **Where the errors are.** In the paper {100 * nb_paper:.0f} % of the misclassified test frames are "
+         f"confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here {100 * nb_ours:.0f} %. "
+         "Both agree that the useful decision, hit vs miss, is easier than the 5-class one (table above).",
+         "* **Grad-CAM resolution.** Grad-CAM is taken at the ReLU after conv5 (13 × 13 at 227); the paper does "
+         "not say which layer it used. Grad-CAM++ (Zimmermann §6) is our own implementation of Chattopadhyay et "
+         "al. (2018) Eq. 19: torchcam 0.5.0's `GradCAMpp` leaves out the α denominator (an in-place division on a "
+         "boolean-indexed copy), see `tests/test_explain.py::test_gradcam_pp_versus_torchcam`.",
+         f"* **Blank vs no-crystal.** The paper is perfect on these two classes; here no-crystal recall is "
+         f"{100 * r['recall']['no-crystal']:.0f} % (confused with blank and weak). Besides the short training, a "
+         "likely cause (not verified) is the preprocessing: Ke's local contrast normalisation divides by the local "
+         "standard deviation, which flattens the smooth water-ring and air-scatter level that separates a "
+         "no-crystal frame from a blank one, while DiffraNet images were fed without it.",
+         "* **Inversion.** The conv1 reconstructions are faithful (r = "
+         + ", ".join(f"{row[0]['corr']:.2f}" for row in inv.values())
+         + "), but from conv2 on they keep only the beam stop and the frame's extent (r ≤ "
+         + f"{max((e['corr'] for row in inv.values() for e in row[1:]), default=float('nan')):.2f}), far less than "
+         "the 'photographically faithful' deeper layers of Nawaz Fig. 6. Likely causes: 200 Adam steps per layer "
+         "(Mahendran & Vedaldi use thousands, with jitter), an under-trained network and LCN inputs that are "
+         "mostly noise; a sweep of λ_V from 0.02 to 1 on conv2–conv5 did not raise r."],
         f"Numbers from `run()` with seed {rc['seed']}; torch threads = 1. Another process shared the machine's "
         f"two CPU cores during the run: training took {r['seconds']['train'] / 60:.0f} min of wall time, and the "
         "timings are upper bounds.",
-        "",
-    ]
-    return "\n".join(lines)
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _neighbour_fraction(cm) -> float:
