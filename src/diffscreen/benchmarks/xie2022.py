@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks import ke2018
-from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, pool_map, predict,
-                                            pyplot, save_figure, start, table_head, write_json)
+from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, paragraphs, pool_map, predict,
+                                            pyplot, save_figure, start, table, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import domain_separability, keep_scores, percent_of
@@ -590,55 +590,47 @@ def _cell(ours: dict | None, paper=None) -> str:
 
 def paper_tables(results: dict) -> list[str]:
     """The markdown lines of Tables 1-5 and 7 (ours beside the paper's)."""
-    P = PAPER
-    L = []
-    cols = list(next(iter(results["table1"].values())).keys()) if results["table1"] else []
+    P, t1, t2 = PAPER, results["table1"], results["table2"]
+    cols = list(next(iter(t1.values())).keys()) if t1 else []
     n = results["settings"]["data"]["n_frames"]
-    L += ["## Table 1: 2-D CNN, fully supervised", "",
-          f"Each preset's CNN ({round(0.5 * n)} training + {round(0.7 * n) - round(0.5 * n)} validation labels; "
-          "Xie: 1200 + 400) tested on every preset.", "",
-          *table_head("train \\ test", *cols)]
-    for a, r in results["table1"].items():
-        pa = P["table1"].get(a, {})
-        L.append(f"| {a} | " + " | ".join(_cell(r[b], pa.get(b)) for b in cols) + " |")
-    def few(key, title):
-        L.extend(["", f"## {title}", "", *table_head("target", "ours [paper]")])
-        for t, r in results[key].items():
-            L.append(f"| {t} | {_cell(r, P[key].get(t))} |")
-
-    few("table2", "Table 2: 2-D CNN from scratch on the few target labels")
-    L += ["", "## Table 3: transfer learning (source CNN fine-tuned on the few target labels)", "",
-          *table_head("source", "target", "ours [paper]", "from scratch (Table 2)")]
-    for r in results["table3"].values():
-        s, t = r["source"], r["target"]
-        L.append(f"| {s} | {t} | {_cell(r, P['table3'].get(s, {}).get(t))} | {_cell(results['table2'].get(t))} |")
-    few("table4", "Table 4: RWD + 1-D CNN on the few target labels")
     abl = any("no_grl_on_target" in r for r in results["table5"].values())
     init = results["settings"].get("dann_init", "scratch")
-    L += ["", "## Table 5: DANN (labelled source, unlabelled target)", "",
-          ("Each DANN starts from the source's Table 1 CNN (Adam 1e-4 → 1e-5). " if init == "source" else
-           "Each DANN starts from random weights (Adam 1e-3 → 1e-4). ") +
-          ("*λ = 0*: the same training (shared source + target batches, so BatchNorm sees the target) "
-           "without the reversed domain gradient." if abl else ""), "",
-          "| source | target | on the source [paper] | on the target [paper] | "
-          + ("λ = 0 on the target | " if abl else "") + "source-only CNN on the target (Table 1) |",
-          "|---|---|---|---|" + ("---|" if abl else "") + "---|"]  # fmt: skip
-    for r in results["table5"].values():
+
+    def few(key, title):
+        return [f"## {title}", table(("target", "ours [paper]"), [(t, _cell(r, P[key].get(t)))
+                                                                  for t, r in results[key].items()])]
+
+    def dann_row(r):
         s, t = r["source"], r["target"]
         pp = P["table5"].get((s, t), {})
-        base = results["table1"].get(s, {}).get(t)
-        L.append(f"| {s} | {t} | {_cell(r['on_source'], pp.get(s))} | {_cell(r['on_target'], pp.get(t))} | "
-                 + (f"{_cell(r.get('no_grl_on_target'))} | " if abl else "")
-                 + f"{_cell(base, P['table1'].get(s, {}).get(t))} |")  # fmt: skip
-    if results.get("table7"):
-        L += ["", "## Table 7: cross-dataset test, RWD 1-D CNN (few labels) against the 2-D CNN (Table 1)", "",
-              *table_head("train", "model", *cols)]
-        for a, r in results["table7"].items():
-            for m, label in (("rwd", "1-D CNN (RWD)"), ("cnn", "2-D CNN")):
-                pa = P["table7"].get(a, {}).get(m, {})
-                L.append(f"| {a if m == 'rwd' else ''} | {label} | " + " | ".join(
-                    "–" if b == a else _cell(r[m].get(b), pa.get(b)) for b in cols) + " |")  # fmt: skip
-    return L
+        return (s, t, _cell(r["on_source"], pp.get(s)), _cell(r["on_target"], pp.get(t)),
+                *([_cell(r.get("no_grl_on_target"))] if abl else []), _cell(t1.get(s, {}).get(t), P["table1"].get(s, {}).get(t)))
+
+    t7 = [(a if m == "rwd" else "", label, *("–" if b == a else _cell(r[m].get(b), P["table7"].get(a, {}).get(m, {}).get(b))
+                                             for b in cols))
+          for a, r in results.get("table7", {}).items() for m, label in (("rwd", "1-D CNN (RWD)"), ("cnn", "2-D CNN"))]
+    return paragraphs(
+        "## Table 1: 2-D CNN, fully supervised",
+        f"Each preset's CNN ({round(0.5 * n)} training + {round(0.7 * n) - round(0.5 * n)} validation labels; "
+        "Xie: 1200 + 400) tested on every preset.",
+        table(("train \\ test", *cols), [(a, *(_cell(r[b], P["table1"].get(a, {}).get(b)) for b in cols))
+                                         for a, r in t1.items()]),
+        *few("table2", "Table 2: 2-D CNN from scratch on the few target labels"),
+        "## Table 3: transfer learning (source CNN fine-tuned on the few target labels)",
+        table(("source", "target", "ours [paper]", "from scratch (Table 2)"),
+              [(r["source"], r["target"], _cell(r, P["table3"].get(r["source"], {}).get(r["target"])),
+                _cell(t2.get(r["target"]))) for r in results["table3"].values()]),
+        *few("table4", "Table 4: RWD + 1-D CNN on the few target labels"),
+        "## Table 5: DANN (labelled source, unlabelled target)",
+        ("Each DANN starts from the source's Table 1 CNN (Adam 1e-4 → 1e-5). " if init == "source" else
+         "Each DANN starts from random weights (Adam 1e-3 → 1e-4). ") +
+        ("*λ = 0*: the same training (shared source + target batches, so BatchNorm sees the target) "
+         "without the reversed domain gradient." if abl else ""),
+        table(("source", "target", "on the source [paper]", "on the target [paper]", *(["λ = 0 on the target"] if abl else []),
+               "source-only CNN on the target (Table 1)"), [dann_row(r) for r in results["table5"].values()]),
+        *(["## Table 7: cross-dataset test, RWD 1-D CNN (few labels) against the 2-D CNN (Table 1)",
+           table(("train", "model", *cols), t7)] if results.get("table7") else []),
+    )
 
 
 def write_report(results: dict, out_dir) -> Path:
@@ -647,17 +639,25 @@ def write_report(results: dict, out_dir) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    st = results["settings"]
+    st, sp = results["settings"], results["speed"]
     d = st["data"]
-    cmd = f"diffscreen benchmark xie2022{' --quick' if results['quick'] else ''}"
-    L = ["# Xie et al. (2022) on simulated beamtimes", ""]
-    for extra in results.get("preface", []):
-        L += [extra, ""]
-    if results["quick"]:
-        L += ["> **Quick (CI-sized) run** — small simulated runs and short training; see "
-              "\"The full run\" below for the documented sizes.", ""]  # fmt: skip
-    L += [
-        f"Generated by `{cmd}` in {results['seconds'] / 60:.0f} min (training {results['training_seconds'] / 60:.0f} "
+    fig9 = []
+    for key, f9 in results["fig9"].items():
+        png = f"xie2022_fig9_{f9['source']}_{f9['target']}.png"
+        fig9 += [f"{f9['source']} (source, red) and {f9['target']} (target, blue) test frames, features entering the "
+                 f"last layer. Domain separability (5-fold logistic regression, 50 % = the domains overlap fully): "
+                 f"DANN {fmt(f9['dann']['domain_accuracy'])} %, source-only CNN "
+                 f"{fmt(f9['cnn']['domain_accuracy'])} %.", f"![Fig. 9 {key}]({png})"]  # fmt: skip
+        _fig9(f9, out / png)
+    if any(results["dann_history"].values()):
+        _fig10(results["dann_history"], out / "xie2022_fig10.png")
+    L = paragraphs(
+        "# Xie et al. (2022) on simulated beamtimes",
+        *results.get("preface", []),
+        *(["> **Quick (CI-sized) run** — small simulated runs and short training; see "
+           "\"The full run\" below for the documented sizes."] if results["quick"] else []),
+        f"Generated by `diffscreen benchmark xie2022{' --quick' if results['quick'] else ''}` in "
+        f"{results['seconds'] / 60:.0f} min (training {results['training_seconds'] / 60:.0f} "
         f"min). {d['n_frames']} simulated frames per preset (Xie: 2000), split 50/20/30 in frame order as in the "
         f"ke2018 benchmark; inputs {d['input_size']}² LCN of pixels {d['scale']:g} × Ke's in reciprocal space "
         f"(resolution at the edge {1 / (DEFAULT_S_PER_PX * d['scale'] * d['input_size'] / 2):.1f} Å; Xie: 720², "
@@ -667,12 +667,9 @@ def write_report(results: dict, out_dir) -> Path:
         "batches, random flips/rotations; seed "
         f"{st['seed']}. Labels are the simulator's spot-count truth (≥ 10 spots hit, 4–9 maybe), hit and maybe "
         "merged (Xie §3.1).",
-        "",
         "Each cell: **% of hit-or-maybe frames called hit-or-maybe (recall, Xie's bold numbers)** / % of misses "
         "called miss; the paper's numbers in brackets.",
-        "",
         "## Domains",
-        "",
         "Xie used three CXIDB-76 runs, all on the Rayonix detector at LCLS: LN83, LN84, LO19. Each is a "
         "preset of our simulator with the same name (cell, photon energy, delivery, mask and the Rayonix "
         "detector model of the run). To add the cross-detector case the paper lacks, the CSPAD run L498 "
@@ -680,44 +677,32 @@ def write_report(results: dict, out_dir) -> Path:
         "keeps under half of L498's hit-or-maybe frames). Pairs of this run: "
         + ", ".join(f"{a}→{b}" + (" (cross-detector)" if _DETECTOR[a] != _DETECTOR[b] else "")
                     for a, b in st["pairs"]) + ".",
-        "",
-    ]
-    L += paper_tables(results)
-    sp = results["speed"]
-    L += ["", "## Speed: RWD 1-D CNN against the 2-D CNN (Xie §3.4.2)", "",
-          f"{sp['n']} preprocessed inputs {'×'.join(map(str, sp['input']))} in memory, batches of 16, one thread "
-          "of this CPU (best of 3).", "",
-          *table_head("model", "inputs/s [paper, A100 GPU]"),
-          f"| 2-D CNN | {fmt(sp.get('cnn2d_per_s'))} [{PAPER['speed']['cnn2d']}] |",
-          f"| RWD 1-D CNN (row ranges + network) | {fmt(sp.get('rwd1d_per_s'))} [{PAPER['speed']['rwd1d']}] |",
-          f"| ratio | {fmt(sp.get('ratio'))} [{PAPER['speed']['rwd1d'] / PAPER['speed']['cnn2d']:.0f}] |"]  # fmt: skip
-    L += _bench_speed_lines(sp.get("bench_rwd_speed"))
-    # Fig. 9
-    L += ["", "## Fig. 9: t-SNE of source and target features", ""]
-    for key, f9 in results["fig9"].items():
-        png = f"xie2022_fig9_{f9['source']}_{f9['target']}.png"
-        L += [f"{f9['source']} (source, red) and {f9['target']} (target, blue) test frames, features entering the "
-              f"last layer. Domain separability (5-fold logistic regression, 50 % = the domains overlap fully): "
-              f"DANN {fmt(f9['dann']['domain_accuracy'])} %, source-only CNN "
-              f"{fmt(f9['cnn']['domain_accuracy'])} %.", "", f"![Fig. 9 {key}]({png})", ""]  # fmt: skip
-        _fig9(f9, out / png)
-    if any(results["dann_history"].values()):
-        L += ["## Fig. 10: DANN training", "", "![Fig. 10](xie2022_fig10.png)", ""]
-        _fig10(results["dann_history"], out / "xie2022_fig10.png")
-    L += ["## Class counts (hit / maybe / miss)", "", *table_head("preset", "labelled", "validation", "test")]
-    for p, c in results["class_counts"].items():
-        L.append(f"| {p} | " + " | ".join(" / ".join(str(c[k][n]) for n in CLASSES) for k in ("labelled", "val", "test"))
-                 + " |")  # fmt: skip
+        paper_tables(results),
+        "## Speed: RWD 1-D CNN against the 2-D CNN (Xie §3.4.2)",
+        f"{sp['n']} preprocessed inputs {'×'.join(map(str, sp['input']))} in memory, batches of 16, one thread "
+        "of this CPU (best of 3).",
+        table(("model", "inputs/s [paper, A100 GPU]"), [
+            ("2-D CNN", f"{fmt(sp.get('cnn2d_per_s'))} [{PAPER['speed']['cnn2d']}]"),
+            ("RWD 1-D CNN (row ranges + network)", f"{fmt(sp.get('rwd1d_per_s'))} [{PAPER['speed']['rwd1d']}]"),
+            ("ratio", f"{fmt(sp.get('ratio'))} [{PAPER['speed']['rwd1d'] / PAPER['speed']['cnn2d']:.0f}]")]),
+        *_bench_speed_lines(sp.get("bench_rwd_speed")),
+        "## Fig. 9: t-SNE of source and target features",
+        *fig9,
+        *(["## Fig. 10: DANN training", "![Fig. 10](xie2022_fig10.png)"] if any(results["dann_history"].values()) else []),
+        "## Class counts (hit / maybe / miss)",
+        table(("preset", "labelled", "validation", "test"),
+              [(p, *(" / ".join(str(c[k][n]) for n in CLASSES) for k in ("labelled", "val", "test")))
+               for p, c in results["class_counts"].items()]),
+    )
     L += findings_lines(results.get("findings"), ASSERTED)
     for extra in results.get("notes", []):
         L += ["", extra]
-    L += ["", "## The full run and the quick run", "", *_sizes()]
-    L += ["", "## Differences from the paper", "", *_discussion(st)]
+    L += ["", "## The full run and the quick run", "", *_sizes(), "", "## Differences from the paper", "", *_discussion(st)]
     return write_files(out, "xie2022", L, results)
 
 
 def _bench_speed_lines(bench) -> list[str]:
-    """Summary of ``bench/results/rwd_speed.json`` (written by ``bench/rwd_speed.py``), if present."""
+    """Summary of ``bench/results/rwd_speed.json`` (written by ``bench/rwd_speed.py``) as markdown blocks, if present."""
     if not isinstance(bench, dict):
         return []
     L = []
@@ -730,9 +715,7 @@ def _bench_speed_lines(bench) -> list[str]:
                     "speedup_frames_vs_2d")  # fmt: skip
             txt = ", ".join(f"{k} {r[k]:.1f}" for k in keys if isinstance(r.get(k), (int, float)))
             L.append(f"- `{name}`, {threads} ({run_.get('when', '')}, {run_.get('input', '')}): {txt}")
-    if L:
-        L = ["", "`bench/rwd_speed.py` at Xie's 720² input (bench/results/rwd_speed.json):", ""] + L
-    return L
+    return ["`bench/rwd_speed.py` at Xie's 720² input (bench/results/rwd_speed.json):", L] if L else []
 
 
 def _fig9(f9: dict, path: Path) -> None:
