@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import predict, table_head, write_json
+from diffscreen.benchmarks._harness import paragraphs, predict, table, write_json
 from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
 from diffscreen.simulate.metadata import load_inputs, make_inputs
@@ -160,69 +160,67 @@ def dials_peer_lines(path) -> list[str]:
     for name, f in d["frames"].items():
         n = f["n_spots"]
         if n is None:
-            rows.append(f"| {name} | {f['label']} | not read: {f['error'][:80]} |")
+            rows.append((name, f["label"], f"not read: {f['error'][:80]}"))
             continue
         keep, is_pos = n >= 4, f["label"] != "miss"
         tp += keep and is_pos
         pos += is_pos
         tn += (not keep) and (not is_pos)
         neg += not is_pos
-        rows.append(f"| {name} | {f['label']} | {n} spots → {'keep' if keep else 'drop'} |")
+        rows.append((name, f["label"], f"{n} spots → {'keep' if keep else 'drop'}"))
     read = sum(f["n_spots"] is not None for f in d["frames"].values())
     return [f"`{d['tool']}` ({d['version']}), {d['rule']} (`bench/dials/real_frames.py`): it reads {read} of "
             f"{len(d['frames'])} files with its defaults; on those it keeps {tp} of {pos} hits or maybes and "
-            f"rejects {tn} of {neg} misses.", "", *table_head("frame", "truth", "DIALS"), *rows]
+            f"rejects {tn} of {neg} misses.", "", *table(("frame", "truth", "DIALS"), rows)]
 
 
 def report_markdown(res: dict) -> str:
     """``docs/benchmarks/generalisation.md`` from :func:`run_generalisation`'s result."""
-    st = res["settings"]
-    lines = ["# Leave one detector family out (issue 13)", "",
-             "The significance recipe (Ke et al. 2018 CNN on the max-pooled per-pixel significance over resolution "
-             "shells, 360² at 2× Ke's reciprocal pixel; the bundled fast model is the same recipe at 240²) trained on simulated frames of every detector family but one, "
-             "then tested on fresh frames of the family left out. Score: balanced accuracy of the keep decision "
-             "(hit or maybe against miss), mean and 95 % t-interval over "
-             f"{len(st['seeds'])} seeds (each seed sets the initialisation and batches and draws fresh test frames; "
-             "the training frames are those of scripts/make_default_model.py and the same for every seed). "
-             "Training frames per preset (20 % validate): "
-             + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
-             + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
-             "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.", "",
-             *table_head("family left out", "presets", "balanced accuracy", "per seed", "≥ 0.95")]
-    for fam, r in res["families"].items():
+    st, fams = res["settings"], res["families"]
+
+    def verdict(r):
         lo = r["ci95"][0]
-        verdict = "yes" if (not math.isnan(lo) and lo >= 0.95) else ("mean only" if r["mean"] >= 0.95 else "**no**")
-        lines.append(f"| {fam} | {', '.join(r['presets'])} | {_fmt(r['mean'], *r['ci95'])} | "
-                     f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | {verdict} |")
-    lines += ["", "## Per preset of the family left out", "", *table_head("family", "preset", "balanced accuracy")]
-    for fam, r in res["families"].items():
-        for p, v in r["per_preset"].items():
-            lines.append(f"| {fam} | {p} | {_fmt(*v)} |")
-    if res.get("real"):
-        lines += ["", "## The same models on the shared real frames", "",
-                  "Each left-out model, and models trained on every family, on the 18 real frames of "
-                  "`../shared/data/real-frames` and `real-frames-2` (measurement only: nothing was chosen on them).",
-                  "", *table_head("model", "balanced accuracy on the real frames")]
-        for name, v in res["real"].items():
-            lines.append(f"| {name} | {_fmt(*v) if isinstance(v, (list, tuple)) else f'{v:.3f}'} |")
-    fams = res["families"]
+        return "yes" if (not math.isnan(lo) and lo >= 0.95) else ("mean only" if r["mean"] >= 0.95 else "**no**")
+
     below = [f for f, r in fams.items() if not math.isnan(r["ci95"][1]) and r["ci95"][1] < 0.95]
-    lines += ["", "## Findings", "",
-              f"- {len(below)} of {len(fams)} families lie below the 0.95 goal with the whole 95 % interval "
-              f"({', '.join(below) or 'none'}); "
-              + ("no family reaches it." if all(r["mean"] < 0.95 for r in fams.values()) else
-                 "see the table for the others."),
-              f"- The left-out models are trained {st['epochs']} × {st['batches']} batches (scripts/make_default_model.py: "
-              "60 × 40), so they are a lower bound on the recipe."]
     wide = max(fams, key=lambda f: (fams[f]["ci95"][1] - fams[f]["ci95"][0]) if not math.isnan(fams[f]["ci95"][0])
                else -1.0)
     lo, hi = fams[wide]["ci95"]
-    if not math.isnan(lo):
-        lines.append(f"- Seeds differ a lot (the widest interval, {wide}, spans {lo:.2f}–{hi:.2f}), so differences "
-                     "between families of a few points mean little.")
-    peers = res.get("peers")
-    if peers:
-        lines += ["", "## Peers on the real frames", ""] + peers
-    lines += ["", f"Rerun: `diffscreen benchmark generalisation` (results in `generalisation.json`; "
-              f"{res.get('seconds', float('nan')) / 60:.0f} min on this machine).", ""]
-    return "\n".join(lines)
+    lines = paragraphs(
+        "# Leave one detector family out (issue 13)",
+        "The significance recipe (Ke et al. 2018 CNN on the max-pooled per-pixel significance over resolution "
+        "shells, 360² at 2× Ke's reciprocal pixel; the bundled fast model is the same recipe at 240²) trained on simulated frames of every detector family but one, "
+        "then tested on fresh frames of the family left out. Score: balanced accuracy of the keep decision "
+        "(hit or maybe against miss), mean and 95 % t-interval over "
+        f"{len(st['seeds'])} seeds (each seed sets the initialisation and batches and draws fresh test frames; "
+        "the training frames are those of scripts/make_default_model.py and the same for every seed). "
+        "Training frames per preset (20 % validate): "
+        + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
+        + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
+        "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.",
+        table(("family left out", "presets", "balanced accuracy", "per seed", "≥ 0.95"),
+              [(fam, ", ".join(r["presets"]), _fmt(r["mean"], *r["ci95"]), ", ".join(f"{v:.3f}" for v in r["per_seed"]),
+                verdict(r)) for fam, r in fams.items()]),
+        "## Per preset of the family left out",
+        table(("family", "preset", "balanced accuracy"),
+              [(fam, p, _fmt(*v)) for fam, r in fams.items() for p, v in r["per_preset"].items()]),
+        *(["## The same models on the shared real frames",
+           "Each left-out model, and models trained on every family, on the 18 real frames of "
+           "`../shared/data/real-frames` and `real-frames-2` (measurement only: nothing was chosen on them).",
+           table(("model", "balanced accuracy on the real frames"),
+                 [(name, _fmt(*v) if isinstance(v, (list, tuple)) else f"{v:.3f}") for name, v in res["real"].items()])]
+          if res.get("real") else []),
+        "## Findings",
+        [f"- {len(below)} of {len(fams)} families lie below the 0.95 goal with the whole 95 % interval "
+         f"({', '.join(below) or 'none'}); "
+         + ("no family reaches it." if all(r["mean"] < 0.95 for r in fams.values()) else
+            "see the table for the others."),
+         f"- The left-out models are trained {st['epochs']} × {st['batches']} batches (scripts/make_default_model.py: "
+         "60 × 40), so they are a lower bound on the recipe.",
+         *([f"- Seeds differ a lot (the widest interval, {wide}, spans {lo:.2f}–{hi:.2f}), so differences "
+            "between families of a few points mean little."] if not math.isnan(lo) else [])],
+        *(["## Peers on the real frames", res["peers"]] if res.get("peers") else []),
+        f"Rerun: `diffscreen benchmark generalisation` (results in `generalisation.json`; "
+        f"{res.get('seconds', float('nan')) / 60:.0f} min on this machine).",
+    )
+    return "\n".join(lines + [""])
