@@ -37,21 +37,15 @@ def start(out_dir, work, settings, quick: bool) -> tuple[Path, Path, dict]:
     return out, work, {"settings": asdict(settings), "quick": quick}
 
 
-def digest(obj, n: int = 10, algo: str = "sha256") -> str:
-    """First ``n`` hex digits of the hash of ``obj`` as sorted JSON: the key of a cached job."""
-    return hashlib.new(algo, json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+def digest(obj, n: int = 10) -> str:
+    """First ``n`` hex digits of the SHA-256 of ``obj`` as sorted JSON: the key of a cached job."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def save_npy(path: Path, a: np.ndarray) -> None:
     """Write one array as ``.npy`` atomically."""
     with temporary_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, a)
-
-
-def save_npz(path: Path, **arrays) -> None:
-    """Write arrays as one ``.npz`` atomically."""
-    with temporary_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
 
 
 def write_json(path: Path, obj, indent: int | None = 1) -> None:
@@ -114,14 +108,9 @@ def _row(cells) -> str:
     return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
 
 
-def table_head(*columns: str) -> list[str]:
-    """The two header lines of a markdown table with these columns."""
-    return [_row(columns), "|" + "---|" * len(columns)]
-
-
 def table(columns, rows) -> list[str]:
     """The lines of a markdown table: its header with ``columns``, then one line per row (a sequence of cells)."""
-    return table_head(*columns) + [_row(row) for row in rows]
+    return [_row(columns), "|" + "---|" * len(columns)] + [_row(row) for row in rows]
 
 
 def paragraphs(*blocks) -> list[str]:

@@ -143,68 +143,79 @@ def _time_methods(model, x, methods, repeat: int = 2) -> dict:
     return {m: 1 / rate(lambda x1: attribute(model, x1, method=m), [x[:1]] * repeat) for m in methods}  # noqa: B023
 
 
-def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, seed: int) -> dict:
-    """Nawaz Fig. 7 (Grad-CAM + Guided Grad-CAM per class) and Fig. 6 (inversions)."""
+def _grid(panels, ncols: int, size: tuple, path: Path) -> None:
+    """Write a grid of image panels ``(image, title, cmap)``, row by row, ``ncols`` a row (None leaves a cell empty)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from diffscreen.explain import attribute, display_frame, invert, overlay, representation_layers, save_png
+    from diffscreen.explain import save_png
 
-    info = {}
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    nrows = -(-len(panels) // ncols)
+    for i, panel in enumerate(panels):
+        if panel is None:
+            continue
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(panel[0], cmap=panel[2])
+        ax.set_title(panel[1], fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    save_png(path, fig)
+
+
+def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, seed: int) -> dict:
+    """Nawaz Fig. 7 (Grad-CAM + Guided Grad-CAM per class) and Fig. 6 (inversions) → ``{"inversion": ...}``."""
+    from diffscreen.explain import attribute, display_frame, invert, overlay, representation_layers
+
     picks = [int(np.flatnonzero(labels == c)[0]) for c in classes if (labels == c).any()]
     xs = np.asarray(x[picks], np.float32)
     cam = attribute(model, xs, method="gradcam")
     gg = attribute(model, xs, method="guided-gradcam")
-    fig = Figure(figsize=(2.2 * len(picks), 6.6), dpi=100)
-    FigureCanvasAgg(fig)
-    for j, k in enumerate(picks):
-        for r, (img, title) in enumerate(
-            [
-                (display_frame(xs[j, 0]), labels[k]),
-                (overlay(xs[j, 0], cam[j]), "Grad-CAM"),
-                (overlay(xs[j, 0], gg[j], style="signed"), "Guided Grad-CAM"),
-            ]
-        ):
-            ax = fig.add_subplot(3, len(picks), r * len(picks) + j + 1)
-            ax.imshow(img, cmap="gray" if r == 0 else None)
-            ax.set_title(title, fontsize=8)
-            ax.set_axis_off()
-    fig.tight_layout()
-    save_png(out_dir / "nawaz2022_gradcam.png", fig)
-
-    layers = representation_layers(model)
-    inv_rows = []
+    _grid([(display_frame(xs[j, 0]), labels[k], "gray") for j, k in enumerate(picks)]
+          + [(overlay(xs[j, 0], cam[j]), "Grad-CAM", None) for j in range(len(picks))]
+          + [(overlay(xs[j, 0], gg[j], style="signed"), "Guided Grad-CAM", None) for j in range(len(picks))],
+          len(picks), (2.2 * len(picks), 6.6), out_dir / "nawaz2022_gradcam.png")
+    n_layers = len(representation_layers(model))
+    inv, panels = {}, []
     for c in ("strong", "no-crystal"):
         if not (labels == c).any():
             continue
         k = int(np.flatnonzero(labels == c)[0])
         x1 = np.asarray(x[k : k + 1], np.float32)
-        row = []
-        for li in range(len(layers)):
-            r = invert(model, x1, layer=li, steps=inversion_steps, seed=seed)
-            corr = float(np.corrcoef(r.image.ravel(), x1.ravel())[0, 1])
-            row.append((r, corr))
-        inv_rows.append((c, x1, row))
-    if inv_rows:
-        fig = Figure(figsize=(2.0 * (len(layers) + 1), 2.2 * len(inv_rows)), dpi=100)
-        FigureCanvasAgg(fig)
-        for i, (c, x1, row) in enumerate(inv_rows):
-            ax = fig.add_subplot(len(inv_rows), len(layers) + 1, i * (len(layers) + 1) + 1)
-            ax.imshow(display_frame(x1[0, 0]), cmap="gray")
-            ax.set_title(f"{c}: input", fontsize=8)
-            ax.set_axis_off()
-            for j, (r, corr) in enumerate(row):
-                ax = fig.add_subplot(len(inv_rows), len(layers) + 1, i * (len(layers) + 1) + j + 2)
-                ax.imshow(display_frame(r.image), cmap="gray")
-                ax.set_title(f"conv{j + 1} (r = {corr:.2f})", fontsize=8)
-                ax.set_axis_off()
-        fig.tight_layout()
-        save_png(out_dir / "nawaz2022_inversion.png", fig)
-    info["inversion"] = {
-        c: [{"layer": r.layer, "corr": corr, "seconds": r.seconds, "feature_error": r.feature_error} for r, corr in row]
-        for c, _, row in inv_rows
-    }
-    return info
+        rs = [invert(model, x1, layer=li, steps=inversion_steps, seed=seed) for li in range(n_layers)]
+        corr = [float(np.corrcoef(r.image.ravel(), x1.ravel())[0, 1]) for r in rs]
+        panels += [(display_frame(x1[0, 0]), f"{c}: input", "gray")]
+        panels += [(display_frame(r.image), f"conv{j + 1} (r = {cc:.2f})", "gray") for j, (r, cc) in enumerate(zip(rs, corr))]
+        inv[c] = [{"layer": r.layer, "corr": cc, "seconds": r.seconds, "feature_error": r.feature_error}
+                  for r, cc in zip(rs, corr)]
+    if inv:
+        _grid(panels, n_layers + 1, (2.0 * (n_layers + 1), 2.2 * len(inv)), out_dir / "nawaz2022_inversion.png")
+    return {"inversion": inv}
+
+
+def _confusion_figure(cm: np.ndarray, classes, path: Path) -> None:
+    """Our confusion matrix beside Nawaz Table 3's, each row normalised to its true class."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from diffscreen.explain import save_png
+
+    fig = Figure(figsize=(9, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    for j, (m, title) in enumerate([(cm, "ours (simulated)"), (PAPER_TABLE3, "Nawaz et al. 2022, Table 3")]):
+        ax = fig.add_subplot(1, 2, j + 1)
+        mn = m / np.maximum(m.sum(1, keepdims=True), 1)
+        ax.imshow(mn, cmap="Blues", vmin=0, vmax=1)
+        for (a, b), v in np.ndenumerate(m):
+            ax.text(b, a, str(int(v)), ha="center", va="center", fontsize=7, color="white" if mn[a, b] > 0.5 else "black")
+        ax.set_xticks(range(5), classes, rotation=45, fontsize=7)
+        ax.set_yticks(range(5), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_png(path, fig)
 
 
 def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe: AlexNetRecipe | None = None,
@@ -284,25 +295,7 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     timing["ke2018_720"] = _time_methods(ke.model, kx, methods)
     figs = _figures(model, test["x"], test["label"], DIFFRANET_CLASSES, out_dir,
                     inversion_steps=30 if quick else 200, seed=seed)
-    # confusion-matrix and t-SNE figures
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    for j, (m, title) in enumerate([(cm, "ours (simulated)"), (PAPER_TABLE3, "Nawaz et al. 2022, Table 3")]):
-        ax = fig.add_subplot(1, 2, j + 1)
-        mn = m / np.maximum(m.sum(1, keepdims=True), 1)
-        ax.imshow(mn, cmap="Blues", vmin=0, vmax=1)
-        for (a, b), v in np.ndenumerate(m):
-            ax.text(b, a, str(int(v)), ha="center", va="center", fontsize=7, color="white" if mn[a, b] > 0.5 else "black")
-        ax.set_xticks(range(5), DIFFRANET_CLASSES, rotation=45, fontsize=7)
-        ax.set_yticks(range(5), DIFFRANET_CLASSES, fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    save_png(out_dir / "nawaz2022_confusion.png", fig)
+    _confusion_figure(cm, DIFFRANET_CLASSES, out_dir / "nawaz2022_confusion.png")
     n_ts = min(len(test["x"]), 300)
     feats = penultimate_features(model, test["x"][:n_ts].astype(np.float32))
     emb = tsne_embed(feats, seed=seed)
