@@ -159,22 +159,9 @@ class Settings:
 #: The documented full run (about an hour on 2 cores).
 FULL = Settings()
 #: The CI run: two presets (one Rayonix, one CSPAD with 1-3 px spots), a few minutes.
-QUICK = Settings(
-    presets=("LO19", "L498"),
-    n_frames=200,
-    input_size=360,
-    scale=2.0,
-    epochs=15,
-    batches_per_epoch=16,
-    batch_size=24,
-    lr_start=0.05,
-    train_sizes=(),
-    n_tune=20,
-    pf8_adc_sigmas=(2.0, 8.0),
-    pf8_min_snrs=(5.0,),
-    n_throughput=3,
-    class_fractions=(0.3, 0.3, 0.4),  # enough hits and maybes in 100 training frames
-)
+QUICK = Settings(presets=("LO19", "L498"), n_frames=200, input_size=360, scale=2.0, epochs=15, batches_per_epoch=16,
+                 batch_size=24, lr_start=0.05, train_sizes=(), n_tune=20, pf8_adc_sigmas=(2.0, 8.0), pf8_min_snrs=(5.0,),
+                 n_throughput=3, class_fractions=(0.3, 0.3, 0.4))  # enough hits and maybes in 100 training frames
 
 
 def preprocess_configs(settings: Settings):

@@ -189,20 +189,9 @@ FULL = Settings()
 QUICK = Settings(
     data=replace(ke2018.QUICK, presets=("LO19", "L498"), n_frames=200, input_size=180, scale=2.0, epochs=30,
                  batches_per_epoch=25, batch_size=32, n_throughput=0),
-    full_presets=("LO19",),
-    targets=("L498",),
-    pairs=(("LO19", "L498"),),
-    n_labels=50,
-    n_val=40,
-    epochs=20,
-    batches_per_epoch=16,
-    batch_size=24,
-    transfer_frozen_epochs=8,
-    transfer_unfrozen_epochs=10,
-    tsne_pairs=(("LO19", "L498"),),
-    n_tsne=60,
-    n_speed=32,
-)
+    full_presets=("LO19",), targets=("L498",), pairs=(("LO19", "L498"),), n_labels=50, n_val=40, epochs=20,
+    batches_per_epoch=16, batch_size=24, transfer_frozen_epochs=8, transfer_unfrozen_epochs=10,
+    tsne_pairs=(("LO19", "L498"),), n_tsne=60, n_speed=32)
 
 #: The findings ``--quick`` asserts (the issue's CI check); both held at three seeds of the quick
 #: run (docs/benchmarks/xie2022.md, "The quick run (CI size) at three seeds").
