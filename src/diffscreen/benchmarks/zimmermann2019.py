@@ -83,6 +83,7 @@ def add_uniform_noise(frames, b: float, *, seed: int) -> np.ndarray:
 
 
 def _simulate(n, size, seed):
+    """``n`` simulated CDI frames → images (n, size, size), multi-hot labels (n, 11) uint8, mask, frames/s, frames."""
     from diffscreen.simulate.cdi import CDISimulator
 
     sim = CDISimulator(seed=seed, size=size)
@@ -91,8 +92,7 @@ def _simulate(n, size, seed):
     dt = time.time() - t0
     X = np.stack([f.data for f in fr])
     Y = np.stack([f.labels for f in fr]).astype(np.uint8)
-    shapes = [f.params["shape"] for f in fr]
-    return X, Y, fr[0].mask, n / dt, fr, shapes
+    return X, Y, fr[0].mask, n / dt, fr
 
 
 def _prep(X, mask, size, mode):
@@ -156,7 +156,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
     t_all = time.time()
     ntr, nva, S = cfg["n_train"], cfg["n_val"], cfg["size"]
     log(f"simulating {ntr + nva} CDI frames at {cfg['sim_size']} px")
-    X, Y, mask, fps, frames, shapes = _simulate(ntr + nva, cfg["sim_size"], seed)
+    X, Y, mask, fps, frames = _simulate(ntr + nva, cfg["sim_size"], seed)
     base = all_negative_baseline(Y[ntr:])
     maj = multilabel_metrics(Y[ntr:], np.broadcast_to(Y[:ntr].mean(0) > 0.5, Y[ntr:].shape).astype(float))
     res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, "sim_fps": fps,
@@ -171,28 +171,22 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
         return {**{k: float(r.max.get(k, float("nan"))) for k in keep}, "seconds": r.seconds,
                 "best_epoch": r.best.get("epoch")}
 
-    inputs = {}
+    t6, models = {}, {}
     for noise in cfg["noises"]:
         Xn = X if noise == "none" else add_uniform_noise(X, bounds[noise], seed=seed + 17)
         for mode in cfg["modes"]:
             P, pc, ms = _prep(Xn, mask, S, mode)
-            inputs[(noise, mode)] = (P, pc)
             if noise == "none":
                 res[f"prep_ms_{mode}"] = ms
-    res["ccf_ms"] = res["prep_ms_ccf"]
-    res["majority_floor_note"] = "majority-label predictor; a model at this level has learned nothing beyond class priors"
-    t6, models = {}, {}
-    for noise in cfg["noises"]:
-        for mode in cfg["modes"]:
-            P, pc = inputs[(noise, mode)]
             log(f"table 6: noise {noise}, {mode}")
             r = _train(P, Y, ntr, cfg, alpha="0.2", seed=seed, pc=pc)
             t6[f"{noise}|{mode}"] = summ(r)
-            if noise == "none" and mode == "image":
-                models["0.2"] = r.model
+            if (noise, mode) == ("none", "image"):
+                P0, pc0, models["0.2"] = P, pc, r.model
             log(f"  {t6[f'{noise}|{mode}']}")
+    res["ccf_ms"] = res["prep_ms_ccf"]
+    res["majority_floor_note"] = "majority-label predictor; a model at this level has learned nothing beyond class priors"
     res["table6"] = t6
-    P0, pc0 = inputs[("none", "image")]
     if cfg["table4"]:
         t4 = {"0.2": t6["none|image"]}
         for a in cfg["alphas"]:
