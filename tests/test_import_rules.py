@@ -96,3 +96,56 @@ def test_no_import_cycle_between_packages():
     for start in sorted(edges):
         visit(start, [start])
     assert not cycles, "package import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def _module_edges(graph) -> dict[str, set[str]]:
+    """module -> the diffscreen modules it imports (``from pkg import mod`` counts as importing ``pkg.mod``)."""
+    edges: dict[str, set[str]] = {}
+    for me, (_, imports) in graph.items():
+        for mod, name, _ in imports:
+            target = f"{mod}.{name}" if name and f"{mod}.{name}" in graph else mod
+            if target in graph and target != me:
+                edges.setdefault(me, set()).add(target)
+    return edges
+
+
+def _cycles(edges) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_import_cycle_outside_the_model_registry():
+    """The model registry (``models._api`` and the architectures that register with it) may be a cycle; nothing else."""
+    cycles = [c for c in _cycles(_module_edges(_graph())) if not all(m.startswith("diffscreen.models.") for m in c)]
+    assert not cycles, "module import cycles:\n" + "\n".join(" ↔ ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

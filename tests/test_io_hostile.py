@@ -33,7 +33,7 @@ from diffscreen.io import (
     read_labels,
 )
 from diffscreen.io import limits
-from diffscreen.io.sources import BaseSource, check_input_file, reader_errors
+from diffscreen.io.base import BaseSource, check_input_file, reader_errors
 
 
 # --------------------------------------------------------------------------- builders

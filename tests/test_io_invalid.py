@@ -10,7 +10,7 @@ import pytest
 
 from diffscreen.errors import DiffscreenError
 from diffscreen.io import open_source, read_frame
-from diffscreen.io.sources import invalid_mask
+from diffscreen.io.base import invalid_mask
 
 from conftest import TEST_DATA, shared_data_path
 

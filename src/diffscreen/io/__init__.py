@@ -27,14 +27,8 @@ from diffscreen.io.labels import (
     read_labels,
     write_label_csv,
 )
-from diffscreen.io.sources import (
-    FrameSource,
-    expand_inputs,
-    iter_frames,
-    open_source,
-    read_frame,
-    register_reader,
-)
+from diffscreen.io.base import FrameSource
+from diffscreen.io.sources import expand_inputs, iter_frames, open_source, read_frame, register_reader
 
 __all__ = [
     "open_source",

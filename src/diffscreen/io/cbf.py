@@ -40,7 +40,7 @@ trusted range, as in ``FormatCBFMultiTileHierarchy``), the CSPAD sentinel
 value the detector flags as invalid or overloaded must not decide a frame):
 values at or above ``_array_intensities.overload`` (or the Pilatus
 ``# Count_cutoff`` of a text header) and the all-ones value of the stored
-integer dtype (:func:`~diffscreen.io.sources.invalid_mask`).
+integer dtype (:func:`~diffscreen.io.base.invalid_mask`).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from diffscreen.errors import FrameReadError
+from diffscreen.io.base import BaseSource, invalid_mask, open_decompressed, read_decompressed
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.io.limits import check_frame_size, max_frame_pixels, max_stream_bytes
-from diffscreen.io.sources import BaseSource, invalid_mask, open_decompressed, read_decompressed
 
 __all__ = [
     "ImgCIFSource",
@@ -843,7 +843,7 @@ class ImgCIFSource(BaseSource):
         info["text_header"] = text
         info["saturated"] = info["overload"]
         if info["saturated"] is None and text:
-            from diffscreen.io.single import parse_pilatus_header
+            from diffscreen.io.pilatus import parse_pilatus_header
 
             info["saturated"] = parse_pilatus_header(text).get("count_cutoff")
         return info
@@ -884,7 +884,7 @@ class ImgCIFSource(BaseSource):
         if undefined:
             meta.extra["undefined_value"] = undefined[0] if len(undefined) == 1 else undefined
         if hd["text_header"]:
-            from diffscreen.io.single import fill_from_pilatus_header
+            from diffscreen.io.pilatus import fill_from_pilatus_header
 
             fill_from_pilatus_header(meta, hd["text_header"])
         return meta

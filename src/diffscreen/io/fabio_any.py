@@ -24,7 +24,7 @@ the dedicated readers are unchanged.
 
 Multi-frame files (GE, ESPERANTO, ...) are read frame by frame with fabio's
 ``nframes``/``getframe``.  Mask (True = bad): what the detector flags as
-invalid (:func:`~diffscreen.io.sources.invalid_mask`): negative values of
+invalid (:func:`~diffscreen.io.base.invalid_mask`): negative values of
 signed-integer data, the all-ones value of the stored integer dtype, and
 values at or above a saturation value found in the header.  Geometry is
 filled only where the header gives it cheaply (Bruker ``DISTANC``,
@@ -43,15 +43,9 @@ import re
 import numpy as np
 
 from diffscreen.errors import FrameReadError, UnknownFormatError
+from diffscreen.io.base import BaseSource, invalid_mask, read_decompressed, read_head, reader_errors
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.io.limits import check_frame_size, max_stream_bytes
-from diffscreen.io.sources import (
-    BaseSource,
-    invalid_mask,
-    read_decompressed,
-    read_head,
-    reader_errors,
-)
 
 __all__ = ["FabioAnySource", "fabio_format", "understand", "open_path"]
 

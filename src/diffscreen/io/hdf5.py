@@ -23,7 +23,7 @@ Generic ``file.h5:/path/to/data``
 
 Every layout also masks what the detector itself flags as invalid (issue 13:
 a value the detector flags as invalid or overloaded must not decide a frame;
-:func:`~diffscreen.io.sources.invalid_mask`): the all-ones value of the
+:func:`~diffscreen.io.base.invalid_mask`): the all-ones value of the
 stored integer dtype (65535 in uint16, 4294967295 in uint32 Eiger data) and
 values at or above ``SATURATED_VALUE`` (CXIDB-76) or the NXmx
 ``saturation_value``.  The CXI window read (:meth:`CXISource.read_region`)
@@ -39,7 +39,7 @@ Pixel data are read one frame (or one window) at a time, per-frame columns
 only when they are 1-D or 2-D with few values per frame, and ``/metadata``
 only for the keys used.  Whatever h5py raises becomes a
 :class:`~diffscreen.errors.FrameReadError` naming the file and frame
-(:func:`~diffscreen.io.sources.reader_errors`).
+(:func:`~diffscreen.io.base.reader_errors`).
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ import re
 import numpy as np
 
 from diffscreen.errors import DatasetNotFoundError, FrameReadError, UnknownFormatError
+from diffscreen.io.base import BaseSource, check_input_file, invalid_mask, reader_errors
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
 from diffscreen.io.limits import check_frame_size
-from diffscreen.io.sources import BaseSource, check_input_file, invalid_mask, reader_errors
 
 __all__ = [
     "CXISource",
@@ -584,7 +584,7 @@ class CXISource(_H5Source):
     first.  The mask is the OR of the static detector mask and the per-frame
     mask, keeping only the bits in :data:`CXI_BAD_PIXEL_BITS` (a pixel
     flagged only as saturated by the mask bits stays usable), and the
-    all-ones value of integer pixel data (:func:`~diffscreen.io.sources.invalid_mask`),
+    all-ones value of integer pixel data (:func:`~diffscreen.io.base.invalid_mask`),
     in :meth:`read` and :meth:`read_region` alike.
     ``meta.extra`` carries ``entry``, ``entry_frame`` and, where the file has
     them, ``source_file``, ``source_frame``, ``label`` (class name),

@@ -449,7 +449,8 @@ def label_format(path) -> str:
         Missing file, or text in none of the formats.
     """
     from diffscreen.io import hdf5
-    from diffscreen.io.sources import read_head, readers, split_spec
+    from diffscreen.io.base import read_head
+    from diffscreen.io.sources import readers, split_spec
 
     file, dataset = split_spec(os.fspath(path))
     _check_label_file(file)

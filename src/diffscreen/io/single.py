@@ -36,7 +36,7 @@ modules or a dead pixel); MarCCD and mar345 zeros outside the inscribed circle
 (the round active area of a MarCCD 165 or an image plate); the EDF ``Dummy``
 value.  Besides these, every kind masks what the detector itself flags as
 invalid (issue 13: a value the detector flags as invalid or overloaded must
-not decide a frame; :func:`~diffscreen.io.sources.invalid_mask`): pixels at
+not decide a frame; :func:`~diffscreen.io.base.invalid_mask`): pixels at
 or above the header's saturation value (Pilatus ``# Count_cutoff``, ADSC
 ``CCD_IMAGE_SATURATION``, MarCCD ``saturated_value``), and the all-ones value
 2**n - 1 of the stored integer dtype (65535 in a uint16 CCD frame is masked
@@ -65,9 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffscreen.errors import FrameReadError
-from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.io.limits import check_frame_size, max_stream_bytes
-from diffscreen.io.sources import (
+from diffscreen.io.base import (
     HEAD_BYTES,
     BaseSource,
     check_length,
@@ -77,12 +75,13 @@ from diffscreen.io.sources import (
     read_head,
     reader_errors,
 )
+from diffscreen.io.frame import Frame, FrameMeta
+from diffscreen.io.limits import check_frame_size, max_stream_bytes
+from diffscreen.io.pilatus import NUMBER, fill_from_pilatus_header, header_number
 
 __all__ = [
     "FabioSource",
     "fabio_kind",
-    "parse_pilatus_header",
-    "fill_from_pilatus_header",
     "marccd_header",
     "inscribed_circle",
     "understand",
@@ -94,9 +93,6 @@ READER_NAME = "fabio"
 SINGLE_FRAME_KINDS = {"cbf", "smv", "marccd", "mar345"}
 _MARCCD_HEADER_OFFSET = 1024
 _MARCCD_HEADER_SIZE = 3072
-#: A number as headers write it, also ``nan``/``inf`` (kept, so that
-#: :func:`~diffscreen.io.frame.check_geometry` can warn about them).
-_NUM = r"([-+]?(?:\d*\.?\d+(?:[eE][-+]?\d+)?|(?<![A-Za-z])(?:[Ii]nf(?:inity)?|[Nn]a[Nn])(?![A-Za-z])))"
 #: Longest text header (SMV, EDF) or text before a CBF binary section read, bytes.
 _TEXT_HEADER_LIMIT = 1 << 20
 _CBF_TEXT_LIMIT = 16 << 20
@@ -698,7 +694,7 @@ class FabioSource(BaseSource):
         elif self.kind in ("marccd", "mar345"):
             bad |= (raw == 0) & ~inscribed_circle(raw.shape)
         elif self.kind == "edf":
-            dummy = _number(header.get("Dummy"))
+            dummy = header_number(header.get("Dummy"))
             if dummy not in (None, 0.0):
                 bad |= raw == dummy
         return bad
@@ -738,121 +734,28 @@ def inscribed_circle(shape: tuple[int, int]) -> np.ndarray:
     return (y - (H - 1) / 2) ** 2 + (x - (W - 1) / 2) ** 2 <= (min(H, W) / 2) ** 2
 
 
-def _number(v) -> float | None:
-    """The first number in a header value (``nan``/``inf`` kept), or None."""
-    if v is None:
-        return None
-    m = re.search(_NUM, str(v))
-    return float(m.group(1)) if m else None
-
-
 def _set(v) -> float | None:
     """A header field where 0 means "not set" (MarCCD): None for 0, else the value as stated."""
     return None if v is None or v == 0 else float(v)
 
 
-# --------------------------------------------------------------------------- Pilatus
-
-
-def parse_pilatus_header(text: str) -> dict:
-    """Geometry from a Pilatus/Eiger miniCBF text header (``_array_data.header_contents``).
-
-    Parameters
-    ----------
-    text : str
-        Lines such as ``# Pixel_size 172e-6 m x 172e-6 m``.
-
-    Returns
-    -------
-    dict
-        Keys present only where the header has them: ``detector`` (model,
-        e.g. ``"PILATUS3 6M"``), ``detector_line`` (the whole line),
-        ``pixel_size_mm``, ``distance_mm``, ``wavelength_A``, ``beam_xy_px``
-        ``(x, y)`` and ``count_cutoff``.
-
-    Notes
-    -----
-    Source: DECTRIS, "PILATUS CBF header specification" (SLS/PILATUS_1.2
-    convention); distances and pixel sizes are given in m, ``Beam_xy`` in px.
-    """
-    text = text or ""
-    out = {}
-    m = re.search(r"#\s*Detector:\s*([^\r\n]+)", text)
-    if m:
-        out["detector_line"] = m.group(1).strip()
-        out["detector"] = out["detector_line"].split(",")[0].strip()
-    m = re.search(rf"#\s*Pixel_size\s+{_NUM}\s*m\s*x\s*{_NUM}\s*m", text)
-    if m:
-        out["pixel_size_mm"] = float(m.group(1)) * 1e3
-    m = re.search(rf"#\s*Detector_distance\s+{_NUM}\s*m", text)
-    if m:
-        out["distance_mm"] = float(m.group(1)) * 1e3
-    m = re.search(rf"#\s*Wavelength\s+{_NUM}\s*A", text)
-    if m:
-        out["wavelength_A"] = float(m.group(1))
-    m = re.search(rf"#\s*Beam_xy\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*pixels", text)
-    if m:
-        out["beam_xy_px"] = (float(m.group(1)), float(m.group(2)))
-    m = re.search(rf"#\s*Count_cutoff\s+{_NUM}", text)
-    if m:
-        out["count_cutoff"] = float(m.group(1))
-    return out
-
-
-def fill_from_pilatus_header(meta: FrameMeta, text: str) -> FrameMeta:
-    """Set the ``meta`` fields still None from a Pilatus text header.
-
-    Parameters
-    ----------
-    meta : FrameMeta
-        Modified in place.
-    text : str
-        ``_array_data.header_contents``.
-
-    Returns
-    -------
-    FrameMeta
-        ``meta``.
-    """
-    h = parse_pilatus_header(text)
-    if meta.detector is None:
-        meta.detector = h.get("detector")
-    # values kept as stated (0, negative, inf, nan too): check_geometry warns about them
-    if meta.pixel_size_mm is None:
-        meta.pixel_size_mm = h.get("pixel_size_mm")
-    if meta.distance_mm is None:
-        meta.distance_mm = h.get("distance_mm")
-    if meta.wavelength_A is None:
-        meta.wavelength_A = h.get("wavelength_A")
-    if meta.beam_center_px is None and "beam_xy_px" in h:
-        meta.beam_center_px = h["beam_xy_px"]
-    if "count_cutoff" in h:
-        meta.extra.setdefault("saturated_value", h["count_cutoff"])
-    if "detector_line" in h:
-        meta.extra.setdefault("detector_line", h["detector_line"])
-    return meta
-
-
-# --------------------------------------------------------------------------- ADSC / SMV
-
-
 def _fill_from_smv(meta: FrameMeta, header: dict) -> None:
-    px = _number(header.get("PIXEL_SIZE"))
-    bx, by = _number(header.get("BEAM_CENTER_X")), _number(header.get("BEAM_CENTER_Y"))
+    px = header_number(header.get("PIXEL_SIZE"))
+    bx, by = header_number(header.get("BEAM_CENTER_X")), header_number(header.get("BEAM_CENTER_Y"))
     sn = header.get("DETECTOR_SN")
     meta.detector = header.get("DETECTOR_TYPE") or ("ADSC" + (f" S/N {sn}" if sn else ""))
     meta.pixel_size_mm = px  # as stated: check_geometry warns about absurd values
-    meta.distance_mm = _number(header.get("DISTANCE"))
-    meta.wavelength_A = _number(header.get("WAVELENGTH"))
+    meta.distance_mm = header_number(header.get("DISTANCE"))
+    meta.wavelength_A = header_number(header.get("WAVELENGTH"))
     if bx is not None and by is not None:
         meta.extra["beam_center_mm"] = (bx, by)
         if px is not None and np.isfinite(px) and px != 0:
             meta.beam_center_px = (bx / px, by / px)  # X along the fast scan: see the module notes
-    sat = _number(header.get("CCD_IMAGE_SATURATION") or header.get("SATURATED_VALUE"))
+    sat = header_number(header.get("CCD_IMAGE_SATURATION") or header.get("SATURATED_VALUE"))
     if sat is not None:
         meta.extra["saturated_value"] = sat
     if header.get("IMAGE_PEDESTAL") is not None:
-        meta.extra["pedestal"] = _number(header["IMAGE_PEDESTAL"])
+        meta.extra["pedestal"] = header_number(header["IMAGE_PEDESTAL"])
 
 
 # --------------------------------------------------------------------------- MarCCD
@@ -909,13 +812,13 @@ def _fill_from_marccd(meta: FrameMeta, head: bytes) -> None:
 
 
 def _fill_from_edf(meta: FrameMeta, header: dict) -> None:
-    px = _number(header.get("PSize_1"))  # values as stated: check_geometry warns about absurd ones
+    px = header_number(header.get("PSize_1"))  # values as stated: check_geometry warns about absurd ones
     meta.pixel_size_mm = None if px is None else px * 1e3  # m -> mm
-    d = _number(header.get("SampleDistance"))
+    d = header_number(header.get("SampleDistance"))
     meta.distance_mm = None if d is None else d * 1e3
-    w = _number(header.get("WaveLength"))
+    w = header_number(header.get("WaveLength"))
     meta.wavelength_A = None if w is None else w * 1e10  # m -> Å
-    cx, cy = _number(header.get("Center_1")), _number(header.get("Center_2"))
+    cx, cy = header_number(header.get("Center_1")), header_number(header.get("Center_2"))
     if cx is not None and cy is not None:
         meta.beam_center_px = (cx, cy)
     meta.detector = header.get("DetectorName") or header.get("Detector") or None
@@ -924,9 +827,9 @@ def _fill_from_edf(meta: FrameMeta, header: dict) -> None:
 def _fill_from_mar345(meta: FrameMeta, header: dict) -> None:
     meta.detector = "mar345"
     # 0 = not set in the binary header; other values as stated (check_geometry warns)
-    meta.pixel_size_mm = _set(_number(header.get("PixelLength")))
-    meta.distance_mm = _set(_number(header.get("Distance") or header.get("DISTANCE")))
-    meta.wavelength_A = _set(_number(header.get("Wavelength") or header.get("WAVELENGTH")))
-    m = re.search(rf"X\s*{_NUM}\s*Y\s*{_NUM}", str(header.get("CENTER", "")))
+    meta.pixel_size_mm = _set(header_number(header.get("PixelLength")))
+    meta.distance_mm = _set(header_number(header.get("Distance") or header.get("DISTANCE")))
+    meta.wavelength_A = _set(header_number(header.get("Wavelength") or header.get("WAVELENGTH")))
+    m = re.search(rf"X\s*{NUMBER}\s*Y\s*{NUMBER}", str(header.get("CENTER", "")))
     if m:
         meta.beam_center_px = (float(m.group(1)), float(m.group(2)))
