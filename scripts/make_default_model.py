@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED0 = 4001
 VAL_FRACTION = 0.2
 #: (input side, pixel in units of Ke's reciprocal pixel) of each bundled model.
 RECIPES = {"significance360": (360, 2.0), "fast": (240, 3.0)}
@@ -64,15 +63,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from diffscreen.io.frame import CLASS_NAMES as CLASSES
-    from diffscreen.simulate.metadata import load_inputs, make_inputs
     from diffscreen.preprocess import PreprocessConfig
+    from diffscreen.simulate.metadata import load_inputs, make_inputs, training_jobs
     from diffscreen.simulate.presets import FAMILIES
 
-    presets = [p for ps in FAMILIES.values() for p in ps]
     size, scale = RECIPES[args.which]
     cfg = PreprocessConfig.significance(size, scale)
-    jobs = [(p, SEED0 + k, args.wide_frames if p.startswith("wide_") else args.frames, True)
-            for k, p in enumerate(presets)]
+    jobs = training_jobs(FAMILIES, args.frames, args.wide_frames)
     paths = make_inputs(jobs, args.work / "inputs", cfg, workers=args.workers)
     if args.data_only:
         return

@@ -28,25 +28,13 @@ import numpy as np
 from diffscreen.benchmarks._harness import paragraphs, predict, table, write_json
 from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
-from diffscreen.simulate.metadata import load_inputs, make_inputs
+from diffscreen.simulate.metadata import load_inputs, make_inputs, training_jobs
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines"]
 
 
-#: Seeds and sizes of the training frames: the bundled models' (scripts/make_default_model.py), so the
-#: benchmark and the bundle share one cache of simulated inputs.
-TRAIN_SEED0 = 4001
-TRAIN_FRAMES = 400
-TRAIN_FRAMES_WIDE = 800
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
 VAL_FRAMES = 400
-
-
-def training_jobs(families) -> list:
-    """``(preset, seed, n, True)`` of every preset's training frames, in :data:`FAMILIES` order."""
-    presets = [p for ps in families.values() for p in ps]
-    return [(p, TRAIN_SEED0 + k, TRAIN_FRAMES_WIDE if p.startswith("wide_") else TRAIN_FRAMES, True)
-            for k, p in enumerate(presets)]
 
 
 def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test: int = 100, epochs: int = 20,

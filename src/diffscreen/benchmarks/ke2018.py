@@ -26,7 +26,7 @@ Each preset's frames are split 50/20/30 in frame order (fv5080).
 
 Layers: :func:`simulate_preset` (data: simulate, preprocess, count peaks;
 cached under the work folder; :func:`simulate_presets` for several),
-:func:`train_cnn` (one model; :func:`train_group` for a preset group),
+:func:`train_group` (one cached CNN on a preset or group),
 :func:`run` (the experiments, in parallel over ``workers`` processes),
 :func:`write_report`.
 """
@@ -48,7 +48,7 @@ from diffscreen.evaluate.metrics import keep_scores, percent_of
 from diffscreen.io.frame import CLASS_NAMES
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "preprocess_configs", "simulate_preset", "simulate_presets",
-           "train_cnn", "train_group", "run", "check_findings", "write_report"]
+           "train_group", "run", "check_findings", "write_report"]
 
 CLASSES = CLASS_NAMES  # the network's outputs: hit, maybe, miss
 _ARRAYS = ("x_lcn", "x_linear", "labels", "split", "n_spots", "pf8_ke", "pf8_tuned")
@@ -267,24 +267,6 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
     return {**arrays, **meta}
 
 
-def train_cnn(x, y, x_val, y_val, out_path: Path, settings: Settings, *, contrast: str, description: dict) -> Path:
-    """Train one Ke CNN on preprocessed inputs (cached: an existing model file is reused)."""
-    from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
-
-    if out_path.exists():
-        return out_path
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    pre = preprocess_configs(settings)[0 if contrast == "lcn" else 1]
-    cfg = TrainConfig(
-        epochs=settings.epochs, batches_per_epoch=settings.batches_per_epoch, batch_size=settings.batch_size,
-        lr_start=settings.lr_start, lr_end=settings.lr_end, seed=settings.seed, threads=1, arch="ke2018",
-    )  # fmt: skip
-    train_on_arrays(x, y, out_path, class_names=CLASSES, preprocess=pre, config=cfg, x_val=x_val, y_val=y_val,
-                    data_description=description, augment=dihedral_augment if settings.augment else None,
-                    log=lambda *a: None)  # fmt: skip
-    return out_path
-
-
 def train_group(name: str, presets, contrast: str, size, settings: Settings, work: Path) -> tuple[str, str]:
     """Train (or reuse) the CNN ``name`` on the training splits of ``presets`` (one worker process's job).
 
@@ -298,6 +280,8 @@ def train_group(name: str, presets, contrast: str, size, settings: Settings, wor
         ``name`` and the model file's path.
     """
     import torch
+
+    from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
 
     torch.set_num_threads(1)
     xs, ys, xv, yv = [], [], [], []
@@ -317,9 +301,15 @@ def train_group(name: str, presets, contrast: str, size, settings: Settings, wor
     desc = {"presets": list(presets), "n_train": int(len(x)), "simulated": True, "seed": settings.seed,
             "augment": "random flip/rotation by 90° per sample" if settings.augment else None}  # fmt: skip
 
-    tag = digest({**asdict(settings), "v": _MODEL_VERSION})
-    path = train_cnn(x, y, np.concatenate(xv), np.concatenate(yv), work / f"models_{tag}" / f"{name}.safetensors",
-                     settings, contrast=contrast, description=desc)  # fmt: skip
+    path = work / f"models_{digest({**asdict(settings), 'v': _MODEL_VERSION})}" / f"{name}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg = TrainConfig(epochs=settings.epochs, batches_per_epoch=settings.batches_per_epoch, arch="ke2018",
+                          batch_size=settings.batch_size, lr_start=settings.lr_start, lr_end=settings.lr_end,
+                          seed=settings.seed, threads=1)  # fmt: skip
+        train_on_arrays(x, y, path, class_names=CLASSES, preprocess=preprocess_configs(settings)[contrast != "lcn"],
+                        config=cfg, x_val=np.concatenate(xv), y_val=np.concatenate(yv), data_description=desc,
+                        augment=dihedral_augment if settings.augment else None, log=lambda *a: None)  # fmt: skip
     return name, str(path)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from diffscreen.io.frame import CLASS_NAMES
 
-__all__ = ["META_FAULTS", "randomise_meta", "make_inputs", "load_inputs"]
+__all__ = ["META_FAULTS", "BUNDLED_SEED0", "randomise_meta", "training_jobs", "make_inputs", "load_inputs"]
 
 #: Probabilities of the metadata faults drawn per training frame (see :func:`randomise_meta`).
 META_FAULTS = {"no_geometry": 0.2, "no_beam_centre": 0.2, "centre_error": 0.3, "centre_error_px": 5.0,
@@ -59,6 +59,29 @@ def randomise_meta(meta, shape, rng: np.random.Generator):
         e = rng.normal(0.0, META_FAULTS["centre_error_px"], 2)
         m.beam_center_px = (m.beam_center_px[0] + float(e[0]), m.beam_center_px[1] + float(e[1]))
     return m
+
+
+#: Seed of the first preset's training frames of the bundled models (``scripts/make_default_model.py``).
+BUNDLED_SEED0 = 4001
+
+
+def training_jobs(families, frames: int = 400, wide_frames: int = 800) -> list:
+    """The :func:`make_inputs` jobs of the bundled models' training frames.
+
+    Parameters
+    ----------
+    families : dict
+        Detector family → presets (:data:`diffscreen.simulate.presets.FAMILIES`).
+    frames, wide_frames : int
+        Frames per preset; per ``wide_*`` preset.
+
+    Returns
+    -------
+    list of (str, int, int, bool)
+        ``(preset, BUNDLED_SEED0 + k, n, True)`` for the k-th preset, in the families' order.
+    """
+    presets = [p for ps in families.values() for p in ps]
+    return [(p, BUNDLED_SEED0 + k, wide_frames if p.startswith("wide_") else frames, True) for k, p in enumerate(presets)]
 
 
 def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, train: bool) -> str:
