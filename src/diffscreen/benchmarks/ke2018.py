@@ -419,27 +419,23 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
             preds[key] = predict(models[model], x)
         return keep_scores(preds[key], y)
 
-    # Table 3 and Fig. 9
-    t3 = {}
+    # Table 3, and Fig. 9's confidences of the correctly decided test frames (each preset's own CNN)
+    t3, fig9 = {}, {}
     for p in st.presets:
         d = data[p]
         te = d["split"] == 2
-        cnn = score(p, (p,))
-        y = d["labels"][te]
-        keep_true = y != 2
-        pr = preds[(p, (p,), "lcn")]
-        row = {"cnn": cnn, "keep_recall_cnn": cnn["kept_of_hit_or_maybe"],
-               "hit_recall_cnn": percent_of(pr[:, 0] + pr[:, 1] > pr[:, 2], y == 0)}  # fmt: skip
+        cnn, y, pr = score(p, (p,)), d["labels"][te], preds[(p, (p,), "lcn")]
+        keep_true, keep_pred = y != 2, pr[:, 0] + pr[:, 1] > pr[:, 2]
+        t3[p] = {"cnn": cnn, "keep_recall_cnn": cnn["kept_of_hit_or_maybe"],
+                 "hit_recall_cnn": percent_of(keep_pred, y == 0)}  # fmt: skip
         for name in ("ke", "tuned"):
             kept = d[f"pf8_{name}"][te] >= d["pf8"][name]["settings"]["min_peaks"]
-            row[f"pf8_{name}"] = {
-                "kept_of_hit_or_maybe": percent_of(kept, keep_true),
-                "kept_of_miss": percent_of(kept, ~keep_true),
-                "hit_recall": percent_of(kept, y == 0),
-                "success_rate": 100 * float((kept == keep_true).mean()),
-                "settings": d["pf8"][name]["settings"],
-            }
-        t3[p] = row
+            t3[p][f"pf8_{name}"] = {"kept_of_hit_or_maybe": percent_of(kept, keep_true),
+                                    "kept_of_miss": percent_of(kept, ~keep_true), "hit_recall": percent_of(kept, y == 0),
+                                    "success_rate": 100 * float((kept == keep_true).mean()),
+                                    "settings": d["pf8"][name]["settings"]}  # fmt: skip
+        fig9[p] = {"miss": pr[(~keep_pred) & (~keep_true), 2].tolist(),
+                   "hit_or_maybe": (pr[:, 0] + pr[:, 1])[keep_pred & keep_true].tolist()}  # fmt: skip
     results["table3"] = t3
     # Table 4: Rayonix presets against each other
     results["table4"] = {a: {b: score(a, (b,))["success_rate"] for b in ray} for a in ray}
@@ -471,15 +467,6 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         t8[name] = {"linear": lin["success_rate"], "lcn": lc["success_rate"],
                     "linear_balanced": lin["balanced_success"], "lcn_balanced": lc["balanced_success"]}  # fmt: skip
     results["table8"] = t8
-    # Fig. 9 data: confidence of correctly classified test frames, per preset's own CNN
-    fig9 = {}
-    for p in st.presets:
-        pr = preds[(p, (p,), "lcn")]
-        y = data[p]["labels"][data[p]["split"] == 2]
-        keep_pred = pr[:, 0] + pr[:, 1] > pr[:, 2]
-        keep_true = y != 2
-        fig9[p] = {"miss": pr[(~keep_pred) & (~keep_true), 2].tolist(),
-                   "hit_or_maybe": (pr[:, 0] + pr[:, 1])[keep_pred & keep_true].tolist()}  # fmt: skip
     results["fig9"] = fig9
     log("measuring throughput")
     results["throughput"] = _throughput(st, Path(models[st.presets[0]]))
