@@ -431,7 +431,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         for name in ("ke", "tuned"):
             kept = d[f"pf8_{name}"][te] >= d["pf8"][name]["settings"]["min_peaks"]
             t3[p][f"pf8_{name}"] = {"kept_of_hit_or_maybe": percent_of(kept, keep_true),
-                                    "kept_of_miss": percent_of(kept, ~keep_true), "hit_recall": percent_of(kept, y == 0),
+                                    "kept_of_miss": percent_of(kept, ~keep_true),
+                                    "hit_recall": percent_of(kept, y == 0),
                                     "success_rate": 100 * float((kept == keep_true).mean()),
                                     "settings": d["pf8"][name]["settings"]}  # fmt: skip
         fig9[p] = {"miss": pr[(~keep_pred) & (~keep_true), 2].tolist(),

@@ -23,8 +23,8 @@ import numpy as np
 
 from diffscreen.benchmarks._harness import paragraphs, predict, rate, table, write_json
 
-__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet", "per_class_table",
-           "write_markdown", "run"]
+__all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet",
+           "per_class_table", "write_markdown", "run"]
 
 #: Nawaz et al. (2022) Table 3 (rows: true class, columns: predicted), DiffraNet test set.
 PAPER_TABLE3 = np.array([[2069, 0, 0, 0, 0],
@@ -186,7 +186,8 @@ def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, 
         rs = [invert(model, x1, layer=li, steps=inversion_steps, seed=seed) for li in range(n_layers)]
         corr = [float(np.corrcoef(r.image.ravel(), x1.ravel())[0, 1]) for r in rs]
         panels += [(display_frame(x1[0, 0]), f"{c}: input", "gray")]
-        panels += [(display_frame(r.image), f"conv{j + 1} (r = {cc:.2f})", "gray") for j, (r, cc) in enumerate(zip(rs, corr))]
+        panels += [(display_frame(r.image), f"conv{j + 1} (r = {cc:.2f})", "gray")
+                   for j, (r, cc) in enumerate(zip(rs, corr))]
         inv[c] = [{"layer": r.layer, "corr": cc, "seconds": r.seconds, "feature_error": r.feature_error}
                   for r, cc in zip(rs, corr)]
     if inv:
@@ -362,7 +363,8 @@ def _markdown(r: dict) -> str:
             ("training frames", "~12,400 (25,000 minus the 12,599 test frames of Table 3)",
              f"{rc['n_train']} (+{rc['n_val']} validation)"),
             ("test frames", "12,599 (Table 3)", rc["n_test"]),
-            ("optimiser", "Adam, lr 1e-5, exponential decay", f"Adam, lr {rc['lr_start']:g} → {rc['lr_end']:g} exponential"),
+            ("optimiser", "Adam, lr 1e-5, exponential decay",
+             f"Adam, lr {rc['lr_start']:g} → {rc['lr_end']:g} exponential"),
             ("batch, epochs", "128, 50", f"{rc['batch_size']}, {rc['epochs']} (class-balanced batches)"),
             ("hardware", "GPU", "1 CPU thread")]),
         "Why reduced: at 227×227 one Adam step of the full AlexNet on a batch of 64 takes ~6 s on one CPU "
@@ -390,7 +392,8 @@ def _markdown(r: dict) -> str:
         table(("", "ours: predicted hit", "ours: predicted miss", "paper: predicted hit", "paper: predicted miss"), [
             ("true hit", b[0, 0], b[0, 1], p_bin[0, 0], p_bin[0, 1]),
             ("true miss", b[1, 0], b[1, 1], p_bin[1, 0], p_bin[1, 1]),
-            ("accuracy", f"{100 * r['hit_miss']['accuracy']:.1f} %", "", f"{100 * np.trace(p_bin) / p_bin.sum():.1f} %", "")]),
+            ("accuracy", f"{100 * r['hit_miss']['accuracy']:.1f} %", "",
+             f"{100 * np.trace(p_bin) / p_bin.sum():.1f} %", "")]),
         "## Explanations (Figs. 6–7)",
         "Grad-CAM (ReLU after conv5, 13×13, bilinear upsampling) and Guided Grad-CAM for one test frame per class "
         "(Fig. 7):",
@@ -399,8 +402,9 @@ def _markdown(r: dict) -> str:
         "α = 6, β = 1, Adam from seeded noise); r is the pixel correlation of the reconstruction with the input:",
         "![inversions](nawaz2022_inversion.png)",
         table(("frame", *(f"conv{i + 1}" for i in range(len(next(iter(inv.values()), []))))),
-              [row for c, layers in inv.items() for row in ((f"{c}: r", *(f"{e['corr']:.2f}" for e in layers)),
-                                                            (f"{c}: seconds", *(f"{e['seconds']:.0f}" for e in layers)))]),
+              [row for c, layers in inv.items()
+               for row in ((f"{c}: r", *(f"{e['corr']:.2f}" for e in layers)),
+                           (f"{c}: seconds", *(f"{e['seconds']:.0f}" for e in layers)))]),
         "t-SNE of the fc7 features of the test frames (Ke Fig. 11 style):",
         "![t-SNE](nawaz2022_tsne.png)",
         "## Cost of the explanations (one frame, one CPU thread)",

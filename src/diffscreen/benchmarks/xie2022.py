@@ -593,10 +593,11 @@ def paper_tables(results: dict) -> list[str]:
         s, t = r["source"], r["target"]
         pp = P["table5"].get((s, t), {})
         return (s, t, _cell(r["on_source"], pp.get(s)), _cell(r["on_target"], pp.get(t)),
-                *([_cell(r.get("no_grl_on_target"))] if abl else []), _cell(t1.get(s, {}).get(t), P["table1"].get(s, {}).get(t)))
+                *([_cell(r.get("no_grl_on_target"))] if abl else []),
+                _cell(t1.get(s, {}).get(t), P["table1"].get(s, {}).get(t)))
 
-    t7 = [(a if m == "rwd" else "", label, *("–" if b == a else _cell(r[m].get(b), P["table7"].get(a, {}).get(m, {}).get(b))
-                                             for b in cols))
+    t7 = [(a if m == "rwd" else "", label,
+           *("–" if b == a else _cell(r[m].get(b), P["table7"].get(a, {}).get(m, {}).get(b)) for b in cols))
           for a, r in results.get("table7", {}).items() for m, label in (("rwd", "1-D CNN (RWD)"), ("cnn", "2-D CNN"))]
     return paragraphs(
         "## Table 1: 2-D CNN, fully supervised",
@@ -615,8 +616,9 @@ def paper_tables(results: dict) -> list[str]:
          "Each DANN starts from random weights (Adam 1e-3 → 1e-4). ") +
         ("*λ = 0*: the same training (shared source + target batches, so BatchNorm sees the target) "
          "without the reversed domain gradient." if abl else ""),
-        table(("source", "target", "on the source [paper]", "on the target [paper]", *(["λ = 0 on the target"] if abl else []),
-               "source-only CNN on the target (Table 1)"), [dann_row(r) for r in results["table5"].values()]),
+        table(("source", "target", "on the source [paper]", "on the target [paper]",
+               *(["λ = 0 on the target"] if abl else []), "source-only CNN on the target (Table 1)"),
+              [dann_row(r) for r in results["table5"].values()]),
         *(["## Table 7: cross-dataset test, RWD 1-D CNN (few labels) against the 2-D CNN (Table 1)",
            table(("train", "model", *cols), t7)] if results.get("table7") else []),
     )
@@ -677,7 +679,8 @@ def write_report(results: dict, out_dir) -> Path:
         *_bench_speed_lines(sp.get("bench_rwd_speed")),
         "## Fig. 9: t-SNE of source and target features",
         *fig9,
-        *(["## Fig. 10: DANN training", "![Fig. 10](xie2022_fig10.png)"] if any(results["dann_history"].values()) else []),
+        *(["## Fig. 10: DANN training", "![Fig. 10](xie2022_fig10.png)"]
+          if any(results["dann_history"].values()) else []),
         "## Class counts (hit / maybe / miss)",
         table(("preset", "labelled", "validation", "test"),
               [(p, *(" / ".join(str(c[k][n]) for n in CLASSES) for k in ("labelled", "val", "test")))
@@ -686,12 +689,12 @@ def write_report(results: dict, out_dir) -> Path:
     L += findings_lines(results.get("findings"), ASSERTED)
     for extra in results.get("notes", []):
         L += ["", extra]
-    L += ["", "## The full run and the quick run", "", *_sizes(), "", "## Differences from the paper", "", *_discussion(st)]
+    L += ["", *paragraphs("## The full run and the quick run", _sizes(), "## Differences from the paper", _discussion(st))]
     return write_files(out, "xie2022", L, results)
 
 
 def _bench_speed_lines(bench) -> list[str]:
-    """Summary of ``bench/results/rwd_speed.json`` (written by ``bench/rwd_speed.py``) as markdown blocks, if present."""
+    """Markdown blocks summing up ``bench/results/rwd_speed.json`` (``bench/rwd_speed.py``), if present."""
     if not isinstance(bench, dict):
         return []
     L = []

@@ -341,11 +341,11 @@ def _markdown(res: dict, quick: bool) -> str:
         *([res["note"]] if res.get("note") else []),
         "## Setup (reduced CPU recipe)",
         [f"* Data: {c['n_train']} training + {c['n_val']} validation patterns from `diffscreen.simulate.cdi` "
-         f"({c['sim_size']}×{c['sim_size']} px, uniform in q, 2θ = 30° at the side centres, λ = 45 nm, Ewald-sphere MSFT, "
-         "photons 3e4-1e6, stray light, flat field, Poisson noise, saturation, central hole); "
+         f"({c['sim_size']}×{c['sim_size']} px, uniform in q, 2θ = 30° at the side centres, λ = 45 nm, "
+         "Ewald-sphere MSFT, photons 3e4-1e6, stray light, flat field, Poisson noise, saturation, central hole); "
          f"labels follow Table 1 frequencies (simulated at {res['sim_fps']:.0f} frames/s).",
-         f"* Network: pre-activation ResNet-18, width {c['width']} (paper 64), input {c['size']}×{c['size']} px (paper 224), "
-         f"{c['epochs']} epochs, lr 0.1 ÷10 after epochs {', '.join(map(str, c['milestones']))} (paper: 200 epochs, "
+         f"* Network: pre-activation ResNet-18, width {c['width']} (paper 64), input {c['size']}×{c['size']} px "
+         f"(paper 224), {c['epochs']} epochs, lr 0.1 ÷10 after epochs {', '.join(map(str, c['milestones']))} (paper: 200 epochs, "
          f"÷10 every 50), batch {c['batch_size']}, Nesterov 0.9, BCE + L1 + L2 1e-5, flips (images only), "
          "brightness ±0.1, contrast ±20 %.",
          "* Numbers are the maximum over epochs on the validation split (as the paper's tables): "

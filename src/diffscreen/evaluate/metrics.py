@@ -221,7 +221,7 @@ def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def t_interval(values) -> tuple[float, float, float]:
-    """Mean and the 95 % Student-t interval ``(mean, lo, hi)`` of a few values (NaNs dropped; NaN half-width for one)."""
+    """Mean and 95 % Student-t interval ``(mean, lo, hi)`` of a few values (NaNs dropped; NaN half-width for one)."""
     from scipy import stats
 
     v = np.asarray([x for x in values if not math.isnan(x)], float)

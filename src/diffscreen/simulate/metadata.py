@@ -81,7 +81,8 @@ def training_jobs(families, frames: int = 400, wide_frames: int = 800) -> list:
         ``(preset, BUNDLED_SEED0 + k, n, True)`` for the k-th preset, in the families' order.
     """
     presets = [p for ps in families.values() for p in ps]
-    return [(p, BUNDLED_SEED0 + k, wide_frames if p.startswith("wide_") else frames, True) for k, p in enumerate(presets)]
+    return [(p, BUNDLED_SEED0 + k, wide_frames if p.startswith("wide_") else frames, True)
+            for k, p in enumerate(presets)]
 
 
 def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, train: bool) -> str:
