@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffscreen.errors import ConfigError
-from diffscreen.train.engine import (TrainConfig, TrainResult, arch_kwargs_for, balanced_batches, check_arrays, fit,
-                                     learning_rate, make_optimizer, save_trained)
+from diffscreen.train.engine import (TrainConfig, TrainResult, balanced_batches, check_arrays, fit,
+                                     learning_rate, make_optimizer, new_model,
+                                     save_trained)
 from diffscreen.train.transfer import balance_groups, validation_score
 
 __all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
@@ -86,14 +87,6 @@ def ganin_lambda(p: float, lambda_max: float = 1.0) -> float:
     return float(lambda_max * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0))
 
 
-def _num_features(model, x_one) -> int:
-    if hasattr(model, "num_features"):
-        return int(model.num_features)
-    model.eval()
-    with torch.no_grad():
-        return int(model.forward_features(torch.from_numpy(np.asarray(x_one, np.float32))).shape[1])
-
-
 def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names, preprocess, config=None,
                          x_val=None, y_val=None, init_path=None, lambda_max: float = 1.0, augment=None,
                          data_description=None, domain_hidden: int = 64, log=print) -> TrainResult:
@@ -140,11 +133,11 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     ------
     ConfigError
         Malformed arrays or labels, source and target of different shapes, an architecture without
-        ``forward_features`` / ``classifier``, or an init model with other classes.
+        ``forward_features``, ``classifier`` or ``num_features``, or an init model with other classes.
     ModelFileError
         ``init_path`` unreadable.
     """
-    from diffscreen.models import get_model, load_model
+    from diffscreen.models import load_model
 
     cfg = config or (DANN_DEFAULT if init_path is None else DANN_FROM_MODEL)
     names = tuple(class_names)
@@ -164,11 +157,11 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
                               path=init_path)
         model, arch, arch_kwargs = init.model, init.arch, dict(init.arch_kwargs)
     else:
-        arch, arch_kwargs = cfg.arch, arch_kwargs_for(cfg, len(names), xs.shape[-1])
-        model = get_model(arch, **arch_kwargs)
-    if not hasattr(model, "forward_features") or not hasattr(model, "classifier"):
-        raise ConfigError(f"architecture {arch!r} has no forward_features / classifier; DANN needs both")
-    domain = DomainClassifier(_num_features(model, xs[:1]), domain_hidden)
+        arch = cfg.arch
+        model, arch_kwargs = new_model(cfg, len(names), xs.shape[-1])
+    if not all(hasattr(model, a) for a in ("forward_features", "classifier", "num_features")):
+        raise ConfigError(f"architecture {arch!r} lacks forward_features, classifier or num_features; DANN needs all")
+    domain = DomainClassifier(int(model.num_features), domain_hidden)
     rng, aug_rng = np.random.default_rng([cfg.seed, 11]), np.random.default_rng([cfg.seed, 7])
     total = cfg.epochs * cfg.batches_per_epoch
     step = [0]
@@ -210,9 +203,8 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     history, best = fit(model, make_optimizer(nn.ModuleList([model, domain]), cfg), epochs=cfg.epochs,
                         lr=lambda e: learning_rate(e, cfg), batches=batches, loss=loss, row=row, validate=validate,
                         line=line, train_mode=lambda: (model.train(), domain.train()), log=log)
-    model.eval()
     last = history[-1]
-    save_trained(
+    return save_trained(
         out_path, model, arch=arch, arch_kwargs=arch_kwargs, preprocess=preprocess, class_names=names,
         history=history, seed=cfg.seed, data=data_description,
         metrics={"best_epoch": best.epoch, "val_balanced_accuracy": best.score,
@@ -222,7 +214,6 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
               "config": asdict(replace(cfg, arch=arch)), "lambda_max": lambda_max, "domain_hidden": domain_hidden,
               "init_model": None if init_path is None else str(init_path)},
         counts={"n_source": int(len(xs)), "n_target": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
-    return TrainResult(Path(out_path), best.epoch, history, None)
 
 
 def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 2022 Fig. 10)") -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch.utils.data import Sampler
 
 from diffscreen.errors import ConfigError
 
-__all__ = ["DDPContext", "from_env", "torchrun_launched", "launch_rank", "ShardedBatchSampler", "parameter_checksum"]
+__all__ = ["DDPContext", "from_env", "torchrun_launched", "launch_rank", "ShardedBatchSampler"]
 
 
 def torchrun_launched() -> bool:
@@ -83,6 +84,21 @@ class DDPContext:
         """Leave the process group."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    def write_checksum(self, model) -> None:
+        """Debugging aid: with ``DIFFSCREEN_DDP_CHECKSUM_DIR`` set, write the SHA-256 (hex) of ``model``'s trainable
+        parameters, in order, to ``rank<r>.sha256`` there (after the last epoch all ranks must agree).
+
+        Buffers are left out: BatchNorm running statistics are updated by each rank's own forward pass and made
+        equal again (broadcast from rank 0) only at the start of the next one.
+        """
+        folder = os.environ.get("DIFFSCREEN_DDP_CHECKSUM_DIR")
+        if folder:
+            h = hashlib.sha256()
+            for k, v in model.named_parameters():
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            Path(folder, f"rank{self.rank}.sha256").write_text(h.hexdigest() + "\n")
 
     def describe(self) -> dict:
         """What goes in the model file's training metadata."""
@@ -163,16 +179,3 @@ class ShardedBatchSampler(Sampler):
 
     def __iter__(self):
         return iter(tuple(int(v) for v in row) for row in self.draw())
-
-
-def parameter_checksum(model) -> str:
-    """SHA-256 (hex) of the trainable parameters of ``model``, in order.
-
-    Buffers are left out: BatchNorm running statistics are updated by each rank's own forward pass and made equal
-    again (broadcast from rank 0) only at the start of the next one.
-    """
-    h = hashlib.sha256()
-    for k, v in model.named_parameters():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -24,11 +23,11 @@ from torch.utils.data import Sampler
 
 from diffscreen.errors import ConfigError
 from diffscreen.io.atomic import temporary_path
-from diffscreen.models import save_model
+from diffscreen.models import get_model, save_model
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "make_optimizer", "Checkpoint", "Best", "fit",
            "ClassBalancedSampler", "balanced_batches", "softmax_loss", "batch_counts", "counts_row", "epoch_line",
-           "fit_balanced", "check_arrays", "arch_kwargs_for", "save_trained"]
+           "fit_balanced", "check_arrays", "new_model", "save_trained"]
 
 _OPTIMIZERS = ("sgd", "adam")
 
@@ -214,20 +213,10 @@ def fit(model, opt, *, epochs: int, lr, batches, loss, row, validate, line, trai
         if checkpoint is not None and root:
             _save(checkpoint, epoch, model, opt, history, best)
     if ctx is not None:
-        _ddp_check(ctx, model)
+        ctx.write_checksum(model)
     if root and best.state is not None:
         model.load_state_dict(best.state)
     return history, best
-
-
-def _ddp_check(ctx, model) -> None:
-    """Debugging aid: with ``DIFFSCREEN_DDP_CHECKSUM_DIR`` set, each rank writes a checksum of its
-    parameters after the last epoch to ``rank<r>.sha256`` there (they must all be equal)."""
-    from diffscreen.train.distributed import parameter_checksum
-
-    folder = os.environ.get("DIFFSCREEN_DDP_CHECKSUM_DIR")
-    if folder:
-        Path(folder, f"rank{ctx.rank}.sha256").write_text(parameter_checksum(model) + "\n")
 
 
 # --------------------------------------------------------------------------- parts recipes plug in
@@ -381,25 +370,34 @@ def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: 
     return xa, ya
 
 
-def arch_kwargs_for(config: TrainConfig, n_classes: int, input_size: int) -> dict:
-    """Builder arguments of ``config.arch``: classes, input side (px), Ke's first kernel, ``config.arch_kwargs``."""
+def new_model(config: TrainConfig, n_classes: int, input_size: int) -> tuple[torch.nn.Module, dict]:
+    """Set ``config.threads`` torch threads, seed torch with ``config.seed`` and build ``config.arch``.
+
+    Returns the model and its builder arguments: classes, input side (px), Ke's first kernel, ``config.arch_kwargs``.
+    """
+    torch.set_num_threads(max(1, config.threads))
+    torch.manual_seed(config.seed)
     kw = {"num_classes": n_classes, "input_size": int(input_size)}
     if config.arch == "ke2018":
         kw["first_kernel"] = config.first_kernel
     kw.update(config.arch_kwargs)
-    return kw
+    return get_model(config.arch, **kw), kw
 
 
 def save_trained(path, model, *, arch, arch_kwargs, preprocess, class_names, history, seed, metrics, data=None,
-                 head=None, counts=None, tail=None, **meta) -> Path:
-    """Write a trained model file (:func:`~diffscreen.models.save_model`); the one place its record is built.
+                 head=None, counts=None, tail=None, report=None, **meta) -> TrainResult:
+    """Put ``model`` in eval mode and write its model file (:func:`~diffscreen.models.save_model`); the one place
+    its record is built.
 
     ``training`` holds ``head``, ``data`` (the training data's description), the set sizes ``counts``, the
     ``history``, the torch and Python versions, the creation time, then ``tail``; ``**meta`` (e.g. ``task``,
-    ``multilabel``) go before it, ``seed`` and ``metrics`` after.  Returns ``Path(path)``.
+    ``multilabel``) go before it, ``seed`` and ``metrics`` after.  Returns ``TrainResult(Path(path),
+    metrics.get("best_epoch"), history, report)``.
     """
+    model.eval()
     training = {**(head or {}), "data": data or {}, **(counts or {}), "history": history,
                 "torch": torch.__version__, "python": platform.python_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(tail or {})}
-    return save_model(path, model, arch=arch, arch_kwargs=arch_kwargs, preprocess=preprocess,
-                      class_names=class_names, **meta, training=training, seed=seed, metrics=metrics)
+    save_model(path, model, arch=arch, arch_kwargs=arch_kwargs, preprocess=preprocess, class_names=class_names,
+               **meta, training=training, seed=seed, metrics=metrics)
+    return TrainResult(Path(path), metrics.get("best_epoch"), history, report)

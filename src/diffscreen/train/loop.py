@@ -20,14 +20,13 @@ from torch.utils.data import DataLoader
 
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate import evaluate_labels
-from diffscreen.models import get_model
 from diffscreen.models.batch import predict_arrays
 from diffscreen.models.decision import decide
 from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
-from diffscreen.train.engine import (Checkpoint, ClassBalancedSampler, TrainConfig, TrainResult, arch_kwargs_for,
+from diffscreen.train.engine import (Checkpoint, ClassBalancedSampler, TrainConfig, TrainResult,
                                      batch_counts, check_arrays, counts_row, epoch_line, fit, fit_balanced,
-                                     learning_rate, make_optimizer, save_trained)
+                                     learning_rate, make_optimizer, new_model, save_trained)
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
            "dihedral_augment"]
@@ -103,10 +102,8 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
             raise ConfigError("the training set is empty")
         out_path = Path(out_path)
         ckpt_path = out_path.with_name(out_path.name + ".ckpt")
-        torch.set_num_threads(max(1, cfg.threads))
-        torch.manual_seed(cfg.seed)
-        arch_kwargs = arch_kwargs_for(cfg, len(class_names), pcfg.out_size)
-        model = get_model(cfg.arch, **arch_kwargs).to(device)
+        model, arch_kwargs = new_model(cfg, len(class_names), pcfg.out_size)
+        model.to(device)
         net = model if ctx is None else ctx.wrap(model)  # DDP: gradients averaged over the ranks
         opt = make_optimizer(model, cfg)
         pre = Preprocessor(pcfg)
@@ -141,26 +138,26 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
                             line=epoch_line(cfg.epochs, "val_score", "val bal. acc"), ties_win=False,
                             checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
                             n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
-        if ctx is not None and not root:
-            ctx.barrier()  # rank 0 writes the model file meanwhile
-            return TrainResult(out_path, ctx.broadcast(None), history, None)
-        model.eval().cpu()
-        metrics = {"best_epoch": best.epoch, "val_balanced_accuracy": best.score}
-        test_report = None
-        if test:
-            test_loader = DataLoader(FrameDataset(test, pre), batch_size=cfg.batch_size, **loader_kw)
-            _, test_report = _score(model, test_loader, class_names)
-            metrics["test"] = test_report.to_dict()
-        save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=pcfg,
-                     class_names=class_names, history=history, seed=cfg.seed, metrics=metrics,
-                     data=data_description, head={"config": asdict(cfg)},
-                     counts={"n_train": len(train), "n_val": len(val), "n_test": len(test or [])},
-                     tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}})
-        ckpt_path.unlink(missing_ok=True)
+        result = TrainResult(out_path, best.epoch, history, None)
+        if root:  # the other ranks wait meanwhile
+            model.cpu()
+            metrics = {"best_epoch": best.epoch, "val_balanced_accuracy": best.score}
+            report = None
+            if test:
+                _, report = _score(model, DataLoader(FrameDataset(test, pre), batch_size=cfg.batch_size, **loader_kw),
+                                   class_names)
+                metrics["test"] = report.to_dict()
+            result = save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=pcfg,
+                                  class_names=class_names, history=history, seed=cfg.seed, metrics=metrics,
+                                  data=data_description, head={"config": asdict(cfg)},
+                                  counts={"n_train": len(train), "n_val": len(val), "n_test": len(test or [])},
+                                  tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}},
+                                  report=report)
+            ckpt_path.unlink(missing_ok=True)
         if ctx is not None:
             ctx.barrier()
-            ctx.broadcast(best.epoch)
-        return TrainResult(out_path, best.epoch, history, test_report)
+            result.best_epoch = ctx.broadcast(best.epoch)
+        return result
     finally:
         if ctx is not None and ctx.owned:
             ctx.close()
@@ -219,10 +216,7 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
     xt, yt = check_arrays(x_train, y_train, len(class_names))
     if xt.ndim != 4:
         raise ConfigError(f"x_train must be (N, C, S, S), got {xt.shape}")
-    torch.set_num_threads(max(1, cfg.threads))
-    torch.manual_seed(cfg.seed)
-    arch_kwargs = arch_kwargs_for(cfg, len(class_names), xt.shape[-1])
-    model = get_model(cfg.arch, **arch_kwargs)
+    model, arch_kwargs = new_model(cfg, len(class_names), xt.shape[-1])
     ya = None if y_val is None else np.asarray(y_val)
 
     def accuracy():
@@ -232,10 +226,8 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
 
     history, best = fit_balanced(model, make_optimizer(model, cfg), xt, yt, cfg, score=accuracy,
                                  val_key="val_accuracy", label="val acc", augment=augment, log=log)
-    model.eval()
-    save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=preprocess,
-                 class_names=class_names, history=history, seed=cfg.seed,
-                 metrics={"best_epoch": best.epoch, "val_accuracy": best.score}, data=data_description,
-                 head={"config": asdict(cfg)},
-                 counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
-    return TrainResult(Path(out_path), best.epoch, history, None)
+    return save_trained(out_path, model, arch=cfg.arch, arch_kwargs=arch_kwargs, preprocess=preprocess,
+                        class_names=class_names, history=history, seed=cfg.seed,
+                        metrics={"best_epoch": best.epoch, "val_accuracy": best.score}, data=data_description,
+                        head={"config": asdict(cfg)},
+                        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})

@@ -10,7 +10,6 @@ and BatchNorm layers of frozen blocks keep their running statistics.
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,11 +216,8 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
         log(f"stage 2: top {unfreeze_blocks} block(s) unfrozen ({len(trainable)} parameter tensors trainable)")
         h2, best = fit_arrays(model, xt, yt, s2, stage="unfrozen", seed_offset=1000, **fit_kw)
         history, best_stage = history + h2, "unfrozen"
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.eval()
     init_train = init.meta.get("training", {})
-    save_trained(
+    return save_trained(
         out_path, model, arch=init.arch, arch_kwargs=init.arch_kwargs, preprocess=init.preprocess,
         class_names=names, history=history, seed=s1.seed, data=data_description,
         metrics={"best_stage": best_stage, "best_epoch": best["epoch"], "val_balanced_accuracy": best["score"]},
@@ -231,4 +227,3 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
               "stages": {"frozen": asdict(s1), "unfrozen": asdict(s2) if unfreeze_blocks else None,
                          "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head}},
         counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
-    return TrainResult(Path(out_path), best["epoch"], history, None)
