@@ -227,18 +227,18 @@ def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 
     ep = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.4), dpi=100)
     FigureCanvasAgg(fig)
-    a1, a2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    a1.plot(ep, [h["label_loss"] for h in history], "o-", label="label loss (source)")
-    a1.plot(ep, [h["domain_loss"] for h in history], "s-", label="domain loss")
-    a1.set(xlabel="epoch", ylabel="loss")
-    a1.legend(fontsize=8)
-    a2.plot(ep, [h["train_accuracy"] for h in history], "o-", label="label accuracy (source)")
-    a2.plot(ep, [h["domain_accuracy"] for h in history], "s-", label="domain accuracy")
+    accuracy = [("train_accuracy", "o-", "label accuracy (source)"), ("domain_accuracy", "s-", "domain accuracy")]
     if any(np.isfinite(h.get("val_balanced_accuracy", np.nan)) for h in history):
-        a2.plot(ep, [h["val_balanced_accuracy"] for h in history], "^-", label="validation bal. accuracy")
-    a2.axhline(0.5, color="grey", lw=0.8, ls=":")
-    a2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    a2.legend(fontsize=8)
+        accuracy.append(("val_balanced_accuracy", "^-", "validation bal. accuracy"))
+    panels = ((("label_loss", "o-", "label loss (source)"), ("domain_loss", "s-", "domain loss")), accuracy)
+    for k, curves in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for key, style, label in curves:
+            ax.plot(ep, [h[key] for h in history], style, label=label)
+        ax.legend(fontsize=8)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    fig.axes[0].set(xlabel="epoch", ylabel="loss")
+    ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with temporary_path(path) as tmp:

@@ -149,10 +149,11 @@ class FrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _source(self, spec):
-        if spec not in self._open:
-            self._open[spec] = open_source(spec)
-        return self._open[spec]
+    def frame(self, s: Sample) -> np.ndarray:
+        """The checked frame of ``s`` (its file stays open for the next one)."""
+        if s.source not in self._open:
+            self._open[s.source] = open_source(s.source)
+        return check_frame(self._open[s.source].read(s.index))
 
     def __getstate__(self):  # open file handles do not cross process boundaries
         d = dict(self.__dict__)
@@ -162,8 +163,7 @@ class FrameDataset(Dataset):
     def __getitem__(self, item):
         k, dx, dy = (item, 0, 0) if np.isscalar(item) else item
         s = self.samples[int(k)]
-        frame = check_frame(self._source(s.source).read(s.index))
-        x = self.pre([frame], shifts=[(dx, dy)])[0]
+        x = self.pre([self.frame(s)], shifts=[(dx, dy)])[0]
         return torch.from_numpy(x), torch.tensor(s.label, dtype=torch.int64)
 
 
@@ -196,21 +196,16 @@ def samples_to_arrays(samples, preprocessor, *, rows: bool = False, batch_size: 
 
     if progress:
         progress(total=len(samples))
-    xs, open_ = [], {}
+    xs, ds = [], FrameDataset(samples, preprocessor)
     try:
         for b in range(0, len(samples), batch_size):
             chunk = samples[b : b + batch_size]
-            frames = []
-            for s in chunk:
-                if s.source not in open_:
-                    open_[s.source] = open_source(s.source)
-                frames.append(check_frame(open_[s.source].read(s.index)))
-            x = preprocessor(frames)
+            x = preprocessor([ds.frame(s) for s in chunk])
             xs.append(row_ranges(x) if rows else x.astype(np.float16))
             if progress:
                 progress(advance=len(chunk))
     finally:
-        for src in open_.values():
+        for src in ds._open.values():
             src.close()
     return np.concatenate(xs), np.array([s.label for s in samples], np.int64)
 

@@ -26,7 +26,7 @@ from diffscreen.io.atomic import temporary_path
 from diffscreen.models import get_model, save_model
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "make_optimizer", "Checkpoint", "Best", "fit",
-           "ClassBalancedSampler", "balanced_batches", "softmax_loss", "batch_counts", "counts_row", "epoch_line",
+           "ClassBalancedSampler", "balanced_batches", "batch_counts", "counts_row", "epoch_line",
            "fit_balanced", "check_arrays", "new_model", "save_trained"]
 
 _OPTIMIZERS = ("sgd", "adam")
@@ -294,23 +294,6 @@ def counts_row(sums) -> dict:
     return {"train_loss": sums["loss"] / sums["n"], "train_accuracy": sums["ok"] / sums["n"]}
 
 
-def softmax_loss(model, x, y, *, augment=None, rng=None):
-    """Loss hook ``loss(idx) -> (loss, batch_counts)``: cross entropy (log-softmax + NLL, fv5080) of ``model``
-    on ``x[idx]`` ((N, 1, S, S) or (N, 1, S) float16/float32, cast to float32, then ``augment(xb, rng)`` if
-    given) against ``y[idx]`` ((N,) int64)."""
-
-    def loss(idx):
-        xa = np.asarray(x[idx], dtype=np.float32)
-        if augment is not None:
-            xa = augment(xa, rng)
-        yb = torch.from_numpy(y[idx])
-        logits = model(torch.from_numpy(np.ascontiguousarray(xa)))
-        value = F.cross_entropy(logits, yb)
-        return value, batch_counts(value, logits, yb)
-
-    return loss
-
-
 def epoch_line(epochs: int, val_key: str, label: str, *, prefix: str = "", seconds: bool = True):
     """Log-line hook of the softmax recipes: lr, loss, training accuracy, validation score, a star when kept."""
 
@@ -326,21 +309,31 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
                  seed=None, augment=None, train_mode=None, tag=None, prefix="", seconds=True, log=print):
     """:func:`fit` on inputs held in memory: class-balanced batches, cross entropy, exponential schedule.
 
-    ``model`` and its optimiser ``opt``, ``x``, ``y`` and ``augment`` as :func:`softmax_loss`; ``score() ->
-    float`` the validation score (NaN without validation data), column ``val_key``, logged as ``label`` after
-    ``prefix`` (with the epoch's ``seconds``); batches balanced over ``groups`` (default ``y``) drawn with
-    ``seed`` (default ``config.seed``); ``train_mode``, ``tag``, ``log`` and the returned ``(history, best)`` as
-    :func:`fit`.
+    ``model`` and its optimiser ``opt``; the loss is the cross entropy of ``model`` on ``x[idx]`` ((N, 1, S, S)
+    or (N, 1, S) float16/float32, cast to float32, then ``augment(xb, rng)`` if given, ``rng`` seeded from
+    ``seed``) against ``y[idx]`` ((N,) int64); ``score() -> float`` the validation score (NaN without validation
+    data), column ``val_key``, logged as ``label`` after ``prefix`` (with the epoch's ``seconds``); batches
+    balanced over ``groups`` (default ``y``) drawn with ``seed`` (default ``config.seed``); ``train_mode``,
+    ``tag``, ``log`` and the returned ``(history, best)`` as :func:`fit`.
     """
     seed = config.seed if seed is None else seed
     rng = np.random.default_rng([seed, 7])
+
+    def loss(idx):  # cross entropy: log-softmax + NLL (fv5080)
+        xa = np.asarray(x[idx], dtype=np.float32)
+        if augment is not None:
+            xa = augment(xa, rng)
+        yb = torch.from_numpy(y[idx])
+        logits = model(torch.from_numpy(np.ascontiguousarray(xa)))
+        value = F.cross_entropy(logits, yb)
+        return value, batch_counts(value, logits, yb)
 
     def validate(epoch):
         return (s := score()), {val_key: s}
 
     return fit(model, opt, epochs=config.epochs, lr=lambda e: learning_rate(e, config),
                batches=balanced_batches(y if groups is None else groups, config, seed),
-               loss=softmax_loss(model, x, y, augment=augment, rng=rng), row=counts_row, validate=validate,
+               loss=loss, row=counts_row, validate=validate,
                line=epoch_line(config.epochs, val_key, label, prefix=prefix, seconds=seconds),
                train_mode=train_mode, tag=tag, log=log)
 

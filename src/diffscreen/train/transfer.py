@@ -18,11 +18,10 @@ from torch import nn
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import selection_accuracy
 from diffscreen.models.batch import predict_arrays
-from diffscreen.train.data import frame_items, samples_to_arrays
-from diffscreen.train.engine import TrainConfig, TrainResult, check_arrays, fit_balanced, make_optimizer, save_trained
+from diffscreen.train.engine import (Best, TrainConfig, TrainResult, check_arrays, fit_balanced, make_optimizer,
+                                     save_trained)
 
-__all__ = ["freeze_base", "set_train_mode", "fit_arrays", "transfer_on_arrays",
-           "FROZEN_DEFAULT", "UNFROZEN_DEFAULT", "samples_to_arrays", "frame_items",
+__all__ = ["freeze_base", "set_train_mode", "fit_arrays", "transfer_on_arrays", "FROZEN_DEFAULT", "UNFROZEN_DEFAULT",
            "validation_score", "balance_groups"]
 
 #: Stage 1 (base frozen, only the new classifier learns): Adam, learning rate 1e-2 → 1e-3.
@@ -105,7 +104,7 @@ def balance_groups(y, class_names=None) -> np.ndarray:
 
 
 def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, class_names=None, augment=None,
-               stage=None, log=print, seed_offset: int = 0) -> tuple[list, dict]:
+               stage=None, log=print, seed_offset: int = 0) -> tuple[list, Best]:
     """Train the trainable parameters of ``model`` on in-memory inputs with balanced batches (a stage of Fig. 3).
 
     Parameters
@@ -132,19 +131,18 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
     history : list of dict
         Per epoch ``epoch``, ``stage``, ``lr``, ``train_loss``, ``train_accuracy``, ``val_balanced_accuracy``,
         ``seconds``.
-    best : dict
-        ``score``, ``epoch``, ``state`` (a copy of the best state dict).
+    best : Best
+        Score, epoch, weights and validation columns of the kept epoch.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("no trainable parameters")
-    history, best = fit_balanced(
+    return fit_balanced(
         model, make_optimizer(nn.ParameterList(params), config), x, y, config,
         score=lambda: validation_score(model, x_val, y_val, class_names), val_key="val_balanced_accuracy",
         label="val bal. acc", groups=balance_groups(y, class_names), seed=config.seed + seed_offset,
         augment=augment, train_mode=lambda: set_train_mode(model), tag={"stage": stage},
         prefix=f"{stage} " if stage else "", seconds=False, log=log)
-    return history, {"score": best.score, "epoch": best.epoch, "state": best.state}
 
 
 def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_val=None, frozen=None,
@@ -220,7 +218,7 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
     return save_trained(
         out_path, model, arch=init.arch, arch_kwargs=init.arch_kwargs, preprocess=init.preprocess,
         class_names=names, history=history, seed=s1.seed, data=data_description,
-        metrics={"best_stage": best_stage, "best_epoch": best["epoch"], "val_balanced_accuracy": best["score"]},
+        metrics={"best_stage": best_stage, "best_epoch": best.epoch, "val_balanced_accuracy": best.score},
         head={"method": "transfer", "source": "Xie et al. 2022 sec. 2.3.1, Fig. 3",
               "init_model": {"path": str(init_path), "arch": init.arch, "data": init_train.get("data", {}),
                              "seed": init.meta.get("seed")},

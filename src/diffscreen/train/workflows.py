@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from diffscreen.errors import ConfigError
-from diffscreen.train.data import collect_samples, split_samples
-from diffscreen.train.transfer import FROZEN_DEFAULT, UNFROZEN_DEFAULT, samples_to_arrays, transfer_on_arrays
+from diffscreen.train.data import collect_samples, samples_to_arrays, split_samples
+from diffscreen.train.transfer import FROZEN_DEFAULT, UNFROZEN_DEFAULT, transfer_on_arrays
 
 __all__ = ["prepare_cdi_runs", "train_transfer"]
 
