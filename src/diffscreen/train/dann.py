@@ -22,7 +22,7 @@ from torch import nn
 from diffscreen.errors import ConfigError
 from diffscreen.train.engine import (TrainConfig, TrainResult, balanced_batches, check_arrays, fit,
                                      learning_rate, make_optimizer, new_model,
-                                     save_trained)
+                                     save_trained, scored)
 from diffscreen.train.transfer import balance_groups, validation_score
 
 __all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
@@ -190,9 +190,6 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
                 "domain_loss": s["domain_loss"] / (2 * n), "domain_accuracy": s["domain_ok"] / (2 * n),
                 "train_accuracy": s["label_ok"] / n}
 
-    def validate(epoch):
-        return (s := validation_score(model, x_val, y_val, names)), {"val_balanced_accuracy": s}
-
     def line(r, improved):
         return (f"epoch {r['epoch']}/{cfg.epochs}  lr {r['lr']:.2e}  lambda {r['lambda']:.2f}  "
                 f"label loss {r['label_loss']:.4f}  domain loss {r['domain_loss']:.4f}  "
@@ -201,7 +198,8 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
 
     batches = balanced_batches(balance_groups(ys, names), cfg, cfg.seed)
     history, best = fit(model, make_optimizer(nn.ModuleList([model, domain]), cfg), epochs=cfg.epochs,
-                        lr=lambda e: learning_rate(e, cfg), batches=batches, loss=loss, row=row, validate=validate,
+                        lr=lambda e: learning_rate(e, cfg), batches=batches, loss=loss, row=row,
+                        validate=scored("val_balanced_accuracy", lambda: validation_score(model, x_val, y_val, names)),
                         line=line, train_mode=lambda: (model.train(), domain.train()), log=log)
     last = history[-1]
     return save_trained(

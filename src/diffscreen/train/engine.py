@@ -26,7 +26,7 @@ from diffscreen.io.atomic import temporary_path
 from diffscreen.models import get_model, save_model
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "make_optimizer", "Checkpoint", "Best", "fit",
-           "ClassBalancedSampler", "balanced_batches", "batch_counts", "counts_row", "epoch_line",
+           "ClassBalancedSampler", "balanced_batches", "softmax_step", "scored", "counts_row", "epoch_line",
            "fit_balanced", "check_arrays", "new_model", "save_trained"]
 
 _OPTIMIZERS = ("sgd", "adam")
@@ -284,13 +284,22 @@ def balanced_batches(labels, config: TrainConfig, seed: int):
     return batches
 
 
-def batch_counts(value, logits, y) -> dict:
-    """Batch statistics of a softmax classifier: summed loss, correct argmax, number of inputs."""
-    return {"loss": float(value.detach()) * len(y), "ok": int((logits.argmax(1) == y).sum()), "n": len(y)}
+def softmax_step(net, x, y) -> tuple[torch.Tensor, dict]:
+    """Loss hook body of a softmax classifier: cross entropy (log-softmax + NLL, fv5080) of ``net`` on ``x``
+    ((B, 1, S, S) or (B, 1, S) float32 tensor) against ``y`` ((B,) int64 tensor), and the batch statistics summed
+    loss, correct argmax and number of inputs (:func:`counts_row`)."""
+    logits = net(x)
+    value = F.cross_entropy(logits, y)
+    return value, {"loss": float(value.detach()) * len(y), "ok": int((logits.argmax(1) == y).sum()), "n": len(y)}
+
+
+def scored(val_key: str, score):
+    """Validation hook ``validate(epoch) -> (s, {val_key: s})`` of :func:`fit` from ``score() -> float``."""
+    return lambda epoch: ((s := score()), {val_key: s})
 
 
 def counts_row(sums) -> dict:
-    """History columns ``train_loss`` and ``train_accuracy`` from :func:`batch_counts` sums."""
+    """History columns ``train_loss`` and ``train_accuracy`` from :func:`softmax_step` sums."""
     return {"train_loss": sums["loss"] / sums["n"], "train_accuracy": sums["ok"] / sums["n"]}
 
 
@@ -319,21 +328,15 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
     seed = config.seed if seed is None else seed
     rng = np.random.default_rng([seed, 7])
 
-    def loss(idx):  # cross entropy: log-softmax + NLL (fv5080)
+    def loss(idx):
         xa = np.asarray(x[idx], dtype=np.float32)
         if augment is not None:
             xa = augment(xa, rng)
-        yb = torch.from_numpy(y[idx])
-        logits = model(torch.from_numpy(np.ascontiguousarray(xa)))
-        value = F.cross_entropy(logits, yb)
-        return value, batch_counts(value, logits, yb)
-
-    def validate(epoch):
-        return (s := score()), {val_key: s}
+        return softmax_step(model, torch.from_numpy(np.ascontiguousarray(xa)), torch.from_numpy(y[idx]))
 
     return fit(model, opt, epochs=config.epochs, lr=lambda e: learning_rate(e, config),
                batches=balanced_batches(y if groups is None else groups, config, seed),
-               loss=loss, row=counts_row, validate=validate,
+               loss=loss, row=counts_row, validate=scored(val_key, score),
                line=epoch_line(config.epochs, val_key, label, prefix=prefix, seconds=seconds),
                train_mode=train_mode, tag=tag, log=log)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from diffscreen.errors import ConfigError
@@ -25,8 +24,8 @@ from diffscreen.models.decision import decide
 from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
 from diffscreen.train.engine import (Checkpoint, ClassBalancedSampler, TrainConfig, TrainResult,
-                                     batch_counts, check_arrays, counts_row, epoch_line, fit, fit_balanced,
-                                     learning_rate, make_optimizer, new_model, save_trained)
+                                     check_arrays, counts_row, epoch_line, fit, fit_balanced, learning_rate,
+                                     make_optimizer, new_model, save_trained, scored, softmax_step)
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
            "dihedral_augment"]
@@ -125,16 +124,13 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
             return train_loader
 
         def loss(batch):
-            x, y = batch[0].to(device), batch[1].to(device)
-            logits = net(x)
-            value = F.cross_entropy(logits, y)  # log-softmax + NLL (fv5080)
-            return value, batch_counts(value, logits, y)
+            return softmax_step(net, batch[0].to(device), batch[1].to(device))
 
-        def validate(epoch):
-            return (s := _score(model, val_loader, class_names)[0] if val_loader else float("nan")), {"val_score": s}
+        def score():
+            return _score(model, val_loader, class_names)[0] if val_loader else float("nan")
 
         history, best = fit(model, opt, epochs=cfg.epochs, lr=lambda e: learning_rate(e, cfg), batches=batches,
-                            loss=loss, row=counts_row, validate=validate,
+                            loss=loss, row=counts_row, validate=scored("val_score", score),
                             line=epoch_line(cfg.epochs, "val_score", "val bal. acc"), ties_win=False,
                             checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
                             n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
