@@ -77,9 +77,6 @@ class DDPContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        dist.barrier()
-
     def close(self) -> None:
         """Leave the process group."""
         if dist.is_initialized():

@@ -135,7 +135,7 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
                             checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
                             n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
         result = TrainResult(out_path, best.epoch, history, None)
-        if root:  # the other ranks wait meanwhile
+        if root:
             model.cpu()
             metrics = {"best_epoch": best.epoch, "val_balanced_accuracy": best.score}
             report = None
@@ -150,8 +150,7 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
                                   tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}},
                                   report=report)
             ckpt_path.unlink(missing_ok=True)
-        if ctx is not None:
-            ctx.barrier()
+        if ctx is not None:  # the other ranks wait for rank 0 here
             result.best_epoch = ctx.broadcast(best.epoch)
         return result
     finally:

@@ -60,12 +60,10 @@ def freeze_base(model: nn.Module, unfreeze_blocks: int = 0) -> list[str]:
     n = len(model.features)
     if not 0 <= unfreeze_blocks <= n:
         raise ConfigError(f"unfreeze_blocks must be in 0..{n} (the model has {n} blocks), got {unfreeze_blocks}")
-    for p in model.parameters():
-        p.requires_grad_(False)
     train_mods = [model.classifier] + [model.features[i] for i in range(n - unfreeze_blocks, n)]
-    for m in train_mods:
-        for p in m.parameters():
-            p.requires_grad_(True)
+    trainable = {id(p) for m in train_mods for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
