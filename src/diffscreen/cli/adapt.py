@@ -57,7 +57,8 @@ def adapt(
     from diffscreen.preprocess import PreprocessConfig, Preprocessor
     from diffscreen.train import Sample, collect_samples
     from diffscreen.train.dann import DANN_DEFAULT, DANN_FROM_MODEL, plot_dann_history, train_dann_on_arrays
-    from diffscreen.train.data import frame_items, samples_to_arrays
+    from diffscreen.io.sources import frame_items
+    from diffscreen.train.data import samples_to_arrays
 
     if not 0 <= val_fraction < 1:
         raise ConfigError("--val-fraction must be in [0, 1)")

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from diffscreen.errors import DiffscreenError, FrameReadError, UnknownFormatError
+import numpy as np
+
+from diffscreen.errors import ConfigError, DiffscreenError, FrameReadError, UnknownFormatError
 from diffscreen.io.frame import Frame, check_frame
 from diffscreen.io.base import FrameSource, check_input_file, read_head, reader_errors
 
@@ -45,6 +47,7 @@ __all__ = [
     "read_frame",
     "iter_frames",
     "expand_inputs",
+    "frame_items",
 ]
 
 _GLOB_CHARS = set("*?[")
@@ -323,6 +326,28 @@ def _read_or_error(src: FrameSource, spec: str, i: int, check: bool) -> Frame | 
         return exc
     except Exception as exc:  # a reader bug must not end the run
         return FrameReadError(f"unexpected {type(exc).__name__}: {exc}", path=spec, frame=i)
+
+
+def frame_items(specs, *, max_frames: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
+    """All ``(spec, frame)`` of some inputs, or a seeded random subset of ``max_frames`` in input order.
+
+    Raises
+    ------
+    ConfigError
+        The inputs hold no frames.
+    FrameReadError
+        An input cannot be opened.
+    """
+    items = []
+    for spec in specs:
+        with open_source(spec) as src:
+            items.extend((spec, i) for i in range(len(src)))
+    if not items:
+        raise ConfigError(f"the inputs {', '.join(map(str, specs))} hold no frames")
+    if max_frames is not None and len(items) > max_frames:
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), max_frames, replace=False))
+        items = [items[k] for k in keep]
+    return items
 
 
 def expand_inputs(inputs, *, recursive: bool = False) -> list[str]:

@@ -18,7 +18,7 @@ from diffscreen.io import check_frame, open_source
 from diffscreen.io.labels import LabelTable, read_labels
 from diffscreen.preprocess import Preprocessor
 
-__all__ = ["Sample", "collect_samples", "split_samples", "FrameDataset", "samples_to_arrays", "frame_items"]
+__all__ = ["Sample", "collect_samples", "split_samples", "FrameDataset", "samples_to_arrays"]
 
 
 @dataclass(frozen=True)
@@ -208,25 +208,3 @@ def samples_to_arrays(samples, preprocessor, *, rows: bool = False, batch_size: 
         for src in ds._open.values():
             src.close()
     return np.concatenate(xs), np.array([s.label for s in samples], np.int64)
-
-
-def frame_items(specs, *, max_frames: int | None = None, seed: int = 0) -> list[tuple[str, int]]:
-    """All ``(spec, frame)`` of some inputs, or a seeded random subset of ``max_frames`` in input order.
-
-    Raises
-    ------
-    ConfigError
-        The inputs hold no frames.
-    FrameReadError
-        An input cannot be opened.
-    """
-    items = []
-    for spec in specs:
-        with open_source(spec) as src:
-            items.extend((spec, i) for i in range(len(src)))
-    if not items:
-        raise ConfigError(f"the inputs {', '.join(map(str, specs))} hold no frames")
-    if max_frames is not None and len(items) > max_frames:
-        keep = np.sort(np.random.default_rng(seed).choice(len(items), max_frames, replace=False))
-        items = [items[k] for k in keep]
-    return items
