@@ -22,7 +22,7 @@ from torch import nn
 from diffscreen.errors import ConfigError
 from diffscreen.train.engine import (TrainConfig, TrainResult, balanced_batches, check_arrays, fit,
                                      learning_rate, make_optimizer, new_model,
-                                     save_trained, scored)
+                                     save_trained, scored, softmax_step)
 from diffscreen.train.transfer import balance_groups, validation_score
 
 __all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
@@ -175,20 +175,17 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
         step[0] += 1
         feats = model.forward_features(torch.from_numpy(np.ascontiguousarray(xa)))
         n = len(idx)
-        logits, yb = model.classifier(feats[:n]), torch.from_numpy(ys[idx])
+        l_label, stats = softmax_step(model.classifier, feats[:n], torch.from_numpy(ys[idx]))
         dlog, dt = domain(feats), torch.cat([torch.zeros(n), torch.ones(n)])
-        l_label = F.cross_entropy(logits, yb)
         l_domain = F.binary_cross_entropy_with_logits(dlog, dt)
-        return l_label + l_domain, {"label_loss": float(l_label.detach()) * n,
-                                    "domain_loss": float(l_domain.detach()) * 2 * n,
-                                    "label_ok": int((logits.argmax(1) == yb).sum()),
-                                    "domain_ok": int(((dlog > 0).float() == dt).sum()), "n": n}
+        return l_label + l_domain, {**stats, "domain_loss": float(l_domain.detach()) * 2 * n,
+                                    "domain_ok": int(((dlog > 0).float() == dt).sum())}
 
     def row(s):
         n = s["n"]
-        return {"lambda": domain.grl.lambda_, "label_loss": s["label_loss"] / n,
+        return {"lambda": domain.grl.lambda_, "label_loss": s["loss"] / n,
                 "domain_loss": s["domain_loss"] / (2 * n), "domain_accuracy": s["domain_ok"] / (2 * n),
-                "train_accuracy": s["label_ok"] / n}
+                "train_accuracy": s["ok"] / n}
 
     def line(r, improved):
         return (f"epoch {r['epoch']}/{cfg.epochs}  lr {r['lr']:.2e}  lambda {r['lambda']:.2f}  "
