@@ -86,10 +86,13 @@ def rate(call, items) -> float:
     return len(items) / (time.perf_counter() - t)
 
 
-def finding(rows) -> dict | None:
-    """One finding from its ``(detail, holds)`` rows: ``{"holds": all hold, "detail": "; "-joined}``; None if no rows."""
-    rows = list(rows)
-    return {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)} if rows else None
+def findings(rows_by_name: dict) -> dict:
+    """The findings that have rows, in order: name -> ``{"holds": all rows hold, "detail": the details "; "-joined}``.
+
+    ``rows_by_name`` maps each finding's name to its list of ``(detail, holds)`` rows.
+    """
+    return {name: {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)}
+            for name, rows in rows_by_name.items() if rows}
 
 
 def findings_lines(findings: dict, asserted=()) -> list[str]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, paragraphs, pool_map, predict,
+from diffscreen.benchmarks._harness import (digest, findings, findings_lines, fmt, paragraphs, pool_map, predict,
                                             pyplot, rate, save_figure, save_npy, start, table, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
@@ -216,15 +216,12 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
         data.update(json.loads(meta_path.read_text()))
         return data
     t0 = time.time()
-    n = settings.n_frames
+    n, S = settings.n_frames, settings.input_size
     split = _split_of(n)
-    p_lcn, p_lin = (Preprocessor(c) for c in preprocess_configs(settings))
-    S = settings.input_size
-    x_lcn = np.zeros((n, 1, S, S), np.float16)
-    x_lin = np.zeros((n, 1, S, S), np.float16)
-    labels = np.zeros(n, np.int64)
-    n_spots = np.zeros(n, np.int64)
-    pf8_counts = {"ke": np.full(n, np.nan), "tuned": np.full(n, np.nan)}
+    prep = dict(zip(("x_lcn", "x_linear"), (Preprocessor(c) for c in preprocess_configs(settings))))
+    arrays = {"x_lcn": np.zeros((n, 1, S, S), np.float16), "x_linear": np.zeros((n, 1, S, S), np.float16),
+              "labels": np.zeros(n, np.int64), "split": split, "n_spots": np.zeros(n, np.int64),
+              "pf8_ke": np.full(n, np.nan), "pf8_tuned": np.full(n, np.nan)}  # fmt: skip
     sim = Simulator(preset, seed=settings.seed, class_fractions=settings.class_fractions)
     tune_frames, tune_labels, finders, pf8 = [], [], None, {}
     gain, adc, snr, area = KE_TABLE2[preset]
@@ -233,10 +230,10 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
     for i in range(n):
         sf = sim.frame(i)
         fr = sf.to_frame()
-        x_lcn[i] = p_lcn([fr])[0]
-        x_lin[i] = p_lin([fr])[0]
-        labels[i] = CLASSES.index(sf.label)
-        n_spots[i] = sf.n_spots
+        for key, pre in prep.items():
+            arrays[key][i] = pre([fr])[0]
+        arrays["labels"][i] = CLASSES.index(sf.label)
+        arrays["n_spots"][i] = sf.n_spots
         if split[i] == 1 and len(tune_frames) < settings.n_tune:
             tune_frames.append(fr)
             tune_labels.append(sf.label)
@@ -254,17 +251,20 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
                     pf8[name] = {"settings": cfg.to_dict(), "tuned": can_tune, "grid": grid}
                 tune_frames = []
             for name, f in finders.items():
-                pf8_counts[name][i] = f.find_peaks(fr)["num_peaks"]
+                arrays[f"pf8_{name}"][i] = f.find_peaks(fr)["num_peaks"]
         if progress:
             progress(1)
-    arrays = dict(x_lcn=x_lcn, x_linear=x_lin, labels=labels, split=split, n_spots=n_spots,
-                  pf8_ke=pf8_counts["ke"], pf8_tuned=pf8_counts["tuned"])  # fmt: skip
     cache.mkdir(parents=True, exist_ok=True)
     for k, a in arrays.items():
         save_npy(cache / f"{k}.npy", a)
     meta = {"pf8": pf8, "seconds": time.time() - t0, "preset": preset}
     write_json(meta_path, meta, indent=None)
     return {**arrays, **meta}
+
+
+def _stack(data: dict, presets, key: str, split: int) -> np.ndarray:
+    """``key`` (an array of :func:`simulate_preset`) of one split (0 train, 1 validation, 2 test) of ``presets``, joined."""
+    return np.concatenate([data[p][key][data[p]["split"] == split] for p in presets])
 
 
 def train_group(name: str, presets, contrast: str, size, settings: Settings, work: Path) -> tuple[str, str]:
@@ -284,15 +284,8 @@ def train_group(name: str, presets, contrast: str, size, settings: Settings, wor
     from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
 
     torch.set_num_threads(1)
-    xs, ys, xv, yv = [], [], [], []
-    for p in presets:
-        d = simulate_preset(p, settings, work)
-        xk = d["x_lcn" if contrast == "lcn" else "x_linear"]
-        xs.append(xk[d["split"] == 0])
-        ys.append(d["labels"][d["split"] == 0])
-        xv.append(xk[d["split"] == 1])
-        yv.append(d["labels"][d["split"] == 1])
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    data = {p: simulate_preset(p, settings, work) for p in presets}
+    x, y = _stack(data, presets, f"x_{contrast}", 0), _stack(data, presets, "labels", 0)
     if size is not None and size < len(x):  # Table 7: random sub-selection keeping the class ratio
         rng = np.random.default_rng(settings.seed + size)
         idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(size * (y == c).mean())), replace=False)
@@ -308,7 +301,8 @@ def train_group(name: str, presets, contrast: str, size, settings: Settings, wor
                           batch_size=settings.batch_size, lr_start=settings.lr_start, lr_end=settings.lr_end,
                           seed=settings.seed, threads=1)  # fmt: skip
         train_on_arrays(x, y, path, class_names=CLASSES, preprocess=preprocess_configs(settings)[contrast != "lcn"],
-                        config=cfg, x_val=np.concatenate(xv), y_val=np.concatenate(yv), data_description=desc,
+                        config=cfg, x_val=_stack(data, presets, f"x_{contrast}", 1),
+                        y_val=_stack(data, presets, "labels", 1), data_description=desc,
                         augment=dihedral_augment if settings.augment else None, log=lambda *a: None)  # fmt: skip
     return name, str(path)
 
@@ -405,19 +399,13 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     models = dict(pool_map(train_group, [(*j, st, work) for j in jobs], workers))
     torch.set_num_threads(1)
 
-    def test_set(presets, contrast="lcn"):
-        xs = [data[p]["x_lcn" if contrast == "lcn" else "x_linear"][data[p]["split"] == 2] for p in presets]
-        ys = [data[p]["labels"][data[p]["split"] == 2] for p in presets]
-        return np.concatenate(xs), np.concatenate(ys)
-
     preds: dict = {}
 
     def score(model, presets, contrast="lcn"):
-        x, y = test_set(presets, contrast)
         key = (model, tuple(presets), contrast)
         if key not in preds:
-            preds[key] = predict(models[model], x)
-        return keep_scores(preds[key], y)
+            preds[key] = predict(models[model], _stack(data, presets, f"x_{contrast}", 2))
+        return keep_scores(preds[key], _stack(data, presets, "labels", 2))
 
     # Table 3, and Fig. 9's confidences of the correctly decided test frames (each preset's own CNN)
     t3, fig9 = {}, {}
@@ -502,29 +490,23 @@ def check_findings(results: dict) -> dict:
     dict
         name -> {"holds": bool, "detail": str}
     """
-    out = {}
-    t3 = results["table3"]
-    weak = [p for p in WEAK_SPOT_PRESETS if p in t3]
-    if weak:
-        pairs = [(t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"]) for p in weak]
-        out["cnn_beats_spotfinder_on_weak_spots"] = finding(
-            (f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f) for p, (c, f) in zip(weak, pairs))
-    t8 = results["table8"]
+    t3, t8, t5 = results["table3"], results["table8"], results["table5_balanced"]
+    weak = [(p, t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"]) for p in WEAK_SPOT_PRESETS if p in t3]
+    contrast = []
     if t8:
-        lcn = float(np.mean([r["lcn_balanced"] for r in t8.values()]))
-        lin = float(np.mean([r["linear_balanced"] for r in t8.values()]))
-        out["lcn_beats_linear"] = {"holds": lcn > lin,
-                                   "detail": f"mean balanced success LCN {lcn:.1f}% vs linear {lin:.1f}%"}  # fmt: skip
-    t5 = results["table5_balanced"]
-    ray = "Rayonix" if "Rayonix" in t5 else None
-    if ray:
-        drops = []
-        for c in (p for p in CSPAD if p in t5):
-            drops.append((f"{ray}->{c} {t5[ray][c]:.0f} < {c}->{c} {t5[c][c]:.0f}", t5[ray][c] < t5[c][c]))
-            drops.append((f"{c}->{ray} {t5[c][ray]:.0f} < {ray}->{ray} {t5[ray][ray]:.0f}", t5[c][ray] < t5[ray][ray]))
-        if drops:
-            out["cross_detector_drop"] = finding(drops)
-    return out
+        lcn, lin = (float(np.mean([r[k] for r in t8.values()])) for k in ("lcn_balanced", "linear_balanced"))
+        contrast = [(f"mean balanced success LCN {lcn:.1f}% vs linear {lin:.1f}%", lcn > lin)]
+    drops = []
+    for c in (p for p in CSPAD if p in t5 and "Rayonix" in t5):
+        drops += [(f"Rayonix->{c} {t5['Rayonix'][c]:.0f} < {c}->{c} {t5[c][c]:.0f}", t5["Rayonix"][c] < t5[c][c]),
+                  (f"{c}->Rayonix {t5[c]['Rayonix']:.0f} < Rayonix->Rayonix {t5['Rayonix']['Rayonix']:.0f}",
+                   t5[c]["Rayonix"] < t5["Rayonix"]["Rayonix"])]  # fmt: skip
+    return findings({
+        "cnn_beats_spotfinder_on_weak_spots": [(f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f)
+                                               for p, c, f in weak],
+        "lcn_beats_linear": contrast,
+        "cross_detector_drop": drops,
+    })
 
 
 def write_report(results: dict, out_dir) -> Path:

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks import ke2018
-from diffscreen.benchmarks._harness import (digest, finding, findings_lines, fmt, paragraphs, pool_map, predict,
+from diffscreen.benchmarks._harness import (digest, findings, findings_lines, fmt, paragraphs, pool_map, predict,
                                             pyplot, save_figure, start, table, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
@@ -531,39 +531,28 @@ def check_findings(results: dict) -> dict:
     dict
         name -> {"holds": bool, "detail": str}
     """
-    out = {}
-    t1, t2 = results["table1"], results["table2"]
-    rows = []
-    for r in results["table3"].values():
-        t = r["target"]
-        if t in t2:
-            rows.append((f"{r['source']}->{t}: balanced {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
-                         r["balanced"] > t2[t]["balanced"]))  # fmt: skip
-    if rows:
-        out["transfer_beats_scratch"] = finding(rows)
+    t1, t2, t5 = results["table1"], results["table2"], results["table5"].values()
+    transfer = [(f"{r['source']}->{r['target']}: balanced {r['balanced']:.1f}% vs scratch "
+                 f"{t2[r['target']]['balanced']:.1f}%", r["balanced"] > t2[r["target"]]["balanced"])
+                for r in results["table3"].values() if r["target"] in t2]  # fmt: skip
     cross, same = [], []
-    for r in results["table5"].values():
+    for r in t5:
         s, t = r["source"], r["target"]
-        if s not in t1 or t not in t1[s]:
-            continue
-        d, b = r["on_target"]["hit_or_maybe"], t1[s][t]["hit_or_maybe"]
-        row = (f"{s}->{t}: DANN {d:.1f}% vs source-only {b:.1f}%", d > b)
-        (cross if _DETECTOR[s] != _DETECTOR[t] else same).append(row)
-    for name, rows in (("dann_recall_beats_source_only", cross or same),
-                       ("dann_recall_beats_source_only_same_detector", same if cross else [])):  # fmt: skip
-        if rows:
-            out[name] = finding(rows)
-    rows = [(f"{r['source']}->{r['target']}: balanced DANN {r['on_target']['balanced']:.1f}% vs λ = 0 "
-             f"{r['no_grl_on_target']['balanced']:.1f}%", r["on_target"]["balanced"] > r["no_grl_on_target"]["balanced"])
-            for r in results["table5"].values() if "no_grl_on_target" in r]  # fmt: skip
-    if rows:
-        out["grl_beats_no_grl"] = finding(rows)
-    rows = [(f"{t}: balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
-             r["balanced"] > t2[t]["balanced"])
-            for t, r in results.get("table4", {}).items() if t in t2]  # fmt: skip
-    if rows:
-        out["rwd_beats_scratch"] = finding(rows)
-    return out
+        if t in t1.get(s, {}):
+            d, b = r["on_target"]["hit_or_maybe"], t1[s][t]["hit_or_maybe"]
+            row = (f"{s}->{t}: DANN {d:.1f}% vs source-only {b:.1f}%", d > b)
+            (cross if _DETECTOR[s] != _DETECTOR[t] else same).append(row)
+    return findings({
+        "transfer_beats_scratch": transfer,
+        "dann_recall_beats_source_only": cross or same,
+        "dann_recall_beats_source_only_same_detector": same if cross else [],
+        "grl_beats_no_grl": [(f"{r['source']}->{r['target']}: balanced DANN {r['on_target']['balanced']:.1f}% vs "
+                              f"λ = 0 {r['no_grl_on_target']['balanced']:.1f}%",
+                              r["on_target"]["balanced"] > r["no_grl_on_target"]["balanced"])
+                             for r in t5 if "no_grl_on_target" in r],
+        "rwd_beats_scratch": [(f"{t}: balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
+                               r["balanced"] > t2[t]["balanced"]) for t, r in results.get("table4", {}).items() if t in t2],
+    })
 
 
 def _cell(ours: dict | None, paper=None) -> str:
