@@ -98,32 +98,22 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
             model = work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors"
             if not model.exists():
                 model.parent.mkdir(parents=True, exist_ok=True)
-                xs, ys, xv, yv = [], [], [], []
-                for job in tjobs:
-                    if job[0] in ps:
-                        continue
-                    x, y = load_inputs([paths[job]])
-                    nv = max(1, len(y) // 5)
-                    xs.append(x[:-nv]); ys.append(y[:-nv]); xv.append(x[-nv:]); yv.append(y[-nv:])  # noqa: E702
+                x, y, xv, yv = _hold_out_fifth([load_inputs([paths[job]]) for job in tjobs if job[0] not in ps])
                 tc = TrainConfig(arch="ke2018", epochs=epochs, batches_per_epoch=batches, batch_size=32,
                                  lr_start=0.05, lr_end=1e-4, seed=s, threads=threads)
                 log(f"training without {fam} (seed {s}) on {', '.join(train_ps)}")
-                xv, yv = np.concatenate(xv), np.concatenate(yv)
                 keep = np.linspace(0, len(yv) - 1, min(len(yv), VAL_FRAMES)).astype(int)  # validation every epoch: bounded
-                train_on_arrays(np.concatenate(xs), np.concatenate(ys), model, class_names=CLASSES, preprocess=cfg,
+                train_on_arrays(x, y, model, class_names=CLASSES, preprocess=cfg,
                                 config=tc, x_val=xv[keep], y_val=yv[keep],
                                 data_description={"benchmark": "generalisation", "left_out": fam,
                                                   "presets": train_ps},
                                 augment=dihedral_augment, log=lambda *_: None)  # fmt: skip
-            ys_all, ps_all = [], []
-            for p in ps:
-                k = presets.index(p)
-                x, y = load_inputs([paths[(p, 9000 + 100 * s + k, n_test, False)]])
-                pr = predict(model, x, batch=64)
-                per_preset[p].append(keep_balanced_accuracy(y, pr))
-                ys_all.append(y)
-                ps_all.append(pr)
-            per_seed.append(keep_balanced_accuracy(np.concatenate(ys_all), np.concatenate(ps_all)))
+            tests = {p: load_inputs([paths[(p, 9000 + 100 * s + presets.index(p), n_test, False)]]) for p in ps}
+            probs = {p: predict(model, x, batch=64) for p, (x, _) in tests.items()}
+            for p, (_, y) in tests.items():
+                per_preset[p].append(keep_balanced_accuracy(y, probs[p]))
+            per_seed.append(keep_balanced_accuracy(np.concatenate([y for _, y in tests.values()]),
+                                                   np.concatenate(list(probs.values()))))
             log(f"{fam} left out, seed {s}: keep balanced accuracy {per_seed[-1]:.3f}")
         m, lo, hi = t_interval(per_seed)
         res["families"][fam] = {"presets": list(ps), "per_seed": per_seed, "mean": m, "ci95": [lo, hi],
@@ -135,6 +125,17 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     return res
 
 
+def _hold_out_fifth(sets) -> tuple:
+    """Training and validation arrays of ``(x, y)`` pairs: the last fifth of each pair (at least one frame) validates.
+
+    ``x`` are inputs (N, 1, S, S), ``y`` labels (N,); returns ``x, y, x_val, y_val``, each joined over the pairs.
+    """
+    nv = [max(1, len(y) // 5) for _, y in sets]
+    train = [np.concatenate([a[i][:-n] for a, n in zip(sets, nv)]) for i in (0, 1)]
+    val = [np.concatenate([a[i][-n:] for a, n in zip(sets, nv)]) for i in (0, 1)]
+    return (*train, *val)
+
+
 def _fmt(m, lo, hi) -> str:
     if math.isnan(m):
         return "–"
@@ -144,22 +145,14 @@ def _fmt(m, lo, hi) -> str:
 def dials_peer_lines(path) -> list[str]:
     """Markdown lines for ``bench/dials/real_frames.py``'s JSON (DIALS find_spots, defaults, keep at >= 4 spots)."""
     d = json.loads(Path(path).read_text())
-    rows, tp, pos, tn, neg = [], 0, 0, 0, 0
-    for name, f in d["frames"].items():
-        n = f["n_spots"]
-        if n is None:
-            rows.append((name, f["label"], f"not read: {f['error'][:80]}"))
-            continue
-        keep, is_pos = n >= 4, f["label"] != "miss"
-        tp += keep and is_pos
-        pos += is_pos
-        tn += (not keep) and (not is_pos)
-        neg += not is_pos
-        rows.append((name, f["label"], f"{n} spots → {'keep' if keep else 'drop'}"))
-    read = sum(f["n_spots"] is not None for f in d["frames"].values())
-    return [f"`{d['tool']}` ({d['version']}), {d['rule']} (`bench/dials/real_frames.py`): it reads {read} of "
-            f"{len(d['frames'])} files with its defaults; on those it keeps {tp} of {pos} hits or maybes and "
-            f"rejects {tn} of {neg} misses.", "", *table(("frame", "truth", "DIALS"), rows)]
+    rows = [(name, f["label"], f"not read: {f['error'][:80]}" if f["n_spots"] is None else
+             f"{f['n_spots']} spots → {'keep' if f['n_spots'] >= 4 else 'drop'}") for name, f in d["frames"].items()]
+    read = [f for f in d["frames"].values() if f["n_spots"] is not None]
+    kept = [f["n_spots"] >= 4 for f in read if f["label"] != "miss"]
+    rejected = [f["n_spots"] < 4 for f in read if f["label"] == "miss"]
+    return [f"`{d['tool']}` ({d['version']}), {d['rule']} (`bench/dials/real_frames.py`): it reads {len(read)} of "
+            f"{len(d['frames'])} files with its defaults; on those it keeps {sum(kept)} of {len(kept)} hits or maybes "
+            f"and rejects {sum(rejected)} of {len(rejected)} misses.", "", *table(("frame", "truth", "DIALS"), rows)]
 
 
 def report_markdown(res: dict) -> str:

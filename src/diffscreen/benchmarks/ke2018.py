@@ -431,22 +431,19 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     # Tables 5-6: groups
     tests = {**({"Rayonix": ray} if group_rayonix else {}), **{p: (p,) for p in CSPAD if p in st.presets}}
     train_names = {"Rayonix": group_rayonix, **{p: p for p in CSPAD if p in st.presets}}
-    results["table5"] = {g: {t: score(train_names[g], ps)["success_rate"] for t, ps in tests.items()} for g in tests}
-    results["table5_balanced"] = {g: {t: score(train_names[g], ps)["balanced_success"] for t, ps in tests.items()}
-                                  for g in tests}  # fmt: skip
-    t6 = {}
-    for name in ("Rayonix", "Rayonix+LG36", "Rayonix+LG36+L498"):
-        m = group_rayonix if name == "Rayonix" else name
-        if m in models:
-            t6[name] = {t: score(m, ps)["success_rate"] for t, ps in tests.items()}
-    results["table6"] = t6
+
+    def success(model, key="success_rate", only=tuple(tests)):
+        return {t: score(model, ps)[key] for t, ps in tests.items() if t in only}
+
+    results["table5"] = {g: success(train_names[g]) for g in tests}
+    results["table5_balanced"] = {g: success(train_names[g], "balanced_success") for g in tests}
+    results["table6"] = {name: success(m) for name, m in (("Rayonix", group_rayonix), ("Rayonix+LG36", "Rayonix+LG36"),
+                                                          ("Rayonix+LG36+L498", "Rayonix+LG36+L498")) if m in models}
     # Table 7: training-set size
-    t7 = {}
-    for n in st.train_sizes:
-        t7[n] = {t: score(f"size{n}", ps)["success_rate"] for t, ps in tests.items() if t in ("Rayonix", "LG36")}
+    t7 = {n: success(f"size{n}", only=("Rayonix", "LG36")) for n in st.train_sizes}
     if "Rayonix+LG36" in models:
         n_all = int(sum((data[p]["split"] == 0).sum() for p in ray + ("LG36",)))
-        t7[n_all] = {t: score("Rayonix+LG36", ps)["success_rate"] for t, ps in tests.items() if t in ("Rayonix", "LG36")}
+        t7[n_all] = success("Rayonix+LG36", only=("Rayonix", "LG36"))
     results["table7"] = t7
     # Table 8: linear contrast against LCN
     t8 = {}

@@ -95,12 +95,9 @@ def per_class_table(cm: np.ndarray, classes) -> str:
     cm = np.asarray(cm)
     rec = 100 * np.diag(cm) / np.maximum(cm.sum(1), 1)
     prec = 100 * np.diag(cm) / np.maximum(cm.sum(0), 1)
-    head = "| true \\ predicted | " + " | ".join(classes) + " | recall (%) |"
-    lines = [head, "|" + "---|" * (len(classes) + 2)]
-    for i, c in enumerate(classes):
-        lines.append(f"| **{c}** | " + " | ".join(str(int(v)) for v in cm[i]) + f" | {rec[i]:.1f} |")
-    lines.append("| precision (%) | " + " | ".join(f"{p:.1f}" for p in prec) + " | |")
-    return "\n".join(lines)
+    rows = [(f"**{c}**", *(int(v) for v in cm[i]), f"{rec[i]:.1f}") for i, c in enumerate(classes)]
+    return "\n".join(table(("true \\ predicted", *classes, "recall (%)"),
+                           rows + [("precision (%)", *(f"{p:.1f}" for p in prec), "")]))
 
 
 def train_alexnet(recipe: AlexNetRecipe, data: dict, out_path, *, log=print):
@@ -300,11 +297,9 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     n_ts = min(len(test["x"]), 300)
     feats = penultimate_features(model, test["x"][:n_ts].astype(np.float32))
     emb = tsne_embed(feats, seed=seed)
-    thumbs = {}
-    for c in DIFFRANET_CLASSES:
-        ks = np.flatnonzero(test["label"][:n_ts] == c)
-        if len(ks):
-            thumbs[int(ks[0])] = test["x"][int(ks[0]), 0].astype(np.float32)
+    firsts = [int(np.flatnonzero(test["label"][:n_ts] == c)[0]) for c in DIFFRANET_CLASSES
+              if (test["label"][:n_ts] == c).any()]  # fmt: skip
+    thumbs = {k: test["x"][k, 0].astype(np.float32) for k in firsts}
     save_png(out_dir / "nawaz2022_tsne.png", tsne_figure(emb, test["label"][:n_ts], DIFFRANET_CLASSES, thumbnails=thumbs,
                                                           title="t-SNE of AlexNet fc7 features (test frames)"))
     hit_miss = {"confusion": bcm.tolist(), "accuracy": float(np.trace(bcm) / bcm.sum()),

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -374,11 +375,8 @@ def _speed(st: Settings, models: dict, data: dict) -> dict:
     if "rwd1d_per_s" in out and "cnn2d_per_s" in out:
         out["ratio"] = out["rwd1d_per_s"] / out["cnn2d_per_s"]
     bench = Path(__file__).resolve().parents[3] / "bench" / "results" / "rwd_speed.json"
-    if bench.exists():
-        try:
-            out["bench_rwd_speed"] = json.loads(bench.read_text())
-        except ValueError:
-            pass
+    with suppress(FileNotFoundError, ValueError):  # bench/ is absent from an installed package
+        out["bench_rwd_speed"] = json.loads(bench.read_text())
     return out
 
 
