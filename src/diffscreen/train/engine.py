@@ -26,7 +26,7 @@ from diffscreen.io.atomic import temporary_path
 from diffscreen.models import get_model, save_model
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "make_optimizer", "Checkpoint", "Best", "fit",
-           "ClassBalancedSampler", "balanced_batches", "softmax_step", "scored", "counts_row", "epoch_line",
+           "ClassBalancedSampler", "balanced_batches", "softmax_step", "scored", "softmax_hooks",
            "fit_balanced", "check_arrays", "new_model", "save_trained"]
 
 _OPTIMIZERS = ("sgd", "adam")
@@ -287,7 +287,7 @@ def balanced_batches(labels, config: TrainConfig, seed: int):
 def softmax_step(net, x, y) -> tuple[torch.Tensor, dict]:
     """Loss hook body of a softmax classifier: cross entropy (log-softmax + NLL, fv5080) of ``net`` on ``x``
     ((B, 1, S, S) or (B, 1, S) float32 tensor) against ``y`` ((B,) int64 tensor), and the batch statistics summed
-    loss, correct argmax and number of inputs (:func:`counts_row`)."""
+    loss, correct argmax and number of inputs (:func:`softmax_hooks`)."""
     logits = net(x)
     value = F.cross_entropy(logits, y)
     return value, {"loss": float(value.detach()) * len(y), "ok": int((logits.argmax(1) == y).sum()), "n": len(y)}
@@ -298,20 +298,21 @@ def scored(val_key: str, score):
     return lambda epoch: ((s := score()), {val_key: s})
 
 
-def counts_row(sums) -> dict:
-    """History columns ``train_loss`` and ``train_accuracy`` from :func:`softmax_step` sums."""
-    return {"train_loss": sums["loss"] / sums["n"], "train_accuracy": sums["ok"] / sums["n"]}
-
-
-def epoch_line(epochs: int, val_key: str, label: str, *, prefix: str = "", seconds: bool = True):
-    """Log-line hook of the softmax recipes: lr, loss, training accuracy, validation score, a star when kept."""
+def softmax_hooks(config: TrainConfig, score, val_key: str, label: str, *, prefix: str = "",
+                  seconds: bool = True) -> dict:
+    """The :func:`fit` hooks the softmax recipes share: ``epochs`` and the exponential ``lr`` of ``config``; the
+    ``row`` of ``train_loss`` and ``train_accuracy`` from :func:`softmax_step` sums; ``validate`` by ``score() ->
+    float`` in column ``val_key``; the log ``line``: ``prefix``, lr, loss, training accuracy, ``label`` and the
+    score, a star when kept, the epoch's ``seconds``."""
 
     def line(rec, improved):
-        return (f"{prefix}epoch {rec['epoch']}/{epochs}  lr {rec['lr']:.2e}  loss {rec['train_loss']:.4f}  "
+        return (f"{prefix}epoch {rec['epoch']}/{config.epochs}  lr {rec['lr']:.2e}  loss {rec['train_loss']:.4f}  "
                 f"train acc {rec['train_accuracy']:.3f}  {label} {rec[val_key]:.3f}{'  *' if improved else ''}"
                 + (f"  ({rec['seconds']:.0f} s)" if seconds else ""))
 
-    return line
+    return {"epochs": config.epochs, "lr": lambda e: learning_rate(e, config),
+            "row": lambda s: {"train_loss": s["loss"] / s["n"], "train_accuracy": s["ok"] / s["n"]},
+            "validate": scored(val_key, score), "line": line}
 
 
 def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, label: str, groups=None,
@@ -334,11 +335,9 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
             xa = augment(xa, rng)
         return softmax_step(model, torch.from_numpy(np.ascontiguousarray(xa)), torch.from_numpy(y[idx]))
 
-    return fit(model, opt, epochs=config.epochs, lr=lambda e: learning_rate(e, config),
-               batches=balanced_batches(y if groups is None else groups, config, seed),
-               loss=loss, row=counts_row, validate=scored(val_key, score),
-               line=epoch_line(config.epochs, val_key, label, prefix=prefix, seconds=seconds),
-               train_mode=train_mode, tag=tag, log=log)
+    return fit(model, opt, batches=balanced_batches(y if groups is None else groups, config, seed), loss=loss,
+               train_mode=train_mode, tag=tag, log=log,
+               **softmax_hooks(config, score, val_key, label, prefix=prefix, seconds=seconds))
 
 
 def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: bool = True

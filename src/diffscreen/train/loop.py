@@ -24,8 +24,8 @@ from diffscreen.models.decision import decide
 from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
 from diffscreen.train.engine import (Checkpoint, ClassBalancedSampler, TrainConfig, TrainResult,
-                                     check_arrays, counts_row, epoch_line, fit, fit_balanced, learning_rate,
-                                     make_optimizer, new_model, save_trained, scored, softmax_step)
+                                     check_arrays, fit, fit_balanced, learning_rate, make_optimizer,
+                                     new_model, save_trained, softmax_hooks, softmax_step)
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
            "dihedral_augment"]
@@ -108,14 +108,12 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
         pre = Preprocessor(pcfg)
         run_id = {"config": asdict(cfg), "preprocess": pcfg.to_dict(),
                   "data": _fingerprint(train) + _fingerprint(val)}
-        sampler = ClassBalancedSampler([s.label for s in train], cfg.batches_per_epoch * cfg.batch_size,
-                                       max_shift=pcfg.max_shift, seed=cfg.seed)
+        balanced = ClassBalancedSampler([s.label for s in train], cfg.batches_per_epoch * cfg.batch_size,
+                                        max_shift=pcfg.max_shift, seed=cfg.seed)
+        rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+        sampler = distributed.ShardedBatchSampler(balanced, cfg.batch_size, rank, world)  # rank r's slice of a batch
         loader_kw = {"num_workers": cfg.workers, "persistent_workers": cfg.workers > 0}
-        local_batch = cfg.batch_size
-        if ctx is not None:  # rank r takes the r-th slice of every batch
-            sampler = distributed.ShardedBatchSampler(sampler, cfg.batch_size, ctx.rank, ctx.world_size)
-            local_batch = sampler.per_rank
-        train_loader = DataLoader(FrameDataset(train, pre), batch_size=local_batch, sampler=sampler, **loader_kw)
+        train_loader = DataLoader(FrameDataset(train, pre), batch_size=sampler.per_rank, sampler=sampler, **loader_kw)
         val_loader = (DataLoader(FrameDataset(val, pre), batch_size=cfg.batch_size, **loader_kw)
                       if val and root else None)
 
@@ -129,11 +127,10 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
         def score():
             return _score(model, val_loader, class_names)[0] if val_loader else float("nan")
 
-        history, best = fit(model, opt, epochs=cfg.epochs, lr=lambda e: learning_rate(e, cfg), batches=batches,
-                            loss=loss, row=counts_row, validate=scored("val_score", score),
-                            line=epoch_line(cfg.epochs, "val_score", "val bal. acc"), ties_win=False,
+        history, best = fit(model, opt, batches=batches, loss=loss, ties_win=False,
                             checkpoint=Checkpoint(ckpt_path, run_id, resume), progress=progress,
-                            n_batches=cfg.batches_per_epoch, log=log, ctx=ctx)
+                            n_batches=cfg.batches_per_epoch, log=log, ctx=ctx,
+                            **softmax_hooks(cfg, score, "val_score", "val bal. acc"))
         result = TrainResult(out_path, best.epoch, history, None)
         if root:
             model.cpu()
