@@ -182,9 +182,8 @@ def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, 
         x1 = np.asarray(x[k : k + 1], np.float32)
         rs = [invert(model, x1, layer=li, steps=inversion_steps, seed=seed) for li in range(n_layers)]
         corr = [float(np.corrcoef(r.image.ravel(), x1.ravel())[0, 1]) for r in rs]
-        panels += [(display_frame(x1[0, 0]), f"{c}: input", "gray")]
-        panels += [(display_frame(r.image), f"conv{j + 1} (r = {cc:.2f})", "gray")
-                   for j, (r, cc) in enumerate(zip(rs, corr))]
+        panels += [(display_frame(x1[0, 0]), f"{c}: input", "gray")] + [
+            (display_frame(r.image), f"conv{j + 1} (r = {cc:.2f})", "gray") for j, (r, cc) in enumerate(zip(rs, corr))]
         inv[c] = [{"layer": r.layer, "corr": cc, "seconds": r.seconds, "feature_error": r.feature_error}
                   for r, cc in zip(rs, corr)]
     if inv:
@@ -287,10 +286,10 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     from diffscreen.models.inference import Classifier
 
     methods = ("saliency", "gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
-    timing = {"alexnet_227": _time_methods(model, test["x"][:1].astype(np.float32), methods)}
-    ke = Classifier()
-    kx = np.random.default_rng(0).normal(size=(1, 1, 720, 720)).astype(np.float32)
-    timing["ke2018_720"] = _time_methods(ke.model, kx, methods)
+    timing = {"alexnet_227": _time_methods(model, test["x"][:1].astype(np.float32), methods),
+              "ke2018_720": _time_methods(Classifier().model,
+                                          np.random.default_rng(0).normal(size=(1, 1, 720, 720)).astype(np.float32),
+                                          methods)}
     figs = _figures(model, test["x"], test["label"], DIFFRANET_CLASSES, out_dir,
                     inversion_steps=30 if quick else 200, seed=seed)
     _confusion_figure(cm, DIFFRANET_CLASSES, out_dir / "nawaz2022_confusion.png")

@@ -388,12 +388,10 @@ def _tsne(st: Settings, models: dict, data: dict, src: str, tgt: str) -> dict:
     from diffscreen.models import load_model
 
     torch.set_num_threads(1)
-    xs, ys = [], []
-    for p in (src, tgt):
-        te = np.flatnonzero(np.asarray(data[p]["split"]) == 2)
-        pick = te[np.unique(np.linspace(0, len(te) - 1, min(st.n_tsne, len(te))).round().astype(int))]
-        xs.append(np.asarray(data[p]["x_lcn"][pick], dtype=np.float32))
-        ys.append(np.asarray(data[p]["labels"])[pick])
+    tests = [np.flatnonzero(np.asarray(data[p]["split"]) == 2) for p in (src, tgt)]
+    picks = [te[np.unique(np.linspace(0, len(te) - 1, min(st.n_tsne, len(te))).round().astype(int))] for te in tests]
+    xs = [np.asarray(data[p]["x_lcn"][pick], dtype=np.float32) for p, pick in zip((src, tgt), picks)]
+    ys = [np.asarray(data[p]["labels"])[pick] for p, pick in zip((src, tgt), picks)]
     domain = np.concatenate([np.zeros(len(xs[0]), int), np.ones(len(xs[1]), int)])
     out = {"source": src, "target": tgt, "labels": np.concatenate(ys).tolist(), "domain": domain.tolist()}
     for key, name in (("dann", f"dann_{src}_{tgt}"), ("cnn", f"full_{src}")):

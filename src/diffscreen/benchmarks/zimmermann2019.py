@@ -162,9 +162,8 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
     res = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, "sim_fps": fps,
            "baseline": {k: base[k] for k in ("accuracy", "precision", "recall")},
            "majority": {k: maj[k] for k in ("accuracy", "precision", "recall")},
-           "label_freq": {n: float(v) for n, v in zip(CDI_CLASSES, Y.mean(0))}, "threads": torch.get_num_threads()}
-    bounds = noise_bounds(X, mask)
-    res["noise_bounds"] = bounds
+           "label_freq": {n: float(v) for n, v in zip(CDI_CLASSES, Y.mean(0))}, "threads": torch.get_num_threads(),
+           "noise_bounds": noise_bounds(X, mask)}
     keep = ("accuracy", "precision", "recall", "violation_rate_min")
 
     def summ(r):
@@ -173,7 +172,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
 
     t6, models = {}, {}
     for noise in cfg["noises"]:
-        Xn = X if noise == "none" else add_uniform_noise(X, bounds[noise], seed=seed + 17)
+        Xn = X if noise == "none" else add_uniform_noise(X, res["noise_bounds"][noise], seed=seed + 17)
         for mode in cfg["modes"]:
             P, pc, ms = _prep(Xn, mask, S, mode)
             if noise == "none":
