@@ -46,6 +46,7 @@ from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import keep_scores, percent_of
 from diffscreen.io.frame import CLASS_NAMES
+from diffscreen.simulate import Simulator
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "preprocess_configs", "simulate_preset", "simulate_presets",
            "train_group", "run", "check_findings", "write_report"]
@@ -205,7 +206,6 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
     """
     from diffscreen.baselines import Peakfinder8, Peakfinder8Config, tune_peakfinder8
     from diffscreen.preprocess import Preprocessor
-    from diffscreen.simulate import Simulator
 
     fr_tag = "" if settings.class_fractions is None else "_f" + "-".join(f"{f:g}" for f in settings.class_fractions)
     cache = work / (f"{preset}_n{settings.n_frames}_s{settings.input_size}x{settings.scale:g}{fr_tag}"
@@ -263,7 +263,7 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
 
 
 def _stack(data: dict, presets, key: str, split: int) -> np.ndarray:
-    """``key`` (an array of :func:`simulate_preset`) of one split (0 train, 1 validation, 2 test) of ``presets``, joined."""
+    """Array ``key`` of :func:`simulate_preset` over ``presets``, one split (0 train, 1 validation, 2 test), joined."""
     return np.concatenate([data[p][key][data[p]["split"] == split] for p in presets])
 
 
@@ -323,7 +323,6 @@ def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> d
 
     from diffscreen.baselines import Peakfinder8, Peakfinder8Config
     from diffscreen.models.inference import Classifier
-    from diffscreen.simulate import Simulator
 
     torch.set_num_threads(1)
     sim = Simulator(preset, seed=settings.seed + 1)
@@ -446,13 +445,11 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         t7[n_all] = success("Rayonix+LG36", only=("Rayonix", "LG36"))
     results["table7"] = t7
     # Table 8: linear contrast against LCN
-    t8 = {}
+    results["table8"] = {}
     for name, ps in lin_targets:
-        lcn_model = group_rayonix if name == "Rayonix" else name
-        lin, lc = score(f"linear_{name}", ps, "linear"), score(lcn_model, ps)
-        t8[name] = {"linear": lin["success_rate"], "lcn": lc["success_rate"],
+        lin, lc = score(f"linear_{name}", ps, "linear"), score(train_names[name], ps)
+        results["table8"][name] = {"linear": lin["success_rate"], "lcn": lc["success_rate"],
                     "linear_balanced": lin["balanced_success"], "lcn_balanced": lc["balanced_success"]}  # fmt: skip
-    results["table8"] = t8
     results["fig9"] = fig9
     log("measuring throughput")
     results["throughput"] = _throughput(st, Path(models[st.presets[0]]))
@@ -488,7 +485,8 @@ def check_findings(results: dict) -> dict:
         name -> {"holds": bool, "detail": str}
     """
     t3, t8, t5 = results["table3"], results["table8"], results["table5_balanced"]
-    weak = [(p, t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"]) for p in WEAK_SPOT_PRESETS if p in t3]
+    weak = [(p, t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"])
+            for p in WEAK_SPOT_PRESETS if p in t3]  # fmt: skip
     contrast = []
     if t8:
         lcn, lin = (float(np.mean([r[k] for r in t8.values()])) for k in ("lcn_balanced", "linear_balanced"))
@@ -499,8 +497,8 @@ def check_findings(results: dict) -> dict:
                   (f"{c}->Rayonix {t5[c]['Rayonix']:.0f} < Rayonix->Rayonix {t5['Rayonix']['Rayonix']:.0f}",
                    t5[c]["Rayonix"] < t5["Rayonix"]["Rayonix"])]  # fmt: skip
     return findings({
-        "cnn_beats_spotfinder_on_weak_spots": [(f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f)
-                                               for p, c, f in weak],
+        "cnn_beats_spotfinder_on_weak_spots": [
+            (f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f) for p, c, f in weak],
         "lcn_beats_linear": contrast,
         "cross_detector_drop": drops,
     })

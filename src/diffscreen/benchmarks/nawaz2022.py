@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import paragraphs, predict, rate, table, write_json
+from diffscreen.io.atomic import atomic_write_text
+from diffscreen.simulate.diffranet import (DIFFRANET_CLASSES, DIFFRANET_PRESETS, diffranet_preprocess_config, hit_miss,
+                                           simulate_dataset)
 
 __all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet",
            "per_class_table", "write_markdown", "run"]
@@ -107,7 +110,6 @@ def train_alexnet(recipe: AlexNetRecipe, data: dict, out_path, *, log=print):
     -------
     TrainResult
     """
-    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, DIFFRANET_PRESETS, diffranet_preprocess_config
     from diffscreen.train.loop import TrainConfig, train_on_arrays
 
     y = np.array([DIFFRANET_CLASSES.index(v) for v in data["label"]])
@@ -250,7 +252,6 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     from diffscreen.evaluate.metrics import confusion_matrix
     from diffscreen.explain import penultimate_features, save_png, tsne_embed, tsne_figure
     from diffscreen.models import load_model
-    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, hit_miss, simulate_dataset
 
     torch.set_num_threads(1)
     rec = recipe or (QUICK_RECIPE if quick else CPU_RECIPE)
@@ -301,11 +302,11 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     thumbs = {k: test["x"][k, 0].astype(np.float32) for k in firsts}
     save_png(out_dir / "nawaz2022_tsne.png", tsne_figure(emb, test["label"][:n_ts], DIFFRANET_CLASSES, thumbnails=thumbs,
                                                           title="t-SNE of AlexNet fc7 features (test frames)"))
-    hit_miss = {"confusion": bcm.tolist(), "accuracy": float(np.trace(bcm) / bcm.sum()),
-                "hit_recall": float(bcm[0, 0] / max(bcm[0].sum(), 1)),
-                "miss_recall": float(bcm[1, 1] / max(bcm[1].sum(), 1))}  # fmt: skip
+    binary = {"confusion": bcm.tolist(), "accuracy": float(np.trace(bcm) / bcm.sum()),
+              "hit_recall": float(bcm[0, 0] / max(bcm[0].sum(), 1)),
+              "miss_recall": float(bcm[1, 1] / max(bcm[1].sum(), 1))}  # fmt: skip
     result = {"recipe": _listed(rec), "quick": quick, "class_counts": counts, "confusion": cm.tolist(),
-              "accuracy": acc, "recall": recall, "precision": precision, "hit_miss": hit_miss,
+              "accuracy": acc, "recall": recall, "precision": precision, "hit_miss": binary,
               "best_epoch": res.best_epoch, "history": res.history, "timing": timing, "inversion": figs["inversion"],
               "seconds": {"simulate": t_sim, "train": t_train}, "model_path": str(model_path)}  # fmt: skip
     write_json(work_dir / f"result_{tag}_s{seed}.json", result)
@@ -316,7 +317,6 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
 
 def write_markdown(result, out_dir="docs/benchmarks") -> Path:
     """(Re)write ``nawaz2022.md`` from a result dict or the JSON file :func:`run` saved in ``work_dir``."""
-    from diffscreen.io.atomic import atomic_write_text
 
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
@@ -326,7 +326,6 @@ def write_markdown(result, out_dir="docs/benchmarks") -> Path:
 
 
 def _markdown(r: dict) -> str:
-    from diffscreen.simulate.diffranet import DIFFRANET_CLASSES
 
     cm = np.array(r["confusion"])
     pcm = PAPER_TABLE3
@@ -336,7 +335,6 @@ def _markdown(r: dict) -> str:
     rc = r["recipe"]
     t = r["timing"]
     inv = r["inversion"]
-    nb_ours, nb_paper = _neighbour_fraction(cm), _neighbour_fraction(pcm)
     lines = paragraphs(
         "# Nawaz et al. (2022): AlexNet on the DiffraNet classes, explained",
         "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Kim, Barty, Chapman, Kirian, "
@@ -414,8 +412,9 @@ def _markdown(r: dict) -> str:
          "its masks), random cells, orientations, backgrounds and gains, and the grade is set by what the frame "
          "shows (detectable spots and their SNR). Frames are binned from 1920²/1765² to 227², which blurs faint "
          "spots: the weak/good and good/strong boundaries are harder to see than in 512² DiffraNet frames.",
-         f"* **Where the errors are.** In the paper {100 * nb_paper:.0f} % of the misclassified test frames are "
-         f"confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here {100 * nb_ours:.0f} %. "
+         f"* **Where the errors are.** In the paper {100 * _neighbour_fraction(pcm):.0f} % of the misclassified "
+         "test frames are confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here "
+         f"{100 * _neighbour_fraction(cm):.0f} %. "
          "Both agree that the useful decision, hit vs miss, is easier than the 5-class one (table above).",
          "* **Grad-CAM resolution.** Grad-CAM is taken at the ReLU after conv5 (13 × 13 at 227); the paper does "
          "not say which layer it used. Grad-CAM++ (Zimmermann §6) is our own implementation of Chattopadhyay et "

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import time
+import timeit
 import zlib
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
@@ -58,7 +59,6 @@ __all__ = ["Settings", "FULL", "QUICK", "PAPER", "ASSERTED", "run", "check_findi
 
 CLASSES = ke2018.CLASSES
 _MODEL_VERSION = 1
-_KNOWN = ("L498", "LG36", "LN84", "LN83", "LO19")
 _DETECTOR = {"LN84": "Rayonix", "LN83": "Rayonix", "LO19": "Rayonix", "L498": "CSPAD", "LG36": "CSPAD"}
 
 #: Xie et al. (2022) Tables 1-5 and 7, every cell: percentage of hit-or-maybe frames
@@ -354,23 +354,17 @@ def _speed(st: Settings, models: dict, data: dict) -> dict:
     from diffscreen.models import load_model
 
     torch.set_num_threads(1)
-    rwd_name = next((k for k in models if k.startswith("rwd_")), None)
-    cnn_name = next((k for k in models if k.startswith("full_")), None)
-    p = st.full_presets[0]
-    x = torch.from_numpy(np.asarray(data[p]["x_lcn"][: st.n_speed], dtype=np.float32))
+    x = torch.from_numpy(np.asarray(data[st.full_presets[0]]["x_lcn"][: st.n_speed], dtype=np.float32))
     out = {"n": int(len(x)), "input": list(x.shape[1:]), "threads": 1}
-    for key, name in (("cnn2d", cnn_name), ("rwd1d", rwd_name)):
+    for key, prefix in (("cnn2d", "full_"), ("rwd1d", "rwd_")):
+        name = next((k for k in models if k.startswith(prefix)), None)
         if name is None:
             continue
         model = load_model(models[name]).model.eval()
         with torch.inference_mode():
             model(x[:4])
-            best = float("inf")
-            for _ in range(3):
-                t = time.perf_counter()
-                for i in range(0, len(x), 16):
-                    model(x[i : i + 16])
-                best = min(best, time.perf_counter() - t)
+            best = min(timeit.repeat(lambda: [model(x[i : i + 16]) for i in range(0, len(x), 16)],  # noqa: B023
+                                     number=1, repeat=3))  # fmt: skip
         out[f"{key}_per_s"] = len(x) / best
     if "rwd1d_per_s" in out and "cnn2d_per_s" in out:
         out["ratio"] = out["rwd1d_per_s"] / out["cnn2d_per_s"]
@@ -435,7 +429,7 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
 
     st = settings or (QUICK if quick else FULL)
     presets = tuple(dict.fromkeys(st.full_presets + st.targets + tuple(p for pr in st.pairs for p in pr)))
-    unknown = set(presets) - set(_KNOWN)
+    unknown = set(presets) - set(_DETECTOR)
     if unknown:
         raise ConfigError(f"xie2022 benchmark presets must be CXIDB-76 runs; unknown {sorted(unknown)}")
     missing = {s for s, _ in st.pairs} - set(st.full_presets)
@@ -547,7 +541,8 @@ def check_findings(results: dict) -> dict:
                               r["on_target"]["balanced"] > r["no_grl_on_target"]["balanced"])
                              for r in t5 if "no_grl_on_target" in r],
         "rwd_beats_scratch": [(f"{t}: balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
-                               r["balanced"] > t2[t]["balanced"]) for t, r in results.get("table4", {}).items() if t in t2],
+                               r["balanced"] > t2[t]["balanced"])
+                              for t, r in results.get("table4", {}).items() if t in t2],
     })
 
 
@@ -707,8 +702,7 @@ def _fig9(f9: dict, path: Path) -> None:
                 sel = (labels == CLASSES.index(c)) & (domain == dom)
                 ax.scatter(emb[sel, 0], emb[sel, 1], s=8, c=colour, label=f"{(f9['source'], f9['target'])[dom]} ({sel.sum()})")
             ax.set_title(f"({'abcdef'[3 * i + j]}) {name}, {c}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
