@@ -3,7 +3,7 @@
 Two paths give the same probabilities (tests/test_fastpath.py):
 
 * the window path, for a fast :class:`~diffscreen.models.inference.Classifier`
-  and a source whose :meth:`~diffscreen.io.sources.FrameSource.read_region`
+  and a source whose :meth:`~diffscreen.io.base.FrameSource.read_region`
   reads only the window (``src.reads_window``, e.g.
   :class:`~diffscreen.io.hdf5.CXISource`): the crop is planned from the
   frame's metadata (:meth:`~diffscreen.preprocess.fast.FastPreprocessor.plan`),
