@@ -100,7 +100,7 @@ def small_preset(size: int):
     f = p.shape[0] / size
     return dataclasses.replace(
         p, name=f"rayonix_{size}px", shape=(size, size), mask_key=None, pixel_size_mm=p.pixel_size_mm * f,
-        beam_center_px=(size / 2, size / 2), beam_center_jitter_px=p.beam_center_jitter_px / f,
+        beam_centre_px=(size / 2, size / 2), beam_centre_jitter_px=p.beam_centre_jitter_px / f,
         beam_stop_radius_px=tuple(max(1.0, r / f) for r in p.beam_stop_radius_px),
     )
 

@@ -295,8 +295,8 @@ def peakfinder8(frames, fast_mode: bool, n: int, repeats: int) -> dict:
     pf = Peakfinder8(Peakfinder8Config(fast_mode=fast_mode), seed=0)  # the project default settings
     # one beam centre for all frames, as in a real run: the wrapper caches its radius map and fast
     # mode's ring sample per beam centre (the simulator jitters the centre from frame to frame)
-    bc = frames[0].meta.beam_center_px
-    sub = [replace(f, meta=replace(f.meta, beam_center_px=bc)) for f in frames]
+    bc = frames[0].meta.beam_centre_px
+    sub = [replace(f, meta=replace(f.meta, beam_centre_px=bc)) for f in frames]
     sub = [sub[k % len(sub)] for k in range(n)]
     pf.find_peaks(sub[0])  # geometry and ring sample cached, as in a run
     r = _cpu_rate(lambda: [pf.find_peaks(f) for f in sub], n, repeats)

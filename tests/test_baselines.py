@@ -26,7 +26,7 @@ def planted_frame(positions, *, photons=3000.0, sigma=0.9, background=20.0, seed
     lam = np.full((SIZE, SIZE), background)
     for x, y in positions:
         lam += photons / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
-    meta = FrameMeta("planted", 0, "test", beam_center_px=((SIZE - 1) / 2, (SIZE - 1) / 2),
+    meta = FrameMeta("planted", 0, "test", beam_centre_px=((SIZE - 1) / 2, (SIZE - 1) / 2),
                      **(GEOM if geometry else {}))  # fmt: skip
     return Frame(rng.poisson(lam).astype(np.float32), np.zeros((SIZE, SIZE), bool), meta)
 

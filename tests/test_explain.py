@@ -220,7 +220,7 @@ def _localisation_inputs():
     for i in LOC_FRAMES:
         h, b = sim.frame(i, kind="hit").to_frame(), sim.frame(i, kind="solvent").to_frame()
         q = i % 4
-        cx, cy = h.meta.beam_center_px
+        cx, cy = h.meta.beam_centre_px
         yy, xx = np.mgrid[: h.data.shape[0], : h.data.shape[1]]
         region = ((xx < cx) if q in (0, 2) else (xx >= cx)) & ((yy < cy) if q in (0, 1) else (yy >= cy))
         xs.append(clf.preprocess([replace(h, data=np.where(region, h.data, b.data))])[0])

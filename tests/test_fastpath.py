@@ -280,7 +280,7 @@ def test_predict_source_reports_bad_windows(tmp_path, run_and_model):
     f0 = ln84[0]
     good = f0.data.astype(np.float32)
     nan_in_window = good.copy()
-    cx, cy = (int(v) for v in f0.meta.beam_center_px)
+    cx, cy = (int(v) for v in f0.meta.beam_centre_px)
     ys, xs = np.nonzero(~f0.mask[cy + 40 : cy + 60, cx + 40 : cx + 60])
     nan_in_window[cy + 40 + ys[0], cx + 40 + xs[0]] = np.nan  # an unmasked pixel near the beam
     blank = np.zeros_like(good)

@@ -239,7 +239,7 @@ def test_classifier_gives_finite_probabilities_or_an_error(data, classifier):
         meta.pixel_size_mm = data.draw(st.sampled_from((0.075, 0.172, 1e-9, 1e6)))
         meta.distance_mm = data.draw(st.sampled_from((100.0, 0.0, 1e9, -5.0)))
         meta.wavelength_A = data.draw(st.sampled_from((1.0, 0.0, 1e-6)))
-        meta.beam_center_px = data.draw(st.sampled_from(((w / 2, h / 2), (float("nan"), 0.0), (1e12, -1e12))))
+        meta.beam_centre_px = data.draw(st.sampled_from(((w / 2, h / 2), (float("nan"), 0.0), (1e12, -1e12))))
     frame = Frame(img, mask, meta)
     try:
         check_frame(frame)

@@ -34,14 +34,14 @@ def test_t_interval_is_students():
 
 
 def test_randomise_meta_draws_each_fault_and_never_touches_the_input():
-    meta = FrameMeta("x.cxi", 3, pixel_size_mm=0.1, beam_center_px=(500.0, 510.0), distance_mm=120.0,
+    meta = FrameMeta("x.cxi", 3, pixel_size_mm=0.1, beam_centre_px=(500.0, 510.0), distance_mm=120.0,
                      wavelength_A=1.3)
     rng = np.random.default_rng(0)
     outs = [randomise_meta(meta, (1000, 1000), rng) for _ in range(2000)]
-    assert meta.distance_mm == 120.0 and meta.beam_center_px == (500.0, 510.0)  # input unchanged
+    assert meta.distance_mm == 120.0 and meta.beam_centre_px == (500.0, 510.0)  # input unchanged
     no_geom = np.mean([o.pixel_size_mm is None for o in outs])
-    no_centre = np.mean([o.beam_center_px is None for o in outs])
-    moved = np.mean([o.beam_center_px not in (None, (500.0, 510.0)) for o in outs])
+    no_centre = np.mean([o.beam_centre_px is None for o in outs])
+    moved = np.mean([o.beam_centre_px not in (None, (500.0, 510.0)) for o in outs])
     assert no_geom == pytest.approx(META_FAULTS["no_geometry"], abs=0.03)
     assert no_centre == pytest.approx(META_FAULTS["no_beam_centre"], abs=0.03)
     assert moved == pytest.approx((1 - META_FAULTS["no_beam_centre"]) * META_FAULTS["centre_error"], abs=0.03)

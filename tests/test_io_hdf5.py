@@ -60,13 +60,13 @@ def test_cxi_reads_back_exactly(cxi_run):
     m = got[1].meta
     assert m.detector == "PILATUS 6M"
     assert m.pixel_size_mm == pytest.approx(0.172) and m.distance_mm == pytest.approx(151.0)
-    assert m.wavelength_A == pytest.approx(1.3) and m.beam_center_px == pytest.approx((25.5, 19.25))
+    assert m.wavelength_A == pytest.approx(1.3) and m.beam_centre_px == pytest.approx((25.5, 19.25))
     assert m.extra["source_file"] == "orig_1.cbf" and m.extra["source_frame"] == 1
     assert got[0].meta.extra["label"] == "hit" and got[0].meta.extra["n_spots"] == 12
     assert got[1].meta.extra["label"] == "miss" and got[1].meta.extra["n_spots"] == 0
     assert "label" not in got[2].meta.extra and "n_spots" not in got[2].meta.extra
     s = got[4].meta
-    assert s.detector == "Rayonix" and s.distance_mm is None and s.wavelength_A is None and s.beam_center_px is None
+    assert s.detector == "Rayonix" and s.distance_mm is None and s.wavelength_A is None and s.beam_centre_px is None
     assert s.extra["entry"] == "entry_2" and s.extra["entry_frame"] == 1
 
 
@@ -140,7 +140,7 @@ def test_cxidb76_layout(tmp_path):
         np.testing.assert_array_equal(fr.data, ref.astype(np.float32))
         np.testing.assert_array_equal(fr.mask, inactive | (ref < -10))
     m = frames[3].meta
-    assert m.beam_center_px == pytest.approx((50.0, 20.0)) and m.pixel_size_mm == pytest.approx(0.11)
+    assert m.beam_centre_px == pytest.approx((50.0, 20.0)) and m.pixel_size_mm == pytest.approx(0.11)
     assert m.distance_mm == pytest.approx(111.0) and m.wavelength_A == pytest.approx(2.3)
     assert m.extra["chunk"] == "0001" and m.extra["chunk_frame"] == 1 and m.extra["timestamp"] == "t1_1"
     assert m.extra["saturated_value"] == 16000

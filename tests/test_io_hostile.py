@@ -585,22 +585,22 @@ def test_every_reader_read_is_wrapped():
 
 def test_check_geometry_warns_about_each_absurd_value():
     assert check_geometry(FrameMeta("a.cbf", 0, pixel_size_mm=0.172, distance_mm=150.0, wavelength_A=1.0,
-                                    beam_center_px=(1200.0, 1300.0)), shape=(2527, 2463)) == []
+                                    beam_centre_px=(1200.0, 1300.0)), shape=(2527, 2463)) == []
     assert check_geometry(FrameMeta("a.cbf")) == []  # unknown is not absurd
     m = FrameMeta("run.cxi", 3, pixel_size_mm=1e-9, distance_mm=0.0, wavelength_A=float("nan"),
-                  beam_center_px=(float("nan"), 10.0))
+                  beam_centre_px=(float("nan"), 10.0))
     warnings = check_geometry(m, shape=(100, 100))
     assert warnings == [
         "run.cxi, frame 3: pixel_size_mm 1e-09 mm is outside the physical range 0.001..10 mm",
         "run.cxi, frame 3: distance_mm 0 mm is not positive",
         "run.cxi, frame 3: wavelength_A is nan (not finite)",
-        "run.cxi, frame 3: beam_center_px (nan, 10.0) is not finite",
+        "run.cxi, frame 3: beam_centre_px (nan, 10.0) is not finite",
     ]
     far = check_geometry(FrameMeta("x", 0, distance_mm=2e5, wavelength_A=500.0, pixel_size_mm=float("inf"),
-                                   beam_center_px=(5000.0, 10.0)), path="y.h5", frame=9, shape=(100, 100))
+                                   beam_centre_px=(5000.0, 10.0)), path="y.h5", frame=9, shape=(100, 100))
     assert len(far) == 4 and all(w.startswith("y.h5, frame 9: ") for w in far)
     assert "more than 10 frame sizes" in far[3] and "100000 mm" in far[1] and "is inf" in far[0]
-    assert check_geometry(FrameMeta("x", 0, beam_center_px=(-150.0, 50.0)), shape=(100, 100)) == []
+    assert check_geometry(FrameMeta("x", 0, beam_centre_px=(-150.0, 50.0)), shape=(100, 100)) == []
 
 
 def test_readers_keep_absurd_geometry_for_the_warning(tmp_path):
@@ -620,7 +620,7 @@ def test_readers_keep_absurd_geometry_for_the_warning(tmp_path):
         assert m0.distance_mm == np.inf
         assert check_geometry(m0) == [f"{tmp_path / 'g.cxi'}, frame 0: distance_mm is inf (not finite)"]
         if creator == "diffscreen":
-            assert m1.distance_mm is None and m1.beam_center_px is None and check_geometry(m1) == []
+            assert m1.distance_mm is None and m1.beam_centre_px is None and check_geometry(m1) == []
         else:
             assert np.isnan(m1.distance_mm) and len(check_geometry(m1, shape=(8, 8))) == 2
 

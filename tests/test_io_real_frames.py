@@ -138,7 +138,7 @@ def test_header_geometry(real, name, detector, pixel, distance, wavelength, beam
     assert m.pixel_size_mm == pytest.approx(pixel, rel=1e-9)
     assert m.distance_mm == pytest.approx(distance, rel=1e-9)
     assert m.wavelength_A == pytest.approx(wavelength, rel=1e-9)
-    assert m.beam_center_px == pytest.approx(beam, abs=1e-6)
+    assert m.beam_centre_px == pytest.approx(beam, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["corkcont2_H_0089.mccd.bz2", "somedata_0001.mccd.bz2"])
@@ -149,7 +149,7 @@ def test_marccd_header_geometry(real, name):
     m = real(name)[2].meta
     assert m.detector == "MarCCD"
     assert m.pixel_size_mm == pytest.approx(px * 1e-6)  # nm
-    assert m.beam_center_px == pytest.approx((bx / 1e3, by / 1e3))
+    assert m.beam_centre_px == pytest.approx((bx / 1e3, by / 1e3))
     assert m.wavelength_A == pytest.approx(wl * 1e-5)  # fm
     assert dist == 0 and m.distance_mm is None  # the header leaves it unset
     assert m.pixel_size_mm == pytest.approx({"corkcont2_H_0089.mccd.bz2": 0.079092}.get(name, 0.15788))
@@ -166,7 +166,7 @@ def test_adsc_beam_centre_matches_the_powder_rings(real):
     vp = ndimage.uniform_filter1d(sm[:, cols].mean(1), 15)
     x = np.argmax(hp[100:500]) + 100 + np.argmax(hp[700:1125]) + 700  # (left + right) / 2 at full res
     y = np.argmax(vp[75:500]) + 75 + np.argmax(vp[650:1125]) + 650
-    bx, by = fr.meta.beam_center_px
+    bx, by = fr.meta.beam_centre_px
     assert abs(x - bx) < 12 and abs(y - by) < 12
     assert abs(x - by) > 40  # the other convention (Y along fast) is far off
 
@@ -198,7 +198,7 @@ def test_cspad_geometry(real, name):
     fr = real(name)[2]
     m = fr.meta
     H, W = fr.shape
-    bx, by = m.beam_center_px
+    bx, by = m.beam_centre_px
     assert 0 < bx < W and 0 < by < H
     assert abs(bx - W / 2) < 0.05 * W and abs(by - H / 2) < 0.05 * H
     assert fr.mask[int(round(by)), int(round(bx))]  # the beam goes through the hole between quadrants
@@ -224,7 +224,7 @@ def test_cspad_panels_land_where_pycbf_puts_them(real):
     blocks = [(k * 100000 + s * 1000 + f).astype(np.float32) for k in range(64)]
     data, mask, overlap = assemble(plan, blocks, [np.zeros((185, 194), bool)] * 64)
     assert overlap == 0 and plan.shape == CSPAD_SHAPE
-    bx, by = plan.beam_center_px
+    bx, by = plan.beam_centre_px
     p = plan.pixel_mm
     for k in range(64):
         d = h.construct_detector(k)  # read_panels lists panels in this order
@@ -319,7 +319,7 @@ def test_edf_tiff_and_mar345_round_trip(tmp_path):
     np.testing.assert_array_equal(edf.data, d.astype(np.float32))
     assert edf.mask.sum() == 1 and edf.mask[3, 4]
     m = edf.meta
-    assert (m.pixel_size_mm, m.distance_mm, m.wavelength_A, *m.beam_center_px) == pytest.approx(
+    assert (m.pixel_size_mm, m.distance_mm, m.wavelength_A, *m.beam_centre_px) == pytest.approx(
         (0.075, 100.0, 1.0, 50.5, 40.25))
     tif = read_frame(tmp_path / "a.tif")
     np.testing.assert_array_equal(tif.data, d.astype(np.float32))
@@ -379,4 +379,4 @@ def test_panels_without_geometry_are_tiled_with_masked_gaps(tmp_path):
         gaps = np.zeros(fr.shape, bool)
         gaps[:, 12:16] = gaps[8:, 16:] = True
         np.testing.assert_array_equal(fr.mask, gaps)
-        assert fr.meta.beam_center_px is None and fr.meta.pixel_size_mm is None
+        assert fr.meta.beam_centre_px is None and fr.meta.pixel_size_mm is None

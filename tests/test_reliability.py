@@ -383,9 +383,9 @@ def test_absurd_geometry_is_a_warning_and_treated_as_unknown(tmp_path):
     from diffscreen.io import CXIWriter, FrameMeta
 
     a = np.random.default_rng(3).poisson(5, (1000, 1000)).astype("u2")
-    metas = [FrameMeta(source="x", pixel_size_mm=1e-9, distance_mm=100, wavelength_A=1.0, beam_center_px=(500, 500)),
-             FrameMeta(source="x", pixel_size_mm=0.1, distance_mm=0, wavelength_A=1.0, beam_center_px=(500, 500)),
-             FrameMeta(source="x", beam_center_px=(500, 500))]  # geometry unknown: the reference
+    metas = [FrameMeta(source="x", pixel_size_mm=1e-9, distance_mm=100, wavelength_A=1.0, beam_centre_px=(500, 500)),
+             FrameMeta(source="x", pixel_size_mm=0.1, distance_mm=0, wavelength_A=1.0, beam_centre_px=(500, 500)),
+             FrameMeta(source="x", beam_centre_px=(500, 500))]  # geometry unknown: the reference
     spec = str(tmp_path / "geo.cxi")
     with CXIWriter(spec, mask_mode="per_frame") as w:
         for m in metas:

@@ -102,7 +102,7 @@ def test_fast_and_reference_paths_agree_on_significance():
     data[300:303, 200:203] = 500.0
     mask = np.zeros(data.shape, bool)
     mask[:, 320:330] = True  # a panel gap
-    meta = FrameMeta("x.h5", 0, pixel_size_mm=0.172, beam_center_px=(280.5, 390.0), distance_mm=180.0,
+    meta = FrameMeta("x.h5", 0, pixel_size_mm=0.172, beam_centre_px=(280.5, 390.0), distance_mm=180.0,
                      wavelength_A=1.0)
     fr = Frame(data, mask, meta)
     cfg = PreprocessConfig.significance(96, scale=720 / 96)
@@ -125,7 +125,7 @@ def test_gaps_and_the_frame_edge_vanish_from_the_input():
     data = rng.poisson(20.0, (400, 400)).astype(np.float32)
     mask = np.zeros(data.shape, bool)
     mask[:, 120:140] = True
-    meta = FrameMeta("x.h5", 0, beam_center_px=(60.0, 200.0))  # near the left edge: half the crop is off the frame
+    meta = FrameMeta("x.h5", 0, beam_centre_px=(60.0, 200.0))  # near the left edge: half the crop is off the frame
     cfg = PreprocessConfig.significance(64, scale=720 / 64)
     cfg = PreprocessConfig.from_dict({**cfg.to_dict(), "s_per_px": None, "fallback_size": 100})  # zoom 1/4
     pre = FastPreprocessor(cfg)

@@ -16,7 +16,7 @@ HC = 12.3984198
 
 def _s_from_pixel(x, y, meta):
     """Scattering vector s = (k_out - k_in) (Å⁻¹) of detector positions, from the frame's metadata only."""
-    cx, cy = meta.beam_center_px
+    cx, cy = meta.beam_centre_px
     p, D, lam = meta.pixel_size_mm, meta.distance_mm, meta.wavelength_A
     X = (np.asarray(x) - cx) * p
     Y = (np.asarray(y) - cy) * p
@@ -28,7 +28,7 @@ def _s_from_pixel(x, y, meta):
 def _radial_profile(data, mask, meta, offset):
     """Azimuthally averaged ADU vs d-spacing (Å)."""
     H, W = data.shape
-    cx, cy = meta.beam_center_px
+    cx, cy = meta.beam_centre_px
     yy, xx = np.mgrid[0:H, 0:W]
     r = np.hypot(xx - cx, yy - cy)
     good = ~mask
@@ -132,7 +132,7 @@ def test_same_seed_same_frame_different_seed_different():
     assert a.data.dtype == np.int32 and a.data.shape == (1765, 1765)
     assert np.array_equal(a.data, b.data)
     assert np.array_equal(a.peaks, b.peaks)
-    assert (a.label, a.n_spots, a.meta.beam_center_px) == (b.label, b.n_spots, b.meta.beam_center_px)
+    assert (a.label, a.n_spots, a.meta.beam_centre_px) == (b.label, b.n_spots, b.meta.beam_centre_px)
     assert not np.array_equal(a.data, c.data)
     assert not np.array_equal(a.data, d.data)
 
@@ -187,7 +187,7 @@ def test_masked_pixels_are_zero_and_masks_are_the_real_ones(preset):
     assert np.all(sf.data[sf.mask] == 0)
     if preset == "rayonix":
         assert np.array_equal(sf.mask, ~load_cxidb76_mask("LN84"))
-        cx, cy = sf.meta.beam_center_px
+        cx, cy = sf.meta.beam_centre_px
         assert sf.mask[int(cy), int(cx)]  # beam hole
     else:
         lay = detector_layout(PRESETS["cspad"])
@@ -225,7 +225,7 @@ def test_cspad_mixed_gain_zone_is_noisier():
     e = sf.meta.extra
     assert e["mixed_gain"] == 1.0 and e["saturation_adu_inner"] == 7 * e["saturation_adu"]
     H, W = sf.data.shape
-    cx, cy = sf.meta.beam_center_px
+    cx, cy = sf.meta.beam_centre_px
     yy, xx = np.mgrid[0:H, 0:W]
     r = np.hypot(xx - cx, yy - cy)
     two_theta = 2 * np.arcsin(sf.meta.wavelength_A / (2 * 3.2))
@@ -384,7 +384,7 @@ def test_beam_stop_shadows_the_centre_and_its_arm():
     sf = Simulator("pilatus", seed=9).frame(0, kind="solvent")
     r_bs = sf.meta.extra["beam_stop_radius_px"]
     assert 8 <= r_bs <= 16
-    cx, cy = sf.meta.beam_center_px
+    cx, cy = sf.meta.beam_centre_px
     H, W = sf.data.shape
     yy, xx = np.mgrid[0:H, 0:W]
     r = np.hypot(xx - cx, yy - cy)
@@ -405,5 +405,5 @@ def test_beam_stop_shadows_the_centre_and_its_arm():
     # no peak is recorded as detectable behind the stop
     hit = Simulator("pilatus", seed=9).frame(1, kind="hit")
     strong = hit.peaks[hit.peaks[:, 3] >= 5]
-    rr = np.hypot(strong[:, 0] - hit.meta.beam_center_px[0], strong[:, 1] - hit.meta.beam_center_px[1])
+    rr = np.hypot(strong[:, 0] - hit.meta.beam_centre_px[0], strong[:, 1] - hit.meta.beam_centre_px[1])
     assert np.all(rr > hit.meta.extra["beam_stop_radius_px"])

@@ -276,6 +276,6 @@ def test_blocked_digitiser_equals_the_whole_frame_reference(preset, mixed):
         d = np.abs(a.astype(np.int64) - b)
         assert d.max() <= step and (d > 0).mean() < 1e-5
     if mixed:  # the low-gain zone is there: ADU steps of the ratio
-        inner = a[sim.layout.active & (np.hypot(*np.meshgrid(np.arange(W) - c["beam_center"][0],
-                                                               np.arange(H) - c["beam_center"][1])) < 0.8 * c["mixed_gain_r_px"])]
+        inner = a[sim.layout.active & (np.hypot(*np.meshgrid(np.arange(W) - c["beam_centre"][0],
+                                                               np.arange(H) - c["beam_centre"][1])) < 0.8 * c["mixed_gain_r_px"])]
         assert np.all(inner % int(sim.preset.mixed_gain_ratio) == 0)

@@ -31,7 +31,7 @@ _BENCH = dict(
     energy_keV=(12.4, 12.4),
     p_energy_line=0.0,
     p_offcentre_beam=0.0,
-    beam_center_jitter_px=0.0,
+    beam_centre_jitter_px=0.0,
     p_ice_rings=0.0,
     p_powder_rings=0.0,
     p_cosmic=0.0,
@@ -49,7 +49,7 @@ def _d_map(sf):
     """Resolution d (Å) of every pixel from the frame's geometry: d = λ / (2 sin θ)."""
     m = sf.meta
     H, W = sf.data.shape
-    cx, cy = m.beam_center_px
+    cx, cy = m.beam_centre_px
     y, x = np.mgrid[0:H, 0:W]
     r = np.hypot(x - cx, y - cy) * m.pixel_size_mm
     theta = np.arctan2(r, m.distance_mm) / 2
@@ -187,7 +187,7 @@ def test_wide_presets_draw_wide_geometry():
     px = [f.meta.pixel_size_mm for f in frames]
     D = [f.meta.distance_mm for f in frames]
     H, W = sim.preset.shape
-    off = [np.hypot(f.meta.beam_center_px[0] - W / 2, f.meta.beam_center_px[1] - H / 2) > 200 for f in frames]
+    off = [np.hypot(f.meta.beam_centre_px[0] - W / 2, f.meta.beam_centre_px[1] - H / 2) > 200 for f in frames]
     assert 0.05 <= min(px) and max(px) <= 0.10 and max(px) - min(px) > 0.02
     assert min(D) >= 80 and max(D) <= 600 and max(D) / min(D) > 2
     assert any(off)

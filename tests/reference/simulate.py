@@ -401,7 +401,7 @@ def digitise_full(sim, c: dict, rng: np.random.Generator, lam: np.ndarray | None
     zone = sim._mixed_gain_zone(c)
     if zone is not None:
         y0, y1, x0, x1 = zone
-        cx, cy = c["beam_center"]
+        cx, cy = c["beam_centre"]
         r0 = c["mixed_gain_r_px"]
         sub = (slice(y0, y1), slice(x0, x1))
         yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy)) ** 2

@@ -327,9 +327,9 @@ def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> d
     torch.set_num_threads(1)
     sim = Simulator(preset, seed=settings.seed + 1)
     frames = [sim.frame(i).to_frame() for i in range(settings.n_throughput)]
-    centre = frames[0].meta.beam_center_px
+    centre = frames[0].meta.beam_centre_px
     for f in frames:  # one detector geometry, as in a real run (peakfinder8 sets up once)
-        f.meta.beam_center_px = centre
+        f.meta.beam_centre_px = centre
     out = {"preset": preset, "frame_shape": list(frames[0].shape), "frames": len(frames)}
     for key, clf in (("cnn_fps", Classifier(model_path)), ("cnn720_fps", Classifier())):
         out[key] = rate(lambda f: clf.predict([f]), frames)  # noqa: B023 - called at once

@@ -293,7 +293,7 @@ def _fig_examples(frames, out: Path):
     fig, axes = pyplot().subplots(3, len(pick), figsize=(2.1 * len(pick), 6.6))
     for c, (w, i) in enumerate(pick):
         f = frames[i]
-        cen = f.meta.beam_center_px
+        cen = f.meta.beam_centre_px
         axes[0, c].imshow(np.log1p(f.data), cmap="magma")
         axes[0, c].set_title(w, fontsize=8)
         for r, norm in ((1, "ring"), (2, "max")):

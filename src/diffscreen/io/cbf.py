@@ -527,7 +527,7 @@ class AssemblyPlan:
         arrays).
     pixel_mm : float or None
         Pixel size of the assembled frame, mm.
-    beam_center_px : (float, float) or None
+    beam_centre_px : (float, float) or None
         ``(x, y)`` = (column, row) where the direct beam meets the detector plane.
     distance_mm : float or None
         Perpendicular sample-to-detector-plane distance, mm.
@@ -540,7 +540,7 @@ class AssemblyPlan:
     shape: tuple[int, int]
     placements: list[dict]
     pixel_mm: float | None = None
-    beam_center_px: tuple[float, float] | None = None
+    beam_centre_px: tuple[float, float] | None = None
     distance_mm: float | None = None
     max_rotation_deg: float = 0.0
     tiled: bool = False
@@ -743,7 +743,7 @@ class ImgCIFSource(BaseSource):
     (no pixel is decoded).  ``meta`` comes from the imgCIF header:
     ``detector`` from ``_diffrn_detector.type``, ``wavelength_A`` from
     ``_diffrn_radiation_wavelength``, ``pixel_size_mm``, ``distance_mm`` and
-    ``beam_center_px`` from the assembled geometry; a Pilatus text header
+    ``beam_centre_px`` from the assembled geometry; a Pilatus text header
     (``_array_data.header_contents``) fills what the geometry lacks.
     ``meta.extra`` holds ``n_panels``, ``assembly`` ("geometry" or "tiled"),
     ``max_panel_rotation_deg``, ``overlap_px``, ``saturated_value`` and
@@ -874,7 +874,7 @@ class ImgCIFSource(BaseSource):
     def _meta(self, n_panels: int, overlap: int) -> FrameMeta:
         hd, plan = self._header, self._plan
         meta = FrameMeta(source=self.path, index=0, detector=hd["detector"], pixel_size_mm=plan.pixel_mm,
-                         beam_center_px=plan.beam_center_px, distance_mm=plan.distance_mm,
+                         beam_centre_px=plan.beam_centre_px, distance_mm=plan.distance_mm,
                          wavelength_A=hd["wavelength"])
         undefined = sorted({v for v in hd["undefined"].values() if v is not None})
         meta.extra = {"format": "imgcif", "n_panels": n_panels, "assembly": "tiled" if plan.tiled else "geometry",

@@ -231,7 +231,7 @@ class CXIWriter:
         if not e.det.get("description"):
             e.det.create_dataset("description", data=meta.detector or "unknown")
         px = np.nan if meta.pixel_size_mm is None else meta.pixel_size_mm * 1e-3
-        bc = meta.beam_center_px or (np.nan, np.nan)
+        bc = meta.beam_centre_px or (np.nan, np.nan)
         energy = np.nan if not meta.wavelength_A else _HC_EV_A / meta.wavelength_A * EV_TO_J
         dist = np.nan if meta.distance_mm is None else meta.distance_mm * 1e-3
         src = e.g.require_group("instrument_1/source_1")

@@ -33,7 +33,7 @@ class FrameMeta:
         Detector name as the file states it (e.g. ``"PILATUS3 6M"``).
     pixel_size_mm : float or None
         Pixel size in mm (square pixels assumed; fast-scan size if not).
-    beam_center_px : tuple of float or None
+    beam_centre_px : tuple of float or None
         Beam centre ``(x, y)`` = ``(fast-scan, slow-scan)`` in pixels of the
         (assembled) frame, 0-based, pixel centres at integers.
     distance_mm : float or None
@@ -48,7 +48,7 @@ class FrameMeta:
     index: int = 0
     detector: str | None = None
     pixel_size_mm: float | None = None
-    beam_center_px: tuple[float, float] | None = None
+    beam_centre_px: tuple[float, float] | None = None
     distance_mm: float | None = None
     wavelength_A: float | None = None
     extra: dict = field(default_factory=dict)
@@ -171,14 +171,14 @@ def _beam_centre_warning(bc, shape) -> str | None:
     try:
         x, y = (float(c) for c in bc)
     except (TypeError, ValueError, OverflowError):
-        return f"beam_center_px {bc!r} is not a pair of numbers"
+        return f"beam_centre_px {bc!r} is not a pair of numbers"
     if not (math.isfinite(x) and math.isfinite(y)):
-        return f"beam_center_px ({x}, {y}) is not finite"
+        return f"beam_centre_px ({x}, {y}) is not finite"
     if shape is not None and len(shape) == 2:
         H, W = (int(s) for s in shape)
         k = BEAM_CENTRE_FRAMES
         if not (-k * W <= x <= (k + 1) * W and -k * H <= y <= (k + 1) * H):
-            return (f"beam_center_px ({x:g}, {y:g}) is more than {k} frame sizes away from the {W} x {H} px frame"
+            return (f"beam_centre_px ({x:g}, {y:g}) is more than {k} frame sizes away from the {W} x {H} px frame"
                     " (x = fast scan, y = slow scan)")
     return None
 
@@ -228,6 +228,6 @@ def check_geometry(meta: FrameMeta, *, path=None, frame: int | None = None, shap
         value = getattr(meta, name, None)
         if value is not None:
             problems.append(geometry_problem(name, value))
-    if meta.beam_center_px is not None:
-        problems.append(_beam_centre_warning(meta.beam_center_px, shape))
+    if meta.beam_centre_px is not None:
+        problems.append(_beam_centre_warning(meta.beam_centre_px, shape))
     return [f"{where}: {p}" if where else p for p in problems if p]

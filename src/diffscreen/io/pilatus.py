@@ -94,8 +94,8 @@ def fill_from_pilatus_header(meta: FrameMeta, text: str) -> FrameMeta:
         meta.distance_mm = h.get("distance_mm")
     if meta.wavelength_A is None:
         meta.wavelength_A = h.get("wavelength_A")
-    if meta.beam_center_px is None and "beam_xy_px" in h:
-        meta.beam_center_px = h["beam_xy_px"]
+    if meta.beam_centre_px is None and "beam_xy_px" in h:
+        meta.beam_centre_px = h["beam_xy_px"]
     if "count_cutoff" in h:
         meta.extra.setdefault("saturated_value", h["count_cutoff"])
     if "detector_line" in h:

@@ -748,9 +748,9 @@ def _fill_from_smv(meta: FrameMeta, header: dict) -> None:
     meta.distance_mm = header_number(header.get("DISTANCE"))
     meta.wavelength_A = header_number(header.get("WAVELENGTH"))
     if bx is not None and by is not None:
-        meta.extra["beam_center_mm"] = (bx, by)
+        meta.extra["beam_centre_mm"] = (bx, by)
         if px is not None and np.isfinite(px) and px != 0:
-            meta.beam_center_px = (bx / px, by / px)  # X along the fast scan: see the module notes
+            meta.beam_centre_px = (bx / px, by / px)  # X along the fast scan: see the module notes
     sat = header_number(header.get("CCD_IMAGE_SATURATION") or header.get("SATURATED_VALUE"))
     if sat is not None:
         meta.extra["saturated_value"] = sat
@@ -802,7 +802,7 @@ def _fill_from_marccd(meta: FrameMeta, head: bytes) -> None:
     meta.wavelength_A = _set((first("source_wavelength") or 0) / 1e5)  # fm -> Å
     bx, by = (first("beam_x") or 0) / 1e3, (first("beam_y") or 0) / 1e3  # 1000 * px -> px
     if bx != 0 or by != 0:
-        meta.beam_center_px = (bx, by)
+        meta.beam_centre_px = (bx, by)
     if first("saturated_value"):
         meta.extra["saturated_value"] = float(first("saturated_value"))
     meta.extra["marccd_detector_type"] = first("detector_type")
@@ -820,7 +820,7 @@ def _fill_from_edf(meta: FrameMeta, header: dict) -> None:
     meta.wavelength_A = None if w is None else w * 1e10  # m -> Å
     cx, cy = header_number(header.get("Center_1")), header_number(header.get("Center_2"))
     if cx is not None and cy is not None:
-        meta.beam_center_px = (cx, cy)
+        meta.beam_centre_px = (cx, cy)
     meta.detector = header.get("DetectorName") or header.get("Detector") or None
 
 
@@ -832,4 +832,4 @@ def _fill_from_mar345(meta: FrameMeta, header: dict) -> None:
     meta.wavelength_A = _set(header_number(header.get("Wavelength") or header.get("WAVELENGTH")))
     m = re.search(rf"X\s*{NUMBER}\s*Y\s*{NUMBER}", str(header.get("CENTER", "")))
     if m:
-        meta.beam_center_px = (float(m.group(1)), float(m.group(2)))
+        meta.beam_centre_px = (float(m.group(1)), float(m.group(2)))

@@ -13,7 +13,7 @@ Two input kinds (``CDIPreprocessConfig.mode``):
     The CCF map of §5.3 (:func:`diffscreen.preprocess.ccf.ccf_map`) with
     ``input_size`` rings, so the map is ``input_size`` × ``input_size``.
 
-The beam centre comes from ``frame.meta.beam_center_px``; without one (e.g.
+The beam centre comes from ``frame.meta.beam_centre_px``; without one (e.g.
 TIFF frames) it is the intensity centroid of the brightest 1 % of the valid
 pixels — for a single-particle or Bragg-CDI pattern that is the centre of
 the diffraction pattern.  Inputs are never modified.
@@ -109,8 +109,8 @@ def pattern_centre(data, mask=None, meta=None) -> tuple[float, float]:
         Column (x) and row (y), 0-based.
     """
     a, m = _check(data, mask)
-    if meta is not None and getattr(meta, "beam_center_px", None) is not None:
-        bc = meta.beam_center_px
+    if meta is not None and getattr(meta, "beam_centre_px", None) is not None:
+        bc = meta.beam_centre_px
         if all(np.isfinite(bc)):
             return float(bc[0]), float(bc[1])
     v = np.where(m, 0.0, a.astype(np.float64))

@@ -108,7 +108,7 @@ def beam_centre(meta: FrameMeta, shape) -> tuple[float, float]:
     A recorded centre outside the frame is ignored (the frame centre is used).
     """
     H, W = shape
-    bc = meta.beam_center_px
+    bc = meta.beam_centre_px
     if bc is not None and all(map(math.isfinite, bc)) and 0 <= bc[0] < W and 0 <= bc[1] < H:
         return float(bc[0]), float(bc[1])
     return (W - 1) / 2.0, (H - 1) / 2.0

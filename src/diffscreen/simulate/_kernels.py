@@ -416,13 +416,13 @@ def _kapton_T(dx, dy, mp, c_rho, ax, ay, az, lo):
     return np.exp(r)
 
 
-def kapton_params(beam_center, pixel_size_mm, distance_mm, normal, mu_t, max_att) -> np.ndarray:
+def kapton_params(beam_centre, pixel_size_mm, distance_mm, normal, mu_t, max_att) -> np.ndarray:
     """The belt's constants for the window kernels, float64 (8,): empty when μt ≤ 0 (no shadow)."""
     if mu_t <= 0:
         return np.zeros(0)
     nx, ny, nz = (float(v) for v in normal)
     return np.array([
-        beam_center[0], beam_center[1], np.float32(mu_t * pixel_size_mm), np.float32((mu_t * distance_mm) ** 2),
+        beam_centre[0], beam_centre[1], np.float32(mu_t * pixel_size_mm), np.float32((mu_t * distance_mm) ** 2),
         np.float32(-nx * pixel_size_mm), np.float32(-ny * pixel_size_mm), np.float32(nz * distance_mm),
         -np.float32(min(max_att, 1e30)),
     ])  # fmt: skip

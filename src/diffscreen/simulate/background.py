@@ -135,7 +135,7 @@ def ring_radius_px(d_A: float, wavelength_A: float, distance_mm: float, pixel_si
     return float(distance_mm * np.tan(tt) / pixel_size_mm)
 
 
-def ring_grains(img, beam_center_px, rng, ring: PowderRing, radius_px: float, solid_angle: float, max_grains: int):
+def ring_grains(img, beam_centre_px, rng, ring: PowderRing, radius_px: float, solid_angle: float, max_grains: int):
     """Add the grainy part of a powder ring to ``img`` in place (small Gaussian blobs along the circle).
 
     Grains sit at uniform random azimuths, radius ``radius_px`` + N(0, σ_px),
@@ -149,7 +149,7 @@ def ring_grains(img, beam_center_px, rng, ring: PowderRing, radius_px: float, so
         Number of grains rendered.
     """
     H, W = img.shape
-    cx, cy = beam_center_px
+    cx, cy = beam_centre_px
     n = int(min(max_grains, max(2 * np.pi * radius_px / ring.grain_spacing_px, 1)))
     if n <= 0 or ring.grain_photons <= 0:
         return 0
@@ -219,7 +219,7 @@ def cosmic_tracks(img, rng, n: int, length_px, photons) -> np.ndarray:
 
 def diffuse_background(
     shape,
-    beam_center_px,
+    beam_centre_px,
     pixel_size_mm: float,
     distance_mm: float,
     wavelength_A: float,
@@ -239,7 +239,7 @@ def diffuse_background(
     ----------
     shape : (int, int)
         (H, W).
-    beam_center_px : (float, float)
+    beam_centre_px : (float, float)
         (x, y), pixels.
     pixel_size_mm, distance_mm, wavelength_A : float
         Geometry.
@@ -258,7 +258,7 @@ def diffuse_background(
         profile(s) × cos³2θ × polarisation (× kapton transmission).
     """
     H, W = shape
-    cx, cy = beam_center_px
+    cx, cy = beam_centre_px
     f = int(stride)
     if f not in (1, 2):
         raise ValueError("stride must be 1 or 2")
@@ -302,7 +302,7 @@ def _upsample2(a: np.ndarray, H: int, W: int, out: np.ndarray | None = None) -> 
 
 
 def jet_streak(
-    img, beam_center_px, rng, *, photons, angle_rad, r_min, r_max, decay_px, width_px, asym=1.0, weight_fn=None
+    img, beam_centre_px, rng, *, photons, angle_rad, r_min, r_max, decay_px, width_px, asym=1.0, weight_fn=None
 ):
     """Add a liquid-jet streak (Ke §3.1) through the beam centre in place.
 
@@ -315,7 +315,7 @@ def jet_streak(
     ----------
     img : (H, W) float32 ndarray
         Expected photons, modified in place.
-    beam_center_px : (float, float)
+    beam_centre_px : (float, float)
     rng : numpy.random.Generator
         For the streak's graininess.
     photons, angle_rad, r_min, r_max, decay_px, width_px, asym : float
@@ -323,7 +323,7 @@ def jet_streak(
         ``weight_fn(x, y)`` → multiplicative factor at streak points (e.g. a
         shadow's transmission).
     """
-    cx, cy = beam_center_px
+    cx, cy = beam_centre_px
     step = 0.5
     r = np.arange(r_min, r_max, step)
     amp = photons * np.exp(-(r - r_min) / decay_px) * step

@@ -701,7 +701,7 @@ class CDISimulator:
         }
         meta = FrameMeta(
             source="", index=int(index), detector="simulated CDI (q-space)", pixel_size_mm=None,
-            beam_center_px=(float(c.size // 2), float(c.size // 2)), distance_mm=65.0,
+            beam_centre_px=(float(c.size // 2), float(c.size // 2)), distance_mm=65.0,
             wavelength_A=c.wavelength_nm * 10.0,
             extra={"q_per_px_inv_nm": c.dq, "q_edge_inv_nm": c.q_edge, "task": "cdi"},
         )

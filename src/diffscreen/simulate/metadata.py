@@ -54,10 +54,10 @@ def randomise_meta(meta, shape, rng: np.random.Generator):
     elif rng.random() < META_FAULTS["distance_error"] and m.distance_mm:
         m.distance_mm = m.distance_mm * float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
     if rng.random() < META_FAULTS["no_beam_centre"]:
-        m.beam_center_px = None
-    elif rng.random() < META_FAULTS["centre_error"] and m.beam_center_px is not None:
+        m.beam_centre_px = None
+    elif rng.random() < META_FAULTS["centre_error"] and m.beam_centre_px is not None:
         e = rng.normal(0.0, META_FAULTS["centre_error_px"], 2)
-        m.beam_center_px = (m.beam_center_px[0] + float(e[0]), m.beam_center_px[1] + float(e[1]))
+        m.beam_centre_px = (m.beam_centre_px[0] + float(e[0]), m.beam_centre_px[1] + float(e[1]))
     return m
 
 

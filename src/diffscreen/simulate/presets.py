@@ -101,9 +101,9 @@ class Preset:
         ``LG36_mask2``); each is grown by its 1-px perimeter to form the active
         sensor, and the perimeter rows facing the partner ASIC of a 2×1 are the
         wide "big pixels" that read brighter (Ke §3.2).
-    beam_center_px : (float, float)
+    beam_centre_px : (float, float)
         Nominal beam centre (x, y), pixels, 0-based.
-    beam_center_jitter_px : float
+    beam_centre_jitter_px : float
         Per-frame offset, uniform in ±jitter on each axis.
     distance_mm : (float, float)
         Sample–detector distance, mm.
@@ -292,8 +292,8 @@ class Preset:
     pixel_size_mm: float
     mask_key: str | None
     layout: str
-    beam_center_px: tuple[float, float]
-    beam_center_jitter_px: float
+    beam_centre_px: tuple[float, float]
+    beam_centre_jitter_px: float
     distance_mm: tuple[float, float]
     energy_keV: tuple[float, float]
     bandwidth_fwhm: tuple[float, float]
@@ -385,8 +385,8 @@ PRESETS["rayonix"] = Preset(
     pixel_size_mm=0.0886,
     mask_key="LN84",
     layout="monolithic",
-    beam_center_px=(960.0, 960.0),
-    beam_center_jitter_px=6.0,
+    beam_centre_px=(960.0, 960.0),
+    beam_centre_jitter_px=6.0,
     distance_mm=(100.0, 150.0),
     energy_keV=(9.35, 9.65),  # LN84 9.516, LN83 9.498, LO19 9.442 keV
     bandwidth_fwhm=(0.0015, 0.005),
@@ -426,8 +426,8 @@ PRESETS["cspad"] = Preset(
     pixel_size_mm=0.110,
     mask_key="LG36_mask2",
     layout="asic",
-    beam_center_px=(890.0, 890.0),
-    beam_center_jitter_px=5.0,
+    beam_centre_px=(890.0, 890.0),
+    beam_centre_jitter_px=5.0,
     distance_mm=(95.0, 150.0),
     energy_keV=(9.6, 9.9),  # L498 9.773 keV (LG36 was 7.088 keV: widen energy_keV to cover it)
     bandwidth_fwhm=(0.0015, 0.005),
@@ -550,8 +550,8 @@ PRESETS["pilatus"] = Preset(
     mask_key=None,
     tiles=((195, 487, 0), (8, 3, 17, 7)),  # 8 x 3 modules of 195 x 487 px, gaps 17 / 7 px
     layout="monolithic",
-    beam_center_px=(737.0, 839.0),
-    beam_center_jitter_px=3.0,
+    beam_centre_px=(737.0, 839.0),
+    beam_centre_jitter_px=3.0,
     distance_mm=(120.0, 250.0),
     energy_keV=(12.0, 13.0),
     bandwidth_fwhm=(0.0001, 0.0003),  # Si(111) double-crystal monochromator
@@ -584,7 +584,7 @@ PRESETS["eiger"] = PRESETS["pilatus"].replace(
     shape=(2167, 2070),
     pixel_size_mm=0.075,
     tiles=((514, 1030, 0), (4, 2, 37, 10)),  # 4 x 2 modules of 514 x 1030 px, gaps 37 / 10 px
-    beam_center_px=(1035.0, 1083.0),
+    beam_centre_px=(1035.0, 1083.0),
     distance_mm=(100.0, 200.0),
     saturation_adu=65535,  # 16-bit image mode
     psf_sigma_px=(0.15, 0.35),
@@ -602,8 +602,8 @@ PRESETS["jungfrau"] = Preset(
     # chips of 256 x 256 px (1-px perimeter untrusted), 2 x 4 chips per module, 4 x 2 modules, gaps 36 / 12 px
     tiles=((256, 256, 1), (2, 4, 0, 0), (4, 2, 36, 12)),
     layout="asic",  # per-chip gain and common mode; the wide pixels at chip borders read ~2x
-    beam_center_px=(1030.0, 1078.0),
-    beam_center_jitter_px=4.0,
+    beam_centre_px=(1030.0, 1078.0),
+    beam_centre_jitter_px=4.0,
     distance_mm=(80.0, 130.0),
     energy_keV=(9.0, 12.5),
     bandwidth_fwhm=(0.001, 0.004),  # SASE
@@ -690,7 +690,7 @@ PRESETS["wide_hybrid172"] = PRESETS["pilatus"].replace(
     name="wide_hybrid172",
     detector="PILATUS-like hybrid pixel detector, 172 um, domain-randomised (simulated)",
     **_WIDE_COMMON,
-    beam_center_jitter_px=10.0,
+    beam_centre_jitter_px=10.0,
     water_photons=(0.005, 30.0),  # near-blank (mostly 0-2 counts) to bright
     air_photons=(0.001, 3.0),
     cosmic_photons=(1.0, 50.0),  # counting: a track adds a few counts per pixel
@@ -705,9 +705,9 @@ PRESETS["wide_hybrid75"] = PRESETS["eiger"].replace(
     detector="EIGER 1M-like hybrid pixel detector, 75 um, domain-randomised (simulated)",
     shape=(1065, 1030),
     tiles=((514, 1030, 0), (2, 1, 37, 0)),  # 2 x 1 modules of 514 x 1030 px, gap 37 px
-    beam_center_px=(515.0, 532.0),
+    beam_centre_px=(515.0, 532.0),
     **_WIDE_COMMON,
-    beam_center_jitter_px=10.0,
+    beam_centre_jitter_px=10.0,
     water_photons=(0.005, 20.0),
     air_photons=(0.001, 2.0),
     cosmic_photons=(1.0, 50.0),
@@ -723,7 +723,7 @@ PRESETS["wide_ccd"] = PRESETS["rayonix"].replace(
     mask_key=None,  # no beam hole: a beam-stop shadow instead (most CCDs)
     pixel_size_range_mm=(0.05, 0.10),  # ADSC 51/102, MarCCD 79, Rayonix binned 88.6 um
     **{**_WIDE_COMMON, "p_energy_line": 0.2},
-    beam_center_jitter_px=15.0,
+    beam_centre_jitter_px=15.0,
     # noise-equivalent gain; mean ADU per photon = gain / 0.1406 = 0.5-3 ADU/photon
     gain_adu_per_photon=(0.07, 0.42),
     read_noise_adu=(0.5, 8.0),
@@ -742,7 +742,7 @@ PRESETS["wide_cspad"] = PRESETS["cspad"].replace(
     name="wide_cspad",
     detector="CSPAD-like ASIC detector, domain-randomised (simulated)",
     **{**_WIDE_COMMON, "energy_keV": (6.0, 14.0), "p_energy_line": 0.0},
-    beam_center_jitter_px=10.0,
+    beam_centre_jitter_px=10.0,
     gain_adu_per_photon=(4.0, 50.0),  # log-uniform
     read_noise_adu=(1.0, 8.0),
     dark_offset_adu=(-3.0, 3.0),
@@ -762,10 +762,10 @@ PRESETS["wide_panel"] = PRESETS["jungfrau"].replace(
     shape=(1608, 1024),
     # chips of 256 x 256 px (1-px untrusted perimeter), 2 x 4 chips a module, 3 x 1 modules, gaps 36 px
     tiles=((256, 256, 1), (2, 4, 0, 0), (3, 1, 36, 0)),
-    beam_center_px=(512.0, 804.0),
+    beam_centre_px=(512.0, 804.0),
     pixel_size_range_mm=(0.075, 0.2),  # JUNGFRAU 75, ePix 100, AGIPD 200 um
     **_WIDE_COMMON,
-    beam_center_jitter_px=10.0,
+    beam_centre_jitter_px=10.0,
     gain_adu_per_photon=(0.5, 12.0),  # log-uniform: photon units (~1) to keV units (= photon energy)
     read_noise_adu=(0.05, 1.5),
     dark_offset_adu=(-0.5, 0.5),

@@ -274,7 +274,7 @@ def _parse_fractions(class_fractions, miss_breakdown) -> tuple[np.ndarray, tuple
     return probs, kinds
 
 
-def kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args) -> np.ndarray:
+def kapton_near_edge(xs, ys, h, T_c, edge_d, beam_centre, kap_args) -> np.ndarray:
     """Spots whose kapton transmission must be evaluated at every window pixel.
 
     Those within ``h + 2`` px of the shadow's edge (where T jumps), or whose
@@ -289,7 +289,7 @@ def kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args) -> np.ndarra
         Window half-sizes.
     T_c, edge_d : (m,) float ndarray
         Transmission at the centroids; distance from the edge line, px.
-    beam_center : (float, float)
+    beam_centre : (float, float)
     kap_args : tuple
         ``(pixel_size_mm, distance_mm, normal, mu_t, max_att)``.
 
@@ -297,7 +297,7 @@ def kapton_near_edge(xs, ys, h, T_c, edge_d, beam_center, kap_args) -> np.ndarra
     -------
     near : (m,) bool ndarray
     """
-    cx, cy = beam_center
+    cx, cy = beam_centre
     nx, ny = float(kap_args[2][0]), float(kap_args[2][1])
     near = np.asarray(edge_d) <= h + 2
     nrm = np.hypot(nx, ny)
@@ -422,10 +422,10 @@ class Simulator:
         c["energy_keV"] = _u(rng, P.energy_keV)
         c["wavelength_A"] = HC_KEV_A / c["energy_keV"]
         c["distance_mm"] = (_logu if P.log_distance else _u)(rng, P.distance_mm)
-        j = P.beam_center_jitter_px
-        c["beam_center"] = (
-            P.beam_center_px[0] + j * (2 * rng.random() - 1),
-            P.beam_center_px[1] + j * (2 * rng.random() - 1),
+        j = P.beam_centre_jitter_px
+        c["beam_centre"] = (
+            P.beam_centre_px[0] + j * (2 * rng.random() - 1),
+            P.beam_centre_px[1] + j * (2 * rng.random() - 1),
         )
         c["bandwidth"] = _logu(rng, P.bandwidth_fwhm)
         c["gain"] = (_logu if P.log_gain else _u)(rng, P.gain_adu_per_photon)
@@ -520,7 +520,7 @@ class Simulator:
         if P.pixel_size_range_mm is not None:
             c["pixel_size_mm"] = _u(rng, P.pixel_size_range_mm)
         if P.p_offcentre_beam > 0 and rng.random() < P.p_offcentre_beam:
-            c["beam_center"] = (W * _u(rng, P.offcentre_beam_frac), H * _u(rng, P.offcentre_beam_frac))
+            c["beam_centre"] = (W * _u(rng, P.offcentre_beam_frac), H * _u(rng, P.offcentre_beam_frac))
         if P.p_energy_line > 0 and P.energy_lines_keV and rng.random() < P.p_energy_line:
             c["energy_keV"] = float(P.energy_lines_keV[int(rng.integers(len(P.energy_lines_keV)))])
         c["wavelength_A"] = HC_KEV_A / c["energy_keV"]
@@ -589,7 +589,7 @@ class Simulator:
             aux = np.random.default_rng([self.seed, int(index), _AUX_KEY])
             self._draw_aux(aux, c)
         kind = c["kind"]
-        cx, cy = c["beam_center"]
+        cx, cy = c["beam_centre"]
         lam_A, D, p = c["wavelength_A"], c["distance_mm"], c["pixel_size_mm"]
         trusted = self.layout.trusted
         if c["strip"]:
@@ -742,7 +742,7 @@ class Simulator:
             index=int(index),
             detector=P.detector,
             pixel_size_mm=p,
-            beam_center_px=(float(cx), float(cy)),
+            beam_centre_px=(float(cx), float(cy)),
             distance_mm=float(D),
             wavelength_A=float(lam_A),
             extra=extra,
@@ -767,7 +767,7 @@ class Simulator:
         """Predict, score and render the Bragg spots of all crystals; renders into ``bg`` in place."""
         P = self.preset
         H, W = P.shape
-        cx, cy = c["beam_center"]
+        cx, cy = c["beam_centre"]
         lam_A, D, p = c["wavelength_A"], c["distance_mm"], c["pixel_size_mm"]
         # resolution: detector corner, or where the Wilson fall-off makes spots hopeless
         rcorner = max(np.hypot(x - cx, y - cy) for x in (0, W) for y in (0, H)) * p
@@ -1094,7 +1094,7 @@ class Simulator:
         if not c["mixed_gain"]:
             return None
         H, W = self.preset.shape
-        cx, cy = c["beam_center"]
+        cx, cy = c["beam_centre"]
         rm = c["mixed_gain_r_px"]
         y0, y1 = max(int(cy - rm), 0), min(int(cy + rm) + 2, H)
         x0, x1 = max(int(cx - rm), 0), min(int(cx + rm) + 2, W)
@@ -1147,7 +1147,7 @@ class Simulator:
         mixed = np.zeros(0)
         zone = self._mixed_gain_zone(c)
         if zone is not None:
-            (y0, y1, x0, x1), (cx, cy), rm = zone, c["beam_center"], c["mixed_gain_r_px"]
+            (y0, y1, x0, x1), (cx, cy), rm = zone, c["beam_centre"], c["mixed_gain_r_px"]
             mixed = np.array([y0, y1, x0, x1, cx, cy, rm * rm, P.mixed_gain_ratio], np.float64)
         fast_round = clip_lo and not mixed.size
         has_asic = asic is not None
