@@ -23,6 +23,7 @@ from diffscreen.simulate.detector import (
     poisson_table12,
     random_u16,
 )
+from diffscreen.simulate.run import _work  # the scratch-array cache the compiled code uses too
 
 __all__ = [
     "spot_windows",
@@ -232,14 +233,6 @@ def poisson_block(
         z = normal_table().take(random_u16(rng, hi.size)) if z_hi is None else z_hi
         out[hi] = np.maximum(np.rint(lh + np.sqrt(lh) * z), 0)
 
-def _work(work: dict | None, key: str, shape, dtype=np.float32) -> np.ndarray:
-    """A scratch array from ``work`` (reused between frames: no page faults), or a new one."""
-    if work is None:
-        return np.empty(shape, dtype)
-    a = work.get(key)
-    if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-        a = work[key] = np.empty(shape, dtype)
-    return a
 
 
 def _scratch(work: dict | None, key: str, m: int, dtype=np.float32) -> np.ndarray:
