@@ -337,7 +337,8 @@ def _markdown(r: dict) -> str:
     inv = r["inversion"]
     lines = paragraphs(
         "# Nawaz et al. (2022): AlexNet on the DiffraNet classes, explained",
-        "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Kim, Barty, Chapman, Kirian, "
+        "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Pala Ramakantha Setty, Pennicard, "
+        "Graafsma, "
         "*Explainable machine learning for diffraction patterns* (2022) on **simulated** frames "
         "(`diffscreen.simulate`, presets rayonix / rayonix_jet / cspad in turn) labelled with the five "
         "DiffraNet classes by `diffscreen.simulate.diffranet` (blank = no beam; no-crystal = beam, no "
