@@ -47,8 +47,59 @@ def _tiny_input(seed=1, size=6):
     return torch.randn(1, 1, size, size, generator=g)
 
 
+class _Fixed(nn.Module):
+    """The input itself is the CAM layer's activation A; the class-0 score is Σ g·A, so ∂S/∂A = g."""
+
+    cam_layer = "ident"
+
+    def __init__(self, g):
+        super().__init__()
+        self.ident = nn.Identity()
+        self.fc = nn.Linear(g.numel(), 2, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.stack([g.reshape(-1), torch.zeros(g.numel())]))
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.ident(x), 1))
+
+
+# A 2 × 2 × 2 example worked by hand (K = 2 channels of 2 × 2).  Eq. 19 of
+# Chattopadhyay et al. 2018:  α_ij = g_ij² / (2 g_ij² + g_ij³ Σ_ab A_ab).
+#   channel 1: A = [[1, 2], [0, 1]] (Σ A = 4), g = [[1, -1], [0.5, 2]]
+#     α = 1/(2 + 4) = 1/6;  1/(2 − 4) = −1/2 (g < 0: ReLU(g) = 0, no weight);
+#         0.25/(0.5 + 0.125·4) = 1/4;  4/(8 + 8·4) = 1/10
+#     w₁ = Σ α ReLU(g) = 1/6·1 + 1/4·0.5 + 1/10·2 = 1/6 + 1/8 + 1/5 = 59/120
+#   channel 2: A = [[0, 3], [1, 0]] (Σ A = 4), g = [[0, 0.5], [-0.5, 1]]
+#     α = 0 (g = 0);  1/4;  (g < 0, no weight);  1/(2 + 4) = 1/6
+#     w₂ = 1/4·0.5 + 1/6·1 = 1/8 + 1/6 = 35/120
+#   map = ReLU(w₁A¹ + w₂A²) = [[59, 118 + 105], [35, 59]] / 120 = [[59, 223], [35, 59]] / 120
+# The misreading Σ_ab A_ab g_ab³ (channel 1: 1 − 2 + 0 + 8 = 7) gives other numbers.
+HAND_A = [[[1.0, 2.0], [0.0, 1.0]], [[0.0, 3.0], [1.0, 0.0]]]
+HAND_G = [[[1.0, -1.0], [0.5, 2.0]], [[0.0, 0.5], [-0.5, 1.0]]]
+HAND_W = [59 / 120, 35 / 120]
+HAND_MAP = [[59 / 120, 223 / 120], [35 / 120, 59 / 120]]
+
+
+def test_gradcam_pp_matches_a_hand_worked_example_of_eq_19():
+    from diffscreen.explain import gradcam_pp_weights
+
+    A, g = torch.tensor([HAND_A]), torch.tensor([HAND_G])
+    np.testing.assert_allclose(gradcam_pp_weights(A, g)[0].numpy(), HAND_W, rtol=1e-6)
+    net = _Fixed(g[0])
+    m = attribute(net, A, method="gradcam++", target=0)  # 2 × 2 CAM upsampled to 2 × 2: unchanged
+    np.testing.assert_allclose(m[0], HAND_MAP, rtol=1e-6)
+    # the former misreading (Σ_ab A_ab g_ab³ in the denominator) is off by far more than rounding
+    wrong_denom = 2 * g**2 + (A * g**3).sum(dim=(2, 3), keepdim=True)
+    wrong_w = (torch.where(g != 0, g**2 / wrong_denom, 0) * torch.relu(g)).sum(dim=(2, 3))[0].numpy()
+    assert np.abs(wrong_w - HAND_W).max() > 0.05
+
+
 def test_gradcam_pp_equals_chattopadhyay_formula_with_true_derivatives():
-    """Chattopadhyay et al. (2018) Eqs. 10, 19 with Y = exp(S), derivatives by autograd."""
+    """Chattopadhyay et al. (2018) Eqs. 10 and 18 with Y = exp(S), derivatives by autograd.
+
+    Eq. 18: α_ij = ∂²Y/∂A_ij² / (2 ∂²Y/∂A_ij² + Σ_ab A_ab ∂³Y/∂A_ij³); the
+    third derivative is the one at (i, j), the sum is over the activations.
+    """
     net = Tiny(seed=3).eval()
     x = _tiny_input(4)
     c = 2
@@ -65,7 +116,7 @@ def test_gradcam_pp_equals_chattopadhyay_formula_with_true_derivatives():
         d3[i] = t.reshape(-1)[i]
     d2, d3, gy = d2.reshape(A.shape), d3.reshape(A.shape), g1.detach()
     Ad = A.detach()
-    denom = 2 * d2 + (Ad * d3).sum(dim=(2, 3), keepdim=True)
+    denom = 2 * d2 + d3 * Ad.sum(dim=(2, 3), keepdim=True)
     alpha = torch.where(d2 != 0, d2 / denom, torch.zeros_like(d2))
     w = (alpha * torch.relu(gy)).sum(dim=(2, 3))  # Eq. 10
     L = torch.relu((w[:, :, None, None] * Ad).sum(1))[0].detach().numpy()
@@ -175,9 +226,7 @@ def test_every_method_works_with_every_model(method):
         size = size or 64
         conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
         x = torch.randn(2, conv.in_channels if conv else 1, size, size, generator=torch.Generator().manual_seed(0))
-        if conv is None and method in ("gradcam", "gradcam++", "guided-gradcam"):
-            with pytest.raises(ConfigError, match="Conv2d"):  # e.g. the RWD 1-D CNN: no 2-D map to upsample
-                attribute(net, x, method=method)
+        if conv is None and not any(isinstance(m, nn.Conv1d) for m in net.modules()):
             continue
         try:
             net.eval()

@@ -12,9 +12,10 @@ Methods (``attribute(..., method=...)``):
     computed with captum's ``LayerGradCam``.
 ``"gradcam++"``
     Grad-CAM++ (Chattopadhyay et al. 2018, Eqs. 10, 19; used by Zimmermann
-    et al. 2019 §6).  Our own implementation; ``tests/test_explain.py``
-    checks it against the paper's formula evaluated with autograd's higher
-    derivatives of exp(S) and against torchcam's ``GradCAMpp``.
+    et al. 2019 §6).  Our own implementation (:func:`gradcam_pp_weights`);
+    ``tests/test_explain.py`` checks it against a 2 × 2 × 2 example worked
+    by hand, against Eq. 18 evaluated with autograd's higher derivatives of
+    exp(S), and against torchcam's ``GradCAMpp``.
 ``"guided-backprop"``
     Guided Backpropagation (Springenberg et al. 2015) with captum.
 ``"guided-gradcam"``
@@ -29,7 +30,13 @@ Which layer the CAM methods use (:func:`find_cam_layer`):
 2. otherwise the *last convolutional block*: the smallest sub-module that
    contains the model's last ``Conv2d`` and is not itself a ``Conv2d``
    (ResNet: the last residual block; KeCNN: ``features.3``, conv → BN → ReLU
-   → pool; a plain ``Sequential`` of layers: the whole ``Sequential``).
+   → pool; a plain ``Sequential`` of layers: the whole ``Sequential``);
+3. a model with no ``Conv2d`` but a ``Conv1d`` (the row-wise-decomposition
+   CNN of Xie et al. 2022 §3.4.2, which convolves along the frame's rows):
+   the same rule with its last ``Conv1d``.  Its CAM has one value per
+   position along the rows; it is interpolated (linearly) to the input's
+   rows and repeated across every row, so the map says which *rows* the
+   decision rests on.
 """
 
 from __future__ import annotations
@@ -69,7 +76,8 @@ def find_cam_layer(model: nn.Module, layer=None) -> nn.Module:
     Raises
     ------
     ConfigError
-        The named layer does not exist, or the model has no ``Conv2d``.
+        The named layer does not exist, or the model has neither a ``Conv2d``
+        nor a ``Conv1d``.
     """
     if layer is None:
         layer = getattr(model, "cam_layer", None)
@@ -82,13 +90,14 @@ def find_cam_layer(model: nn.Module, layer=None) -> nn.Module:
             raise ConfigError(f"model has no layer named {layer!r}") from None
     if layer is not None:
         raise ConfigError(f"layer must be a module name or a module, got {type(layer).__name__}")
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = ([m for m in model.modules() if isinstance(m, nn.Conv2d)]
+             or [m for m in model.modules() if isinstance(m, nn.Conv1d)])
     if not convs:
-        raise ConfigError(f"{type(model).__name__} has no Conv2d layer: CAM methods need one")
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Conv1d layer: CAM methods need one")
     last = convs[-1]
     best, best_size = None, None
     for name, m in model.named_modules():
-        if name == "" or isinstance(m, nn.Conv2d):
+        if name == "" or isinstance(m, (nn.Conv2d, nn.Conv1d)):
             continue
         if any(sub is last for sub in m.modules()):
             size = sum(1 for _ in m.modules())
@@ -192,8 +201,16 @@ def _targets(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, t
 
 
 def _upsample(m: torch.Tensor, size) -> torch.Tensor:
-    """(N, h, w) → (N, H, W), bilinear."""
-    return F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    """A CAM at the layer's resolution → the input's (H, W).
+
+    (N, h, w) → (N, H, W), bilinear.  (N, L) (a ``Conv1d`` layer along the
+    rows) → linear interpolation to (N, H), repeated across the W columns.
+    """
+    H, W = (int(v) for v in size)
+    if m.ndim == 2:
+        rows = F.interpolate(m[:, None], size=H, mode="linear", align_corners=False)[:, 0]
+        return rows[:, :, None].expand(-1, H, W).contiguous()
+    return F.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _layer_act_grad(model, layer, x, tgt):
@@ -211,8 +228,8 @@ def _layer_act_grad(model, layer, x, tgt):
             logits = model(xi)
             score = logits.gather(1, tgt[:, None]).sum()
             a = store["a"]
-            if a.ndim != 4:
-                raise ConfigError(f"CAM layer output must be (N, K, h, w), got {tuple(a.shape)}")
+            if a.ndim not in (3, 4):
+                raise ConfigError(f"CAM layer output must be (N, K, h, w) or (N, K, L), got {tuple(a.shape)}")
             (g,) = torch.autograd.grad(score, a)
     finally:
         h.remove()
@@ -222,33 +239,38 @@ def _layer_act_grad(model, layer, x, tgt):
 def gradcam_pp_weights(A: torch.Tensor, grad: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Grad-CAM++ channel weights (Chattopadhyay et al. 2018, Eqs. 10 and 19).
 
-    With Y^c = exp(S^c) and a piecewise-linear head, ∂ⁿY/∂Aⁿ = exp(S)(∂S/∂A)ⁿ,
-    so Eq. 19 becomes
+    Eq. 10 weights channel k by ``w_k = Σ_ij α_ij^kc ReLU(∂Y^c/∂A_ij^k)``.
+    With Y^c = exp(S^c) and a piecewise-linear network (ReLU, max-pooling,
+    linear layers), ∂ⁿY/∂(A_ij)ⁿ = exp(S)·gⁿ, and Eq. 19 is
 
-        α_ij^kc = g² / (2 g² + Σ_ab A_ab^k g³),   g = ∂S^c/∂A_ij^k,
+        α_ij^kc = g_ij² / (2 g_ij² + g_ij³ · Σ_ab A_ab^k),   g = ∂S^c/∂A^k,
 
-    (0 where g = 0) and Eq. 10, ``w_k = Σ_ij α_ij^kc ReLU(∂Y^c/∂A_ij^k)``,
-    is ``exp(S^c) Σ_ij α ReLU(g)``.  The positive per-frame factor exp(S^c)
-    is left out here (it would overflow for large scores and does not change
-    the map's shape).
+    the third derivative being taken at (i, j) and the activations summed
+    over the whole map of channel k (the paper's Eq. 18 → 19).  α is 0
+    where g = 0; a denominator of magnitude ≤ ``eps`` is replaced by
+    ``eps``.  Eq. 10 then reads ``exp(S^c) Σ_ij α ReLU(g)``; the positive
+    per-frame factor exp(S^c) is left out here (it would overflow for large
+    scores and changes neither the map's shape nor its zeros).
 
     Parameters
     ----------
-    A, grad : (N, K, h, w) tensors
-        Activations of the CAM layer and ∂S^c/∂A.
+    A, grad : (N, K, h, w) or (N, K, L) float tensors
+        Activations of the CAM layer and ∂S^c/∂A (same shape).
+    eps : float
+        Smallest denominator magnitude used.
 
     Returns
     -------
     (N, K) tensor
         w_k / exp(S^c).
     """
+    dims = tuple(range(2, A.ndim))
     g2 = grad.pow(2)
     g3 = g2 * grad
-    denom = 2 * g2 + (A * g3).sum(dim=(2, 3), keepdim=True)
-    ok = g2 > 0
+    denom = 2 * g2 + g3 * A.sum(dim=dims, keepdim=True)
     safe = torch.where(denom.abs() > eps, denom, torch.full_like(denom, eps))
-    alpha = torch.where(ok, g2 / safe, torch.zeros_like(g2))
-    return (alpha * F.relu(grad)).sum(dim=(2, 3))
+    alpha = torch.where(g2 > 0, g2 / safe, torch.zeros_like(g2))
+    return (alpha * F.relu(grad)).sum(dim=dims)
 
 
 # --------------------------------------------------------------------- methods
@@ -270,7 +292,7 @@ def _gradcam(model, layer, x, tgt):
 def _gradcam_pp(model, layer, x, tgt):
     A, g, _ = _layer_act_grad(model, layer, x, tgt)
     w = gradcam_pp_weights(A, g)
-    cam = F.relu((w[:, :, None, None] * A).sum(1))
+    cam = F.relu((w.reshape(w.shape + (1,) * (A.ndim - 2)) * A).sum(1))
     return _upsample(cam, x.shape[-2:])
 
 
@@ -281,9 +303,29 @@ def _guided_backprop(model, x, tgt):
         return GuidedBackprop(model).attribute(x, target=tgt).detach().sum(1)
 
 
+def _layer_is_1d(model, layer, x) -> bool:
+    """Whether ``layer`` puts out (N, K, L) on this input (a ``Conv1d`` block)."""
+    store = {}
+
+    def hook(_m, _i, out):
+        store["nd"] = (out[0] if isinstance(out, (tuple, list)) else out).ndim
+
+    h = layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        h.remove()
+    if "nd" not in store:
+        raise ConfigError("the CAM layer is not used in the model's forward pass")
+    return store["nd"] == 3
+
+
 def _guided_gradcam(model, layer, x, tgt):
     from captum.attr import GuidedGradCam
 
+    if _layer_is_1d(model, layer, x):  # captum upsamples 2-D maps only: the same product by hand
+        return _guided_backprop(model, x, tgt) * _gradcam(model, layer, x, tgt)
     with _quiet():
         out = GuidedGradCam(model, layer).attribute(x, target=tgt, interpolate_mode="bilinear")
     return out.detach().sum(1)
@@ -317,7 +359,8 @@ def attribute(model: nn.Module, x, method: str = "gradcam++", target=None, layer
         Ke et al. 2018 §3.4), per input pixel.  ``"gradcam"``/``"gradcam++"``:
         ReLU of the weighted activation sum (Nawaz Eq. 7; Chattopadhyay
         Eq. 10 without the exp(S) factor), bilinearly upsampled to the input
-        size, non-negative, not normalised.  ``"guided-backprop"`` and
+        size (a ``Conv1d`` layer: one value per row, see the module
+        docstring), non-negative, not normalised.  ``"guided-backprop"`` and
         ``"guided-gradcam"``: signed pixel-space maps (summed over input
         channels).
 
