@@ -122,3 +122,5 @@ def test_quick_benchmark_runs_and_reports_tables(tmp_path):
     b = np.array(r["hit_miss"]["confusion"])
     assert b[0].sum() == cm[2:].sum() and b[1, 1] == cm[:2, :2].sum()
     assert (tmp_path / "docs" / "nawaz2022.md").exists() and (tmp_path / "docs" / "nawaz2022_gradcam.png").exists()
+    md = (tmp_path / "docs" / "nawaz2022.md").read_text()
+    assert "Nawaz, Rahmani, Pala Ramakantha Setty, Pennicard, Graafsma, *Explainable" in md  # the paper's authors

@@ -75,3 +75,47 @@ def test_dihedral_augment_gives_flips_and_rotations_of_each_frame():
         assert len(matches) == 1  # each output is exactly one of the 8 views of its own frame
         seen.add(matches[0])
     assert seen == set(range(8))  # all eight occur in 64 draws
+
+
+def _report_results():
+    """The smallest results dict :func:`ke2018.write_report` accepts: one Rayonix and the two CSPAD presets."""
+    pf8 = {"kept_of_hit_or_maybe": 50.0, "kept_of_miss": 5.0, "hit_recall": 60.0, "success_rate": 80.0,
+           "settings": {"adc_threshold": 100.0, "min_snr": 6.0, "min_pixel_count": 2, "max_pixel_count": 30,
+                        "min_peaks": 4}}
+    cnn = {"kept_of_hit_or_maybe": 90.0, "kept_of_miss": 10.0}
+    cells = {"Rayonix": 81.0, "LG36": 82.0, "L498": 83.0}
+    return {
+        "settings": {"presets": ["LO19", "LG36", "L498"], "n_frames": 40, "input_size": 360, "scale": 1.0,
+                     "epochs": 1, "batches_per_epoch": 1, "batch_size": 4, "lr_start": 0.05, "lr_end": 1e-4,
+                     "seed": 0},
+        "quick": True, "seconds": 60.0,
+        "throughput": {"frames": 3, "preset": "LO19", "frame_shape": [1920, 1920], "cnn_fps": 1.0,
+                       "cnn720_fps": 1.0, "pf8_fps": 1.0, "pf8_fast_fps": 1.0},
+        "table3": {p: {"cnn": cnn, "keep_recall_cnn": 90.0, "hit_recall_cnn": 95.0, "pf8_ke": pf8, "pf8_tuned": pf8}
+                   for p in ("LO19", "LG36", "L498")},
+        "table4": {"LO19": {"LO19": 93.0}},
+        "table5": {g: dict(cells) for g in ("Rayonix", "LG36", "L498")},
+        "table6": {g: dict(cells) for g in ("Rayonix", "Rayonix+LG36", "Rayonix+LG36+L498")},
+        "table7": {},
+        "table8": {"Rayonix": {"linear": 70.0, "lcn": 90.0}},
+        "fig9": {p: {"miss": [0.9, 0.8], "hit_or_maybe": [0.7]} for p in ("LO19", "LG36", "L498")},
+        "class_counts": {p: {"hit": 4, "maybe": 4, "miss": 4} for p in ("LO19", "LG36", "L498")},
+        "findings": {},
+    }
+
+
+def test_report_puts_the_paper_beside_every_table_6_row(tmp_path):
+    md = ke2018.write_report(_report_results(), tmp_path).read_text()
+    t6 = md.split("## Table 6")[1].split("## Table 7")[0]
+    # Ke et al. (2018) Table 6, rows 1-3, beside ours (81 / 82 / 83)
+    assert "| Rayonix | 81 [91] | 82 [12] | 83 [41] |" in t6
+    assert "| Rayonix+LG36 | 81 [94] | 82 [91] | 83 [54] |" in t6
+    assert "| Rayonix+LG36+L498 | 81 [91] | 82 [94] | 83 [74] |" in t6
+    assert "[–]" not in t6
+    assert json.loads((tmp_path / "ke2018.json").read_text())["table6"]["Rayonix+LG36"]["L498"] == 83.0
+
+
+def test_every_paper_table_6_row_names_a_trained_group():
+    st = ke2018.Settings(presets=("LN84", "LN83", "LO19", "LG36", "L498"), train_sizes=())
+    groups = {name for name, *_ in ke2018._jobs(st, ke2018.RAYONIX, [])}
+    assert set(ke2018.PAPER["table6"]) <= groups

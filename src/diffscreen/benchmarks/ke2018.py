@@ -89,10 +89,10 @@ PAPER = {
         "LG36": {"Rayonix": 33, "LG36": 96, "L498": 30},
         "L498": {"Rayonix": 67, "LG36": 85, "L498": 82},
     },
-    "table6": {
+    "table6": {  # keyed by the training groups' names in the results (run's models)
         "Rayonix": {"Rayonix": 91, "LG36": 12, "L498": 41},
-        "Rayonix + LG36": {"Rayonix": 94, "LG36": 91, "L498": 54},
-        "Rayonix + LG36 + L498": {"Rayonix": 91, "LG36": 94, "L498": 74},
+        "Rayonix+LG36": {"Rayonix": 94, "LG36": 91, "L498": 54},
+        "Rayonix+LG36+L498": {"Rayonix": 91, "LG36": 94, "L498": 74},
     },
     "table7": {4000: (94, 91), 2000: (92, 93), 400: (93, 92), 100: (91, 95)},
     "table8": {"Rayonix": (69, 91), "LG36": (95, 96), "L498": (68, 81)},
