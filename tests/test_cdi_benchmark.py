@@ -19,24 +19,57 @@ def test_quick_benchmark(tmp_path):
     assert res["baseline"]["precision"] == 0
 
 
+def _m(a, p, r):
+    return {"accuracy": a, "precision": p, "recall": r}
+
+
+def _res(**table6):
+    cells = {"none|image": _m(0.96, 0.93, 0.84), "none|ccf": _m(0.97, 0.94, 0.90),
+             "max|image": _m(0.945, 0.885, 0.825), "max|ccf": _m(0.955, 0.91, 0.85)}
+    return {"baseline": _m(0.8, 0.0, 0.0), "majority": _m(0.94, 0.88, 0.82), "table6": {**cells, **table6}}
+
+
 def test_check_quick_rejects_contrary_findings():
-    from diffscreen.benchmarks.zimmermann2019 import check_quick, retention
+    from diffscreen.benchmarks._harness import FindingNotReproduced
+    from diffscreen.benchmarks.zimmermann2019 import check_quick, quick_checks, retention
 
-    def m(a, p, r):
-        return {"accuracy": a, "precision": p, "recall": r}
-
-    res = {"baseline": m(0.8, 0.0, 0.0), "majority": m(0.94, 0.88, 0.82),
-           "table6": {"none|image": m(0.96, 0.93, 0.84), "none|ccf": m(0.97, 0.94, 0.90),
-                      "max|image": m(0.945, 0.885, 0.825), "max|ccf": m(0.945, 0.885, 0.825)}}
+    res = _res(**{"max|ccf": _m(0.945, 0.885, 0.825)})
     # CCF falls further (from higher up) to the same level: it keeps less of its skill -> must fail
     assert retention(res, "ccf") < retention(res, "image")
-    with pytest.raises(AssertionError):
+    with pytest.raises(FindingNotReproduced, match="ccf_keeps_more_skill_under_noise"):
         check_quick(res)
-    res["table6"]["max|ccf"] = m(0.955, 0.91, 0.85)
+    res = _res()
     assert retention(res, "ccf") > retention(res, "image")
-    check_quick(res)
-    res["table6"]["none|image"] = m(0.82, 0.9, 0.8)  # worse than all-negative + 0.05
-    with pytest.raises(AssertionError):
+    assert all(c["holds"] for c in check_quick(res).values())
+    res = _res(**{"none|image": _m(0.97, 0.995, 0.81)})  # recall below the majority-label predictor's
+    checks = quick_checks(res)
+    assert not checks["image_beats_majority_per_metric"]["holds"] and checks["learned"]["holds"]
+    with pytest.raises(FindingNotReproduced, match="image_beats_majority_per_metric"):
+        check_quick(res)
+
+
+@pytest.mark.parametrize("predictor", ["all_negative", "majority"])
+def test_every_quick_check_fails_for_a_trivial_predictor(predictor):
+    """Networks that score as the all-negative (or majority-label) predictor fail every check, under python -O too."""
+    import numpy as np
+
+    from diffscreen.benchmarks._harness import FindingNotReproduced
+    from diffscreen.benchmarks.zimmermann2019 import check_quick, quick_checks
+    from diffscreen.evaluate.multilabel import CDI_CLASSES, all_negative_baseline, multilabel_metrics
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, len(CDI_CLASSES))) < np.linspace(0.05, 0.9, len(CDI_CLASSES))).astype(np.uint8)
+    base = {k: all_negative_baseline(y)[k] for k in ("accuracy", "precision", "recall")}
+    majority = multilabel_metrics(y, np.broadcast_to(y.mean(0) > 0.5, y.shape).astype(float))
+    majority = {k: majority[k] for k in ("accuracy", "precision", "recall")}
+    assert base["precision"] == 0 and majority["precision"] > 0.5  # the majority passed the old thresholds
+    trivial = base if predictor == "all_negative" else majority
+    res = {"baseline": base, "majority": majority,
+           "table6": {f"{n}|{m}": dict(trivial) for n in ("none", "max") for m in ("image", "ccf")}}
+    checks = quick_checks(res)
+    assert set(checks) == {"learned", "image_beats_majority_per_metric", "ccf_keeps_more_skill_under_noise"}
+    assert not any(c["holds"] for c in checks.values()), checks
+    with pytest.raises(FindingNotReproduced):
         check_quick(res)
 
 

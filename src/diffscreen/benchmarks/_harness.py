@@ -19,7 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from diffscreen.errors import DiffscreenError
 from diffscreen.io.atomic import atomic_write_text, temporary_path
+
+
+class FindingNotReproduced(DiffscreenError, RuntimeError):
+    """A finding that a benchmark's ``--quick`` mode asserts did not hold.
+
+    A real exception, not ``assert``, so that ``python -O`` cannot skip the
+    check.  The CLI exits with status 1, like the other ``--quick`` modes whose
+    asserted findings fail.
+    """
+
+    exit_status = 1
 
 
 def start(out_dir, work, settings, quick: bool) -> tuple[Path, Path, dict]:

@@ -14,8 +14,8 @@ Experiments (reduced CPU recipe, see :data:`FULL` and :data:`QUICK`):
 
 Each number is the maximum over the evaluated epochs on the validation split,
 as in the paper's tables.  :func:`run` writes ``zimmermann2019.md`` and PNGs
-into ``out_dir`` and returns the numbers; :func:`check_quick` asserts the
-findings the ``--quick`` CI mode must reproduce.
+into ``out_dir`` and returns the numbers; :func:`check_quick` raises unless
+the findings the ``--quick`` CI mode asserts hold (:func:`quick_checks`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import paragraphs, pyplot, save_figure, table, write_report
+from diffscreen.benchmarks._harness import (FindingNotReproduced, findings, paragraphs, pyplot, save_figure, table,
+                                            write_report)
 from diffscreen.evaluate.multilabel import CDI_CLASSES, all_negative_baseline, multilabel_metrics
 from diffscreen.simulate.cdi import TABLE1_FRACTIONS, CDISimulator
 
-__all__ = ["run", "check_quick", "retention", "PAPER", "FULL", "QUICK", "add_uniform_noise",
+__all__ = ["run", "quick_checks", "check_quick", "retention", "PAPER", "FULL", "QUICK", "add_uniform_noise",
            "noise_bounds"]
 
 #: The paper's numbers (helium dataset): Accuracy, Precision, Recall.
@@ -225,31 +226,75 @@ def retention(res: dict, mode: str, noise: str = "max") -> float:
     return (_tot(t6[f"{noise}|{mode}"]) - floor) / (_tot(t6[f"none|{mode}"]) - floor)
 
 
-def check_quick(res: dict) -> None:
-    """The findings ``--quick`` must reproduce (raises AssertionError otherwise).
+def quick_checks(res: dict) -> dict:
+    """The findings ``--quick`` asserts, each one that both trivial predictors fail.
 
-    * CCF maps degrade less with noise than raw images: under the strongest
-      noise (U(0, median image maximum)) the CCF network keeps a larger
-      fraction of its skill above the majority-label predictor
-      (:func:`retention`) than the image network.  Skill *above the class
-      priors* is the measure because at that noise every network falls
-      towards the majority-label predictor (Spherical/Oblate + Round for
-      every frame), which already scores accuracy ≈ 0.94 on Table 1
-      frequencies; a raw drop would reward a network for starting low.
-    * The multi-label metrics beat the all-negative predictor widely:
-      accuracy ≥ baseline + 0.05, precision ≥ 0.5, recall ≥ 0.3 (baseline
-      precision and recall are 0) for images without noise, and both
-      networks without noise beat the majority-label predictor.
+    The trivial predictors are the all-negative one
+    (:func:`~diffscreen.evaluate.multilabel.all_negative_baseline`, ``res["baseline"]``)
+    and the majority-label one (every frame gets the labels carried by more
+    than half of the training frames, Spherical/Oblate + Round,
+    ``res["majority"]``), which already scores accuracy ≈ 0.94, precision
+    ≈ 0.88 and recall ≈ 0.83 on Table 1 frequencies.  A network that has
+    learned nothing beyond the class priors scores as one of them, and fails
+    every check:
+
+    * ``learned`` — without noise, the image and the CCF network each score
+      S = accuracy + precision + recall more than 0.02 above the better of the
+      two predictors;
+    * ``image_beats_majority_per_metric`` — without noise, the image network's
+      accuracy, precision and recall each exceed both predictors' (the
+      metrics and the all-negative example of Zimmermann et al. 2019, §3.2);
+    * ``ccf_keeps_more_skill_under_noise`` — under the strongest noise
+      (U(0, median image maximum)) the CCF network keeps a larger fraction of
+      its skill above the majority-label predictor (:func:`retention`) than
+      the image network (Table 6: CCF maps degrade less).  Skill *above the
+      class priors* is the measure because at that noise every network falls
+      towards the majority-label predictor; a raw drop would reward a network
+      for starting low.  It fails when either network has no skill to keep.
+
+    Parameters
+    ----------
+    res : dict
+        :func:`run`'s result (needs ``table6`` cells ``none|image``,
+        ``none|ccf``, ``max|image``, ``max|ccf``, ``baseline`` and ``majority``,
+        each a dict with ``accuracy``, ``precision`` and ``recall``).
+
+    Returns
+    -------
+    dict
+        name -> ``{"holds": bool, "detail": str}``.
     """
-    t6, b = res["table6"], res["baseline"]
-    floor = _tot(res["majority"])
-    for mode in ("image", "ccf"):
-        assert _tot(t6[f"none|{mode}"]) > floor + 0.02, f"{mode} network did not learn beyond the class priors"
-    r_img, r_ccf = retention(res, "image"), retention(res, "ccf")
-    assert r_ccf > r_img, f"CCF keeps {r_ccf:.2f} of its skill under max noise, images {r_img:.2f}"
-    m = t6["none|image"]
-    assert m["accuracy"] >= b["accuracy"] + 0.05, (m, b)
-    assert m["precision"] >= 0.5 and m["recall"] >= 0.3, m
+    t6, trivial = res["table6"], (res["baseline"], res["majority"])
+    floor = max(_tot(t) for t in trivial)
+    learned = [(f"{m}: S {_tot(t6[f'none|{m}']):.3f} vs trivial {floor:.3f} + 0.02",
+                _tot(t6[f"none|{m}"]) > floor + 0.02) for m in ("image", "ccf")]
+    img = t6["none|image"]
+    per_metric = [(f"image {k} {img[k]:.3f} vs trivial {max(t[k] for t in trivial):.3f}",
+                   img[k] > max(t[k] for t in trivial)) for k in ("accuracy", "precision", "recall")]
+    skill = {m: _tot(t6[f"none|{m}"]) - _tot(res["majority"]) for m in ("image", "ccf")}
+    if min(skill.values()) > 0:
+        r_img, r_ccf = retention(res, "image"), retention(res, "ccf")
+        keeps = [(f"CCF keeps {r_ccf:.2f} of its skill under max noise, images {r_img:.2f}", r_ccf > r_img)]
+    else:
+        keeps = [(f"no skill above the majority-label predictor to keep (image {skill['image']:+.3f}, "
+                  f"CCF {skill['ccf']:+.3f})", False)]
+    return findings({"learned": learned, "image_beats_majority_per_metric": per_metric,
+                     "ccf_keeps_more_skill_under_noise": keeps})
+
+
+def check_quick(res: dict) -> dict:
+    """Raise unless every finding of :func:`quick_checks` holds; returns them.
+
+    Raises
+    ------
+    FindingNotReproduced
+        Naming each finding that does not hold, with its numbers.
+    """
+    checks = quick_checks(res)
+    failed = [f"{name} ({c['detail']})" for name, c in checks.items() if not c["holds"]]
+    if failed:
+        raise FindingNotReproduced("zimmermann2019 --quick: does not hold: " + "; ".join(failed))
+    return checks
 
 
 def _fig5(model, P, Y, X, out: Path):
