@@ -30,22 +30,24 @@ def adapt(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Source frames (and as many target frames) per step [default: 32].", rich_help_panel=_DANN, show_default=False),
     lr_start: Optional[float] = typer.Option(None, help="Adam learning rate of the first epoch [default: 1e-3; 1e-4 with --init].", rich_help_panel=_DANN, show_default=False),
     lr_end: Optional[float] = typer.Option(None, help="Learning rate of the last epoch, exponential in between [default: 1e-4; 1e-5 with --init].", rich_help_panel=_DANN, show_default=False),
-    lambda_max: float = typer.Option(1.0, help="Final weight of the reversed domain gradient (Ganin schedule).", rich_help_panel=_DANN),
+    lambda_max: float = typer.Option(1.0, help="Final weight of the reversed domain gradient (Ganin schedule); 0 turns it off and leaves the BatchNorm adaptation, which scored the same in the xie2022 benchmark.", rich_help_panel=_DANN),
     val_fraction: float = typer.Option(0.0, help="Source fraction held out to pick the best epoch (0: keep the last epoch, Xie §4).", rich_help_panel=_DANN),
     max_source: int = typer.Option(2000, help="At most this many labelled source frames (a seeded random subset)."),
     max_target: int = typer.Option(2000, help="At most this many target frames (a seeded random subset)."),
     seed: int = typer.Option(0, help="Seed for initialisation, subsets and batches."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
 ):
-    """Adapt a classifier to a new experiment without its labels (DANN, Xie et al. 2022 §2.3.3).
+    """Adapt a classifier to a new experiment without its labels (BatchNorm adaptation; DANN optional).
 
-    Trains on labelled SOURCE frames and unlabelled TARGET frames together: a
-    domain classifier behind a gradient reversal layer pushes the network to
-    features the two experiments share, so that it classifies the target
-    frames as well.  Logs the label loss and the domain loss per epoch (Xie
-    Fig. 10: the first settles, the second oscillates), stores them in the
-    model file and plots them to OUT_dann.png.  The model file is a plain
-    classifier for `screen`.
+    Trains on labelled SOURCE frames with as many unlabelled TARGET frames in
+    every batch, so that BatchNorm's statistics become those of both
+    experiments.  By default it also adds the reversed gradient of a domain
+    classifier (DANN, Xie et al. 2022 §2.3.3); --lambda-max 0 turns that off.
+    In the xie2022 benchmark (docs/benchmarks/xie2022.md) the reversed
+    gradient added nothing measurable: λ = 0 scored the same.
+    Logs the label loss and the domain loss per epoch (Xie Fig. 10), stores
+    them in the model file and plots them to OUT_dann.png.  The model file is
+    a plain classifier for `screen`.
     """
     from dataclasses import replace
 
