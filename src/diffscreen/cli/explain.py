@@ -26,7 +26,8 @@ def explain(
     method: Method = typer.Option(Method.gradcam, "--method", help="Explanation method."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNGs and explain_<method>.h5."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    target: Optional[str] = typer.Option(None, help="Class to explain (name or index); default: the predicted one."),
+    target: Optional[str] = typer.Option(
+        None, help="Class to explain (name or index); default: the predicted one (CDI: the most probable label)."),
     layer: Optional[str] = typer.Option(None, help="CAM layer (dotted module name); default: last conv block."),
     max_frames: Optional[int] = typer.Option(None, help="Explain at most this many frames."),
     batch_size: int = typer.Option(4, min=1, help="Frames per forward/backward pass."),
@@ -39,17 +40,18 @@ def explain(
     draws it: Grad-CAM blended in jet colours, Grad-CAM++ as contours, saliency
     as the pixels beyond 3 sigma, guided maps in red/blue, inversion as one
     reconstruction per convolutional block) and OUT/explain_<method>.h5 with
-    the raw maps, inputs, probabilities and targets.
+    the raw maps, inputs, probabilities and targets.  Works with every model
+    type: ke2018, alexnet, rwd1d (its maps mark rows: the network sees row
+    ranges) and the multi-label CDI ResNet of `train --task cdi`.
     """
     import torch
 
-    from diffscreen.explain.run import explain_frames, resolve_target
-    from diffscreen.models.inference import Classifier
+    from diffscreen.explain.run import ExplainModel, explain_frames, resolve_target
 
     if threads:
         torch.set_num_threads(threads)
     specs = expand(inputs)
-    clf = Classifier(model)
+    clf = ExplainModel(model)
     resolve_target(clf.class_names, target)  # refuse a bad class before any output
     with progress() as p:
         res = explain_frames(

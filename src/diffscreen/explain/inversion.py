@@ -36,7 +36,9 @@ def representation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     it (in module order) before the next ``Conv2d`` — the output of each
     convolutional layer after its activation (Nawaz Fig. 6: "the first five
     convolutional layers of AlexNet") — or the ``Conv2d`` itself when no ReLU
-    module follows.
+    module follows.  A model without ``Conv2d`` (the row-wise 1-D CNN of
+    Xie et al. 2022 §3.4.2) is treated the same way with its ``Conv1d``
+    layers; the image is still reconstructed in the input's 2-D frame.
 
     Returns
     -------
@@ -45,7 +47,7 @@ def representation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     Raises
     ------
     ConfigError
-        The model has no ``Conv2d``, or a named layer does not exist.
+        The model has neither ``Conv2d`` nor ``Conv1d``, or a named layer does not exist.
     """
     names = getattr(model, "inversion_layers", None)
     if names is not None:
@@ -53,20 +55,21 @@ def representation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             return [(n, model.get_submodule(n)) for n in names]
         except AttributeError as exc:
             raise ConfigError(f"bad inversion layer name: {exc}") from None
+    conv = nn.Conv2d if any(isinstance(m, nn.Conv2d) for m in model.modules()) else nn.Conv1d
     out, pending = [], None
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, conv):
             if pending is not None:
                 out.append(pending)
             pending = (name, m)
-        elif isinstance(m, nn.ReLU) and pending is not None and isinstance(pending[1], nn.Conv2d):
+        elif isinstance(m, nn.ReLU) and pending is not None and isinstance(pending[1], conv):
             pending = (name, m)
             out.append(pending)
             pending = None
     if pending is not None:
         out.append(pending)
     if not out:
-        raise ConfigError(f"{type(model).__name__} has no Conv2d layer to invert")
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Conv1d layer to invert")
     return out
 
 

@@ -1,5 +1,14 @@
 """Explain the decisions on the frames of files (``diffscreen explain``).
 
+Every registered model type is explained the same way (:class:`ExplainModel`):
+the Ke et al. 2018 CNN, the AlexNet of Nawaz et al. 2022 and the row-wise
+1-D CNN of Xie et al. 2022 (softmax over hit/maybe/miss or the DiffraNet
+classes, input prepared by :class:`~diffscreen.preprocess.Preprocessor`),
+and the multi-label CDI ResNet of Zimmermann et al. 2019 (one sigmoid per
+label, input prepared by :func:`~diffscreen.preprocess.cdi.prepare_cdi`;
+the explained label is the one asked for, else each frame's most probable
+label, which is its top positive label when any is set).
+
 For every frame: a PNG of the map over the (preprocessed) frame, drawn as
 the source paper draws it, and one HDF5 file with all raw maps::
 
@@ -7,12 +16,13 @@ the source paper draws it, and one HDF5 file with all raw maps::
     OUT/explain_<method>.h5
         /maps           (N, S, S) float32   [inversion: (N, L, S, S), one per block]
         /input          (N, S, S) float32   the preprocessed network input
-        /probabilities  (N, C) float32      softmax of the logits
+        /probabilities  (N, C) float32      softmax of the logits (multi-label: one sigmoid per label)
         /target         (N,) int32          class explained
         /file           (N,) str            input spec
         /frame          (N,) int64          0-based frame index
         /mask           (N, S, S) bool      saliency only: pixels beyond 3σ (Ke Fig. 10)
-        attributes: method, model, arch, class_names (JSON), layer, display, citation
+        attributes: method, model, arch, task, outputs ("softmax" or "sigmoid"),
+                    class_names (JSON), layer, display, citation
     OUT/errors.csv     file,frame,error for frames that could not be read
 """
 
@@ -27,7 +37,7 @@ import numpy as np
 
 from diffscreen.errors import ConfigError, DiffscreenError
 
-__all__ = ["EXPLAIN_METHODS", "DISPLAY", "explain_frames", "resolve_target"]
+__all__ = ["EXPLAIN_METHODS", "DISPLAY", "ExplainModel", "explain_frames", "resolve_target"]
 
 #: Methods of ``diffscreen explain``: :data:`diffscreen.explain.METHODS` plus inversion.
 EXPLAIN_METHODS = ("gradcam", "gradcam++", "guided-gradcam", "guided-backprop", "saliency", "inversion")
@@ -72,6 +82,82 @@ def _inversion_png(x2d, recs, names):
         ax.set_axis_off()
     fig.tight_layout()
     return fig
+
+
+class ExplainModel:
+    """A model file with what explaining it needs: the network, its input recipe and its probabilities.
+
+    Parameters
+    ----------
+    model : str, Path, ModelBundle, Classifier or None
+        Model file (or bundled model name), a loaded bundle, a
+        :class:`~diffscreen.models.inference.Classifier`; None = the bundled
+        default model.
+
+    Attributes
+    ----------
+    bundle : ModelBundle
+    model : torch.nn.Module
+        The network as trained (gradients and attributions run on it).
+    class_names : tuple of str
+    multilabel : bool
+        True for a CDI model (``train --task cdi``): sigmoid outputs, one per label.
+    size : int
+        Side S of the network input (N, 1, S, S).
+
+    Raises
+    ------
+    ModelFileError
+        Missing or unreadable model file.
+    """
+
+    def __init__(self, model=None):
+        from diffscreen.models import ModelBundle, load_model
+        from diffscreen.models.inference import Classifier
+        from diffscreen.preprocess.cdi import CDIPreprocessConfig
+
+        if isinstance(model, Classifier):
+            self.bundle, clf = model.bundle, model
+        else:
+            self.bundle, clf = (model if isinstance(model, ModelBundle) else load_model(model)), None
+        self.model = self.bundle.model.eval()
+        self.class_names = tuple(self.bundle.class_names)
+        self.multilabel = isinstance(self.bundle.preprocess, CDIPreprocessConfig)
+        if self.multilabel:
+            self._clf, self.size = None, int(self.bundle.preprocess.input_size)
+        else:
+            self._clf = clf if clf is not None else Classifier(self.bundle)
+            self.size = int(self.bundle.preprocess.out_size)
+
+    @property
+    def task(self) -> str:
+        """``"cdi"`` for a multi-label CDI model, else ``"crystallography"``."""
+        return "cdi" if self.multilabel else "crystallography"
+
+    def preprocess(self, frames) -> np.ndarray:
+        """Frames → network input ``(N, 1, S, S)`` float32, with the recipe stored in the model file.
+
+        Raises
+        ------
+        BadFrameError
+            A frame the recipe cannot prepare (e.g. a beam centre outside it).
+        """
+        if not self.multilabel:
+            return self._clf.preprocess(frames)
+        from diffscreen.preprocess.cdi import prepare_cdi
+
+        cfg = self.bundle.preprocess
+        xs = [prepare_cdi(f.data, cfg, mask=f.mask, meta=f.meta) for f in frames]
+        return np.stack(xs)[:, None].astype(np.float32, copy=False)
+
+    def probabilities(self, x) -> np.ndarray:
+        """``(N, C)`` float32: softmax of the logits, or one sigmoid per label for a multi-label model."""
+        if not self.multilabel:
+            return self._clf.predict_batch(x)
+        import torch
+
+        with torch.inference_mode():
+            return torch.sigmoid(self.model(torch.as_tensor(x))).numpy()
 
 
 def resolve_target(class_names, target):
@@ -119,11 +205,13 @@ def explain_frames(
     out_dir : str or Path
         Output folder (created).
     method : {"gradcam", "gradcam++", "guided-gradcam", "guided-backprop", "saliency", "inversion"}
-    model : str, Path, ModelBundle, Classifier or None
-        Model file; None = the bundled model.
+    model : str, Path, ModelBundle, Classifier, ExplainModel or None
+        Model file of any registered type (see :class:`ExplainModel`);
+        None = the bundled model.
     target : str or int or None
-        Class to explain (name or index); None = each frame's predicted class.
-        Not used by ``"inversion"``.
+        Class to explain (name or index); None = each frame's predicted
+        class (multi-label: its most probable label).  Not used by
+        ``"inversion"``.
     layer : str, optional
         CAM layer (dotted module name); default as :func:`~diffscreen.explain.find_cam_layer`.
     max_frames : int, optional
@@ -155,13 +243,12 @@ def explain_frames(
     from diffscreen.explain import saliency_mask, save_png
     from diffscreen.io import iter_frames
     from diffscreen.io.atomic import atomic_write_text, temporary_path
-    from diffscreen.models.inference import Classifier
 
     if method not in EXPLAIN_METHODS:
         raise ConfigError(f"unknown method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
     if batch_size < 1 or (max_frames is not None and max_frames < 1):
         raise ConfigError("batch_size and max_frames must be >= 1")
-    clf = model if isinstance(model, Classifier) else Classifier(model)
+    clf = model if isinstance(model, ExplainModel) else ExplainModel(model)
     names = list(clf.class_names)
     tgt = None if method == "inversion" else resolve_target(names, target)
     if method in ("gradcam", "gradcam++", "guided-gradcam"):
@@ -178,7 +265,7 @@ def explain_frames(
     pngs, errors = [], []
     n = 0
     with temporary_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
-        S = clf.bundle.preprocess.out_size
+        S = clf.size
         shape = (0, len(representation_layers(clf.model)), S, S) if method == "inversion" else (0, S, S)
         d_maps = h5.create_dataset("maps", shape=shape, maxshape=(None,) + shape[1:], dtype="f4",
                                    chunks=(1,) + shape[1:], compression="gzip", compression_opts=1)
@@ -193,15 +280,24 @@ def explain_frames(
             d_m = h5.create_dataset("mask", shape=(0, S, S), maxshape=(None, S, S), dtype=bool, chunks=(1, S, S),
                                     compression="gzip", compression_opts=1)
         h5.attrs.update({
-            "method": method, "model": str(clf.bundle.path), "arch": clf.bundle.arch,
-            "class_names": json.dumps(names), "layer": layer_name, "display": how,
+            "method": method, "model": str(clf.bundle.path), "arch": clf.bundle.arch, "task": clf.task,
+            "outputs": "sigmoid" if clf.multilabel else "softmax", "class_names": json.dumps(names), "layer": layer_name, "display": how,
             "citation": _CITATION[method],
         })
 
         def flush(batch):
             nonlocal n
-            x = clf.preprocess([f for _, _, f in batch])
-            probs = clf.predict_batch(x)
+            xs, kept = [], []
+            for item in batch:  # a frame the model's recipe cannot prepare is that frame's error only
+                try:
+                    xs.append(clf.preprocess([item[2]])[0])
+                    kept.append(item)
+                except DiffscreenError as exc:
+                    errors.append((item[0], item[1], getattr(exc, "problem", str(exc))))
+            if not kept:
+                return
+            batch, x = kept, np.stack(xs)
+            probs = clf.probabilities(x)
             t = probs.argmax(1) if tgt is None else np.full(len(batch), tgt)
             mask = None
             if method == "inversion":
