@@ -335,8 +335,9 @@ def test_randomised_weights_give_different_maps(loc_inputs, method):
     # Random networks still light up the strong-spot quadrant somewhat (the
     # activations themselves follow the spots), so the random maps keep a
     # rank correlation with the trained one; the trained-vs-trained one is ~0.95-1.
-    # Bundled model (issue 3 retrain): Grad-CAM 0.37 on average, Grad-CAM++ 0.71
-    # (0.39 and 0.55 with the model before it): Grad-CAM++'s positive-gradient
+    # Bundled model (issue 3 retrain): Grad-CAM 0.37 on average, Grad-CAM++ 0.74
+    # (0.71 before Eq. 19's denominator was fixed in issue 17; 0.39 and 0.55
+    # with the model before the retrain): Grad-CAM++'s positive-gradient
     # weights follow the activations, hence the spots, more than the weights
     # (docs/explain.md), so its bound is looser.
     limit, gap = {"gradcam": (0.5, 0.4), "gradcam++": (0.8, 0.2)}[method]
