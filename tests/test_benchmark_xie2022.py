@@ -142,7 +142,8 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000 and png in md
     back = json.loads((tmp_path / "xie2022.json").read_text())
     assert back["table3"]["LN84->L498"]["balanced"] == 90.0
-    assert "holds: transfer beats scratch (asserted by `--quick`)" in md
+    assert "holds: transfer beats scratch (" in md and "transfer beats scratch (asserted" not in md
+    assert "holds: dann recall beats source only (asserted by `--quick`)" in md
     assert "LN84→L498 (cross-detector), LN84→LN83." in md
     assert "(500 training + 200 validation labels; Xie: 1200 + 400)" in md
 
@@ -176,3 +177,9 @@ def test_quick_run_transfer_beats_scratch_and_dann_keeps_more_target_hits(tmp_pa
     assert t5["on_target"]["hit_or_maybe"] > r["table1"]["LO19"]["L498"]["hit_or_maybe"]
     assert "no_grl_on_target" in t5 and "grl_beats_no_grl" in f  # the λ = 0 ablation ran and was judged
     assert (tmp_path / "xie2022.md").exists() and (tmp_path / "xie2022_fig9_LO19_L498.png").exists()
+
+
+def test_quick_asserts_only_findings_that_held_at_three_seeds():
+    # "transfer beats scratch" failed at quick seed 2024 (docs/benchmarks/xie2022.md), so --quick must not assert it
+    assert "transfer_beats_scratch" not in xie2022.ASSERTED
+    assert xie2022.ASSERTED == ("dann_recall_beats_source_only",)

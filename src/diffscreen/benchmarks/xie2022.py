@@ -194,9 +194,10 @@ QUICK = Settings(
     batches_per_epoch=16, batch_size=24, transfer_frozen_epochs=8, transfer_unfrozen_epochs=10,
     tsne_pairs=(("LO19", "L498"),), n_tsne=60, n_speed=32)
 
-#: The findings ``--quick`` asserts (the issue's CI check); both held at three seeds of the quick
-#: run (docs/benchmarks/xie2022.md, "The quick run (CI size) at three seeds").
-ASSERTED = ("transfer_beats_scratch", "dann_recall_beats_source_only")
+#: The findings ``--quick`` asserts: only those that held at each of three seeds of the quick run
+#: (docs/benchmarks/xie2022.md, "The quick run (CI size) at three seeds").  "Transfer beats
+#: scratch" is reported but not asserted: it failed at seed 2024 (balanced 66.1 vs 66.9 %).
+ASSERTED = ("dann_recall_beats_source_only",)
 
 
 def label_split(split: np.ndarray, preset: str, n_labels: int, n_val: int, seed: int) -> dict:
