@@ -119,3 +119,36 @@ def test_every_paper_table_6_row_names_a_trained_group():
     st = ke2018.Settings(presets=("LN84", "LN83", "LO19", "LG36", "L498"), train_sizes=())
     groups = {name for name, *_ in ke2018._jobs(st, ke2018.RAYONIX, [])}
     assert set(ke2018.PAPER["table6"]) <= groups
+
+
+def _quick_findings(weak_holds: bool) -> dict:
+    return {"cnn_beats_spotfinder_on_weak_spots": {"holds": weak_holds, "detail": "L498: CNN 73.7% vs 42.1%"},
+            "lcn_beats_linear": {"holds": False, "detail": "LCN 65.7% vs linear 68.7%"},
+            "cross_detector_drop": {"holds": False, "detail": "Rayonix->L498 73 < L498->L498 69"}}
+
+
+def test_quick_asserts_only_findings_check_findings_makes():
+    assert set(ke2018.ASSERTED) <= set(ke2018.check_findings(_results()))
+    assert "lcn_beats_linear" not in ke2018.ASSERTED and "cross_detector_drop" not in ke2018.ASSERTED
+
+
+def test_quick_report_marks_the_asserted_finding_and_says_why_the_others_are_not(tmp_path):
+    r = {**_report_results(), "findings": _quick_findings(True)}
+    md = ke2018.write_report(r, tmp_path).read_text()
+    assert "holds: cnn beats spotfinder on weak spots (asserted by `--quick`)" in md
+    assert "**does not hold**: lcn beats linear (" in md and "lcn beats linear (asserted" not in md
+    assert "the only one that held at each of three quick seeds" in md
+    full = ke2018.write_report({**r, "quick": False}, tmp_path / "full").read_text()
+    assert "three quick seeds" not in full
+
+
+@pytest.mark.parametrize("weak_holds, status", [(True, 0), (False, 1)])
+def test_quick_cli_exits_1_only_when_an_asserted_finding_fails(tmp_path, monkeypatch, weak_holds, status):
+    from diffscreen.cli import main
+
+    def fake_run(out, **kw):
+        assert kw["quick"] is True
+        return {"seconds": 1.0, "findings": _quick_findings(weak_holds)}
+
+    monkeypatch.setattr(ke2018, "run", fake_run)
+    assert main(["benchmark", "ke2018", "--quick", "--out", str(tmp_path)]) == status
