@@ -86,3 +86,17 @@ def test_noise_bounds_are_medians():
     assert noise_bounds(frames)["max"] == pytest.approx(50.0)
     n = add_uniform_noise(frames, 3.0, seed=0)
     assert (n >= frames).all() and (n <= frames + 3).all() and frames[0, 0, 0] == 1.0
+
+
+def test_quick_cli_exits_1_with_one_error_line_when_a_check_fails(tmp_path, monkeypatch, capsys):
+    from diffscreen.benchmarks import zimmermann2019 as bench
+    from diffscreen.cli import main
+
+    res = _res(**{"max|ccf": _m(0.945, 0.885, 0.825)})  # CCF keeps less of its skill than images
+    monkeypatch.setattr(bench, "run", lambda out, **kw: {**res, "markdown_path": str(out)})
+    assert main(["benchmark", "zimmermann2019", "--quick", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert "FAIL ccf_keeps_more_skill_under_noise" in out.out and "ok   learned" in out.out
+    assert "does not hold: ccf_keeps_more_skill_under_noise" in out.out + out.err
+    monkeypatch.setattr(bench, "run", lambda out, **kw: {**_res(), "markdown_path": str(out)})
+    assert main(["benchmark", "zimmermann2019", "--quick", "--out", str(tmp_path)]) == 0
