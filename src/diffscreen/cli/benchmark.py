@@ -20,6 +20,20 @@ benchmark_app = typer.Typer(
 )
 
 
+def _run_with_findings(module, title: str, out: Path, *, quick: bool, work, workers: int) -> None:
+    """Run a benchmark ``module`` whose results carry findings; print them; in quick mode exit 1 unless every
+    finding in ``module.ASSERTED`` (those that held at each quick seed) holds."""
+    name = module.__name__.rpartition(".")[2]
+    with progress() as p:
+        p.console.print(f"{title} benchmark{' (quick)' if quick else ''} -> {out}")
+        res = module.run(out, quick=quick, work=work, workers=workers, log=p.console.print)
+    print(f"wrote {out / (name + '.md')} ({res['seconds'] / 60:.1f} min)")
+    for finding, f in res["findings"].items():
+        print(f"{'ok  ' if f['holds'] else 'FAIL'} {finding}: {f['detail']}")
+    if quick and not all(res["findings"].get(n, {"holds": False})["holds"] for n in module.ASSERTED):
+        raise typer.Exit(1)
+
+
 @benchmark_app.command("ke2018")
 @friendly
 def benchmark_ke2018(
@@ -41,14 +55,7 @@ def benchmark_ke2018(
     """
     from diffscreen.benchmarks import ke2018
 
-    with progress() as p:
-        p.console.print(f"Ke et al. (2018) benchmark{' (quick)' if quick else ''} -> {out}")
-        res = ke2018.run(out, quick=quick, work=work, workers=workers, log=p.console.print)
-    print(f"wrote {out / 'ke2018.md'} ({res['seconds'] / 60:.1f} min)")
-    for name, f in res["findings"].items():
-        print(f"{'ok  ' if f['holds'] else 'FAIL'} {name}: {f['detail']}")
-    if quick and not all(res["findings"].get(n, {"holds": False})["holds"] for n in ke2018.ASSERTED):
-        raise typer.Exit(1)  # the quick mode asserts the findings that hold at its size
+    _run_with_findings(ke2018, "Ke et al. (2018)", out, quick=quick, work=work, workers=workers)
 
 
 @benchmark_app.command("xie2022")
@@ -73,14 +80,7 @@ def benchmark_xie2022(
     """
     from diffscreen.benchmarks import xie2022
 
-    with progress() as p:
-        p.console.print(f"Xie et al. (2022) benchmark{' (quick)' if quick else ''} -> {out}")
-        res = xie2022.run(out, quick=quick, work=work, workers=workers, log=p.console.print)
-    print(f"wrote {out / 'xie2022.md'} ({res['seconds'] / 60:.1f} min)")
-    for name, f in res["findings"].items():
-        print(f"{'ok  ' if f['holds'] else 'FAIL'} {name}: {f['detail']}")
-    if quick and not all(res["findings"].get(n, {"holds": False})["holds"] for n in xie2022.ASSERTED):
-        raise typer.Exit(1)  # the quick mode asserts the findings that hold at its size
+    _run_with_findings(xie2022, "Xie et al. (2022)", out, quick=quick, work=work, workers=workers)
 
 
 @benchmark_app.command("nawaz2022")
