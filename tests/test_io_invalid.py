@@ -37,9 +37,9 @@ def _all_files(shared):
 
 @pytest.fixture(scope="module")
 def real_files():
-    """Every frame of the shared folder (18 files), else the six bundled in tests/data."""
+    """Every frame of the shared folder (18 files), else those tests/data/MANIFEST.tsv lists (all must be there)."""
     files = _all_files(shared_data_path())
-    return (files, 18) if files else (_frame_files(TEST_DATA), 6)
+    return (files, 18) if files else (_frame_files(TEST_DATA), len(_manifest(TEST_DATA)))
 
 
 def test_every_real_file_opens_with_sane_pixels(real_files):
