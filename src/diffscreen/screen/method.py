@@ -37,7 +37,7 @@ from diffscreen.screen.outputs import HitOutputs, MultiLabelOutputs
 from diffscreen.screen.pipeline import predict_source
 
 __all__ = ["FrameDecision", "ScreeningMethod", "CNNMethod", "PerFrame", "CDIMethod", "as_method", "problem_of",
-           "load_cdi_model"]
+           "load_cdi_model", "read_checked"]
 
 
 @dataclass
@@ -196,17 +196,32 @@ class PerFrame:
             read or is unusable.  Decisions carry the frame's geometry
             warnings.
         """
-        out, frames, ks = [None] * len(indices), [], []
-        for k, i in enumerate(indices):
-            try:
-                frames.append(check_frame(src.read(i)))
-                ks.append(k)
-            except Exception as exc:  # noqa: BLE001 - one frame's failure is its problem
-                out[k] = problem_of(exc)
-        for k, d, fr in zip(ks, self.method.classify(frames) if frames else [], frames):
+        out, good = read_checked(src, indices)
+        frames = [fr for _, fr in good]
+        for (k, fr), d in zip(good, self.method.classify(frames) if frames else []):
             d.warnings = tuple(d.warnings) + tuple(geometry_warnings(fr.meta, fr.data.shape))
             out[k] = d
         return out
+
+
+def read_checked(src, indices) -> tuple[list, list]:
+    """Read frames ``indices`` of an open source whole and refuse unusable ones (:func:`check_frame`).
+
+    Returns
+    -------
+    out : list of str or None
+        One per index: the problem of a frame that could not be read or is
+        unusable, else None (for the caller to fill with its decision).
+    good : list of (int, Frame)
+        Position in ``indices`` and frame, for every usable frame, in order.
+    """
+    out, good = [None] * len(indices), []
+    for k, i in enumerate(indices):
+        try:
+            good.append((k, check_frame(src.read(i))))
+        except Exception as exc:  # noqa: BLE001 - one frame's failure is its problem
+            out[k] = problem_of(exc)
+    return out, good
 
 
 def as_method(method) -> ScreeningMethod:
@@ -293,22 +308,20 @@ class CDIMethod:
             ``scores`` and ``probabilities`` are the sigmoid outputs,
             ``label`` the positive class names joined by ``;``.
         """
-        import torch
-
+        from diffscreen.models.batch import predict_arrays
         from diffscreen.preprocess.cdi import prepare_cdi
 
-        out, xs, ks = [None] * len(indices), [], []
-        for k, i in enumerate(indices):
+        out, good = read_checked(src, indices)
+        xs, ks = [], []
+        for k, fr in good:
             try:
-                fr = check_frame(src.read(i))
                 xs.append(prepare_cdi(fr.data, self.bundle.preprocess, mask=fr.mask, meta=fr.meta))
                 ks.append(k)
             except Exception as exc:  # noqa: BLE001 - one frame's failure is its problem
                 out[k] = problem_of(exc)
         if not xs:
             return out
-        with torch.no_grad():
-            P = torch.sigmoid(self.net(torch.from_numpy(np.stack(xs)[:, None]))).numpy()
+        P = predict_arrays(self.net, np.stack(xs)[:, None], batch_size=len(xs), multilabel=True)
         for k, p in zip(ks, P):
             if not np.isfinite(p).all():  # never a silent label from NaN probabilities
                 out[k] = NONFINITE_PROBABILITY

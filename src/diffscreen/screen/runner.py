@@ -133,7 +133,7 @@ def _work_list(inputs, errors: list) -> _WorkList:
 
 
 class FrameReader:
-    """Read checked frames of (file, frame) work items, keeping one input open at a time.
+    """The open source of the current file of a work list, one input open at a time.
 
     Work lists run through each file in order, so the current source is kept
     open until an item of another file comes; :meth:`close` closes it.
@@ -379,7 +379,7 @@ def screen(
 
 
 def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float = 0.5, progress=None,
-               log=None, chunk_size: int = 512, resume: bool = True) -> CDIScreenSummary:
+               chunk_size: int = 512, resume: bool = True) -> CDIScreenSummary:
     """Classify every frame of ``inputs`` into the 11 CDI classes: :func:`screen` with a :class:`CDIMethod`.
 
     Outputs in ``out_dir`` (each written atomically; no hits list):
@@ -407,7 +407,6 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
         Probability at which a label is set (0 < threshold < 1).
     progress : callable, optional
         ``progress(total=None, advance=None)``.
-    log : ignored
     chunk_size : int
         Frames per resumable chunk.
     resume : bool
@@ -421,12 +420,8 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     Raises
     ------
     ConfigError
-        Not a CDI model, or a bad threshold / batch size.
+        Not a CDI model, or a bad threshold (:class:`CDIMethod`) / batch size (:func:`screen`).
     """
-    if not (0 < threshold < 1):
-        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
-    if batch_size < 1 or chunk_size < 1:
-        raise ConfigError("batch_size and chunk_size must be >= 1")
     bundle = model if hasattr(model, "model") else load_cdi_model(model)
     return screen(inputs, out_dir, method=CDIMethod(bundle, threshold), batch_size=batch_size, chunk_size=chunk_size,
                   resume=resume, write_cxi=False, progress=progress, comm=None)
