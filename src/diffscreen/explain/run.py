@@ -154,10 +154,9 @@ class ExplainModel:
         """``(N, C)`` float32: softmax of the logits, or one sigmoid per label for a multi-label model."""
         if not self.multilabel:
             return self._clf.predict_batch(x)
-        import torch
+        from diffscreen.models.batch import predict_arrays
 
-        with torch.inference_mode():
-            return torch.sigmoid(self.model(torch.as_tensor(x))).numpy()
+        return predict_arrays(self.model, x, batch_size=max(1, len(x)), multilabel=True)
 
 
 def resolve_target(class_names, target):
