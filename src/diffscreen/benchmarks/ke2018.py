@@ -44,7 +44,7 @@ from diffscreen.benchmarks._harness import (digest, findings, findings_lines, fm
                                             pyplot, rate, save_figure, save_npy, start, table, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
-from diffscreen.evaluate.metrics import keep_scores, percent_of
+from diffscreen.evaluate.metrics import keep_decision, keep_scores, percent_of
 from diffscreen.io.frame import CLASS_NAMES
 from diffscreen.simulate import Simulator
 
@@ -412,7 +412,7 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         d = data[p]
         te = d["split"] == 2
         cnn, y, pr = score(p, (p,)), d["labels"][te], preds[(p, (p,), "lcn")]
-        keep_true, keep_pred = y != 2, pr[:, 0] + pr[:, 1] > pr[:, 2]
+        keep_true, keep_pred = y != 2, keep_decision(pr)
         t3[p] = {"cnn": cnn, "keep_recall_cnn": cnn["kept_of_hit_or_maybe"],
                  "hit_recall_cnn": percent_of(keep_pred, y == 0)}  # fmt: skip
         for name in ("ke", "tuned"):

@@ -52,7 +52,7 @@ from diffscreen.benchmarks._harness import (digest, findings, findings_lines, fm
                                             pyplot, save_figure, start, table, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
-from diffscreen.evaluate.metrics import domain_separability, keep_scores, percent_of
+from diffscreen.evaluate.metrics import domain_separability, keep_decision, keep_scores, percent_of
 
 __all__ = ["Settings", "FULL", "QUICK", "PAPER", "ASSERTED", "run", "check_findings", "write_report",
            "paper_tables", "label_split"]  # fmt: skip
@@ -242,7 +242,7 @@ def _per_class(probs: np.ndarray, labels: np.ndarray) -> dict:
     s = keep_scores(probs, labels)
     miss = 100 - s["kept_of_miss"] if not np.isnan(s["kept_of_miss"]) else float("nan")
     return {"hit_or_maybe": s["kept_of_hit_or_maybe"], "miss": miss, "balanced": s["balanced_success"],
-            "accuracy": s["success_rate"], "hit": percent_of(probs[:, 0] + probs[:, 1] > probs[:, 2], labels == 0),
+            "accuracy": s["success_rate"], "hit": percent_of(keep_decision(probs), labels == 0),
             "n": s["n"]}  # fmt: skip
 
 

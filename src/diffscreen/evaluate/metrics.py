@@ -23,6 +23,7 @@ __all__ = [
     "HIT_GROUP",
     "balanced_accuracy",
     "selection_accuracy",
+    "keep_decision",
     "keep_balanced_accuracy",
     "keep_scores",
     "percent_of",
@@ -158,8 +159,33 @@ def selection_accuracy(probs, true, class_names=None) -> float:
     return balanced_accuracy(np.asarray(probs).argmax(1), true)
 
 
+def keep_decision(probs) -> np.ndarray:
+    """The keep decision of Ke et al. (2018) §2.1, P(hit) + P(maybe) > P(miss).
+
+    Parameters
+    ----------
+    probs : (N, 3) float ndarray
+        P(hit), P(maybe), P(miss).
+
+    Returns
+    -------
+    (N,) bool ndarray
+    """
+    p = np.asarray(probs)
+    return p[:, 0] + p[:, 1] > p[:, 2]
+
+
+def _keep_rates(probs, labels):
+    """The keep decision, the truth (hit or maybe: labels 0, 1), and the kept fraction of hit-or-maybe frames and
+    dropped fraction of misses (NaN where the group is empty)."""
+    keep_pred, keep_true = keep_decision(probs), np.asarray(labels) != 2
+    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
+    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
+    return keep_pred, keep_true, tpr, tnr
+
+
 def keep_balanced_accuracy(y, probs) -> float:
-    """Balanced accuracy of the keep decision (Ke et al. 2018 §2.1: P(hit) + P(maybe) > P(miss)).
+    """Balanced accuracy of the keep decision (:func:`keep_decision`).
 
     Parameters
     ----------
@@ -174,13 +200,8 @@ def keep_balanced_accuracy(y, probs) -> float:
         Mean of the fraction of hits and maybes kept and of misses dropped;
         NaN if either group is empty.
     """
-    y = np.asarray(y)
-    p = np.asarray(probs)
-    keep = p[:, 0] + p[:, 1] > p[:, 2]
-    pos = y != 2
-    if pos.all() or not pos.any():
-        return float("nan")
-    return float((keep[pos].mean() + (~keep[~pos]).mean()) / 2)
+    _, _, tpr, tnr = _keep_rates(probs, y)
+    return (tpr + tnr) / 2
 
 
 def percent_of(pred, among) -> float:
@@ -206,10 +227,7 @@ def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
         right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN where the
         class is absent), ``n``.
     """
-    keep_pred = probs[:, 0] + probs[:, 1] > probs[:, 2]
-    keep_true = labels != 2
-    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
-    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
+    keep_pred, keep_true, tpr, tnr = _keep_rates(probs, labels)
     return {
         "success_rate": 100 * float((keep_pred == keep_true).mean()),
         "balanced_success": 100 * float(np.nanmean([tpr, tnr])),
