@@ -123,7 +123,7 @@ def real_frame_scores(model_path, folders) -> dict:
     from pathlib import Path
 
     from diffscreen.errors import DiffscreenError
-    from diffscreen.evaluate.metrics import keep_balanced_accuracy
+    from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision
     from diffscreen.io import open_source
     from diffscreen.io.frame import CLASS_NAMES
     from diffscreen.models.inference import Classifier
@@ -132,7 +132,9 @@ def real_frame_scores(model_path, folders) -> dict:
     ys, ps, frames, unread = [], [], {}, []
     for folder in folders:
         folder = Path(folder)
-        for r in csv.DictReader(open(folder / "MANIFEST.tsv"), delimiter="\t"):
+        with open(folder / "MANIFEST.tsv", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        for r in rows:
             spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
             try:
                 with open_source(spec) as src:
@@ -142,7 +144,7 @@ def real_frame_scores(model_path, folders) -> dict:
                 p = np.array([0.0, 0.0, 1.0]) if r["label"] != "miss" else np.array([1.0, 0.0, 0.0])  # counted wrong
             ys.append(CLASS_NAMES.index(r["label"]))
             ps.append(p)
-            keep = p[0] + p[1] > p[2]
+            keep = bool(keep_decision(p[None])[0])
             frames[f"{folder.name}/{r['file']}"] = {"label": r["label"], "p": [float(v) for v in p],
                                                    "call": "keep" if keep else "drop"}
     return {"balanced_accuracy": keep_balanced_accuracy(np.array(ys), np.array(ps)), "frames": frames,
