@@ -5,10 +5,10 @@
 ...     frame = src.read(0)                        # Frame(data, mask, meta)
 
 Formats (chosen from the file's content, see :mod:`diffscreen.io.sources`):
-CXI and CXIDB-76 HDF5, ``file.h5:/dataset``, imgCIF/CBF (x-CBF_PACKED,
-multi-panel CSPAD) via pycbf, and through fabio the Pilatus miniCBF, ADSC,
-MarCCD, EDF, TIFF and mar345 formats, also gzip/bzip2 compressed.  Labels:
-:mod:`diffscreen.io.labels`.  Writing: :class:`diffscreen.io.cxi.CXIWriter`.
+CXI and CXIDB-76 HDF5, NXmx / Eiger master files, ``file.h5:/dataset``,
+imgCIF/CBF (x-CBF_PACKED, multi-panel CSPAD) via pycbf, and through fabio
+the Pilatus miniCBF, ADSC, MarCCD, EDF, TIFF and mar345 formats, also
+gzip/bzip2 compressed.  Labels: :mod:`diffscreen.io.labels`.  Writing: :class:`diffscreen.io.cxi.CXIWriter`.
 
 Importing this package loads numpy only; h5py, fabio and pycbf load with
 the first file that needs them.

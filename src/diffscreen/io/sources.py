@@ -12,6 +12,8 @@ frame per :meth:`FrameSource.read` call.
 Readers shipped with diffscreen, in the order they are asked:
 
 ========  ===================================================================
+nxmx      NeXus NXmx / DECTRIS Eiger master files, with the frames of
+          their data files, the pixel mask and the geometry (:mod:`.nxmx`)
 hdf5      CXI (as :class:`~diffscreen.io.cxi.CXIWriter` writes it), CXIDB-76
           (Ke et al. 2018), any ``file.h5:/dataset`` (:mod:`.hdf5`)
 imgcif    x-CBF_PACKED and multi-panel imgCIF through pycbf (:mod:`.cbf`)
@@ -103,10 +105,10 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from diffscreen.io import cbf, fabio_any, hdf5, single
+    from diffscreen.io import cbf, fabio_any, hdf5, nxmx, single
 
-    # HDF5 first; pycbf before fabio for CBF; fabio's own detection last of all
-    for mod in (hdf5, cbf, single, fabio_any):
+    # NXmx masters before the other HDF5 layouts; pycbf before fabio for CBF; fabio's own detection last of all
+    for mod in (nxmx, hdf5, cbf, single, fabio_any):
         register_reader(mod.READER_NAME, mod.understand, mod.open_path)
 
 
