@@ -33,6 +33,7 @@ def explain(
     batch_size: int = typer.Option(4, min=1, help="Frames per forward/backward pass."),
     steps: int = typer.Option(200, help="Inversion: Adam steps per block."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
+    geom: Optional[Path] = typer.Option(None, "--geom", help="CrystFEL geometry (.geom) of stacked-panel frames: assemble the panels first (gaps and bad regions masked)."),
 ):
     """Show why each frame was kept or rejected: a heat map over every frame.
 
@@ -42,7 +43,9 @@ def explain(
     reconstruction per convolutional block) and OUT/explain_<method>.h5 with
     the raw maps, inputs, probabilities and targets.  Works with every model
     type: ke2018, alexnet, rwd1d (its maps mark rows: the network sees row
-    ranges) and the multi-label CDI ResNet of `train --task cdi`.
+    ranges) and the multi-label CDI ResNet of `train --task cdi`.  With --geom
+    detector.geom, stacked-panel frames are assembled with the CrystFEL geometry
+    first, as `screen --geom` does.
     """
     import torch
 
@@ -50,13 +53,18 @@ def explain(
 
     if threads:
         torch.set_num_threads(threads)
+    geometry = None
+    if geom is not None:  # an unusable .geom is one line, before any output
+        from diffscreen.io.geom import load_geometry
+
+        geometry = load_geometry(geom)
     specs = expand(inputs)
     clf = ExplainModel(model)
     resolve_target(clf.class_names, target)  # refuse a bad class before any output
     with progress() as p:
         res = explain_frames(
             specs, out, method=method.value, model=clf, target=target, layer=layer, max_frames=max_frames,
-            batch_size=batch_size, steps=steps, progress=Bar(p, f"explaining ({method.value})"),
+            batch_size=batch_size, steps=steps, progress=Bar(p, f"explaining ({method.value})"), geom=geometry,
         )
     for f, i, e in res["errors"][:20]:
         print(f"ERROR: {f}" + ("" if i < 0 else f", frame {i}") + f": {e}")

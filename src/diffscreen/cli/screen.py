@@ -45,6 +45,7 @@ def screen(
     model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
     max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
+    geom: Optional[Path] = typer.Option(None, "--geom", help="CrystFEL geometry (.geom) of stacked-panel frames (JUNGFRAU, AGIPD, ePix, CSPAD): assemble the panels, mask gaps and bad regions; hits.cxi keeps the stacked panels."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -65,6 +66,12 @@ def screen(
     OUT/summary.json; --model must be a model from `train --task cdi` (its
     file says whether it takes images or CCF maps).
 
+    With --geom detector.geom the inputs hold stacked panels (N, SS, FS), which
+    are assembled with the CrystFEL geometry; its bad regions, no_index panels
+    and mask, and the gaps between panels, are masked.  OUT/hits.cxi keeps the
+    kept frames' stacked panels, for `indexamajig -g detector.geom` (or
+    OUT/hits.geom, written when the data location or mask must differ).
+
     Scale-out: `mpirun -n N diffscreen screen ...` shares the frames among N
     MPI ranks (needs mpi4py: pip install 'diffscreen[mpi]'); the outputs are
     those of one process.  See docs/scaling.md.
@@ -83,11 +90,16 @@ def screen(
         from diffscreen.models.types import check_model_type
 
         check_model_type(model, model_type.value)
+    geometry = None
+    if geom is not None:  # an unusable .geom is one line, before any output
+        from diffscreen.io.geom import load_geometry
+
+        geometry = load_geometry(geom)
     specs = expand(inputs)
     if task is Task.cdi:
         if mpi:
             raise ConfigError("screen --task cdi runs as one process; start it without mpirun")
-        return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh)
+        return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh, geom=geometry)
     finder = None
     if method is Method.peakfinder8:
         finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
@@ -100,28 +112,28 @@ def screen(
     if not root:  # MPI ranks > 0: no progress bar or summary; rank 0 reports for all
         try:
             summary = run_screen(specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh,
-                                 write_cxi=not no_cxi)
+                                 write_cxi=not no_cxi, geom=geometry)
         except DiffscreenError:  # rank 0 prints it ("rank k failed: ..."), once
             raise typer.Exit(EXIT_RUN)
         raise typer.Exit(EXIT_PARTIAL if summary.n_error else 0)
     with progress() as p:
         summary = run_screen(
             specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
-            progress=Bar(p, "screening"),
+            progress=Bar(p, "screening"), geom=geometry,
         )
     report_screen(summary, out)
     if summary.n_error:
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True):
+def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True, geom=None):
     """``screen --task cdi``: multi-label screening (Zimmermann et al. 2019)."""
     from diffscreen.screen import load_cdi_model, screen_cdi
 
     bundle = load_cdi_model(model)  # refuse a missing or non-CDI model before any output
     with progress() as p:
         summ = screen_cdi(specs, out, model=bundle, batch_size=batch_size, threshold=threshold, resume=resume,
-                          progress=Bar(p, "screening (cdi)"))
+                          progress=Bar(p, "screening (cdi)"), geom=geom)
     for f, i, e in summ.errors[:20]:
         print(f"ERROR: {f if i < 0 else f'{f}, frame {i}'}: {e}", file=sys.stderr)
     print(summ.text())

@@ -193,6 +193,7 @@ def explain_frames(
     steps: int = 200,
     seed: int = 0,
     progress=None,
+    geom=None,
 ) -> dict:
     """Write attribution PNGs and an HDF5 file of raw maps for frames.
 
@@ -222,6 +223,10 @@ def explain_frames(
         Inversion start noise.
     progress : callable, optional
         ``progress(advance=n)`` after each batch.
+    geom : str, Path or DetectorGeometry, optional
+        A CrystFEL geometry: the inputs hold stacked panels, assembled with it
+        (:func:`~diffscreen.io.geom.iter_frames_with_geometry`; a frame of
+        another shape is that frame's error).
 
     Returns
     -------
@@ -232,7 +237,7 @@ def explain_frames(
     Raises
     ------
     ConfigError
-        Unknown method or target class, bad ``max_frames``/``batch_size``.
+        Unknown method or target class, bad ``max_frames``/``batch_size``, an unusable ``geom``.
     ModelFileError
         Unreadable model file.
     """
@@ -247,6 +252,12 @@ def explain_frames(
         raise ConfigError(f"unknown method {method!r}; use one of {', '.join(EXPLAIN_METHODS)}")
     if batch_size < 1 or (max_frames is not None and max_frames < 1):
         raise ConfigError("batch_size and max_frames must be >= 1")
+    if geom is None:
+        frames = iter_frames(specs)
+    else:
+        from diffscreen.io.geom import as_geometry, iter_frames_with_geometry
+
+        frames = iter_frames_with_geometry(specs, as_geometry(geom))
     clf = model if isinstance(model, ExplainModel) else ExplainModel(model)
     names = list(clf.class_names)
     tgt = None if method == "inversion" else resolve_target(names, target)
@@ -329,7 +340,7 @@ def explain_frames(
                 progress(advance=len(batch))
 
         batch = []
-        for spec, idx, item in iter_frames(specs):
+        for spec, idx, item in frames:
             if isinstance(item, DiffscreenError):
                 errors.append((spec, idx, getattr(item, "problem", str(item))))
                 continue

@@ -40,6 +40,8 @@ The walk of one frame (every step calls downward, none climbs back)::
         (or screen.method.PerFrame / CDIMethod.classify_source: io .read, io.frame.check_frame,
          the method's own classify / preprocess.cdi.prepare_cdi and network)
       _Chunk._run_file               outputs.cells -> chunk CSV; kept frames: io .read -> io.cxi.CXIWriter.append
+                                     (with --geom: io.geom.GeomSource wraps each source; kept frames are
+                                      stored as io.geom.GeomSource.read_raw gives them, stacked panels)
     screen.runner._collect           chunk CSVs -> scores.csv, hits.lst, errors.csv, hits.cxi; outputs tally
     screen.outputs ... .summary      ScreenSummary / CDIScreenSummary -> summary.json
 """
@@ -64,6 +66,7 @@ from diffscreen.io import open_source
 from diffscreen.io.atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter, merge_cxi
 from diffscreen.io.frame import check_frame
+from diffscreen.io.geom import GeomSource, as_geometry, open_with_geometry
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
 from diffscreen.models.inference import Classifier
 from diffscreen.screen.method import CDIMethod, CNNMethod, as_method, load_cdi_model, problem_of
@@ -137,22 +140,33 @@ class FrameReader:
 
     Work lists run through each file in order, so the current source is kept
     open until an item of another file comes; :meth:`close` closes it.
+    ``opener`` (default :func:`~diffscreen.io.open_source`) opens a spec,
+    e.g. with a CrystFEL geometry (:func:`~diffscreen.io.geom.open_with_geometry`).
     """
 
-    def __init__(self):
+    def __init__(self, opener=None):
         self._spec, self._src = None, None
+        self._open = open_source if opener is None else opener
 
     def source(self, spec):
         """The open source of ``spec`` (opened when another file comes)."""
         if spec != self._spec:
             self.close()
-            self._src, self._spec = open_source(spec), spec
+            self._src, self._spec = self._open(spec), spec
         return self._src
 
     def close(self) -> None:
         if self._src is not None:
             self._src.close()
         self._spec, self._src = None, None
+
+
+def _kept_frame(src, i: int, peaks):
+    """What hits.cxi stores of a kept frame: the frame as read and its peaks, or, from a
+    :class:`~diffscreen.io.geom.GeomSource`, its stacked panels and the peaks in their coordinates."""
+    if isinstance(src, GeomSource):
+        return check_frame(src.read_raw(i)), src.geometry.raw_peaks(peaks)
+    return check_frame(src.read(i)), peaks
 
 
 def _unusable(d) -> str | None:
@@ -174,10 +188,10 @@ class _Chunk:
     whatever else is on the command line.
     """
 
-    def __init__(self, method, batch_size: int, write_cxi: bool):
+    def __init__(self, method, batch_size: int, write_cxi: bool, opener=None):
         self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
         self.cells = method.outputs.cells
-        self.reader = FrameReader()
+        self.reader = FrameReader(opener)
 
     def _decide(self, spec, indices) -> tuple[list, bool]:
         """Decisions (or problem strings) for frames ``indices`` of ``spec``, and whether it holds one frame."""
@@ -199,12 +213,12 @@ class _Chunk:
             why = d if isinstance(d, str) else _unusable(d)
             if why is None and d.keep and writer is not None:
                 try:
-                    fr = check_frame(self.reader.source(spec).read(i))
+                    fr, peaks = _kept_frame(self.reader.source(spec), i, d.peaks)
                 except Exception as exc:  # noqa: BLE001 - the frame cannot be read again
                     why = problem_of(exc)
                 else:
                     writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
-                                  peaks=d.peaks)  # fmt: skip
+                                  peaks=peaks)  # fmt: skip
             if why is not None:
                 rows.append([spec, i, FAILED, 0])
                 errors.append([spec, i, why])
@@ -255,6 +269,7 @@ def screen(
     write_cxi: bool = True,
     progress=None,
     comm="auto",
+    geom=None,
 ) -> ScreenSummary:
     """Classify every frame of ``inputs`` and write the screening outputs.
 
@@ -298,6 +313,13 @@ def screen(
         "auto": ``MPI.COMM_WORLD`` when started by an MPI launcher with
         several ranks (:func:`diffscreen.screen.parallel.get_comm`); None:
         one process.
+    geom : str, Path or DetectorGeometry, optional
+        A CrystFEL geometry (``.geom``): every input holds stacked-panel
+        frames, assembled with it (:class:`~diffscreen.io.geom.GeomSource`;
+        a frame of another shape is that frame's error row).  hits.cxi then
+        keeps the stacked panels (``/entry_1/data_1/data`` (N, SS, FS)), and
+        ``hits.geom`` is written beside it when the geometry would not read
+        that layout (:meth:`~diffscreen.io.geom.DetectorGeometry.hits_geometry_text`).
 
     Returns
     -------
@@ -328,6 +350,9 @@ def screen(
     if batch_size < 1 or chunk_size < 1:
         raise ConfigError("batch_size and chunk_size must be >= 1")
     t0 = time.time()
+    geometry = None if geom is None else as_geometry(geom)  # an unusable .geom: ConfigError before any output
+    opener = None if geometry is None else (lambda spec: open_with_geometry(spec, geometry))
+    hits_geom = None if geometry is None or not write_cxi else geometry.hits_geometry_text()
     team = Team(get_comm() if comm == "auto" else comm)
     out = Path(out_dir)
     part = out / ".partial"
@@ -344,6 +369,8 @@ def screen(
         remove_stale_parts(part)
         if not write_cxi:  # an earlier run's hits.cxi would describe other frames than this run's hits.lst
             remove_outputs(out, ["hits.cxi"])
+        if hits_geom is None:  # an earlier --geom run's hits.geom would not describe this run's hits.cxi
+            remove_outputs(out, ["hits.geom"])
         file_errors: list = []
         items = _work_list(list(inputs), file_errors)
         cs = chunk_size
@@ -357,6 +384,8 @@ def screen(
             "chunk_size": cs,
             "write_cxi": write_cxi,
         }
+        if geometry is not None:  # a resumed run must assemble with the same geometry
+            manifest["geom"] = geometry.identity
         if part.exists() and (not resume or _read_json(part / "manifest.json") != manifest):
             shutil.rmtree(part)
         part.mkdir(parents=True, exist_ok=True)
@@ -364,8 +393,11 @@ def screen(
         return items.files, file_errors, cs
 
     try:
-        return _screen_locked(team, setup, part, out, t0, method_of=lambda: method, batch_size=batch_size,
-                              write_cxi=write_cxi, progress=progress)
+        summary = _screen_locked(team, setup, part, out, t0, method_of=lambda: method, batch_size=batch_size,
+                                 write_cxi=write_cxi, progress=progress, opener=opener)
+        if hits_geom is not None and team.is_root:
+            atomic_write_text(out / "hits.geom", hits_geom)
+        return summary
     except DiffscreenError as exc:
         if lock.held and isinstance(exc, OutputError):
             _drop_empty_partial(part)
@@ -379,7 +411,7 @@ def screen(
 
 
 def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float = 0.5, progress=None,
-               chunk_size: int = 512, resume: bool = True) -> CDIScreenSummary:
+               chunk_size: int = 512, resume: bool = True, geom=None) -> CDIScreenSummary:
     """Classify every frame of ``inputs`` into the 11 CDI classes: :func:`screen` with a :class:`CDIMethod`.
 
     Outputs in ``out_dir`` (each written atomically; no hits list):
@@ -412,6 +444,8 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     resume : bool
         Reuse the completed chunks of an interrupted screen with the same
         inputs, model and threshold; False starts afresh.
+    geom : str, Path or DetectorGeometry, optional
+        A CrystFEL geometry that assembles stacked-panel frames (as :func:`screen`).
 
     Returns
     -------
@@ -424,7 +458,7 @@ def screen_cdi(inputs, out_dir, *, model, batch_size: int = 32, threshold: float
     """
     bundle = model if hasattr(model, "model") else load_cdi_model(model)
     return screen(inputs, out_dir, method=CDIMethod(bundle, threshold), batch_size=batch_size, chunk_size=chunk_size,
-                  resume=resume, write_cxi=False, progress=progress, comm=None)
+                  resume=resume, write_cxi=False, progress=progress, comm=None, geom=geom)
 
 
 def _drop_empty_partial(part: Path) -> None:
@@ -436,7 +470,8 @@ def _drop_empty_partial(part: Path) -> None:
         pass
 
 
-def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_cxi, progress) -> ScreenSummary:
+def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_cxi, progress,
+                   opener=None) -> ScreenSummary:
     """The body of :func:`screen` once its arguments are checked (the root rank takes the output lock in ``setup``)."""
     from diffscreen.screen.parallel import RankFailed
 
@@ -460,7 +495,7 @@ def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_c
         progress(total=len(items))
         if resumed:
             progress(advance=len(items) - sum(size_of(c) for c in pending))
-    worker = _Chunk(method, batch_size, write_cxi)
+    worker = _Chunk(method, batch_size, write_cxi, opener)
     t_work = time.time()
     n_done_now, failure = team.process(pending, work, size_of, progress if team.is_root else None)
     t_work = time.time() - t_work

@@ -26,6 +26,11 @@ than one polished look.  Modules:
     ``"wide_*"`` presets (issue 13: rings, cosmic rays, overload markers,
     off-centre beams, small-molecule cells), one per detector family of
     :data:`FAMILIES`.
+``panels``
+    Stacked-panel detectors (AGIPD 1M, JUNGFRAU 4M): a CrystFEL geometry and
+    the matching assembled preset (``"agipd1m_stacked"``,
+    ``"jungfrau4m_stacked"``, registered in :data:`PRESETS`);
+    :func:`simulate_stacked_run` writes their data blocks and ``.geom``.
 ``run``
     :class:`Simulator`, :func:`simulate_frame`, :func:`simulate_run`, labels
     from detectable-spot counts (Ke et al. 2018, §3.3.1).
@@ -50,6 +55,7 @@ from diffscreen.simulate.run import (
     simulate_frame,
     simulate_run,
 )
+from diffscreen.simulate.panels import STACKED, StackedDetector, simulate_stacked_run  # registers their presets
 
 __all__ = [
     "PRESETS",
@@ -68,4 +74,7 @@ __all__ = [
     "KINDS",
     "DEFAULT_CLASS_FRACTIONS",
     "DEFAULT_MISS_BREAKDOWN",
+    "STACKED",
+    "StackedDetector",
+    "simulate_stacked_run",
 ]
