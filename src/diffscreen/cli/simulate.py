@@ -32,6 +32,9 @@ def simulate(
     Ewald sphere, Wilson intensities, detector PSF, water ring and air scatter,
     Poisson and read noise, gain, saturation and the detector's masks.  Labels
     follow Ke et al. (2018) §3.3.1 (>= 10 detectable spots: hit, 4-9: maybe).
+    The stacked-panel presets (agipd1m_stacked, jungfrau4m_stacked) write the
+    frames as (N, SS, FS) data blocks and their CrystFEL geometry as
+    detector.geom beside OUT, for `diffscreen screen OUT --geom detector.geom`.
     """
     from diffscreen.errors import ConfigError
 
@@ -58,6 +61,15 @@ def simulate(
         return
     if out is None:
         raise ConfigError("give the output file: diffscreen simulate --out OUT.cxi")
+    from diffscreen.simulate import STACKED, simulate_stacked_run
+
+    if preset in STACKED:  # stacked panels (AGIPD 1M, JUNGFRAU 4M): data blocks, and detector.geom beside them
+        with progress() as p:
+            bar = Bar(p, f"simulating {frames} frames")
+            bar(total=frames)
+            path, geom = simulate_stacked_run(preset, frames, out, seed=seed, progress=counting(bar))
+        print(f"wrote {frames} frames of stacked panels to {path} and their CrystFEL geometry to {geom}")
+        return
     with progress() as p:
         path = simulate_with_bar(p, preset, frames, out, seed)
     print(f"wrote {frames} frames to {path}")
