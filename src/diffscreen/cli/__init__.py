@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from diffscreen.cli import adapt, demo, evaluate, explain, info, peakfinder8, screen, simulate, train
+from diffscreen.cli import adapt, demo, evaluate, explain, info, live, peakfinder8, screen, simulate, train
 from diffscreen.cli._common import EXIT_RUN
 from diffscreen.cli.benchmark import benchmark_app
 
@@ -36,6 +36,9 @@ app.command()(explain.report)
 app.command("tune-peakfinder8")(peakfinder8.tune_peakfinder8)
 app.command()(adapt.adapt)
 app.command("suggest-labels")(adapt.suggest_labels)
+app.command()(live.watch)
+app.command()(live.stream)
+app.command()(live.replay)
 app.add_typer(benchmark_app, name="benchmark")
 
 

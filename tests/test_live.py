@@ -1,0 +1,234 @@
+"""Live screening (issue 14): stream v2 replay = screen, watch screens each file once, the buffer is bounded."""
+
+import csv
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from diffscreen.io.frame import FrameMeta
+from diffscreen.io.simplon import StartInfo, StreamFrame, decode, encode_image, encode_start
+from diffscreen.live.loop import LiveLoop, StreamItem
+from diffscreen.live.watch import cbf_complete
+from diffscreen.screen import screen
+
+from toyrun import toy_frame, write_toy_model
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    return write_toy_model(tmp_path_factory.mktemp("model") / "m.safetensors")
+
+
+@pytest.fixture()
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+@pytest.mark.parametrize("compression", ["bslz4", "lz4", "none"])
+def test_stream_messages_round_trip(compression):
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 3000, size=(37, 53)).astype(np.uint16)
+    raw[5, 7] = 65535  # the detector's invalid value
+    mask = np.zeros(raw.shape, bool)
+    mask[0] = True
+    meta = FrameMeta("run.cxi", 4, "EIGER2 X 4M", 0.075, (20.5, 18.25), 150.0, 0.9793)
+    start = StartInfo.from_message(decode(encode_start(series_id=7, shape=raw.shape, meta=meta, mask=mask,
+                                                       saturation=4000, source="run.cxi", compression=compression)))
+    assert start.shape == (37, 53) and start.name == "run.cxi" and start.saturation == 4000
+    assert start.pixel_size_mm == pytest.approx(0.075) and start.distance_mm == pytest.approx(150.0)
+    np.testing.assert_array_equal(start.mask, mask)
+    other = FrameMeta("run.cxi", 4, None, 0.075, (21.0, 19.0), 151.0, 1.0)
+    msg = decode(encode_image(raw, series_id=7, image_id=9, meta=other, source="run.cxi", frame=4,
+                              compression=compression))
+    f = StreamFrame(msg, start)
+    assert (f.name, f.index) == ("run.cxi", 4)
+    got, bad, m = f.decode()
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, raw)
+    want_bad = mask | (raw >= 4000)
+    np.testing.assert_array_equal(bad, want_bad)
+    assert bad[5, 7] and bad[0, 10] and not bad[1, 1]
+    assert m.beam_centre_px == (21.0, 19.0) and m.distance_mm == pytest.approx(151.0) and m.wavelength_A == 1.0
+
+
+def test_cbf_is_complete_only_when_its_binary_section_is_whole(tmp_path):
+    import fabio.cbfimage
+
+    rng = np.random.default_rng(0)
+    p = tmp_path / "a.cbf"
+    fabio.cbfimage.CbfImage(data=toy_frame("hit", rng, 64)).write(str(p))
+    data = p.read_bytes()
+    assert cbf_complete(data)
+    close = data.rfind(b"--CIF-BINARY-FORMAT-SECTION----")
+    for n in (100, len(data) // 2, close, close + 20):
+        assert not cbf_complete(data[:n]), n
+    assert cbf_complete(data[: close + len(b"--CIF-BINARY-FORMAT-SECTION----")])
+
+
+def test_replay_through_stream_gives_the_scores_of_screen(tmp_path, one_thread):
+    from diffscreen.live.stream import replay, stream
+    from diffscreen.simulate import simulate_run
+
+    run = str(simulate_run("rayonix", 24, tmp_path / "run.cxi", seed=4))
+    screen([run], tmp_path / "screened", model="fast", batch_size=16)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    sent = {}
+    t = threading.Thread(target=lambda: sent.update(replay(run, endpoint, rate=200, wait_s=20)), daemon=True)
+    t.start()
+    s = stream(endpoint, tmp_path / "live", until_end=True, idle=30, model="fast", chunk_seconds=0.3)
+    t.join(10)
+    assert sent["frames"] == 24
+    want = _rows(tmp_path / "screened" / "scores.csv")
+    got = _rows(tmp_path / "live" / "scores.csv")
+    assert got[0] == ["file", "frame", "p_hit", "p_maybe", "p_miss", "label"]
+    assert sorted(got[1:], key=lambda r: int(r[1])) == want[1:]  # frame for frame, every cell
+    kept = [r for r in want[1:] if r[-1] in ("hit", "maybe")]
+    assert 0 < len(kept) < 24
+    assert s.frames_received == 24 and s.frames_screened == 24 and s.frames_dropped == 0 and s.frames_failed == 0
+    lst = (tmp_path / "live" / "hits.lst").read_text().splitlines()
+    assert len(lst) == len(kept) and all(" //" in line and "hits_" in line for line in lst)
+    summary = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert summary["frames_received"] == 24 and summary["n_hit"] + summary["n_maybe"] == len(kept)
+    # started again on the same OUT, the same replay is not screened twice
+    t = threading.Thread(target=lambda: replay(run, endpoint, wait_s=20), daemon=True)
+    t.start()
+    s2 = stream(endpoint, tmp_path / "live", until_end=True, idle=30, model="fast")
+    t.join(10)
+    assert s2.frames_already_done == 24 and s2.frames_received == 24
+    assert _rows(tmp_path / "live" / "scores.csv") == got
+
+
+def _write_cbfs(folder, names, slow, rng):
+    """Write toy CBFs into ``folder`` one by one; the ``slow`` ones half first, the rest 0.6 s later."""
+    import fabio.cbfimage
+
+    staging = folder.parent / "staging"
+    staging.mkdir(exist_ok=True)
+    for name in names:
+        tmp = staging / name
+        fabio.cbfimage.CbfImage(data=toy_frame(["hit", "miss", "maybe"][int(rng.integers(3))], rng, 256)).write(str(tmp))
+        data = tmp.read_bytes()
+        with open(folder / name, "wb") as fh:
+            if name in slow:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                time.sleep(0.6)
+                fh.write(data[len(data) // 2 :])
+            else:
+                fh.write(data)
+        time.sleep(0.1)
+
+
+def test_watch_screens_each_cbf_once_also_when_written_slowly_and_restarted(tmp_path, toy_model, one_thread):
+    from diffscreen.live.watch import watch
+
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    names = [f"img_{i:03d}.cbf" for i in range(6)]
+    slow = {names[1], names[4]}
+    rng = np.random.default_rng(11)
+    _write_cbfs(folder, names[:2], slow, rng)  # some there before the watch starts
+    writer = threading.Thread(target=_write_cbfs, args=(folder, names[2:], slow, rng), daemon=True)
+    writer.start()
+    out = tmp_path / "live"
+    s = watch(folder, out, pattern="*.cbf", idle=2.5, model=toy_model, chunk_seconds=0.3, settle=0.2)
+    writer.join(10)
+    rows = _rows(out / "scores.csv")
+    assert [r[:2] for r in sorted(rows[1:])] == [[str(folder / n), "0"] for n in names]  # each once
+    assert s.frames_received == 6 and s.frames_screened == 6 and s.frames_failed == 0
+    assert _rows(out / "errors.csv") == [["file", "frame", "error"]]  # no half-written file read as corrupt
+    screen([str(folder / n) for n in names], tmp_path / "screened", model=toy_model)
+    assert sorted(rows[1:]) == sorted(_rows(tmp_path / "screened" / "scores.csv")[1:])  # the cells of screen
+    # started again on the same OUT with one new file: only that one is screened
+    _write_cbfs(folder, ["img_new.cbf"], set(), rng)
+    s2 = watch(folder, out, pattern="*.cbf", idle=1.0, model=toy_model, chunk_seconds=0.3, settle=0.2)
+    rows2 = _rows(out / "scores.csv")
+    assert rows2[: len(rows)] == rows and [r[0] for r in rows2[len(rows):]] == [str(folder / "img_new.cbf")]
+    assert s2.frames_received == 7 and s2.frames_screened == 7
+
+
+class _Slow:
+    """A screening method that takes 0.15 s per batch (a classifier slower than the detector)."""
+
+    def __init__(self, method):
+        self.m = method
+        self.class_names, self.score_columns = method.class_names, method.score_columns
+        self.identity, self.outputs, self.path = method.identity, method.outputs, None
+
+    def classify_source(self, src, indices):
+        time.sleep(0.15)
+        return self.m.classify_source(src, indices)
+
+
+class _Frame:
+    def __init__(self, i, raw, broken=False):
+        self.name, self.index, self.raw, self.broken, self.nbytes = "series_1", i, raw, broken, raw.nbytes
+
+    def decode(self):
+        if self.broken:
+            raise ValueError("damaged bslz4 data")
+        return self.raw, np.zeros(self.raw.shape, bool), FrameMeta("series_1", self.index)
+
+
+class _Observer:
+    def __init__(self):
+        self.frames, self.errors, self.dropped_n, self.rates = [], [], 0, []
+
+    def frame(self, frame_id, keep, label, scores, image):
+        assert (image is not None) == keep and set(scores) == {"p_hit", "p_maybe", "p_miss"}
+        self.frames.append((frame_id, label))
+
+    def error(self, frame_id, message):
+        self.errors.append((frame_id, message))
+
+    def dropped(self, n):
+        self.dropped_n += n
+
+    def rate(self, fps):
+        self.rates.append(fps)
+
+
+def test_a_slow_classifier_drops_and_counts_frames_beyond_the_buffer(tmp_path, toy_model, one_thread):
+    from diffscreen.models.inference import Classifier
+    from diffscreen.screen.method import CNNMethod
+
+    rng = np.random.default_rng(2)
+    obs = _Observer()
+    loop = LiveLoop(tmp_path / "live", method=_Slow(CNNMethod(Classifier(toy_model))), batch_size=2, max_buffer=4,
+                    chunk_seconds=0.2, observer=obs)
+    loop.start()
+    accepted = [loop.offer(StreamItem(_Frame(0, toy_frame("hit", rng), broken=True)))]
+    accepted += [loop.offer(StreamItem(_Frame(i, toy_frame("miss", rng)))) for i in range(1, 40)]
+    assert loop.buffered <= 4
+    s = loop.close()
+    assert s.frames_received == 40
+    assert s.frames_dropped == accepted.count(False) > 20
+    assert s.frames_failed == 1 and s.frames_screened == accepted.count(True) - 1
+    assert s.frames_received == s.frames_screened + s.frames_dropped + s.frames_failed
+    summary = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert (summary["frames_received"], summary["frames_dropped"], summary["frames_failed"]) == (40, s.frames_dropped, 1)
+    rows = _rows(tmp_path / "live" / "scores.csv")
+    assert len(rows) - 1 == s.frames_screened + s.frames_failed
+    assert ["series_1", "0", "", "", "", "error"] in rows
+    assert obs.dropped_n == s.frames_dropped and len(obs.frames) == s.frames_screened and len(obs.errors) == 1
+    assert obs.rates and all(r > 0 for r in obs.rates)
