@@ -84,6 +84,7 @@ import io as _io
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +247,9 @@ class DetectorGeometry:
     """
 
     def __init__(self, text: str, *, path: str | None = None):
-        from cfelpyutils.geometry import compute_pix_maps, load_crystfel_geometry
+        with warnings.catch_warnings():  # cfelpyutils 2.2 defines its dicts with mypy_extensions' deprecated TypedDict
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from cfelpyutils.geometry import compute_pix_maps, load_crystfel_geometry
 
         self.path = "<geometry>" if path is None else str(path)
         self.text = text
