@@ -51,8 +51,12 @@ class _Ticker:
         self._stop.set()
 
 
-def _dashboard(bind: Optional[str], console):
-    """(observer, handle) of ``--dashboard [HOST:]PORT`` when the dashboard module is there; (None, None) otherwise."""
+def _dashboard(bind: Optional[str], console, run: str = "", model=None):
+    """(observer, handle) of ``--dashboard [HOST:]PORT`` when the dashboard module is there; (None, None) otherwise.
+
+    The page's Grad-CAM overlays come from the dashboard's ``GradCamExplainer`` on the same model, where it
+    loads; without it the thumbnails have no overlay.
+    """
     if not bind:
         return None, None
     try:
@@ -62,8 +66,15 @@ def _dashboard(bind: Optional[str], console):
         return None, None
     if ":" not in bind:
         bind = f"127.0.0.1:{bind}"
-    stats = LiveStats()
-    handle = serve(stats, bind)
+    stats = LiveStats(run=run)
+    explainer = None
+    try:
+        from diffscreen.live.dashboard import GradCamExplainer
+
+        explainer = GradCamExplainer(None if model is None else str(model))
+    except Exception as exc:  # noqa: BLE001 - the overlays are optional; the screening is not
+        console.print(f"WARNING: dashboard without Grad-CAM overlays ({type(exc).__name__}: {exc})")
+    handle = serve(stats, bind, explainer=explainer) if explainer is not None else serve(stats, bind)
     console.print(f"dashboard: {handle.url}")
     return stats, handle
 
@@ -137,7 +148,7 @@ def watch(
     console = _console()
     opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
                          max_frame_pixels)
-    observer, handle = _dashboard(dashboard, console)
+    observer, handle = _dashboard(dashboard, console, Path(directory).name, model)
     try:
         with _Ticker(console) as ticker:
             console.print(f"watching {directory} ({'polling' if poll else 'file-system events'}), pattern "
@@ -182,7 +193,7 @@ def stream(
     console = _console()
     opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
                          max_frame_pixels)
-    observer, handle = _dashboard(dashboard, console)
+    observer, handle = _dashboard(dashboard, console, endpoint, model)
     try:
         with _Ticker(console) as ticker:
             console.print(f"receiving {endpoint}; Ctrl-C stops")
