@@ -28,6 +28,7 @@ import pytest
 
 from diffscreen.cli import main
 from diffscreen.errors import ConfigError, FrameReadError
+from diffscreen.io.base import FrameSource
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.io.geom import CXI_DATA, CXI_MASK, DetectorGeometry, GeomSource, iter_frames_with_geometry, load_geometry
@@ -183,6 +184,14 @@ def test_a_spot_on_a_bad_pixel_or_in_a_gap_is_not_counted(tmp_path):
     assert (round(found["fs"][0]), round(found["ss"][0])) == (int(col), int(row))
     unmasked = pf8.find_peaks(Frame(data, np.zeros_like(bad), meta))  # the same frame without the masks
     assert unmasked["num_peaks"] == 4
+    # the network's input: the crop is the same whatever the masked pixels hold
+    from diffscreen.preprocess import FastPreprocessor, Preprocessor
+
+    quiet = np.where(bad, 0.0, data).astype(np.float32)
+    for pre in (Preprocessor(), FastPreprocessor()):
+        np.testing.assert_array_equal(pre.crop(Frame(data, bad, meta)), pre.crop(Frame(quiet, bad, meta)))
+    assert not np.array_equal(Preprocessor().crop(Frame(data, bad, meta)),
+                              Preprocessor().crop(Frame(data, np.zeros_like(bad), meta)))
 
 
 def test_assembled_to_raw_inverts_the_placement(tmp_path):
@@ -217,6 +226,7 @@ def test_geom_source_and_a_frame_of_the_wrong_shape(tmp_path):
     with h5py.File(tmp_path / "small.h5", "w") as f:
         f["/data/data"] = np.ones((2, 60, 64), np.float32)
     with GeomSource(str(tmp_path / "run.cxi"), geom) as src:
+        assert isinstance(src, FrameSource) and not src.reads_window
         assert (len(src), src.shape, src.frame_shape(1)) == (2, (72, 64), (72, 64))
         fr = src.read(0)
         assert fr.data.shape == (72, 64) and fr.meta.beam_centre_px == (31.5, 35.5)
