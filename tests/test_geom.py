@@ -31,7 +31,8 @@ from diffscreen.errors import ConfigError, FrameReadError
 from diffscreen.io.base import FrameSource
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.io.geom import CXI_DATA, CXI_MASK, DetectorGeometry, GeomSource, iter_frames_with_geometry, load_geometry
+from diffscreen.io.geom import (CXI_DATA, CXI_MASK, DetectorGeometry, GeomSource, iter_frames_with_geometry, load_geometry,
+                                open_with_geometry)
 
 GEOM = """\
 ; two JUNGFRAU-like panels, the second rotated by 180 degrees
@@ -296,6 +297,18 @@ def test_hits_geom_is_written_when_the_data_location_differs(tmp_path):
         assert (p["data"], p["dim_structure"], p["mask"]) == (CXI_DATA, ["%", "ss", "fs"], CXI_MASK)
     assert hits.detector["mask_bad"] == 1 and hits.shape == g.shape and hits.beam_centre_px == g.beam_centre_px
     assert load_geometry(_geom(tmp_path, mask_file=True, name="b.geom")).hits_geometry_text() is None
+    # a file named alone is read at the geometry's data location, as CrystFEL reads it
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["/data/data"] = np.stack([_raw_frame(5, [CONTROL]), _raw_frame(6)])
+    with open_with_geometry(tmp_path / "raw.h5", g) as src:
+        assert (len(src), src.path) == (2, f"{tmp_path / 'raw.h5'}:/data/data")
+        assert src.read(0).data[CONTROL] > 1000  # p0: row ss, column fs
+    out = tmp_path / "out"
+    assert main(["screen", str(tmp_path / "raw.h5"), "--geom", str(g.path), "--out", str(out), "--method",
+                 "peakfinder8", "--adc-threshold", "200", "--min-pixels", "1", "--min-peaks", "1"]) == 0
+    assert (out / "hits.geom").read_text() == text
+    with h5py.File(out / "hits.cxi", "r") as f:
+        assert f[CXI_DATA].shape == (1, 64, 64)
 
 
 def test_unparsable_geom_is_one_line_and_nonzero_exit(tmp_path, capsys):

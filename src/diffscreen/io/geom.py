@@ -449,6 +449,12 @@ class DetectorGeometry:
         return bad
 
     @property
+    def data_path(self) -> str | None:
+        """The panels' data location in the file (CrystFEL's default ``/data/data`` when unset); None if they differ."""
+        paths = {self.detector["panels"][p]["data"] or "/data/data" for p in self.panels}
+        return paths.pop() if len(paths) == 1 else None
+
+    @property
     def in_file_masks(self) -> list[dict]:
         """The masks the geometry reads from each frame's own data file (no ``mask_file``)."""
         pans = [self.detector["panels"][p] for p in self.panels]
@@ -771,7 +777,11 @@ def open_with_geometry(spec, geometry) -> GeomSource:
     Parameters
     ----------
     spec : str or os.PathLike
-        As for :func:`~diffscreen.io.sources.open_source`.
+        As for :func:`~diffscreen.io.sources.open_source`.  An HDF5 file
+        named alone that holds the geometry's data location
+        (:attr:`DetectorGeometry.data_path`, e.g. ``/data/data``) is read
+        from there, as CrystFEL reads it (``run.h5`` stands for
+        ``run.h5:/data/data``); other files are opened as usual.
     geometry : DetectorGeometry or path
 
     Returns
@@ -788,7 +798,29 @@ def open_with_geometry(spec, geometry) -> GeomSource:
     from diffscreen.io.sources import open_source
 
     geometry = as_geometry(geometry)
-    return GeomSource(open_source(spec), geometry)
+    return GeomSource(open_source(_spec_for(spec, geometry)), geometry)
+
+
+def _spec_for(spec, geometry: "DetectorGeometry") -> str:
+    """``file.h5:<data_path>`` when ``spec`` names an HDF5 file alone that holds the geometry's data location."""
+    from diffscreen.io.sources import split_spec
+
+    spec = os.fspath(spec)
+    data = geometry.data_path
+    path, dataset = split_spec(spec)
+    if dataset is not None or data is None or data == CXI_DATA or not os.path.isfile(path):
+        return spec
+    try:
+        import hdf5plugin  # noqa: F401
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            return spec
+        with h5py.File(path, "r") as f:
+            found = isinstance(f.get(data), h5py.Dataset)
+    except Exception:  # noqa: BLE001 - not readable here: open_source names the problem
+        return spec
+    return f"{path}:{data}" if found else spec
 
 
 def iter_frames_with_geometry(specs, geometry, *, check: bool = True):
@@ -812,7 +844,7 @@ def iter_frames_with_geometry(specs, geometry, *, check: bool = True):
         spec = os.fspath(spec)
         src = None
         try:
-            src = GeomSource(open_source(spec), geometry)
+            src = GeomSource(open_source(_spec_for(spec, geometry)), geometry)
             n = len(src)
         except Exception as exc:  # noqa: BLE001 - a reader bug must not end the run either
             if src is not None:

@@ -119,11 +119,11 @@ class _WorkList(Sequence):
         return self.files[f][0], k - int(self._starts[f])
 
 
-def _work_list(inputs, errors: list) -> _WorkList:
+def _work_list(inputs, errors: list, opener=None) -> _WorkList:
     files = []
     for spec in inputs:
         try:
-            with open_source(spec) as src:
+            with (open_source if opener is None else opener)(spec) as src:
                 n = len(src)
         except Exception as exc:  # noqa: BLE001 - the firewall: a file that cannot be opened is its error row
             errors.append((spec, -1, problem_of(exc)))
@@ -372,7 +372,7 @@ def screen(
         if hits_geom is None:  # an earlier --geom run's hits.geom would not describe this run's hits.cxi
             remove_outputs(out, ["hits.geom"])
         file_errors: list = []
-        items = _work_list(list(inputs), file_errors)
+        items = _work_list(list(inputs), file_errors, opener)
         cs = chunk_size
         if team.size > 1:  # small enough chunks that the ranks can balance the load
             target = -(-len(items) // (4 * team.size))
