@@ -13,11 +13,13 @@ from diffscreen.cli._common import (EXIT_PARTIAL, EXIT_RUN, MODEL_HELP, Bar, Mod
                                     progress, report_screen)
 
 _PF8 = "peakfinder8 (with --method peakfinder8)"
+_DIALS = "DIALS (with --method dials)"
 
 
 class Method(str, Enum):
     cnn = "cnn"
     peakfinder8 = "peakfinder8"
+    dials = "dials"
 
 
 @friendly
@@ -29,7 +31,7 @@ def screen(
     no_cxi: bool = typer.Option(False, "--no-cxi", help="Do not write hits.cxi (raw pixels of kept frames)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
     threads: int = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
-    method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder."),
+    method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder; dials: DIALS's spot-finder (python3-dials), hit at >= 10 spots, maybe at 4-9 (Ke 2018)."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
     min_snr: Optional[float] = typer.Option(None, help="Minimum signal-to-noise ratio [5].", rich_help_panel=_PF8),
@@ -40,6 +42,8 @@ def screen(
     high_res: Optional[float] = typer.Option(None, help="High-resolution limit (outer), Å.", rich_help_panel=_PF8),
     min_peaks: Optional[int] = typer.Option(None, help="Peaks that make a hit [10].", rich_help_panel=_PF8),
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
+    dials_settings: Optional[Path] = typer.Option(None, help="JSON of DIALS spot-finding settings (diffscreen.baselines.dials.DialsConfig fields).", rich_help_panel=_DIALS),
+    dials_gain: Optional[float] = typer.Option(None, help="Detector gain, ADU per photon [the file's, else 1].", rich_help_panel=_DIALS),
     task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss) or cdi (11 multi-label classes, Zimmermann 2019)."),
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
     model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
@@ -105,6 +109,10 @@ def screen(
         finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
                               max_pixel_count=max_pixels, local_bg_radius=local_bg_radius, low_res_A=low_res,
                               high_res_A=high_res, min_peaks=min_peaks, fast_mode=fast)
+    elif method is Method.dials:
+        from diffscreen.baselines.dials import dials_finder
+
+        finder = dials_finder(dials_settings, gain=dials_gain)
     if reference_path and finder is None:
         from diffscreen.models.inference import Classifier
 
