@@ -165,6 +165,10 @@ def test_masks_bad_regions_and_no_index(tmp_path):
     assert int(bad.sum()) == 25 + 121 + 1
     off = load_geometry(_geom(tmp_path, no_index=1, name="off.geom"))
     assert off.static_raw_bad[32:].all() and int(off.static_raw_bad.sum()) == 32 * 64 + 121 + 1
+    # a lab region with one bound only is unbounded elsewhere, as in CrystFEL: corners x >= 25
+    half = DetectorGeometry(GEOM.format(data=CXI_DATA, mask="", no_index=0) + "bad_right/min_x = 25\n", path="h.geom")
+    right = half._bad_region("bad_right", half.detector["bad"]["bad_right"])
+    assert right[:32, 57:].all() and right[32:, :8].all() and int(right.sum()) == 7 * 32 + 8 * 32
 
 
 def test_a_spot_on_a_bad_pixel_or_in_a_gap_is_not_counted(tmp_path):
@@ -352,3 +356,19 @@ def test_stacked_presets_match_their_geometry(tmp_path):
     assert fr.meta.beam_centre_px == (535.5, 539.5) and fr.meta.distance_mm == pytest.approx(130.0)
     with h5py.File(cxi, "r") as f:
         assert f["/entry_1/result_1/n_spots"][0] == sf.n_spots and sf.label == "hit"
+
+
+def test_a_mask_in_the_data_file_is_read_per_frame(tmp_path):
+    text = GEOM.format(data="/data/data", mask="mask = /data/mask\nmask_good = 0x0\nmask_bad = 0x4\n", no_index=0)
+    g = DetectorGeometry(text, path=str(tmp_path / "inline.geom"))
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[1, 20, 30] = 0x4
+    masks[0, 21, 30] = 0x1  # not a bad bit here
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["/data/data"] = np.stack([_raw_frame(7), _raw_frame(8)])
+        f["/data/mask"] = masks
+    with open_with_geometry(tmp_path / "raw.h5", g) as src:
+        assert not src.read_raw(0).mask[20, 30] and src.read_raw(1).mask[20, 30]
+        assert not src.read_raw(0).mask[21, 30]
+        assert src.read(1).mask[20, 30] and not src.read(0).mask[20, 30]  # p0: row ss, column fs
+    assert g.hits_geometry_text() is not None  # hits.cxi has no /data/mask: hits.geom names its own

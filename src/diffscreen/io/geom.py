@@ -376,9 +376,10 @@ class DetectorGeometry:
         out = np.zeros(self.raw_shape, bool)
         if b["is_fsss"]:  # data-block coordinates, inclusive
             out[max(b["min_ss"], 0) : b["max_ss"] + 1, max(b["min_fs"], 0) : b["max_fs"] + 1] = True
-        else:  # lab coordinates in pixels, inclusive, at the pixel's corner
+        else:  # lab coordinates in pixels, inclusive, at the pixel's corner; a bound not given (NaN) bounds nothing
             x, y = self._corner_x, self._corner_y
-            out = (x >= b["min_x"]) & (x <= b["max_x"]) & (y >= b["min_y"]) & (y <= b["max_y"])
+            with np.errstate(invalid="ignore"):
+                out = ~((x < b["min_x"]) | (x > b["max_x"]) | (y < b["min_y"]) | (y > b["max_y"]))
         return out & allowed
 
     def _mask_groups(self, pans) -> list[dict]:
@@ -429,12 +430,14 @@ class DetectorGeometry:
                               path=self.path) from None
         return self._fit_mask(m, f"{file}:{group['data']}")
 
-    def _fit_mask(self, m, where: str, frame: int | None = None) -> np.ndarray:
+    def _fit_mask(self, m, where: str, frame: int | None = None, path=None) -> np.ndarray:
+        """A mask's data-block part; a mask file's misfit is a ConfigError, a frame's (``frame`` given) its error."""
         m = np.asarray(m)
-        if m.dtype.kind not in "biu" or m.shape[0] < self.raw_shape[0] or m.shape[1] < self.raw_shape[1]:
+        if m.ndim != 2 or m.dtype.kind not in "biu" or m.shape[0] < self.raw_shape[0] or m.shape[1] < self.raw_shape[1]:
             err = ConfigError if frame is None else FrameReadError
             raise err(f"mask {where} has shape {m.shape} and type {m.dtype}; expected integers covering the "
-                      f"{self.raw_shape[0]} x {self.raw_shape[1]} data block", path=self.path, frame=frame)
+                      f"{self.raw_shape[0]} x {self.raw_shape[1]} data block", path=self.path if path is None else path,
+                      frame=frame)
         return m[: self.raw_shape[0], : self.raw_shape[1]]
 
     def _mask_bits(self, m: np.ndarray, group) -> np.ndarray:
@@ -741,7 +744,7 @@ class GeomSource(BaseSource):
             else:
                 raise FrameReadError(f"mask {g['data']} has shape {ds.shape}; expected (SS, FS) or (N, SS, FS)",
                                      path=self.path, frame=index)
-            bad |= self.geometry._mask_bits(self.geometry._fit_mask(m, g["data"], index), g)
+            bad |= self.geometry._mask_bits(self.geometry._fit_mask(m, g["data"], index, self.path), g)
         return bad
 
     def _mask_dataset(self, name: str, index: int):
