@@ -85,7 +85,6 @@ import math
 import os
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -861,11 +860,3 @@ def iter_frames_with_geometry(specs, geometry, *, check: bool = True):
                 yield spec, -1, FrameReadError("the file holds no frames", path=spec)
             for i in range(n):
                 yield spec, i, _read_or_error(src, spec, i, check)
-
-
-def write_text_atomically(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary name (for ``detector.geom`` / ``hits.geom``)."""
-    from diffscreen.io.atomic import atomic_write_text
-
-    atomic_write_text(Path(path), text)
-    return Path(path)

@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.errors import ConfigError
-from diffscreen.io.geom import DetectorGeometry, write_text_atomically
+from diffscreen.io.atomic import atomic_write_text
+from diffscreen.io.geom import DetectorGeometry
 from diffscreen.simulate.presets import PRESETS, Preset
 
 __all__ = ["StackedDetector", "STACKED", "get_stacked", "geometry_text", "simulate_stacked_run"]
@@ -336,5 +337,5 @@ def simulate_stacked_run(name, n_frames: int, out_path, *, seed: int = 0, class_
                      label=sf.label, n_spots=sf.n_spots, peaks=g.raw_peaks(sf.peaks), extra=extra)
             if progress is not None:
                 progress(k + 1)
-    write_text_atomically(geom_path, det.geom_text)
+    atomic_write_text(geom_path, det.geom_text)
     return out_path, geom_path
