@@ -105,7 +105,7 @@ def test_bundled_fast_model_by_name_and_a_file_of_that_name_wins(tmp_path, monke
     from diffscreen.cli import main
     from diffscreen.models import BUNDLED_MODELS, default_model_path, resolve_model_path
 
-    assert set(BUNDLED_MODELS) == {"default", "fast"}
+    assert set(BUNDLED_MODELS) == {"default", "fast", "cdi"}
     fast, default = load_model("fast"), load_model("default")
     # the default: Ke's 720² GCN + LCN; the fast model: the significance input (issue 13) at 240² over the
     # same field of view, at three times Ke's reciprocal pixel

@@ -67,8 +67,9 @@ def screen(
     With --task cdi: single-particle coherent-diffraction frames get the 11
     Zimmermann et al. (2019) class probabilities and multi-hot labels in
     OUT/scores.csv (p_<class>, <class> 0/1, labels, rule_violation), plus
-    OUT/summary.json; --model must be a model from `train --task cdi` (its
-    file says whether it takes images or CCF maps).
+    OUT/summary.json; --model is a model from `train --task cdi` (its file
+    says whether it takes images or CCF maps), by default the bundled CDI
+    model (docs/cdi_model.md).
 
     With --geom detector.geom the inputs hold stacked panels (N, SS, FS), which
     are assembled with the CrystFEL geometry; its bad regions, no_index panels

@@ -108,7 +108,8 @@ class ModelBundle:
 #: The bundled models (trained on simulated runs of every simulator preset; docs/default_model.md):
 #: ``default``, the Ke CNN at 720 × 720 (Ke's full field at Ke's pixel), and ``fast``, the same CNN
 #: at 360 × 360 over the same field at twice the pixel (about 2.5 × faster, a little less accurate).
-BUNDLED_MODELS = {"default": "ke2018_default.safetensors", "fast": "ke2018_fast.safetensors"}
+BUNDLED_MODELS = {"default": "ke2018_default.safetensors", "fast": "ke2018_fast.safetensors",
+                  "cdi": "zimmermann2019_cdi.safetensors"}
 
 
 def default_model_path(name: str = "default") -> Path:
@@ -130,7 +131,7 @@ def resolve_model_path(path=None) -> Path:
     """The model file that ``path`` names.
 
     ``None`` is the bundled default model; a name of :data:`BUNDLED_MODELS`
-    (``"default"``, ``"fast"``) that is not an existing file is that bundled
+    (``"default"``, ``"fast"``, ``"cdi"``) that is not an existing file is that bundled
     model; anything else is a file path (checked when it is read).
 
     Parameters

@@ -238,8 +238,9 @@ def load_cdi_model(path):
 
     Parameters
     ----------
-    path : str or Path
-        A model written by ``diffscreen train --task cdi``.
+    path : str, Path or None
+        A model written by ``diffscreen train --task cdi``; None or ``"cdi"``:
+        the bundled CDI model (``scripts/make_cdi_model.py``, docs/cdi_model.md).
 
     Returns
     -------
@@ -248,7 +249,7 @@ def load_cdi_model(path):
     Raises
     ------
     ConfigError
-        No path given, or the file holds a model for another task.
+        The file holds a model for another task.
     ModelFileError
         Missing or corrupt file.
     """
@@ -256,8 +257,7 @@ def load_cdi_model(path):
     from diffscreen.preprocess.cdi import CDIPreprocessConfig
 
     if path is None:
-        raise ConfigError("--task cdi needs --model: there is no bundled CDI model; "
-                          "train one with `diffscreen train --task cdi`")
+        path = "cdi"
     bundle = load_model(path)
     if bundle.meta.get("task") != "cdi" or not isinstance(bundle.preprocess, CDIPreprocessConfig):
         raise ConfigError(f"{path} is not a CDI model (task {bundle.meta.get('task', 'crystallography')!r})")
