@@ -445,3 +445,30 @@ def test_dashboard_follows_a_replay_through_stream(tmp_path):
         assert all(re.fullmatch(r"run\.cxi(:/\S+)? //\d+", t["id"]) for t in snap["thumbnails"]), snap["thumbnails"]
         page = _get(dash.url)[2].decode()
         assert snap["run"] == "run.cxi" and str(tmp_path) not in page and str(tmp_path) not in json.dumps(snap)
+
+
+def test_screen_tells_the_dashboard_every_frame(tmp_path, capsys):
+    """``screen(..., observer=LiveStats())`` counts what scores.csv holds; ``screen --dashboard`` serves it."""
+    import csv
+
+    from diffscreen.cli import main
+    from diffscreen.screen import screen
+
+    labels = ["hit", "miss", "maybe", "miss", "hit", "miss"]
+    run = str(write_toy_run(tmp_path / "run.cxi", labels, size=256, seed=7))
+    stats = LiveStats(run="run.cxi")
+    with serve(stats):
+        screen([run], tmp_path / "o", model="fast", observer=stats, batch_size=4)
+        rows = list(csv.DictReader(open(tmp_path / "o" / "scores.csv")))
+        kept = sum(r["label"] in ("hit", "maybe") for r in rows)
+        assert 0 < kept < 6
+        _wait_for(lambda: len(stats.snapshot()["thumbnails"]) == kept, "the kept frames' thumbnails")
+    snap = stats.snapshot()
+    assert snap["frames"] == len(rows) == 6 and snap["kept"] == kept
+    assert snap["labels"] == {k: sum(r["label"] == k for r in rows) for k in {r["label"] for r in rows}}
+    assert sum(snap["histogram"]["counts"]) == 6
+    assert main(["screen", run, "--out", str(tmp_path / "c"), "--model", "fast", "--dashboard", "0"]) == 0
+    said = capsys.readouterr()
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", said.out + said.err)
+    assert main(["screen", run, "--out", str(tmp_path / "d"), "--task", "cdi", "--dashboard", "0"]) == 2
+    assert "--dashboard" in capsys.readouterr().err

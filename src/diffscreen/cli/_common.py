@@ -11,14 +11,14 @@ import functools
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
 from diffscreen.errors import EXIT_RUN, EXIT_USAGE  # numbers only: loads nothing heavy
 
 __all__ = ["EXIT_PARTIAL", "EXIT_RUN", "EXIT_USAGE", "EXIT_INTERNAL", "MODEL_HELP", "Task", "ModelType", "Bar",
-           "error", "friendly", "progress", "counting", "expand", "given", "report_screen", "simulate_with_bar"]
+           "error", "friendly", "start_dashboard", "DASHBOARD_OPTION", "progress", "counting", "expand", "given", "report_screen", "simulate_with_bar"]
 
 EXIT_PARTIAL = 1  # finished, but some frames or files failed
 EXIT_INTERNAL = 4  # a bug in diffscreen: the traceback goes to a file to report
@@ -196,3 +196,36 @@ def report_screen(summary, out) -> None:
         print(f"... {len(summary.errors) - 20} more in {Path(out) / 'errors.csv'}", file=sys.stderr)
     print(summary.text())
     print(f"outputs in {out}/: scores.csv, hits.lst" + (", hits.cxi" if (Path(out) / "hits.cxi").exists() else ""))
+
+
+DASHBOARD_OPTION = typer.Option(None, "--dashboard", help="Serve the live dashboard at [HOST:]PORT (host 127.0.0.1 unless given).")
+
+
+def start_dashboard(bind: Optional[str], console, run: str = "", model=None, overlays: bool = True):
+    """(observer, handle) of ``--dashboard [HOST:]PORT`` when the dashboard module is there; (None, None) otherwise.
+
+    The page's Grad-CAM overlays come from the dashboard's ``GradCamExplainer`` on the same model, where it
+    loads; without it the thumbnails have no overlay.
+    """
+    if not bind:
+        return None, None
+    try:
+        from diffscreen.live.dashboard import LiveStats, serve
+    except ImportError as exc:
+        console.print(f"WARNING: no dashboard ({exc}); screening without it")
+        return None, None
+    if ":" not in bind:
+        bind = f"127.0.0.1:{bind}"
+    stats = LiveStats(run=run)
+    explainer = None
+    try:
+        if not overlays:  # a spot-finder decided: a network's Grad-CAM would explain another decision
+            raise RuntimeError("the method is not a network")
+        from diffscreen.live.dashboard import GradCamExplainer
+
+        explainer = GradCamExplainer(None if model is None else str(model))
+    except Exception as exc:  # noqa: BLE001 - the overlays are optional; the screening is not
+        console.print(f"WARNING: dashboard without Grad-CAM overlays ({type(exc).__name__}: {exc})")
+    handle = serve(stats, bind, explainer=explainer) if explainer is not None else serve(stats, bind)
+    console.print(f"dashboard: {handle.url}")
+    return stats, handle

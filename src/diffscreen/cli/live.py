@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from diffscreen.cli._common import EXIT_PARTIAL, MODEL_HELP, Bar, friendly, progress
+from diffscreen.cli._common import DASHBOARD_OPTION, EXIT_PARTIAL, MODEL_HELP, Bar, friendly, start_dashboard, progress
 
 _LOOP = "screening"
 _OUT_HELP = "Output folder: scores.csv, hits.lst, errors.csv and hits/hits_NNNNNN.cxi grow in whole chunks; summary.json."
@@ -51,34 +51,6 @@ class _Ticker:
         self._stop.set()
 
 
-def _dashboard(bind: Optional[str], console, run: str = "", model=None):
-    """(observer, handle) of ``--dashboard [HOST:]PORT`` when the dashboard module is there; (None, None) otherwise.
-
-    The page's Grad-CAM overlays come from the dashboard's ``GradCamExplainer`` on the same model, where it
-    loads; without it the thumbnails have no overlay.
-    """
-    if not bind:
-        return None, None
-    try:
-        from diffscreen.live.dashboard import LiveStats, serve
-    except ImportError as exc:
-        console.print(f"WARNING: no dashboard ({exc}); screening without it")
-        return None, None
-    if ":" not in bind:
-        bind = f"127.0.0.1:{bind}"
-    stats = LiveStats(run=run)
-    explainer = None
-    try:
-        from diffscreen.live.dashboard import GradCamExplainer
-
-        explainer = GradCamExplainer(None if model is None else str(model))
-    except Exception as exc:  # noqa: BLE001 - the overlays are optional; the screening is not
-        console.print(f"WARNING: dashboard without Grad-CAM overlays ({type(exc).__name__}: {exc})")
-    handle = serve(stats, bind, explainer=explainer) if explainer is not None else serve(stats, bind)
-    console.print(f"dashboard: {handle.url}")
-    return stats, handle
-
-
 def _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads, max_frame_pixels):
     from diffscreen.io.limits import set_max_frame_pixels
 
@@ -106,7 +78,6 @@ _BUFFER = typer.Option(256, "--max-buffer", min=1, help="Most frames waiting to 
 _CHUNK = typer.Option(1.0, "--chunk-seconds", min=0.05, help="Outputs grow by one whole chunk at least this often, seconds.")
 _NO_CXI = typer.Option(False, "--no-cxi", help="Do not write the kept frames' pixels (hits/hits_NNNNNN.cxi).")
 _FRESH = typer.Option(False, "--fresh", help="Start over: remove this OUT's earlier live outputs (default: resume, screening no frame twice).")
-_DASH = typer.Option(None, "--dashboard", help="Serve the live dashboard at [HOST:]PORT (host 127.0.0.1 unless given).")
 _PUBLISH = typer.Option(None, "--publish", help="Publish each decision as JSON on a ZeroMQ PUB socket, e.g. tcp://*:5557.")
 _THREADS = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default).")
 _IDLE = typer.Option(None, "--idle", min=0.0, help="Stop after this many seconds without new frames (default: run until Ctrl-C).")
@@ -128,7 +99,7 @@ def watch(
     chunk_seconds: float = _CHUNK,
     no_cxi: bool = _NO_CXI,
     fresh: bool = _FRESH,
-    dashboard: Optional[str] = _DASH,
+    dashboard: Optional[str] = DASHBOARD_OPTION,
     publish: Optional[str] = _PUBLISH,
     threads: int = _THREADS,
     max_frame_pixels: int = _MFP,
@@ -148,7 +119,7 @@ def watch(
     console = _console()
     opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
                          max_frame_pixels)
-    observer, handle = _dashboard(dashboard, console, Path(directory).name, model)
+    observer, handle = start_dashboard(dashboard, console, Path(directory).name, model)
     try:
         with _Ticker(console) as ticker:
             console.print(f"watching {directory} ({'polling' if poll else 'file-system events'}), pattern "
@@ -173,7 +144,7 @@ def stream(
     chunk_seconds: float = _CHUNK,
     no_cxi: bool = _NO_CXI,
     fresh: bool = _FRESH,
-    dashboard: Optional[str] = _DASH,
+    dashboard: Optional[str] = DASHBOARD_OPTION,
     publish: Optional[str] = _PUBLISH,
     threads: int = _THREADS,
     max_frame_pixels: int = _MFP,
@@ -193,7 +164,7 @@ def stream(
     console = _console()
     opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
                          max_frame_pixels)
-    observer, handle = _dashboard(dashboard, console, endpoint, model)
+    observer, handle = start_dashboard(dashboard, console, endpoint, model)
     try:
         with _Ticker(console) as ticker:
             console.print(f"receiving {endpoint}; Ctrl-C stops")

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli._common import (EXIT_PARTIAL, EXIT_RUN, MODEL_HELP, Bar, ModelType, Task, expand, friendly,
-                                    progress, report_screen)
+from diffscreen.cli._common import (DASHBOARD_OPTION, EXIT_PARTIAL, EXIT_RUN, MODEL_HELP, Bar, ModelType, Task, expand,
+                                    friendly, progress, report_screen, start_dashboard)
 
 _PF8 = "peakfinder8 (with --method peakfinder8)"
 _DIALS = "DIALS (with --method dials)"
@@ -47,6 +47,7 @@ def screen(
     task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss) or cdi (11 multi-label classes, Zimmermann 2019)."),
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
     model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
+    dashboard: Optional[str] = DASHBOARD_OPTION,
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
     max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
     geom: Optional[Path] = typer.Option(None, "--geom", help="CrystFEL geometry (.geom) of stacked-panel frames (JUNGFRAU, AGIPD, ePix, CSPAD): assemble the panels, mask gaps and bad regions; hits.cxi keeps the stacked panels."),
@@ -101,6 +102,8 @@ def screen(
 
         geometry = load_geometry(geom)
     specs = expand(inputs)
+    if dashboard and (mpi or task is Task.cdi):
+        raise ConfigError("--dashboard follows a hit/maybe/miss screen in one process: not with mpirun or --task cdi")
     if task is Task.cdi:
         if mpi:
             raise ConfigError("screen --task cdi runs as one process; start it without mpirun")
@@ -114,6 +117,7 @@ def screen(
         from diffscreen.baselines.dials import dials_finder
 
         finder = dials_finder(dials_settings, gain=dials_gain)
+    model_file = model  # what the dashboard's Grad-CAM overlays explain
     if reference_path and finder is None:
         from diffscreen.models.inference import Classifier
 
@@ -126,10 +130,16 @@ def screen(
             raise typer.Exit(EXIT_RUN)
         raise typer.Exit(EXIT_PARTIAL if summary.n_error else 0)
     with progress() as p:
-        summary = run_screen(
-            specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
-            progress=Bar(p, "screening"), geom=geometry,
-        )
+        observer, handle = start_dashboard(dashboard, p.console, Path(out).name, model_file,
+                                           overlays=finder is None)
+        try:
+            summary = run_screen(
+                specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
+                progress=Bar(p, "screening"), geom=geometry, observer=observer,
+            )
+        finally:
+            if handle is not None:
+                handle.close()
     report_screen(summary, out)
     if summary.n_error:
         raise typer.Exit(EXIT_PARTIAL)

@@ -62,7 +62,7 @@ from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_stale_parts
 from diffscreen.screen import list_entry
-from diffscreen.screen.runner import strict_json
+from diffscreen.screen.runner import notify, strict_json
 from diffscreen.screen.method import CNNMethod, as_method, problem_of
 
 __all__ = ["FileItem", "StreamItem", "ErrorItem", "MemorySource", "LiveLoop", "LiveSummary", "SCORES", "STATE"]
@@ -226,17 +226,6 @@ class LiveSummary:
 
 _COUNTERS = ("frames_received", "frames_screened", "frames_dropped", "frames_failed", "frames_already_done",
              "n_hit", "n_maybe", "n_miss", "n_warning", "chunks")
-
-
-def _call(observer, what: str, *args) -> None:
-    """Call ``observer.what(*args)`` if it has it; a failing observer never stops the screening."""
-    fn = getattr(observer, what, None) if observer is not None else None
-    if fn is None:
-        return
-    try:
-        fn(*args)
-    except Exception:  # noqa: BLE001 - the dashboard's bug is not the run's
-        pass
 
 
 class _Chunk:
@@ -568,7 +557,7 @@ class LiveLoop:
         with self._cv:
             n, self._dropped_unreported = self._dropped_unreported, 0
         if n:
-            _call(self.observer, "dropped", n)
+            notify(self.observer, "dropped", n)
 
     def _source(self, spec):
         if spec != self._src_spec:
@@ -670,7 +659,7 @@ class LiveLoop:
             chunk.errors.append([item.name, item.index, why])
             self._counts_add("frames_failed")
             self._errors_tail.append((item.name, item.index, why))
-            _call(self.observer, "error", frame_id, why)
+            notify(self.observer, "error", frame_id, why)
             self._send({"frame_id": frame_id, "file": item.name, "frame": item.index, "keep": False,
                         "label": "error", "error": why})
             return
@@ -683,7 +672,7 @@ class LiveLoop:
         if f"n_{d.label}" in self._counts:
             self._counts_add(f"n_{d.label}")
         scores = {c: float(v) for c, v in zip(self.method.score_columns, d.scores)}
-        _call(self.observer, "frame", frame_id, bool(d.keep), d.label, scores, image if d.keep else None)
+        notify(self.observer, "frame", frame_id, bool(d.keep), d.label, scores, image if d.keep else None)
         self._send({"frame_id": frame_id, "file": item.name, "frame": item.index, "keep": bool(d.keep),
                     "label": d.label, "scores": scores})
 
@@ -733,7 +722,7 @@ class LiveLoop:
         dt = now - self._last_commit
         self._last_commit = now
         if dt > 0:
-            _call(self.observer, "rate", n / dt)
+            notify(self.observer, "rate", n / dt)
 
     def _save_state(self) -> None:
         state = {"counts": self.counts(), "sizes": dict(self._sizes), "model": self.method.identity}

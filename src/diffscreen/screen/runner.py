@@ -169,6 +169,22 @@ def _kept_frame(src, i: int, peaks):
     return check_frame(src.read(i)), peaks
 
 
+def notify(observer, what: str, *args) -> None:
+    """Call ``observer.what(*args)`` if the observer has that method; a failing observer never stops a run.
+
+    The observer (e.g. :class:`diffscreen.live.dashboard.LiveStats`) may have
+    ``frame(frame_id, keep, label, scores, image)``, ``error(frame_id,
+    message)``, ``dropped(n)`` and ``rate(frames_per_s)``.
+    """
+    fn = getattr(observer, what, None) if observer is not None else None
+    if fn is None:
+        return
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - the dashboard's bug is not the run's
+        pass
+
+
 def _unusable(d) -> str | None:
     """Why a method's decision cannot stand (a non-finite score or probability), or None."""
     vals = list(d.scores) + ([] if d.probabilities is None else list(np.ravel(d.probabilities)))
@@ -188,10 +204,11 @@ class _Chunk:
     whatever else is on the command line.
     """
 
-    def __init__(self, method, batch_size: int, write_cxi: bool, opener=None):
+    def __init__(self, method, batch_size: int, write_cxi: bool, opener=None, observer=None):
         self.method, self.batch_size, self.write_cxi = method, batch_size, write_cxi
         self.cells = method.outputs.cells
         self.reader = FrameReader(opener)
+        self.observer = observer
 
     def _decide(self, spec, indices) -> tuple[list, bool]:
         """Decisions (or problem strings) for frames ``indices`` of ``spec``, and whether it holds one frame."""
@@ -211,6 +228,7 @@ class _Chunk:
         results, single = self._decide(spec, indices)
         for i, d in zip(indices, results):
             why = d if isinstance(d, str) else _unusable(d)
+            fr = None
             if why is None and d.keep and writer is not None:
                 try:
                     fr, peaks = _kept_frame(self.reader.source(spec), i, d.peaks)
@@ -222,9 +240,12 @@ class _Chunk:
             if why is not None:
                 rows.append([spec, i, FAILED, 0])
                 errors.append([spec, i, why])
+                notify(self.observer, "error", f"{spec} //{i}", why)
             else:
                 rows.append([spec, i, int(d.keep), int(single), *self.cells(d)])
                 errors.extend([spec, i, f"{WARNING}{w}"] for w in d.warnings)
+                notify(self.observer, "frame", f"{spec} //{i}", bool(d.keep), d.label,
+                       dict(zip(self.method.score_columns, map(float, d.scores))), None if fr is None else fr.data)
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         """Screen ``items`` ((file, frame) pairs) and write the chunk's part files (its CSV last)."""
@@ -236,10 +257,13 @@ class _Chunk:
                 writer = CXIWriter(cxi_path, mask_mode="per_frame", class_names=m.class_names)
             for b in range(0, len(items), self.batch_size):
                 batch = items[b : b + self.batch_size]
+                t = time.perf_counter()
                 for spec, group in itertools.groupby(batch, key=lambda item: item[0]):
                     self._run_file(spec, [i for _, i in group], rows, errors, writer)
                 if progress:
                     progress(len(batch))
+                if self.observer is not None:
+                    notify(self.observer, "rate", len(batch) / max(time.perf_counter() - t, 1e-9))
             if writer is not None:
                 writer.close()
             buf = _io.StringIO()
@@ -270,6 +294,7 @@ def screen(
     progress=None,
     comm="auto",
     geom=None,
+    observer=None,
 ) -> ScreenSummary:
     """Classify every frame of ``inputs`` and write the screening outputs.
 
@@ -320,6 +345,10 @@ def screen(
         keeps the stacked panels (``/entry_1/data_1/data`` (N, SS, FS)), and
         ``hits.geom`` is written beside it when the geometry would not read
         that layout (:meth:`~diffscreen.io.geom.DetectorGeometry.hits_geometry_text`).
+    observer : object, optional
+        Told of every frame as it is screened (:func:`notify`), e.g. the live
+        dashboard's :class:`~diffscreen.live.dashboard.LiveStats`; one
+        process only (under MPI it sees the root rank's frames).
 
     Returns
     -------
@@ -394,7 +423,7 @@ def screen(
 
     try:
         summary = _screen_locked(team, setup, part, out, t0, method_of=lambda: method, batch_size=batch_size,
-                                 write_cxi=write_cxi, progress=progress, opener=opener)
+                                 write_cxi=write_cxi, progress=progress, opener=opener, observer=observer)
         if hits_geom is not None and team.is_root:
             atomic_write_text(out / "hits.geom", hits_geom)
         return summary
@@ -471,7 +500,7 @@ def _drop_empty_partial(part: Path) -> None:
 
 
 def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_cxi, progress,
-                   opener=None) -> ScreenSummary:
+                   opener=None, observer=None) -> ScreenSummary:
     """The body of :func:`screen` once its arguments are checked (the root rank takes the output lock in ``setup``)."""
     from diffscreen.screen.parallel import RankFailed
 
@@ -495,7 +524,7 @@ def _screen_locked(team, setup, part, out, t0, *, method_of, batch_size, write_c
         progress(total=len(items))
         if resumed:
             progress(advance=len(items) - sum(size_of(c) for c in pending))
-    worker = _Chunk(method, batch_size, write_cxi, opener)
+    worker = _Chunk(method, batch_size, write_cxi, opener, observer)
     t_work = time.time()
     n_done_now, failure = team.process(pending, work, size_of, progress if team.is_root else None)
     t_work = time.time() - t_work
