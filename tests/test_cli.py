@@ -8,7 +8,7 @@ import pytest
 
 from diffscreen.cli import main
 
-COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report", "tune-peakfinder8", "benchmark", "adapt", "suggest-labels"]
+COMMANDS = ["screen", "simulate", "train", "evaluate", "demo", "model-info", "explain", "report", "tune-peakfinder8", "benchmark", "adapt", "suggest-labels", "watch", "stream", "replay"]
 BENCHMARKS = ["ke2018", "xie2022", "nawaz2022", "zimmermann2019", "generalisation"]
 
 
