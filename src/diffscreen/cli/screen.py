@@ -51,6 +51,8 @@ def screen(
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
     max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
     geom: Optional[Path] = typer.Option(None, "--geom", help="CrystFEL geometry (.geom) of stacked-panel frames (JUNGFRAU, AGIPD, ePix, CSPAD): assemble the panels, mask gaps and bad regions; hits.cxi keeps the stacked panels."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="European XFEL: the inputs are run directories; screen this multi-module detector (source-name prefix, e.g. SPB_DET_AGIPD1M-1), read with EXtra-data, assembled with EXtra-geom (--geom: its CrystFEL geometry for EXtra-geom). Needs pip install 'diffscreen[euxfel]'."),
+    detector_type: Optional[str] = typer.Option(None, "--detector-type", help="With --detector: AGIPD1M, LPD1M, DSSC1M or JUNGFRAU [from the name, else from the run]."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -78,6 +80,11 @@ def screen(
     kept frames' stacked panels, for `indexamajig -g detector.geom` (or
     OUT/hits.geom, written when the data location or mask must differ).
 
+    With --detector NAME the inputs are European XFEL run directories: the
+    detector's modules are read with EXtra-data and assembled with EXtra-geom
+    (--geom, else a default geometry); frames are numbered train by train, and
+    scores.csv names the run directory and that number (diffscreen.io.euxfel).
+
     Scale-out: `mpirun -n N diffscreen screen ...` shares the frames among N
     MPI ranks (needs mpi4py: pip install 'diffscreen[mpi]'); the outputs are
     those of one process.  See docs/scaling.md.
@@ -97,11 +104,17 @@ def screen(
 
         check_model_type(model, model_type.value)
     geometry = None
+    if detector_type is not None and detector is None:
+        raise ConfigError("--detector-type goes with --detector")
+    if detector is not None:  # European XFEL runs: io.euxfel reads them and assembles (with --geom, through EXtra-geom)
+        from diffscreen.io.euxfel import EuXFELRuns, run_directories
+
+        geometry, geom = EuXFELRuns(detector, detector_type=detector_type, geom=geom), None
     if geom is not None:  # an unusable .geom is one line, before any output
         from diffscreen.io.geom import load_geometry
 
         geometry = load_geometry(geom)
-    specs = expand(inputs)
+    specs = expand(inputs) if detector is None else run_directories(inputs)
     if dashboard and (mpi or task is Task.cdi):
         raise ConfigError("--dashboard follows a hit/maybe/miss screen in one process: not with mpirun or --task cdi")
     if task is Task.cdi:

@@ -8,7 +8,9 @@ Formats (chosen from the file's content, see :mod:`diffscreen.io.sources`):
 CXI and CXIDB-76 HDF5, NXmx / Eiger master files, ``file.h5:/dataset``,
 imgCIF/CBF (x-CBF_PACKED, multi-panel CSPAD) via pycbf, and through fabio
 the Pilatus miniCBF, ADSC, MarCCD, EDF, TIFF and mar345 formats, also
-gzip/bzip2 compressed.  Labels: :mod:`diffscreen.io.labels`.  Writing: :class:`diffscreen.io.cxi.CXIWriter`.
+gzip/bzip2 compressed; European XFEL run directories through EXtra-data
+(:mod:`diffscreen.io.euxfel`, ``pip install 'diffscreen[euxfel]'``).
+Labels: :mod:`diffscreen.io.labels`.  Writing: :class:`diffscreen.io.cxi.CXIWriter`.
 
 Importing this package loads numpy only; h5py, fabio and pycbf load with
 the first file that needs them.

@@ -22,6 +22,10 @@ fabio-any last resort: whatever fabio's own format detection opens (Bruker,
           Oxford/ESPERANTO, KCD, GE, SPE, ...) (:mod:`.fabio_any`)
 ========  ===================================================================
 
+European XFEL run directories are not files and are not asked here: with
+``screen --detector`` each input is opened by :class:`~diffscreen.io.euxfel.EuXFELRuns`
+(EXtra-data, EXtra-geom), which the runner uses in place of :func:`open_source`.
+
 The protocol, the base class and the tools every reader shares are in :mod:`diffscreen.io.base`.
 """
 

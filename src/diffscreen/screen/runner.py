@@ -41,7 +41,8 @@ The walk of one frame (every step calls downward, none climbs back)::
          the method's own classify / preprocess.cdi.prepare_cdi and network)
       _Chunk._run_file               outputs.cells -> chunk CSV; kept frames: io .read -> io.cxi.CXIWriter.append
                                      (with --geom: io.geom.GeomSource wraps each source; kept frames are
-                                      stored as io.geom.GeomSource.read_raw gives them, stacked panels)
+                                      stored as io.geom.GeomSource.read_raw gives them, stacked panels;
+                                      with --detector: io.euxfel.EuXFELRuns opens each run directory)
     screen.runner._collect           chunk CSVs -> scores.csv, hits.lst, errors.csv, hits.cxi; outputs tally
     screen.outputs ... .summary      ScreenSummary / CDIScreenSummary -> summary.json
 """
@@ -65,6 +66,7 @@ from diffscreen.errors import ConfigError, DiffscreenError, OutputError
 from diffscreen.io import open_source
 from diffscreen.io.atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter, merge_cxi
+from diffscreen.io.euxfel import EuXFELRuns
 from diffscreen.io.frame import check_frame
 from diffscreen.io.geom import GeomSource, as_geometry, open_with_geometry
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
@@ -345,6 +347,10 @@ def screen(
         keeps the stacked panels (``/entry_1/data_1/data`` (N, SS, FS)), and
         ``hits.geom`` is written beside it when the geometry would not read
         that layout (:meth:`~diffscreen.io.geom.DetectorGeometry.hits_geometry_text`).
+        Or a :class:`~diffscreen.io.euxfel.EuXFELRuns` (``screen --detector``):
+        every input is a European XFEL run directory, whose detector modules
+        it reads (EXtra-data) and assembles (EXtra-geom); hits.cxi then keeps
+        the assembled frames.
     observer : object, optional
         Told of every frame as it is screened (:func:`notify`), e.g. the live
         dashboard's :class:`~diffscreen.live.dashboard.LiveStats`; one
@@ -379,8 +385,11 @@ def screen(
     if batch_size < 1 or chunk_size < 1:
         raise ConfigError("batch_size and chunk_size must be >= 1")
     t0 = time.time()
+    euxfel = geom if isinstance(geom, EuXFELRuns) else None  # --detector: run directories, opened by io.euxfel
+    geom = None if euxfel is not None else geom
     geometry = None if geom is None else as_geometry(geom)  # an unusable .geom: ConfigError before any output
     opener = None if geometry is None else (lambda spec: open_with_geometry(spec, geometry))
+    opener = euxfel.open if euxfel is not None else opener
     hits_geom = None if geometry is None or not write_cxi else geometry.hits_geometry_text()
     team = Team(get_comm() if comm == "auto" else comm)
     out = Path(out_dir)
@@ -415,6 +424,8 @@ def screen(
         }
         if geometry is not None:  # a resumed run must assemble with the same geometry
             manifest["geom"] = geometry.identity
+        if euxfel is not None:  # ... and read the same detector the same way
+            manifest["euxfel"] = euxfel.identity
         if part.exists() and (not resume or _read_json(part / "manifest.json") != manifest):
             shutil.rmtree(part)
         part.mkdir(parents=True, exist_ok=True)
