@@ -18,7 +18,8 @@ import typer
 from diffscreen.errors import EXIT_RUN, EXIT_USAGE  # numbers only: loads nothing heavy
 
 __all__ = ["EXIT_PARTIAL", "EXIT_RUN", "EXIT_USAGE", "EXIT_INTERNAL", "MODEL_HELP", "Task", "ModelType", "Bar",
-           "error", "friendly", "start_dashboard", "DASHBOARD_OPTION", "progress", "counting", "expand", "given", "report_screen", "simulate_with_bar"]
+           "error", "friendly", "start_dashboard", "DASHBOARD_OPTION", "DEVICE_HELP", "device_option", "device_of",
+           "progress", "counting", "expand", "given", "report_screen", "simulate_with_bar"]
 
 EXIT_PARTIAL = 1  # finished, but some frames or files failed
 EXIT_INTERNAL = 4  # a bug in diffscreen: the traceback goes to a file to report
@@ -31,13 +32,39 @@ MODEL_HELP = ("Model file (.safetensors), or a bundled model: default (720², mo
 class Task(str, Enum):
     crystallography = "crystallography"
     cdi = "cdi"
+    diffranet = "diffranet"
 
 
 class ModelType(str, Enum):
-    """Hit/maybe/miss architectures: the Ke 2018 2-D CNN, or the Xie 2022 §3.4.2 1-D CNN on row ranges."""
+    """Architectures: the Ke 2018 2-D CNN, the Xie 2022 §3.4.2 1-D CNN on row ranges, or the AlexNet of
+    Nawaz 2022 (the DiffraNet 5-class task)."""
 
     ke2018 = "ke2018"
     rwd1d = "rwd1d"
+    alexnet = "alexnet"
+
+
+#: --device help, shared by every command that runs a network (:func:`device_option`)
+DEVICE_HELP = ("Where the network runs: cpu, cuda, cuda:N or mps; default: cuda when PyTorch sees a GPU, else cpu. "
+               "An unavailable device is refused (exit 2).")
+
+
+def device_option():
+    """The ``--device`` option of every command that runs a network (one definition; see :func:`device_of`)."""
+    return typer.Option(None, "--device", help=DEVICE_HELP, show_default=False)
+
+
+def device_of(name):
+    """The checked torch device of ``--device name`` (:func:`diffscreen.models.device.resolve_device`).
+
+    Raises
+    ------
+    ConfigError
+        The device is not visible (one line, exit status 2).
+    """
+    from diffscreen.models.device import resolve_device
+
+    return resolve_device(name)
 
 
 def error(msg: str) -> None:

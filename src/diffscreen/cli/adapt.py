@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli._common import MODEL_HELP, Bar, ModelType, expand, friendly, given, progress
+from diffscreen.cli._common import MODEL_HELP, Bar, ModelType, device_of, device_option, expand, friendly, given, progress
 
 _DANN = "DANN training"
 
@@ -36,6 +36,7 @@ def adapt(
     max_target: int = typer.Option(2000, help="At most this many target frames (a seeded random subset)."),
     seed: int = typer.Option(0, help="Seed for initialisation, subsets and batches."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
+    device: Optional[str] = device_option(),
 ):
     """Adapt a classifier to a new experiment without its labels (BatchNorm adaptation; DANN optional).
 
@@ -62,6 +63,7 @@ def adapt(
     from diffscreen.io.sources import frame_items
     from diffscreen.train.data import samples_to_arrays
 
+    dev = device_of(device)  # an unavailable --device is one line (exit 2), before any output
     if not 0 <= val_fraction < 1:
         raise ConfigError("--val-fraction must be in [0, 1)")
     sizes = given(epochs=epochs, batches_per_epoch=batches_per_epoch, batch_size=batch_size)
@@ -104,7 +106,7 @@ def adapt(
                 "label_files": [str(x) for x in labels], "val_fraction": val_fraction}
         res = train_dann_on_arrays(xs, ys, xt, out, class_names=names, preprocess=pcfg, config=cfg, x_val=xv,
                                    y_val=yv, init_path=init, lambda_max=lambda_max, data_description=desc,
-                                   log=p.console.print)
+                                   log=p.console.print, device=dev)
     png = plot_dann_history(res.history, Path(out).with_name(Path(out).stem + "_dann.png"))
     last = res.history[-1]
     print(f"last epoch: label loss {last['label_loss']:.4f}, domain loss {last['domain_loss']:.4f}, "
@@ -122,6 +124,7 @@ def suggest_labels(
     seed: int = typer.Option(0, help="Seed for breaking ties."),
     batch_size: int = typer.Option(16, min=1, help="Frames per forward pass."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
+    device: Optional[str] = device_option(),
 ):
     """Pick the frames of a run most worth labelling, and write them as a CSV to fill in.
 
@@ -139,9 +142,10 @@ def suggest_labels(
 
     if n < 1:
         raise ConfigError("--n must be >= 1")
+    dev = device_of(device)
     if threads:
         torch.set_num_threads(threads)
-    clf = Classifier(model)
+    clf = Classifier(model, device=dev)
     specs = expand(inputs)
     with progress() as p:
         res = run_suggestions(specs, clf, n, batch_size=batch_size, seed=seed,

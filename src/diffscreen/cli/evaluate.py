@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli._common import MODEL_HELP, Bar, Task, expand, friendly, progress
+from diffscreen.cli._common import MODEL_HELP, Bar, Task, device_of, device_option, expand, friendly, progress
 
 
 @friendly
@@ -19,6 +19,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here (.json and .md beside it)."),
     batch_size: int = typer.Option(16, min=1, help="Frames per forward pass."),
     task: Task = typer.Option(Task.crystallography, help="cdi: score a `screen --task cdi` scores.csv against simulated CDI runs."),
+    device: Optional[str] = device_option(),
 ):
     """Confusion matrices (3-class and Hit-or-Maybe vs Miss, Ke Table 3), precision, recall, accuracy.
 
@@ -33,6 +34,12 @@ def evaluate(
     from diffscreen.evaluate.labelled import labels_for_scores
     from diffscreen.io.atomic import atomic_write_text
 
+    dev = device_of(device) if scores is None else None  # only a model run needs one; refused before any work
+    if task is Task.diffranet:
+        from diffscreen.errors import ConfigError
+
+        raise ConfigError("evaluate scores hit/maybe/miss (--task crystallography) or CDI labels; the DiffraNet "
+                          "task's test split is scored by `train --task diffranet`")
     if task is Task.cdi:
         from diffscreen.errors import ConfigError
         from diffscreen.evaluate.multilabel import cdi_report_markdown, evaluate_cdi_scores
@@ -54,7 +61,7 @@ def evaluate(
             from diffscreen.errors import ConfigError
 
             raise ConfigError("give labelled input files, or --scores scores.csv")
-        true, pred = _predict(expand(inputs), labels, model, batch_size)
+        true, pred = _predict(expand(inputs), labels, model, batch_size, dev)
     rep = evaluate_labels(true, pred)
     text = rep.to_markdown()
     print(text)
@@ -65,13 +72,13 @@ def evaluate(
         print(f"report written to {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
-def _predict(specs, labels, model, batch_size):
+def _predict(specs, labels, model, batch_size, device=None):
     """True and decided labels of the labelled frames of ``specs``, with a progress bar."""
     from diffscreen.evaluate.labelled import predict_labelled
     from diffscreen.models.inference import Classifier
     from diffscreen.train import collect_samples
 
     samples, _ = collect_samples(specs, [str(x) for x in labels])
-    clf = Classifier(model)
+    clf = Classifier(model, device=device)
     with progress() as p:
         return predict_labelled(samples, clf, batch_size=batch_size, progress=Bar(p, "evaluating"))

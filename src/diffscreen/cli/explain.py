@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from diffscreen.cli._common import EXIT_PARTIAL, MODEL_HELP, Bar, expand, friendly, progress
+from diffscreen.cli._common import EXIT_PARTIAL, MODEL_HELP, Bar, device_of, device_option, expand, friendly, progress
 
 
 class Method(str, Enum):
@@ -34,6 +34,7 @@ def explain(
     steps: int = typer.Option(200, help="Inversion: Adam steps per block."),
     threads: int = typer.Option(0, min=0, help="Torch threads (0: PyTorch default)."),
     geom: Optional[Path] = typer.Option(None, "--geom", help="CrystFEL geometry (.geom) of stacked-panel frames: assemble the panels first (gaps and bad regions masked)."),
+    device: Optional[str] = device_option(),
 ):
     """Show why each frame was kept or rejected: a heat map over every frame.
 
@@ -51,6 +52,7 @@ def explain(
 
     from diffscreen.explain.run import ExplainModel, explain_frames, resolve_target
 
+    dev = device_of(device)  # an unavailable --device is one line (exit 2), before any output
     if threads:
         torch.set_num_threads(threads)
     geometry = None
@@ -59,7 +61,7 @@ def explain(
 
         geometry = load_geometry(geom)
     specs = expand(inputs)
-    clf = ExplainModel(model)
+    clf = ExplainModel(model, device=dev)
     resolve_target(clf.class_names, target)  # refuse a bad class before any output
     with progress() as p:
         res = explain_frames(
@@ -81,6 +83,7 @@ def report(
     labels: List[Path] = typer.Option([], "--labels", "-l", help="Label file(s) for the confusion matrix."),
     gallery: int = typer.Option(6, help="Kept and rejected frames shown (each)."),
     tsne_frames: int = typer.Option(200, help="Frames in the t-SNE map (0: none)."),
+    device: Optional[str] = device_option(),
 ):
     """Turn a screening output into one self-contained HTML page.
 
@@ -91,8 +94,9 @@ def report(
     """
     from diffscreen.explain.report import build_report
 
+    dev = device_of(device)
     path = build_report(
         run_out_dir, model=model, labels=[str(p) for p in labels], out=out, gallery=gallery,
-        tsne_frames=tsne_frames, progress=lambda m: print(f"report: {m}"),
+        tsne_frames=tsne_frames, progress=lambda m: print(f"report: {m}"), device=dev,
     )
     print(f"report written to {path}")

@@ -11,6 +11,7 @@ import typer
 
 from diffscreen.cli._common import (DASHBOARD_OPTION, EXIT_PARTIAL, EXIT_RUN, MODEL_HELP, Bar, ModelType, Task, expand,
                                     friendly, progress, report_screen, start_dashboard)
+from diffscreen.cli._common import device_of, device_option
 
 _PF8 = "peakfinder8 (with --method peakfinder8)"
 _DIALS = "DIALS (with --method dials)"
@@ -44,9 +45,10 @@ def screen(
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
     dials_settings: Optional[Path] = typer.Option(None, help="JSON of DIALS spot-finding settings (diffscreen.baselines.dials.DialsConfig fields).", rich_help_panel=_DIALS),
     dials_gain: Optional[float] = typer.Option(None, help="Detector gain, ADU per photon [the file's, else 1].", rich_help_panel=_DIALS),
-    task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss) or cdi (11 multi-label classes, Zimmermann 2019)."),
+    task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss), cdi (11 multi-label classes, Zimmermann 2019) or diffranet (5 DiffraNet classes, Nawaz 2022; --model from train --task diffranet)."),
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
-    model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018 or rwd1d); the file says which it is."),
+    model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018, rwd1d or alexnet); the file says which it is."),
+    device: Optional[str] = device_option(),
     dashboard: Optional[str] = DASHBOARD_OPTION,
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
     max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
@@ -66,6 +68,15 @@ def screen(
     Exit status: 0 all screened; 1 finished, but some frames or files could not
     be screened (errors.csv); 2 usage error; 3 run error (output folder, model
     file, disk full).
+
+    --device cpu, cuda, cuda:N or mps runs the network there (default: cuda
+    when PyTorch sees a GPU); under mpirun with --device cuda, rank r uses
+    cuda:(r % number of GPUs).
+
+    With --task diffranet: a model from `train --task diffranet` (AlexNet,
+    Nawaz et al. 2022) gives each frame the 5 DiffraNet class probabilities
+    (OUT/scores.csv: p_blank, p_no-crystal, p_weak, p_good, p_strong, label =
+    the most probable class); weak, good and strong frames are kept.
 
     With --task cdi: single-particle coherent-diffraction frames get the 11
     Zimmermann et al. (2019) class probabilities and multi-hot labels in
@@ -97,6 +108,11 @@ def screen(
 
     set_max_frame_pixels(max_frame_pixels)
     mpi, root = mpi_launched(), launch_rank() == 0  # under mpirun/srun: ranks share the chunks
+    dev = device_of(device)  # an unavailable --device is one line (exit 2), before any output
+    if mpi:  # --device cuda: rank r on cuda:(r % GPUs)
+        from diffscreen.models.device import rank_device
+
+        dev = rank_device(dev, launch_rank())
     if threads or mpi:
         limit_threads(rank_thread_share(threads))  # an MPI rank: its share of the node's cores unless told
     if model_type is not None:
@@ -120,7 +136,10 @@ def screen(
     if task is Task.cdi:
         if mpi:
             raise ConfigError("screen --task cdi runs as one process; start it without mpirun")
-        return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh, geom=geometry)
+        return _screen_cdi(specs, out, model, batch_size, threshold, resume=not fresh, geom=geometry, device=dev)
+    if task is Task.diffranet and (method is not Method.cnn or model is None):
+        raise ConfigError("screen --task diffranet classifies with a DiffraNet model: give --model (a model from "
+                          "`diffscreen train --task diffranet`) and no --method")
     finder = None
     if method is Method.peakfinder8:
         finder = _peakfinder8(pf8_settings, adc_threshold=adc_threshold, min_snr=min_snr, min_pixel_count=min_pixels,
@@ -131,10 +150,14 @@ def screen(
 
         finder = dials_finder(dials_settings, gain=dials_gain)
     model_file = model  # what the dashboard's Grad-CAM overlays explain
-    if reference_path and finder is None:
+    if finder is None and (reference_path or dev.type != "cpu" or task is Task.diffranet):
         from diffscreen.models.inference import Classifier
 
-        model = Classifier(model, fast=False)
+        model = Classifier(model, fast=not reference_path, device=dev)
+        if task is Task.diffranet:  # refuses a model of other classes in one line
+            from diffscreen.screen.diffranet import DiffraNetMethod
+
+            finder = DiffraNetMethod(model)
     if not root:  # MPI ranks > 0: no progress bar or summary; rank 0 reports for all
         try:
             summary = run_screen(specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh,
@@ -158,11 +181,13 @@ def screen(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True, geom=None):
+def _screen_cdi(specs, out, model, batch_size, threshold, *, resume=True, geom=None, device=None):
     """``screen --task cdi``: multi-label screening (Zimmermann et al. 2019)."""
     from diffscreen.screen import load_cdi_model, screen_cdi
 
     bundle = load_cdi_model(model)  # refuse a missing or non-CDI model before any output
+    if device is not None:
+        bundle.model.to(device)  # predict_arrays moves each batch to the network's device
     with progress() as p:
         summ = screen_cdi(specs, out, model=bundle, batch_size=batch_size, threshold=threshold, resume=resume,
                           progress=Bar(p, "screening (cdi)"), geom=geom)

@@ -16,11 +16,11 @@ def simulate(
     old_out: Optional[Path] = typer.Argument(None, help="Deprecated: the output file; use --out.",
                                              show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output CXI file (.cxi)."),
-    preset: str = typer.Option("rayonix", help="Detector/experiment preset (see --list-presets)."),
+    preset: Optional[str] = typer.Option(None, help="Detector/experiment preset (see --list-presets) [rayonix; --task diffranet: rayonix, rayonix_jet and cspad in turn]."),
     frames: int = typer.Option(100, "--frames", "-n", min=1, help="Number of frames."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same frames."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
-    task: Task = typer.Option(Task.crystallography, help="crystallography (Bragg frames) or cdi (single-particle patterns, 11 multi-hot labels)."),
+    task: Task = typer.Option(Task.crystallography, help="crystallography (Bragg frames), cdi (single-particle patterns, 11 multi-hot labels) or diffranet (Bragg frames labelled with the 5 DiffraNet classes, Nawaz 2022)."),
     size: int = typer.Option(128, help="CDI: frame side in pixels (uniform in q)."),
     radius_nm: float = typer.Option(260.0, help="CDI: median droplet radius, nm (log-normal)."),
     photons: Tuple[float, float] = typer.Option((3e4, 1e6), help="CDI: range of particle photons per frame (log-uniform)."),
@@ -35,6 +35,10 @@ def simulate(
     The stacked-panel presets (agipd1m_stacked, jungfrau4m_stacked) write the
     frames as (N, SS, FS) data blocks and their CrystFEL geometry as
     detector.geom beside OUT, for `diffscreen screen OUT --geom detector.geom`.
+
+    With --task diffranet: frames labelled with the 5 DiffraNet classes
+    (blank, no-crystal, weak, good, strong; diffscreen.simulate.diffranet),
+    for `train --task diffranet`.
     """
     from diffscreen.errors import ConfigError
 
@@ -53,6 +57,19 @@ def simulate(
                                     photons=tuple(photons), ewald=not flat_ewald)
         print(f"wrote {frames} CDI frames to {path}")
         return
+    if task is Task.diffranet:
+        from diffscreen.simulate.diffranet import DIFFRANET_PRESETS, simulate_diffranet_run
+
+        if out is None:
+            raise ConfigError("give the output file: diffscreen simulate --task diffranet --out OUT.cxi")
+        with progress() as p:
+            bar = Bar(p, f"simulating {frames} DiffraNet frames")
+            bar(total=frames)
+            path = simulate_diffranet_run(out, frames, seed=seed, progress=counting(bar),
+                                          presets=DIFFRANET_PRESETS if preset is None else (preset,))
+        print(f"wrote {frames} frames labelled with the DiffraNet classes to {path}")
+        return
+    preset = "rayonix" if preset is None else preset
     from diffscreen.simulate import PRESETS
 
     if list_presets:

@@ -51,7 +51,7 @@ from torch import nn
 from diffscreen.errors import BadFrameError, ConfigError
 
 __all__ = ["METHODS", "CAM_METHODS", "attribute", "find_cam_layer", "saliency_mask", "gradcam_pp_weights",
-           "prepared_model", "input_batch"]
+           "prepared_model", "input_batch", "model_device"]
 
 METHODS = ("saliency", "gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
 CAM_METHODS = ("gradcam", "gradcam++")
@@ -139,6 +139,11 @@ def prepared_model(model: nn.Module):
         model.train(was_training)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence captum's notes on setting requires_grad and ReLU hooks (expected here)."""
@@ -190,7 +195,7 @@ def _targets(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, t
     if target is None:
         tgt = logits.argmax(1)
     else:
-        tgt = torch.as_tensor(np.asarray(target), dtype=torch.int64).reshape(-1)
+        tgt = torch.as_tensor(np.asarray(target), dtype=torch.int64).reshape(-1).to(logits.device)
         if tgt.numel() == 1:
             tgt = tgt.expand(n).clone()
         if tgt.numel() != n:
@@ -373,7 +378,7 @@ def attribute(model: nn.Module, x, method: str = "gradcam++", target=None, layer
     """
     if method not in METHODS:
         raise ConfigError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
-    x = input_batch(x)
+    x = input_batch(x).to(model_device(model))  # the model's device (``--device``); maps come back to the CPU
     # A CAM method needs a 2-D convolutional layer: refuse a model without one before running it.
     lay = find_cam_layer(model, layer) if method in ("gradcam", "gradcam++", "guided-gradcam") else None
     with prepared_model(model):
@@ -389,7 +394,7 @@ def attribute(model: nn.Module, x, method: str = "gradcam++", target=None, layer
                 out = _gradcam_pp(model, lay, x, tgt)
             else:
                 out = _guided_gradcam(model, lay, x, tgt)
-    return out.numpy().astype(np.float32, copy=False)
+    return out.cpu().numpy().astype(np.float32, copy=False)
 
 
 def saliency_mask(model: nn.Module, x, target=None, nsigma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
@@ -421,10 +426,10 @@ def saliency_mask(model: nn.Module, x, target=None, nsigma: float = 3.0) -> tupl
     """
     if not nsigma > 0:
         raise ConfigError(f"nsigma must be > 0, got {nsigma}")
-    x = input_batch(x)
+    x = input_batch(x).to(model_device(model))
     with prepared_model(model):
         tgt, _ = _targets(model, x, target)
-        g = _saliency_signed(model, x, tgt).numpy().astype(np.float64)
+        g = _saliency_signed(model, x, tgt).cpu().numpy().astype(np.float64)
     mu = g.mean(axis=(1, 2), keepdims=True)
     sd = g.std(axis=(1, 2), keepdims=True)
     dev = np.abs(g - mu)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from diffscreen.errors import ConfigError
-from diffscreen.explain.attribution import input_batch, prepared_model
+from diffscreen.explain.attribution import input_batch, model_device, prepared_model
 
 __all__ = ["representation_layers", "invert", "Inversion", "invert_all"]
 
@@ -177,7 +177,7 @@ def invert(
     BadFrameError
         ``x`` not 4-D or not finite.
     """
-    x0 = input_batch(x)
+    x0 = input_batch(x).to(model_device(model))
     if x0.shape[0] != 1:
         raise ConfigError(f"invert takes one frame, got {x0.shape[0]}")
     if steps < 1:
@@ -208,7 +208,7 @@ def invert(
             norm0 = phi0.pow(2).sum().clamp_min(1e-12)
             sigma = float(x0.pow(2).mean().sqrt().clamp_min(1e-6))
             g = torch.Generator().manual_seed(int(seed))
-            z = torch.randn(x0.shape, generator=g).requires_grad_(True)
+            z = torch.randn(x0.shape, generator=g).to(x0.device).requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
             hist, ferr = [], float("nan")
             for it in range(steps):
@@ -226,7 +226,7 @@ def invert(
     finally:
         for p, r in zip(params, req):
             p.requires_grad_(r)
-    img = (sigma * z.detach())[0].sum(0).numpy().astype(np.float32)
+    img = (sigma * z.detach())[0].sum(0).cpu().numpy().astype(np.float32)
     return Inversion(img, name, hist, ferr, time.time() - t0)
 
 

@@ -251,6 +251,7 @@ def build_report(
     window: int = 50,
     seed: int = 0,
     progress=None,
+    device=None,
 ) -> Path:
     """Write the HTML report of a screening output folder.
 
@@ -277,6 +278,8 @@ def build_report(
         t-SNE seed.
     progress : callable, optional
         ``progress(message)`` between steps.
+    device : torch.device or str, optional
+        Where the network runs for the overlays and features (default: the CPU).
 
     Returns
     -------
@@ -306,7 +309,7 @@ def build_report(
     rows, cols, summary = data["rows"], data["score_columns"], data["summary"]
     if model is None and summary.get("model") and Path(str(summary["model"])).is_file():
         model = summary["model"]
-    clf = Classifier(model)
+    clf = Classifier(model, device=device)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     t0 = time.time()
     n_ok = sum(r["label"] != "error" for r in rows)

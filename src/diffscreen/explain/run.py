@@ -93,6 +93,9 @@ class ExplainModel:
         Model file (or bundled model name), a loaded bundle, a
         :class:`~diffscreen.models.inference.Classifier`; None = the bundled
         default model.
+    device : torch.device or str, optional
+        Where the network runs (default: the CPU; a given Classifier keeps
+        its own).
 
     Attributes
     ----------
@@ -111,22 +114,26 @@ class ExplainModel:
         Missing or unreadable model file.
     """
 
-    def __init__(self, model=None):
+    def __init__(self, model=None, *, device=None):
+        import torch
+
         from diffscreen.models import ModelBundle, load_model
         from diffscreen.models.inference import Classifier
         from diffscreen.preprocess.cdi import CDIPreprocessConfig
 
         if isinstance(model, Classifier):
             self.bundle, clf = model.bundle, model
+            device = model.device
         else:
             self.bundle, clf = (model if isinstance(model, ModelBundle) else load_model(model)), None
-        self.model = self.bundle.model.eval()
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.model = self.bundle.model.eval().to(self.device)
         self.class_names = tuple(self.bundle.class_names)
         self.multilabel = isinstance(self.bundle.preprocess, CDIPreprocessConfig)
         if self.multilabel:
             self._clf, self.size = None, int(self.bundle.preprocess.input_size)
         else:
-            self._clf = clf if clf is not None else Classifier(self.bundle)
+            self._clf = clf if clf is not None else Classifier(self.bundle, device=self.device)
             self.size = int(self.bundle.preprocess.out_size)
 
     @property

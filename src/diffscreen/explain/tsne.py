@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from diffscreen.errors import BadFrameError, ConfigError
-from diffscreen.explain.attribution import input_batch, prepared_model
+from diffscreen.explain.attribution import input_batch, model_device, prepared_model
 
 __all__ = ["penultimate_features", "tsne_embed", "tsne_figure"]
 
@@ -42,7 +42,7 @@ def penultimate_features(model: nn.Module, x, batch_size: int = 16) -> np.ndarra
     BadFrameError
         Bad input.
     """
-    x = input_batch(x)
+    x = input_batch(x).to(model_device(model))
     lin = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not hasattr(model, "forward_features") and not lin:
         raise ConfigError(f"{type(model).__name__} has no forward_features and no Linear layer")
@@ -60,7 +60,7 @@ def penultimate_features(model: nn.Module, x, batch_size: int = 16) -> np.ndarra
                 finally:
                     h.remove()
                 f = store["f"]
-            out.append(torch.flatten(f, 1).numpy())
+            out.append(torch.flatten(f, 1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 

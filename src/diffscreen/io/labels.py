@@ -151,10 +151,10 @@ def _whole_number(text: str, what: str, path, line: int, *, low: int = 0, hint: 
     return value
 
 
-def _class(word: str, path, line: int) -> str:
+def _class(word: str, path, line: int, classes=CLASS_NAMES) -> str:
     name = word.strip().lower()
-    if name not in CLASS_NAMES:
-        raise LabelError(f"line {line}: unknown class {word!r}; expected one of {', '.join(CLASS_NAMES)}", path=path)
+    if name not in classes:
+        raise LabelError(f"line {line}: unknown class {word!r}; expected one of {', '.join(classes)}", path=path)
     return name
 
 
@@ -264,7 +264,7 @@ def _data_file_beside(path) -> str:
                      "to take the name from; pass file=", path=path)
 
 
-def read_label_csv(path) -> list[LabelRecord]:
+def read_label_csv(path, *, classes=CLASS_NAMES) -> list[LabelRecord]:
     """Read a CSV label file.
 
     Parameters
@@ -272,6 +272,9 @@ def read_label_csv(path) -> list[LabelRecord]:
     path : str or Path
         Header ``file,frame,label`` (any order, optional ``n_spots`` column);
         ``frame`` 0-based; ``label`` hit/maybe/miss in any case.
+    classes : sequence of str
+        The class names a label may take (lower case; default hit/maybe/miss;
+        e.g. the DiffraNet classes for ``train --task diffranet``).
 
     Returns
     -------
@@ -301,21 +304,21 @@ def read_label_csv(path) -> list[LabelRecord]:
         reader.fieldnames = header
         for row in reader:
             n = numbers[min(reader.line_num, len(numbers)) - 1]
-            records.append(_csv_record(row, path, n))
+            records.append(_csv_record(row, path, n, classes))
     except csv.Error as exc:
         n = numbers[min(max(reader.line_num, 1), len(numbers)) - 1] if numbers else 1
         raise LabelError(f"line {n}: malformed CSV ({exc})", path=path) from None
     return _no_duplicates(records, path)
 
 
-def _csv_record(row: dict, path, n: int) -> LabelRecord:
+def _csv_record(row: dict, path, n: int, classes=CLASS_NAMES) -> LabelRecord:
     if None in row or any(row.get(c) in (None, "") for c in _CSV_COLUMNS):
         shown = str(row) if len(str(row)) <= 200 else str(row)[:197] + "..."
         raise LabelError(f"line {n}: expected file,frame,label values, got {shown}", path=path)
     frame = _whole_number(row["frame"], "frame", path, n, hint=" (frames are 0-based)")
     spots = row.get("n_spots")
     spots = _whole_number(spots, "n_spots", path, n) if spots not in (None, "") and spots.strip() else None
-    return LabelRecord(row["file"].strip(), frame, _class(row["label"], path, n), spots, str(path), n)
+    return LabelRecord(row["file"].strip(), frame, _class(row["label"], path, n, classes), spots, str(path), n)
 
 
 def write_label_csv(records, path) -> Path:
@@ -345,13 +348,16 @@ def write_label_csv(records, path) -> Path:
 # --------------------------------------------------------------------------- CXI
 
 
-def read_cxi_labels(path) -> list[LabelRecord]:
+def read_cxi_labels(path, *, classes=CLASS_NAMES) -> list[LabelRecord]:
     """Labels stored in a CXI file (``/entry_k/result_1/label``).
 
     Parameters
     ----------
     path : str or Path
         A CXI file as :class:`~diffscreen.io.cxi.CXIWriter` writes it.
+    classes : sequence of str
+        The class names a label may take (default hit/maybe/miss; e.g. the
+        DiffraNet classes of ``simulate --task diffranet``).
 
     Returns
     -------
@@ -364,7 +370,7 @@ def read_cxi_labels(path) -> list[LabelRecord]:
     ------
     LabelError
         A label index outside ``class_names``, or a class name that is not
-        hit/maybe/miss.
+        one of ``classes``.
     FrameReadError
         The file cannot be opened.
     """
@@ -377,7 +383,7 @@ def read_cxi_labels(path) -> list[LabelRecord]:
     with CXISource(path) as src:
         try:
             for name, start, n, g in _entries(src):
-                records += _cxi_entry_labels(g, name, start, n, path)
+                records += _cxi_entry_labels(g, name, start, n, path, tuple(classes))
         except (KeyError, OSError, ValueError, TypeError, RuntimeError, IndexError) as exc:
             if isinstance(exc, (LabelError, FrameReadError)):
                 raise
@@ -386,7 +392,7 @@ def read_cxi_labels(path) -> list[LabelRecord]:
     return records
 
 
-def _cxi_entry_labels(g, name: str, start: int, n_frames: int, path: str) -> list[LabelRecord]:
+def _cxi_entry_labels(g, name: str, start: int, n_frames: int, path: str, classes=CLASS_NAMES) -> list[LabelRecord]:
     """The labelled frames of one ``entry_k`` group (``n_frames`` frames, numbered from ``start``)."""
     import numpy as np
 
@@ -404,8 +410,8 @@ def _cxi_entry_labels(g, name: str, start: int, n_frames: int, path: str) -> lis
     for j, k in enumerate(lab[()]):
         if k < 0:
             continue
-        if k >= len(names) or names[k] not in CLASS_NAMES:
-            raise LabelError(f"{name}/result_1/label[{j}] = {k} is not one of {CLASS_NAMES} "
+        if k >= len(names) or names[k] not in classes:
+            raise LabelError(f"{name}/result_1/label[{j}] = {k} is not one of {classes} "
                              f"(class_names {names})", path=path)
         n = None if spots is None or j >= len(spots) or spots[j] < 0 else int(spots[j])
         records.append(LabelRecord(path, start + j, names[k], n, path, None))
@@ -488,7 +494,7 @@ def _is_cxi(file: str) -> bool:
         return hdf5_layout(f) == "cxi"
 
 
-def read_labels(path) -> list[LabelRecord]:
+def read_labels(path, *, classes=CLASS_NAMES) -> list[LabelRecord]:
     """Read labels from any supported file, recognised by content.
 
     Parameters
@@ -498,6 +504,9 @@ def read_labels(path) -> list[LabelRecord]:
         ``result_1/label``.  A frame file that holds no labels (CBF, MarCCD,
         a CXIDB-76 run, ``file.h5:/dataset``) gives an empty list, so data
         files can be passed where labels may be embedded.
+    classes : sequence of str
+        The class names a CSV or CXI label may take (default hit/maybe/miss);
+        expert and DIALS annotations are always hit/maybe/miss.
 
     Returns
     -------
@@ -510,12 +519,14 @@ def read_labels(path) -> list[LabelRecord]:
     """
     kind = label_format(path)
     if kind == "cxi":
-        return read_cxi_labels(path)
+        return read_cxi_labels(path, classes=classes)
     if kind == "empty":
         raise LabelError("the label file is empty (no label lines)", path=path)
     if kind == "frames":
         return []
-    reader = {"csv": read_label_csv, "expert": read_expert_annotation, "dials": read_dials_annotation}[kind]
+    if kind == "csv":
+        return read_label_csv(path, classes=classes)
+    reader = {"expert": read_expert_annotation, "dials": read_dials_annotation}[kind]
     return reader(path)
 
 

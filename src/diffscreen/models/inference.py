@@ -38,12 +38,17 @@ class Classifier:
         True (default): the fast path (fast preprocessing, BatchNorm folded
         for inference); False: the reference path.  Probabilities agree to
         about 1e-5 and decisions are identical on our test frames.
+    device : torch.device or str, optional
+        Where the network runs (default: the CPU); inputs are moved there
+        batch by batch and probabilities come back to the CPU.  The CLI's
+        ``--device`` (:func:`diffscreen.models.device.resolve_device`).
 
     Attributes
     ----------
     model : torch.nn.Module
-        The network as trained (eval mode); use it for gradients and
-        attribution.
+        The network as trained (eval mode, on ``device``); use it for
+        gradients and attribution.
+    device : torch.device
     preprocessor : Preprocessor
         :class:`FastPreprocessor` on the fast path (a drop-in subclass).
 
@@ -55,9 +60,10 @@ class Classifier:
     (2, 3)
     """
 
-    def __init__(self, model=None, *, fast: bool = True):
+    def __init__(self, model=None, *, fast: bool = True, device=None):
         self.bundle = model if isinstance(model, ModelBundle) else load_model(model)
-        self.model = self.bundle.model.eval()
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.model = self.bundle.model.eval().to(self.device)
         self.fast = bool(fast)
         if self.fast:
             from diffscreen.models.fused import inference_model
@@ -85,11 +91,23 @@ class Classifier:
         -------
         (N, C) float32 ndarray
             Softmax probabilities (Ke Eq. 3), columns as ``class_names``.
+
+        Notes
+        -----
+        A frame's probabilities do not depend on the other frames of the
+        batch: a lone frame is run as a batch of two (itself twice), because
+        PyTorch's CPU convolutions take another code path for a batch of one,
+        whose results differ in the last bits (a live stream's batches are
+        made by arrival, a file's by order; both must give the same scores.csv).
         """
         t = torch.as_tensor(x)
         if len(t) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        return torch.softmax(self._net(t), dim=1).numpy()
+        one = len(t) == 1
+        if one:
+            t = t.expand(2, *t.shape[1:])
+        p = torch.softmax(self._net(t.to(self.device)), dim=1).cpu().numpy()
+        return p[:1] if one else p
 
     def predict(self, frames) -> np.ndarray:
         """Class probabilities ``(N, C)`` float32 for a sequence of :class:`Frame`."""

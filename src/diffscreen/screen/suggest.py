@@ -217,10 +217,10 @@ def run_suggestions(specs, clf, n: int, *, batch_size: int = 16, seed: int = 0, 
             return
         x = clf.preprocess(frames)
         with torch.inference_mode():
-            f = model.forward_features(torch.from_numpy(x))
+            f = model.forward_features(torch.from_numpy(x).to(getattr(clf, "device", "cpu")))
             # one pass when the head is a single Linear layer; otherwise the classifier's own network
-            pr = torch.softmax(model.classifier(f), dim=1).numpy() if linear_head else clf.predict_batch(x)
-            f = f.numpy()
+            pr = torch.softmax(model.classifier(f), dim=1).cpu().numpy() if linear_head else clf.predict_batch(x)
+            f = f.cpu().numpy()
         probs.append(pr)
         feats.append(np.asarray(f, np.float32).reshape(len(frames), -1))
         items.extend(where)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.errors import ConfigError
+from diffscreen.models.diffranet import DIFFRANET_CLASSES, diffranet_preprocess_config, hit_miss
 
 __all__ = [
     "DIFFRANET_CLASSES",
@@ -58,10 +59,11 @@ __all__ = [
     "DIFFRANET_PRESETS",
     "diffranet_preprocess_config",
     "simulate_dataset",
+    "simulate_diffranet_run",
 ]
 
-#: The five classes, in the order of a model's outputs (Nawaz Table 3).
-DIFFRANET_CLASSES: tuple[str, ...] = ("blank", "no-crystal", "weak", "good", "strong")
+# DIFFRANET_CLASSES (the five classes in the order of a model's outputs, Nawaz Table 3), hit_miss and
+# diffranet_preprocess_config live in diffscreen.models.diffranet (training and screening use them too).
 GOOD_MIN_SPOTS = 25
 STRONG_MIN_SPOTS = 150
 STRONG_MIN_BRIGHT = 50
@@ -115,16 +117,6 @@ def diffranet_label(simframe) -> str:
     return diffranet_label_from(simframe.kind, simframe.peaks[:, 3] if len(simframe.peaks) else [], thr)
 
 
-def hit_miss(labels) -> list[str]:
-    """Merge DiffraNet classes: blank, no-crystal → ``"miss"``; weak, good, strong → ``"hit"`` (Nawaz §4)."""
-    out = []
-    for v in labels:
-        if v not in DIFFRANET_CLASSES:
-            raise ConfigError(f"{v!r} is not a DiffraNet class {DIFFRANET_CLASSES}")
-        out.append("miss" if v in ("blank", "no-crystal") else "hit")
-    return out
-
-
 def diffranet_kinds(n: int, seed: int = 0) -> list[str]:
     """Simulator kinds to force for ``n`` frames so the five classes are roughly balanced.
 
@@ -143,17 +135,6 @@ def diffranet_kinds(n: int, seed: int = 0) -> list[str]:
 
 #: Presets the DiffraNet-style frames cycle through (frame ``i`` uses ``DIFFRANET_PRESETS[i % 3]``).
 DIFFRANET_PRESETS = ("rayonix", "rayonix_jet", "cspad")
-
-
-def diffranet_preprocess_config(input_size: int):
-    """The :class:`~diffscreen.preprocess.PreprocessConfig` of AlexNet inputs of side ``input_size`` (Nawaz §3.5).
-
-    The reciprocal-space window of Ke's 720-pixel crop (``s_per_px × 720 / input_size``), centred (no shift).
-    """
-    from diffscreen.preprocess import PreprocessConfig
-    from diffscreen.preprocess.geometry import DEFAULT_S_PER_PX
-
-    return PreprocessConfig(out_size=input_size, s_per_px=DEFAULT_S_PER_PX * 720 / input_size, max_shift=0)
 
 
 def simulate_dataset(n: int, *, seed: int, input_size: int = 227, cache_dir=None, progress=None) -> dict:
@@ -227,3 +208,60 @@ def _chunk(f, c0: int, c1: int, kinds, sims, pre, n: int, progress) -> dict:
         with temporary_path(f) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **new)
     return new
+
+
+def simulate_diffranet_run(out, n_frames: int, *, seed: int = 0, presets=DIFFRANET_PRESETS, progress=None,
+                           compression: str | None = "gzip") -> Path:
+    """Simulate ``n_frames`` frames with DiffraNet labels into a labelled CXI file (``simulate --task diffranet``).
+
+    The frames are those of :func:`simulate_dataset` (frame ``i`` from ``presets[i % len(presets)]`` with the
+    kind :func:`diffranet_kinds` draws; frame ``i`` depends only on ``(seed, i)``), stored raw, one ``entry_k``
+    per detector shape, with ``result_1/label`` an index into the attribute ``class_names`` =
+    :data:`DIFFRANET_CLASSES`, the detectable-spot count ``n_spots``, the peak list and per-frame masks; the root
+    attribute ``task`` is ``"diffranet"``.  ``diffscreen train --task diffranet RUN.cxi`` reads these labels.
+
+    Parameters
+    ----------
+    out : str or Path
+        Output ``.cxi`` (or ``.h5``) file, written atomically.
+    n_frames : int
+        At least 1.
+    seed : int
+    presets : sequence of str
+        Simulator presets the frames cycle through (default :data:`DIFFRANET_PRESETS`).
+    progress : callable, optional
+        ``progress(n_done)`` after each frame.
+    compression : str or None
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ConfigError
+        ``n_frames < 1``, no preset, or an unknown preset.
+    """
+    from diffscreen.io.cxi import CXIWriter
+    from diffscreen.simulate.run import Simulator
+
+    if n_frames < 1:
+        raise ConfigError("n_frames must be >= 1")
+    presets = tuple(presets)
+    if not presets:
+        raise ConfigError("give at least one preset")
+    sims = {p: Simulator(p, seed=seed) for p in dict.fromkeys(presets)}
+    kinds = diffranet_kinds(n_frames, seed)
+    w = CXIWriter(out, compression=compression, mask_mode="per_frame" if len(sims) > 1 else "static",
+                  class_names=DIFFRANET_CLASSES, dtype=np.int32)
+    with w:
+        for i in range(n_frames):
+            sf = sims[presets[i % len(presets)]].frame(i, kind=kinds[i])
+            extra = {k: float(v) for k, v in sf.meta.extra.items() if isinstance(v, (int, float, np.floating))}
+            w.append(sf.data, sf.meta, mask=sf.mask, label=diffranet_label(sf), n_spots=sf.n_spots, peaks=sf.peaks,
+                     extra=extra)
+            if progress is not None:
+                progress(i + 1)
+        w.file.attrs["task"] = "diffranet"
+        w.file.attrs["diffranet_presets"] = ",".join(presets)
+    return Path(out)

@@ -22,7 +22,7 @@ from torch import nn
 from diffscreen.errors import ConfigError
 from diffscreen.train.engine import (TrainConfig, TrainResult, balanced_batches, check_arrays, fit,
                                      learning_rate, make_optimizer, new_model,
-                                     save_trained, scored, softmax_step)
+                                     save_trained, scored, softmax_step, training_device)
 from diffscreen.train.transfer import balance_groups, validation_score
 
 __all__ = ["GradientReversal", "DomainClassifier", "ganin_lambda", "train_dann_on_arrays", "plot_dann_history",
@@ -89,7 +89,7 @@ def ganin_lambda(p: float, lambda_max: float = 1.0) -> float:
 
 def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names, preprocess, config=None,
                          x_val=None, y_val=None, init_path=None, lambda_max: float = 1.0, augment=None,
-                         data_description=None, domain_hidden: int = 64, log=print) -> TrainResult:
+                         data_description=None, domain_hidden: int = 64, log=print, device=None) -> TrainResult:
     """Train a classifier on a labelled source and an unlabelled target experiment (DANN, Xie §2.3.3).
 
     Each step takes a batch of ``config.batch_size`` source inputs balanced over hit-or-maybe against miss
@@ -122,6 +122,8 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
         Final GRL weight; hidden units of the domain head.
     augment, data_description, log
         As :func:`~diffscreen.train.loop.train_on_arrays` (``augment`` sees source and target together).
+    device : torch.device or str, optional
+        Where the model and the domain head train (default: the CPU).
 
     Returns
     -------
@@ -162,6 +164,9 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
     if not all(hasattr(model, a) for a in ("forward_features", "classifier", "num_features")):
         raise ConfigError(f"architecture {arch!r} lacks forward_features, classifier or num_features; DANN needs all")
     domain = DomainClassifier(int(model.num_features), domain_hidden)
+    dev = training_device(device)
+    model.to(dev)
+    domain.to(dev)
     rng, aug_rng = np.random.default_rng([cfg.seed, 11]), np.random.default_rng([cfg.seed, 7])
     total = cfg.epochs * cfg.batches_per_epoch
     step = [0]
@@ -173,10 +178,10 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
             xa = augment(xa, aug_rng)
         domain.grl.lambda_ = ganin_lambda(step[0] / max(1, total - 1), lambda_max)
         step[0] += 1
-        feats = model.forward_features(torch.from_numpy(np.ascontiguousarray(xa)))
+        feats = model.forward_features(torch.from_numpy(np.ascontiguousarray(xa)).to(dev))
         n = len(idx)
-        l_label, stats = softmax_step(model.classifier, feats[:n], torch.from_numpy(ys[idx]))
-        dlog, dt = domain(feats), torch.cat([torch.zeros(n), torch.ones(n)])
+        l_label, stats = softmax_step(model.classifier, feats[:n], torch.from_numpy(ys[idx]).to(dev))
+        dlog, dt = domain(feats), torch.cat([torch.zeros(n), torch.ones(n)]).to(dev)
         l_domain = F.binary_cross_entropy_with_logits(dlog, dt)
         return l_label + l_domain, {**stats, "domain_loss": float(l_domain.detach()) * 2 * n,
                                     "domain_ok": int(((dlog > 0).float() == dt).sum())}
@@ -208,7 +213,8 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
         head={"method": "dann", "source": "Xie et al. 2022 sec. 2.3.3, Fig. 4; Ganin et al. 2016",
               "config": asdict(replace(cfg, arch=arch)), "lambda_max": lambda_max, "domain_hidden": domain_hidden,
               "init_model": None if init_path is None else str(init_path)},
-        counts={"n_source": int(len(xs)), "n_target": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
+        counts={"n_source": int(len(xs)), "n_target": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))},
+        tail={"device": dev.type})
 
 
 def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 2022 Fig. 10)") -> Path:

@@ -54,14 +54,15 @@ def collect_samples(inputs, label_files=(), class_names=("hit", "maybe", "miss")
         A label names a frame that does not exist, or no frame has a label.
     """
     records = []
+    classes = tuple(str(c).lower() for c in class_names)
     for lf in label_files:
-        records.extend(read_labels(lf))
+        records.extend(read_labels(lf, classes=classes))
     lengths = {}
     for spec in inputs:
         with open_source(spec) as src:
             lengths[spec] = len(src)
         if not label_files:
-            records.extend(read_labels(spec))
+            records.extend(read_labels(spec, classes=classes))
     table = LabelTable.from_records(records)
     if label_files:
         table.validate(lengths)

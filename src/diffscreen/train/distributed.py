@@ -102,8 +102,15 @@ class DDPContext:
         return {"world_size": self.world_size, "backend": self.backend, "device": self.device.type}
 
 
-def from_env() -> DDPContext | None:
+def from_env(device=None) -> DDPContext | None:
     """Join the process group torchrun set up; None when not launched by torchrun with several processes.
+
+    Parameters
+    ----------
+    device : torch.device or str, optional
+        The ``--device`` asked for: ``cpu`` chooses Gloo on the CPU even where CUDA is available, ``cuda``
+        NCCL with one GPU per local rank; None: NCCL when CUDA is available, else Gloo.
+        ``DIFFSCREEN_DDP_BACKEND`` overrides both.
 
     Returns
     -------
@@ -118,7 +125,8 @@ def from_env() -> DDPContext | None:
         return None
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    backend = os.environ.get("DIFFSCREEN_DDP_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    wants_gpu = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    backend = os.environ.get("DIFFSCREEN_DDP_BACKEND") or ("nccl" if wants_gpu else "gloo")
     if backend == "nccl":
         if local >= torch.cuda.device_count():
             raise ConfigError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible)")

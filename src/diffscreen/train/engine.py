@@ -27,7 +27,7 @@ from diffscreen.models import get_model, save_model
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "make_optimizer", "Checkpoint", "Best", "fit",
            "ClassBalancedSampler", "balanced_batches", "softmax_step", "scored", "softmax_hooks",
-           "fit_balanced", "check_arrays", "new_model", "save_trained"]
+           "fit_balanced", "check_arrays", "new_model", "save_trained", "model_device", "training_device"]
 
 _OPTIMIZERS = ("sgd", "adam")
 
@@ -324,20 +324,32 @@ def fit_balanced(model, opt, x, y, config: TrainConfig, *, score, val_key: str, 
     ``seed``) against ``y[idx]`` ((N,) int64); ``score() -> float`` the validation score (NaN without validation
     data), column ``val_key``, logged as ``label`` after ``prefix`` (with the epoch's ``seconds``); batches
     balanced over ``groups`` (default ``y``) drawn with ``seed`` (default ``config.seed``); ``train_mode``,
-    ``tag``, ``log`` and the returned ``(history, best)`` as :func:`fit`.
+    ``tag``, ``log`` and the returned ``(history, best)`` as :func:`fit`.  Batches are moved to ``model``'s
+    device (:func:`model_device`).
     """
     seed = config.seed if seed is None else seed
     rng = np.random.default_rng([seed, 7])
+    dev = model_device(model)  # batches go where the model is (``--device``)
 
     def loss(idx):
         xa = np.asarray(x[idx], dtype=np.float32)
         if augment is not None:
             xa = augment(xa, rng)
-        return softmax_step(model, torch.from_numpy(np.ascontiguousarray(xa)), torch.from_numpy(y[idx]))
+        return softmax_step(model, torch.from_numpy(np.ascontiguousarray(xa)).to(dev), torch.from_numpy(y[idx]).to(dev))
 
     return fit(model, opt, batches=balanced_batches(y if groups is None else groups, config, seed), loss=loss,
                train_mode=train_mode, tag=tag, log=log,
                **softmax_hooks(config, score, val_key, label, prefix=prefix, seconds=seconds))
+
+
+def model_device(model) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def training_device(device=None) -> torch.device:
+    """``device`` as a :class:`torch.device`; None is the CPU (the CLI resolves ``--device`` before it gets here)."""
+    return torch.device("cpu") if device is None else torch.device(device)
 
 
 def check_arrays(x, y=None, n_classes=None, what: str = "x_train", *, labelled: bool = True

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from diffscreen.errors import ConfigError
@@ -25,7 +24,7 @@ from diffscreen.preprocess import PreprocessConfig, Preprocessor
 from diffscreen.train.data import FrameDataset, Sample
 from diffscreen.train.engine import (Checkpoint, ClassBalancedSampler, TrainConfig, TrainResult,
                                      check_arrays, fit, fit_balanced, learning_rate, make_optimizer,
-                                     new_model, save_trained, softmax_hooks, softmax_step)
+                                     new_model, save_trained, softmax_hooks, softmax_step, training_device)
 
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "train_model", "train_on_arrays", "make_optimizer",
            "dihedral_augment"]
@@ -54,7 +53,7 @@ def _score(model, loader, class_names):
 def train_model(train: list[Sample], val: list[Sample], out_path, *, config: TrainConfig | None = None,
                 preprocess: PreprocessConfig | None = None, class_names=("hit", "maybe", "miss"),
                 test: list[Sample] | None = None, data_description: dict | None = None, resume: bool = True,
-                progress=None, log=print, ddp="auto") -> TrainResult:
+                progress=None, log=print, ddp="auto", device=None) -> TrainResult:
     """Train a screening CNN and write the best-validation model file.
 
     Parameters
@@ -76,6 +75,10 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
         Data-parallel training (:mod:`diffscreen.train.distributed`): "auto" joins the processes torchrun started;
         each rank computes ``batch_size / world_size`` frames of every batch, gradients are averaged, rank 0 alone
         validates, logs and writes files.  None: one process.
+    device : torch.device or str, optional
+        Where a one-process run trains (default: the CPU), e.g. ``cuda``: one GPU, no torchrun needed.  Under
+        torchrun each rank trains on its DDP context's device (``cuda:LOCAL_RANK`` with NCCL; with ``device`` cpu,
+        Gloo on the CPU).
 
     Returns
     -------
@@ -89,12 +92,12 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
     """
     from diffscreen.train import distributed
 
-    ctx = distributed.from_env() if ddp == "auto" else ddp
+    ctx = distributed.from_env(device=device) if ddp == "auto" else ddp
     try:
         root = ctx is None or ctx.is_root
         if not root:  # only rank 0 talks
             progress, log = None, (lambda *a, **k: None)
-        device = ctx.device if ctx is not None else torch.device("cpu")
+        device = ctx.device if ctx is not None else training_device(device)
         cfg = config or TrainConfig()
         pcfg = preprocess or PreprocessConfig()
         if not train:
@@ -144,7 +147,8 @@ def train_model(train: list[Sample], val: list[Sample], out_path, *, config: Tra
                                   class_names=class_names, history=history, seed=cfg.seed, metrics=metrics,
                                   data=data_description, head={"config": asdict(cfg)},
                                   counts={"n_train": len(train), "n_val": len(val), "n_test": len(test or [])},
-                                  tail={"distributed": ctx.describe() if ctx is not None else {"world_size": 1}},
+                                  tail={"distributed": ctx.describe() if ctx is not None
+                                        else {"world_size": 1, "device": device.type}},
                                   report=report)
             ckpt_path.unlink(missing_ok=True)
         if ctx is not None:  # the other ranks wait for rank 0 here
@@ -170,7 +174,7 @@ def dihedral_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: PreprocessConfig,
                     config: TrainConfig | None = None, x_val=None, y_val=None, data_description: dict | None = None,
-                    augment=None, log=print) -> TrainResult:
+                    augment=None, log=print, device=None) -> TrainResult:
     """Train a registered architecture on preprocessed inputs held in memory.
 
     Class-balanced mini-batches without crop shifts, the exponential schedule
@@ -194,6 +198,8 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
         ``augment(xb, rng) -> xb`` on every ``(B, 1, S, S)`` float32 mini-batch, ``rng`` seeded from
         ``config.seed`` (e.g. :func:`dihedral_augment`).
     log : callable
+    device : torch.device or str, optional
+        Where the model trains (default: the CPU); the inputs stay in host memory and go there batch by batch.
 
     Returns
     -------
@@ -209,6 +215,8 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
     if xt.ndim != 4:
         raise ConfigError(f"x_train must be (N, C, S, S), got {xt.shape}")
     model, arch_kwargs = new_model(cfg, len(class_names), xt.shape[-1])
+    dev = training_device(device)
+    model.to(dev)
     ya = None if y_val is None else np.asarray(y_val)
 
     def accuracy():
@@ -222,4 +230,5 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
                         class_names=class_names, history=history, seed=cfg.seed,
                         metrics={"best_epoch": best.epoch, "val_accuracy": best.score}, data=data_description,
                         head={"config": asdict(cfg)},
-                        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
+                        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))},
+                        tail={"device": dev.type})

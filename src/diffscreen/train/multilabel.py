@@ -26,7 +26,7 @@ from diffscreen.errors import ConfigError, LabelError
 from diffscreen.evaluate.multilabel import CDI_CLASSES, load_cdi_runs, multilabel_metrics
 from diffscreen.models import get_model
 from diffscreen.models.batch import predict_arrays
-from diffscreen.train.engine import Checkpoint, fit, save_trained
+from diffscreen.train.engine import Checkpoint, fit, save_trained, training_device
 
 __all__ = ["MultiLabelConfig", "MultiLabelResult", "load_cdi_runs", "train_multilabel", "augment", "regularisation"]
 
@@ -96,7 +96,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, *, flips: bool, brightness: f
 def regularisation(model, l1: float, l2: float) -> torch.Tensor:
     """``l1 Σ|w| + l2 Σ w²`` over convolution and dense weights (Eq. 10)."""
     ws = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1]
-    r = torch.zeros(())
+    r = torch.zeros((), device=ws[0].device if ws else None)
     if l1:
         r = r + l1 * sum(w.abs().sum() for w in ws)
     if l2:
@@ -115,7 +115,7 @@ def _fingerprint(*arrays) -> str:
 
 def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: MultiLabelConfig | None = None,
                      preprocess=None, class_names=CDI_CLASSES, data_description: dict | None = None,
-                     resume: bool = True, log=print, progress=None) -> MultiLabelResult:
+                     resume: bool = True, log=print, progress=None, device=None) -> MultiLabelResult:
     """Train the ResNet18_α multi-label classifier on preprocessed inputs.
 
     Parameters
@@ -136,6 +136,9 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
     log : callable
     progress : callable, optional
         ``progress(epoch, batch, n_batches)``.
+    device : torch.device or str, optional
+        Where the network trains (default: the CPU); the inputs stay in host memory, batches are augmented there
+        (same random draws on every device) and moved.
 
     Returns
     -------
@@ -165,6 +168,8 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
     gen = torch.Generator().manual_seed(cfg.seed)
     arch_kwargs = {"num_classes": len(class_names), "alpha": cfg.alpha, "width": cfg.width}
     model = get_model("zimmermann2019", **arch_kwargs)
+    dev = training_device(device)
+    model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     flips = preprocess is None or getattr(preprocess, "mode", "image") == "image"
     run_id = {"config": asdict(cfg), "preprocess": preprocess.to_dict() if preprocess else None,
@@ -181,7 +186,7 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
         xb = X[idx]
         if cfg.augment:
             xb = augment(xb, gen, flips=flips, brightness=cfg.brightness, contrast=cfg.contrast)
-        bce = F.binary_cross_entropy_with_logits(model(xb), Y[idx])
+        bce = F.binary_cross_entropy_with_logits(model(xb.to(dev)), Y[idx].to(dev))
         return bce + regularisation(model, cfg.l1, cfg.l2), {"bce": float(bce.detach()) * len(idx)}
 
     def validate(epoch):  # every eval_every epochs and after the last
@@ -217,6 +222,7 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
         path = save_trained(out_path, model, arch="zimmermann2019", arch_kwargs=arch_kwargs, preprocess=preprocess,
                             class_names=class_names, task="cdi", multilabel=True, history=history, seed=cfg.seed,
                             metrics={"best": best, "max": mx}, data=data_description, head={"config": asdict(cfg)},
-                            counts={"n_train": int(len(xt)), "n_val": int(len(xv))}).model_path
+                            counts={"n_train": int(len(xt)), "n_val": int(len(xv))},
+                            tail={"device": dev.type}).model_path
         ckpt.unlink(missing_ok=True)
     return MultiLabelResult(model, history, best, mx, path, seconds)

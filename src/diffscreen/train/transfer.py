@@ -19,7 +19,7 @@ from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import selection_accuracy
 from diffscreen.models.batch import predict_arrays
 from diffscreen.train.engine import (Best, TrainConfig, TrainResult, check_arrays, fit_balanced, make_optimizer,
-                                     save_trained)
+                                     save_trained, training_device)
 
 __all__ = ["freeze_base", "set_train_mode", "fit_arrays", "transfer_on_arrays", "FROZEN_DEFAULT", "UNFROZEN_DEFAULT",
            "validation_score", "balance_groups"]
@@ -145,7 +145,7 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
 
 def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_val=None, frozen=None,
                        unfrozen=None, unfreeze_blocks: int = 2, augment=None, data_description=None,
-                       reset_head: bool = True, log=print) -> TrainResult:
+                       reset_head: bool = True, log=print, device=None) -> TrainResult:
     """Fine-tune a trained model on a few labelled inputs of a new experiment (Xie §2.3.1, Fig. 3).
 
     Stage 1 trains a (by default new) classifier on the frozen base; stage 2 unfreezes the top ``unfreeze_blocks``
@@ -173,6 +173,8 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
         As :func:`~diffscreen.train.loop.train_on_arrays`.
     reset_head : bool
         Re-initialise the classifier (Fig. 3: "a randomly initialized classifier").
+    device : torch.device or str, optional
+        Where the model trains (default: the CPU).
 
     Returns
     -------
@@ -202,6 +204,8 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
         torch.manual_seed(s1.seed)
         fresh = get_model(init.arch, **init.arch_kwargs)
         model.classifier.load_state_dict(fresh.classifier.state_dict())
+    dev = training_device(device)
+    model.to(dev)  # before the optimisers of the stages collect its parameters
     fit_kw = {"x_val": x_val, "y_val": y_val, "class_names": names, "augment": augment, "log": log}
     freeze_base(model, 0)
     log(f"stage 1: base frozen, training the classifier on {len(xt)} inputs")
@@ -222,4 +226,5 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
                              "seed": init.meta.get("seed")},
               "stages": {"frozen": asdict(s1), "unfrozen": asdict(s2) if unfreeze_blocks else None,
                          "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head}},
-        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
+        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))},
+        tail={"device": dev.type})

@@ -57,7 +57,7 @@ def prepare_cdi_runs(paths, preprocess, val_fraction: float = 0.15, seed: int = 
 
 def train_transfer(specs, out, label_files=(), *, init, arch=None, frozen=FROZEN_DEFAULT, unfrozen=UNFROZEN_DEFAULT,
                    unfreeze: int = 2, split: str = "order", fractions=(0.8, 0.2, 0.0), say=print, log=print,
-                   bar=None):
+                   bar=None, device=None):
     """Two-stage transfer learning from a few labelled frames (Xie et al. 2022 §2.3.1, Fig. 3), scored on the test part.
 
     Parameters
@@ -82,6 +82,8 @@ def train_transfer(specs, out, label_files=(), *, init, arch=None, frozen=FROZEN
         Where the frame counts go; where the epochs are logged.
     bar : callable, optional
         ``bar(description)`` gives a ``progress(total=, advance=)`` callback for reading frames.
+    device : torch.device or str, optional
+        Where the model trains and is scored (default: the CPU).
 
     Returns
     -------
@@ -116,10 +118,10 @@ def train_transfer(specs, out, label_files=(), *, init, arch=None, frozen=FROZEN
     info.update(label_files=[str(v) for v in label_files], split={"mode": split, "fractions": list(fractions)})
     res = transfer_on_arrays(init, x, y, out, x_val=xv, y_val=yv, frozen=frozen, unfrozen=unfrozen,
                              unfreeze_blocks=unfreeze, augment=None if rows else dihedral_augment,
-                             data_description=info, log=log)
+                             data_description=info, log=log, device=device)
     if not te:
         return res, None
-    clf = Classifier(res.model_path)
+    clf = Classifier(res.model_path, device=device)
     xt, yt = samples_to_arrays(te, pre, rows=rows)
     _, pred = decide(clf.predict_batch(xt.astype("float32")), clf.class_names)
     return res, evaluate_labels([clf.class_names[k] for k in yt], pred, clf.class_names)
