@@ -147,3 +147,23 @@ def test_predict_arrays_batches_softmax_and_sigmoid():
         ref = torch.sigmoid(net(torch.from_numpy(x.astype(np.float32)))).numpy()
     np.testing.assert_allclose(predict_arrays(net, x, multilabel=True), ref, rtol=1e-6)
     assert predict_arrays(net, x[:0]).shape == (0, 0)
+
+
+def test_a_frames_probabilities_do_not_depend_on_its_batch():
+    """A lone frame gets bit for bit the probabilities it gets among others (a live stream batches by arrival)."""
+    import torch
+
+    from diffscreen.models.inference import Classifier
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clf = Classifier("fast")
+        s = clf.bundle.arch_kwargs["input_size"]
+        x = np.random.default_rng(0).normal(size=(6, 1, s, s)).astype(np.float32)
+        whole = clf.predict_batch(x)
+        for i in range(6):
+            np.testing.assert_array_equal(clf.predict_batch(x[i : i + 1]), whole[i : i + 1])
+        np.testing.assert_array_equal(clf.predict_batch(x[2:5]), whole[2:5])
+    finally:
+        torch.set_num_threads(before)
