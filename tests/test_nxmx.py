@@ -274,3 +274,15 @@ def test_frames_stored_in_the_master_itself(tmp_path):
         fr = src.read(1)
     np.testing.assert_array_equal(fr.data, stack[1].astype(np.float32))
     assert fr.mask[SPOT] and fr.meta.extra["data_file"] == "run_master.h5" and fr.meta.distance_mm == pytest.approx(120)
+
+
+def test_a_folder_of_an_eiger_run_screens_each_frame_once_through_its_master(tmp_path):
+    from diffscreen.io import expand_inputs
+
+    master, _ = write_eiger_run(tmp_path)
+    data = sorted(str(p) for p in tmp_path.glob("run_data_*.h5"))
+    assert len(data) == 2
+    assert expand_inputs([str(tmp_path)]) == [master]
+    assert expand_inputs([str(tmp_path / "*.h5")]) == [master]
+    # a data file whose master is not in the list is kept (and refused by its reader with a clear error)
+    assert expand_inputs(data) == data

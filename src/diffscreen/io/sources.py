@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -372,7 +373,8 @@ def expand_inputs(inputs, *, recursive: bool = False) -> list[str]:
     Returns
     -------
     list of str
-        In input order, duplicates removed.
+        In input order, duplicates removed; the data files of an Eiger run
+        whose master file is in the list are left out (the master reads them).
 
     Raises
     ------
@@ -394,7 +396,22 @@ def expand_inputs(inputs, *, recursive: bool = False) -> list[str]:
     out: list[str] = []
     for item in inputs:
         out.extend(_expand_one(_as_spec(item), recursive))
-    return list(dict.fromkeys(out))
+    return _without_eiger_data_files(list(dict.fromkeys(out)))
+
+
+_EIGER_DATA = re.compile(r"(.+)_data_\d{6}\.h5")
+
+
+def _without_eiger_data_files(specs: list[str]) -> list[str]:
+    """Drop DECTRIS data files ``X_data_NNNNNN.h5`` whose master ``X_master.h5`` is in the list too.
+
+    The master reads them (:mod:`diffscreen.io.nxmx`), so a folder or glob of
+    an Eiger run screens each frame once, through the master, with its mask.
+    """
+    masters = {os.path.abspath(s)[: -len("_master.h5")] for s in specs if s.endswith("_master.h5")}
+    if not masters:
+        return specs
+    return [s for s in specs if not ((m := _EIGER_DATA.fullmatch(os.path.abspath(s))) and m.group(1) in masters)]
 
 
 def _expand_one(item: str, recursive: bool) -> list[str]:
