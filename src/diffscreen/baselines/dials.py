@@ -429,7 +429,7 @@ class DialsSpotFinder:
         c["min_spot_size"] = self.min_spot_size_of(frame)
         return c
 
-    def find_spots(self, frame: Frame) -> dict:
+    def find_spots(self, frame: Frame, per_image: bool = False) -> dict:
         """DIALS's spots on one frame.
 
         Parameters
@@ -437,6 +437,12 @@ class DialsSpotFinder:
         frame : Frame
             ``data`` (H, W) float32, ADU; ``mask`` (H, W) bool, True = bad
             (never part of a spot, nor of a background window).
+        per_image : bool
+            Also run DIALS's per-image analysis on the spots
+            (``dials.algorithms.spot_finding.per_image_analysis``, with the
+            frame's geometry): the result's ``per_image`` dict holds its
+            ``estimated_d_min`` (Å; -1 with 10 spots or fewer), the DISTL
+            estimates and ``n_spots_no_ice``; None when the frame has no geometry.
 
         Returns
         -------
@@ -457,14 +463,19 @@ class DialsSpotFinder:
         w = self._running()
         np.save(w.paths["image"], np.ascontiguousarray(frame.data, dtype=np.float32))
         np.save(w.paths["valid"], ~np.asarray(frame.mask, dtype=bool))
-        reply = w.ask({"op": "find", **w.paths, "settings": settings})
+        request = {"op": "find", **w.paths, "settings": settings}
+        geometry = _dials_geometry(frame) if per_image else None
+        if geometry is not None:
+            request["geometry"] = geometry
+        reply = w.ask(request)
         if not reply.get("ok"):
             raise DialsError(f"DIALS: {reply.get('error', 'no reply')}")
         rows = np.load(w.paths["spots"]).reshape(-1, 5)
         return {"n_spots": int(reply["n_spots"]), "n_strong_pixels": int(reply["n_strong"]),
                 "max_strong": int(reply["max_strong"]), "min_spot_size": int(reply["min_spot_size"]),
                 "gain": settings["gain"], "x": rows[:, 0] - 0.5, "y": rows[:, 1] - 0.5, "intensity": rows[:, 2],
-                "variance": rows[:, 3], "n_pixels": rows[:, 4].astype(int)}  # fmt: skip
+                "variance": rows[:, 3], "n_pixels": rows[:, 4].astype(int),
+                **({"per_image": reply.get("per_image")} if per_image else {})}  # fmt: skip
 
     def label(self, n_spots: int) -> str:
         """``"hit"`` at ``hit_spots`` or more, ``"maybe"`` at ``maybe_spots`` or more, else ``"miss"``."""
@@ -539,6 +550,18 @@ class DialsSpotFinder:
                 d.warnings = tuple(d.warnings) + tuple(geometry_warnings(fr.meta, fr.data.shape))
             out[k] = d
         return out
+
+
+def _dials_geometry(frame: Frame) -> dict | None:
+    """The frame's geometry for the worker's per-image analysis (beam centre in DIALS's pixel convention), or None."""
+    from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel
+
+    m = frame.meta
+    if reciprocal_pixel(m) is None or m.beam_centre_px is None:
+        return None
+    cx, cy = beam_centre(m, frame.data.shape)
+    return {"beam_x": cx + 0.5, "beam_y": cy + 0.5, "pixel_size_mm": float(m.pixel_size_mm),
+            "distance_mm": float(m.distance_mm), "wavelength_A": float(m.wavelength_A)}
 
 
 def dials_finder(settings_file=None, *, gain: float | None = None, python: str | None = None) -> DialsSpotFinder:

@@ -29,6 +29,10 @@ stdout (anything DIALS itself prints goes to stderr).
     Reply ``{"ok": true, "n_spots": N, "n_strong": S, "max_strong": M}``
     (``M``: the strong-pixel count above which ``dials.find_spots`` stops
     with an error) or ``{"ok": false, "error": "one line"}``.
+    With ``"geometry": {"beam_x", "beam_y", "pixel_size_mm", "distance_mm",
+    "wavelength_A"}`` in the request (beam centre in DIALS's pixel
+    convention), the reply also holds ``"per_image"``: DIALS's per-image
+    analysis of the spots (:func:`per_image_stats`: ``estimated_d_min``, ...).
 ``{"op": "quit"}``
     Exit.
 
@@ -177,8 +181,43 @@ class Worker:
                                  refl["intensity.sum.variance"].as_numpy_array(),
                                  np.asarray(sizes, dtype=np.float64)], axis=1)
         np.save(req["spots"], rows)
-        return {"ok": True, "n_spots": int(len(rows)), "n_strong": int(n_strong), "max_strong": max_strong,
-                "min_spot_size": int(f.min_spot_size)}
+        reply = {"ok": True, "n_spots": int(len(rows)), "n_strong": int(n_strong), "max_strong": max_strong,
+                 "min_spot_size": int(f.min_spot_size)}
+        if req.get("geometry"):
+            reply["per_image"] = per_image_stats(refl if len(rows) else None, req["geometry"])
+        return reply
+
+
+def per_image_stats(refl, geometry: dict) -> dict:
+    """DIALS's per-image analysis of the spots (``dials.algorithms.spot_finding.per_image_analysis``).
+
+    ``geometry``: ``beam_x``, ``beam_y`` (px, DIALS's convention: pixel (0, 0)
+    spans 0..1), ``pixel_size_mm``, ``distance_mm``, ``wavelength_A`` of a flat
+    detector normal to the beam.  Each spot's reciprocal-lattice point
+    ``rlp = s1 - s0`` is computed from its centroid as ``dials.find_spots``'s
+    per-image analysis has it (``map_centroids_to_reciprocal_space``), then
+    ``stats_for_reflection_table`` gives ``estimated_d_min`` (-1 with 10
+    spots or fewer off the ice rings), the DISTL d_min estimates and the ice-ring filtered count.
+    """
+    from dials.algorithms.spot_finding.per_image_analysis import stats_for_reflection_table
+    from dials.array_family import flex
+
+    if refl is None or not len(refl):
+        return {"n_spots_total": 0, "n_spots_no_ice": 0, "estimated_d_min": -1.0, "d_min_distl_method_1": -1.0,
+                "d_min_distl_method_2": -1.0}
+    g = {k: float(geometry[k]) for k in ("beam_x", "beam_y", "pixel_size_mm", "distance_mm", "wavelength_A")}
+    x, y, _ = refl["xyzobs.px.value"].parts()
+    dx = (x.as_numpy_array() - g["beam_x"]) * g["pixel_size_mm"]
+    dy = (y.as_numpy_array() - g["beam_y"]) * g["pixel_size_mm"]
+    dz = np.full(dx.shape, g["distance_mm"])
+    norm = np.sqrt(dx * dx + dy * dy + dz * dz)
+    inv = 1.0 / g["wavelength_A"]
+    rlp = np.stack([dx / norm * inv, dy / norm * inv, dz / norm * inv - inv], axis=1)
+    refl["rlp"] = flex.vec3_double(*(flex.double(np.ascontiguousarray(rlp[:, k])) for k in range(3)))
+    st = stats_for_reflection_table(refl)
+    return {"n_spots_total": int(st.n_spots_total), "n_spots_no_ice": int(st.n_spots_no_ice),
+            "estimated_d_min": float(st.estimated_d_min), "d_min_distl_method_1": float(st.d_min_distl_method_1),
+            "d_min_distl_method_2": float(st.d_min_distl_method_2)}
 
 
 def main() -> int:

@@ -33,6 +33,7 @@ from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError
 from diffscreen.io.frame import check_frame
 from diffscreen.models.decision import decide
 from diffscreen.preprocess.geometry import geometry_warnings
+from diffscreen.preprocess.spots import METRIC_COLUMNS, frame_metrics
 from diffscreen.screen.outputs import HitOutputs, MultiLabelOutputs
 from diffscreen.screen.pipeline import predict_source
 
@@ -59,6 +60,10 @@ class FrameDecision:
     warnings : tuple of str
         Problems that did not stop the frame (geometry outside physical
         ranges, treated as unknown); written to errors.csv as ``warning: ...``.
+    metrics : FrameMetrics or None
+        The per-frame numbers (spots, resolution, rings;
+        :func:`diffscreen.preprocess.spots.frame_metrics`) when the method
+        computed them for this frame; their scores.csv cells are empty otherwise.
     """
 
     scores: tuple
@@ -67,6 +72,7 @@ class FrameDecision:
     probabilities: np.ndarray | None = None
     peaks: np.ndarray | None = None
     warnings: tuple = ()
+    metrics: object | None = None
 
 
 @runtime_checkable
@@ -127,22 +133,36 @@ class CNNMethod:
         ``Classifier(model, fast=False)`` (CLI ``screen --reference-path``).
         Both give the same probabilities to 1e-4 (docs/throughput.md).
 
+    metrics : {"kept", "all", "none"}
+        Which frames get the per-frame numbers of scores.csv (``n_spots``,
+        ``d_min_A``, ``ice_rings``, ``powder_rings``) and a peak list in
+        hits.cxi (:func:`diffscreen.preprocess.spots.frame_metrics`, on the
+        frame read whole at native resolution): the kept frames (default; the
+        whole frame is read for hits.cxi anyway, and on every frame they would
+        cost more than the 10 % of throughput issue 15 allows,
+        docs/per_frame_metrics.md), every frame, or none (no such columns).
+
     Raises
     ------
     ModelFileError
         The model's classes lack ``"miss"`` (not a hit/maybe/miss model).
+    ConfigError
+        ``metrics`` is not one of the three.
     """
 
-    def __init__(self, clf):
+    def __init__(self, clf, metrics: str = "kept"):
+        if metrics not in ("kept", "all", "none"):
+            raise ConfigError(f"metrics must be kept, all or none, not {metrics!r}")
+        self.metrics = metrics
         self.clf = clf
         self.class_names = tuple(clf.class_names)
         if "miss" not in self.class_names:
             raise ModelFileError(f"the model's classes {', '.join(self.class_names)} lack 'miss': screening needs a "
                                  "hit/maybe/miss model (a CDI model screens with --task cdi)", path=clf.bundle.path)
         self.score_columns = tuple(f"p_{c}" for c in self.class_names)
-        self.outputs = HitOutputs(self.score_columns)
+        self.outputs = HitOutputs(self.score_columns, () if metrics == "none" else METRIC_COLUMNS)
         self.path = clf.bundle.path
-        self.identity = _file_identity(self.path)
+        self.identity = _file_identity(self.path) + ("" if metrics == "none" else f":metrics={metrics}")
 
     def _decisions(self, probs) -> list[FrameDecision]:
         keep, labels = decide(probs, self.class_names)
@@ -163,8 +183,20 @@ class CNNMethod:
         out = [errors.get(i) for i in indices]
         for k, d in zip(ok, self._decisions(probs[ok])):
             d.warnings = tuple(warnings.get(indices[k], ()))
+            if self.metrics == "all" or (self.metrics == "kept" and d.keep):
+                _add_metrics(src, indices[k], d)
             out[k] = d
         return out
+
+
+def _add_metrics(src, i: int, d: FrameDecision) -> None:
+    """Set ``d.metrics`` and ``d.peaks`` from frame ``i`` read whole; a failure is a warning, the cells stay empty."""
+    try:
+        m = frame_metrics(check_frame(src.read(i)))
+    except Exception as exc:  # noqa: BLE001 - the numbers are extra: the decision stands without them
+        d.warnings = (*d.warnings, f"per-frame numbers not computed ({problem_of(exc)})")
+        return
+    d.metrics, d.peaks = m, m.peaks
 
 
 class PerFrame:

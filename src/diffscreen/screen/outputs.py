@@ -139,24 +139,34 @@ class RunFacts:
 
 
 class HitOutputs:
-    """Single-label outputs: ``file,frame,<score_columns>,label``, hits.lst, :class:`ScreenSummary`.
+    """Single-label outputs: ``file,frame,<score_columns>,<metric_columns>,label``, hits.lst, :class:`ScreenSummary`.
 
     Parameters
     ----------
     score_columns : sequence of str
         The method's score names (``p_hit, p_maybe, p_miss``; ``n_peaks``).
+    metric_columns : sequence of str
+        Per-frame numbers after the scores (a CNN's ``n_spots, d_min_A,
+        ice_rings, powder_rings``, :data:`diffscreen.preprocess.spots.METRIC_COLUMNS`):
+        the cells of the decision's ``metrics`` (``metrics.cells()``), empty
+        when the frame has none.
     """
 
     lineterminator = "\r\n"
     lists_hits = True
 
-    def __init__(self, score_columns):
-        self.columns = (*score_columns, "label")
-        self._blank = [""] * len(score_columns)
+    def __init__(self, score_columns, metric_columns=()):
+        self.columns = (*score_columns, *metric_columns, "label")
+        self._n_metrics = len(metric_columns)
+        self._blank = [""] * (len(score_columns) + len(metric_columns))
 
     def cells(self, d) -> list:
-        """scores.csv cells of a decision after ``file,frame``: scores to 6 significant digits, the label."""
-        return [*(f"{v:.6g}" for v in d.scores), d.label]
+        """scores.csv cells of a decision after ``file,frame``: scores to 6 significant digits, metrics, the label."""
+        if not self._n_metrics:
+            return [*(f"{v:.6g}" for v in d.scores), d.label]
+        m = getattr(d, "metrics", None)
+        extra = m.cells() if m is not None else [""] * self._n_metrics
+        return [*(f"{v:.6g}" for v in d.scores), *extra, d.label]
 
     def error_cells(self) -> list:
         """Cells of a frame that failed: blank scores, label ``error``."""

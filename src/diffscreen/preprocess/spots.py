@@ -1,0 +1,580 @@
+"""Per-frame numbers with the preprocessing's noise model: spots, resolution, ice and powder rings.
+
+What ``diffscreen screen`` writes after the probabilities in scores.csv
+(``n_spots``, ``d_min_A``, ``ice_rings``, ``powder_rings``) and what it
+stores as the kept frames' peak lists in hits.cxi.  Everything is computed on
+the frame at native detector resolution, from one set of per-shell background
+statistics: those of the significance input of the network
+(:mod:`diffscreen.preprocess.significance`), here over 1-pixel rings of the
+detector about the beam centre instead of the crop's rings.
+
+**The noise model** (:func:`~diffscreen.preprocess.significance.shell_statistics`
+and step 3 of :mod:`~diffscreen.preprocess.significance`): per ring, the
+background mean ``μ`` and variance ``v`` after iterative 3σ clipping
+(peakfinder8's radial statistics, Barty et al. 2014, *J. Appl. Cryst.* 47,
+1118, §2.3); the photon-transfer slope ``g = median(v / μ)`` estimates the
+ADU of one photon; each ring's variance is floored at ``g · max(μ, g)``.
+
+**Spots** (:func:`find_spots`).  A pixel is *strong* when its significance
+``z = (x − μ) / √v`` against its ring reaches ``pixel_sigma``; strong pixels
+are joined into 8-connected components; a component is a spot when it has
+``min_pixels`` to ``max_pixels`` pixels and its integrated signal-to-noise
+ratio ``S / √(g S + Σ v)`` (``S`` the summed background-subtracted ADU,
+``Σ v`` the background variance of its pixels, ``g S`` the signal's own
+Poisson variance) reaches ``spot_snr``.  This is the scheme of both peers:
+peakfinder8 thresholds each pixel against its ring's mean and σ, joins
+connected pixels and asks for a minimum integrated SNR (Barty et al. 2014);
+DIALS's dispersion threshold asks whether a pixel is significant given the
+background's variance-to-mean ratio (the index of dispersion, i.e. the gain)
+and keeps connected strong pixels (Parkhurst et al. 2016, *J. Appl. Cryst.*
+49, 1912, §2; DIALS estimates the background in a local 7 × 7 window, we in
+the ring, as peakfinder8 does).  Masked pixels are never strong and never
+enter the statistics.
+
+The thresholds (:data:`DEFAULT_SPOT_CONFIG`) were chosen on simulated frames
+only, never on real ones: ``bench/spot_thresholds.py`` compares the count with
+the simulator's detectable spots (``SimFrame.n_spots``: integrated SNR ≥ 5 from
+the noise-free expectation, :mod:`diffscreen.simulate.run`) over frames of
+several presets and picks the setting with the best rank correlation whose
+median count ratio is nearest 1 (``bench/results/spot_thresholds.json``;
+``docs/per_frame_metrics.md``).
+
+**Resolution** (:func:`frame_metrics`).  Each spot's Bragg spacing follows from
+the geometry (flat detector normal to the beam: ``2θ = atan(r p / D)``,
+``d = λ / (2 sin θ)``); ``d_min_A`` is the spacing at the 95th percentile of
+``1/d`` over the frame's spots (linear interpolation between spots: for two
+spots it lies between them, for many it ignores the outermost 5 %, which are
+often a hot pixel or a ring grain).  Empty without geometry or without a spot.
+
+**Rings** (:func:`ring_flags`).  A smooth ice or powder ring fills its own
+resolution shell, so it raises that shell's clipped background mean ``μ``
+above its neighbours'.  The radial profile ``μ(r)`` minus its running median
+over ``ring_window`` shells (which follows the broad water ring and the air
+scatter) is divided by a robust local scale of the same residuals (1.4826 ×
+the running median absolute deviation); ``ice_rings`` is 1 when at least two of
+the hexagonal-ice Ih lines (:data:`ICE_RINGS_D_A`) that fall on the detector
+carry an excess of ``ring_sigma`` or more within ±(2 + 1 %) of their radius,
+``powder_rings`` is 1 when some other shell does (a ring away from every ice
+line).  Both are empty without geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+from numba import njit
+
+from diffscreen.errors import ConfigError
+from diffscreen.io.frame import Frame
+from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel
+from diffscreen.preprocess.significance import _stats
+
+__all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
+           "find_spots", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
+
+#: scores.csv columns of :class:`FrameMetrics`, in order
+METRIC_COLUMNS = ("n_spots", "d_min_A", "ice_rings", "powder_rings")
+
+#: Hexagonal ice Ih powder lines, d in Å (the strong (100), (002), (101) and the weaker (102), (110), (103),
+#: (112)); the lines :data:`diffscreen.simulate.presets.ICE_RINGS_D_A` draws (copied: preprocess does not
+#: import simulate).
+ICE_RINGS_D_A = (3.897, 3.669, 3.441, 2.671, 2.249, 2.072, 1.918)
+
+
+@dataclass(frozen=True)
+class SpotConfig:
+    """Settings of the spot finder and the ring tests.
+
+    Attributes
+    ----------
+    pixel_sigma : float
+        Significance ``z`` at which a pixel is strong (σ of its ring's background).
+    spot_snr : float
+        Integrated signal-to-noise ratio a spot needs.
+    min_pixels, max_pixels : int
+        Allowed spot size, connected strong pixels.
+    clip_sigma : float
+        Clipping half-width of the ring statistics (σ).
+    iters : int
+        Clipping iterations.
+    step : int
+        The ring statistics use every ``step``-th row and column.
+    sector_px : int
+        Pixels per azimuthal sector of a ring (each ring is split into
+        sectors of about this many pixels, so that a background that changes
+        around the ring, polarisation, a kapton or strip shadow, is followed).
+    max_sectors : int
+        Most sectors of one ring; 1 (the default): whole rings, the
+        statistics of the significance input (sectors of fewer sampled
+        pixels gave noisier estimates and more false spots on the simulated
+        frames, ``bench/spot_thresholds.py``).
+    min_count : int
+        Rings with fewer sampled pixels have no estimate (their pixels are never strong).
+    d_quantile : float
+        Quantile of ``1/d`` over the spots that gives ``d_min_A``.
+    ring_window : int
+        Running-median window of the ring tests, shells (odd).
+    ring_sigma : float
+        Excess (robust σ of the profile's residuals) that makes an ice line.
+    powder_sigma : float
+        Excess that makes a ring away from the ice lines.
+    ring_min_count : int
+        Shells with fewer sampled pixels are left out of the ring tests.
+    max_spots : int
+        At most this many components are examined (the brightest are not
+        chosen: the first in row order); a frame with more is counted up to it.
+    """
+
+    pixel_sigma: float = 4.0
+    spot_snr: float = 5.0
+    min_pixels: int = 3
+    max_pixels: int = 1000
+    clip_sigma: float = 3.0
+    iters: int = 2
+    step: int = 2
+    sector_px: int = 96
+    max_sectors: int = 1
+    min_count: int = 8
+    d_quantile: float = 0.95
+    ring_window: int = 41
+    ring_sigma: float = 6.0
+    powder_sigma: float = 8.0
+    ring_min_count: int = 40
+    max_spots: int = 20000
+
+    def __post_init__(self):
+        if not (self.pixel_sigma > 0 and self.spot_snr > 0 and self.clip_sigma > 0 and self.ring_sigma > 0):
+            raise ConfigError("spots: pixel_sigma, spot_snr, clip_sigma and ring_sigma must be > 0")
+        if not 1 <= self.min_pixels <= self.max_pixels:
+            raise ConfigError("spots: need 1 <= min_pixels <= max_pixels")
+        if not 0 < self.d_quantile <= 1:
+            raise ConfigError("spots: d_quantile must be in (0, 1]")
+        if self.ring_window < 5 or self.ring_window % 2 == 0:
+            raise ConfigError("spots: ring_window must be odd and >= 5")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The settings diffscreen screens with (chosen on simulated frames: bench/spot_thresholds.py).
+DEFAULT_SPOT_CONFIG = SpotConfig()
+
+
+@dataclass
+class Spots:
+    """Spots found on one frame.
+
+    Attributes
+    ----------
+    x, y : (P,) float32 ndarray
+        Centroids (background-subtracted intensity weighted), px, pixel centres at integers.
+    intensity : (P,) float32 ndarray
+        Summed background-subtracted intensity, ADU.
+    snr : (P,) float32 ndarray
+        Integrated signal-to-noise ratio.
+    n_pixels : (P,) int32 ndarray
+    gain : float
+        The photon-transfer slope ``g`` of the frame (ADU per photon, estimated).
+    shells : tuple
+        ``(mu, var, count, shell_px)``: the ring statistics (for :func:`ring_flags`).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    intensity: np.ndarray
+    snr: np.ndarray
+    n_pixels: np.ndarray
+    gain: float
+    shells: tuple
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def table(self) -> np.ndarray:
+        """(P, 4) float32 x, y, intensity, SNR: the peak layout of :class:`~diffscreen.io.cxi.CXIWriter`."""
+        return np.stack([self.x, self.y, self.intensity, self.snr], axis=1).astype(np.float32).reshape(-1, 4)
+
+
+@njit(cache=True, nogil=True)
+def _noise(mu, var, cnt, min_count):
+    """Per-shell σ with the floor of :mod:`~diffscreen.preprocess.significance` (step 3), and the gain ``g``."""
+    nb = mu.shape[0]
+    ratios = np.empty(nb)
+    n = 0
+    for b in range(nb):
+        if cnt[b] >= min_count and mu[b] > 0.0 and var[b] > 0.0:
+            ratios[n] = var[b] / mu[b]
+            n += 1
+    g = np.median(ratios[:n]) if n > 0 else 0.0
+    sig = np.zeros(nb)
+    for b in range(nb):
+        if cnt[b] >= min_count:
+            v = max(var[b], g * max(mu[b], g))
+            if v > 0.0:
+                sig[b] = math.sqrt(v)
+    return sig, g
+
+
+@njit(cache=True, nogil=True)
+def _components(x, bins, mu, sig, zpix, max_comp):
+    """8-connected components of the strong pixels: (n, S, V, Sx, Sy) per component, and how many."""
+    h, w = x.shape
+    strong = np.zeros((h, w), np.uint8)
+    nstrong = 0
+    for i in range(h):
+        for j in range(w):
+            v = x[i, j]
+            if v != v:
+                continue
+            b = bins[i, j]
+            s = sig[b]
+            if s > 0.0 and v - mu[b] >= zpix * s:
+                strong[i, j] = 1
+                nstrong += 1
+    out = np.zeros((max_comp, 5))
+    nc = 0
+    if nstrong == 0:
+        return out, 0
+    stack = np.empty(nstrong, np.int64)
+    for i in range(h):
+        for j in range(w):
+            if strong[i, j] != 1:
+                continue
+            if nc >= max_comp:
+                return out, nc
+            strong[i, j] = 2
+            top = 0
+            stack[0] = i * w + j
+            top = 1
+            n = 0
+            S = 0.0
+            V = 0.0
+            Sx = 0.0
+            Sy = 0.0
+            while top > 0:
+                top -= 1
+                p = stack[top]
+                pi = p // w
+                pj = p - pi * w
+                b = bins[pi, pj]
+                e = x[pi, pj] - mu[b]
+                n += 1
+                S += e
+                V += sig[b] * sig[b]
+                Sx += e * pj
+                Sy += e * pi
+                for di in range(-1, 2):
+                    qi = pi + di
+                    if qi < 0 or qi >= h:
+                        continue
+                    for dj in range(-1, 2):
+                        qj = pj + dj
+                        if qj < 0 or qj >= w:
+                            continue
+                        if strong[qi, qj] == 1:
+                            strong[qi, qj] = 2
+                            stack[top] = qi * w + qj
+                            top += 1
+            out[nc, 0] = n
+            out[nc, 1] = S
+            out[nc, 2] = V
+            out[nc, 3] = Sx
+            out[nc, 4] = Sy
+            nc += 1
+    return out, nc
+
+
+@njit(cache=True, nogil=True)
+def _sector_bins(h, w, cx, cy, px_per_bin, max_sectors, bins, ring_of):
+    """Bin of every pixel: its 1-px ring about the beam split into azimuthal sectors of about
+    ``px_per_bin`` pixels (1 sector near the beam, at most ``max_sectors``); ``ring_of[b]`` is bin b's ring."""
+    rmax = 0
+    for i in (0, h - 1):
+        for j in (0, w - 1):
+            r = int(math.sqrt((j - cx) ** 2 + (i - cy) ** 2))
+            if r > rmax:
+                rmax = r
+    nr = rmax + 1
+    nsec = np.empty(nr, np.int64)
+    first = np.empty(nr + 1, np.int64)
+    first[0] = 0
+    for r in range(nr):
+        k = int(2.0 * math.pi * (r + 0.5) / px_per_bin)
+        nsec[r] = min(max(k, 1), max_sectors)
+        first[r + 1] = first[r] + nsec[r]
+    for i in range(h):
+        dy = i - cy
+        for j in range(w):
+            dx = j - cx
+            r = int(math.sqrt(dx * dx + dy * dy))
+            a = (math.atan2(dy, dx) + math.pi) / (2.0 * math.pi)
+            s = int(a * nsec[r])
+            if s >= nsec[r]:
+                s = nsec[r] - 1
+            bins[i, j] = first[r] + s
+    for r in range(nr):
+        for b in range(first[r], first[r + 1]):
+            ring_of[b] = r
+    return first[nr]
+
+
+@lru_cache(maxsize=4)
+def _bin_map(h: int, w: int, cx: float, cy: float, px_per_bin: int, max_sectors: int):
+    """(bins, ring_of, n_bins), read-only and cached: the frames of a run share one beam centre."""
+    bins = np.empty((h, w), np.int32)
+    ring_of = np.empty(h * w + 1, np.int64)
+    nb = _sector_bins(h, w, cx, cy, float(px_per_bin), max_sectors, bins, ring_of)
+    ring_of = ring_of[:nb].copy()
+    bins.flags.writeable = False
+    ring_of.flags.writeable = False
+    return bins, ring_of, int(nb)
+
+
+def _pixels(frame: Frame) -> np.ndarray:
+    """The frame's pixels as float32 with masked pixels NaN (left out of the statistics, never strong)."""
+    x = np.array(frame.data, dtype=np.float32, copy=True)
+    x[np.asarray(frame.mask, dtype=bool)] = np.nan
+    return x
+
+
+def find_spots(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Spots:
+    """Spots on one frame against its rings' background and noise (see the module notes).
+
+    Parameters
+    ----------
+    frame : Frame
+        ``data`` (H, W) in ADU, ``mask`` True = bad; the beam centre from
+        ``meta`` (the frame centre when unknown).
+    config : SpotConfig
+
+    Returns
+    -------
+    Spots
+        Sorted by SNR, brightest first.
+
+    Examples
+    --------
+    >>> from diffscreen.io.frame import FrameMeta
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.poisson(3.0, (128, 128)).astype(np.float32)
+    >>> a[40:42, 50:52] += 40                            # a 2 × 2 spot
+    >>> s = find_spots(Frame(a, np.zeros(a.shape, bool), FrameMeta(source="toy")))
+    >>> len(s), round(float(s.x[0]), 1), round(float(s.y[0]), 1)
+    (1, 50.5, 40.5)
+    """
+    c = config
+    x = _pixels(frame)
+    centre = beam_centre(frame.meta, x.shape)
+    bins, ring_of, nb = _bin_map(x.shape[0], x.shape[1], round(float(centre[0]), 4), round(float(centre[1]), 4),
+                                 int(c.sector_px), int(c.max_sectors))
+    mu, var, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb, np.int64)
+    _stats(x, bins, nb, float(c.clip_sigma), int(c.iters), int(c.min_count), int(c.step), mu, var, cnt)
+    sig, g = _noise(mu, var, cnt, c.min_count)
+    comp, nc = _components(x, bins, mu, sig, float(c.pixel_sigma), int(c.max_spots))
+    comp = comp[:nc]
+    n, S, V = comp[:, 0], comp[:, 1], comp[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = S / np.sqrt(V + max(g, 0.0) * np.maximum(S, 0.0))
+    ok = (n >= c.min_pixels) & (n <= c.max_pixels) & (S > 0) & (snr >= c.spot_snr)
+    comp, snr = comp[ok], snr[ok]
+    order = np.argsort(-snr, kind="stable")
+    comp, snr = comp[order], snr[order]
+    return Spots(x=(comp[:, 3] / comp[:, 1]).astype(np.float32), y=(comp[:, 4] / comp[:, 1]).astype(np.float32),
+                 intensity=comp[:, 1].astype(np.float32), snr=snr.astype(np.float32),
+                 n_pixels=comp[:, 0].astype(np.int32), gain=float(g), shells=_rings(mu, var, cnt, ring_of))
+
+
+def _rings(mu, var, cnt, ring_of):
+    """Per-ring (1 px) mean, variance and count from the sectors' (count-weighted; variance of the pooled pixels)."""
+    nr = int(ring_of[-1]) + 1 if len(ring_of) else 0
+    n = np.bincount(ring_of, weights=cnt, minlength=nr)
+    s1 = np.bincount(ring_of, weights=cnt * mu, minlength=nr)
+    s2 = np.bincount(ring_of, weights=cnt * (var + mu * mu), minlength=nr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.where(n > 0, s1 / n, 0.0)
+        v = np.where(n > 0, np.maximum(s2 / n - m * m, 0.0), 0.0)
+    return m, v, n.astype(np.int64), 1.0
+
+
+def _geometry(meta, shape):
+    """(centre, pixel_mm, distance_mm, wavelength_A) or None when the geometry is unknown or unphysical."""
+    if reciprocal_pixel(meta) is None:  # a missing or out-of-range value: unknown (as the crop treats it)
+        return None
+    return beam_centre(meta, shape), meta.pixel_size_mm, meta.distance_mm, meta.wavelength_A
+
+
+def _d_of_radius(r_px, pixel_mm, distance_mm, wavelength_A):
+    """Bragg spacing (Å) at detector radius ``r_px`` (flat detector normal to the beam); inf at r = 0."""
+    two_theta = np.arctan(np.asarray(r_px, np.float64) * pixel_mm / distance_mm)
+    with np.errstate(divide="ignore"):
+        return wavelength_A / (2.0 * np.sin(two_theta / 2.0))
+
+
+def _radius_of_d(d_A, pixel_mm, distance_mm, wavelength_A) -> float:
+    x = wavelength_A / (2.0 * d_A)
+    if x >= 1.0:
+        return math.inf
+    two_theta = 2.0 * math.asin(x)
+    return math.inf if two_theta >= math.pi / 2 else distance_mm * math.tan(two_theta) / pixel_mm
+
+
+def spot_resolution(spots: Spots, frame: Frame) -> np.ndarray | None:
+    """Bragg spacing (Å) of every spot, or None when the frame has no (usable) geometry."""
+    geo = _geometry(frame.meta, frame.data.shape)
+    if geo is None:
+        return None
+    (cx, cy), p, D, lam = geo
+    return _d_of_radius(np.hypot(spots.x - cx, spots.y - cy), p, D, lam)
+
+
+def d_min_of(d_A, quantile: float = DEFAULT_SPOT_CONFIG.d_quantile) -> float | None:
+    """``d_min_A`` of spots with spacings ``d_A``: the spacing at the ``quantile`` of ``1/d``; None for no spot."""
+    d = np.asarray(d_A, np.float64)
+    d = d[np.isfinite(d) & (d > 0)]
+    if not d.size:
+        return None
+    return float(1.0 / np.quantile(1.0 / d, quantile))
+
+
+def _running(a: np.ndarray, window: int, fn) -> np.ndarray:
+    """``fn`` (nanmedian) over a centred window of every element, NaN-aware; NaN where the window is all NaN."""
+    half = window // 2
+    pad = np.concatenate([np.full(half, np.nan), a, np.full(half, np.nan)])
+    win = np.lib.stride_tricks.sliding_window_view(pad, window)
+    out = np.full(a.shape, np.nan)
+    ok = np.isfinite(win).sum(1) >= max(3, window // 4)
+    if ok.any():
+        out[ok] = fn(win[ok], axis=1)
+    return out
+
+
+def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> dict:
+    """Whether ice (hexagonal Ih) and other powder rings raise their shells' background (module notes).
+
+    Parameters
+    ----------
+    shells : tuple
+        ``(mu, var, count, shell_px)`` of :attr:`Spots.shells`.
+    frame : Frame
+        For its geometry.
+    config : SpotConfig
+
+    Returns
+    -------
+    dict
+        ``ice_rings``, ``powder_rings``: bool, or None without geometry;
+        ``ice_sigma``: the excess (robust σ) of each ice line on the detector
+        (d → σ; NaN where the line is off the detector); ``powder_d_A``: the
+        spacings of the other rings found.
+    """
+    none = {"ice_rings": None, "powder_rings": None, "ice_sigma": {}, "powder_d_A": []}
+    geo = _geometry(frame.meta, frame.data.shape)
+    if geo is None:
+        return none
+    _, p, D, lam = geo
+    mu, var, cnt, shell_px = shells
+    c = config
+    prof = np.where(cnt >= c.ring_min_count, mu, np.nan).astype(np.float64)
+    nb = len(prof)
+    if np.isfinite(prof).sum() < c.ring_window:
+        return none
+    base = _running(prof, c.ring_window, np.nanmedian)
+    resid = prof - base
+    # noise of a shell's mean: its statistical error, or the spread of the residuals, whichever is larger
+    spread = 1.4826 * _running(np.abs(resid), 4 * c.ring_window + 1, np.nanmedian)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.sqrt(spread**2 + var / np.maximum(cnt, 1))
+        t = np.where(scale > 0, resid / scale, np.nan)
+    radius = (np.arange(nb) + 0.5) * shell_px
+    d_shell = _d_of_radius(radius, p, D, lam)
+    near_ice = np.zeros(nb, bool)
+    ice_sigma = {}
+    for d in ICE_RINGS_D_A:
+        r = _radius_of_d(d, p, D, lam)
+        ice_sigma[d] = float("nan")
+        if not math.isfinite(r):
+            continue
+        tol = 1.5 + 0.005 * r
+        lo, hi = int(math.floor((r - tol) / shell_px)), int(math.ceil((r + tol) / shell_px))
+        if hi < 1 or lo >= nb - 1:
+            continue
+        lo, hi = max(lo, 1), min(hi, nb - 2)
+        near_ice[lo : hi + 1] = True
+        seg = t[lo - 1 : hi + 2]
+        if not np.isfinite(seg[1:-1]).any():
+            continue
+        k = 1 + int(np.nanargmax(seg[1:-1]))
+        # a ring's own peak, not the flank of a neighbouring ring: a local maximum inside the window
+        if not (seg[k] >= seg[k - 1] or not np.isfinite(seg[k - 1])) or not (seg[k] >= seg[k + 1]
+                                                                            or not np.isfinite(seg[k + 1])):
+            ice_sigma[d] = 0.0
+            continue
+        ice_sigma[d] = float(seg[k])
+    n_ice = sum(1 for v in ice_sigma.values() if v >= c.ring_sigma)
+    other = (t >= c.powder_sigma) & ~near_ice
+    # a ring is a run of adjacent shells: report each run's peak spacing
+    powder = []
+    k = 0
+    while k < nb:
+        if other[k]:
+            j = k
+            while j + 1 < nb and other[j + 1]:
+                j += 1
+            peak = k + int(np.nanargmax(t[k : j + 1]))
+            powder.append(float(d_shell[peak]))
+            k = j + 1
+        else:
+            k += 1
+    return {"ice_rings": n_ice >= 2, "powder_rings": bool(powder), "ice_sigma": ice_sigma, "powder_d_A": powder}
+
+
+@dataclass
+class FrameMetrics:
+    """The per-frame numbers of scores.csv (:data:`METRIC_COLUMNS`) and the frame's peak list.
+
+    Attributes
+    ----------
+    n_spots : int
+    d_min_A : float or None
+        None without geometry or without a spot.
+    ice_rings, powder_rings : bool or None
+        None without geometry.
+    peaks : (P, 4) float32 ndarray
+        x, y, intensity, SNR of the spots (hits.cxi's Cheetah peak list).
+    """
+
+    n_spots: int
+    d_min_A: float | None
+    ice_rings: bool | None
+    powder_rings: bool | None
+    peaks: np.ndarray
+
+    def cells(self) -> list[str]:
+        """scores.csv cells: ``n_spots``, ``d_min_A`` (Å, 2 decimals), ``ice_rings``, ``powder_rings`` (1/0); empty = unknown."""
+        def flag(v):
+            return "" if v is None else str(int(bool(v)))
+
+        return [str(int(self.n_spots)), "" if self.d_min_A is None else f"{self.d_min_A:.2f}", flag(self.ice_rings),
+                flag(self.powder_rings)]
+
+
+def frame_metrics(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> FrameMetrics:
+    """``n_spots``, ``d_min_A``, ``ice_rings``, ``powder_rings`` and the peak list of one frame.
+
+    Parameters
+    ----------
+    frame : Frame
+    config : SpotConfig
+
+    Returns
+    -------
+    FrameMetrics
+    """
+    spots = find_spots(frame, config)
+    d = spot_resolution(spots, frame)
+    rings = ring_flags(spots.shells, frame, config)
+    return FrameMetrics(n_spots=len(spots), d_min_A=None if d is None else d_min_of(d, config.d_quantile),
+                        ice_rings=rings["ice_rings"], powder_rings=rings["powder_rings"], peaks=spots.table())

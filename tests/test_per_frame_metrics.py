@@ -1,0 +1,168 @@
+"""Per-frame numbers (issue 15 item 4): spots, d_min, ice and powder rings; their scores.csv columns and hits.cxi peaks."""
+
+import csv
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+from diffscreen.io.cxi import CXIWriter
+from diffscreen.io.frame import Frame, FrameMeta
+from diffscreen.preprocess.spots import (ICE_RINGS_D_A, METRIC_COLUMNS, _radius_of_d, find_spots, frame_metrics,
+                                         ring_flags)
+
+# a flat detector 100 mm from the sample, 0.1 mm pixels, 1 Å: ice's 3.90, 3.67, 3.44 Å lines at 263-299 px
+GEO = dict(pixel_size_mm=0.1, distance_mm=100.0, wavelength_A=1.0)
+SIZE = 512
+CENTRE = ((SIZE - 1) / 2, (SIZE - 1) / 2)
+
+
+def _meta(**kw):
+    return FrameMeta("planted", 0, "toy", beam_centre_px=CENTRE, **{**GEO, **kw})
+
+
+def _background(rng, lam=5.0, rings=()):
+    """Poisson background of ``lam`` photons plus smooth rings ``(d_A, photons, sigma_px)``."""
+    y, x = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(x - CENTRE[0], y - CENTRE[1])
+    mean = np.full((SIZE, SIZE), lam)
+    for d, photons, sig in rings:
+        r0 = _radius_of_d(d, GEO["pixel_size_mm"], GEO["distance_mm"], GEO["wavelength_A"])
+        mean = mean + photons * np.exp(-0.5 * ((r - r0) / sig) ** 2)
+    return rng.poisson(mean).astype(np.float32)
+
+
+def _plant(img, x, y, photons=400.0, sigma=0.8):
+    """A Gaussian spot centred at (x, y) (pixel centres at integers)."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    img += photons / (2 * np.pi * sigma**2) * np.exp(-0.5 * (((xx - x) / sigma) ** 2 + ((yy - y) / sigma) ** 2))
+
+
+def _frame(img, mask=None, **meta):
+    return Frame(img, np.zeros(img.shape, bool) if mask is None else mask, _meta(**meta))
+
+
+def test_planted_spots_are_counted_at_their_centroids():
+    rng = np.random.default_rng(1)
+    img = _background(rng)
+    where = [(100.3, 120.6), (300.0, 80.2), (400.7, 400.4), (60.5, 350.5), (250.2, 430.9)]
+    for x, y in where:
+        _plant(img, x, y)
+    s = find_spots(_frame(img))
+    assert len(s) == len(where)
+    for x, y in where:
+        k = int(np.argmin(np.hypot(s.x - x, s.y - y)))
+        assert math.hypot(s.x[k] - x, s.y[k] - y) < 0.3
+    assert np.all(s.snr >= 5) and np.all(s.n_pixels >= 3)
+    assert s.table().shape == (len(where), 4)
+
+
+def test_blank_frame_has_no_spot_and_no_d_min():
+    m = frame_metrics(_frame(_background(np.random.default_rng(2))))
+    assert m.n_spots == 0 and m.d_min_A is None and m.peaks.shape == (0, 4)
+    assert m.cells()[:2] == ["0", ""]
+
+
+def test_a_masked_bright_spot_is_not_counted():
+    rng = np.random.default_rng(3)
+    img = _background(rng)
+    _plant(img, 200.0, 150.0, photons=5000)
+    _plant(img, 330.0, 260.0)
+    mask = np.zeros(img.shape, bool)
+    mask[147:154, 197:204] = True  # the whole of the bright spot
+    img[150, 200] = 1e6  # and a hot pixel under the mask
+    s = find_spots(_frame(img, mask))
+    assert len(s) == 1 and abs(s.x[0] - 330) < 0.3 and abs(s.y[0] - 260) < 0.3
+
+
+def test_d_min_of_spots_at_known_resolution():
+    rng = np.random.default_rng(4)
+    img = _background(rng)
+    kw = (GEO["pixel_size_mm"], GEO["distance_mm"], GEO["wavelength_A"])
+    for d, angles in ((3.5, (0.79, 2.36, 3.93, 5.50)), (6.0, (0.8, 2.6, 4.4))):  # 3.5 Å: 295 px, the diagonals
+        r = _radius_of_d(d, *kw)
+        for a in angles:
+            _plant(img, CENTRE[0] + r * math.cos(a), CENTRE[1] + r * math.sin(a))
+    m = frame_metrics(_frame(img))
+    assert m.n_spots == 7
+    assert m.d_min_A == pytest.approx(3.5, abs=0.02)
+    assert m.cells()[1] == f"{m.d_min_A:.2f}"
+    no_geometry = frame_metrics(Frame(img, np.zeros(img.shape, bool), FrameMeta("planted")))
+    assert no_geometry.n_spots == 7 and no_geometry.d_min_A is None and no_geometry.ice_rings is None
+    assert no_geometry.cells() == ["7", "", "", ""]
+
+
+def test_ice_and_powder_flags_on_planted_rings():
+    rng = np.random.default_rng(5)
+    ice = [(d, 10.0 * w, 1.5) for d, w in zip(ICE_RINGS_D_A, (1.0, 0.6, 0.55, 0.2, 0.25, 0.2, 0.15))]
+    for rings, want_ice, want_powder in (((), False, False), (ice, True, False), (((5.0, 3.0, 1.5),), False, True),
+                                         ((*ice, (5.0, 3.0, 1.5)), True, True)):
+        fr = _frame(_background(rng, rings=rings))
+        got = ring_flags(find_spots(fr).shells, fr)
+        assert (got["ice_rings"], got["powder_rings"]) == (want_ice, want_powder), (rings, got)
+
+
+@pytest.mark.parametrize("index, has_ice", [(3, False), (5, True), (8, False)])
+def test_ice_flag_on_simulated_frames(index, has_ice):
+    """wide_hybrid172 (seed 7): frame 5 has ice rings only (faint: 2.7 photons at the 3.90 Å line), 3 and 8 no ring."""
+    from diffscreen.simulate.run import Simulator
+
+    f = Simulator("wide_hybrid172", seed=7).frame(index)
+    assert bool(f.meta.extra["ice_rings"]) == has_ice and f.meta.extra["n_powder_rings"] == 0
+    m = frame_metrics(f.to_frame())
+    assert m.ice_rings is has_ice and m.powder_rings is False
+
+
+def _write_run(path, n_spots_per_frame, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((SIZE, SIZE), bool)
+    with CXIWriter(path, mask_mode="static") as w:
+        for i, n in enumerate(n_spots_per_frame):
+            img = _background(rng, lam=10.0)
+            for _ in range(n):
+                x, y = rng.uniform(20, SIZE - 20, 2)
+                _plant(img, x, y, photons=800)
+            w.append(img.astype(np.int32), FrameMeta(str(path), i, "toy", beam_centre_px=CENTRE, **GEO), mask=mask)
+    return path
+
+
+def test_screen_writes_the_columns_and_the_cheetah_peaks(tmp_path):
+    from diffscreen.models.inference import Classifier
+    from diffscreen.screen import SCORE_COLUMNS, screen
+    from diffscreen.screen.method import CNNMethod
+
+    run = str(_write_run(tmp_path / "run.cxi", [40, 0, 25, 6, 0, 60]))
+    clf = Classifier("fast")
+    out = tmp_path / "out"
+    screen([run], out, method=CNNMethod(clf, metrics="all"), batch_size=3, comm=None)
+    with open(out / "scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == SCORE_COLUMNS
+    assert list(rows[0])[-5:-1] == list(METRIC_COLUMNS)
+    n = [int(r["n_spots"]) for r in rows]
+    assert n[1] == n[4] == 0 and abs(n[0] - 40) <= 3 and abs(n[2] - 25) <= 2 and n[3] == 6 and abs(n[5] - 60) <= 5
+    for r in rows:
+        assert r["ice_rings"] == "0" and r["powder_rings"] == "0"
+        assert (r["d_min_A"] == "") == (r["n_spots"] == "0")
+        if r["d_min_A"]:  # the frame's corners reach 1/(2 sin(atan(36.1 / 100) / 2)) = 2.9 Å
+            assert 2.9 <= float(r["d_min_A"]) < 10
+    kept = [r for r in rows if r["label"] in ("hit", "maybe")]
+    assert kept, "the bundled model keeps the frames with spots"
+    with h5py.File(out / "hits.cxi", "r") as f:
+        res = f["entry_1/result_1"]
+        assert res["nPeaks"][:].tolist() == [int(r["n_spots"]) for r in kept]
+        for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity"):
+            assert res[name].shape[0] == len(kept)
+        k = int(np.argmax(res["nPeaks"][:]))
+        xs = res["peakXPosRaw"][k, : res["nPeaks"][k]]
+        assert np.all((xs > 0) & (xs < SIZE))
+
+    # the default: the numbers on kept frames only, empty cells on the others
+    out2 = tmp_path / "out2"
+    screen([run], out2, model=clf, batch_size=3, comm=None)
+    with open(out2 / "scores.csv", newline="") as fh:
+        rows2 = list(csv.DictReader(fh))
+    for r, r2 in zip(rows, rows2):
+        assert r2["label"] == r["label"]
+        assert r2["n_spots"] == (r["n_spots"] if r["label"] in ("hit", "maybe") else "")
