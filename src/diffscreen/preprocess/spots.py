@@ -310,10 +310,10 @@ def _sector_bins(h, w, cx, cy, px_per_bin, max_sectors, bins, ring_of):
         for j in range(w):
             dx = j - cx
             r = int(math.sqrt(dx * dx + dy * dy))
-            a = (math.atan2(dy, dx) + math.pi) / (2.0 * math.pi)
-            s = int(a * nsec[r])
-            if s >= nsec[r]:
-                s = nsec[r] - 1
+            s = 0
+            if nsec[r] > 1:  # the angle only where a ring is split (atan2 is most of the cost)
+                a = (math.atan2(dy, dx) + math.pi) / (2.0 * math.pi)
+                s = min(int(a * nsec[r]), nsec[r] - 1)
             bins[i, j] = first[r] + s
     for r in range(nr):
         for b in range(first[r], first[r + 1]):
