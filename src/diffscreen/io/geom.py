@@ -837,26 +837,7 @@ def iter_frames_with_geometry(specs, geometry, *, check: bool = True):
         The assembled frame, or the error in its place (a frame of the wrong
         shape is an error of that frame only).
     """
-    from diffscreen.io.sources import _read_or_error, open_source
+    from diffscreen.io.sources import iter_frames
 
     geometry = as_geometry(geometry)
-    if isinstance(specs, (str, os.PathLike)):
-        specs = [specs]
-    for spec in specs:
-        spec = os.fspath(spec)
-        src = None
-        try:
-            src = GeomSource(open_source(_spec_for(spec, geometry)), geometry)
-            n = len(src)
-        except Exception as exc:  # noqa: BLE001 - a reader bug must not end the run either
-            if src is not None:
-                src.close()
-            if not isinstance(exc, DiffscreenError):
-                exc = FrameReadError(f"unexpected {type(exc).__name__}: {exc}", path=spec)
-            yield spec, -1, exc
-            continue
-        with src:
-            if n == 0:
-                yield spec, -1, FrameReadError("the file holds no frames", path=spec)
-            for i in range(n):
-                yield spec, i, _read_or_error(src, spec, i, check)
+    return iter_frames(specs, check=check, opener=lambda spec: open_with_geometry(spec, geometry))

@@ -279,7 +279,7 @@ def read_frame(spec, index: int = 0) -> Frame:
         return src.read(index)
 
 
-def iter_frames(specs, *, check: bool = True) -> Iterator[tuple[str, int, Frame | DiffscreenError]]:
+def iter_frames(specs, *, check: bool = True, opener=None) -> Iterator[tuple[str, int, Frame | DiffscreenError]]:
     """Yield every frame of every input, and errors in place of what cannot be read.
 
     A screening run must not stop at one bad file, so nothing here raises for
@@ -295,6 +295,9 @@ def iter_frames(specs, *, check: bool = True) -> Iterator[tuple[str, int, Frame 
         Run :func:`~diffscreen.io.frame.check_frame` on each frame, yielding
         its :class:`~diffscreen.errors.BadFrameError` (NaN/inf pixels, all
         zero, shape mismatch) in place of the frame.
+    opener : callable (spec) -> FrameSource, optional
+        Opens a spec instead of :func:`open_source` (e.g.
+        :func:`diffscreen.io.geom.open_with_geometry`).
 
     Yields
     ------
@@ -309,7 +312,7 @@ def iter_frames(specs, *, check: bool = True) -> Iterator[tuple[str, int, Frame 
         spec = os.fspath(spec)
         src = None
         try:
-            src = open_source(spec)
+            src = (opener or open_source)(spec)
             n = len(src)
         except Exception as exc:  # a reader bug must not end the run either
             if src is not None:

@@ -47,7 +47,7 @@ from numba import njit
 
 from diffscreen.errors import ConfigError
 
-__all__ = ["significance", "shell_statistics"]
+__all__ = ["significance", "shell_statistics", "photon_transfer_gain"]
 
 
 @njit(cache=True, nogil=True)
@@ -101,17 +101,41 @@ def _stats(x, bins, nb, k, iters, min_count, step, mu, var, cnt):
 
 
 @njit(cache=True, nogil=True)
-def _transform(x, bins, mu, var, cnt, min_count, low, scale, high, out):
-    h, w = x.shape
+def photon_transfer_gain(mu, var, cnt, min_count):
+    """ADU of one photon: the median variance-to-mean ratio over shells with a background (step 3).
+
+    For a Poisson background in ADU with gain ``g``, ``var = g · mu``; the
+    median over shells is robust to shells holding rings or spots.
+
+    Parameters
+    ----------
+    mu, var : (n_shells,) float64 ndarray
+        Background mean (ADU) and variance (ADU²) per shell (:func:`shell_statistics`).
+    cnt : (n_shells,) int64 ndarray
+        Pixels behind each shell's estimate.
+    min_count : int
+        Shells with fewer pixels are left out.
+
+    Returns
+    -------
+    float
+        The gain, ADU per photon; 0 when no shell has a positive background.
+    """
     nb = mu.shape[0]
-    # photon-transfer slope: median variance-to-mean ratio over shells with a background
     ratios = np.empty(nb)
     n = 0
     for b in range(nb):
         if cnt[b] >= min_count and mu[b] > 0.0 and var[b] > 0.0:
             ratios[n] = var[b] / mu[b]
             n += 1
-    g = np.median(ratios[:n]) if n > 0 else 0.0
+    return np.median(ratios[:n]) if n > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _transform(x, bins, mu, var, cnt, min_count, low, scale, high, out):
+    h, w = x.shape
+    nb = mu.shape[0]
+    g = photon_transfer_gain(mu, var, cnt, min_count)
     rscale = 1.0 / scale
     lowc = low * rscale
     inv = np.zeros(nb)

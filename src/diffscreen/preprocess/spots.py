@@ -70,7 +70,7 @@ from numba import njit
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import Frame
 from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel
-from diffscreen.preprocess.significance import _stats
+from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
            "find_spots", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
@@ -202,13 +202,7 @@ class Spots:
 def _noise(mu, var, cnt, min_count):
     """Per-shell σ with the floor of :mod:`~diffscreen.preprocess.significance` (step 3), and the gain ``g``."""
     nb = mu.shape[0]
-    ratios = np.empty(nb)
-    n = 0
-    for b in range(nb):
-        if cnt[b] >= min_count and mu[b] > 0.0 and var[b] > 0.0:
-            ratios[n] = var[b] / mu[b]
-            n += 1
-    g = np.median(ratios[:n]) if n > 0 else 0.0
+    g = photon_transfer_gain(mu, var, cnt, min_count)
     sig = np.zeros(nb)
     for b in range(nb):
         if cnt[b] >= min_count:
