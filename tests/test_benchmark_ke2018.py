@@ -152,3 +152,20 @@ def test_quick_cli_exits_1_only_when_an_asserted_finding_fails(tmp_path, monkeyp
 
     monkeypatch.setattr(ke2018, "run", fake_run)
     assert main(["benchmark", "ke2018", "--quick", "--out", str(tmp_path)]) == status
+
+
+def test_table3_spotfinder_column_and_fig7_from_the_real_annotations(shared_data, tmp_path):
+    """Ke Table 3's automatic spot-finding column, computed from the CXIDB-76 annotation files, is the paper's."""
+    folder = shared_data / "cxidb76-annotations"
+    if not folder.is_dir():
+        pytest.skip("no cxidb76-annotations folder")
+    ann = ke2018.annotation_table(folder)
+    assert sorted(ann) == sorted(ke2018.PAPER["table3"])
+    for run, r in ann.items():
+        paper = ke2018.PAPER["table3"][run]
+        assert round(r["kept_of_hit_or_maybe"], 1) == paper[2] and round(r["kept_of_miss"], 1) == paper[3], run
+        assert sum(r["counts"].values()) == 2000
+        assert [sum(h) for h in r["histogram"].values()] == list(r["counts"].values())
+    assert ann["LO19"]["threshold"] == 50 and ann["LN83"]["threshold"] == 15
+    ke2018._fig7(ann, tmp_path / "fig7.png")
+    assert (tmp_path / "fig7.png").stat().st_size > 10_000

@@ -353,7 +353,7 @@ def _jobs(st: Settings, ray: tuple, lin_targets: list) -> list:
 
 
 def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: Settings | None = None,
-        log=print) -> dict:  # fmt: skip
+        annotations=None, log=print) -> dict:  # fmt: skip
     """Run the Ke et al. (2018) experiments and write the report.
 
     Parameters
@@ -370,6 +370,10 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         Processes for simulation and training.
     settings : Settings, optional
         Overrides :data:`FULL` / :data:`QUICK`.
+    annotations : str or Path, optional
+        The CXIDB-76 annotation folder: when it exists, Table 3's automatic
+        spot-finding column and Fig. 7 are computed from the real expert and
+        DIALS labels (:func:`annotation_table`).
     log : callable
 
     Returns
@@ -454,9 +458,30 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     log("measuring throughput")
     results["throughput"] = _throughput(st, Path(models[st.presets[0]]))
     results["findings"] = check_findings(results)
+    if annotations is not None and Path(annotations).is_dir():
+        results["annotations"] = annotation_table(annotations)
     results["seconds"] = time.time() - t_start
     write_report(results, out)
     return results
+
+
+#: Fig. 7's bins of the DIALS spot count: 0, then logarithmic up to 10^4.
+FIG7_EDGES = [0, 1, *np.unique(np.round(np.logspace(0, 4, 33))).astype(int)[1:].tolist()]
+
+
+def annotation_table(folder) -> dict:
+    """Table 3's spot-finder column and Fig. 7's histograms from the real CXIDB-76 annotations (Ke §3.3).
+
+    :func:`diffscreen.evaluate.labelled.annotation_spotfinder`, with the spot
+    counts binned on :data:`FIG7_EDGES` per expert class.
+    """
+    from diffscreen.evaluate.labelled import annotation_spotfinder
+
+    out = {}
+    for run, r in annotation_spotfinder(folder).items():
+        hist = {c: np.histogram(v, bins=FIG7_EDGES)[0].tolist() for c, v in r["n_spots"].items()}
+        out[run] = {**{k: v for k, v in r.items() if k != "n_spots"}, "histogram": hist}
+    return out
 
 
 #: Weak-spot presets: the CSPAD runs whose Bragg spots cover 1-3 pixels (Ke §3.3.1, Fig. 5c).
@@ -568,6 +593,7 @@ def write_report(results: dict, out_dir) -> Path:
         "peakfinder8 settings (ADC threshold, minimum SNR, pixels per peak, minimum peak count):",
         [f"- {p}: ke: {pf8(r['pf8_ke']['settings'])}; tuned: {pf8(r['pf8_tuned']['settings'])}"
          for p, r in results["table3"].items()],
+        *_annotation_lines(results.get("annotations")),
         *matrix("Table 4: Rayonix presets against each other", results["table4"], PAPER["table4"]),
         *matrix("Table 5: Rayonix against CSPAD", results["table5"], PAPER["table5"]),
         *matrix("Table 6: training on several presets", results["table6"], PAPER["table6"]),
@@ -595,7 +621,49 @@ def write_report(results: dict, out_dir) -> Path:
     L += ["", _QUICK_NOTE] if results["quick"] and results.get("findings") else []
     L += ["", "## Why our numbers differ from the paper's", "", *_DISCUSSION]
     _fig9(results["fig9"], out / "ke2018_fig9.png")
+    if results.get("annotations"):
+        _fig7(results["annotations"], out / "ke2018_fig7.png")
     return write_files(out, "ke2018", L, results)
+
+
+def _annotation_lines(ann: dict | None) -> list:
+    """Report lines of :func:`annotation_table`'s result (nothing without it)."""
+    if not ann:
+        return []
+    rows = [(run, f"{r['kept_of_hit_or_maybe']:.1f} [{PAPER['table3'][run][2]}]",
+             f"{r['kept_of_miss']:.1f} [{PAPER['table3'][run][3]}]", r["threshold"],
+             f"{r['counts']['hit']} / {r['counts']['maybe']} / {r['counts']['miss']}") for run, r in ann.items()]
+    return ["## Table 3, automatic spot-finding, and Fig. 7: from the real CXIDB-76 annotations",
+            "The expert's classes against the DIALS spot-finder's Hit/Miss of the authors' annotation files "
+            "(`../shared/data/cxidb76-annotations`, all 2000 frames of each run; the per-run spot-count thresholds "
+            "are those of their `annotation_notes`; a frame the DIALS file leaves out had no spot). "
+            "Percentage of frames the spot-finder calls Hit, paper numbers in brackets.",
+            table(("run", "hit or maybe kept", "miss kept", "threshold (spots)", "expert hit / maybe / miss"), rows),
+            "![Fig. 7](ke2018_fig7.png)"]
+
+
+def _fig7(ann: dict, path: Path) -> None:
+    """Ke Fig. 7: histograms of the DIALS spot count per expert class, with the run's threshold."""
+    runs = list(ann)
+    fig, axes = pyplot().subplots(len(runs), 1, figsize=(6.5, 1.7 * len(runs) + 0.4), squeeze=False)
+    edges = np.asarray(FIG7_EDGES, float)
+    left = np.maximum(edges[:-1], 0.5)  # the 0-spot bin drawn at 0.5 on the log axis
+    for ax, run in zip(axes[:, 0], runs):
+        r, bottom = ann[run], np.zeros(len(edges) - 1)
+        for c, colour in (("hit", "C0"), ("maybe", "C1"), ("miss", "C8")):
+            h = np.asarray(r["histogram"][c], float)
+            ax.bar(left, h, width=np.maximum(edges[1:], 1) - left, bottom=bottom, align="edge", color=colour,
+                   label=f"{c} ({r['counts'][c]})")
+            bottom += h
+        if r["threshold"]:
+            ax.axvline(r["threshold"], color="k", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(f"{run}: threshold {r['threshold']} spots", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper right")
+    axes[-1, 0].set_xlabel("DIALS spots per frame (0 at 0.5)", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
 
 
 def _fig9(fig9: dict, path: Path) -> None:

@@ -21,13 +21,13 @@ benchmark_app = typer.Typer(
 )
 
 
-def _run_with_findings(module, title: str, out: Path, *, quick: bool, work, workers: int) -> None:
+def _run_with_findings(module, title: str, out: Path, *, quick: bool, work, workers: int, **extra) -> None:
     """Run a benchmark ``module`` whose results carry findings; print them; in quick mode exit 1 unless every
     finding in ``module.ASSERTED`` (those that held at each quick seed) holds."""
     name = module.__name__.rpartition(".")[2]
     with progress() as p:
         p.console.print(f"{title} benchmark{' (quick)' if quick else ''} -> {out}")
-        res = module.run(out, quick=quick, work=work, workers=workers, log=p.console.print)
+        res = module.run(out, quick=quick, work=work, workers=workers, log=p.console.print, **extra)
     print(f"wrote {out / (name + '.md')} ({res['seconds'] / 60:.1f} min)")
     for finding, f in res["findings"].items():
         print(f"{'ok  ' if f['holds'] else 'FAIL'} {finding}: {f['detail']}")
@@ -42,13 +42,16 @@ def benchmark_ke2018(
     quick: bool = typer.Option(False, "--quick", help="CI size: two presets, small models (minutes); asserts one finding."),
     work: Path = typer.Option(None, help="Cache of simulated data and models (default OUT/work); reruns resume."),
     workers: int = typer.Option(2, help="Processes for simulation and training."),
+    annotations: Path = typer.Option(Path("../shared/data/cxidb76-annotations"), help="CXIDB-76 annotation folder (expert and DIALS labels): Table 3's spot-finding column and Fig. 7 from the real labels, when it exists."),
 ):
     """Rerun Ke et al. (2018) on simulated runs of the five CXIDB-76 presets.
 
     Tables 3-8 (CNN against peakfinder8, cross-preset and cross-detector
     training, training-set size, LCN against linear contrast), Fig. 9 and the
-    throughput of both methods, with the paper's numbers alongside.  The full
-    run takes about an hour on 2 cores.
+    throughput of both methods, with the paper's numbers alongside; Table 3's
+    automatic spot-finding column and Fig. 7 from the real CXIDB-76 expert
+    and DIALS labels (--annotations).  The full run takes about an hour on
+    2 cores.
 
     --quick exits 1 unless the CNN keeps more of L498's hit-or-maybe frames
     than peakfinder8 with Ke's Table 2 settings, the one finding that held at
@@ -56,7 +59,7 @@ def benchmark_ke2018(
     """
     from diffscreen.benchmarks import ke2018
 
-    _run_with_findings(ke2018, "Ke et al. (2018)", out, quick=quick, work=work, workers=workers)
+    _run_with_findings(ke2018, "Ke et al. (2018)", out, quick=quick, work=work, workers=workers, annotations=annotations)
 
 
 @benchmark_app.command("xie2022")

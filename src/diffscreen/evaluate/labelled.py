@@ -6,7 +6,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-__all__ = ["labels_for_scores", "predict_labelled", "real_frame_scores"]
+__all__ = ["labels_for_scores", "predict_labelled", "real_frame_scores", "annotation_spotfinder"]
 
 
 def labels_for_scores(scores_csv, inputs=(), label_files=()) -> tuple[list[str], list[str]]:
@@ -149,3 +149,57 @@ def real_frame_scores(model_path, folders) -> dict:
                                                    "call": "keep" if keep else "drop"}
     return {"balanced_accuracy": keep_balanced_accuracy(np.array(ys), np.array(ps)), "frames": frames,
             "unread": unread}
+
+
+def annotation_spotfinder(folder) -> dict:
+    """Ke et al. (2018) Table 3's automatic spot-finding column and Fig. 7, from the CXIDB-76 annotation files.
+
+    For each run folder holding ``expert_annotation.txt`` and
+    ``dials_annotation.txt`` (the authors' labels, CXIDB entry 76), the
+    expert's classes are compared with the DIALS spot-finder's Hit/Miss, whose
+    per-run spot-count threshold the file already applies (``annotation_notes``);
+    frames the DIALS file leaves out had no spot and are misses.  Ke et al.
+    2018 §3.3, Table 3 and Fig. 7.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The annotation folder (one sub-folder per run: L498, LG36, LN83, LN84, LO19).
+
+    Returns
+    -------
+    dict
+        Per run: ``kept_of_hit_or_maybe`` and ``kept_of_miss`` (% of the
+        expert's hit-or-maybe and miss frames the spot-finder calls Hit),
+        ``threshold`` (the fewest spots of a DIALS Hit), ``counts`` (expert
+        class → frames) and ``n_spots`` (expert class → list of DIALS spot
+        counts, for Fig. 7).
+
+    Raises
+    ------
+    LabelError
+        A malformed annotation file (:mod:`diffscreen.io.labels`).
+    """
+    from pathlib import Path
+
+    from diffscreen.io.labels import read_dials_annotation, read_expert_annotation
+
+    out = {}
+    for run in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        expert_file, dials_file = run / "expert_annotation.txt", run / "dials_annotation.txt"
+        if not (expert_file.is_file() and dials_file.is_file()):
+            continue
+        expert = read_expert_annotation(expert_file)
+        dials = {r.frame: r for r in read_dials_annotation(dials_file, n_frames=len(expert))}
+        called = {c: [dials[e.frame] for e in expert if e.label == c] for c in ("hit", "maybe", "miss")}
+        keep_hm = [d.label == "hit" for d in called["hit"] + called["maybe"]]
+        keep_miss = [d.label == "hit" for d in called["miss"]]
+        out[run.name] = {
+            "kept_of_hit_or_maybe": 100.0 * sum(keep_hm) / max(len(keep_hm), 1),
+            "kept_of_miss": 100.0 * sum(keep_miss) / max(len(keep_miss), 1),
+            "threshold": min((d.n_spots for d in dials.values() if d.label == "hit"), default=None),
+            "counts": {c: len(v) for c, v in called.items()},
+            "n_spots": {c: [int(d.n_spots) for d in v] for c, v in called.items()},
+        }
+    return out
+
