@@ -19,9 +19,8 @@ import numpy as np
 
 from diffscreen.errors import ConfigError
 from diffscreen.models.diffranet import DIFFRANET_CLASSES, DIFFRANET_HITS, is_diffranet_model
-from diffscreen.screen.method import FrameDecision, _file_identity
+from diffscreen.screen.method import CNNMethod, FrameDecision, _file_identity
 from diffscreen.screen.outputs import HitOutputs, ScreenSummary
-from diffscreen.screen.pipeline import predict_source
 
 __all__ = ["DiffraNetMethod", "DiffraNetOutputs", "DiffraNetSummary", "check_diffranet_model"]
 
@@ -75,8 +74,12 @@ class DiffraNetOutputs(HitOutputs):
         return s, record
 
 
-class DiffraNetMethod:
+class DiffraNetMethod(CNNMethod):
     """A DiffraNet 5-class classifier as a screening method.
+
+    Frames are read and classified as by :class:`~diffscreen.screen.method.CNNMethod`
+    (its ``classify_source``), without the per-frame numbers; only the
+    decision (the most probable class, kept when weak, good or strong) differs.
 
     Parameters
     ----------
@@ -91,7 +94,7 @@ class DiffraNetMethod:
 
     def __init__(self, clf):
         check_diffranet_model(tuple(clf.class_names), clf.bundle.path)
-        self.clf = clf
+        self.clf, self.metrics = clf, "none"
         self.class_names = tuple(clf.class_names)
         self.score_columns = tuple(f"p_{c}" for c in self.class_names)
         self.outputs = DiffraNetOutputs(self.score_columns)
@@ -102,14 +105,3 @@ class DiffraNetMethod:
         labels = [self.class_names[k] for k in np.asarray(probs).argmax(1)] if len(probs) else []
         return [FrameDecision(tuple(float(v) for v in p), lab, lab in DIFFRANET_HITS, p)
                 for p, lab in zip(probs, labels)]
-
-    def classify_source(self, src, indices) -> list:
-        """Decisions for frames ``indices`` of an open source (a str: the problem of a frame not classified)."""
-        warnings: dict = {}
-        probs, errors = predict_source(self.clf, src, indices, batch_size=max(1, len(indices)), warnings=warnings)
-        ok = [k for k, i in enumerate(indices) if i not in errors]
-        out = [errors.get(i) for i in indices]
-        for k, d in zip(ok, self._decisions(probs[ok])):
-            d.warnings = tuple(warnings.get(indices[k], ()))
-            out[k] = d
-        return out
