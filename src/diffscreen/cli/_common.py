@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -18,7 +19,7 @@ import typer
 from diffscreen.errors import EXIT_RUN, EXIT_USAGE  # numbers only: loads nothing heavy
 
 __all__ = ["EXIT_PARTIAL", "EXIT_RUN", "EXIT_USAGE", "EXIT_INTERNAL", "MODEL_HELP", "Task", "ModelType", "Bar",
-           "error", "friendly", "start_dashboard", "DASHBOARD_OPTION", "DEVICE_HELP", "device_option", "device_of",
+           "error", "friendly", "live_dashboard", "DASHBOARD_OPTION", "DEVICE_HELP", "device_option", "device_of",
            "progress", "counting", "expand", "given", "report_screen", "simulate_with_bar"]
 
 EXIT_PARTIAL = 1  # finished, but some frames or files failed
@@ -228,19 +229,23 @@ def report_screen(summary, out) -> None:
 DASHBOARD_OPTION = typer.Option(None, "--dashboard", help="Serve the live dashboard at [HOST:]PORT (host 127.0.0.1 unless given).")
 
 
-def start_dashboard(bind: Optional[str], console, run: str = "", model=None, overlays: bool = True):
-    """(observer, handle) of ``--dashboard [HOST:]PORT`` when the dashboard module is there; (None, None) otherwise.
+@contextmanager
+def live_dashboard(bind: Optional[str], console, run: str = "", model=None, overlays: bool = True):
+    """The observer of ``--dashboard [HOST:]PORT`` while the block runs (the server closes after it); None without
+    ``--dashboard`` or when the dashboard module is not there.
 
     The page's Grad-CAM overlays come from the dashboard's ``GradCamExplainer`` on the same model, where it
     loads; without it the thumbnails have no overlay.
     """
     if not bind:
-        return None, None
+        yield None
+        return
     try:
         from diffscreen.live.dashboard import LiveStats, serve
     except ImportError as exc:
         console.print(f"WARNING: no dashboard ({exc}); screening without it")
-        return None, None
+        yield None
+        return
     if ":" not in bind:
         bind = f"127.0.0.1:{bind}"
     stats = LiveStats(run=run)
@@ -255,4 +260,7 @@ def start_dashboard(bind: Optional[str], console, run: str = "", model=None, ove
         console.print(f"WARNING: dashboard without Grad-CAM overlays ({type(exc).__name__}: {exc})")
     handle = serve(stats, bind, explainer=explainer) if explainer is not None else serve(stats, bind)
     console.print(f"dashboard: {handle.url}")
-    return stats, handle
+    try:
+        yield stats
+    finally:
+        handle.close()

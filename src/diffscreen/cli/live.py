@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from diffscreen.cli._common import DASHBOARD_OPTION, EXIT_PARTIAL, MODEL_HELP, Bar, friendly, start_dashboard, progress
+from diffscreen.cli._common import DASHBOARD_OPTION, EXIT_PARTIAL, MODEL_HELP, Bar, friendly, live_dashboard, progress
 
 _LOOP = "screening"
 _OUT_HELP = "Output folder: scores.csv, hits.lst, errors.csv and hits/hits_NNNNNN.cxi grow in whole chunks; summary.json."
@@ -61,6 +61,15 @@ def _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, p
         limit_threads(threads)
     return dict(model=None if model is None else str(model), batch_size=batch_size, max_buffer=max_buffer,
                 chunk_seconds=chunk_seconds, write_cxi=not no_cxi, fresh=fresh, publish=publish)
+
+
+def _run_live(run, out, name: str, model, dashboard, banner: str) -> None:
+    """Run ``run(status=..., observer=...)`` (a watch or a stream) with the status ticker and the dashboard; report."""
+    console = _console()
+    with live_dashboard(dashboard, console, name, model) as observer, _Ticker(console) as ticker:
+        console.print(banner)
+        summary = run(status=ticker.say, observer=observer)
+    _report(summary, out)
 
 
 def _report(summary, out) -> None:
@@ -116,20 +125,12 @@ def watch(
     """
     from diffscreen.live.watch import watch as run_watch
 
-    console = _console()
     opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
                          max_frame_pixels)
-    observer, handle = start_dashboard(dashboard, console, Path(directory).name, model)
-    try:
-        with _Ticker(console) as ticker:
-            console.print(f"watching {directory} ({'polling' if poll else 'file-system events'}), pattern "
-                          f"{pattern!r}; Ctrl-C stops")
-            summary = run_watch(directory, out, pattern=pattern, idle=idle, poll=poll, settle=settle,
-                                give_up=give_up, status=ticker.say, observer=observer, **opts)
-    finally:
-        if handle is not None:
-            handle.close()
-    _report(summary, out)
+    _run_live(lambda **kw: run_watch(directory, out, pattern=pattern, idle=idle, poll=poll, settle=settle,
+                                     give_up=give_up, **kw, **opts),
+              out, Path(directory).name, model, dashboard,
+              f"watching {directory} ({'polling' if poll else 'file-system events'}), pattern {pattern!r}; Ctrl-C stops")
 
 
 @friendly
@@ -161,19 +162,10 @@ def stream(
     """
     from diffscreen.live.stream import stream as run_stream
 
-    console = _console()
     opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
                          max_frame_pixels)
-    observer, handle = start_dashboard(dashboard, console, endpoint, model)
-    try:
-        with _Ticker(console) as ticker:
-            console.print(f"receiving {endpoint}; Ctrl-C stops")
-            summary = run_stream(endpoint, out, idle=idle, until_end=until_end, status=ticker.say,
-                                 observer=observer, **opts)
-    finally:
-        if handle is not None:
-            handle.close()
-    _report(summary, out)
+    _run_live(lambda **kw: run_stream(endpoint, out, idle=idle, until_end=until_end, **kw, **opts),
+              out, endpoint, model, dashboard, f"receiving {endpoint}; Ctrl-C stops")
 
 
 @friendly

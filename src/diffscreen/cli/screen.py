@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from diffscreen.cli._common import (DASHBOARD_OPTION, EXIT_PARTIAL, EXIT_RUN, MODEL_HELP, Bar, ModelType, Task, expand,
-                                    friendly, progress, report_screen, start_dashboard)
+                                    friendly, live_dashboard, progress, report_screen)
 from diffscreen.cli._common import device_of, device_option
 
 _PF8 = "peakfinder8 (with --method peakfinder8)"
@@ -166,16 +166,11 @@ def screen(
             raise typer.Exit(EXIT_RUN)
         raise typer.Exit(EXIT_PARTIAL if summary.n_error else 0)
     with progress() as p:
-        observer, handle = start_dashboard(dashboard, p.console, Path(out).name, model_file,
-                                           overlays=finder is None)
-        try:
+        with live_dashboard(dashboard, p.console, Path(out).name, model_file, overlays=finder is None) as observer:
             summary = run_screen(
                 specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh, write_cxi=not no_cxi,
                 progress=Bar(p, "screening"), geom=geometry, observer=observer,
             )
-        finally:
-            if handle is not None:
-                handle.close()
     report_screen(summary, out)
     if summary.n_error:
         raise typer.Exit(EXIT_PARTIAL)
