@@ -243,12 +243,14 @@ class _Chunk:
             if why is not None:
                 rows.append([spec, i, FAILED, 0])
                 errors.append([spec, i, why])
-                notify(self.observer, "error", f"{spec} //{i}", why)
+                if self.observer is not None:
+                    notify(self.observer, "error", f"{spec} //{i}", why)
             else:
                 rows.append([spec, i, int(d.keep), int(single), *self.cells(d)])
                 errors.extend([spec, i, f"{WARNING}{w}"] for w in d.warnings)
-                notify(self.observer, "frame", f"{spec} //{i}", bool(d.keep), d.label,
-                       dict(zip(self.method.score_columns, map(float, d.scores))), None if fr is None else fr.data)
+                if self.observer is not None:  # no per-frame id or score dict built for a run without one
+                    notify(self.observer, "frame", f"{spec} //{i}", bool(d.keep), d.label,
+                           dict(zip(self.method.score_columns, map(float, d.scores))), None if fr is None else fr.data)
 
     def run(self, items, csv_path: Path, cxi_path: Path, progress) -> None:
         """Screen ``items`` ((file, frame) pairs) and write the chunk's part files (its CSV last)."""
