@@ -63,7 +63,7 @@ from diffscreen.io.frame import Frame, check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_stale_parts
 from diffscreen.screen import list_entry
 from diffscreen.screen.runner import notify, strict_json
-from diffscreen.screen.method import CNNMethod, as_method, problem_of
+from diffscreen.screen.method import CNNMethod, as_method, decision_problem, problem_of
 
 __all__ = ["FileItem", "StreamItem", "ErrorItem", "MemorySource", "LiveLoop", "LiveSummary", "SCORES", "STATE"]
 
@@ -624,7 +624,7 @@ class LiveLoop:
 
     def _decided(self, chunk, item, d, read_whole, single: bool) -> None:
         """Add one frame's row: its decision, or its problem; a kept frame goes to the chunk's hits file."""
-        why = d if isinstance(d, str) else _unusable(d)
+        why = decision_problem(d)
         image = None
         if why is None and d.keep:
             try:
@@ -754,14 +754,6 @@ class LiveLoop:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _unusable(d) -> str | None:
-    """Why a decision cannot stand (a non-finite score or probability), or None; as ``screen`` decides it."""
-    vals = list(d.scores) + ([] if d.probabilities is None else list(np.ravel(d.probabilities)))
-    if not np.all(np.isfinite(np.asarray(vals, dtype=np.float64))):
-        return "the classifier gave a non-finite score (NaN or inf); the frame is not classified"
-    return None
 
 
 def _csv_text(rows, lineterminator: str, header=None) -> str:

@@ -38,7 +38,7 @@ from diffscreen.screen.outputs import HitOutputs, MultiLabelOutputs
 from diffscreen.screen.pipeline import predict_source
 
 __all__ = ["FrameDecision", "ScreeningMethod", "CNNMethod", "PerFrame", "CDIMethod", "as_method", "problem_of",
-           "load_cdi_model", "read_checked"]
+           "decision_problem", "load_cdi_model", "read_checked"]
 
 
 @dataclass
@@ -107,6 +107,23 @@ def _file_identity(path) -> str:
     if path and Path(path).is_file():
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     return "in-memory"
+
+
+def decision_problem(d) -> str | None:
+    """Why a method's answer for a frame cannot stand, or None: the problem string a method gave instead of a
+    decision, or a non-finite score or probability (never a label).
+
+    Parameters
+    ----------
+    d : FrameDecision or str
+        One element of ``classify_source``'s result.
+    """
+    if isinstance(d, str):
+        return d
+    vals = list(d.scores) + ([] if d.probabilities is None else list(np.ravel(d.probabilities)))
+    if not np.all(np.isfinite(np.asarray(vals, dtype=np.float64))):
+        return "the classifier gave a non-finite score (NaN or inf); the frame is not classified"
+    return None
 
 
 def problem_of(exc: BaseException) -> str:

@@ -71,7 +71,7 @@ from diffscreen.io.frame import check_frame
 from diffscreen.io.geom import GeomSource, as_geometry, open_with_geometry
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
 from diffscreen.models.inference import Classifier
-from diffscreen.screen.method import CDIMethod, CNNMethod, as_method, load_cdi_model, problem_of
+from diffscreen.screen.method import CDIMethod, CNNMethod, as_method, decision_problem, load_cdi_model, problem_of
 from diffscreen.screen.outputs import CDIScreenSummary, RunFacts, ScreenSummary
 
 __all__ = ["screen", "screen_cdi", "SCORE_COLUMNS", "list_entry", "strict_json"]
@@ -188,14 +188,6 @@ def notify(observer, what: str, *args) -> None:
         pass
 
 
-def _unusable(d) -> str | None:
-    """Why a method's decision cannot stand (a non-finite score or probability), or None."""
-    vals = list(d.scores) + ([] if d.probabilities is None else list(np.ravel(d.probabilities)))
-    if not np.all(np.isfinite(np.asarray(vals, dtype=np.float64))):
-        return "the classifier gave a non-finite score (NaN or inf); the frame is not classified"
-    return None
-
-
 class _Chunk:
     """Classify one chunk of (file, frame) items and write its partial outputs.
 
@@ -230,7 +222,7 @@ class _Chunk:
         """One batch of one file's frames; only kept frames are read whole, to be written to hits.cxi."""
         results, single = self._decide(spec, indices)
         for i, d in zip(indices, results):
-            why = d if isinstance(d, str) else _unusable(d)
+            why = decision_problem(d)
             fr = None
             if why is None and d.keep and writer is not None:
                 try:
