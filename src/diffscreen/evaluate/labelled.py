@@ -59,7 +59,7 @@ def predict_labelled(samples, classifier, *, batch_size: int = 16, progress=None
     ----------
     samples : sequence of Sample
         Frames with ``source``, ``index`` and ``label`` (a class index of the classifier), e.g. from
-        :func:`~diffscreen.train.data.collect_samples`.
+        :func:`~diffscreen.io.labels.collect_samples`.
     classifier : Classifier
     batch_size : int
         Frames per forward pass.

@@ -22,6 +22,9 @@ Text files may carry a UTF-8 byte-order mark and CRLF line ends (what a
 spreadsheet writes).  A frame number must be a whole number in
 ``0 ..`` :data:`MAX_FRAME_INDEX` (written as digits: ``1.5``, ``abc``,
 ``1e3`` or ``10**30`` are errors, never dropped).
+
+:func:`collect_samples` pairs every frame of a list of inputs with its
+label (a :class:`Sample`), for training, evaluation and the baselines.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 
 from diffscreen.errors import FrameReadError, LabelError
 from diffscreen.io.frame import CLASS_NAMES
+from diffscreen.io.sources import open_source
 
 __all__ = [
     "LabelRecord",
@@ -48,6 +52,8 @@ __all__ = [
     "write_label_csv",
     "label_format",
     "MAX_FRAME_INDEX",
+    "Sample",
+    "collect_samples",
 ]
 
 _EXPERT = re.compile(r"^(\S+)\s+\[\s*(\S+?)\s*\]\s+(\S+)\s*$")
@@ -711,3 +717,66 @@ class LabelTable:
                     line = f"line {r.line}: " if r.line else ""
                     raise LabelError(f"{line}labels frame {r.frame} (0-based) of {spec}, which holds {n} frame(s) "
                                      f"(0 to {n - 1})", path=r.source or "labels", frame=r.frame)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled frame."""
+
+    source: str  #: input spec (path, or ``file.h5:/dataset``)
+    index: int  #: 0-based frame index
+    label: int  #: class index into the class names
+
+
+def collect_samples(inputs, label_files=(), class_names=("hit", "maybe", "miss")) -> tuple[list[Sample], dict]:
+    """Pair every frame of ``inputs`` with its label.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Input specs (already expanded).
+    label_files : sequence of str
+        Label files; if empty, labels are read from each input itself (a simulated CXI run stores them).
+    class_names : sequence of str
+
+    Returns
+    -------
+    samples : list of Sample
+        In input order, frame order within each input.
+    info : dict
+        ``n_frames``, ``n_unlabelled``, ``counts`` per class and ``inputs``.
+
+    Raises
+    ------
+    LabelError
+        A label names a frame that does not exist, or no frame has a label.
+    """
+    records = []
+    classes = tuple(str(c).lower() for c in class_names)
+    for lf in label_files:
+        records.extend(read_labels(lf, classes=classes))
+    lengths = {}
+    for spec in inputs:
+        with open_source(spec) as src:
+            lengths[spec] = len(src)
+        if not label_files:
+            records.extend(read_labels(spec, classes=classes))
+    table = LabelTable.from_records(records)
+    if label_files:
+        table.validate(lengths)
+    names = list(class_names)
+    samples, unlabelled = [], 0
+    for spec, n in lengths.items():
+        for i in range(n):
+            lab = table.get(spec, i)
+            if lab is None:
+                unlabelled += 1
+                continue
+            if lab not in names:
+                raise LabelError(f"label {lab!r} is not one of {names}", path=spec, frame=i)
+            samples.append(Sample(spec, i, names.index(lab)))
+    if not samples:
+        raise LabelError(f"none of the {sum(lengths.values())} frames in {len(inputs)} input(s) has a label")
+    counts = {c: sum(s.label == k for s in samples) for k, c in enumerate(names)}
+    info = {"inputs": list(inputs), "n_frames": sum(lengths.values()), "n_unlabelled": unlabelled, "counts": counts}
+    return samples, info

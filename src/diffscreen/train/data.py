@@ -1,87 +1,22 @@
-"""Labelled frames for training: collecting, splitting, loading.
+"""Labelled frames for training: splitting and loading.
 
-A training set is a list of :class:`Sample` (a frame in a file plus its class).  Labels come from label files
-(CXIDB-76 ``expert_annotation.txt``, CSV ``file,frame,label``) or, for diffscreen's simulated CXI runs, from the
-runs themselves.
+A training set is a list of :class:`~diffscreen.io.labels.Sample` (a frame in a file plus its class), as
+:func:`~diffscreen.io.labels.collect_samples` pairs them from label files (CXIDB-76 ``expert_annotation.txt``, CSV
+``file,frame,label``) or, for diffscreen's simulated CXI runs, from the runs themselves.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffscreen.errors import ConfigError, LabelError
+from diffscreen.errors import ConfigError
 from diffscreen.io import check_frame, open_source
-from diffscreen.io.labels import LabelTable, read_labels
+from diffscreen.io.labels import Sample, collect_samples
 from diffscreen.preprocess import Preprocessor
 
 __all__ = ["Sample", "collect_samples", "split_samples", "FrameDataset", "samples_to_arrays"]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled frame."""
-
-    source: str  #: input spec (path, or ``file.h5:/dataset``)
-    index: int  #: 0-based frame index
-    label: int  #: class index into the class names
-
-
-def collect_samples(inputs, label_files=(), class_names=("hit", "maybe", "miss")) -> tuple[list[Sample], dict]:
-    """Pair every frame of ``inputs`` with its label.
-
-    Parameters
-    ----------
-    inputs : sequence of str
-        Input specs (already expanded).
-    label_files : sequence of str
-        Label files; if empty, labels are read from each input itself (a simulated CXI run stores them).
-    class_names : sequence of str
-
-    Returns
-    -------
-    samples : list of Sample
-        In input order, frame order within each input.
-    info : dict
-        ``n_frames``, ``n_unlabelled``, ``counts`` per class and ``inputs``.
-
-    Raises
-    ------
-    LabelError
-        A label names a frame that does not exist, or no frame has a label.
-    """
-    records = []
-    classes = tuple(str(c).lower() for c in class_names)
-    for lf in label_files:
-        records.extend(read_labels(lf, classes=classes))
-    lengths = {}
-    for spec in inputs:
-        with open_source(spec) as src:
-            lengths[spec] = len(src)
-        if not label_files:
-            records.extend(read_labels(spec, classes=classes))
-    table = LabelTable.from_records(records)
-    if label_files:
-        table.validate(lengths)
-    names = list(class_names)
-    samples, unlabelled = [], 0
-    for spec, n in lengths.items():
-        for i in range(n):
-            lab = table.get(spec, i)
-            if lab is None:
-                unlabelled += 1
-                continue
-            if lab not in names:
-                raise LabelError(f"label {lab!r} is not one of {names}", path=spec, frame=i)
-            samples.append(Sample(spec, i, names.index(lab)))
-    if not samples:
-        raise LabelError(f"none of the {sum(lengths.values())} frames in {len(inputs)} input(s) has a label")
-    counts = {c: sum(s.label == k for s in samples) for k, c in enumerate(names)}
-    info = {"inputs": list(inputs), "n_frames": sum(lengths.values()), "n_unlabelled": unlabelled, "counts": counts}
-    return samples, info
 
 
 def split_samples(samples, fractions=(0.5, 0.2, 0.3), *, mode: str = "order", seed: int = 0):
