@@ -8,7 +8,15 @@
   readers read), Spearman's rho; ``d_min_A`` against DIALS's per-image
   resolution estimate (``per_image_analysis.stats_for_reflection_table``'s
   ``estimated_d_min``, on frames where DIALS gives one, i.e. > 10 spots off
-  the ice rings), the median absolute difference in Å.
+  the ice rings), the median absolute difference in Å.  DIALS runs three
+  times on every frame: with its default gain (1 ADU per photon); with our
+  photon-transfer gain estimate (``Spots.gain``); and with the gain DIALS's
+  own estimator finds on the frame (``dials.estimate_gain``'s function,
+  defaults, in the worker on our reading and mask:
+  :meth:`~diffscreen.baselines.dials.DialsSpotFinder.estimate_gain`; gain 1
+  where it fails), which is independent of our noise model.  On the real
+  frames ``dials.import`` + ``dials.estimate_gain`` also run on the file
+  itself where dxtbx reads it, as a check of the worker's estimate.
 * The ice-ring flag against the simulator's truth on the ``wide_*`` presets
   (``meta.extra["ice_rings"]``: ice drawn; "visible": drawn with one of the
   three strong lines on the detector), and the powder flag against
@@ -37,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from diffscreen.baselines.dials import DialsError
 from diffscreen.io import open_source
 from diffscreen.io.frame import check_frame
 from diffscreen.preprocess.spots import ICE_RINGS_D_A, _radius_of_d, find_spots, frame_metrics
@@ -73,11 +82,48 @@ def compare(finder, fr) -> dict:
                                                                                           "gain": gain})),
                           per_image=True)
     est_g = (g.get("per_image") or {}).get("estimated_d_min", -1.0)
+    # DIALS a third time with the gain DIALS's own estimator (dials.estimate_gain, defaults) finds on the frame:
+    # independent of our noise model; where it fails (no spread of the dispersion) DIALS keeps its default 1
+    try:
+        own, own_err = finder.estimate_gain(fr), None
+    except DialsError as exc:
+        own, own_err = None, exc.problem
+    use = own if own is not None and own > 0 else 1.0
+    o = finder.find_spots(dataclasses.replace(fr, meta=dataclasses.replace(fr.meta, extra={**fr.meta.extra,
+                                                                                          "gain": use})),
+                          per_image=True)
+    est_o = (o.get("per_image") or {}).get("estimated_d_min", -1.0)
     return {"n_spots": m.n_spots, "d_min_A": m.d_min_A, "ice_rings": m.ice_rings, "powder_rings": m.powder_rings,
             "dials_n_spots": d["n_spots"], "dials_d_min_A": est if est and est > 0 else None,
             "dials_n_spots_no_ice": pia.get("n_spots_no_ice"), "gain_estimate": gain,
             "dials_gain_n_spots": g["n_spots"], "dials_gain_d_min_A": est_g if est_g and est_g > 0 else None,
+            "dials_estimated_gain": own, "dials_estimated_gain_error": own_err, "dials_own_gain_used": use,
+            "dials_own_gain_n_spots": o["n_spots"],
+            "dials_own_gain_d_min_A": est_o if est_o and est_o > 0 else None,
             "metrics_ms": round(1e3 * dt, 1)}
+
+
+def dials_cli_gain(path: Path) -> dict:
+    """``dials.import`` + ``dials.estimate_gain`` on the file itself (dxtbx's reading and mask), for comparison
+    with the worker's estimate on our reading: ``{"gain": float}`` or ``{"gain": None, "why": "..."}``."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("dials.import") is None or shutil.which("dials.estimate_gain") is None:
+        return {"gain": None, "why": "dials.import / dials.estimate_gain not on the PATH"}
+    with tempfile.TemporaryDirectory() as tmp:
+        imp = subprocess.run(["dials.import", str(path)], cwd=tmp, capture_output=True, text=True, timeout=300)
+        if imp.returncode != 0:
+            lines = [ln for ln in (imp.stderr + imp.stdout).splitlines() if ln.strip()]
+            return {"gain": None, "why": "dials.import: " + (lines[-1][:160] if lines else "failed")}
+        est = subprocess.run(["dials.estimate_gain", "imported.expt"], cwd=tmp, capture_output=True, text=True,
+                             timeout=600)
+        m = re.search(r"Estimated gain: ([0-9.eE+-]+)", est.stdout)
+        if m is None:
+            lines = [ln for ln in (est.stderr + est.stdout).splitlines() if ln.strip()]
+            return {"gain": None, "why": "dials.estimate_gain: " + (lines[-1][:160] if lines else "failed")}
+        return {"gain": float(m.group(1))}
 
 
 def agreement(rows, dials="dials") -> dict:
@@ -190,12 +236,16 @@ def main(argv=None) -> int:
             r = {"folder": folder, "file": name, "label": label, "shape": list(fr.data.shape),
                  "geometry": fr.meta.wavelength_A is not None and fr.meta.distance_mm is not None,
                  **compare(finder, fr)}
+            cli = dials_cli_gain(SHARED / folder / name)
+            r["dials_estimate_gain_cli"], r["dials_estimate_gain_cli_why"] = cli["gain"], cli.get("why")
             real.append(r)
-            print(name, {k: r[k] for k in ("n_spots", "dials_n_spots", "d_min_A", "dials_d_min_A", "ice_rings",
-                                           "powder_rings", "metrics_ms")}, flush=True)
+            print(name, {k: r[k] for k in ("n_spots", "dials_n_spots", "dials_gain_n_spots", "dials_own_gain_n_spots",
+                                           "gain_estimate", "dials_estimated_gain", "d_min_A", "dials_d_min_A",
+                                           "dials_own_gain_d_min_A", "ice_rings", "powder_rings", "metrics_ms")},
+                  flush=True)
         ok = [r for r in real if "error" not in r]
         rec["real"] = {"agreement": agreement(ok), "agreement_dials_with_gain": agreement(ok, "dials_gain"),
-                       "frames": real}
+                       "agreement_dials_with_own_gain": agreement(ok, "dials_own_gain"), "frames": real}
         sim = []
         for name in SIM_PRESETS:
             s = Simulator(name, seed=a.seed, class_fractions=(0.5, 0.25, 0.25))
@@ -204,13 +254,16 @@ def main(argv=None) -> int:
                 r = {"preset": name, "index": i, "truth_n_spots": int(f.n_spots), **compare(finder, f.to_frame())}
                 sim.append(r)
         rec["simulated"] = {"agreement": agreement(sim), "agreement_dials_with_gain": agreement(sim, "dials_gain"),
+                            "agreement_dials_with_own_gain": agreement(sim, "dials_own_gain"),
                             "seed": a.seed, "frames": sim,
                             "spearman_vs_truth_n_spots": float(spearmanr([r["n_spots"] for r in sim],
                                                                          [r["truth_n_spots"] for r in sim]).statistic),
                             "dials_spearman_vs_truth_n_spots": float(spearmanr(
                                 [r["dials_n_spots"] for r in sim], [r["truth_n_spots"] for r in sim]).statistic)}
-        print("real:", rec["real"]["agreement"], rec["real"]["agreement_dials_with_gain"], "\nsimulated:",
-              rec["simulated"]["agreement"], rec["simulated"]["agreement_dials_with_gain"], flush=True)
+        print("real:", rec["real"]["agreement"], rec["real"]["agreement_dials_with_gain"],
+              rec["real"]["agreement_dials_with_own_gain"], "\nsimulated:", rec["simulated"]["agreement"],
+              rec["simulated"]["agreement_dials_with_gain"], rec["simulated"]["agreement_dials_with_own_gain"],
+              flush=True)
     rec["ice"] = ice_check(a.ice_frames, a.seed)
     print("ice:", rec["ice"]["ice_vs_visible"], rec["ice"]["powder_vs_drawn"], flush=True)
     if a.throughput:
@@ -218,7 +271,8 @@ def main(argv=None) -> int:
         print("throughput:", rec["throughput"], flush=True)
     rec["targets"] = {"ice_flag_accuracy_visible": rec["ice"]["ice_vs_visible"]["accuracy"]}
     for key, ag in (("dials_defaults", rec["real"]["agreement"]),
-                    ("dials_with_gain", rec["real"]["agreement_dials_with_gain"])):
+                    ("dials_with_gain", rec["real"]["agreement_dials_with_gain"]),
+                    ("dials_with_own_gain", rec["real"]["agreement_dials_with_own_gain"])):
         rec["targets"][f"spearman_ge_0.9_real_{key}"] = bool(ag["spearman_n_spots"] >= 0.9)
         rec["targets"][f"d_min_within_0.5_A_median_real_{key}"] = bool(ag["median_abs_diff_d_min_A"] is not None
                                                                       and ag["median_abs_diff_d_min_A"] <= 0.5)

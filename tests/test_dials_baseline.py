@@ -229,3 +229,39 @@ def test_same_spots_as_dials_find_spots_on_a_pilatus_frame(finder, tmp_path):
     ours = np.stack([s["x"], s["y"]], 1) + 0.5  # back to DIALS's pixel coordinates
     a, b = ours[np.lexsort(ours.T)], xy_ref[np.lexsort(xy_ref.T)]
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# --- DIALS's own gain estimate (dials.estimate_gain) in the worker ------------------------------------
+
+
+@pytest.mark.parametrize("gain", [1.0, 2.5, 7.0])
+def test_dials_estimate_gain_recovers_the_gain_of_a_poisson_frame(finder, gain):
+    """A Poisson background of 4 photons recorded at ``gain`` ADU per photon: DIALS's estimate is the gain (±5 %)."""
+    rng = np.random.default_rng(3)
+    fr = Frame((rng.poisson(4.0, (SIZE, SIZE)) * gain).astype(np.float32), np.zeros((SIZE, SIZE), bool),
+               FrameMeta("poisson", 0, "CCD"))
+    assert finder.estimate_gain(fr) == pytest.approx(gain, rel=0.05)
+
+
+def test_dials_estimate_gain_fails_in_one_line_on_a_constant_frame(finder):
+    from diffscreen.baselines.dials import DialsError
+
+    fr = Frame(np.zeros((64, 64), np.float32), np.zeros((64, 64), bool), FrameMeta("flat", 0, None))
+    with pytest.raises(DialsError, match="Unable to robustly estimate"):
+        finder.estimate_gain(fr)
+    assert finder.find_spots(planted_frame(grid_positions(3)))["n_spots"] == 3  # the worker goes on
+
+
+def test_worker_gain_estimate_is_dials_estimate_gain_on_the_file(finder, tmp_path):
+    """Our reader's frame and mask through the worker against dials.import + dials.estimate_gain on the file."""
+    if shutil.which("dials.estimate_gain") is None or shutil.which("dials.import") is None:
+        pytest.skip("dials.import / dials.estimate_gain not on the PATH")
+    from diffscreen.io.sources import read_frame
+
+    work = tmp_path / "dials"
+    work.mkdir()
+    subprocess.run(["dials.import", str(PILATUS_FRAME)], cwd=work, check=True, capture_output=True, text=True)
+    out = subprocess.run(["dials.estimate_gain", "imported.expt"], cwd=work, check=True, capture_output=True,
+                         text=True).stdout
+    ref = float(re.search(r"Estimated gain: ([0-9.]+)", out).group(1))  # printed to 2 decimals
+    assert finder.estimate_gain(read_frame(str(PILATUS_FRAME))) == pytest.approx(ref, abs=0.005)

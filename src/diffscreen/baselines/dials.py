@@ -477,6 +477,47 @@ class DialsSpotFinder:
                 "variance": rows[:, 3], "n_pixels": rows[:, 4].astype(int),
                 **({"per_image": reply.get("per_image")} if per_image else {})}  # fmt: skip
 
+    def estimate_gain(self, frame: Frame, kernel_size: tuple = (10, 10)) -> float:
+        """DIALS's own estimate of the frame's gain (``dials.estimate_gain``), ADU per photon.
+
+        Runs ``dials.command_line.estimate_gain.estimate_gain`` in the worker,
+        unchanged, on this frame's pixels and mask (``dials_worker.py``'s
+        ``estimate_gain``): the median index of dispersion (variance / mean
+        over a (2nx+1) × (2ny+1) window) of the pixels inside the Tukey fences
+        of its distribution.  For a Poisson background recorded at g ADU per
+        photon the index of dispersion is g (Parkhurst et al. 2016, *J. Appl.
+        Cryst.* 49, 1912, §2; Winter et al. 2018, *Acta Cryst.* D74, 85).
+        A user passes the result as ``gain=`` to ``dials.find_spots``
+        (here :class:`DialsConfig` ``gain`` or ``screen --dials-gain``).
+
+        Parameters
+        ----------
+        frame : Frame
+            ``data`` (H, W), ADU; ``mask`` (H, W) bool, True = bad.
+        kernel_size : (int, int)
+            Window half-size (nx, ny), px; DIALS's default (10, 10).
+
+        Returns
+        -------
+        float
+            The gain estimate, ADU per photon (> 0 unless DIALS finds the
+            background's dispersion at or below 0).
+
+        Raises
+        ------
+        DialsError
+            DIALS failed (e.g. its ``Sorry`` when the index of dispersion has
+            no spread, as on a constant frame) or the worker died.
+        """
+        w = self._running()
+        np.save(w.paths["image"], np.ascontiguousarray(frame.data, dtype=np.float32))
+        np.save(w.paths["valid"], ~np.asarray(frame.mask, dtype=bool))
+        reply = w.ask({"op": "estimate_gain", "image": w.paths["image"], "valid": w.paths["valid"],
+                       "kernel_size": [int(k) for k in kernel_size]})
+        if not reply.get("ok"):
+            raise DialsError(f"DIALS: {reply.get('error', 'no reply')}")
+        return float(reply["gain"])
+
     def label(self, n_spots: int) -> str:
         """``"hit"`` at ``hit_spots`` or more, ``"maybe"`` at ``maybe_spots`` or more, else ``"miss"``."""
         c = self.config

@@ -33,6 +33,13 @@ stdout (anything DIALS itself prints goes to stderr).
     "wavelength_A"}`` in the request (beam centre in DIALS's pixel
     convention), the reply also holds ``"per_image"``: DIALS's per-image
     analysis of the spots (:func:`per_image_stats`: ``estimated_d_min``, ...).
+``{"op": "estimate_gain", "image": PATH, "valid": PATH, "kernel_size": [nx, ny]}``
+    DIALS's own gain estimate of the image (``dials.estimate_gain``'s
+    function ``dials.command_line.estimate_gain.estimate_gain``, run
+    unchanged on the one image and its mask; ``kernel_size`` optional,
+    DIALS's default 10, 10).  Reply ``{"ok": true, "gain": G}`` (ADU per
+    photon) or ``{"ok": false, "error": "one line"}`` (DIALS's ``Sorry``
+    when the index of dispersion has no spread).  See :func:`estimate_gain`.
 ``{"op": "quit"}``
     Exit.
 
@@ -188,6 +195,52 @@ class Worker:
         return reply
 
 
+class _OneImage:
+    """The part of a dxtbx ``ImageSet`` that ``dials.estimate_gain`` reads: one image of one panel and its mask."""
+
+    def __init__(self, image, valid):
+        from dials.array_family import flex
+
+        self._data = (flex.double(np.ascontiguousarray(image, dtype=np.float64)),)
+        self._mask = (flex.bool(np.ascontiguousarray(valid, dtype=bool)),)
+
+    def __len__(self):
+        return 1
+
+    def get_detector(self):
+        return [None]  # one panel: estimate_gain only takes its length
+
+    def get_raw_data(self, index):
+        return self._data
+
+    def get_mask(self, index):
+        return self._mask
+
+
+def estimate_gain(req: dict) -> dict:
+    """DIALS's gain estimate (``dials.estimate_gain``) of one image read by the caller's readers.
+
+    ``dials.command_line.estimate_gain.estimate_gain`` runs unchanged on a
+    one-image stand-in for the ``ImageSet`` dxtbx would give it: DIALS's
+    ``DispersionThresholdDebug`` computes each pixel's index of dispersion
+    (variance / mean over a (2nx+1) × (2ny+1) window of valid pixels, gain
+    1), and the estimate is the median of the values inside the Tukey fences
+    (1.5 × IQR) of their distribution.  The image is the caller's pixels
+    (ADU, as its readers read them) and the mask its mask, where dxtbx would
+    give the raw data and the format's trusted-range mask.
+    """
+    from dials.command_line.estimate_gain import estimate_gain as dials_estimate_gain
+
+    image = np.load(req["image"]).astype(np.float64, copy=False)
+    valid = np.load(req["valid"]).astype(bool, copy=False)
+    if image.ndim != 2 or valid.shape != image.shape:
+        raise ValueError(f"image {image.shape} and mask {valid.shape} must be one 2-D shape")
+    ks = req.get("kernel_size") or [10, 10]
+    kernel = (int(ks[0]), int(ks[1]))
+    gain = float(dials_estimate_gain(_OneImage(image, valid), kernel_size=kernel))
+    return {"ok": True, "gain": gain, "kernel_size": list(kernel)}
+
+
 def per_image_stats(refl, geometry: dict) -> dict:
     """DIALS's per-image analysis of the spots (``dials.algorithms.spot_finding.per_image_analysis``).
 
@@ -240,6 +293,8 @@ def main() -> int:
                 reply = {"ok": True, "dials_version": worker.version, "defaults": worker.defaults()}
             elif op == "find":
                 reply = worker.find(req)
+            elif op == "estimate_gain":
+                reply = estimate_gain(req)
             else:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
         except Exception as exc:  # noqa: BLE001 - one frame's failure is its problem, the worker goes on
