@@ -135,39 +135,20 @@ def _time_methods(model, x, methods, repeat: int = 2) -> dict:
     return {m: 1 / rate(lambda x1: attribute(model, x1, method=m), [x[:1]] * repeat) for m in methods}  # noqa: B023
 
 
-def _grid(panels, ncols: int, size: tuple, path: Path) -> None:
-    """Write a grid of image panels ``(image, title, cmap)``, row by row, ``ncols`` a row (None leaves a cell empty)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from diffscreen.explain import save_png
-
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    nrows = -(-len(panels) // ncols)
-    for i, panel in enumerate(panels):
-        if panel is None:
-            continue
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(panel[0], cmap=panel[2])
-        ax.set_title(panel[1], fontsize=8)
-        ax.set_axis_off()
-    fig.tight_layout()
-    save_png(path, fig)
-
-
 def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, seed: int) -> dict:
     """Nawaz Fig. 7 (Grad-CAM + Guided Grad-CAM per class) and Fig. 6 (inversions) → ``{"inversion": ...}``."""
-    from diffscreen.explain import attribute, display_frame, invert, overlay, representation_layers
+    from diffscreen.explain import (attribute, display_frame, invert, overlay, panel_grid, representation_layers,
+                                    save_png)
 
     picks = [int(np.flatnonzero(labels == c)[0]) for c in classes if (labels == c).any()]
     xs = np.asarray(x[picks], np.float32)
     cam = attribute(model, xs, method="gradcam")
     gg = attribute(model, xs, method="guided-gradcam")
-    _grid([(display_frame(xs[j, 0]), labels[k], "gray") for j, k in enumerate(picks)]
-          + [(overlay(xs[j, 0], cam[j]), "Grad-CAM", None) for j in range(len(picks))]
-          + [(overlay(xs[j, 0], gg[j], style="signed"), "Guided Grad-CAM", None) for j in range(len(picks))],
-          len(picks), (2.2 * len(picks), 6.6), out_dir / "nawaz2022_gradcam.png")
+    save_png(out_dir / "nawaz2022_gradcam.png", panel_grid(
+        [(display_frame(xs[j, 0]), labels[k], "gray") for j, k in enumerate(picks)]
+        + [(overlay(xs[j, 0], cam[j]), "Grad-CAM", None) for j in range(len(picks))]
+        + [(overlay(xs[j, 0], gg[j], style="signed"), "Guided Grad-CAM", None) for j in range(len(picks))],
+        len(picks), (2.2 * len(picks), 6.6)))
     n_layers = len(representation_layers(model))
     inv, panels = {}, []
     for c in ("strong", "no-crystal"):
@@ -182,7 +163,8 @@ def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, 
         inv[c] = [{"layer": r.layer, "corr": cc, "seconds": r.seconds, "feature_error": r.feature_error}
                   for r, cc in zip(rs, corr)]
     if inv:
-        _grid(panels, n_layers + 1, (2.0 * (n_layers + 1), 2.2 * len(inv)), out_dir / "nawaz2022_inversion.png")
+        save_png(out_dir / "nawaz2022_inversion.png",
+                 panel_grid(panels, n_layers + 1, (2.0 * (n_layers + 1), 2.2 * len(inv))))
     return {"inversion": inv}
 
 
@@ -313,7 +295,6 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
 
 def write_markdown(result, out_dir="docs/benchmarks") -> Path:
     """(Re)write ``nawaz2022.md`` from a result dict or the JSON file :func:`run` saved in ``work_dir``."""
-
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
     path = Path(out_dir) / "nawaz2022.md"
@@ -322,7 +303,6 @@ def write_markdown(result, out_dir="docs/benchmarks") -> Path:
 
 
 def _markdown(r: dict) -> str:
-
     cm = np.array(r["confusion"])
     pcm = PAPER_TABLE3
     p_acc = 100 * np.trace(pcm) / pcm.sum()

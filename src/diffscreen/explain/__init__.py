@@ -22,7 +22,7 @@ from diffscreen.explain.attribution import (
     saliency_mask,
 )
 from diffscreen.explain.inversion import Inversion, invert, invert_all, representation_layers
-from diffscreen.explain.overlay import STYLES, display_frame, overlay, save_png, to_png_bytes
+from diffscreen.explain.overlay import STYLES, display_frame, overlay, panel_grid, save_png, to_png_bytes
 from diffscreen.explain.tsne import penultimate_features, tsne_embed, tsne_figure
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "saliency_mask",
     "overlay",
     "display_frame",
+    "panel_grid",
     "save_png",
     "to_png_bytes",
     "invert",

@@ -23,7 +23,7 @@ import numpy as np
 
 from diffscreen.errors import BadFrameError, ConfigError
 
-__all__ = ["overlay", "display_frame", "to_png_bytes", "save_png", "STYLES"]
+__all__ = ["overlay", "display_frame", "panel_grid", "to_png_bytes", "save_png", "STYLES"]
 
 STYLES = ("blend", "mask", "contour", "signed")
 
@@ -147,6 +147,27 @@ def _contour(img: np.ndarray, h: np.ndarray) -> np.ndarray:
         xs = np.linspace(0, buf.shape[1] - 1, W).astype(int)
         buf = buf[ys][:, xs]
     return buf.astype(np.float64) / 255.0
+
+
+def panel_grid(panels, ncols: int, figsize: tuple):
+    """A matplotlib Figure (100 dpi, ``figsize`` in inches) of image panels ``(image, title, cmap)`` drawn row by
+    row, ``ncols`` to a row, without axes; a None panel leaves its cell empty (e.g. an inversion per layer, Nawaz
+    et al. 2022 Fig. 6)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    nrows = -(-len(panels) // ncols)
+    for i, panel in enumerate(panels):
+        if panel is None:
+            continue
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(panel[0], cmap=panel[2])
+        ax.set_title(panel[1], fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
 
 
 def to_png_bytes(rgb) -> bytes:

@@ -68,20 +68,10 @@ def _safe(name: str) -> str:
 
 
 def _inversion_png(x2d, recs, names):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from diffscreen.explain.overlay import display_frame, panel_grid
 
-    from diffscreen.explain.overlay import display_frame
-
-    fig = Figure(figsize=(2.0 * (len(recs) + 1), 2.3), dpi=100)
-    FigureCanvasAgg(fig)
-    for j, (img, title) in enumerate([(x2d, "input")] + [(r, n) for r, n in zip(recs, names)]):
-        ax = fig.add_subplot(1, len(recs) + 1, j + 1)
-        ax.imshow(display_frame(img), cmap="gray")
-        ax.set_title(title, fontsize=8)
-        ax.set_axis_off()
-    fig.tight_layout()
-    return fig
+    panels = [(display_frame(img), title, "gray") for img, title in [(x2d, "input"), *zip(recs, names)]]
+    return panel_grid(panels, len(recs) + 1, (2.0 * (len(recs) + 1), 2.3))
 
 
 class ExplainModel:
