@@ -94,8 +94,8 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
             continue
         per_seed, per_preset = [], {p: [] for p in ps}
         train_ps = [p for p in presets if p not in ps]
-        for s in seeds:
-            model = work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors"
+        models = [work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors" for s in seeds]
+        for s, model in zip(seeds, models):
             if not model.exists():
                 model.parent.mkdir(parents=True, exist_ok=True)
                 x, y, xv, yv = _hold_out_fifth([load_inputs([paths[job]]) for job in tjobs if job[0] not in ps])
@@ -118,8 +118,7 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
         m, lo, hi = t_interval(per_seed)
         res["families"][fam] = {"presets": list(ps), "per_seed": per_seed, "mean": m, "ci95": [lo, hi],
                                 "per_preset": {p: t_interval(v) for p, v in per_preset.items()},
-                                "models": [str(work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors")
-                                           for s in seeds]}
+                                "models": [str(m) for m in models]}
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(out_json), res)
     return res

@@ -87,7 +87,6 @@ def add_uniform_noise(frames, b: float, *, seed: int) -> np.ndarray:
 
 def _simulate(n, size, seed):
     """``n`` simulated CDI frames → images (n, size, size), multi-hot labels (n, 11) uint8, mask, frames/s, frames."""
-
     sim = CDISimulator(seed=seed, size=size)
     t0 = time.time()
     fr = [sim.frame(i) for i in range(n)]
@@ -147,7 +146,6 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
         ``sim_fps``, ``ccf_ms``, ``seconds``, ``markdown_path``, ``config``.
     """
     import torch
-
 
     cfg = QUICK if quick else FULL
     out = Path(out_dir)
@@ -358,7 +356,6 @@ def _fig_examples(frames, out: Path):
 
 def _markdown(res: dict, quick: bool) -> str:
     """``zimmermann2019.md`` from :func:`run`'s result."""
-
     c, b, mj = res["config"], res["baseline"], res["majority"]
     hdr = ("run", "ours: Acc / Prec / Rec", "ours: min. rule-violation rate", "paper: Acc / Prec / Rec")
 
@@ -427,14 +424,12 @@ def _markdown(res: dict, quick: bool) -> str:
 
 def _findings(res: dict) -> list[str]:
     """Sentences stating what our numbers show, computed from them."""
-    t6 = res["table6"]
+    t6, L = res["table6"], []
 
     def tot(k):
-        return sum(t6[k][m] for m in ("accuracy", "precision", "recall"))
+        return _tot(t6[k])
 
-    L = []
-    mj = res.get("majority")
-    floor = sum(mj[m] for m in ("accuracy", "precision", "recall")) if mj else None
+    floor = _tot(res["majority"]) if res.get("majority") else None
     if "max|image" in t6 and "max|ccf" in t6:
         di = tot("none|image") - tot("max|image")
         dc = tot("none|ccf") - tot("max|ccf")
