@@ -150,25 +150,18 @@ def train_diffranet(specs, out, label_files=(), *, arch: str = "alexnet", input_
     from diffscreen.models.diffranet import hit_miss
     from diffscreen.models.inference import Classifier
     from diffscreen.preprocess import Preprocessor
-    from diffscreen.train.data import collect_samples, samples_to_arrays, split_samples
+    from diffscreen.train.data import samples_to_arrays
+    from diffscreen.train.workflows import _read_split
 
     if arch not in DIFFRANET_ARCHS:
         raise ConfigError(f"--task diffranet trains --model-type {' or '.join(DIFFRANET_ARCHS)}, not {arch}")
     if arch == "alexnet" and input_size < 63:
         raise ConfigError(f"AlexNet needs an input of at least 63 px, got --input-size {input_size}")
     channels, fc_dim = alexnet_channels(width)
-    samples, info = collect_samples(specs, [str(x) for x in label_files], class_names=DIFFRANET_CLASSES)
-    tr, va, te = split_samples(samples, tuple(fractions), mode=split, seed=seed)
-    if not tr:
-        raise ConfigError(f"no frame left for training after the split {tuple(fractions)} of {len(samples)} frames")
-    say(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}; "
-        f"{arch} at {input_size} px")
-    pre = Preprocessor(diffranet_preprocess_config(input_size))
-    bar = bar or (lambda description: None)
-    x, y = samples_to_arrays(tr, pre, progress=bar("reading training frames"))
-    xv, yv = samples_to_arrays(va, pre, progress=bar("reading validation frames")) if va else (None, None)
-    info.update(label_files=[str(v) for v in label_files], split={"mode": split, "fractions": list(fractions)},
-                task="diffranet", labels="DiffraNet classes (Nawaz et al. 2022 sec. 3.1)")
+    pre, bar = Preprocessor(diffranet_preprocess_config(input_size)), bar or (lambda description: None)
+    x, y, xv, yv, te, info = _read_split(specs, label_files, DIFFRANET_CLASSES, pre, split, fractions, seed, say, bar,
+                                         note=f"; {arch} at {input_size} px")
+    info.update(task="diffranet", labels="DiffraNet classes (Nawaz et al. 2022 sec. 3.1)")
     res = train_diffranet_on_arrays(x, y, out, x_val=xv, y_val=yv, arch=arch, epochs=epochs, batch_size=batch_size,
                                     batches_per_epoch=batches_per_epoch, lr_start=lr_start, lr_end=lr_end, seed=seed,
                                     channels=channels, fc_dim=fc_dim, threads=threads, data_description=info,

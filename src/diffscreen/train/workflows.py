@@ -55,6 +55,23 @@ def prepare_cdi_runs(paths, preprocess, val_fraction: float = 0.15, seed: int = 
     return x, y, perm[nv:], perm[:nv], info
 
 
+def _read_split(specs, label_files, class_names, pre, split, fractions, seed, say, bar, *, rows=False, note=""):
+    """Collect the labelled frames of ``specs``, split them (:func:`~diffscreen.train.data.split_samples`), say the
+    counts (and ``note``), read the training and validation parts with ``pre`` (``bar(description)`` their progress
+    callbacks); returns ``x, y, x_val, y_val`` (None without validation frames), the test samples and the data
+    description.  ConfigError when no frame is left for training."""
+    samples, info = collect_samples(specs, [str(x) for x in label_files], class_names=class_names)
+    tr, va, te = split_samples(samples, tuple(fractions), mode=split, seed=seed)
+    if not tr:
+        raise ConfigError(f"no frame left for training after the split {tuple(fractions)} of {len(samples)} frames")
+    say(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}{note}")
+    bar = bar or (lambda description: None)
+    x, y = samples_to_arrays(tr, pre, rows=rows, progress=bar("reading training frames"))
+    xv, yv = samples_to_arrays(va, pre, rows=rows, progress=bar("reading validation frames")) if va else (None, None)
+    info.update(label_files=[str(v) for v in label_files], split={"mode": split, "fractions": list(fractions)})
+    return x, y, xv, yv, te, info
+
+
 def train_transfer(specs, out, label_files=(), *, init, arch=None, frozen=FROZEN_DEFAULT, unfrozen=UNFROZEN_DEFAULT,
                    unfreeze: int = 2, split: str = "order", fractions=(0.8, 0.2, 0.0), say=print, log=print,
                    bar=None, device=None):
@@ -106,16 +123,9 @@ def train_transfer(specs, out, label_files=(), *, init, arch=None, frozen=FROZEN
     bundle = load_model(init)
     if arch is not None and bundle.arch != arch:
         raise ConfigError(f"the init model is a {bundle.arch!r} model, but --model-type {arch} was given", path=init)
-    samples, info = collect_samples(specs, [str(x) for x in label_files], class_names=bundle.class_names)
-    tr, va, te = split_samples(samples, tuple(fractions), mode=split, seed=frozen.seed)
-    if not tr:
-        raise ConfigError(f"no frame left for training after the split {tuple(fractions)} of {len(samples)} frames")
-    say(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}")
     pre, rows = Preprocessor(bundle.preprocess), bundle.arch == "rwd1d"
-    bar = bar or (lambda description: None)
-    x, y = samples_to_arrays(tr, pre, rows=rows, progress=bar("reading training frames"))
-    xv, yv = samples_to_arrays(va, pre, rows=rows, progress=bar("reading validation frames")) if va else (None, None)
-    info.update(label_files=[str(v) for v in label_files], split={"mode": split, "fractions": list(fractions)})
+    x, y, xv, yv, te, info = _read_split(specs, label_files, bundle.class_names, pre, split, fractions, frozen.seed,
+                                         say, bar, rows=rows)
     res = transfer_on_arrays(init, x, y, out, x_val=xv, y_val=yv, frozen=frozen, unfrozen=unfrozen,
                              unfreeze_blocks=unfreeze, augment=None if rows else dihedral_augment,
                              data_description=info, log=log, device=device)
