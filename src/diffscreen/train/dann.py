@@ -213,8 +213,7 @@ def train_dann_on_arrays(x_source, y_source, x_target, out_path, *, class_names,
         head={"method": "dann", "source": "Xie et al. 2022 sec. 2.3.3, Fig. 4; Ganin et al. 2016",
               "config": asdict(replace(cfg, arch=arch)), "lambda_max": lambda_max, "domain_hidden": domain_hidden,
               "init_model": None if init_path is None else str(init_path)},
-        counts={"n_source": int(len(xs)), "n_target": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))},
-        tail={"device": dev.type})
+        counts={"n_source": int(len(xs)), "n_target": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})
 
 
 def plot_dann_history(history, path, *, title: str = "DANN training (Xie et al. 2022 Fig. 10)") -> Path:

@@ -397,14 +397,15 @@ def save_trained(path, model, *, arch, arch_kwargs, preprocess, class_names, his
     its record is built.
 
     ``training`` holds ``head``, ``data`` (the training data's description), the set sizes ``counts``, the
-    ``history``, the torch and Python versions, the creation time, then ``tail``; ``**meta`` (e.g. ``task``,
-    ``multilabel``) go before it, ``seed`` and ``metrics`` after.  Returns ``TrainResult(Path(path),
-    metrics.get("best_epoch"), history, report)``.
+    ``history``, the torch and Python versions, the creation time, then ``tail`` (default: the ``device`` type
+    ``model`` is on); ``**meta`` (e.g. ``task``, ``multilabel``) go before it, ``seed`` and ``metrics`` after.
+    Returns ``TrainResult(Path(path), metrics.get("best_epoch"), history, report)``.
     """
     model.eval()
     training = {**(head or {}), "data": data or {}, **(counts or {}), "history": history,
                 "torch": torch.__version__, "python": platform.python_version(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(tail or {})}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(tail or {"device": model_device(model).type})}
     save_model(path, model, arch=arch, arch_kwargs=arch_kwargs, preprocess=preprocess, class_names=class_names,
                **meta, training=training, seed=seed, metrics=metrics)
     return TrainResult(Path(path), metrics.get("best_epoch"), history, report)

@@ -230,5 +230,4 @@ def train_on_arrays(x_train, y_train, out_path, *, class_names, preprocess: Prep
                         class_names=class_names, history=history, seed=cfg.seed,
                         metrics={"best_epoch": best.epoch, "val_accuracy": best.score}, data=data_description,
                         head={"config": asdict(cfg)},
-                        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))},
-                        tail={"device": dev.type})
+                        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})

@@ -222,7 +222,6 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
         path = save_trained(out_path, model, arch="zimmermann2019", arch_kwargs=arch_kwargs, preprocess=preprocess,
                             class_names=class_names, task="cdi", multilabel=True, history=history, seed=cfg.seed,
                             metrics={"best": best, "max": mx}, data=data_description, head={"config": asdict(cfg)},
-                            counts={"n_train": int(len(xt)), "n_val": int(len(xv))},
-                            tail={"device": dev.type}).model_path
+                            counts={"n_train": int(len(xt)), "n_val": int(len(xv))}).model_path
         ckpt.unlink(missing_ok=True)
     return MultiLabelResult(model, history, best, mx, path, seconds)

@@ -226,5 +226,4 @@ def transfer_on_arrays(init_path, x_train, y_train, out_path, *, x_val=None, y_v
                              "seed": init.meta.get("seed")},
               "stages": {"frozen": asdict(s1), "unfrozen": asdict(s2) if unfreeze_blocks else None,
                          "unfreeze_blocks": unfreeze_blocks, "reset_head": reset_head}},
-        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))},
-        tail={"device": dev.type})
+        counts={"n_train": int(len(xt)), "n_val": int(0 if x_val is None else len(x_val))})

@@ -64,7 +64,8 @@ def _read_split(specs, label_files, class_names, pre, split, fractions, seed, sa
     tr, va, te = split_samples(samples, tuple(fractions), mode=split, seed=seed)
     if not tr:
         raise ConfigError(f"no frame left for training after the split {tuple(fractions)} of {len(samples)} frames")
-    say(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}{note}")
+    say(f"{len(samples)} labelled frames {info['counts']}: train {len(tr)}, validation {len(va)}, test {len(te)}"
+        + note)
     bar = bar or (lambda description: None)
     x, y = samples_to_arrays(tr, pre, rows=rows, progress=bar("reading training frames"))
     xv, yv = samples_to_arrays(va, pre, rows=rows, progress=bar("reading validation frames")) if va else (None, None)
