@@ -2,6 +2,7 @@
 
 import csv
 import json
+import pickle
 import socket
 import threading
 import time
@@ -69,6 +70,13 @@ def test_stream_messages_round_trip(compression):
     np.testing.assert_array_equal(bad, want_bad)
     assert bad[5, 7] and bad[0, 10] and not bad[1, 1]
     assert m.beam_centre_px == (21.0, 19.0) and m.distance_mm == pytest.approx(151.0) and m.wavelength_A == 1.0
+    # worker processes (--workers) receive the message pickled, as received: still compressed, same frame
+    g = pickle.loads(pickle.dumps(f))
+    assert (g.name, g.index, g.nbytes) == (f.name, f.index, f.nbytes) and repr(g.msg) == repr(f.msg)
+    got2, bad2, m2 = g.decode()
+    np.testing.assert_array_equal(got2, raw)
+    np.testing.assert_array_equal(bad2, want_bad)
+    assert m2 == m
 
 
 def test_cbf_is_complete_only_when_its_binary_section_is_whole(tmp_path):
@@ -233,3 +241,41 @@ def test_a_slow_classifier_drops_and_counts_frames_beyond_the_buffer(tmp_path, t
     assert ["series_1", "0", *[""] * 7, "error"] in rows  # blank probabilities and per-frame numbers
     assert obs.dropped_n == s.frames_dropped and len(obs.frames) == s.frames_screened and len(obs.errors) == 1
     assert obs.rates and all(r > 0 for r in obs.rates)
+
+
+def _loop_rows(out, items, workers, model, batch_size=3):
+    loop = LiveLoop(out, model=model, batch_size=batch_size, workers=workers, chunk_seconds=0.2)
+    loop.start()
+    for it in items:
+        loop.offer(it, block=True)
+    s = loop.close()
+    lst = (out / "hits.lst").read_text().splitlines()  # a stream's kept frame: the chunk's hits file, timing's choice
+    return s, _rows(out / "scores.csv"), _rows(out / "errors.csv"), [e if "hits_" not in e else "hits" for e in lst]
+
+
+def test_two_worker_processes_write_the_rows_of_one_in_arrival_order(tmp_path, toy_model, one_thread):
+    """Worker processes: the same scores.csv, errors.csv and hits.lst as the loop's own thread, row for row,
+    with file frames, an unreadable file, a source's error item and stream frames (one that cannot be decoded)."""
+    from diffscreen.live.loop import ErrorItem, FileItem
+    from toyrun import write_toy_run
+
+    labels = ["hit", "miss", "maybe", "miss", "hit", "miss", "miss"]
+    run = str(write_toy_run(tmp_path / "run.cxi", labels, seed=3))
+    (tmp_path / "broken.cbf").write_bytes(b"###CBF: not really")
+    rng = np.random.default_rng(5)
+    raws = [toy_frame(lab, rng) for lab in ("hit", "miss", "maybe", "hit")]
+
+    def items():
+        out = [FileItem(run, i) for i in range(4)]
+        out += [FileItem(str(tmp_path / "broken.cbf"), 0), ErrorItem("stream:x", -1, "message not understood: junk")]
+        out += [StreamItem(_Frame(i, raw, broken=(i == 1))) for i, raw in enumerate(raws)]
+        return out + [FileItem(run, i) for i in range(4, 7)]
+
+    s1, *one = _loop_rows(tmp_path / "w1", items(), 1, toy_model)
+    s2, *two = _loop_rows(tmp_path / "w2", items(), 2, toy_model)
+    assert two == one
+    scores = one[0]
+    assert [r[:2] for r in scores[1:]] == [[it.name, str(it.index)] for it in items()]  # arrival order
+    assert [r[-1] for r in scores[1:]].count("error") == 3  # broken file, error item, damaged message
+    assert s1.frames_failed == s2.frames_failed == 3 and s2.frames_screened == s1.frames_screened == 10
+    assert 0 < len(one[2]) < 10  # some kept

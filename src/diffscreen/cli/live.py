@@ -51,7 +51,8 @@ class _Ticker:
         self._stop.set()
 
 
-def _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads, max_frame_pixels):
+def _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
+                  max_frame_pixels):
     from diffscreen.io.limits import set_max_frame_pixels
 
     set_max_frame_pixels(max_frame_pixels)
@@ -59,7 +60,8 @@ def _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, p
         from diffscreen.screen.parallel import limit_threads
 
         limit_threads(threads)
-    return dict(model=None if model is None else str(model), batch_size=batch_size, max_buffer=max_buffer,
+    return dict(model=None if model is None else str(model), batch_size=batch_size, workers=workers,
+                max_buffer=max_buffer,
                 chunk_seconds=chunk_seconds, write_cxi=not no_cxi, fresh=fresh, publish=publish)
 
 
@@ -83,6 +85,7 @@ def _report(summary, out) -> None:
 
 _MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP)
 _BATCH = typer.Option(16, "--batch-size", min=1, help="Most frames per forward pass.")
+_WORKERS = typer.Option(1, "--workers", min=1, help="Processes that classify: 1 classifies in the loop's own thread; N > 1 starts N worker processes sharing the cores (the outputs are the same).")
 _BUFFER = typer.Option(256, "--max-buffer", min=1, help="Most frames waiting to be classified; a stream's frames beyond it are dropped and counted (a watched folder's files wait instead).")
 _CHUNK = typer.Option(1.0, "--chunk-seconds", min=0.05, help="Outputs grow by one whole chunk at least this often, seconds.")
 _NO_CXI = typer.Option(False, "--no-cxi", help="Do not write the kept frames' pixels (hits/hits_NNNNNN.cxi).")
@@ -104,6 +107,7 @@ def watch(
     give_up: float = typer.Option(30.0, "--give-up", min=0.0, help="Seconds a file that does not open must stay unchanged before it is reported as an error."),
     model: Optional[Path] = _MODEL,
     batch_size: int = _BATCH,
+    workers: int = _WORKERS,
     max_buffer: int = _BUFFER,
     chunk_seconds: float = _CHUNK,
     no_cxi: bool = _NO_CXI,
@@ -125,8 +129,8 @@ def watch(
     """
     from diffscreen.live.watch import watch as run_watch
 
-    opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
-                         max_frame_pixels)
+    opts = _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi, fresh, publish,
+                         threads, max_frame_pixels)
     _run_live(lambda **kw: run_watch(directory, out, pattern=pattern, idle=idle, poll=poll, settle=settle,
                                      give_up=give_up, **kw, **opts),
               out, Path(directory).name, model, dashboard,
@@ -141,6 +145,7 @@ def stream(
     until_end: bool = typer.Option(False, "--until-end", help="Stop at the series' end message."),
     model: Optional[Path] = _MODEL,
     batch_size: int = _BATCH,
+    workers: int = _WORKERS,
     max_buffer: int = _BUFFER,
     chunk_seconds: float = _CHUNK,
     no_cxi: bool = _NO_CXI,
@@ -162,8 +167,8 @@ def stream(
     """
     from diffscreen.live.stream import stream as run_stream
 
-    opts = _loop_options(model, batch_size, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
-                         max_frame_pixels)
+    opts = _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi, fresh, publish,
+                         threads, max_frame_pixels)
     _run_live(lambda **kw: run_stream(endpoint, out, idle=idle, until_end=until_end, **kw, **opts),
               out, endpoint, model, dashboard, f"receiving {endpoint}; Ctrl-C stops")
 

@@ -304,6 +304,36 @@ def resolve(obj):
     return obj
 
 
+class _Tag(tuple):
+    """A CBOR tag as ``(tag, value)``, for pickling (:class:`StreamFrame` in a worker process)."""
+
+
+def _untag(obj):
+    """``obj`` with every ``cbor2.CBORTag`` replaced by a :class:`_Tag` (maps and arrays item by item)."""
+    import cbor2
+
+    if isinstance(obj, cbor2.CBORTag):
+        return _Tag((obj.tag, _untag(obj.value)))
+    if isinstance(obj, dict):
+        return {k: _untag(x) for k, x in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_untag(x) for x in obj)
+    return obj
+
+
+def _retag(obj):
+    """The inverse of :func:`_untag`."""
+    import cbor2
+
+    if isinstance(obj, _Tag):
+        return cbor2.CBORTag(obj[0], _retag(obj[1]))
+    if isinstance(obj, dict):
+        return {k: _retag(x) for k, x in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_retag(x) for x in obj)
+    return obj
+
+
 def _float(v) -> float | None:
     try:
         f = float(v)
@@ -427,6 +457,13 @@ class StreamFrame:
         self.name = str(ours.get("source") or start.name)
         idx = ours.get("frame", msg.get("image_id", 0))
         self.index = int(idx) if isinstance(idx, int) else 0
+
+    def __getstate__(self) -> dict:
+        # worker processes (diffscreen.live.workers) receive the message as received; cbor2's tags do not pickle
+        return {**self.__dict__, "msg": _untag(self.msg)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, msg=_retag(state["msg"]))
 
     def decode(self) -> tuple[np.ndarray, np.ndarray, FrameMeta]:
         """The frame's pixels in their stored dtype, its mask and its metadata.
@@ -692,6 +729,10 @@ def _raw_frame(src, i: int):
     return fr.data, fr.mask, fr.meta
 
 
+#: Seconds :func:`send_run` waits, after its last message, for a receiver to take the messages still queued.
+_LINGER_S = 120.0
+
+
 def send_run(spec, endpoint: str, *, rate: float | None = None, compression: str = "bslz4", series_id: int = 1,
              count: int | None = None, name: str | None = None, wait_s: float = 30.0, progress=None) -> dict:
     """Play a run's frames over stream v2 (a ZeroMQ PUSH socket bound at ``endpoint``), at a chosen frame rate.
@@ -757,10 +798,12 @@ def send_run(spec, endpoint: str, *, rate: float | None = None, compression: str
     images = [encode_image(raw, series_id=series_id, image_id=i, meta=meta, source=name, frame=i,
                            compression=compression) for i, (raw, _, meta) in enumerate(frames)]
     del frames
-    ctx = zmq.Context.instance()
+    # a context of its own, terminated here: the queued messages are delivered before this returns (left to
+    # the interpreter's exit, the zero-copy messages' teardown can crash it and lose the queue's tail)
+    ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.setsockopt(zmq.LINGER, -1)
+    sock.setsockopt(zmq.LINGER, int(_LINGER_S * 1000))
     try:
         try:
             sock.bind(endpoint)
@@ -792,7 +835,8 @@ def send_run(spec, endpoint: str, *, rate: float | None = None, compression: str
         dt = time.perf_counter() - t0
         sock.send(encode_end(series_id))
     finally:
-        sock.close()  # LINGER -1: every message queued is delivered first
+        sock.close()
+        ctx.term()  # waits until every queued message is delivered, at most _LINGER_S after the last
     return {"frames": total, "seconds": dt, "rate": total / dt if dt > 0 else float("inf"), "late": late}
 
 

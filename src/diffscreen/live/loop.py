@@ -54,16 +54,16 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.errors import ConfigError, FrameReadError, OutputError
+from diffscreen.errors import ConfigError, OutputError
 from diffscreen.io import open_source
 from diffscreen.io.atomic import atomic_write_text, temporary_path
-from diffscreen.io.base import BaseSource
 from diffscreen.io.cxi import CXIWriter
-from diffscreen.io.frame import Frame, check_frame
+from diffscreen.io.frame import check_frame
 from diffscreen.io.outdir import OutputLock, output_error, remove_stale_parts
 from diffscreen.screen import list_entry
 from diffscreen.screen.runner import notify, strict_json
 from diffscreen.screen.method import CNNMethod, as_method, decision_problem, problem_of
+from diffscreen.live.workers import MemorySource, WorkerPool, classify_file, classify_stream, decoded_frame
 
 __all__ = ["FileItem", "StreamItem", "ErrorItem", "MemorySource", "LiveLoop", "LiveSummary", "SCORES", "STATE"]
 
@@ -106,57 +106,6 @@ class ErrorItem:
     index: int
     message: str
     t: float = 0.0
-
-
-class MemorySource(BaseSource):
-    """Frames held in memory as a :class:`~diffscreen.io.base.FrameSource` with the window path.
-
-    Parameters
-    ----------
-    frames : list of (raw, bad, meta)
-        ``raw`` (H, W) pixels in their stored dtype, ``bad`` (H, W) bool
-        (True = bad), ``meta`` a :class:`~diffscreen.io.frame.FrameMeta`.
-    name : str
-
-    Notes
-    -----
-    :meth:`read_region` hands out the stored pixels unconverted, as
-    :class:`~diffscreen.io.hdf5.CXISource` does, so the fast screening path
-    (:func:`diffscreen.screen.pipeline.predict_source`) treats a streamed
-    frame exactly as the same frame read from a CXI file.
-    """
-
-    reads_window = True
-
-    def __init__(self, frames, name: str = "memory"):
-        self._frames = list(frames)
-        self.path = name
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self._frames[0][0].shape) if self._frames else (0, 0)
-
-    def _read(self, index: int) -> Frame:
-        raw, bad, meta = self._frames[index]
-        return Frame(np.asarray(raw, dtype=np.float32), bad, meta)
-
-    def read_meta(self, index: int):
-        return self._frames[self._check_index(index)][2]
-
-    def frame_shape(self, index: int) -> tuple[int, int]:
-        return tuple(self._frames[self._check_index(index)][0].shape)
-
-    def read_region(self, index: int, rows, cols):
-        raw, bad, _ = self._frames[self._check_index(index)]
-        (r0, r1), (c0, c1) = (int(rows[0]), int(rows[1])), (int(cols[0]), int(cols[1]))
-        H, W = raw.shape
-        if not (0 <= r0 <= r1 <= H and 0 <= c0 <= c1 <= W):
-            raise FrameReadError(f"window rows {r0}:{r1}, columns {c0}:{c1} is not inside the {H}x{W} frame",
-                                 path=self.path, frame=index)
-        return raw[r0:r1, c0:c1], bad[r0:r1, c0:c1]
 
 
 @dataclass
@@ -257,6 +206,12 @@ class LiveLoop:
         takes); its outputs must list hits (a hit/maybe/miss method).
     batch_size : int
         Most frames per forward pass (a batch holds frames of one file, or of one stream).
+    workers : int
+        Processes that classify: 1 (default) classifies in the loop's own
+        thread; N > 1 starts N worker processes
+        (:class:`~diffscreen.live.workers.WorkerPool`, each with its share
+        of the cores' threads), up to 2 N batches in flight.  The rows are
+        written in arrival order either way, so the outputs do not depend on it.
     max_buffer : int
         Most frames waiting to be classified; a stream's frame arriving
         beyond it is dropped and counted.
@@ -291,11 +246,14 @@ class LiveLoop:
         The model cannot be loaded.
     """
 
-    def __init__(self, out_dir, *, model=None, method=None, batch_size: int = 16, max_buffer: int = 256,
+    def __init__(self, out_dir, *, model=None, method=None, batch_size: int = 16, workers: int = 1,
+                 max_buffer: int = 256,
                  chunk_seconds: float = 1.0, write_cxi: bool = True, observer=None, publish: str | None = None,
                  source: str = "", fresh: bool = False):
-        if batch_size < 1 or max_buffer < 1 or not chunk_seconds > 0:
-            raise ConfigError("batch_size and max_buffer must be >= 1 and chunk_seconds > 0")
+        if batch_size < 1 or workers < 1 or max_buffer < 1 or not chunk_seconds > 0:
+            raise ConfigError("batch_size, workers and max_buffer must be >= 1 and chunk_seconds > 0")
+        self.workers = int(workers)
+        self._pool: WorkerPool | None = None
         self.out = Path(out_dir)
         self.batch_size, self.max_buffer, self.chunk_seconds = int(batch_size), int(max_buffer), float(chunk_seconds)
         self.write_cxi, self.observer, self.source, self.fresh = write_cxi, observer, source, fresh
@@ -353,6 +311,8 @@ class LiveLoop:
                     self._pub.bind(self._publish_to)
                 except zmq.ZMQError as exc:
                     raise ConfigError(f"--publish {self._publish_to}: cannot bind ({exc})") from None
+            if self.workers > 1:
+                self._pool = WorkerPool(self.method, self.workers)
         except BaseException:
             self._lock.release()
             raise
@@ -518,20 +478,30 @@ class LiveLoop:
 
     def _work(self) -> None:
         chunk = _Chunk(self._counts["chunks"] + 1)
+        pending: deque = deque()  # (batch, parts) in arrival order; parts hold results or futures
+        busy_since = None
         try:
             while True:
-                wait = self.chunk_seconds if chunk.t0 is None else max(0.0, chunk.t0 + self.chunk_seconds
-                                                                       - time.perf_counter())
-                batch = self._take(min(wait, 0.25))
-                if batch:
-                    if chunk.t0 is None:
-                        chunk.t0 = time.perf_counter()
-                    t = time.perf_counter()
-                    self._process(batch, chunk)
-                    self._t_work += time.perf_counter() - t
+                while len(pending) < (2 * self.workers if self._pool else 1):
+                    wait = self.chunk_seconds if chunk.t0 is None else max(0.0, chunk.t0 + self.chunk_seconds
+                                                                           - time.perf_counter())
+                    batch = self._take(0.0 if pending else min(wait, 0.25))
+                    if not batch:
+                        break
+                    now = time.perf_counter()
+                    chunk.t0 = now if chunk.t0 is None else chunk.t0
+                    busy_since = now if busy_since is None else busy_since
+                    pending.append((batch, self._submit(batch)))
+                if pending and _ready(pending[0][1], timeout=0.05):
+                    batch, parts = pending.popleft()
+                    chunk.t0 = time.perf_counter() if chunk.t0 is None else chunk.t0  # taken before the last commit
+                    self._finish(parts, chunk)
+                    if not pending:
+                        self._t_work += time.perf_counter() - busy_since
+                        busy_since = None
                 self._report_drops()
                 with self._cv:
-                    stopping, empty, abort = self._stop, not self._buf, self._abort
+                    stopping, empty, abort = self._stop, not self._buf and not pending, self._abort
                 if chunk.times and (time.perf_counter() - chunk.t0 >= self.chunk_seconds or (stopping and empty)):
                     if abort:
                         break
@@ -547,6 +517,8 @@ class LiveLoop:
             with self._cv:
                 self._cv.notify_all()
         finally:
+            if self._pool is not None:
+                self._pool.close()
             if self._src is not None:
                 self._src.close()
                 self._src = None
@@ -568,72 +540,69 @@ class LiveLoop:
             self._src_spec = spec
         return self._src
 
-    def _process(self, batch: list, chunk: _Chunk) -> None:
-        """Classify one batch (runs of one file's or one stream's frames) and add the rows to ``chunk``."""
-        k = 0
+    def _submit(self, batch: list) -> list:
+        """Start classifying one batch, split into runs of one file's or one stream's frames.
+
+        Returns
+        -------
+        list of (items, results, read_whole)
+            ``results``: one FrameDecision or problem (str) per item, or a
+            :class:`~concurrent.futures.Future` of them (worker processes);
+            ``read_whole(item)`` gives a kept frame's whole checked Frame.
+        """
+        parts, k = [], 0
         while k < len(batch):
             item = batch[k]
-            if isinstance(item, ErrorItem):
-                self._row(chunk, item, None, item.message, None)
-                k += 1
-                continue
             j = k + 1
-            while j < len(batch) and type(batch[j]) is type(item) and batch[j].name == item.name:
-                j += 1
+            if not isinstance(item, ErrorItem):
+                while j < len(batch) and type(batch[j]) is type(item) and batch[j].name == item.name:
+                    j += 1
             group = batch[k:j]
-            if isinstance(item, FileItem):
-                self._file_group(group, chunk)
+            if isinstance(item, ErrorItem):
+                parts.append((group, [item.message], None))
+            elif isinstance(item, FileItem):
+                indices = [it.index for it in group]
+                parts.append((group, self._pool.file(item.name, indices) if self._pool else
+                              self._classify_here(item.name, indices), self._read_file))
             else:
-                self._stream_group(group, chunk)
+                frames = [it.frame for it in group]
+                parts.append((group, self._pool.stream(frames) if self._pool else classify_stream(self.method, frames),
+                              lambda it: decoded_frame(it.frame)))
             k = j
+        return parts
 
-    def _file_group(self, group, chunk) -> None:
-        spec = group[0].name
+    def _classify_here(self, spec: str, indices) -> list:
         try:
             src = self._source(spec)
         except Exception as exc:  # noqa: BLE001 - the firewall: an unreadable file is its error rows
             self._src, self._src_spec = None, None
-            for it in group:
-                self._row(chunk, it, None, problem_of(exc), None)
-            return
-        indices = [it.index for it in group]
-        try:
-            results = self.method.classify_source(src, indices)
-        except Exception as exc:  # noqa: BLE001 - the batch's forward pass failed: each frame is an error
-            results = [problem_of(exc)] * len(indices)
-        for it, d in zip(group, results):
-            self._decided(chunk, it, d, lambda i=it.index: check_frame(src.read(i)), single=len(src) == 1)
+            return [problem_of(exc)] * len(indices)
+        return classify_file(self.method, src, indices)
 
-    def _stream_group(self, group, chunk) -> None:
-        frames, ok = [], []
-        for it in group:
-            try:
-                frames.append(it.frame.decode())
-                ok.append(it)
-            except Exception as exc:  # noqa: BLE001 - one message's failure is its error row
-                self._row(chunk, it, None, problem_of(exc), None)
-        if not ok:
-            return
-        src = MemorySource(frames, ok[0].name)
-        try:
-            results = self.method.classify_source(src, list(range(len(ok))))
-        except Exception as exc:  # noqa: BLE001 - the batch's forward pass failed: each frame is an error
-            results = [problem_of(exc)] * len(ok)
-        for pos, (it, d) in enumerate(zip(ok, results)):
-            self._decided(chunk, it, d, lambda p=pos: check_frame(src.read(p)), single=False)
+    def _read_file(self, item: FileItem):
+        return check_frame(self._source(item.name).read(item.index))
 
-    def _decided(self, chunk, item, d, read_whole, single: bool) -> None:
+    def _finish(self, parts: list, chunk: _Chunk) -> None:
+        """Add the rows of one classified batch to ``chunk``, in arrival order."""
+        for group, results, read_whole in parts:
+            if not isinstance(results, list):
+                results = results.result()
+            for it, d in zip(group, results):
+                self._decided(chunk, it, d, read_whole)
+
+    def _decided(self, chunk, item, d, read_whole) -> None:
         """Add one frame's row: its decision, or its problem; a kept frame goes to the chunk's hits file."""
         why = decision_problem(d)
         image = None
         if why is None and d.keep:
             try:
-                fr = read_whole()
+                fr = read_whole(item)
             except Exception as exc:  # noqa: BLE001 - the frame cannot be read again
                 why = problem_of(exc)
             else:
                 image = fr.data
-                entry = list_entry(item.name, item.index, single) if isinstance(item, FileItem) else None
+                entry = (list_entry(item.name, item.index, len(self._source(item.name)) == 1)
+                         if isinstance(item, FileItem) else None)
                 if self.write_cxi:
                     if chunk.writer is None:
                         chunk.writer = CXIWriter(self._hits_path(chunk), mask_mode="per_frame",
@@ -821,3 +790,17 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _ready(parts: list, timeout: float) -> bool:
+    """Whether every result of a submitted batch is in, waiting up to ``timeout`` s for the first pending one."""
+    for _, results, _ in parts:
+        if not isinstance(results, list) and not results.done():
+            try:
+                results.exception(timeout=timeout)
+            except TimeoutError:
+                return False
+            timeout = 0.0
+            if not results.done():
+                return False
+    return True

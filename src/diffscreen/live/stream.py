@@ -97,7 +97,7 @@ def stream(endpoint: str, out, *, idle: float | None = None, until_end: bool = F
         As :func:`receive`.
     **loop_options
         :class:`~diffscreen.live.loop.LiveLoop` options (``model``, ``method``,
-        ``batch_size``, ``max_buffer``, ``chunk_seconds``, ``write_cxi``,
+        ``batch_size``, ``workers``, ``max_buffer``, ``chunk_seconds``, ``write_cxi``,
         ``observer``, ``publish``, ``fresh``).
 
     Returns
