@@ -103,6 +103,17 @@ def test_ice_and_powder_flags_on_planted_rings():
         assert (got["ice_rings"], got["powder_rings"]) == (want_ice, want_powder), (rings, got)
 
 
+@pytest.mark.parametrize("line", [0, 1, 2])
+def test_one_bright_ring_on_one_ice_line_is_not_ice(line):
+    """A single powder ring that happens to sit on one Ih line is not ice: the other lines carry nothing, however
+    bright that ring (the test asks for excess without the line that contributes most)."""
+    rng = np.random.default_rng(6)
+    fr = _frame(_background(rng, rings=((ICE_RINGS_D_A[line], 10.0, 2.0),)))
+    got = ring_flags(find_spots(fr).shells, fr)
+    assert got["ice_sigma"][ICE_RINGS_D_A[line]] > 20, got  # the ring itself is measured, and strong
+    assert got["ice_rings"] is False, got
+
+
 @pytest.mark.parametrize("index, has_ice", [(3, False), (5, True), (8, False)])
 def test_ice_flag_on_simulated_frames(index, has_ice):
     """wide_hybrid172 (seed 7): frame 5 has ice rings only (faint: 2.7 photons at the 3.90 Å line), 3 and 8 no ring."""

@@ -47,15 +47,35 @@ spots it lies between them, for many it ignores the outermost 5 %, which are
 often a hot pixel or a ring grain).  Empty without geometry or without a spot.
 
 **Rings** (:func:`ring_flags`).  A smooth ice or powder ring fills its own
-resolution shell, so it raises that shell's clipped background mean ``μ``
-above its neighbours'.  The radial profile ``μ(r)`` minus its running median
-over ``ring_window`` shells (which follows the broad water ring and the air
-scatter) is divided by a robust local scale of the same residuals (1.4826 ×
-the running median absolute deviation); ``ice_rings`` is 1 when at least two of
-the hexagonal-ice Ih lines (:data:`ICE_RINGS_D_A`) that fall on the detector
-carry an excess of ``ring_sigma`` or more within ±(2 + 1 %) of their radius,
-``powder_rings`` is 1 when some other shell does (a ring away from every ice
-line).  Both are empty without geometry.
+resolution shell, so it raises that shell's background above its neighbours'.
+
+*Ice* is tested as a pattern, not line by line.  The profile is the mean of
+the pixels of each 1-px ring that are not strong (every pixel, spots left
+out; :func:`find_spots` sums them in the same pass).  Around each
+hexagonal-ice Ih line (:data:`ICE_RINGS_D_A`) on the detector, at radius
+``r``, the rings within ±(``ice_fit_px`` + ``ice_fit_frac`` · r) are fitted
+by weighted least squares with a quadratic in the radius (the water ring, the
+air scatter) plus a Gaussian of σ ``ice_width_px`` at every ice line in that
+range.  The line's excess ``E_k`` is its Gaussian's area; its standard error
+``e_k`` comes from the rings' variances and is scaled by √(χ²/dof) where the
+fit leaves more scatter than those predict (an unmodelled ring, a structured
+background).  The lines are combined by the matched filter of the Ih powder
+pattern, the relative intensities ``a_k`` (:data:`ICE_RINGS_REL`) as the
+template: ``Z = Σ a_k E_k / e_k² / √(Σ a_k² / e_k²)``.  ``ice_rings`` is 1
+when ``Z ≥ ring_sigma`` and ``Z`` without the line with the largest term
+``a_k E_k / e_k²`` is still ``≥ ice_rest_sigma``, so that one powder ring on
+one ice line is not ice; where only one line can be measured it needs
+``Z ≥ ice_single_sigma``.
+
+*Powder*: the profile of the rings' clipped means ``μ(r)`` minus its running
+median over ``ring_window`` rings, divided by the quadrature sum of the
+residuals' robust running spread (1.4826 × the median absolute deviation)
+and each ring mean's statistical error; ``powder_rings`` is 1 when a ring
+farther than ±(1.5 px + 0.5 %) from every ice line reaches ``powder_sigma``.
+
+The ice test's settings were chosen on simulated frames only
+(``bench/ice_flag.py --choose``, design seeds) and measured on other seeds
+(``docs/per_frame_metrics.md``).  Both flags are empty without geometry.
 """
 
 from __future__ import annotations
@@ -73,6 +93,7 @@ from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel
 from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
+           "ICE_RINGS_REL",
            "find_spots", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
 
 #: scores.csv columns of :class:`FrameMetrics`, in order
@@ -82,6 +103,9 @@ METRIC_COLUMNS = ("n_spots", "d_min_A", "ice_rings", "powder_rings")
 #: (112)); the lines :data:`diffscreen.simulate.presets.ICE_RINGS_D_A` draws (copied: preprocess does not
 #: import simulate).
 ICE_RINGS_D_A = (3.897, 3.669, 3.441, 2.671, 2.249, 2.072, 1.918)
+#: Relative peak intensities of those lines (the standard Ih powder pattern, approximate; the same numbers as
+#: :data:`diffscreen.simulate.presets.ICE_RINGS_D_A`): the weights of the ice test's matched filter.
+ICE_RINGS_REL = (1.0, 0.6, 0.55, 0.2, 0.25, 0.2, 0.15)
 
 
 @dataclass(frozen=True)
@@ -116,13 +140,24 @@ class SpotConfig:
     d_quantile : float
         Quantile of ``1/d`` over the spots that gives ``d_min_A``.
     ring_window : int
-        Running-median window of the ring tests, shells (odd).
+        Running-median window of the powder test, shells (odd).
     ring_sigma : float
-        Excess (robust σ of the profile's residuals) that makes an ice line.
+        Combined significance of the ice lines' excess (σ) that makes ``ice_rings``.
+    ice_rest_sigma : float
+        Combined significance the ice lines still need without the line with
+        the largest term of the sum (one powder ring on one ice line is not ice).
+    ice_single_sigma : float
+        Significance needed when only one ice line can be measured.
+    ice_fit_px, ice_fit_frac : float
+        Each ice line's background is fitted over ±(``ice_fit_px`` +
+        ``ice_fit_frac`` · r) rings around its radius r (px).
+    ice_width_px : float
+        σ of the Gaussian ring profile fitted at each ice line, px.
     powder_sigma : float
         Excess that makes a ring away from the ice lines.
     ring_min_count : int
-        Shells with fewer sampled pixels are left out of the ring tests.
+        Shells with fewer sampled pixels are left out of the ring tests (the
+        ice test's profile, which uses every pixel, needs ``step``² times as many).
     max_spots : int
         At most this many components are examined (the brightest are not
         chosen: the first in row order); a frame with more is counted up to it.
@@ -141,6 +176,11 @@ class SpotConfig:
     d_quantile: float = 0.95
     ring_window: int = 41
     ring_sigma: float = 6.0
+    ice_rest_sigma: float = 3.0
+    ice_single_sigma: float = 8.0
+    ice_fit_px: float = 8.0
+    ice_fit_frac: float = 0.06
+    ice_width_px: float = 2.0
     powder_sigma: float = 8.0
     ring_min_count: int = 40
     max_spots: int = 20000
@@ -154,6 +194,8 @@ class SpotConfig:
             raise ConfigError("spots: d_quantile must be in (0, 1]")
         if self.ring_window < 5 or self.ring_window % 2 == 0:
             raise ConfigError("spots: ring_window must be odd and >= 5")
+        if not (self.ice_single_sigma > 0 and self.ice_width_px > 0 and self.ice_fit_px > 0 and self.ice_fit_frac >= 0):
+            raise ConfigError("spots: ice_single_sigma, ice_width_px and ice_fit_px must be > 0, ice_fit_frac >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,7 +221,11 @@ class Spots:
     gain : float
         The photon-transfer slope ``g`` of the frame (ADU per photon, estimated).
     shells : tuple
-        ``(mu, var, count, shell_px)``: the ring statistics (for :func:`ring_flags`).
+        ``(mu, var, count, shell_px, bg_mean, bg_count)``: the ring statistics
+        (for :func:`ring_flags`): per 1-px ring the clipped background mean
+        (ADU) and variance (ADU²) and the sampled pixels behind them, the ring
+        width (px), and the mean (ADU) and number of all the ring's pixels
+        that are not strong (float64, float64, int64; float; float64, int64).
     """
 
     x: np.ndarray
@@ -213,8 +259,12 @@ def _noise(mu, var, cnt, min_count):
 
 
 @njit(cache=True, nogil=True)
-def _components(x, bins, mu, sig, zpix, max_comp):
-    """8-connected components of the strong pixels: (n, S, V, Sx, Sy) per component, and how many."""
+def _components(x, bins, mu, sig, zpix, max_comp, bg_sum, bg_n):
+    """8-connected components of the strong pixels: (n, S, V, Sx, Sy) per component, and how many.
+
+    In the same pass, ``bg_sum[b]`` and ``bg_n[b]`` (zeroed by the caller) receive the sum and the number
+    of bin b's pixels that are not strong (every pixel, not every ``step``-th): the ring profile of the ice test.
+    """
     h, w = x.shape
     strong = np.zeros((h, w), np.uint8)
     nstrong = 0
@@ -225,9 +275,13 @@ def _components(x, bins, mu, sig, zpix, max_comp):
                 continue
             b = bins[i, j]
             s = sig[b]
-            if s > 0.0 and v - mu[b] >= zpix * s:
-                strong[i, j] = 1
-                nstrong += 1
+            if s > 0.0:
+                if v - mu[b] >= zpix * s:
+                    strong[i, j] = 1
+                    nstrong += 1
+                else:
+                    bg_sum[b] += v
+                    bg_n[b] += 1
     out = np.zeros((max_comp, 5))
     nc = 0
     if nstrong == 0:
@@ -386,7 +440,8 @@ def find_spots(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Spots:
     mu, var, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb, np.int64)
     _stats(x, bins, nb, float(c.clip_sigma), int(c.iters), int(c.min_count), int(c.step), mu, var, cnt)
     sig, g = _noise(mu, var, cnt, c.min_count)
-    comp, nc = _components(x, bins, mu, sig, float(c.pixel_sigma), int(c.max_spots))
+    bg_sum, bg_n = np.zeros(nb), np.zeros(nb, np.int64)
+    comp, nc = _components(x, bins, mu, sig, float(c.pixel_sigma), int(c.max_spots), bg_sum, bg_n)
     comp = comp[:nc]
     n, S, V = comp[:, 0], comp[:, 1], comp[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -397,19 +452,24 @@ def find_spots(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Spots:
     comp, snr = comp[order], snr[order]
     return Spots(x=(comp[:, 3] / comp[:, 1]).astype(np.float32), y=(comp[:, 4] / comp[:, 1]).astype(np.float32),
                  intensity=comp[:, 1].astype(np.float32), snr=snr.astype(np.float32),
-                 n_pixels=comp[:, 0].astype(np.int32), gain=float(g), shells=_rings(mu, var, cnt, ring_of))
+                 n_pixels=comp[:, 0].astype(np.int32), gain=float(g),
+                 shells=_rings(mu, var, cnt, ring_of, bg_sum, bg_n))
 
 
-def _rings(mu, var, cnt, ring_of):
-    """Per-ring (1 px) mean, variance and count from the sectors' (count-weighted; variance of the pooled pixels)."""
+def _rings(mu, var, cnt, ring_of, bg_sum, bg_n):
+    """Per-ring (1 px) mean, variance and count from the sectors' (count-weighted; variance of the pooled pixels),
+    and each ring's mean and number of pixels that are not strong (pooled sums)."""
     nr = int(ring_of[-1]) + 1 if len(ring_of) else 0
     n = np.bincount(ring_of, weights=cnt, minlength=nr)
     s1 = np.bincount(ring_of, weights=cnt * mu, minlength=nr)
     s2 = np.bincount(ring_of, weights=cnt * (var + mu * mu), minlength=nr)
+    bs = np.bincount(ring_of, weights=bg_sum, minlength=nr)
+    bn = np.bincount(ring_of, weights=bg_n, minlength=nr)
     with np.errstate(divide="ignore", invalid="ignore"):
         m = np.where(n > 0, s1 / n, 0.0)
         v = np.where(n > 0, np.maximum(s2 / n - m * m, 0.0), 0.0)
-    return m, v, n.astype(np.int64), 1.0
+        bm = np.where(bn > 0, bs / bn, 0.0)
+    return m, v, n.astype(np.int64), 1.0, bm, bn.astype(np.int64)
 
 
 def _geometry(meta, shape):
@@ -464,13 +524,89 @@ def _running(a: np.ndarray, window: int, fn) -> np.ndarray:
     return out
 
 
+def _ice_line_excess(prof, var, mu, n, radii, gain, config: SpotConfig):
+    """Excess of every ice line over a smooth local background: a list of ``(z, E, e)`` or None per line.
+
+    ``prof`` (nb,): mean of the not-strong pixels of each 1-px ring (NaN where too few); ``var``, ``mu``:
+    the rings' clipped variance and mean; ``n`` (nb,): the pixels behind ``prof``; ``radii``: the lines'
+    radii in rings.  For each line, the rings within ±(``ice_fit_px`` + ``ice_fit_frac`` · r) are fitted by
+    weighted least squares with a quadratic in r plus a Gaussian of σ = ``ice_width_px`` at every ice line
+    in that range; the line's excess ``E`` is its Gaussian's area and ``e`` its standard error, scaled up by
+    √(χ²/dof) where the fit leaves more scatter than the rings' variance predicts (an unmodelled ring, a
+    structured background).  None where the line is off the profile or lacks rings on either side.
+    """
+    c = config
+    nb = len(prof)
+    fin = np.isfinite(prof)
+    width = float(c.ice_width_px)
+    area = width * math.sqrt(2.0 * math.pi)
+    out = []
+    for l, rr in enumerate(radii):
+        if not math.isfinite(rr) or rr < 2 or rr > nb - 2:
+            out.append(None)
+            continue
+        half = c.ice_fit_px + c.ice_fit_frac * rr
+        lo, hi = max(int(math.floor(rr - half)), 0), min(int(math.ceil(rr + half)), nb - 1)
+        ok = fin[lo : hi + 1]
+        ii = np.arange(lo, hi + 1)[ok].astype(np.float64)
+        y = prof[lo : hi + 1][ok]
+        tol = 1.5 + 0.005 * rr
+        x = ii + 0.5 - rr  # ring i spans radii i .. i + 1
+        if (x < -tol).sum() < 3 or (x > tol).sum() < 3 or not (np.abs(x) <= tol).any():
+            out.append(None)
+            continue
+        # per-ring variance of the mean: the region's typical pixel variance over each ring's pixel count
+        v = float(np.median(var[lo : hi + 1][ok]))
+        if not v > 0:
+            v = gain * max(float(np.median(mu[lo : hi + 1][ok])), gain)
+        if not v > 0:
+            out.append(None)
+            continue
+        w = n[lo : hi + 1][ok] / v
+        near = [k for k, q in enumerate(radii) if math.isfinite(q) and lo - 3 <= q <= hi + 3]
+        design = np.concatenate([np.vander(x / half, 3),
+                                 np.stack([np.exp(-0.5 * ((ii + 0.5 - radii[k]) / width) ** 2) for k in near], 1)], 1)
+        aw = design * w[:, None]
+        try:
+            cov = np.linalg.inv(design.T @ aw)
+        except np.linalg.LinAlgError:
+            out.append(None)
+            continue
+        coef = cov @ (aw.T @ y)
+        res = y - design @ coef
+        dof = max(len(y) - design.shape[1], 1)
+        inflate = max(1.0, float(np.sum(res * res * w)) / dof)
+        j = 3 + near.index(l)
+        E, e = float(coef[j]) * area, math.sqrt(max(float(cov[j, j]), 0.0) * inflate) * area
+        out.append((E / e, E, e) if e > 0 and math.isfinite(E) and math.isfinite(e) else None)
+    return out
+
+
+def _ice_z(lines) -> tuple[float, float, int]:
+    """Combined significance of the measured ice lines, the same without the line that contributes most, and
+    how many lines were measured.  Weights: the lines' relative intensities (:data:`ICE_RINGS_REL`) over their
+    variances, the matched filter of the Ih pattern."""
+    on = [(ICE_RINGS_REL[k], E, e) for k, x in enumerate(lines) if x is not None for _, E, e in [x]]
+
+    def z(sub):
+        if not sub:
+            return 0.0
+        return sum(a * E / e**2 for a, E, e in sub) / math.sqrt(sum(a * a / e**2 for a, E, e in sub))
+
+    if not on:
+        return 0.0, 0.0, 0
+    top = max(range(len(on)), key=lambda k: on[k][0] * on[k][1] / on[k][2] ** 2)
+    return z(on), z(on[:top] + on[top + 1 :]), len(on)
+
+
 def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> dict:
     """Whether ice (hexagonal Ih) and other powder rings raise their shells' background (module notes).
 
     Parameters
     ----------
     shells : tuple
-        ``(mu, var, count, shell_px)`` of :attr:`Spots.shells`.
+        ``(mu, var, count, shell_px, bg_mean, bg_count)`` of :attr:`Spots.shells`
+        (a 4-tuple without the last two: the ice test uses ``mu`` and ``count``).
     frame : Frame
         For its geometry.
     config : SpotConfig
@@ -479,24 +615,39 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
     -------
     dict
         ``ice_rings``, ``powder_rings``: bool, or None without geometry;
-        ``ice_sigma``: the excess (robust σ) of each ice line on the detector
-        (d → σ; NaN where the line is off the detector); ``powder_d_A``: the
-        spacings of the other rings found.
+        ``ice_sigma``: the significance of each ice line's excess (d in Å →
+        σ; NaN where the line is not measured: off the detector, or without
+        rings on both sides); ``ice_z``, ``ice_z_rest``: the combined
+        significance of the lines and that without the strongest
+        contribution; ``powder_d_A``: the spacings of the other rings found.
     """
-    none = {"ice_rings": None, "powder_rings": None, "ice_sigma": {}, "powder_d_A": []}
+    none = {"ice_rings": None, "powder_rings": None, "ice_sigma": {}, "ice_z": float("nan"),
+            "ice_z_rest": float("nan"), "powder_d_A": []}
     geo = _geometry(frame.meta, frame.data.shape)
     if geo is None:
         return none
     _, p, D, lam = geo
-    mu, var, cnt, shell_px = shells
+    mu, var, cnt, shell_px = shells[:4]
+    bg_mean, bg_n = (shells[4], shells[5]) if len(shells) >= 6 else (mu, cnt)
     c = config
     prof = np.where(cnt >= c.ring_min_count, mu, np.nan).astype(np.float64)
     nb = len(prof)
     if np.isfinite(prof).sum() < c.ring_window:
         return none
+    # --- ice: the Ih lines' excess over a smooth local background, combined over the lines
+    radii = [_radius_of_d(d, p, D, lam) / shell_px for d in ICE_RINGS_D_A]
+    min_bg = c.ring_min_count * (c.step * c.step if len(shells) >= 6 else 1)  # the same coverage as ring_min_count
+    bg = np.where(bg_n >= min_bg, bg_mean, np.nan).astype(np.float64)
+    gain = float(photon_transfer_gain(mu, var, cnt, c.min_count))
+    lines = _ice_line_excess(bg, var, mu, np.asarray(bg_n, np.float64), radii, gain, c)
+    ice_sigma = {d: (float("nan") if x is None else float(x[0])) for d, x in zip(ICE_RINGS_D_A, lines)}
+    z_all, z_rest, n_lines = _ice_z(lines)
+    ice = (z_all >= c.ring_sigma and z_rest >= c.ice_rest_sigma) if n_lines >= 2 else (
+        n_lines == 1 and z_all >= c.ice_single_sigma)
+    # --- powder: shells above the running median of the ring means, away from every ice line
     base = _running(prof, c.ring_window, np.nanmedian)
     resid = prof - base
-    # noise of a shell's mean: its statistical error, or the spread of the residuals, whichever is larger
+    # noise of a shell's mean: its statistical error and the spread of the residuals, added in quadrature
     spread = 1.4826 * _running(np.abs(resid), 4 * c.ring_window + 1, np.nanmedian)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.sqrt(spread**2 + var / np.maximum(cnt, 1))
@@ -504,29 +655,15 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
     radius = (np.arange(nb) + 0.5) * shell_px
     d_shell = _d_of_radius(radius, p, D, lam)
     near_ice = np.zeros(nb, bool)
-    ice_sigma = {}
     for d in ICE_RINGS_D_A:
         r = _radius_of_d(d, p, D, lam)
-        ice_sigma[d] = float("nan")
         if not math.isfinite(r):
             continue
         tol = 1.5 + 0.005 * r
         lo, hi = int(math.floor((r - tol) / shell_px)), int(math.ceil((r + tol) / shell_px))
         if hi < 1 or lo >= nb - 1:
             continue
-        lo, hi = max(lo, 1), min(hi, nb - 2)
-        near_ice[lo : hi + 1] = True
-        seg = t[lo - 1 : hi + 2]
-        if not np.isfinite(seg[1:-1]).any():
-            continue
-        k = 1 + int(np.nanargmax(seg[1:-1]))
-        # a ring's own peak, not the flank of a neighbouring ring: a local maximum inside the window
-        if not (seg[k] >= seg[k - 1] or not np.isfinite(seg[k - 1])) or not (seg[k] >= seg[k + 1]
-                                                                            or not np.isfinite(seg[k + 1])):
-            ice_sigma[d] = 0.0
-            continue
-        ice_sigma[d] = float(seg[k])
-    n_ice = sum(1 for v in ice_sigma.values() if v >= c.ring_sigma)
+        near_ice[max(lo, 1) : min(hi, nb - 2) + 1] = True
     other = (t >= c.powder_sigma) & ~near_ice
     # a ring is a run of adjacent shells: report each run's peak spacing
     powder = []
@@ -541,7 +678,8 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
             k = j + 1
         else:
             k += 1
-    return {"ice_rings": n_ice >= 2, "powder_rings": bool(powder), "ice_sigma": ice_sigma, "powder_d_A": powder}
+    return {"ice_rings": bool(ice), "powder_rings": bool(powder), "ice_sigma": ice_sigma, "ice_z": float(z_all),
+            "ice_z_rest": float(z_rest), "powder_d_A": powder}
 
 
 @dataclass
