@@ -103,6 +103,18 @@ def compare(finder, fr) -> dict:
             "metrics_ms": round(1e3 * dt, 1)}
 
 
+def _why(text: str) -> str:
+    """The line of a DIALS program's output that says why it failed: the last that names an error, a ``Sorry``
+    or arguments it could not handle (with the next line, the argument), else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for k in range(len(lines) - 1, -1, -1):
+        if lines[k].startswith("Unable to handle"):
+            return " ".join(lines[k : k + 2])[:200]
+        if "Error" in lines[k] or "Sorry" in lines[k]:
+            return lines[k][:200]
+    return lines[-1][:200] if lines else "failed"
+
+
 def dials_cli_gain(path: Path) -> dict:
     """``dials.import`` + ``dials.estimate_gain`` on the file itself (dxtbx's reading and mask), for comparison
     with the worker's estimate on our reading: ``{"gain": float}`` or ``{"gain": None, "why": "..."}``."""
@@ -114,15 +126,13 @@ def dials_cli_gain(path: Path) -> dict:
         return {"gain": None, "why": "dials.import / dials.estimate_gain not on the PATH"}
     with tempfile.TemporaryDirectory() as tmp:
         imp = subprocess.run(["dials.import", str(path)], cwd=tmp, capture_output=True, text=True, timeout=300)
-        if imp.returncode != 0:
-            lines = [ln for ln in (imp.stderr + imp.stdout).splitlines() if ln.strip()]
-            return {"gain": None, "why": "dials.import: " + (lines[-1][:160] if lines else "failed")}
+        if imp.returncode != 0 or not (Path(tmp) / "imported.expt").is_file():
+            return {"gain": None, "why": "dials.import: " + _why(imp.stderr + imp.stdout).replace(str(path), path.name)}
         est = subprocess.run(["dials.estimate_gain", "imported.expt"], cwd=tmp, capture_output=True, text=True,
                              timeout=600)
         m = re.search(r"Estimated gain: ([0-9.eE+-]+)", est.stdout)
         if m is None:
-            lines = [ln for ln in (est.stderr + est.stdout).splitlines() if ln.strip()]
-            return {"gain": None, "why": "dials.estimate_gain: " + (lines[-1][:160] if lines else "failed")}
+            return {"gain": None, "why": "dials.estimate_gain: " + _why(est.stderr + est.stdout)}
         return {"gain": float(m.group(1))}
 
 
