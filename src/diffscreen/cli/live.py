@@ -91,7 +91,7 @@ _CHUNK = typer.Option(1.0, "--chunk-seconds", min=0.05, help="Outputs grow by on
 _NO_CXI = typer.Option(False, "--no-cxi", help="Do not write the kept frames' pixels (hits/hits_NNNNNN.cxi).")
 _FRESH = typer.Option(False, "--fresh", help="Start over: remove this OUT's earlier live outputs (default: resume, screening no frame twice).")
 _PUBLISH = typer.Option(None, "--publish", help="Publish each decision as JSON on a ZeroMQ PUB socket, e.g. tcp://*:5557.")
-_THREADS = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default).")
+_THREADS = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default); with --workers N, shared out among the N processes.")
 _IDLE = typer.Option(None, "--idle", min=0.0, help="Stop after this many seconds without new frames (default: run until Ctrl-C).")
 _MFP = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this.")
 

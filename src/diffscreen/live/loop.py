@@ -466,11 +466,15 @@ class LiveLoop:
     # ------------------------------------------------------------------ the worker
 
     def _take(self, timeout: float) -> list:
+        """The next batch: up to ``batch_size`` waiting frames, with worker processes at most an even share of
+        the waiting frames (a backlog is spread over the workers, not queued behind one)."""
         with self._cv:
             if not self._buf and not self._stop:
                 self._cv.wait(timeout)
+            size = self.batch_size if self._pool is None else min(self.batch_size,
+                                                                   -(-len(self._buf) // self.workers))
             batch = []
-            while self._buf and len(batch) < self.batch_size:
+            while self._buf and len(batch) < size:
                 batch.append(self._buf.popleft())
             if batch:
                 self._cv.notify_all()

@@ -165,12 +165,11 @@ def _ready_task() -> int:
 
 
 def worker_threads(workers: int) -> int:
-    """Threads for each of ``workers`` processes: this process's cores shared out, at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, workers))
+    """Threads for each of ``workers`` processes: this process's torch threads (``--threads``, else PyTorch's
+    default, one per core) shared out, at least 1."""
+    import torch
+
+    return max(1, torch.get_num_threads() // max(1, workers))
 
 
 class WorkerPool:
