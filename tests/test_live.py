@@ -279,3 +279,29 @@ def test_two_worker_processes_write_the_rows_of_one_in_arrival_order(tmp_path, t
     assert [r[-1] for r in scores[1:]].count("error") == 3  # broken file, error item, damaged message
     assert s1.frames_failed == s2.frames_failed == 3 and s2.frames_screened == s1.frames_screened == 10
     assert 0 < len(one[2]) < 10  # some kept
+
+
+class _Unpicklable(_Frame):
+    def __init__(self, i, raw):
+        super().__init__(i, raw)
+        self.name = "series_2"
+        self.hook = lambda: None  # a local function: cannot be sent to a worker process
+
+
+def test_a_batch_a_worker_cannot_take_is_error_rows_and_the_rest_is_screened(tmp_path, toy_model, one_thread):
+    """With worker processes, a stream message that cannot be sent to them becomes an error row per frame (the
+    loop goes on), and the frames around it are screened."""
+    rng = np.random.default_rng(9)
+    loop = LiveLoop(tmp_path / "out", model=toy_model, batch_size=4, workers=2, chunk_seconds=0.2)
+    loop.start()
+    items = [StreamItem(_Frame(0, toy_frame("hit", rng))), StreamItem(_Unpicklable(1, toy_frame("miss", rng))),
+             StreamItem(_Frame(2, toy_frame("miss", rng)))]
+    for it in items:
+        loop.offer(it, block=True)
+    s = loop.close()
+    rows = _rows(tmp_path / "out" / "scores.csv")[1:]
+    assert [(r[0], r[1], r[-1] == "error") for r in rows] == [("series_1", "0", False), ("series_2", "1", True),
+                                                             ("series_1", "2", False)]
+    errors = _rows(tmp_path / "out" / "errors.csv")[1:]
+    assert len(errors) == 1 and errors[0][:2] == ["series_2", "1"] and "pickle" in errors[0][2].lower()
+    assert s.frames_screened == 2 and s.frames_failed == 1

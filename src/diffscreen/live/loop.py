@@ -590,7 +590,10 @@ class LiveLoop:
         """Add the rows of one classified batch to ``chunk``, in arrival order."""
         for group, results, read_whole in parts:
             if not isinstance(results, list):
-                results = results.result()
+                try:
+                    results = results.result()
+                except Exception as exc:  # noqa: BLE001 - a worker process died or its batch did not pickle
+                    results = [problem_of(exc)] * len(group)
             for it, d in zip(group, results):
                 self._decided(chunk, it, d, read_whole)
 
