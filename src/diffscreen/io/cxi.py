@@ -381,6 +381,19 @@ def merge_cxi(sources, out_path, *, compression="bitshuffle-lz4") -> Path:
     return out_path
 
 
+def _filters(ds: h5py.Dataset) -> list:
+    """The filter pipeline of a dataset: ``(id, flags, values)`` per filter, in order."""
+    plist = ds.id.get_create_plist()
+    return [plist.get_filter(k)[:3] for k in range(plist.get_nfilters())]
+
+
+def _same_storage(a: h5py.Dataset, b: h5py.Dataset) -> bool:
+    """Whether a frame's stored chunk of ``a`` can be copied into ``b`` as it is: one frame per chunk, the
+    same dtype and the same filter pipeline."""
+    whole = (1, *a.shape[1:])
+    return a.chunks == whole and b.chunks == whole and a.dtype == b.dtype and _filters(a) == _filters(b)
+
+
 def _merge_entry(src: h5py.Group, dst: h5py.Group, comp: dict) -> None:
     for k, v in src.attrs.items():
         dst.attrs[k] = v
@@ -412,9 +425,15 @@ def _merge_entry(src: h5py.Group, dst: h5py.Group, comp: dict) -> None:
             ds.resize(obj.shape[1], axis=1)
         ds.resize(n0 + n, axis=0)
         if obj.ndim == 3:
+            raw = _same_storage(obj, ds)
+            frame_bytes = obj.dtype.itemsize * int(np.prod(obj.shape[1:]))
             for i in range(n):  # frame by frame: bounded memory
-                check_free_space(Path(dst.file.filename).parent, obj[0].nbytes)
-                ds[n0 + i] = obj[i]
+                check_free_space(Path(dst.file.filename).parent, frame_bytes)
+                if raw:  # the stored (compressed) chunk as it is: no decompression and recompression
+                    mask, chunk = obj.id.read_direct_chunk((i, 0, 0))
+                    ds.id.write_direct_chunk((n0 + i, 0, 0), chunk, mask)
+                else:
+                    ds[n0 + i] = obj[i]
         elif obj.ndim == 2:
             ds[n0 : n0 + n, : obj.shape[1]] = obj[...]
         else:
