@@ -38,11 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import make_shipped_run  # noqa: E402
+
+from diffscreen.evaluate.metrics import t_interval  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "mpi_scaling.json"
 GOAL = 1.7
@@ -68,10 +67,8 @@ def _timed(ranks: int, run: str, out: Path, n: int) -> dict:
 
 
 def _interval(x) -> dict:
-    x = np.asarray(x, float)
-    m = float(x.mean())
-    h = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": m, "ci95": [m - h, m + h], "values": x.tolist()}
+    m, lo, hi = t_interval(x)
+    return {"mean": m, "ci95": [lo, hi], "values": [float(v) for v in x]}
 
 
 def main(argv=None) -> int:

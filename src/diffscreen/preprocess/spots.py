@@ -605,8 +605,7 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
     Parameters
     ----------
     shells : tuple
-        ``(mu, var, count, shell_px, bg_mean, bg_count)`` of :attr:`Spots.shells`
-        (a 4-tuple without the last two: the ice test uses ``mu`` and ``count``).
+        ``(mu, var, count, shell_px, bg_mean, bg_count)`` of :attr:`Spots.shells`.
     frame : Frame
         For its geometry.
     config : SpotConfig
@@ -627,8 +626,7 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
     if geo is None:
         return none
     _, p, D, lam = geo
-    mu, var, cnt, shell_px = shells[:4]
-    bg_mean, bg_n = (shells[4], shells[5]) if len(shells) >= 6 else (mu, cnt)
+    mu, var, cnt, shell_px, bg_mean, bg_n = shells
     c = config
     prof = np.where(cnt >= c.ring_min_count, mu, np.nan).astype(np.float64)
     nb = len(prof)
@@ -636,7 +634,7 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
         return none
     # --- ice: the Ih lines' excess over a smooth local background, combined over the lines
     radii = [_radius_of_d(d, p, D, lam) / shell_px for d in ICE_RINGS_D_A]
-    min_bg = c.ring_min_count * (c.step * c.step if len(shells) >= 6 else 1)  # the same coverage as ring_min_count
+    min_bg = c.ring_min_count * c.step * c.step  # every pixel, where ring_min_count counts every step-th
     bg = np.where(bg_n >= min_bg, bg_mean, np.nan).astype(np.float64)
     gain = float(photon_transfer_gain(mu, var, cnt, c.min_count))
     lines = _ice_line_excess(bg, var, mu, np.asarray(bg_n, np.float64), radii, gain, c)
@@ -655,8 +653,8 @@ def ring_flags(shells, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -
     radius = (np.arange(nb) + 0.5) * shell_px
     d_shell = _d_of_radius(radius, p, D, lam)
     near_ice = np.zeros(nb, bool)
-    for d in ICE_RINGS_D_A:
-        r = _radius_of_d(d, p, D, lam)
+    for rr in radii:
+        r = rr * shell_px
         if not math.isfinite(r):
             continue
         tol = 1.5 + 0.005 * r
