@@ -55,7 +55,6 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.errors import ConfigError, OutputError
-from diffscreen.io import open_source
 from diffscreen.io.atomic import atomic_write_text, temporary_path
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import check_frame
@@ -63,7 +62,8 @@ from diffscreen.io.outdir import OutputLock, output_error, remove_stale_parts
 from diffscreen.screen import list_entry
 from diffscreen.screen.runner import notify, strict_json
 from diffscreen.screen.method import CNNMethod, as_method, decision_problem, problem_of
-from diffscreen.live.workers import MemorySource, WorkerPool, classify_file, classify_stream, decoded_frame
+from diffscreen.live.workers import (MemorySource, OpenFile, WorkerPool, classify_spec, classify_stream,
+                                    decoded_frame)
 
 __all__ = ["FileItem", "StreamItem", "ErrorItem", "MemorySource", "LiveLoop", "LiveSummary", "SCORES", "STATE"]
 
@@ -285,7 +285,7 @@ class LiveLoop:
         self._t0 = time.time()
         self._last_commit = time.perf_counter()
         self._errors_tail: deque = deque(maxlen=100)
-        self._src_spec, self._src = None, None
+        self._files = OpenFile()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -523,9 +523,7 @@ class LiveLoop:
         finally:
             if self._pool is not None:
                 self._pool.close()
-            if self._src is not None:
-                self._src.close()
-                self._src = None
+            self._files.close()
         if self._abort and chunk.writer is not None:
             chunk.writer.abort()
 
@@ -534,15 +532,6 @@ class LiveLoop:
             n, self._dropped_unreported = self._dropped_unreported, 0
         if n:
             notify(self.observer, "dropped", n)
-
-    def _source(self, spec):
-        if spec != self._src_spec:
-            if self._src is not None:
-                self._src.close()
-            self._src, self._src_spec = None, None
-            self._src = open_source(spec)
-            self._src_spec = spec
-        return self._src
 
     def _submit(self, batch: list) -> list:
         """Start classifying one batch, split into runs of one file's or one stream's frames.
@@ -567,7 +556,7 @@ class LiveLoop:
             elif isinstance(item, FileItem):
                 indices = [it.index for it in group]
                 parts.append((group, self._pool.file(item.name, indices) if self._pool else
-                              self._classify_here(item.name, indices), self._read_file))
+                              classify_spec(self.method, self._files, item.name, indices), self._read_file))
             else:
                 frames = [it.frame for it in group]
                 parts.append((group, self._pool.stream(frames) if self._pool else classify_stream(self.method, frames),
@@ -575,16 +564,8 @@ class LiveLoop:
             k = j
         return parts
 
-    def _classify_here(self, spec: str, indices) -> list:
-        try:
-            src = self._source(spec)
-        except Exception as exc:  # noqa: BLE001 - the firewall: an unreadable file is its error rows
-            self._src, self._src_spec = None, None
-            return [problem_of(exc)] * len(indices)
-        return classify_file(self.method, src, indices)
-
     def _read_file(self, item: FileItem):
-        return check_frame(self._source(item.name).read(item.index))
+        return check_frame(self._files.get(item.name).read(item.index))
 
     def _finish(self, parts: list, chunk: _Chunk) -> None:
         """Add the rows of one classified batch to ``chunk``, in arrival order."""
@@ -608,7 +589,7 @@ class LiveLoop:
                 why = problem_of(exc)
             else:
                 image = fr.data
-                entry = (list_entry(item.name, item.index, len(self._source(item.name)) == 1)
+                entry = (list_entry(item.name, item.index, len(self._files.get(item.name)) == 1)
                          if isinstance(item, FileItem) else None)
                 if self.write_cxi:
                     if chunk.writer is None:

@@ -38,7 +38,8 @@ from diffscreen.io.frame import Frame, check_frame
 from diffscreen.screen.method import problem_of
 from diffscreen.screen.parallel import limit_threads
 
-__all__ = ["MemorySource", "classify_file", "classify_stream", "decoded_frame", "WorkerPool", "worker_threads"]
+__all__ = ["MemorySource", "OpenFile", "classify_spec", "classify_file", "classify_stream", "decoded_frame",
+           "WorkerPool", "worker_threads"]
 
 
 class MemorySource(BaseSource):
@@ -92,6 +93,39 @@ class MemorySource(BaseSource):
         return raw[r0:r1, c0:c1], bad[r0:r1, c0:c1]
 
 
+class OpenFile:
+    """The file last opened, kept open for the next batch (a run's frames arrive file by file)."""
+
+    def __init__(self):
+        self.spec, self.src = None, None
+
+    def get(self, spec: str):
+        """The open source of ``spec``, opening it (and closing the previous one) when it is another file.
+
+        Raises whatever :func:`~diffscreen.io.open_source` raises; nothing is left open then.
+        """
+        if spec != self.spec:
+            self.close()
+            self.src = open_source(spec)
+            self.spec = spec
+        return self.src
+
+    def close(self) -> None:
+        if self.src is not None:
+            self.src.close()
+        self.spec, self.src = None, None
+
+
+def classify_spec(method, files: OpenFile, spec: str, indices) -> list:
+    """Decisions for frames ``indices`` of the file ``spec`` (opened through ``files``); a file that does not
+    open is one problem (str) per frame."""
+    try:
+        src = files.get(spec)
+    except Exception as exc:  # noqa: BLE001 - the firewall: an unreadable file is its error rows
+        return [problem_of(exc)] * len(indices)
+    return classify_file(method, src, indices)
+
+
 def classify_file(method, src, indices) -> list:
     """Decisions for frames ``indices`` of an open source: one FrameDecision or problem (str) each, in order."""
     try:
@@ -132,7 +166,7 @@ def decoded_frame(stream_frame) -> Frame:
 # --------------------------------------------------------------------------- worker processes
 
 _METHOD = None
-_OPEN: dict = {}
+_FILES = OpenFile()
 
 
 def _init(method_bytes: bytes, threads: int) -> None:
@@ -142,17 +176,7 @@ def _init(method_bytes: bytes, threads: int) -> None:
 
 
 def _file_task(spec: str, indices) -> list:
-    src = _OPEN.get(spec)
-    if src is None:
-        for old in _OPEN.values():
-            old.close()
-        _OPEN.clear()
-        try:
-            src = open_source(spec)
-        except Exception as exc:  # noqa: BLE001 - an unreadable file is its error rows
-            return [problem_of(exc)] * len(indices)
-        _OPEN[spec] = src
-    return classify_file(_METHOD, src, indices)
+    return classify_spec(_METHOD, _FILES, spec, indices)
 
 
 def _stream_task(frames) -> list:
