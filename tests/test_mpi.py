@@ -208,3 +208,55 @@ def test_failure_on_one_rank_stops_all_and_resume_completes(setup):
     assert_same_outputs(one, out)
     with open(out / "scores.csv", newline="") as fh:
         assert sum(1 for _ in csv.DictReader(fh)) == 69
+
+
+def test_every_rank_gets_its_first_chunk_without_waiting_for_rank_0s_first_batch(setup):
+    """Rank 0 hands rank 1 its first chunk before it starts one itself.
+
+    Rank 1 reaches the chunk loop 1 s after rank 0 (a slow model load, say),
+    and rank 0's first chunk does not end until rank 1 has begun one.  If rank
+    1 had to ask for its first chunk, the answer would wait for rank 0's first
+    batch, which waits for rank 1: the run would stall for the full 60 s and
+    fail here.
+    """
+    need_mpi()
+    d, runs, model, one = setup
+    out = d / "first"
+    marker = d / "rank1_started"
+    driver = d / "first_driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from diffscreen.cli import main
+        from diffscreen.screen import runner
+        from diffscreen.screen.parallel import launch_rank
+
+        MARKER = Path({str(marker)!r})
+        original_init, original_run, calls = runner._Chunk.__init__, runner._Chunk.run, [0]
+
+        def late_init(self, *a, **k):
+            if launch_rank() == 1:
+                time.sleep(1.0)
+            original_init(self, *a, **k)
+
+        def run(self, *a, **k):
+            calls[0] += 1
+            if calls[0] == 1 and launch_rank() == 1:
+                MARKER.write_text("1")
+            elif calls[0] == 1:
+                t = time.monotonic()
+                while not MARKER.exists():
+                    if time.monotonic() - t > 60:
+                        print("STALLED: rank 1 had no chunk while rank 0 did its first", flush=True)
+                        break
+                    time.sleep(0.01)
+            return original_run(self, *a, **k)
+
+        runner._Chunk.__init__, runner._Chunk.run = late_init, run
+        sys.exit(main(sys.argv[1:]))
+    """))
+    r = mpirun(2, [sys.executable, str(driver), *screen_args(runs, model, out)[3:]])
+    assert r.returncode == 1, r.stdout + r.stderr  # the bad frames, as in a plain run
+    assert "STALLED" not in r.stdout, r.stdout
+    assert marker.exists()
+    assert_same_outputs(one, out)

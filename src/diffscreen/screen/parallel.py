@@ -7,7 +7,8 @@ run's resumable chunks among them:
 * rank 0 lists the work (opening every input once), prepares the output
   folder and broadcasts the list; every rank loads the model;
 * chunks are handed out one at a time by rank 0 (dynamic load balancing):
-  a rank asks for its next chunk as soon as it starts one, so it never
+  rank 0 sends every rank its first chunk before it starts one of its own,
+  and a rank asks for its next chunk as soon as it starts one, so it never
   waits, and a slow rank simply takes fewer chunks.  Rank 0 screens chunks
   too and answers requests between its batches;
 * each chunk writes its part files (``DIR/.partial/chunk_*.csv`` and
@@ -349,6 +350,8 @@ class _Dispatcher:
             self._advance(n)
             self.poll()
 
+        for src in sorted(self.active):  # unasked: a rank still loading its model finds its chunk waiting
+            self.comm.send(self.queue.popleft() if self.queue else -1, dest=src, tag=_TAG_REPLY)
         try:
             while True:
                 self.poll()
@@ -368,17 +371,15 @@ class _Dispatcher:
 
 
 def _worker(comm, work, size_of) -> BaseException | None:
-    """Ranks > 0: ask rank 0 for chunks (one ahead) until it answers -1."""
+    """Ranks > 0: take the first chunk rank 0 sends, then ask for the next (one ahead) until it answers -1."""
 
     def reply() -> int:
         while not comm.Iprobe(source=0, tag=_TAG_REPLY):
             time.sleep(_POLL_S)
         return comm.recv(source=0, tag=_TAG_REPLY)
 
-    outstanding = False
+    outstanding = True  # the first chunk (or -1) that rank 0 sends every rank unasked
     try:
-        comm.send(("req", None), dest=0, tag=_TAG_REQ)
-        outstanding = True
         c = reply()
         outstanding = False
         while c >= 0:
