@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import make_shipped_run  # noqa: E402
 
-from diffscreen.evaluate.metrics import t_interval  # noqa: E402
+from diffscreen.evaluate.metrics import interval_record  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "mpi_scaling.json"
 GOAL = 1.7
@@ -77,11 +77,6 @@ def _timed(ranks: int, run: str, out: Path, n: int) -> dict:
             "load_before": os.getloadavg()[0]}
 
 
-def _interval(x) -> dict:
-    m, lo, hi = t_interval(x)
-    return {"mean": m, "ci95": [lo, hi], "values": [float(v) for v in x]}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=400)
@@ -112,10 +107,10 @@ def main(argv=None) -> int:
                            " ".join(_command(2, "RUN", Path("OUT"))[:5] + ["diffscreen", "screen", "RUN", "--out",
                                                                            "OUT"])],
               "repeats": reps, "goal_ratio": GOAL,
-              "ratio_wall": _interval([r["ratio_wall"] for r in reps]),
-              "ratio_screening": _interval([r["ratio_screening"] for r in reps]),
-              "one_wall_frames_per_s": _interval([r["one"]["wall_frames_per_s"] for r in reps]),
-              "two_wall_frames_per_s": _interval([r["two"]["wall_frames_per_s"] for r in reps]),
+              "ratio_wall": interval_record([r["ratio_wall"] for r in reps]),
+              "ratio_screening": interval_record([r["ratio_screening"] for r in reps]),
+              "one_wall_frames_per_s": interval_record([r["one"]["wall_frames_per_s"] for r in reps]),
+              "two_wall_frames_per_s": interval_record([r["two"]["wall_frames_per_s"] for r in reps]),
               "scores_identical": all(r["scores_identical"] for r in reps)}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.json.with_suffix(".json.part")

@@ -1,5 +1,6 @@
 """`diffscreen benchmark zimmermann2019 --quick`: the findings CI must reproduce."""
 
+import numpy as np
 import pytest
 
 
@@ -100,3 +101,66 @@ def test_quick_cli_exits_1_with_one_error_line_when_a_check_fails(tmp_path, monk
     assert "does not hold: ccf_keeps_more_skill_under_noise" in out.out + out.err
     monkeypatch.setattr(bench, "run", lambda out, **kw: {**_res(), "markdown_path": str(out)})
     assert main(["benchmark", "zimmermann2019", "--quick", "--out", str(tmp_path)]) == 0
+
+
+def _seed_result(seed, ccf_max_acc):
+    """A full-mode result of one seed with Table 6 cells only; the CCF network's max-noise accuracy varies."""
+    m = {"none|image": _m(0.96, 0.93, 0.84), "none|ccf": _m(0.97, 0.94, 0.90),
+         "max|image": _m(0.945, 0.885, 0.825), "max|ccf": _m(ccf_max_acc, 0.91, 0.85)}
+    return {"seed": seed, "baseline": _m(0.8, 0.0, 0.0), "majority": _m(0.94, 0.88, 0.82),
+            "table6": {k: {**v, "violation_rate_min": 0.01} for k, v in m.items()}}
+
+
+def test_across_seeds_gives_each_number_its_interval_and_a_verdict_per_finding():
+    from scipy import stats
+
+    from diffscreen.benchmarks.zimmermann2019 import _verdict, across_seeds
+
+    accs = [0.950, 0.952, 0.955]
+    summ = across_seeds([_seed_result(s, a) for s, a in enumerate(accs)])
+    cell = summ["table6"]["max|ccf"]["accuracy"]
+    h = stats.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
+    assert cell["values"] == accs
+    assert cell["mean"] == pytest.approx(np.mean(accs))
+    assert cell["ci95"] == pytest.approx([np.mean(accs) - h, np.mean(accs) + h])
+    assert summ["table6"]["none|image"]["recall"]["ci95"] == pytest.approx([0.84, 0.84])  # equal at every seed
+    # images lose 2.730 - 2.655 = 0.075 of the three-metric sum; CCF maps 2.810 - (a + 1.760) = 1.05 - a
+    cost = summ["effects"]["noise_cost_image_minus_ccf"]
+    assert cost["values"] == pytest.approx([0.075 - (1.05 - a) for a in accs])
+    assert _verdict(cost) == "the opposite holds"  # every value negative: CCF maps lose more here
+    gap = summ["effects"]["max_noise_ccf_minus_image"]  # (a + 1.760) - 2.655 > 0 at every seed
+    assert _verdict(gap) == "holds"
+    assert "accuracy_alpha02_minus_unmodified" not in summ["effects"]  # no Table 4 in these results
+    mixed = across_seeds([_seed_result(s, a) for s, a in enumerate([0.90, 0.99, 0.93])])
+    assert _verdict(mixed["effects"]["retention_ccf_minus_image"]).startswith("not established")
+    with pytest.raises(ValueError, match="table6 cells differ"):
+        across_seeds([_seed_result(0, 0.95), {**_seed_result(1, 0.95), "table6": {}}])
+
+
+def test_seeds_report_states_intervals_and_resumes_from_each_seeds_result(tmp_path):
+    """run_seeds takes each seed's result from its cache (no training here) and writes md + JSON that agree."""
+    import json
+
+    from diffscreen.benchmarks import zimmermann2019 as bench
+    from diffscreen.benchmarks._harness import digest
+    from diffscreen.simulate.cdi import TABLE1_FRACTIONS
+
+    work = tmp_path / "work"
+    work.mkdir()
+    accs = [0.950, 0.952, 0.955]
+    for s, a in zip((5, 6, 7), accs):
+        res = _seed_result(s, a)
+        res.update(config=bench.FULL, sim_fps=100.0, label_freq={n: 0.5 for n in TABLE1_FRACTIONS}, threads=1, seconds=60.0,
+                   noise_bounds={"mean": 1.0, "mean+std": 2.0, "max": 10.0}, ccf_ms=1.0, prep_ms_image=0.1,
+                   fig5=None)
+        (work / f"seed{s}_{digest(bench.FULL)}.json").write_text(json.dumps(res))
+    out = tmp_path / "out"
+    combined = bench.run_seeds(out, [5, 6, 7], work=work, log=lambda *a: None)
+    md = (out / "zimmermann2019.md").read_text()
+    saved = json.loads((out / "zimmermann2019.json").read_text())
+    assert saved["seeds"] == [5, 6, 7] and [r["seed"] for r in saved["per_seed"]] == [5, 6, 7]
+    iv = combined["summary"]["table6"]["max|ccf"]["accuracy"]
+    assert f"{iv['mean']:.3f} [{iv['ci95'][0]:.3f}, {iv['ci95'][1]:.3f}]" in md
+    assert saved["summary"]["table6"]["max|ccf"]["accuracy"]["ci95"] == pytest.approx(iv["ci95"])
+    assert "| at the maximum noise the CCF network scores" in md and "| holds |" in md
+    assert "## Seed 5 in detail" in md and "### Table 6" in md

@@ -14,23 +14,28 @@ Experiments (reduced CPU recipe, see :data:`FULL` and :data:`QUICK`):
 
 Each number is the maximum over the evaluated epochs on the validation split,
 as in the paper's tables.  :func:`run` writes ``zimmermann2019.md`` and PNGs
-into ``out_dir`` and returns the numbers; :func:`check_quick` raises unless
-the findings the ``--quick`` CI mode asserts hold (:func:`quick_checks`).
+into ``out_dir`` and returns the numbers of one seed; :func:`run_seeds` runs
+several seeds and writes the report with each number's mean and 95 %
+Student-t interval over them (:func:`across_seeds`); :func:`check_quick`
+raises unless the findings the ``--quick`` CI mode asserts hold
+(:func:`quick_checks`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import (FindingNotReproduced, findings, paragraphs, pyplot, save_figure, table,
-                                            write_report)
+from diffscreen.benchmarks._harness import (FindingNotReproduced, digest, findings, paragraphs, pyplot, save_figure,
+                                            table, write_json, write_report)
+from diffscreen.evaluate.metrics import interval_record
 from diffscreen.evaluate.multilabel import CDI_CLASSES, all_negative_baseline, multilabel_metrics
 from diffscreen.simulate.cdi import TABLE1_FRACTIONS, CDISimulator
 
-__all__ = ["run", "quick_checks", "check_quick", "retention", "PAPER", "FULL", "QUICK", "add_uniform_noise",
+__all__ = ["run", "run_seeds", "across_seeds", "quick_checks", "check_quick", "retention", "PAPER", "FULL", "QUICK", "add_uniform_noise",
            "noise_bounds"]
 
 #: The paper's numbers (helium dataset): Accuracy, Precision, Recall.
@@ -160,7 +165,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
            "baseline": {k: base[k] for k in ("accuracy", "precision", "recall")},
            "majority": {k: maj[k] for k in ("accuracy", "precision", "recall")},
            "label_freq": {n: float(v) for n, v in zip(CDI_CLASSES, Y.mean(0))}, "threads": torch.get_num_threads(),
-           "noise_bounds": noise_bounds(X, mask)}
+           "noise_bounds": noise_bounds(X, mask), "seed": seed}
     keep = ("accuracy", "precision", "recall", "violation_rate_min")
 
     def summ(r):
@@ -299,6 +304,174 @@ def check_quick(res: dict) -> dict:
     return checks
 
 
+_METRICS = ("accuracy", "precision", "recall", "violation_rate_min")
+
+
+def across_seeds(results: list) -> dict:
+    """Mean and 95 % Student-t interval of every number of :func:`run` over seeds.
+
+    Parameters
+    ----------
+    results : list of dict
+        :func:`run`'s results, one per seed (≥ 3 for an interval).
+
+    Returns
+    -------
+    dict
+        ``table4`` / ``table5`` / ``table6`` (cell → metric → ``{"mean",
+        "ci95": [lo, hi], "values"}`` over the seeds, for accuracy, precision,
+        recall and violation_rate_min), ``baseline`` and ``majority`` (metric →
+        the same), and ``effects``: the differences the findings rest on, per
+        seed, with their intervals (:data:`EFFECTS`).
+
+    Raises
+    ------
+    ValueError
+        If ``results`` is empty or the seeds' results do not hold the same cells.
+    """
+    if not results:
+        raise ValueError("across_seeds: no results")
+    out: dict = {}
+    for t in ("table4", "table5", "table6"):
+        cells = [tuple(r.get(t) or ()) for r in results]
+        if len(set(cells)) != 1:
+            raise ValueError(f"across_seeds: the seeds' {t} cells differ: {sorted(set(cells))}")
+        if cells[0]:
+            out[t] = {c: {k: interval_record(r[t][c][k] for r in results) for k in _METRICS} for c in cells[0]}
+    for b in ("baseline", "majority"):
+        out[b] = {k: interval_record(r[b][k] for r in results) for k in ("accuracy", "precision", "recall")}
+    out["effects"] = {name: interval_record(f(r) for r in results) for name, (f, _) in EFFECTS.items()
+                      if all(_has_effect(r, name) for r in results)}
+    return out
+
+
+def _has_effect(res: dict, name: str) -> bool:
+    try:
+        EFFECTS[name][0](res)
+    except KeyError:
+        return False
+    return True
+
+
+def _t6(res, k):
+    return _tot(res["table6"][k])
+
+
+#: name → (its value on one seed's result, what a positive value means): the differences findings rest on.
+EFFECTS = {
+    "noise_cost_image_minus_ccf": (
+        lambda r: (_t6(r, "none|image") - _t6(r, "max|image")) - (_t6(r, "none|ccf") - _t6(r, "max|ccf")),
+        "from no noise to the maximum noise, images lose more of accuracy + precision + recall than "
+        "ring-normalised CCF maps (Table 6: CCF maps degrade less)"),
+    "retention_ccf_minus_image": (
+        lambda r: retention(r, "ccf") - retention(r, "image"),
+        "CCF maps keep a larger fraction of their skill above the majority-label predictor under the maximum "
+        "noise (what --quick asserts)"),
+    "max_noise_ccf_minus_image": (
+        lambda r: _t6(r, "max|ccf") - _t6(r, "max|image"),
+        "at the maximum noise the CCF network scores a higher accuracy + precision + recall than the image "
+        "network (Table 6)"),
+    "accuracy_alpha02_minus_unmodified": (
+        lambda r: r["table4"]["0.2"]["accuracy"] - r["table4"]["unmodified"]["accuracy"],
+        "the logarithmic activation α = 0.2 gives a higher accuracy than the unmodified network (Table 4)"),
+    "recall_100_minus_25": (
+        lambda r: r["table5"]["100%"]["recall"] - r["table5"]["25%"]["recall"],
+        "the whole training set gives a higher recall than a quarter of it (Table 5)"),
+}
+
+
+def _verdict(iv: dict) -> str:
+    lo, hi = iv["ci95"]
+    if not (lo == lo and hi == hi):  # NaN: fewer than two seeds
+        return "not testable with one seed"
+    return "holds" if lo > 0 else "the opposite holds" if hi < 0 else "not established (the interval spans 0)"
+
+
+def run_seeds(out_dir, seeds, *, work=None, log=print) -> dict:
+    """Run the full benchmark at each seed and write ``zimmermann2019.md`` / ``.json`` with 95 % intervals.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        ``docs/benchmarks`` for the published report; the figures are the
+        first seed's.
+    seeds : sequence of int
+        At least 3 for an interval.
+    work : str or Path, optional
+        Each seed's result is kept there as ``seed<S>_<recipe digest>.json``
+        (default ``work/zimmermann2019``), so a rerun resumes.
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``seeds``, ``per_seed`` (:func:`run`'s results), ``summary``
+        (:func:`across_seeds`) and ``markdown_path``.
+    """
+    out = Path(out_dir)
+    work = Path(work) if work is not None else Path("work") / "zimmermann2019"
+    per = []
+    for i, s in enumerate(seeds):
+        cached = work / f"seed{s}_{digest(FULL)}.json"
+        if cached.exists():
+            log(f"seed {s}: {cached}")
+            res = json.loads(cached.read_text())
+        else:
+            log(f"seed {s}")
+            res = run(out if i == 0 else work / f"seed{s}", seed=s, log=log)
+            write_json(cached, res)
+        per.append({**res, "seed": s})
+    combined = {"seeds": list(seeds), "per_seed": per, "summary": across_seeds(per)}
+    combined["markdown_path"] = str(write_report(out, "zimmermann2019", _markdown_seeds(combined), combined))
+    return combined
+
+
+def _ci(iv: dict) -> str:
+    lo, hi = iv["ci95"]
+    return f"{iv['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{iv['mean']:.3f}"
+
+
+def _markdown_seeds(combined: dict) -> str:
+    """``zimmermann2019.md`` for several seeds: every number as mean [95 % interval], then the first seed in detail."""
+    seeds, summ, first = combined["seeds"], combined["summary"], combined["per_seed"][0]
+    hdr = ("run", "accuracy", "precision", "recall", "paper: Acc / Prec / Rec")
+
+    def rows(t, name_of, paper_of):
+        return [(name_of(c), *(_ci(v[k]) for k in ("accuracy", "precision", "recall")),
+                 _fmt(paper_of(c)) if paper_of(c) else "—") for c, v in summ[t].items()]
+
+    t6_paper = lambda c: PAPER["table6"].get((c.split("|")[0], c.split("|")[1].split("-")[0]))  # noqa: E731
+    secs = sum(r["seconds"] for r in combined["per_seed"]) / 60
+    detail = _markdown(first, False).split("\n", 1)[1]  # the first seed's report without its title
+    L = paragraphs(
+        "# Zimmermann et al. (2019) on simulated single-particle CDI patterns",
+        f"Generated by `diffscreen benchmark zimmermann2019 --seeds {len(seeds)}` (seeds "
+        f"{', '.join(map(str, seeds))}: each seed draws its own simulated patterns, split, noise and weights; "
+        f"{secs:.0f} min of wall time in all).  Every number is the mean over the seeds with its 95 % Student-t "
+        "interval in brackets (with three seeds the interval of a precision near 1 can reach past 1); a finding "
+        "holds only where the interval of its difference excludes 0, whatever its size.",
+        "## Across seeds",
+        *(["### Table 4: logarithmic activation α",
+           table(hdr, rows("table4", lambda a: f"α = {a}" if a != "unmodified" else "unmodified",
+                           lambda a: PAPER["table4"][a]))] if "table4" in summ else []),
+        *(["### Table 5: training-set size (ResNet18_α=0.2)",
+           table(hdr, rows("table5", lambda k: k, lambda k: PAPER["table5"][k]))] if "table5" in summ else []),
+        "### Table 6: uniform noise, diffraction images vs CCF maps (ResNet18_α=0.2)",
+        table(hdr, rows("table6", lambda c: f"noise {c.split('|')[0]}, {c.split('|')[1]}", t6_paper)),
+        "### Trivial predictors on the same validation splits",
+        table(hdr[:4], [(name, *(_ci(summ[b][k]) for k in ("accuracy", "precision", "recall")))
+                        for name, b in (("all-negative", "baseline"), ("majority label", "majority"))]),
+        "### Findings, with their intervals over the seeds",
+        table(("finding (positive difference means)", "difference", "per seed", "verdict"),
+              [(EFFECTS[n][1], _ci(iv), ", ".join(f"{v:+.3f}" for v in iv["values"]), _verdict(iv))
+               for n, iv in summ["effects"].items()]),
+        f"## Seed {first['seed']} in detail",
+        "The tables below, the figures and the sentences under \"What our numbers show\" are those of this one "
+        "seed; where they state a finding, the table above says whether it holds across the seeds.",
+    )
+    return "\n".join(L) + "\n" + detail.replace("\n## ", "\n### ").replace("\n# ", "\n## ")
+
+
 def _fig5(model, P, Y, X, out: Path):
     """Fig. 5: Grad-CAM++ of the Streak and Bent outputs on five validation patterns each."""
     from diffscreen.explain import attribute
@@ -371,7 +544,7 @@ def _markdown(res: dict, quick: bool) -> str:
     L = paragraphs(
         "# Zimmermann et al. (2019) on simulated single-particle CDI patterns" + (" (quick CI mode)" if quick else ""),
         "Generated by `diffscreen benchmark zimmermann2019" + (" --quick" if quick else "") + "` "
-        f"(seed 0, {res['threads']} torch thread(s), {res['seconds'] / 60:.1f} min wall time).",
+        f"(seed {res.get('seed', 0)}, {res['threads']} torch thread(s), {res['seconds'] / 60:.1f} min wall time).",
         *([res["note"]] if res.get("note") else []),
         "## Setup (reduced CPU recipe)",
         [f"* Data: {c['n_train']} training + {c['n_val']} validation patterns from `diffscreen.simulate.cdi` "

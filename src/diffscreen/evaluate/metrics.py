@@ -28,6 +28,7 @@ __all__ = [
     "keep_scores",
     "percent_of",
     "t_interval",
+    "interval_record",
     "domain_separability",
 ]
 
@@ -250,6 +251,13 @@ def t_interval(values) -> tuple[float, float, float]:
         return m, float("nan"), float("nan")
     h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return m, m - h, m + h
+
+
+def interval_record(values) -> dict:
+    """``{"mean", "ci95": [lo, hi], "values"}`` of a few values (:func:`t_interval`), as reports store them in JSON."""
+    v = [float(x) for x in values]
+    m, lo, hi = t_interval(v)
+    return {"mean": m, "ci95": [lo, hi], "values": v}
 
 
 def domain_separability(features: np.ndarray, domain: np.ndarray) -> float:
