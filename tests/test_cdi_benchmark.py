@@ -150,9 +150,9 @@ def test_seeds_report_states_intervals_and_resumes_from_each_seeds_result(tmp_pa
     accs = [0.950, 0.952, 0.955]
     for s, a in zip((5, 6, 7), accs):
         res = _seed_result(s, a)
-        res.update(config=bench.FULL, sim_fps=100.0, label_freq={n: 0.5 for n in TABLE1_FRACTIONS}, threads=1, seconds=60.0,
-                   noise_bounds={"mean": 1.0, "mean+std": 2.0, "max": 10.0}, ccf_ms=1.0, prep_ms_image=0.1,
-                   fig5=None)
+        res.update(config=bench.FULL, sim_fps=100.0, label_freq={n: 0.5 for n in TABLE1_FRACTIONS}, threads=1,
+                   seconds=60.0, noise_bounds={"mean": 1.0, "mean+std": 2.0, "max": 10.0}, ccf_ms=1.0,
+                   prep_ms_image=0.1, fig5=None)
         (work / f"seed{s}_{digest(bench.FULL)}.json").write_text(json.dumps(res))
     out = tmp_path / "out"
     combined = bench.run_seeds(out, [5, 6, 7], work=work, log=lambda *a: None)

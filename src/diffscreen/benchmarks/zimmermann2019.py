@@ -35,8 +35,8 @@ from diffscreen.evaluate.metrics import interval_record
 from diffscreen.evaluate.multilabel import CDI_CLASSES, all_negative_baseline, multilabel_metrics
 from diffscreen.simulate.cdi import TABLE1_FRACTIONS, CDISimulator
 
-__all__ = ["run", "run_seeds", "across_seeds", "quick_checks", "check_quick", "retention", "PAPER", "FULL", "QUICK", "add_uniform_noise",
-           "noise_bounds"]
+__all__ = ["run", "run_seeds", "across_seeds", "quick_checks", "check_quick", "retention", "PAPER", "FULL", "QUICK",
+           "add_uniform_noise", "noise_bounds"]
 
 #: The paper's numbers (helium dataset): Accuracy, Precision, Recall.
 PAPER = {
@@ -50,6 +50,12 @@ PAPER = {
                ("mean+std", "ccf"): (0.946, 0.893, 0.823), ("mean+std", "image"): (0.944, 0.887, 0.815),
                ("max", "ccf"): (0.944, 0.905, 0.814), ("max", "image"): (0.926, 0.865, 0.808)},
 }
+
+#: The numbers of each network :func:`run` keeps (the maxima over the evaluated epochs).
+_METRICS = ("accuracy", "precision", "recall", "violation_rate_min")
+#: Table 6's input modes, as the report names them.
+_MODE_LABEL = {"image": "diffraction images", "ccf": "CCF maps (ring-normalised)",
+               "ccf-max": "CCF maps (as written, max-normalised)"}
 
 #: Reduced CPU recipe ("full" benchmark mode).
 FULL = dict(sim_size=64, size=64, n_train=1200, n_val=400, width=16, epochs=16, milestones=(10, 14), batch_size=48,
@@ -166,10 +172,8 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, log=print) -> dict:
            "majority": {k: maj[k] for k in ("accuracy", "precision", "recall")},
            "label_freq": {n: float(v) for n, v in zip(CDI_CLASSES, Y.mean(0))}, "threads": torch.get_num_threads(),
            "noise_bounds": noise_bounds(X, mask), "seed": seed}
-    keep = ("accuracy", "precision", "recall", "violation_rate_min")
-
     def summ(r):
-        return {**{k: float(r.max.get(k, float("nan"))) for k in keep}, "seconds": r.seconds,
+        return {**{k: float(r.max.get(k, float("nan"))) for k in _METRICS}, "seconds": r.seconds,
                 "best_epoch": r.best.get("epoch")}
 
     t6, models = {}, {}
@@ -304,9 +308,6 @@ def check_quick(res: dict) -> dict:
     return checks
 
 
-_METRICS = ("accuracy", "precision", "recall", "violation_rate_min")
-
-
 def across_seeds(results: list) -> dict:
     """Mean and 95 % Student-t interval of every number of :func:`run` over seeds.
 
@@ -340,21 +341,30 @@ def across_seeds(results: list) -> dict:
             out[t] = {c: {k: interval_record(r[t][c][k] for r in results) for k in _METRICS} for c in cells[0]}
     for b in ("baseline", "majority"):
         out[b] = {k: interval_record(r[b][k] for r in results) for k in ("accuracy", "precision", "recall")}
-    out["effects"] = {name: interval_record(f(r) for r in results) for name, (f, _) in EFFECTS.items()
-                      if all(_has_effect(r, name) for r in results)}
+    out["effects"] = {}
+    for name, (f, _) in EFFECTS.items():
+        try:
+            values = [f(r) for r in results]
+        except KeyError:  # a table this run did not make (e.g. no Table 4)
+            continue
+        out["effects"][name] = interval_record(values)
     return out
-
-
-def _has_effect(res: dict, name: str) -> bool:
-    try:
-        EFFECTS[name][0](res)
-    except KeyError:
-        return False
-    return True
 
 
 def _t6(res, k):
     return _tot(res["table6"][k])
+
+
+def _t6_name(cell: str) -> str:
+    """Table 6's row name of a ``noise|mode`` cell."""
+    noise, mode = cell.split("|")
+    return f"noise {noise}, {_MODE_LABEL[mode]}"
+
+
+def _t6_paper(cell: str):
+    """The paper's (accuracy, precision, recall) of a ``noise|mode`` cell (both CCF variants: its CCF row)."""
+    noise, mode = cell.split("|")
+    return PAPER["table6"].get((noise, mode.split("-")[0]))
 
 
 #: name → (its value on one seed's result, what a positive value means): the differences findings rest on.
@@ -440,7 +450,6 @@ def _markdown_seeds(combined: dict) -> str:
         return [(name_of(c), *(_ci(v[k]) for k in ("accuracy", "precision", "recall")),
                  _fmt(paper_of(c)) if paper_of(c) else "—") for c, v in summ[t].items()]
 
-    t6_paper = lambda c: PAPER["table6"].get((c.split("|")[0], c.split("|")[1].split("-")[0]))  # noqa: E731
     secs = sum(r["seconds"] for r in combined["per_seed"]) / 60
     detail = _markdown(first, False).split("\n", 1)[1]  # the first seed's report without its title
     L = paragraphs(
@@ -457,7 +466,7 @@ def _markdown_seeds(combined: dict) -> str:
         *(["### Table 5: training-set size (ResNet18_α=0.2)",
            table(hdr, rows("table5", lambda k: k, lambda k: PAPER["table5"][k]))] if "table5" in summ else []),
         "### Table 6: uniform noise, diffraction images vs CCF maps (ResNet18_α=0.2)",
-        table(hdr, rows("table6", lambda c: f"noise {c.split('|')[0]}, {c.split('|')[1]}", t6_paper)),
+        table(hdr, rows("table6", _t6_name, _t6_paper)),
         "### Trivial predictors on the same validation splits",
         table(hdr[:4], [(name, *(_ci(summ[b][k]) for k in ("accuracy", "precision", "recall")))
                         for name, b in (("all-negative", "baseline"), ("majority label", "majority"))]),
@@ -536,11 +545,8 @@ def _markdown(res: dict, quick: bool) -> str:
         o = _fmt((ours["accuracy"], ours["precision"], ours["recall"]))
         return name, o, f"{ours.get('violation_rate_min', float('nan')):.3f}", _fmt(paper) if paper else "—"
 
-    label = {"image": "diffraction images", "ccf": "CCF maps (ring-normalised)",
-             "ccf-max": "CCF maps (as written, max-normalised)"}
     nb = res["noise_bounds"]
-    t6 = [row(f"noise {k.split('|')[0]}, {label[k.split('|')[1]]}", v,
-              PAPER["table6"].get((k.split("|")[0], k.split("|")[1].split("-")[0]))) for k, v in res["table6"].items()]
+    t6 = [row(_t6_name(k), v, _t6_paper(k)) for k, v in res["table6"].items()]
     L = paragraphs(
         "# Zimmermann et al. (2019) on simulated single-particle CDI patterns" + (" (quick CI mode)" if quick else ""),
         "Generated by `diffscreen benchmark zimmermann2019" + (" --quick" if quick else "") + "` "
