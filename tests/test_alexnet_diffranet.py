@@ -78,6 +78,105 @@ def test_per_class_table_reproduces_paper_table3():
     assert abs(100 * np.trace(PAPER_TABLE3) / PAPER_TABLE3.sum() - PAPER_ACCURACY) < 0.05
 
 
+def test_confusion_scores_merge_hits_as_the_labels_do():
+    """The hit / miss scores of a 5-class confusion equal those of the merged labels (models.diffranet.hit_miss)."""
+    from diffscreen.benchmarks.nawaz2022 import PAPER_TABLE3, confusion_scores
+    from diffscreen.evaluate.metrics import confusion_matrix
+
+    rng = np.random.default_rng(3)
+    true = list(rng.choice(DIFFRANET_CLASSES, 400))
+    pred = list(rng.choice(DIFFRANET_CLASSES, 400))
+    sc = confusion_scores(confusion_matrix(true, pred, DIFFRANET_CLASSES))
+    b = confusion_matrix(hit_miss(true), hit_miss(pred), ("hit", "miss"))
+    assert sc["hit_miss"]["confusion"] == b.tolist()
+    assert sc["hit_miss"]["accuracy"] == pytest.approx(np.mean(np.array(hit_miss(true)) == np.array(hit_miss(pred))))
+    assert sc["accuracy"] == pytest.approx(np.mean(np.array(true) == np.array(pred)))
+    # Nawaz Table 3 by hand: 27 weak frames called blank or no-crystal, no miss called a hit
+    paper = confusion_scores(PAPER_TABLE3)
+    assert paper["hit_miss"]["confusion"] == [[3273 + 46 + 62 + 2341 + 41 + 60 + 1412, 3 + 24], [0, 2069 + 2 + 3266]]
+    assert paper["recall"]["good"] == pytest.approx(2341 / 2444)
+
+
+def _nawaz_result(seed, cm, corr=0.5):
+    """One seed's result of benchmarks.nawaz2022.run (no training): scores of ``cm`` and made-up timings."""
+    from dataclasses import replace
+
+    from diffscreen.benchmarks.nawaz2022 import CPU_RECIPE, _listed, confusion_scores
+
+    cm = np.asarray(cm)
+    counts = {c: int(cm[i].sum()) for i, c in enumerate(DIFFRANET_CLASSES)}
+    return {"recipe": _listed(replace(CPU_RECIPE, seed=seed)), "quick": False, **confusion_scores(cm),
+            "class_counts": {"train": counts, "test": counts}, "best_epoch": 3, "history": [],
+            "timing": {"alexnet_227": {"gradcam": 0.1 + seed / 100}, "ke2018_720": {"gradcam": 1.0}},
+            "inversion": {"strong": [{"layer": j, "corr": corr / (j + 1), "seconds": 1.0, "feature_error": 0.1}
+                                     for j in range(5)]},
+            "seconds": {"simulate": 60.0, "train": 600.0 + seed}, "model_path": "m.safetensors"}
+
+
+def _cm(k):
+    """A 5-class confusion of 100 frames per class: ``k`` weak frames called good, 2 good ones called blank."""
+    cm = np.diag([100] * 5)
+    cm[2, 2], cm[2, 3] = 100 - k, k
+    cm[3, 3], cm[3, 0] = 98, 2
+    return cm
+
+
+def test_nawaz_across_seeds_intervals_and_findings():
+    from scipy import stats
+
+    from diffscreen.benchmarks._harness import verdict
+    from diffscreen.benchmarks.nawaz2022 import across_seeds
+
+    ks = [10, 14, 20]
+    summ = across_seeds([_nawaz_result(s, _cm(k)) for s, k in enumerate(ks)])
+    accs = [(500 - k - 2) / 500 for k in ks]
+    h = stats.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
+    assert summ["accuracy"]["values"] == pytest.approx(accs)
+    assert summ["accuracy"]["ci95"] == pytest.approx([np.mean(accs) - h, np.mean(accs) + h])
+    assert summ["confusion"][2][3] == sum(ks) and summ["confusion"][3][0] == 6
+    assert summ["class_counts"]["test"]["weak"] == 300
+    # weak -> good stays a hit; good -> blank is the only hit/miss error: 2 of 500 at every seed
+    assert summ["hit_miss"]["accuracy"]["values"] == pytest.approx([498 / 500] * 3)
+    gap = summ["effects"]["hit_miss_minus_five_class"]
+    assert gap["values"] == pytest.approx([k / 500 for k in ks]) and verdict(gap) == "holds"
+    near = summ["effects"]["neighbour_errors_minus_half"]  # k neighbouring errors of k + 2
+    assert near["values"] == pytest.approx([k / (k + 2) - 0.5 for k in ks]) and verdict(near) == "holds"
+    assert summ["inversion"]["strong"][1]["mean"] == pytest.approx(0.25)
+    assert summ["timing"]["alexnet_227"]["gradcam"]["values"] == pytest.approx([0.10, 0.11, 0.12])
+    few = across_seeds([_nawaz_result(s, _cm(k)) for s, k in enumerate([2, 30, 2])])  # 2 of 4 near, 30 of 32
+    assert verdict(few["effects"]["neighbour_errors_minus_half"]).startswith("not established")
+    other = _nawaz_result(1, _cm(10))
+    other["recipe"]["epochs"] += 1
+    with pytest.raises(ValueError, match="recipes differ"):
+        across_seeds([_nawaz_result(0, _cm(10)), other])
+
+
+def test_nawaz_seeds_report_resumes_from_each_seeds_result_and_agrees_with_its_json(tmp_path):
+    """run_seeds reads each seed's cached result (no training) and writes md + JSON with the same intervals."""
+    import json
+    from dataclasses import replace
+
+    from diffscreen.benchmarks import nawaz2022 as bench
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for s, k in zip((4, 5, 6), (10, 14, 20)):
+        bench.write_json(bench._cached(work, replace(bench.CPU_RECIPE, seed=s)), _nawaz_result(s, _cm(k)))
+    out = tmp_path / "out"
+    out.mkdir()
+    combined = bench.run_seeds(out, [4, 5, 6], work_dir=work, log=lambda *a: None)
+    md = (out / "nawaz2022.md").read_text()
+    saved = json.loads((out / "nawaz2022.json").read_text())
+    assert saved["seeds"] == [4, 5, 6] and [r["seed"] for r in saved["per_seed"]] == [4, 5, 6]
+    iv = combined["summary"]["accuracy"]
+    assert saved["summary"]["accuracy"]["ci95"] == pytest.approx(iv["ci95"])
+    assert f"**{100 * iv['mean']:.1f} [{100 * iv['ci95'][0]:.1f}, {100 * iv['ci95'][1]:.1f}]**" in md
+    assert "| paper above |" in md  # 98.1 % lies above an interval near 96.8 %
+    assert "This report: 3 seeds, 4, 5, 6." in md and "| holds |" in md
+    assert (out / "nawaz2022_confusion.png").stat().st_size > 0
+    assert bench.write_markdown(out / "nawaz2022.json", tmp_path).read_text() == md
+
+
 def test_train_on_arrays_learns_five_classes_with_adam(tmp_path):
     """A few Adam steps on a narrow AlexNet memorise 5 easy classes; the file carries its metadata."""
     from diffscreen.preprocess import PreprocessConfig
@@ -124,3 +223,18 @@ def test_quick_benchmark_runs_and_reports_tables(tmp_path):
     assert (tmp_path / "docs" / "nawaz2022.md").exists() and (tmp_path / "docs" / "nawaz2022_gradcam.png").exists()
     md = (tmp_path / "docs" / "nawaz2022.md").read_text()
     assert "Nawaz, Rahmani, Pala Ramakantha Setty, Pennicard, Graafsma, *Explainable" in md  # the paper's authors
+
+
+def test_committed_report_is_what_its_json_writes():
+    """docs/benchmarks/nawaz2022.md is the markdown of the committed nawaz2022.json, number for number."""
+    import json
+    from pathlib import Path
+
+    from diffscreen.benchmarks import nawaz2022 as bench
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    combined = json.loads((docs / "nawaz2022.json").read_text())
+    assert len(combined["seeds"]) >= 3
+    assert bench._markdown(combined) == (docs / "nawaz2022.md").read_text()
+    again = bench.across_seeds(combined["per_seed"])  # the summary is the seeds' own numbers
+    assert again["accuracy"]["ci95"] == pytest.approx(combined["summary"]["accuracy"]["ci95"])

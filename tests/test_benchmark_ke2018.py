@@ -26,6 +26,23 @@ def test_split_is_50_20_30_in_frame_order():
     assert split.tolist() == [0] * 5 + [1] * 2 + [2] * 3
 
 
+def test_presets_of_one_run_draw_from_their_own_streams():
+    """Frame i of two presets must not share its draws (orientation, class, noise): each preset its own seed."""
+    from diffscreen.simulate import Simulator
+
+    seeds = {p: ke2018.preset_seed(2018, p) for p in ("LN83", "LN84", "LO19", "L498", "LG36")}
+    assert len(set(seeds.values())) == 5 and seeds["LN83"] == ke2018.preset_seed(2018, "LN83")
+    assert ke2018.preset_seed(2019, "LN83") != seeds["LN83"]
+    # two Rayonix presets with one class mix: the same seed draws the same classes frame by frame
+    def kinds(preset, seed):
+        sim = Simulator(preset, seed=seed, class_fractions=(0.3, 0.3, 0.4))
+        return [sim.frame(i).kind for i in range(12)]
+
+    same = [kinds(p, 2018) for p in ("LN83", "LN84")]
+    own = [kinds(p, seeds[p]) for p in ("LN83", "LN84")]
+    assert same[0] == same[1] and own[0] != own[1]
+
+
 def _results(**over):
     t3 = {"L498": {"keep_recall_cnn": 70.0, "pf8_ke": {"kept_of_hit_or_maybe": 15.0}}}
     r = {
@@ -169,3 +186,31 @@ def test_table3_spotfinder_column_and_fig7_from_the_real_annotations(shared_data
     assert ann["LO19"]["threshold"] == 50 and ann["LN83"]["threshold"] == 15
     ke2018._fig7(ann, tmp_path / "fig7.png")
     assert (tmp_path / "fig7.png").stat().st_size > 10_000
+
+
+def test_seeds_report_gives_every_number_its_interval(tmp_path):
+    """run_seeds reads each seed's cached results (no simulation, no training) and writes one report."""
+    from dataclasses import replace
+
+    from diffscreen.benchmarks._harness import digest
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for i, cell in enumerate((91.0, 93.0, 95.0)):
+        r = {**_report_results(), "quick": False}
+        r["table4"]["LO19"]["LO19"] = cell
+        r["throughput"]["cnn_fps"] = 10.0 + i
+        r["class_counts"]["L498"]["hit"] = 4 + i
+        r["findings"] = ke2018.findings({"cnn_beats_spotfinder_on_weak_spots": [("L498", True, "L498", 10.0 * (i + 1))]})
+        s = 2018 + i
+        (work / f"ke2018_results_seed{s}_{digest(replace(ke2018.FULL, seed=s))}.json").write_text(json.dumps(r))
+    res = ke2018.run_seeds(tmp_path / "out", 3, work=work, log=lambda *a: None)
+    md = (tmp_path / "out" / "ke2018.md").read_text()
+    h = 4.303 * 2.0 / np.sqrt(3)
+    assert res["table4"]["LO19"]["LO19"]["ci95"] == pytest.approx([93 - h, 93 + h], abs=0.01)
+    assert f"| LO19 | 93 ({93 - h:.0f}–{93 + h:.0f}) [" in md
+    assert "| CNN, 360² input (this benchmark's models) | 11.0 (8.5–13.5) |" in md
+    assert "| L498 | 5 (3–7) | 4 | 4 |" in md  # counts that differ get an interval, equal ones stay
+    assert "**not established**: cnn beats spotfinder on weak spots (asserted by `--quick`) (held at 3 of 3 seeds" in md
+    assert "L498: 20.0 (-4.8–44.8), not established" in md
+    assert res["findings"]["cnn_beats_spotfinder_on_weak_spots"]["holds"] is False  # held at 3 of 3, interval spans 0

@@ -114,7 +114,8 @@ def _seed_result(seed, ccf_max_acc):
 def test_across_seeds_gives_each_number_its_interval_and_a_verdict_per_finding():
     from scipy import stats
 
-    from diffscreen.benchmarks.zimmermann2019 import _verdict, across_seeds
+    from diffscreen.benchmarks._harness import verdict
+    from diffscreen.benchmarks.zimmermann2019 import across_seeds
 
     accs = [0.950, 0.952, 0.955]
     summ = across_seeds([_seed_result(s, a) for s, a in enumerate(accs)])
@@ -127,12 +128,12 @@ def test_across_seeds_gives_each_number_its_interval_and_a_verdict_per_finding()
     # images lose 2.730 - 2.655 = 0.075 of the three-metric sum; CCF maps 2.810 - (a + 1.760) = 1.05 - a
     cost = summ["effects"]["noise_cost_image_minus_ccf"]
     assert cost["values"] == pytest.approx([0.075 - (1.05 - a) for a in accs])
-    assert _verdict(cost) == "the opposite holds"  # every value negative: CCF maps lose more here
+    assert verdict(cost) == "the opposite holds"  # every value negative: CCF maps lose more here
     gap = summ["effects"]["max_noise_ccf_minus_image"]  # (a + 1.760) - 2.655 > 0 at every seed
-    assert _verdict(gap) == "holds"
+    assert verdict(gap) == "holds"
     assert "accuracy_alpha02_minus_unmodified" not in summ["effects"]  # no Table 4 in these results
     mixed = across_seeds([_seed_result(s, a) for s, a in enumerate([0.90, 0.99, 0.93])])
-    assert _verdict(mixed["effects"]["retention_ccf_minus_image"]).startswith("not established")
+    assert verdict(mixed["effects"]["retention_ccf_minus_image"]).startswith("not established")
     with pytest.raises(ValueError, match="table6 cells differ"):
         across_seeds([_seed_result(0, 0.95), {**_seed_result(1, 0.95), "table6": {}}])
 
@@ -164,3 +165,19 @@ def test_seeds_report_states_intervals_and_resumes_from_each_seeds_result(tmp_pa
     assert saved["summary"]["table6"]["max|ccf"]["accuracy"]["ci95"] == pytest.approx(iv["ci95"])
     assert "| at the maximum noise the CCF network scores" in md and "| holds |" in md
     assert "## Seed 5 in detail" in md and "### Table 6" in md
+
+
+def test_committed_report_is_what_its_json_writes():
+    """docs/benchmarks/zimmermann2019.md is the markdown of the committed zimmermann2019.json."""
+    import json
+    from pathlib import Path
+
+    from diffscreen.benchmarks import zimmermann2019 as bench
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    combined = json.loads((docs / "zimmermann2019.json").read_text())
+    assert len(combined["seeds"]) >= 3
+    assert bench._markdown_seeds(combined) == (docs / "zimmermann2019.md").read_text()
+    again = bench.across_seeds(combined["per_seed"])
+    for name, iv in again["effects"].items():
+        assert iv["ci95"] == pytest.approx(combined["summary"]["effects"][name]["ci95"])

@@ -65,6 +65,80 @@ def write_json(path: Path, obj, indent: int | None = 1) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, default=float))
 
 
+def per_seed(seeds, cached, run_seed, *, log=print) -> list[dict]:
+    """Each seed's result, read from its cache file when there is one, else run and then cached.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+    cached : callable
+        ``cached(seed)`` → the seed's cache file (a ``Path`` whose name should
+        carry a :func:`digest` of the settings, so that other settings miss it).
+    run_seed : callable
+        ``run_seed(i, seed)`` → the result dict of the ``i``-th seed (JSON-ready).
+    log : callable
+
+    Returns
+    -------
+    list of dict
+        The results in the order of ``seeds``, each with ``"seed"`` added.
+    """
+    out = []
+    for i, s in enumerate(seeds):
+        path = Path(cached(s))
+        if path.exists():
+            log(f"seed {s}: {path}")
+            res = json.loads(path.read_text())
+        else:
+            log(f"seed {s}")
+            res = run_seed(i, s)
+            write_json(path, res)
+        out.append({**res, "seed": s})
+    return out
+
+
+def verdict(iv: dict) -> str:
+    """What the 95 % interval of a difference says (an ``interval_record`` of
+    :mod:`diffscreen.evaluate.metrics`): "holds" if it lies above 0, "the opposite holds" if below, else
+    "not established"."""
+    lo, hi = iv["ci95"]
+    if not (lo == lo and hi == hi):  # NaN: fewer than two seeds
+        return "not testable with one seed"
+    return "holds" if lo > 0 else "the opposite holds" if hi < 0 else "not established (the interval spans 0)"
+
+
+def ci_text(iv: dict, nd: int = 3, scale: float = 1.0) -> str:
+    """An interval record as ``mean [lo, hi]`` with ``nd`` decimals, each times ``scale`` (the mean alone for one
+    seed)."""
+    m, (lo, hi) = iv["mean"] * scale, iv["ci95"]
+    return f"{m:.{nd}f} [{lo * scale:.{nd}f}, {hi * scale:.{nd}f}]" if lo == lo else f"{m:.{nd}f}"
+
+
+def across(per_seed: list) -> dict:
+    """One report's results from several seeds' (:func:`per_seed`): every number as its interval
+    (:func:`intervals`), the findings as :func:`findings_across`, ``seconds`` and ``training_seconds`` summed,
+    and ``seeds`` and ``per_seed`` (the seeds' own results) added."""
+    out = {**intervals(per_seed), "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed}
+    out.pop("seed", None)
+    if all("findings" in r for r in per_seed):
+        out["findings"] = findings_across([r["findings"] for r in per_seed])
+    for k in ("seconds", "training_seconds"):
+        if all(isinstance(r.get(k), (int, float)) for r in per_seed):
+            out[k] = float(sum(r[k] for r in per_seed))
+    return out
+
+
+def seeds_line(results: dict) -> list[str]:
+    """The report's sentence on its seeds, if it comes from several (:func:`across`); else nothing."""
+    seeds = results.get("seeds")
+    if not seeds or len(seeds) < 2:
+        return []
+    return [f"**{len(seeds)} seeds** ({', '.join(map(str, seeds))}): each number is the mean over the seeds with "
+            "its 95 % Student-t interval in parentheses (a number without one was the same at every seed); a "
+            "finding holds only where the interval of its difference excludes 0. Tuned settings and figures are "
+            f"those of seed {seeds[0]}."]
+
+
 def pool_map(fn, args, workers: int) -> list:
     """``[fn(*a) for a in args]`` in ``workers`` spawned processes (in this process if ``workers`` ≤ 1).
 
@@ -99,23 +173,89 @@ def rate(call, items) -> float:
 
 
 def findings(rows_by_name: dict) -> dict:
-    """The findings that have rows, in order: name -> ``{"holds": all rows hold, "detail": the details "; "-joined}``.
+    """The findings that have rows, in order: name -> ``{"holds": all rows hold, "detail": the details "; "-joined,
+    "effects": {row key: difference}}``.
 
-    ``rows_by_name`` maps each finding's name to its list of ``(detail, holds)`` rows.
+    ``rows_by_name`` maps each finding's name to its list of rows, each
+    ``(detail, holds)`` or ``(detail, holds, key, difference)``: ``key`` names
+    the row the same way at every seed (a preset or a pair) and
+    ``difference`` is the number whose sign decides it (positive: it holds),
+    so that :func:`findings_across` can give it an interval over seeds.
     """
-    return {name: {"holds": all(ok for _, ok in rows), "detail": "; ".join(d for d, _ in rows)}
+    return {name: {"holds": all(r[1] for r in rows), "detail": "; ".join(r[0] for r in rows),
+                   "effects": {r[2]: float(r[3]) for r in rows if len(r) == 4}}
             for name, rows in rows_by_name.items() if rows}
 
 
+def findings_across(per_seed: list) -> dict:
+    """The findings of several seeds (each :func:`findings`'s dict): each row's difference over the seeds.
+
+    Returns
+    -------
+    dict
+        name -> ``{"held_at": seeds where every row held, "seeds": n, "effects": {key: interval record},
+        "verdicts": {key: verdict}, "holds": every row's interval above 0}`` (:func:`verdict`); a finding
+        without differences has no verdicts and holds only if it held at every seed.
+    """
+    from diffscreen.evaluate.metrics import interval_record
+
+    out = {}
+    for name in per_seed[0]:
+        fs = [f[name] for f in per_seed if name in f]
+        keys = [k for k in fs[0].get("effects", {}) if all(k in f.get("effects", {}) for f in fs)]
+        eff = {k: interval_record(f["effects"][k] for f in fs) for k in keys}
+        verdicts = {k: verdict(iv) for k, iv in eff.items()}
+        held = sum(f["holds"] for f in fs)
+        out[name] = {"held_at": held, "seeds": len(fs), "effects": eff, "verdicts": verdicts,
+                     "holds": all(v == "holds" for v in verdicts.values()) if verdicts else held == len(fs)}
+    return out
+
+
 def findings_lines(findings: dict, asserted=()) -> list[str]:
-    """Markdown section listing each finding, whether it holds and its numbers (empty if none)."""
+    """Markdown section listing each finding, whether it holds and its numbers (empty if none).
+
+    ``findings`` is one seed's (:func:`findings`) or several seeds' (:func:`findings_across`).
+    """
     if not findings:
         return []
     L = ["", "## The paper's qualitative findings", ""]
     for name, f in findings.items():
         tag = " (asserted by `--quick`)" if name in asserted else ""
-        L.append(f"- {'holds' if f['holds'] else '**does not hold**'}: {name.replace('_', ' ')}{tag} ({f['detail']})")
+        if "verdicts" not in f:
+            L.append(f"- {'holds' if f['holds'] else '**does not hold**'}: {name.replace('_', ' ')}{tag} "
+                     f"({f['detail']})")
+            continue
+        rows = "; ".join(f"{k}: {fmt(f['effects'][k])}, {v}" for k, v in f["verdicts"].items())
+        L.append(f"- {'holds' if f['holds'] else '**not established**'}: {name.replace('_', ' ')}{tag} (held at "
+                 f"{f['held_at']} of {f['seeds']} seeds" + (f"; each row's difference, mean (95 % interval): {rows}"
+                                                            if rows else "") + ")")
     return L
+
+
+def is_interval(v) -> bool:
+    """Whether ``v`` is an interval record (``{"mean", "ci95", "values"}``, :mod:`diffscreen.evaluate.metrics`)."""
+    return isinstance(v, dict) and "ci95" in v and "mean" in v and "values" in v
+
+
+def intervals(results: list, keep=("settings", "findings")):
+    """Several seeds' results as one tree of the same shape, for the reports to print.
+
+    A number that differs between the seeds becomes its interval record
+    (:func:`diffscreen.evaluate.metrics.interval_record`, printed by
+    :func:`fmt`); a number equal at every seed stays itself; text, lists and
+    the keys in ``keep`` are the first seed's.  Keys missing at some seed are
+    left out.
+    """
+    from diffscreen.evaluate.metrics import interval_record
+
+    first = results[0]
+    if isinstance(first, dict):
+        return {k: (first[k] if k in keep else intervals([r[k] for r in results], keep))
+                for k in first if all(isinstance(r, dict) and k in r for r in results)}
+    numbers = all(isinstance(r, (int, float, np.number)) and not isinstance(r, bool) for r in results)
+    if not numbers or all(r == first for r in results):
+        return first
+    return interval_record(results)
 
 
 def _row(cells) -> str:
@@ -137,7 +277,11 @@ def paragraphs(*blocks) -> list[str]:
 
 
 def fmt(v, nd: int = 1) -> str:
-    """A number with ``nd`` decimals; "–" for None or NaN."""
+    """A number with ``nd`` decimals; "–" for None or NaN; an interval record (:func:`intervals`) as
+    ``mean (lo–hi)``."""
+    if is_interval(v):
+        lo, hi = v["ci95"]
+        return f"{fmt(v['mean'], nd)} ({lo:.{nd}f}–{hi:.{nd}f})" if lo == lo else fmt(v["mean"], nd)
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
 
 

@@ -2,8 +2,10 @@
 
 Reruns §3.5 / §4 (Tables 2–3) on simulated frames labelled by
 :mod:`diffscreen.simulate.diffranet` and draws the explanation figures
-(Figs. 6–7: representation inversion, Grad-CAM, Guided Grad-CAM), then
-writes ``docs/benchmarks/nawaz2022.md``.
+(Figs. 6–7: representation inversion, Grad-CAM, Guided Grad-CAM).
+:func:`run` does one seed; :func:`run_seeds` runs several and writes
+``docs/benchmarks/nawaz2022.md`` / ``.json`` with every number's mean and 95 %
+interval over the seeds (:func:`across_seeds`).
 
 The paper's recipe (:data:`PAPER_RECIPE`: Adam, lr 1e-5 decaying
 exponentially, batch 128, 50 epochs, ~12,400 training frames on a GPU) is
@@ -21,12 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import paragraphs, predict, rate, table, write_json
+from diffscreen.benchmarks._harness import (ci_text, digest, paragraphs, per_seed, predict, rate, table, verdict,
+                                            write_json, write_report)
+from diffscreen.evaluate.metrics import interval_record
 from diffscreen.io.atomic import atomic_write_text
-from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, DIFFRANET_PRESETS, hit_miss, simulate_dataset
+from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, DIFFRANET_PRESETS, simulate_dataset
 
 __all__ = ["AlexNetRecipe", "PAPER_RECIPE", "CPU_RECIPE", "QUICK_RECIPE", "PAPER_TABLE3", "train_alexnet",
-           "per_class_table", "write_markdown", "run"]
+           "per_class_table", "confusion_scores", "write_markdown", "run", "run_seeds", "across_seeds", "combine",
+           "EFFECTS"]
 
 #: Nawaz et al. (2022) Table 3 (rows: true class, columns: predicted), DiffraNet test set.
 PAPER_TABLE3 = np.array([[2069, 0, 0, 0, 0],
@@ -90,6 +95,37 @@ QUICK_RECIPE = AlexNetRecipe(
     n_train=160, n_val=20, n_test=60, epochs=4, batch_size=32, lr_start=3e-4, lr_end=1e-4,
     channels=(16, 48, 96, 64, 64), fc_dim=256,
 )
+
+
+def confusion_scores(cm) -> dict:
+    """The scores of a DiffraNet confusion matrix, and of its hit / miss merge (Nawaz Table 3 and §4).
+
+    Parameters
+    ----------
+    cm : (5, 5) array-like of int
+        Counts; rows the true class, columns the predicted one, both in the
+        order of :data:`DIFFRANET_CLASSES`.
+
+    Returns
+    -------
+    dict
+        ``confusion`` (5×5 list), ``accuracy``, ``recall`` and ``precision``
+        (class → fraction; 0 for a class nobody has or predicts) and
+        ``hit_miss``: ``confusion`` (2×2 list, rows true hit / miss, columns
+        predicted hit / miss, where weak, good and strong are hits:
+        :func:`diffscreen.models.diffranet.hit_miss`), ``accuracy``,
+        ``hit_recall``, ``miss_recall``.
+    """
+    cm = np.asarray(cm)
+    n_miss = DIFFRANET_CLASSES.index("weak")  # blank and no-crystal come first
+    b = np.array([[cm[n_miss:, n_miss:].sum(), cm[n_miss:, :n_miss].sum()],
+                  [cm[:n_miss, n_miss:].sum(), cm[:n_miss, :n_miss].sum()]])
+    return {"confusion": cm.tolist(), "accuracy": float(np.trace(cm) / cm.sum()),
+            "recall": {c: float(cm[i, i] / max(cm[i].sum(), 1)) for i, c in enumerate(DIFFRANET_CLASSES)},
+            "precision": {c: float(cm[i, i] / max(cm[:, i].sum(), 1)) for i, c in enumerate(DIFFRANET_CLASSES)},
+            "hit_miss": {"confusion": b.tolist(), "accuracy": float(np.trace(b) / b.sum()),
+                         "hit_recall": float(b[0, 0] / max(b[0].sum(), 1)),
+                         "miss_recall": float(b[1, 1] / max(b[1].sum(), 1))}}
 
 
 def per_class_table(cm: np.ndarray, classes) -> str:
@@ -168,8 +204,8 @@ def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, 
     return {"inversion": inv}
 
 
-def _confusion_figure(cm: np.ndarray, classes, path: Path) -> None:
-    """Our confusion matrix beside Nawaz Table 3's, each row normalised to its true class."""
+def _confusion_figure(cm: np.ndarray, classes, path: Path, label: str = "ours (simulated)") -> None:
+    """Our confusion matrix (titled ``label``) beside Nawaz Table 3's, each row normalised to its true class."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -177,7 +213,7 @@ def _confusion_figure(cm: np.ndarray, classes, path: Path) -> None:
 
     fig = Figure(figsize=(9, 4), dpi=100)
     FigureCanvasAgg(fig)
-    for j, (m, title) in enumerate([(cm, "ours (simulated)"), (PAPER_TABLE3, "Nawaz et al. 2022, Table 3")]):
+    for j, (m, title) in enumerate([(cm, label), (PAPER_TABLE3, "Nawaz et al. 2022, Table 3")]):
         ax = fig.add_subplot(1, 2, j + 1)
         mn = m / np.maximum(m.sum(1, keepdims=True), 1)
         ax.imshow(mn, cmap="Blues", vmin=0, vmax=1)
@@ -253,10 +289,7 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     pred = [DIFFRANET_CLASSES[i] for i in probs.argmax(1)]
     true = list(test["label"])
     cm = confusion_matrix(true, pred, DIFFRANET_CLASSES)
-    bcm = confusion_matrix(hit_miss(true), hit_miss(pred), ("hit", "miss"))
-    acc = float(np.trace(cm) / cm.sum())
-    recall = {c: float(cm[i, i] / max(cm[i].sum(), 1)) for i, c in enumerate(DIFFRANET_CLASSES)}
-    precision = {c: float(cm[i, i] / max(cm[:, i].sum(), 1)) for i, c in enumerate(DIFFRANET_CLASSES)}
+    scores = confusion_scores(cm)
     counts = {
         "train": {c: int((train["label"][: rec.n_train] == c).sum()) for c in DIFFRANET_CLASSES},
         "test": {c: int((test["label"] == c).sum()) for c in DIFFRANET_CLASSES},
@@ -280,37 +313,166 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     thumbs = {k: test["x"][k, 0].astype(np.float32) for k in firsts}
     save_png(out_dir / "nawaz2022_tsne.png", tsne_figure(emb, test["label"][:n_ts], DIFFRANET_CLASSES, thumbnails=thumbs,
                                                           title="t-SNE of AlexNet fc7 features (test frames)"))
-    binary = {"confusion": bcm.tolist(), "accuracy": float(np.trace(bcm) / bcm.sum()),
-              "hit_recall": float(bcm[0, 0] / max(bcm[0].sum(), 1)),
-              "miss_recall": float(bcm[1, 1] / max(bcm[1].sum(), 1))}  # fmt: skip
-    result = {"recipe": _listed(rec), "quick": quick, "class_counts": counts, "confusion": cm.tolist(),
-              "accuracy": acc, "recall": recall, "precision": precision, "hit_miss": binary,
+    result = {"recipe": _listed(rec), "quick": quick, "class_counts": counts, **scores,
               "best_epoch": res.best_epoch, "history": res.history, "timing": timing, "inversion": figs["inversion"],
               "seconds": {"simulate": t_sim, "train": t_train}, "model_path": str(model_path)}  # fmt: skip
-    write_json(work_dir / f"result_{tag}_s{seed}.json", result)
+    write_json(_cached(work_dir, rec), result)
     if write_doc:
-        write_markdown(result, out_dir)
+        write_markdown(combine([{**result, "seed": seed}]), out_dir)
     return result
 
 
-def write_markdown(result, out_dir="docs/benchmarks") -> Path:
-    """(Re)write ``nawaz2022.md`` from a result dict or the JSON file :func:`run` saved in ``work_dir``."""
-    if not isinstance(result, dict):
-        result = json.loads(Path(result).read_text())
+def _cached(work_dir, recipe: AlexNetRecipe) -> Path:
+    """Where :func:`run` keeps a recipe's result (its seed and a digest of the whole recipe in the name)."""
+    return Path(work_dir) / f"result_s{recipe.seed}_{digest(_listed(recipe))}.json"
+
+
+#: name → (its value on one seed's result, what a positive value means): the differences the findings rest on.
+EFFECTS = {
+    "hit_miss_minus_five_class": (
+        lambda r: r["hit_miss"]["accuracy"] - r["accuracy"],
+        "merging the classes into hit (weak, good, strong) and miss (blank, no-crystal) gives a higher accuracy "
+        "than the 5-class decision (Nawaz §4: the useful decision is the easier one)"),
+    "neighbour_errors_minus_half": (
+        lambda r: _neighbour_fraction(r["confusion"]) - 0.5,
+        "more than half of the misclassified frames are confused with a neighbouring class "
+        "(blank↔no-crystal↔weak↔good↔strong; Table 3)"),
+}
+
+
+def across_seeds(results: list) -> dict:
+    """Mean and 95 % Student-t interval of every number of :func:`run` over seeds.
+
+    Parameters
+    ----------
+    results : list of dict
+        :func:`run`'s results, one per seed (≥ 3 for an interval), all of one
+        recipe apart from the seed.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``recall`` / ``precision`` (class → record),
+        ``hit_miss`` (accuracy, hit_recall, miss_recall → record),
+        ``neighbour_fraction``, ``timing`` (network → method → seconds per
+        frame), ``inversion`` (class → one record per layer of the
+        reconstruction's correlation r), ``train_minutes``, ``simulate_minutes``, ``effects``
+        (:data:`EFFECTS`); each record ``{"mean", "ci95": [lo, hi],
+        "values"}`` (:func:`diffscreen.evaluate.metrics.interval_record`).
+        ``confusion`` and ``hit_miss_confusion`` are the counts summed over
+        the seeds, ``class_counts`` likewise.
+
+    Raises
+    ------
+    ValueError
+        If ``results`` is empty or their recipes differ in more than the seed.
+    """
+    if not results:
+        raise ValueError("across_seeds: no results")
+    recipes = {json.dumps({**r["recipe"], "seed": 0}, sort_keys=True) for r in results}
+    if len(recipes) != 1:
+        raise ValueError(f"across_seeds: the seeds' recipes differ: {sorted(recipes)}")
+    C = DIFFRANET_CLASSES
+
+    def iv(f):
+        return interval_record(f(r) for r in results)
+
+    first = results[0]
+    return {
+        "accuracy": iv(lambda r: r["accuracy"]),
+        "recall": {c: iv(lambda r, c=c: r["recall"][c]) for c in C},
+        "precision": {c: iv(lambda r, c=c: r["precision"][c]) for c in C},
+        "hit_miss": {k: iv(lambda r, k=k: r["hit_miss"][k]) for k in ("accuracy", "hit_recall", "miss_recall")},
+        "neighbour_fraction": iv(lambda r: _neighbour_fraction(r["confusion"])),
+        "confusion": np.sum([r["confusion"] for r in results], axis=0).tolist(),
+        "hit_miss_confusion": np.sum([r["hit_miss"]["confusion"] for r in results], axis=0).tolist(),
+        "class_counts": {part: {c: int(sum(r["class_counts"][part][c] for r in results)) for c in C}
+                         for part in ("train", "test")},
+        "timing": {net: {m: iv(lambda r, net=net, m=m: r["timing"][net][m]) for m in first["timing"][net]}
+                   for net in first["timing"]},
+        "inversion": {c: [iv(lambda r, c=c, j=j: r["inversion"][c][j]["corr"]) for j in range(len(layers))]
+                      for c, layers in first["inversion"].items() if all(c in r["inversion"] for r in results)},
+        "train_minutes": iv(lambda r: r["seconds"]["train"] / 60),
+        "simulate_minutes": iv(lambda r: r["seconds"]["simulate"] / 60),
+        "effects": {name: iv(f) for name, (f, _) in EFFECTS.items()},
+    }
+
+
+def combine(per_seed: list) -> dict:
+    """``{"seeds", "per_seed", "summary"}``: the results of :func:`run` at several seeds (each with its
+    ``"seed"``) and :func:`across_seeds` of them, as ``nawaz2022.json`` holds them."""
+    return {"seeds": [r["seed"] for r in per_seed], "per_seed": per_seed, "summary": across_seeds(per_seed)}
+
+
+def run_seeds(out_dir="docs/benchmarks", seeds=(0, 1, 2), *, work_dir="work/nawaz2022", log=print,
+              device=None) -> dict:
+    """Run the ``CPU_RECIPE`` benchmark at each seed; write ``nawaz2022.md`` / ``.json`` with 95 % intervals.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        ``docs/benchmarks`` for the published report.  The explanation
+        figures and the t-SNE are the first seed's; the confusion figure
+        sums the seeds.
+    seeds : sequence of int
+        At least 3 for an interval.  Each seed draws its own training frames
+        (``seed``), test frames (``seed + 1000``) and weights.
+    work_dir : str or Path
+        Cache of simulated inputs, models and each seed's result
+        (``result_s<S>_<recipe digest>.json``), so a rerun resumes.
+    log : callable
+    device : torch.device or str, optional
+        Where AlexNet trains (:func:`run`).
+
+    Returns
+    -------
+    dict
+        :func:`combine`'s record, with ``markdown_path``.
+    """
+    out, work_dir = Path(out_dir), Path(work_dir)
+    per = per_seed(seeds, lambda s: _cached(work_dir, replace(CPU_RECIPE, seed=s)),
+                   lambda i, s: run(out if i == 0 else work_dir / f"figures_s{s}", seed=s, work_dir=work_dir,
+                                    write_doc=False, log=log, device=device), log=log)
+    combined = combine(per)
+    _confusion_figure(np.array(combined["summary"]["confusion"]), DIFFRANET_CLASSES, out / "nawaz2022_confusion.png",
+                      label=f"ours (simulated, {len(per)} seed{'s' * (len(per) > 1)} summed)")
+    combined["markdown_path"] = str(write_report(out, "nawaz2022", _markdown(combined), combined))
+    return combined
+
+
+def write_markdown(combined: dict, out_dir="docs/benchmarks") -> Path:
+    """(Re)write ``nawaz2022.md`` from :func:`combine`'s record (or the ``nawaz2022.json`` that holds one)."""
+    if not isinstance(combined, dict):
+        combined = json.loads(Path(combined).read_text())
     path = Path(out_dir) / "nawaz2022.md"
-    atomic_write_text(path, _markdown(result))
+    atomic_write_text(path, _markdown(combined))
     return path
 
 
-def _markdown(r: dict) -> str:
-    cm = np.array(r["confusion"])
-    pcm = PAPER_TABLE3
-    p_acc = 100 * np.trace(pcm) / pcm.sum()
-    p_bin = np.array([[pcm[2:, 2:].sum(), pcm[2:, :2].sum()], [pcm[:2, 2:].sum(), pcm[:2, :2].sum()]])
-    b = np.array(r["hit_miss"]["confusion"])
-    rc = r["recipe"]
-    t = r["timing"]
-    inv = r["inversion"]
+def _markdown(combined: dict) -> str:
+    """The report: every number as the mean over the seeds with its 95 % interval (the value alone for one seed)."""
+    seeds, S, r = combined["seeds"], combined["summary"], combined["per_seed"][0]
+    n = len(seeds)
+    cm, b = np.array(S["confusion"]), np.array(S["hit_miss_confusion"])
+    pcm, paper = PAPER_TABLE3, confusion_scores(PAPER_TABLE3)
+    p_bin, p_hm = np.array(paper["hit_miss"]["confusion"]), paper["hit_miss"]
+    p_effect = {k: f(paper) for k, (f, _) in EFFECTS.items()}
+    rc, t, inv = r["recipe"], S["timing"], S["inversion"]
+    seeds_txt = f"{n} seed{'s' * (n > 1)}, {', '.join(map(str, seeds))}"
+    summed = f"summed over the {n} seeds" if n > 1 else f"seed {seeds[0]}"
+
+    def pct(iv, nd=1):
+        return ci_text(iv, nd, 100)
+
+    def against(iv, paper) -> str:
+        lo, hi = (100 * v for v in iv["ci95"])
+        if not lo == lo:
+            return "one seed"
+        return "paper inside the interval" if lo <= paper <= hi else "paper above" if paper > hi else "paper below"
+
+    n_layers = len(next(iter(inv.values()), []))
+    steps = rc["epochs"] * int(np.ceil(rc["n_train"] / rc["batch_size"]))
+    step_s = 60 * S["train_minutes"]["mean"] / steps
     lines = paragraphs(
         "# Nawaz et al. (2022): AlexNet on the DiffraNet classes, explained",
         "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Pala Ramakantha Setty, Pennicard, "
@@ -322,7 +484,11 @@ def _markdown(r: dict) -> str:
         "have SNR ≥ 20). The paper used the DiffraNet set (nanoBragg, 512×512, 25,000 frames); "
         "we cannot download it here, so the numbers below are **not** on the same data.",
         "Command: `diffscreen benchmark nawaz2022` (add `--quick` for a minutes-long smoke run). "
-        "Everything is seeded (seed 0 for training frames and weights, 1000 for test frames).",
+        f"This report: {seeds_txt}. Each seed S draws its own training frames (seed S), test frames "
+        "(seed S + 1000) and initial weights. Every number is the mean over the seeds with its 95 % Student-t "
+        "interval in brackets (with three seeds the interval of a fraction can reach below 0 or past 100 %); a "
+        "finding holds only where the interval of its difference excludes 0. Counts (confusion matrices) are "
+        "summed over the seeds.",
         "## Recipe",
         table(("", "paper (§3.5)", "this run (`CPU_RECIPE`)"), [
             ("network", "AlexNet (5 conv + 3 fc)", "single-channel AlexNet, torchvision layout, "
@@ -330,57 +496,70 @@ def _markdown(r: dict) -> str:
             ("input", "512×512 DiffraNet frames (input size not stated)",
              f"{rc['input_size']}×{rc['input_size']}, LCN, same q-range as Ke's 720 crop"),
             ("training frames", "~12,400 (25,000 minus the 12,599 test frames of Table 3)",
-             f"{rc['n_train']} (+{rc['n_val']} validation)"),
-            ("test frames", "12,599 (Table 3)", rc["n_test"]),
+             f"{rc['n_train']} (+{rc['n_val']} validation) per seed"),
+            ("test frames", "12,599 (Table 3)", f"{rc['n_test']} per seed"),
             ("optimiser", "Adam, lr 1e-5, exponential decay",
              f"Adam, lr {rc['lr_start']:g} → {rc['lr_end']:g} exponential"),
             ("batch, epochs", "128, 50", f"{rc['batch_size']}, {rc['epochs']} (class-balanced batches)"),
             ("hardware", "GPU", "1 CPU thread")]),
-        "Why reduced: at 227×227 one Adam step of the full AlexNet on a batch of 64 takes ~6 s on one CPU "
-        "thread, so the paper's ~4,800 steps of 128 would take ~17 h. `CPU_RECIPE` takes ~150 steps "
-        f"({r['seconds']['train'] / 60:.1f} min of training here, on a shared machine; ≈ 15 min of CPU time; plus "
-        "≈ 5 min of simulation when the cache is cold). With 50× fewer steps the paper's learning rate of 1e-5 barely moves "
-        "the weights, so we start at 1e-4. `PAPER_RECIPE` (`AlexNetRecipe()`) is the paper's setting.",
+        f"Why reduced: at 227×227 one Adam step of the full AlexNet on a batch of {rc['batch_size']} takes "
+        f"~{step_s:.0f} s on one CPU thread here (validation included), so the paper's ~4,800 steps of 128 would "
+        f"take ~{4800 * step_s * 128 / rc['batch_size'] / 3600:.0f} h. `CPU_RECIPE` takes "
+        f"{steps} steps ({ci_text(S['train_minutes'], 1)} min of training per seed, plus "
+        f"{ci_text(S['simulate_minutes'], 1)} min of simulation when the cache is cold). With 30× fewer steps "
+        "the paper's learning rate of 1e-5 "
+        "barely moves the weights, so we start at 1e-4. `PAPER_RECIPE` (`AlexNetRecipe()`) is the paper's setting.",
         "## Table 2: accuracy",
-        table(("method", "accuracy (%)"), [
-            ("DeepFreak (GLCM + RF) [paper]", "98.4"), ("DeepFreak [paper]", "98.6"),
-            ("AlexNet, Nawaz et al. (DiffraNet test set) [paper]", f"{PAPER_ACCURACY} (Table 3 counts: {p_acc:.1f})"),
-            ("AlexNet, diffscreen `CPU_RECIPE` (simulated test set)", f"**{100 * r['accuracy']:.1f}**")]),
+        table(("method", "accuracy (%)", ""), [
+            ("DeepFreak (GLCM + RF) [paper]", "98.4", ""), ("DeepFreak [paper]", "98.6", ""),
+            ("AlexNet, Nawaz et al. (DiffraNet test set) [paper]",
+             f"{PAPER_ACCURACY} (Table 3 counts: {100 * paper['accuracy']:.1f})", ""),
+            ("AlexNet, diffscreen `CPU_RECIPE` (simulated test set)", f"**{pct(S['accuracy'])}**",
+             against(S["accuracy"], PAPER_ACCURACY))]),
         "## Table 3: confusion matrix",
-        "Ours (rows: true class, columns: predicted):",
+        f"Ours ({summed}; rows: true class, columns: predicted):",
         per_class_table(cm, DIFFRANET_CLASSES),
+        "Recall and precision per class, as the mean over the seeds:",
+        table(("class", "recall (%)", "paper", "precision (%)", "paper"),
+              [(c, pct(S["recall"][c]), f"{100 * paper['recall'][c]:.1f}", pct(S["precision"][c]),
+                f"{100 * paper['precision'][c]:.1f}") for c in DIFFRANET_CLASSES]),
         "Paper (Nawaz et al. 2022, Table 3):",
         per_class_table(pcm, DIFFRANET_CLASSES),
         "(Precision and recall recomputed from the paper's counts; the paper prints 99.9 and 97.1 % for the "
         "blank and strong precision.)",
         "![confusion matrices](nawaz2022_confusion.png)",
-        "Class counts (train / test): "
-        + ", ".join(f"{c} {r['class_counts']['train'][c]}/{r['class_counts']['test'][c]}" for c in DIFFRANET_CLASSES)
+        f"Class counts (train / test, {summed}): "
+        + ", ".join(f"{c} {S['class_counts']['train'][c]}/{S['class_counts']['test'][c]}" for c in DIFFRANET_CLASSES)
         + ".",
         "## Hit / miss merge (blank + no-crystal = miss)",
-        table(("", "ours: predicted hit", "ours: predicted miss", "paper: predicted hit", "paper: predicted miss"), [
+        table(("", f"ours ({summed}): predicted hit", "predicted miss", "paper: predicted hit",
+               "paper: predicted miss"), [
             ("true hit", b[0, 0], b[0, 1], p_bin[0, 0], p_bin[0, 1]),
-            ("true miss", b[1, 0], b[1, 1], p_bin[1, 0], p_bin[1, 1]),
-            ("accuracy", f"{100 * r['hit_miss']['accuracy']:.1f} %", "",
-             f"{100 * np.trace(p_bin) / p_bin.sum():.1f} %", "")]),
+            ("true miss", b[1, 0], b[1, 1], p_bin[1, 0], p_bin[1, 1])]),
+        table(("", "ours (%)", "paper (%)", ""), [
+            (k.replace("_", " "), pct(S["hit_miss"][k]), f"{100 * p_hm[k]:.1f}", against(S["hit_miss"][k], 100 * p_hm[k]))
+            for k in ("accuracy", "hit_recall", "miss_recall")]),
+        "## The paper's findings, with their intervals over the seeds",
+        table(("finding (positive difference means)", "difference (points)", "per seed", "paper", "verdict"),
+              [(EFFECTS[k][1], ci_text(e, 1, 100), ", ".join(f"{100 * v:+.1f}" for v in e["values"]),
+                f"{100 * p_effect[k]:+.1f}", verdict(e)) for k, e in S["effects"].items()]),
         "## Explanations (Figs. 6–7)",
-        "Grad-CAM (ReLU after conv5, 13×13, bilinear upsampling) and Guided Grad-CAM for one test frame per class "
-        "(Fig. 7):",
+        f"Grad-CAM (ReLU after conv5, 13×13, bilinear upsampling) and Guided Grad-CAM for one test frame per class "
+        f"(Fig. 7; seed {seeds[0]}'s network):",
         "![Grad-CAM per class](nawaz2022_gradcam.png)",
         "Representation inversion from the ReLU after each of the five convolutional layers (Fig. 6; Eq. 5 with "
-        "α = 6, β = 1, Adam from seeded noise); r is the pixel correlation of the reconstruction with the input:",
+        "α = 6, β = 1, Adam from seeded noise); r is the pixel correlation of the reconstruction with the input "
+        f"(the picture: seed {seeds[0]}; the table: every seed):",
         "![inversions](nawaz2022_inversion.png)",
-        table(("frame", *(f"conv{i + 1}" for i in range(len(next(iter(inv.values()), []))))),
-              [row for c, layers in inv.items()
-               for row in ((f"{c}: r", *(f"{e['corr']:.2f}" for e in layers)),
-                           (f"{c}: seconds", *(f"{e['seconds']:.0f}" for e in layers)))]),
-        "t-SNE of the fc7 features of the test frames (Ke Fig. 11 style):",
+        table(("frame", *(f"conv{i + 1}" for i in range(n_layers))),
+              [(f"{c}: r", *(ci_text(e, 2) for e in layers)) for c, layers in inv.items()]),
+        f"t-SNE of the fc7 features of the test frames (Ke Fig. 11 style; seed {seeds[0]}):",
         "![t-SNE](nawaz2022_tsne.png)",
-        "## Cost of the explanations (one frame, one CPU thread)",
+        "## Cost of the explanations (seconds per frame, one CPU thread)",
         table(("method", "AlexNet 227×227 (s)", "KeCNN 720×720 (s)"),
-              [(m, f"{t['alexnet_227'][m]:.3f}", f"{t['ke2018_720'][m]:.3f}") for m in t["alexnet_227"]]),
+              [(m, ci_text(t["alexnet_227"][m]), ci_text(t["ke2018_720"][m])) for m in t["alexnet_227"]]),
         "## Differences from the paper, and why",
-        [f"* **Training budget.** ~{rc['epochs'] * int(np.ceil(rc['n_train'] / rc['batch_size']))} Adam steps on "
+        [f"* **Training budget.** {steps} Adam steps on "
          f"{rc['n_train']} frames instead of ~4,800 steps (50 epochs × ~97 batches of 128) on ~12,400: the network "
          "is far from converged, so a lower accuracy than the paper's 98.1 % is expected. `PAPER_RECIPE` "
          "reproduces the paper's setting for a GPU machine (`run(recipe=PAPER_RECIPE)`).",
@@ -391,27 +570,23 @@ def _markdown(r: dict) -> str:
          "spots: the weak/good and good/strong boundaries are harder to see than in 512² DiffraNet frames.",
          f"* **Where the errors are.** In the paper {100 * _neighbour_fraction(pcm):.0f} % of the misclassified "
          "test frames are confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here "
-         f"{100 * _neighbour_fraction(cm):.0f} %. "
-         "Both agree that the useful decision, hit vs miss, is easier than the 5-class one (table above).",
+         f"{pct(S['neighbour_fraction'], 0)} %.",
          "* **Grad-CAM resolution.** Grad-CAM is taken at the ReLU after conv5 (13 × 13 at 227); the paper does "
          "not say which layer it used. Grad-CAM++ (Zimmermann §6) is our own implementation of Chattopadhyay et "
          "al. (2018) Eq. 19: torchcam 0.5.0's `GradCAMpp` leaves out the α denominator (an in-place division on a "
          "boolean-indexed copy), see `tests/test_explain.py::test_gradcam_pp_versus_torchcam`.",
          f"* **Blank vs no-crystal.** The paper is perfect on these two classes; here no-crystal recall is "
-         f"{100 * r['recall']['no-crystal']:.0f} % (confused with blank and weak). Besides the short training, a "
-         "likely cause (not verified) is the preprocessing: Ke's local contrast normalisation divides by the local "
-         "standard deviation, which flattens the smooth water-ring and air-scatter level that separates a "
-         "no-crystal frame from a blank one, while DiffraNet images were fed without it.",
-         "* **Inversion.** The conv1 reconstructions are faithful (r = "
-         + ", ".join(f"{row[0]['corr']:.2f}" for row in inv.values())
-         + "), but from conv2 on they keep only the beam stop and the frame's extent (r ≤ "
-         + f"{max((e['corr'] for row in inv.values() for e in row[1:]), default=float('nan')):.2f}), far less than "
-         "the 'photographically faithful' deeper layers of Nawaz Fig. 6. Likely causes: 200 Adam steps per layer "
-         "(Mahendran & Vedaldi use thousands, with jitter), an under-trained network and LCN inputs that are "
-         "mostly noise; a sweep of λ_V from 0.02 to 1 on conv2–conv5 did not raise r."],
-        f"Numbers from `run()` with seed {rc['seed']}; torch threads = 1. Another process shared the machine's "
-        f"two CPU cores during the run: training took {r['seconds']['train'] / 60:.0f} min of wall time, and the "
-        "timings are upper bounds.",
+         f"{pct(S['recall']['no-crystal'], 0)} %. Besides the short training, a likely cause (not verified) is the "
+         "preprocessing: Ke's local contrast normalisation divides by the local standard deviation, which flattens "
+         "the smooth water-ring and air-scatter level that separates a no-crystal frame from a blank one, while "
+         "DiffraNet images were fed without it.",
+         "* **Inversion.** Reconstructions from conv1 are the most faithful (r in the table above); from conv2 on "
+         "they keep little more than the beam stop and the frame's extent, far less than the 'photographically "
+         "faithful' deeper layers of Nawaz Fig. 6. Likely causes: 200 Adam steps per layer (Mahendran & Vedaldi "
+         "use thousands, with jitter), an under-trained network and LCN inputs that are mostly noise; a sweep of "
+         "λ_V from 0.02 to 1 on conv2–conv5 did not raise r (one seed, before this report had several)."],
+        "Torch threads = 1. The seeds ran side by side on the machine's two CPU cores, so the training and "
+        "explanation times are upper bounds for an idle core.",
     )
     return "\n".join(lines) + "\n"
 

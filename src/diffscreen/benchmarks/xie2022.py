@@ -48,14 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks import ke2018
-from diffscreen.benchmarks._harness import (digest, findings, findings_lines, fmt, paragraphs, pool_map, predict,
-                                            pyplot, save_figure, start, table, write_json)
+from diffscreen.benchmarks._harness import (across, digest, findings, findings_lines, fmt, paragraphs, per_seed,
+                                            pool_map, predict, pyplot, save_figure, seeds_line, start, table,
+                                            write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import domain_separability, keep_decision, keep_scores, percent_of
 
-__all__ = ["Settings", "FULL", "QUICK", "PAPER", "ASSERTED", "run", "check_findings", "write_report",
-           "paper_tables", "label_split"]  # fmt: skip
+__all__ = ["Settings", "FULL", "QUICK", "PAPER", "ASSERTED", "run", "run_seeds", "seed_settings", "check_findings",
+           "write_report", "paper_tables", "label_split"]  # fmt: skip
 
 CLASSES = ke2018.CLASSES
 _MODEL_VERSION = 1
@@ -194,10 +195,13 @@ QUICK = Settings(
     batches_per_epoch=16, batch_size=24, transfer_frozen_epochs=8, transfer_unfrozen_epochs=10,
     tsne_pairs=(("LO19", "L498"),), n_tsne=60, n_speed=32)
 
-#: The findings ``--quick`` asserts: only those that held at each of three seeds of the quick run
-#: (docs/benchmarks/xie2022.md, "The quick run (CI size) at three seeds").  "Transfer beats
-#: scratch" is reported but not asserted: it failed at seed 2024 (balanced 66.1 vs 66.9 %).
-ASSERTED = ("dann_recall_beats_source_only",)
+#: The findings ``--quick`` asserts: none (docs/benchmarks/xie2022.md, "The quick run (CI size) at
+#: three seeds").  Since each preset draws from its own stream (``ke2018.preset_seed``), the quick
+#: LO19 CNN keeps every L498 frame, so "DANN recall beats source-only" ties at 100 % at each seed,
+#: and "transfer beats scratch" failed at all three by under 1.5 points; "RWD beats scratch" held
+#: at all three, but at the CI seed by about one test frame (87.5 against 86.1 % balanced), too
+#: close to hold on every CPU.  The quick run checks that every experiment runs and reports them.
+ASSERTED = ()
 
 
 def label_split(split: np.ndarray, preset: str, n_labels: int, n_val: int, seed: int) -> dict:
@@ -492,6 +496,47 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     return results
 
 
+def seed_settings(i: int) -> Settings:
+    """:data:`FULL` at its ``i``-th seed: the few-label seed ``2022 + i`` on the simulated runs (and Table 1
+    CNNs) of ``benchmark ke2018``'s seed ``2018 + i``, so that both benchmarks share each seed's data."""
+    return replace(FULL, seed=FULL.seed + i, data=replace(FULL.data, seed=FULL.data.seed + i))
+
+
+def run_seeds(out_dir, n_seeds: int = 3, *, work=None, workers: int = 2, log=print) -> dict:
+    """The full run at ``n_seeds`` seeds (:func:`seed_settings`), and one report with every number's 95 % interval.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Where ``xie2022.md`` / ``.json`` and the figures (the first seed's) go.
+    n_seeds : int
+        At least 3 for an interval.
+    work : str or Path, optional
+        Cache of data, models and each seed's results (default ``OUT/work``;
+        share it with ``benchmark ke2018``); reruns resume.
+    workers : int
+    log : callable
+
+    Returns
+    -------
+    dict
+        :func:`diffscreen.benchmarks._harness.across` of the seeds' results, as written to ``xie2022.json``.
+    """
+    out = Path(out_dir)
+    work = Path(work) if work else out / "work"
+    seeds = [seed_settings(i).seed for i in range(n_seeds)]
+
+    def one(i, s):
+        return {**run(out if i == 0 else work / f"xie2022_seed_{s}", work=work, workers=workers,
+                      settings=seed_settings(i), log=log), "data_seed": seed_settings(i).data.seed}
+
+    per = per_seed(seeds, lambda s: work / f"xie2022_results_seed{s}_{digest(seed_settings(s - FULL.seed))}.json",
+                   one, log=log)
+    results = across(per)
+    write_report(results, out)
+    return results
+
+
 def check_findings(results: dict) -> dict:
     """The qualitative findings of Xie et al. (2022) that the benchmark checks.
 
@@ -523,26 +568,30 @@ def check_findings(results: dict) -> dict:
         name -> {"holds": bool, "detail": str}
     """
     t1, t2, t5 = results["table1"], results["table2"], results["table5"].values()
-    transfer = [(f"{r['source']}->{r['target']}: balanced {r['balanced']:.1f}% vs scratch "
-                 f"{t2[r['target']]['balanced']:.1f}%", r["balanced"] > t2[r["target"]]["balanced"])
+
+    def row(detail: str, pair: str, a: float, b: float) -> tuple:
+        return f"{pair}: {detail}", a > b, pair, a - b
+
+    transfer = [row(f"balanced {r['balanced']:.1f}% vs scratch {t2[r['target']]['balanced']:.1f}%",
+                    f"{r['source']}->{r['target']}", r["balanced"], t2[r["target"]]["balanced"])
                 for r in results["table3"].values() if r["target"] in t2]  # fmt: skip
     cross, same = [], []
     for r in t5:
         s, t = r["source"], r["target"]
         if t in t1.get(s, {}):
             d, b = r["on_target"]["hit_or_maybe"], t1[s][t]["hit_or_maybe"]
-            row = (f"{s}->{t}: DANN {d:.1f}% vs source-only {b:.1f}%", d > b)
-            (cross if _DETECTOR[s] != _DETECTOR[t] else same).append(row)
+            (cross if _DETECTOR[s] != _DETECTOR[t] else same).append(
+                row(f"DANN {d:.1f}% vs source-only {b:.1f}%", f"{s}->{t}", d, b))
     return findings({
         "transfer_beats_scratch": transfer,
         "dann_recall_beats_source_only": cross or same,
         "dann_recall_beats_source_only_same_detector": same if cross else [],
-        "grl_beats_no_grl": [(f"{r['source']}->{r['target']}: balanced DANN {r['on_target']['balanced']:.1f}% vs "
-                              f"λ = 0 {r['no_grl_on_target']['balanced']:.1f}%",
-                              r["on_target"]["balanced"] > r["no_grl_on_target"]["balanced"])
+        "grl_beats_no_grl": [row(f"balanced DANN {r['on_target']['balanced']:.1f}% vs λ = 0 "
+                                 f"{r['no_grl_on_target']['balanced']:.1f}%", f"{r['source']}->{r['target']}",
+                                 r["on_target"]["balanced"], r["no_grl_on_target"]["balanced"])
                              for r in t5 if "no_grl_on_target" in r],
-        "rwd_beats_scratch": [(f"{t}: balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%",
-                               r["balanced"] > t2[t]["balanced"])
+        "rwd_beats_scratch": [row(f"balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%", t,
+                                  r["balanced"], t2[t]["balanced"])
                               for t, r in results.get("table4", {}).items() if t in t2],
     })
 
@@ -625,6 +674,7 @@ def write_report(results: dict, out_dir) -> Path:
         _fig10(results["dann_history"], out / "xie2022_fig10.png")
     L = paragraphs(
         "# Xie et al. (2022) on simulated beamtimes",
+        *seeds_line(results),
         *results.get("preface", []),
         *(["> **Quick (CI-sized) run** — small simulated runs and short training; see "
            "\"The full run\" below for the documented sizes."] if results["quick"] else []),
@@ -637,7 +687,10 @@ def write_report(results: dict, out_dir) -> Path:
         f"split; Xie: 200), validated on {st['n_val']} target validation frames (Xie: 200), tested on the target's "
         f"test split; {st['epochs']} epochs × {st['batches_per_epoch']} batches × {st['batch_size']}, class-balanced "
         "batches, random flips/rotations; seed "
-        f"{st['seed']}. Labels are the simulator's spot-count truth (≥ 10 spots hit, 4–9 maybe), hit and maybe "
+        f"{', '.join(map(str, results.get('seeds') or [st['seed']]))}"
+        + (f" on the simulated runs of ke2018's seeds {', '.join(str(r['data_seed']) for r in results['per_seed'])}"
+           if "per_seed" in results else "") + ". "
+        "Labels are the simulator's spot-count truth (≥ 10 spots hit, 4–9 maybe), hit and maybe "
         "merged (Xie §3.1).",
         "Each cell: **% of hit-or-maybe frames called hit-or-maybe (recall, Xie's bold numbers)** / % of misses "
         "called miss; the paper's numbers in brackets.",
@@ -664,7 +717,7 @@ def write_report(results: dict, out_dir) -> Path:
           if any(results["dann_history"].values()) else []),
         "## Class counts (hit / maybe / miss)",
         table(("preset", "labelled", "validation", "test"),
-              [(p, *(" / ".join(str(c[k][n]) for n in CLASSES) for k in ("labelled", "val", "test")))
+              [(p, *(" / ".join(fmt(c[k][n], 0) for n in CLASSES) for k in ("labelled", "val", "test")))
                for p, c in results["class_counts"].items()]),
     )
     L += findings_lines(results.get("findings"), ASSERTED)

@@ -23,14 +23,13 @@ raises unless the findings the ``--quick`` CI mode asserts hold
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import (FindingNotReproduced, digest, findings, paragraphs, pyplot, save_figure,
-                                            table, write_json, write_report)
+from diffscreen.benchmarks._harness import (FindingNotReproduced, ci_text, digest, findings, paragraphs, per_seed,
+                                            pyplot, save_figure, table, verdict, write_report)
 from diffscreen.evaluate.metrics import interval_record
 from diffscreen.evaluate.multilabel import CDI_CLASSES, all_negative_baseline, multilabel_metrics
 from diffscreen.simulate.cdi import TABLE1_FRACTIONS, CDISimulator
@@ -390,13 +389,6 @@ EFFECTS = {
 }
 
 
-def _verdict(iv: dict) -> str:
-    lo, hi = iv["ci95"]
-    if not (lo == lo and hi == hi):  # NaN: fewer than two seeds
-        return "not testable with one seed"
-    return "holds" if lo > 0 else "the opposite holds" if hi < 0 else "not established (the interval spans 0)"
-
-
 def run_seeds(out_dir, seeds, *, work=None, log=print) -> dict:
     """Run the full benchmark at each seed and write ``zimmermann2019.md`` / ``.json`` with 95 % intervals.
 
@@ -420,25 +412,11 @@ def run_seeds(out_dir, seeds, *, work=None, log=print) -> dict:
     """
     out = Path(out_dir)
     work = Path(work) if work is not None else Path("work") / "zimmermann2019"
-    per = []
-    for i, s in enumerate(seeds):
-        cached = work / f"seed{s}_{digest(FULL)}.json"
-        if cached.exists():
-            log(f"seed {s}: {cached}")
-            res = json.loads(cached.read_text())
-        else:
-            log(f"seed {s}")
-            res = run(out if i == 0 else work / f"seed{s}", seed=s, log=log)
-            write_json(cached, res)
-        per.append({**res, "seed": s})
+    per = per_seed(seeds, lambda s: work / f"seed{s}_{digest(FULL)}.json",
+                   lambda i, s: run(out if i == 0 else work / f"seed{s}", seed=s, log=log), log=log)
     combined = {"seeds": list(seeds), "per_seed": per, "summary": across_seeds(per)}
     combined["markdown_path"] = str(write_report(out, "zimmermann2019", _markdown_seeds(combined), combined))
     return combined
-
-
-def _ci(iv: dict) -> str:
-    lo, hi = iv["ci95"]
-    return f"{iv['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{iv['mean']:.3f}"
 
 
 def _markdown_seeds(combined: dict) -> str:
@@ -447,7 +425,7 @@ def _markdown_seeds(combined: dict) -> str:
     hdr = ("run", "accuracy", "precision", "recall", "paper: Acc / Prec / Rec")
 
     def rows(t, name_of, paper_of):
-        return [(name_of(c), *(_ci(v[k]) for k in ("accuracy", "precision", "recall")),
+        return [(name_of(c), *(ci_text(v[k]) for k in ("accuracy", "precision", "recall")),
                  _fmt(paper_of(c)) if paper_of(c) else "—") for c, v in summ[t].items()]
 
     secs = sum(r["seconds"] for r in combined["per_seed"]) / 60
@@ -468,11 +446,11 @@ def _markdown_seeds(combined: dict) -> str:
         "### Table 6: uniform noise, diffraction images vs CCF maps (ResNet18_α=0.2)",
         table(hdr, rows("table6", _t6_name, _t6_paper)),
         "### Trivial predictors on the same validation splits",
-        table(hdr[:4], [(name, *(_ci(summ[b][k]) for k in ("accuracy", "precision", "recall")))
+        table(hdr[:4], [(name, *(ci_text(summ[b][k]) for k in ("accuracy", "precision", "recall")))
                         for name, b in (("all-negative", "baseline"), ("majority label", "majority"))]),
         "### Findings, with their intervals over the seeds",
         table(("finding (positive difference means)", "difference", "per seed", "verdict"),
-              [(EFFECTS[n][1], _ci(iv), ", ".join(f"{v:+.3f}" for v in iv["values"]), _verdict(iv))
+              [(EFFECTS[n][1], ci_text(iv), ", ".join(f"{v:+.3f}" for v in iv["values"]), verdict(iv))
                for n, iv in summ["effects"].items()]),
         f"## Seed {first['seed']} in detail",
         "The tables below, the figures and the sentences under \"What our numbers show\" are those of this one "
