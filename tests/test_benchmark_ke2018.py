@@ -190,20 +190,24 @@ def test_table3_spotfinder_column_and_fig7_from_the_real_annotations(shared_data
 
 def test_seeds_report_gives_every_number_its_interval(tmp_path):
     """run_seeds reads each seed's cached results (no simulation, no training) and writes one report."""
-    from dataclasses import replace
-
-    from diffscreen.benchmarks._harness import digest
-
     work = tmp_path / "work"
     work.mkdir()
     for i, cell in enumerate((91.0, 93.0, 95.0)):
-        r = {**_report_results(), "quick": False}
+        r = {**_report_results(), **_results(), "quick": False, "findings": {}}  # findings: run_seeds judges them
+        r["table3"] = _report_results()["table3"]
+        r["table8"] = {"Rayonix": {"linear": 70.0, "lcn": 90.0, "linear_balanced": 70.0, "lcn_balanced": 90.0}}
+        for t in r["table3"].values():  # DIALS: defaults keep 95 % of hit-or-maybe and 2 % of misses; Ke's 40 / 0
+            t["dials_default"] = {"kept_of_hit_or_maybe": 95.0, "kept_of_miss": 2.0, "hit_recall": 97.0,
+                                  "success_rate": 96.0}
+            t["dials_ke"] = {"kept_of_hit_or_maybe": 40.0, "kept_of_miss": 0.0, "hit_recall": 50.0,
+                             "success_rate": 60.0}
+        r["table3"]["L498"]["keep_recall_cnn"] = 60.0 + 10 * i  # peakfinder8 (Ke protocol) keeps 50 %
+        r["table3"]["L498"]["cnn"] = {**r["table3"]["L498"]["cnn"], "kept_of_hit_or_maybe": 80.0 + 2 * i}
         r["table4"]["LO19"]["LO19"] = cell
         r["throughput"]["cnn_fps"] = 10.0 + i
         r["class_counts"]["L498"]["hit"] = 4 + i
-        r["findings"] = ke2018.findings({"cnn_beats_spotfinder_on_weak_spots": [("L498", True, "L498", 10.0 * (i + 1))]})
         s = 2018 + i
-        (work / f"ke2018_results_seed{s}_{digest(replace(ke2018.FULL, seed=s))}.json").write_text(json.dumps(r))
+        ke2018.seed_results_path(work, s).write_text(json.dumps(r))
     res = ke2018.run_seeds(tmp_path / "out", 3, work=work, log=lambda *a: None)
     md = (tmp_path / "out" / "ke2018.md").read_text()
     h = 4.303 * 2.0 / np.sqrt(3)
@@ -212,5 +216,48 @@ def test_seeds_report_gives_every_number_its_interval(tmp_path):
     assert "| CNN, 360² input (this benchmark's models) | 11.0 (8.5–13.5) |" in md
     assert "| L498 | 5 (3–7) | 4 | 4 |" in md  # counts that differ get an interval, equal ones stay
     assert "**not established**: cnn beats spotfinder on weak spots (asserted by `--quick`) (held at 3 of 3 seeds" in md
-    assert "L498: 20.0 (-4.8–44.8), not established" in md
-    assert res["findings"]["cnn_beats_spotfinder_on_weak_spots"]["holds"] is False  # held at 3 of 3, interval spans 0
+    assert "L498: CNN - peakfinder8: 20.0 (-4.8–44.8), not established" in md
+    assert res["findings"]["cnn_beats_spotfinder_on_weak_spots"]["held_at"] == 3
+    assert res["findings"]["cnn_beats_spotfinder_on_weak_spots"]["holds"] is False  # the interval spans 0
+    # the strongest spot-finder is DIALS with its defaults (balanced (95 + 98) / 2 = 96.5 %, tuned peakfinder8
+    # 72.5 %): CNN (80 + 2i + 90) / 2 -> -11.5, -10.5, -9.5, an interval below 0
+    strongest = res["findings"]["cnn_beats_strongest_spotfinder"]
+    key = "L498: CNN - strongest spot-finder"
+    assert strongest["effects"][key]["values"] == pytest.approx([-11.5, -10.5, -9.5])
+    assert strongest["verdicts"][key] == "the opposite holds"
+    assert "| peakfinder8, tuned | DIALS, defaults | DIALS, Ke Table 2 |" in md
+    assert "| L498 | hit or maybe | 82.0 (77.0–87.0) [69.0] | 50.0 [12.8] | 50.0 | 95.0 | 40.0 |" in md
+
+
+def test_dials_columns_count_the_test_frames_with_both_settings_and_are_cached(tmp_path, monkeypatch):
+    """Table 3's DIALS columns: each test frame of the run (frames 7-9 of 10), DIALS's defaults with the run's
+    gain and Ke Table 2's settings, cached so a rerun does not start DIALS."""
+    import os
+    from dataclasses import replace
+
+    from diffscreen.baselines import dials as dials_mod
+    from diffscreen.errors import ConfigError
+    from diffscreen.simulate import Simulator
+
+    try:
+        dials_mod.find_dials_python()
+    except ConfigError:
+        if os.environ.get("DIFFSCREEN_REQUIRE_DIALS") == "1":
+            raise
+        pytest.skip("DIALS (python3-dials) is not installed")
+    cfg = ke2018.dials_configs("L498")
+    assert cfg["default"].gain == 4.55 and cfg["default"].global_threshold == 0.0
+    assert cfg["ke"].global_threshold == pytest.approx(100 / 4.55) and cfg["ke"].min_spot_size == 3
+    st = replace(ke2018.QUICK, presets=("L498",), n_frames=10)
+    counts = ke2018.dials_counts("L498", st, tmp_path)
+    sim = Simulator("L498", seed=ke2018.preset_seed(st.seed, "L498"), class_fractions=st.class_fractions)
+    with dials_mod.DialsSpotFinder(cfg["ke"]) as finder:
+        direct = [finder.find_spots(sim.frame(i).to_frame())["n_spots"] for i in (7, 8, 9)]
+    assert counts["ke"].tolist() == direct and len(counts["default"]) == 3
+
+    def no_dials(*a, **k):
+        raise AssertionError("DIALS started although the counts are cached")
+
+    monkeypatch.setattr(dials_mod, "DialsSpotFinder", no_dials)
+    again = ke2018.dials_counts("L498", st, tmp_path)
+    assert {k: v.tolist() for k, v in again.items()} == {k: v.tolist() for k, v in counts.items()}
