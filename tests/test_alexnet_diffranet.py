@@ -162,9 +162,11 @@ def test_nawaz_seeds_report_resumes_from_each_seeds_result_and_agrees_with_its_j
     work.mkdir()
     for s, k in zip((4, 5, 6), (10, 14, 20)):
         bench.write_json(bench._cached(work, replace(bench.CPU_RECIPE, seed=s)), _nawaz_result(s, _cm(k)))
+    (work / "figures_s4").mkdir()
+    (work / "figures_s4" / "nawaz2022_tsne.png").write_bytes(b"seed 4's t-SNE")
     out = tmp_path / "out"
-    out.mkdir()
     combined = bench.run_seeds(out, [4, 5, 6], work_dir=work, log=lambda *a: None)
+    assert (out / "nawaz2022_tsne.png").read_bytes() == b"seed 4's t-SNE"  # the first seed's figures, copied
     md = (out / "nawaz2022.md").read_text()
     saved = json.loads((out / "nawaz2022.json").read_text())
     assert saved["seeds"] == [4, 5, 6] and [r["seed"] for r in saved["per_seed"]] == [4, 5, 6]

@@ -97,6 +97,23 @@ def per_seed(seeds, cached, run_seed, *, log=print) -> list[dict]:
     return out
 
 
+def publish_figures(src, out, names, *, log=print) -> None:
+    """Copy one seed's figures ``names`` from its run folder ``src`` into the report folder ``out`` (atomically).
+
+    A seed's run draws its figures in a folder of its own, so that a report
+    made from cached seeds still gets them; a figure missing from ``src`` (a
+    seed cached before this was so) is logged and left as it is in ``out``.
+    """
+    import shutil
+
+    for name in names:
+        if not (Path(src) / name).exists():
+            log(f"{Path(src) / name} is missing: {Path(out) / name} is left as it is")
+            continue
+        with temporary_path(Path(out) / name) as tmp:
+            shutil.copyfile(Path(src) / name, tmp)
+
+
 def verdict(iv: dict) -> str:
     """What the 95 % interval of a difference says (an ``interval_record`` of
     :mod:`diffscreen.evaluate.metrics`): "holds" if it lies above 0, "the opposite holds" if below, else

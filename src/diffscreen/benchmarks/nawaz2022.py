@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import (ci_text, digest, paragraphs, per_seed, predict, rate, table, verdict,
-                                            write_json, write_report)
+from diffscreen.benchmarks._harness import (ci_text, digest, paragraphs, per_seed, predict, publish_figures, rate,
+                                            table, verdict, write_json, write_report)
 from diffscreen.evaluate.metrics import interval_record
 from diffscreen.io.atomic import atomic_write_text
 from diffscreen.simulate.diffranet import DIFFRANET_CLASSES, DIFFRANET_PRESETS, simulate_dataset
@@ -412,8 +412,9 @@ def run_seeds(out_dir="docs/benchmarks", seeds=(0, 1, 2), *, work_dir="work/nawa
     ----------
     out_dir : str or Path
         ``docs/benchmarks`` for the published report.  The explanation
-        figures and the t-SNE are the first seed's; the confusion figure
-        sums the seeds.
+        figures and the t-SNE are the first seed's (drawn in
+        ``work_dir/figures_s<S>`` and copied); the confusion figure sums the
+        seeds.
     seeds : sequence of int
         At least 3 for an interval.  Each seed draws its own training frames
         (``seed``), test frames (``seed + 1000``) and weights.
@@ -430,9 +431,12 @@ def run_seeds(out_dir="docs/benchmarks", seeds=(0, 1, 2), *, work_dir="work/nawa
         :func:`combine`'s record, with ``markdown_path``.
     """
     out, work_dir = Path(out_dir), Path(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
     per = per_seed(seeds, lambda s: _cached(work_dir, replace(CPU_RECIPE, seed=s)),
-                   lambda i, s: run(out if i == 0 else work_dir / f"figures_s{s}", seed=s, work_dir=work_dir,
-                                    write_doc=False, log=log, device=device), log=log)
+                   lambda i, s: run(work_dir / f"figures_s{s}", seed=s, work_dir=work_dir, write_doc=False, log=log,
+                                    device=device), log=log)
+    publish_figures(work_dir / f"figures_s{seeds[0]}", out,
+                    ("nawaz2022_gradcam.png", "nawaz2022_inversion.png", "nawaz2022_tsne.png"), log=log)
     combined = combine(per)
     _confusion_figure(np.array(combined["summary"]["confusion"]), DIFFRANET_CLASSES, out / "nawaz2022_confusion.png",
                       label=f"ours (simulated, {len(per)} seed{'s' * (len(per) > 1)} summed)")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import (FindingNotReproduced, ci_text, digest, findings, paragraphs, per_seed,
-                                            pyplot, save_figure, table, verdict, write_report)
+                                            publish_figures, pyplot, save_figure, table, verdict, write_report)
 from diffscreen.evaluate.metrics import interval_record
 from diffscreen.evaluate.multilabel import CDI_CLASSES, all_negative_baseline, multilabel_metrics
 from diffscreen.simulate.cdi import TABLE1_FRACTIONS, CDISimulator
@@ -396,7 +396,7 @@ def run_seeds(out_dir, seeds, *, work=None, log=print) -> dict:
     ----------
     out_dir : str or Path
         ``docs/benchmarks`` for the published report; the figures are the
-        first seed's.
+        first seed's (drawn in ``work/seed<S>`` and copied).
     seeds : sequence of int
         At least 3 for an interval.
     work : str or Path, optional
@@ -411,9 +411,12 @@ def run_seeds(out_dir, seeds, *, work=None, log=print) -> dict:
         (:func:`across_seeds`) and ``markdown_path``.
     """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work is not None else Path("work") / "zimmermann2019"
     per = per_seed(seeds, lambda s: work / f"seed{s}_{digest(FULL)}.json",
-                   lambda i, s: run(out if i == 0 else work / f"seed{s}", seed=s, log=log), log=log)
+                   lambda i, s: run(work / f"seed{s}", seed=s, log=log), log=log)
+    publish_figures(work / f"seed{seeds[0]}", out, ("zimmermann2019_fig5.png", "zimmermann2019_examples.png"),
+                    log=log)
     combined = {"seeds": list(seeds), "per_seed": per, "summary": across_seeds(per)}
     combined["markdown_path"] = str(write_report(out, "zimmermann2019", _markdown_seeds(combined), combined))
     return combined
