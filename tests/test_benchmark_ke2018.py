@@ -200,7 +200,7 @@ def test_seeds_report_gives_every_number_its_interval(tmp_path):
             t["dials_default"] = {"kept_of_hit_or_maybe": 95.0, "kept_of_miss": 2.0, "hit_recall": 97.0,
                                   "success_rate": 96.0}
             t["dials_ke"] = {"kept_of_hit_or_maybe": 40.0, "kept_of_miss": 0.0, "hit_recall": 50.0,
-                             "success_rate": 60.0}
+                             "success_rate": 60.0, "failed": i}  # DIALS failed on i frames of each preset
         r["table3"]["L498"]["keep_recall_cnn"] = 60.0 + 10 * i  # peakfinder8 (Ke protocol) keeps 50 %
         r["table3"]["L498"]["cnn"] = {**r["table3"]["L498"]["cnn"], "kept_of_hit_or_maybe": 80.0 + 2 * i}
         r["table4"]["LO19"]["LO19"] = cell
@@ -226,6 +226,7 @@ def test_seeds_report_gives_every_number_its_interval(tmp_path):
     assert strongest["effects"][key]["values"] == pytest.approx([-11.5, -10.5, -9.5])
     assert strongest["verdicts"][key] == "the opposite holds"
     assert "| peakfinder8, tuned | DIALS, defaults | DIALS, Ke Table 2 |" in md
+    assert "DIALS failed on 3 frame(s) (per seed), counted as not kept." in md  # 1 per preset on average
     assert "| L498 | hit or maybe | 82.0 (77.0–87.0) [69.0] | 50.0 [12.8] | 50.0 | 95.0 | 40.0 |" in md
 
 

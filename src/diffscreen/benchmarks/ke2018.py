@@ -366,14 +366,15 @@ def dials_counts(preset: str, settings: Settings, work: Path) -> dict:
     Returns
     -------
     dict
-        config name → (n_test,) int64 spot counts, in frame order.
+        config name → (n_test,) int64 spot counts, in frame order; -1
+        where DIALS failed on the frame (such a frame is not kept).
 
     Raises
     ------
     ConfigError
         DIALS is not installed (:class:`~diffscreen.baselines.dials.DialsSpotFinder`).
     """
-    from diffscreen.baselines.dials import DialsSpotFinder
+    from diffscreen.baselines.dials import DialsError, DialsSpotFinder
 
     configs = dials_configs(preset)
     key = digest([asdict(settings), {k: c.to_dict() for k, c in configs.items()}, preset, _CACHE_VERSION])
@@ -389,7 +390,10 @@ def dials_counts(preset: str, settings: Settings, work: Path) -> dict:
         for j, i in enumerate(idx):
             frame = sim.frame(int(i)).to_frame()
             for k, finder in finders.items():
-                counts[k][j] = finder.find_spots(frame)["n_spots"]
+                try:
+                    counts[k][j] = finder.find_spots(frame)["n_spots"]
+                except DialsError:
+                    counts[k][j] = -1
     finally:
         for finder in finders.values():
             finder.close()
@@ -529,7 +533,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
             t3[p][f"dials_{name}"] = {"kept_of_hit_or_maybe": percent_of(kept, keep_true),
                                       "kept_of_miss": percent_of(kept, ~keep_true),
                                       "hit_recall": percent_of(kept, y == 0),
-                                      "success_rate": 100 * float((kept == keep_true).mean())}  # fmt: skip
+                                      "success_rate": 100 * float((kept == keep_true).mean()),
+                                      "failed": int((counts < 0).sum())}  # fmt: skip
         fig9[p] = {"miss": pr[(~keep_pred) & (~keep_true), 2].tolist(),
                    "hit_or_maybe": (pr[:, 0] + pr[:, 1])[keep_pred & keep_true].tolist()}  # fmt: skip
     results["table3"] = t3
@@ -711,6 +716,11 @@ def check_findings(results: dict) -> dict:
     })
 
 
+def _mean(v) -> float:
+    """A number, or the mean of an interval record (:func:`diffscreen.benchmarks._harness.intervals`)."""
+    return v["mean"] if isinstance(v, dict) else v
+
+
 def _balanced(scores: dict) -> float:
     """Balanced success (%) from a keep record's ``kept_of_hit_or_maybe`` and ``kept_of_miss`` (Ke Eq. 10 per class)."""
     return float(np.nanmean([scores["kept_of_hit_or_maybe"], 100 - scores["kept_of_miss"]]))
@@ -726,6 +736,8 @@ def write_report(results: dict, out_dir) -> Path:
     seeds = results.get("seeds") or [st["seed"]]
     t3 = []
     with_dials = all(f"dials_{k}" in r for r in results["table3"].values() for k in _DIALS_COLUMNS)
+    failed = sum((_mean(r[f"dials_{k}"].get("failed", 0)) if with_dials else 0)  # a mean over seeds
+                 for r in results["table3"].values() for k in _DIALS_COLUMNS)
     for p, r in results["table3"].items():
         pp, ke, tu, cnn = PAPER["table3"][p], r["pf8_ke"], r["pf8_tuned"], r["cnn"]
         dl = [r[f"dials_{k}"] for k in _DIALS_COLUMNS] if with_dials else []
@@ -772,7 +784,8 @@ def write_report(results: dict, out_dir) -> Path:
                *(_DIALS_COLUMNS.values() if with_dials else ())), t3),
         *(["DIALS (`dials.find_spots` of Debian's `python3-dials`, the dispersion-extended threshold) on the "
            "same test frames, with Ke's fixed rule (≥ 4 spots kept): with its defaults and the run's gain, and "
-           "with Ke Table 2's settings for the run (gain, global threshold, sigma strong, minimum spot area)."]
+           "with Ke Table 2's settings for the run (gain, global threshold, sigma strong, minimum spot area)."
+           + (f" DIALS failed on {fmt(failed, 0)} frame(s) (per seed), counted as not kept." if failed else "")]
           if with_dials else []),
         f"peakfinder8 settings (ADC threshold, minimum SNR, pixels per peak, minimum peak count; seed {seeds[0]}):",
         [f"- {p}: ke: {pf8(r['pf8_ke']['settings'])}; tuned: {pf8(r['pf8_tuned']['settings'])}"

@@ -10,7 +10,7 @@ interval over the seeds (:func:`across_seeds`).
 The paper's recipe (:data:`PAPER_RECIPE`: Adam, lr 1e-5 decaying
 exponentially, batch 128, 50 epochs, ~12,400 training frames on a GPU) is
 the default of :class:`AlexNetRecipe`; :data:`CPU_RECIPE` is the reduced
-setting that finishes in about 15 minutes on one CPU thread (see its
+setting that finishes in about 12 minutes a seed on one CPU thread (see its
 docstring for why each change was made).
 """
 
@@ -80,8 +80,8 @@ class AlexNetRecipe:
 
 PAPER_RECIPE = AlexNetRecipe()
 
-#: Reduced CPU setting (≈ 15 min of training on one thread plus ≈ 10 min of
-#: simulation): 1,200 training frames instead of ~12,400 and 8 epochs instead
+#: Reduced CPU setting (≈ 9 min of training on one thread plus ≈ 2 min of
+#: simulation, measured over seeds 0-2): 1,200 training frames instead of ~12,400 and 8 epochs instead
 #: of 50, i.e. ~150 Adam steps of 64 instead of ~4,800 of 128.  With so few steps the
 #: paper's lr of 1e-5 barely moves the weights, so the run starts at 1e-4
 #: (decaying to 1e-5); batch 64 instead of 128 doubles the number of steps
