@@ -59,12 +59,12 @@ def benchmark_ke2018(
 ):
     """Rerun Ke et al. (2018) on simulated runs of the five CXIDB-76 presets.
 
-    Tables 3-8 (CNN against peakfinder8, cross-preset and cross-detector
-    training, training-set size, LCN against linear contrast), Fig. 9 and the
-    throughput of both methods, with the paper's numbers alongside; Table 3's
-    automatic spot-finding column and Fig. 7 from the real CXIDB-76 expert
-    and DIALS labels (--annotations).  Each seed of the full run takes about an hour on
-    2 cores.
+    Tables 3-8 (CNN against peakfinder8 and DIALS, cross-preset and
+    cross-detector training, training-set size, LCN against linear
+    contrast), Fig. 9 and the throughput, with the paper's numbers
+    alongside; Table 3's automatic spot-finding column and Fig. 7 from the
+    real CXIDB-76 expert and DIALS labels (--annotations).  Each seed of the
+    full run takes about 70 min on 2 cores.
 
     --quick exits 1 unless the CNN keeps more of L498's hit-or-maybe frames
     than peakfinder8 with Ke's Table 2 settings, the one finding that held at
