@@ -180,7 +180,8 @@ def test_quick_run_makes_every_experiment_and_judges_every_finding(tmp_path):
                       "rwd_beats_scratch"}
     t = f["transfer_beats_scratch"]["effects"]["LO19->L498"]
     assert t == pytest.approx(r["table3"]["LO19->L498"]["balanced"] - r["table2"]["L498"]["balanced"])
-    assert (tmp_path / "xie2022.md").exists() and (tmp_path / "xie2022_fig9_LO19_L498.png").exists()
+    assert (tmp_path / "xie2022_fig9_LO19_L498.png").exists()
+    assert "`--quick` asserts none of these findings" in (tmp_path / "xie2022.md").read_text()
 
 
 def test_quick_asserts_no_finding():

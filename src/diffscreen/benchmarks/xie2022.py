@@ -721,6 +721,10 @@ def write_report(results: dict, out_dir) -> Path:
                for p, c in results["class_counts"].items()]),
     )
     L += findings_lines(results.get("findings"), ASSERTED)
+    if results["quick"] and results.get("findings") and not ASSERTED:
+        L += ["", "`--quick` asserts none of these findings: at this size none held by a safe margin at each of "
+                  "three seeds (the full report's section \"The quick run (CI size) at three seeds\"). It checks "
+                  "that every experiment runs and is judged."]
     for extra in results.get("notes", []):
         L += ["", extra]
     L += ["", *paragraphs("## The full run and the quick run", _sizes(), "## Differences from the paper", _discussion(st))]
