@@ -93,6 +93,8 @@ def benchmark_xie2022(
     row-wise decomposition, DANN, cross-dataset), the t-SNE panels of Fig. 9
     and the RWD speed, with the paper's numbers alongside, on simulated runs
     of the Rayonix presets LN83, LN84, LO19 and the CSPAD preset L498.
+    Each seed of the full run takes about 40 min on 2 cores once benchmark
+    ke2018 has made that seed's runs and CNNs (same --work).
     --quick runs every experiment at CI size and reports its findings
     without asserting any: none held by a safe margin at each of three quick
     seeds (docs/benchmarks/xie2022.md).
