@@ -215,7 +215,7 @@ def test_seeds_report_gives_every_number_its_interval(tmp_path):
     assert f"| LO19 | 93 ({93 - h:.0f}–{93 + h:.0f}) [" in md
     assert "| CNN, 360² input (this benchmark's models) | 11.0 (8.5–13.5) |" in md
     assert "| L498 | 5 (3–7) | 4 | 4 |" in md  # counts that differ get an interval, equal ones stay
-    assert "**not established**: cnn beats spotfinder on weak spots (asserted by `--quick`) (held at 3 of 3 seeds" in md
+    assert "**not established**: cnn beats spotfinder on weak spots (held at 3 of 3 seeds" in md  # no --quick tag
     assert "L498: CNN - peakfinder8: 20.0 (-4.8–44.8), not established" in md
     assert res["findings"]["cnn_beats_spotfinder_on_weak_spots"]["held_at"] == 3
     assert res["findings"]["cnn_beats_spotfinder_on_weak_spots"]["holds"] is False  # the interval spans 0
