@@ -64,7 +64,7 @@ def benchmark_ke2018(
     contrast), Fig. 9 and the throughput, with the paper's numbers
     alongside; Table 3's automatic spot-finding column and Fig. 7 from the
     real CXIDB-76 expert and DIALS labels (--annotations).  Each seed of the
-    full run takes about 70 min on 2 cores.
+    full run takes about an hour on 2 cores, DIALS included.
 
     --quick exits 1 unless the CNN keeps more of L498's hit-or-maybe frames
     than peakfinder8 with Ke's Table 2 settings, the one finding that held at
