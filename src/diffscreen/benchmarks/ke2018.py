@@ -522,19 +522,11 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
                  "hit_recall_cnn": percent_of(keep_pred, y == 0)}  # fmt: skip
         for name in ("ke", "tuned"):
             kept = d[f"pf8_{name}"][te] >= d["pf8"][name]["settings"]["min_peaks"]
-            t3[p][f"pf8_{name}"] = {"kept_of_hit_or_maybe": percent_of(kept, keep_true),
-                                    "kept_of_miss": percent_of(kept, ~keep_true),
-                                    "hit_recall": percent_of(kept, y == 0),
-                                    "success_rate": 100 * float((kept == keep_true).mean()),
-                                    "settings": d["pf8"][name]["settings"]}  # fmt: skip
+            t3[p][f"pf8_{name}"] = {**_kept_scores(kept, y), "settings": d["pf8"][name]["settings"]}
+        rules = dials_configs(p) if p in dials else {}
         for name, counts in dials.get(p, {}).items():
-            rule = dials_configs(p)[name]
-            kept = counts >= rule.maybe_spots
-            t3[p][f"dials_{name}"] = {"kept_of_hit_or_maybe": percent_of(kept, keep_true),
-                                      "kept_of_miss": percent_of(kept, ~keep_true),
-                                      "hit_recall": percent_of(kept, y == 0),
-                                      "success_rate": 100 * float((kept == keep_true).mean()),
-                                      "failed": int((counts < 0).sum())}  # fmt: skip
+            t3[p][f"dials_{name}"] = {**_kept_scores(counts >= rules[name].maybe_spots, y),
+                                      "failed": int((counts < 0).sum())}
         fig9[p] = {"miss": pr[(~keep_pred) & (~keep_true), 2].tolist(),
                    "hit_or_maybe": (pr[:, 0] + pr[:, 1])[keep_pred & keep_true].tolist()}  # fmt: skip
     results["table3"] = t3
@@ -714,6 +706,14 @@ def check_findings(results: dict) -> dict:
         "cross_detector_drop": drops,
         "cnn_beats_strongest_spotfinder": strongest,
     })
+
+
+def _kept_scores(kept: np.ndarray, y: np.ndarray) -> dict:
+    """A spot-finder's Table 3 record: % of hit-or-maybe frames, of misses and of hits it keeps, and its success
+    rate (Ke Eq. 10), from its keep decision ``kept`` (N,) bool and the labels ``y`` (N,) (0 hit, 1 maybe, 2 miss)."""
+    keep_true = y != 2
+    return {"kept_of_hit_or_maybe": percent_of(kept, keep_true), "kept_of_miss": percent_of(kept, ~keep_true),
+            "hit_recall": percent_of(kept, y == 0), "success_rate": 100 * float((kept == keep_true).mean())}
 
 
 def _mean(v) -> float:
