@@ -185,7 +185,7 @@ def test_quick_run_makes_every_experiment_and_judges_every_finding(tmp_path):
 
 
 def test_quick_asserts_no_finding():
-    # none held by a safe margin at quick seeds 2022-2024 (docs/benchmarks/xie2022.md), so --quick asserts none
+    # none held by a safe margin at quick seeds 2022-2024 (docs/benchmarks/xie2022_notes.md), so --quick asserts none
     assert xie2022.ASSERTED == ()
 
 

@@ -81,7 +81,9 @@ def per_seed(seeds, cached, run_seed, *, log=print) -> list[dict]:
     Returns
     -------
     list of dict
-        The results in the order of ``seeds``, each with ``"seed"`` added.
+        The results in the order of ``seeds``, each with ``"seed"`` added, as
+        read back from its cache file whether it was just run or not, so that
+        fresh and cached seeds have the same keys (JSON makes every key text).
     """
     out = []
     for i, s in enumerate(seeds):
@@ -91,8 +93,8 @@ def per_seed(seeds, cached, run_seed, *, log=print) -> list[dict]:
             res = json.loads(path.read_text())
         else:
             log(f"seed {s}")
-            res = run_seed(i, s)
-            write_json(path, res)
+            write_json(path, run_seed(i, s))
+            res = json.loads(path.read_text())  # as a cached seed reads: e.g. integer keys become text
         out.append({**res, "seed": s})
     return out
 
@@ -243,7 +245,9 @@ def findings_lines(findings: dict, asserted=()) -> list[str]:
                      f"({f['detail']})")
             continue
         rows = "; ".join(f"{k}: {fmt(f['effects'][k])}, {v}" for k, v in f["verdicts"].items())
-        L.append(f"- {'holds' if f['holds'] else '**not established**'}: {name.replace('_', ' ')}{tag} (held at "
+        opposite = bool(f["verdicts"]) and all(v == "the opposite holds" for v in f["verdicts"].values())
+        label = "holds" if f["holds"] else "**the opposite holds**" if opposite else "**not established**"
+        L.append(f"- {label}: {name.replace('_', ' ')}{tag} (held at "
                  f"{f['held_at']} of {f['seeds']} seeds" + (f"; each row's difference, mean (95 % interval): {rows}"
                                                             if rows else "") + ")")
     return L

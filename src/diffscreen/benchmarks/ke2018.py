@@ -803,7 +803,9 @@ def write_report(results: dict, out_dir) -> Path:
                for name, r in results["table8"].items()]),
         "## Throughput (one core)",
         f"{tp['frames']} simulated {tp['preset']} frames of {tp['frame_shape'][1]}×{tp['frame_shape'][0]} px, "
-        "in memory; frames/s of the whole per-frame work.",
+        "in memory; frames/s of the whole per-frame work"
+        + (", measured once by each seed's run: the spread is as much the machine's load at the time as the code's. "
+           "`bench/throughput.py` measures the shipped `screen` end to end." if len(seeds) > 1 else "."),
         table(("method", "frames/s"), [
             (f"CNN, {st['input_size']}² input (this benchmark's models)", fmt(tp["cnn_fps"])),
             ("CNN, 720² input (the bundled model)", fmt(tp["cnn720_fps"])),

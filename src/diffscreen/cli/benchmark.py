@@ -97,7 +97,7 @@ def benchmark_xie2022(
     ke2018 has made that seed's runs and CNNs (same --work).
     --quick runs every experiment at CI size and reports its findings
     without asserting any: none held by a safe margin at each of three quick
-    seeds (docs/benchmarks/xie2022.md).
+    seeds (docs/benchmarks/xie2022_notes.md).
     """
     from diffscreen.benchmarks import xie2022
 

@@ -36,7 +36,7 @@ DANN_DEFAULT = TrainConfig(optimizer="adam", epochs=20, batches_per_epoch=25, ba
 #: ten times lower rates (1e-4 → 1e-5), so that adaptation does not erase what the source training
 #: learnt.  In the quick xie2022 benchmark (LO19 → L498, three seeds) these kept more target
 #: hit-or-maybe frames than the source-only CNN at every seed; random initialisation, or the
-#: initialised model at 1e-3, collapsed or lost recall (docs/benchmarks/xie2022.md).
+#: initialised model at 1e-3, collapsed or lost recall (docs/benchmarks/xie2022_notes.md).
 DANN_FROM_MODEL = replace(DANN_DEFAULT, lr_start=1e-4, lr_end=1e-5)
 
 
