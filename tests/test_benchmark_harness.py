@@ -18,8 +18,8 @@ def test_a_fresh_seed_reads_like_a_cached_one(tmp_path):
     def cached(s):
         return tmp_path / f"seed{s}.json"
 
-    per_seed([0, 1], cached, run_seed, log=lambda *a: None)  # seeds 0 and 1 cached
-    per = per_seed([0, 1, 2], cached, run_seed, log=lambda *a: None)  # seed 2 fresh
+    per_seed([0, 1], cached, run_seed, log=lambda *a: None)  # runs seeds 0 and 1 and caches them
+    per = per_seed([0, 1, 2], cached, run_seed, log=lambda *a: None)  # reads 0 and 1, runs 2
     assert calls == [0, 1, 2]
     assert [sorted(r["table7"]) for r in per] == [["100", "400"]] * 3
     res = across(per)
@@ -27,7 +27,7 @@ def test_a_fresh_seed_reads_like_a_cached_one(tmp_path):
     assert res["table7"]["400"]["Rayonix"]["mean"] == 89.0
 
 
-def test_a_finding_whose_every_row_goes_the_other_way_is_reported_so(tmp_path):
+def test_a_finding_whose_every_row_goes_the_other_way_is_reported_so():
     """Over seeds: 'holds' when every row's interval lies above 0, 'the opposite holds' when every one lies below,
     else 'not established'."""
     seeds = [findings({"up": [("a", True, "a", 1.0 + d)], "down": [("b", False, "b", -1.0 - d)],

@@ -698,8 +698,11 @@ def write_report(results: dict, out_dir) -> Path:
         "Xie used three CXIDB-76 runs, all on the Rayonix detector at LCLS: LN83, LN84, LO19. Each is a "
         "preset of our simulator with the same name (cell, photon energy, delivery, mask and the Rayonix "
         "detector model of the run). To add the cross-detector case the paper lacks, the CSPAD run L498 "
-        "(small 1–3 px spots) is a fourth domain (in the full run with LN84 as its source: its Table 1 CNN "
-        "keeps under half of L498's hit-or-maybe frames). Pairs of this run: "
+        "(small 1–3 px spots) is a fourth domain"
+        + "".join(f"; {a}'s Table 1 CNN keeps {fmt(c['hit_or_maybe'])} % of {b}'s hit-or-maybe frames and rejects "
+                  f"{fmt(c['miss'])} % of its misses" for a, b in st["pairs"] if _DETECTOR[a] != _DETECTOR[b]
+                  for c in [results["table1"].get(a, {}).get(b)] if c)
+        + ". Pairs of this run: "
         + ", ".join(f"{a}→{b}" + (" (cross-detector)" if _DETECTOR[a] != _DETECTOR[b] else "")
                     for a, b in st["pairs"]) + ".",
         paper_tables(results),
