@@ -1,6 +1,14 @@
 """What every paper benchmark shares (diffscreen.benchmarks._harness): seeded results, intervals and findings."""
 
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
 from diffscreen.benchmarks._harness import across, findings, findings_lines, per_seed
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
 
 def test_a_fresh_seed_reads_like_a_cached_one(tmp_path):
@@ -40,3 +48,21 @@ def test_a_finding_whose_every_row_goes_the_other_way_is_reported_so():
     assert "- **not established**: mixed (held at 0 of 3 seeds" in text
     assert res["findings"]["down"]["verdicts"] == {"b": "the opposite holds"}
     assert res["findings"]["up"]["holds"] and not res["findings"]["down"]["holds"]
+
+
+@pytest.mark.parametrize("name", ["ke2018", "xie2022"])
+def test_committed_report_is_what_its_json_writes(name, tmp_path):
+    """docs/benchmarks/NAME.md is what write_report makes of the committed NAME.json, which holds at least 3 seeds;
+    every number and each finding's verdict follow again from the seeds' own results."""
+    bench = importlib.import_module(f"diffscreen.benchmarks.{name}")
+    results = json.loads((DOCS / f"{name}.json").read_text())
+    assert len(results["seeds"]) >= 3 and not results["quick"]
+    bench.write_report(results, tmp_path)
+    assert (tmp_path / f"{name}.md").read_text() == (DOCS / f"{name}.md").read_text()
+    again = across([{**r, "findings": bench.check_findings(r)} for r in results["per_seed"]])
+    assert set(again) == set(results)  # no table lost between the seeds
+    for key in set(results) - {"findings", "per_seed"}:
+        assert json.dumps(again[key], sort_keys=True) == json.dumps(results[key], sort_keys=True), key
+    for finding, f in results["findings"].items():
+        assert (again["findings"][finding]["holds"], again["findings"][finding]["verdicts"]) == (f["holds"],
+                                                                                               f["verdicts"])
