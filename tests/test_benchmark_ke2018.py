@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffscreen.benchmarks import ke2018
-from diffscreen.evaluate.metrics import keep_scores
+from diffscreen.evaluate.metrics import keep_scores, kept_scores
 
 
 def test_scores_follow_ke_eq_10_and_the_keep_decision():
@@ -19,6 +19,9 @@ def test_scores_follow_ke_eq_10_and_the_keep_decision():
     assert s["kept_of_hit_or_maybe"] == pytest.approx(100 * 2 / 3) and s["kept_of_miss"] == pytest.approx(50.0)
     assert s["balanced_success"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
     assert s["accuracy_3class"] == pytest.approx(100 * 3 / 5)  # argmax right for frames 0, 3 and 4
+    # a spot-finder's decision, given as kept or not: frames 1 and 3 kept -> one hit-or-maybe of 3, one miss of 2
+    k = kept_scores(np.array([False, True, False, True, False]), truth)
+    assert k == pytest.approx({"success_rate": 40.0, "kept_of_hit_or_maybe": 100 / 3, "kept_of_miss": 50.0})
 
 
 def test_split_is_50_20_30_in_frame_order():

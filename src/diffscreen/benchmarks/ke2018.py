@@ -46,7 +46,7 @@ from diffscreen.benchmarks._harness import (across, digest, findings, findings_l
                                             table, write_json)
 from diffscreen.benchmarks._harness import write_report as write_files
 from diffscreen.errors import ConfigError
-from diffscreen.evaluate.metrics import keep_decision, keep_scores, percent_of
+from diffscreen.evaluate.metrics import keep_decision, keep_scores, kept_scores, percent_of
 from diffscreen.io.atomic import temporary_path
 from diffscreen.io.frame import CLASS_NAMES
 from diffscreen.simulate import Simulator
@@ -709,11 +709,9 @@ def check_findings(results: dict) -> dict:
 
 
 def _kept_scores(kept: np.ndarray, y: np.ndarray) -> dict:
-    """A spot-finder's Table 3 record: % of hit-or-maybe frames, of misses and of hits it keeps, and its success
-    rate (Ke Eq. 10), from its keep decision ``kept`` (N,) bool and the labels ``y`` (N,) (0 hit, 1 maybe, 2 miss)."""
-    keep_true = y != 2
-    return {"kept_of_hit_or_maybe": percent_of(kept, keep_true), "kept_of_miss": percent_of(kept, ~keep_true),
-            "hit_recall": percent_of(kept, y == 0), "success_rate": 100 * float((kept == keep_true).mean())}
+    """A spot-finder's Table 3 record: :func:`~diffscreen.evaluate.metrics.kept_scores` of its keep decision
+    ``kept`` (N,) bool against the labels ``y`` (N,) (0 hit, 1 maybe, 2 miss), and the % of hits it keeps."""
+    return {**kept_scores(kept, y), "hit_recall": percent_of(kept, y == 0)}
 
 
 def _mean(v) -> float:

@@ -26,6 +26,7 @@ __all__ = [
     "keep_decision",
     "keep_balanced_accuracy",
     "keep_scores",
+    "kept_scores",
     "percent_of",
     "t_interval",
     "interval_record",
@@ -228,15 +229,35 @@ def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
         right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN where the
         class is absent), ``n``.
     """
-    keep_pred, keep_true, tpr, tnr = _keep_rates(probs, labels)
+    keep_pred, _, tpr, tnr = _keep_rates(probs, labels)
     return {
-        "success_rate": 100 * float((keep_pred == keep_true).mean()),
+        **kept_scores(keep_pred, labels),
         "balanced_success": 100 * float(np.nanmean([tpr, tnr])),
         "accuracy_3class": 100 * float((probs.argmax(1) == labels).mean()),
-        "kept_of_hit_or_maybe": percent_of(keep_pred, keep_true),
-        "kept_of_miss": percent_of(keep_pred, ~keep_true),
         "n": int(len(labels)),
     }
+
+
+def kept_scores(kept: np.ndarray, labels: np.ndarray) -> dict:
+    """Scores of a keep decision already made (a spot-finder's, or :func:`keep_decision`'s) against the truth hit
+    or maybe (labels 0, 1) versus miss (2).
+
+    Parameters
+    ----------
+    kept : (N,) bool ndarray
+        Whether each frame is kept.
+    labels : (N,) int ndarray
+
+    Returns
+    -------
+    dict
+        ``success_rate`` (Ke et al. 2018 Eq. 10: % of frames whose keep
+        decision is right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN
+        where the class is absent).
+    """
+    kept, keep_true = np.asarray(kept, bool), np.asarray(labels) != 2
+    return {"success_rate": 100 * float((kept == keep_true).mean()),
+            "kept_of_hit_or_maybe": percent_of(kept, keep_true), "kept_of_miss": percent_of(kept, ~keep_true)}
 
 
 def t_interval(values) -> tuple[float, float, float]:
