@@ -106,7 +106,8 @@ def test_crop_plan_is_the_reference_window():
     assert crop_plan(img.shape, (500.0, 500.0), 0.3, 64).empty
 
 
-@pytest.mark.parametrize("side,S", [(824, 360), (1647, 720), (250, 360), (360, 360), (97, 31), (31, 97)])
+@pytest.mark.parametrize("side,S", [(824, 360), (1647, 720), (1479, 720), (250, 360), (360, 360), (361, 360),
+                                    (97, 31), (31, 97), (3, 5)])
 def test_resample_matrix_reproduces_torch_interpolate(side, S):
     x = torch.from_numpy(np.random.default_rng(side).random((side, side)).astype(np.float32))
     ref = F.interpolate(x[None, None], size=(S, S), mode="bilinear", align_corners=False,
@@ -115,6 +116,10 @@ def test_resample_matrix_reproduces_torch_interpolate(side, S):
     assert A.shape == (S, side)
     np.testing.assert_allclose(A @ (A @ x.numpy()).T, ref.T, rtol=0, atol=2e-6)
     np.testing.assert_allclose(np.asarray(A.sum(axis=1)).ravel(), 1.0, atol=1e-5)  # weights sum to 1
+    # the weights are written out, not taken from torch: they must be torch's to the bit
+    eye = torch.eye(side)[None, None]
+    torch_a = F.interpolate(eye, size=(S, side), mode="bilinear", align_corners=False, antialias=side > S)[0, 0]
+    np.testing.assert_array_equal(A.toarray(), torch_a.numpy())
 
 
 def test_box_mean_and_fast_lcn_match_scipy_reference():

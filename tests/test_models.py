@@ -167,3 +167,21 @@ def test_a_frames_probabilities_do_not_depend_on_its_batch():
         np.testing.assert_array_equal(clf.predict_batch(x[2:5]), whole[2:5])
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_passes_sized_to_the_cache_give_one_passs_probabilities(monkeypatch):
+    """The bundled default (720 × 720 input) runs 2 frames per CPU pass; the bits are those of one pass of 5."""
+    import diffscreen.models.inference as inference
+
+    clf = inference.Classifier(None)
+    assert clf.bundle.preprocess.out_size == 720 and clf.frames_per_pass == 2
+    seen = []
+    clf._net.register_forward_pre_hook(lambda mod, args: seen.append(len(args[0])))
+    x = np.random.default_rng(1).normal(size=(5, 1, 720, 720)).astype(np.float32)
+    passes = clf.predict_batch(x)
+    assert seen == [2, 2, 2]  # 2 + 2 + the lone last frame run as two
+    monkeypatch.setattr(inference, "CPU_PASS_BYTES", 1 << 40)
+    assert clf.frames_per_pass > 5
+    np.testing.assert_array_equal(clf.predict_batch(x), passes)
+    assert seen[3:] == [5]
+    assert np.ptp(passes, axis=0).max() > 1e-3  # the frames are told apart: equality means something

@@ -24,7 +24,13 @@ from diffscreen.models._api import ModelBundle, load_model
 from diffscreen.preprocess import Preprocessor
 from diffscreen.preprocess.fast import FastPreprocessor
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "CPU_PASS_BYTES"]
+
+#: Input bytes per forward pass on the CPU.  The Ke CNN's first convolution
+#: and pooling run ~3× faster per frame when a pass's input and first feature
+#: map stay in the core's cache: at 720 × 720 on one core (docs/throughput.md),
+#: 3.4 ms per frame in passes of 2 frames against 10 ms in passes of 16.
+CPU_PASS_BYTES = 4 << 20
 
 
 class Classifier:
@@ -75,6 +81,20 @@ class Classifier:
             self._net = self.model
         self.class_names = tuple(self.bundle.class_names)
 
+    @property
+    def frames_per_pass(self) -> int | None:
+        """Most frames :meth:`predict_batch` sends through the network at once; None: no limit.
+
+        On the CPU, as many ``S × S`` float32 inputs as fit in
+        :data:`CPU_PASS_BYTES` (at least 2); on a GPU, no limit (one pass per
+        batch).  The probabilities do not depend on it (see
+        :meth:`predict_batch`).
+        """
+        if self.device.type != "cpu":
+            return None
+        s = int(self.bundle.preprocess.out_size)
+        return max(2, CPU_PASS_BYTES // (4 * s * s))
+
     def preprocess(self, frames) -> np.ndarray:
         """Frames → network input ``(N, 1, S, S)`` float32 (centre crops)."""
         return self.preprocessor(frames)
@@ -99,10 +119,17 @@ class Classifier:
         PyTorch's CPU convolutions take another code path for a batch of one,
         whose results differ in the last bits (a live stream's batches are
         made by arrival, a file's by order; both must give the same scores.csv).
+        On the CPU the batch goes through the network :attr:`frames_per_pass`
+        frames at a time (a last lone frame again as two): the same bits as
+        one pass (tests/test_models.py), with each pass in the cache.
         """
         t = torch.as_tensor(x)
         if len(t) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
+        step = self.frames_per_pass or len(t)
+        return np.concatenate([self._probabilities(t[i : i + step]) for i in range(0, len(t), step)])
+
+    def _probabilities(self, t: torch.Tensor) -> np.ndarray:
         one = len(t) == 1
         if one:
             t = t.expand(2, *t.shape[1:])

@@ -17,9 +17,9 @@ linear contrast) at a fraction of the cost:
 * **Resampling is two sparse matrix products.**  The reference resamples the
   window with ``torch.nn.functional.interpolate`` (bilinear, anti-aliased when
   shrinking).  That operator is separable and linear: ``out = A · win · Aᵀ``
-  with ``A`` the (out_size, side) matrix of one axis.  ``A`` is taken from
-  torch itself (``interpolate`` applied to an identity matrix, so the weights
-  are torch's own, for every zoom, fractional or not, up or down) and stored
+  with ``A`` the (out_size, side) matrix of one axis.  ``A`` holds torch's
+  own weights (written out from its kernel, tested against ``interpolate``
+  for zooms up and down, fractional or not) and is stored
   sparse (≤ 2·side/out_size + 1 non-zeros a row); columns of ``A`` that fall
   outside the frame are dropped instead of padding the window with zeros.
   Agreement with :func:`~diffscreen.preprocess.crop_scaled`: float32
@@ -127,18 +127,64 @@ def crop_plan(shape, centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> Cr
     return CropPlan((int(shape[0]), int(shape[1])), side, x0, y0, int(out_size))
 
 
-@lru_cache(maxsize=4)
-def _matrix_dense(side: int, out_size: int) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+def _interp_weights(side: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and weights of torch's one-axis bilinear resampling ``side`` → ``out_size``.
 
-    eye = torch.eye(side, dtype=torch.float32)[None, None]
-    # resizing only the rows of an identity gives the row operator A (out_size, side):
-    # torch's own weights, so interpolate(win) == A @ win @ A.T up to float32 rounding
-    with torch.no_grad():
-        a = F.interpolate(eye, size=(out_size, side), mode="bilinear", align_corners=False,
-                          antialias=side > out_size)
-    return a[0, 0].numpy().copy()
+    The weights PyTorch's CPU kernel for ``interpolate(..., mode="bilinear",
+    align_corners=False, antialias=side > out_size)`` uses, written out:
+    shrinking, output ``i`` averages the inputs within ``scale`` of its
+    centre ``c = scale·(i + ½)`` with the triangle ``1 − |j + ½ − c| / scale``,
+    normalised to sum 1 (the anti-aliased "PIL" filter); enlarging, the two
+    nearest inputs of ``scale·(i + ½) − ½`` (clamped at 0) with linear
+    weights; ``scale = side / out_size``.  Computed in float32 with torch's
+    roundings, so the weights are torch's to the bit (tests/test_fastpath.py),
+    in O(out_size × non-zeros per row): resampling a ``side × side`` identity
+    instead made every new window side (one per detector distance or photon
+    energy) cost about 8 ms.
+
+    Returns
+    -------
+    rows, cols : (nnz,) int64 ndarray
+    weights : (nnz,) float32 ndarray
+    """
+    f32 = np.float32
+    scale = f32(side) / f32(out_size)
+    i = np.arange(out_size, dtype=f32)
+    if side > out_size:  # anti-aliased triangle of half-width `scale`
+        centre = scale * (i + f32(0.5))
+        lo = np.maximum((centre - scale + f32(0.5)).astype(np.int64), 0)
+        hi = np.minimum((centre + scale + f32(0.5)).astype(np.int64), side)
+        width = int((hi - lo).max())
+        cols = lo[:, None] + np.arange(width)[None, :]
+        u = (cols.astype(f32) - centre[:, None] + f32(0.5)) * (f32(1.0) / scale)
+        w = np.maximum(f32(1.0) - np.abs(u), f32(0.0))
+        w[cols >= hi[:, None]] = 0.0
+        total = np.zeros(out_size, f32)
+        for j in range(width):  # torch's order of summation
+            total += w[:, j]
+        w /= total[:, None]
+    else:  # plain bilinear between the two nearest inputs
+        # one rounding of scale·(i + ½) − ½, as torch's fused multiply-add
+        src = np.maximum((np.float64(scale) * (i + 0.5) - 0.5).astype(f32), f32(0.0))
+        i0 = np.minimum(src.astype(np.int64), side - 1)
+        lam = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0))
+        cols = np.stack([i0, np.minimum(i0 + 1, side - 1)], axis=1)
+        w = np.stack([f32(1.0) - lam, lam], axis=1)
+    rows = np.broadcast_to(np.arange(out_size)[:, None], cols.shape)
+    keep = w > 0
+    return rows[keep], cols[keep], w[keep]
+
+
+@lru_cache(maxsize=64)
+def _full_matrix(side: int, out_size: int):
+    import scipy.sparse as sp
+
+    if side == out_size:
+        return sp.identity(side, dtype=np.float32, format="csr")
+    r, c, w = _interp_weights(side, out_size)
+    a = sp.coo_matrix((w, (r, c)), shape=(out_size, side)).tocsr()
+    a.sum_duplicates()  # enlarging at the last input: both neighbours are the same pixel
+    return a
 
 
 @lru_cache(maxsize=256)
@@ -166,11 +212,7 @@ def resample_matrix(side: int, out_size: int, first: int = 0, end: int | None = 
     import scipy.sparse as sp
 
     end = side if end is None else end
-    if side == out_size:
-        a = sp.identity(side, dtype=np.float32, format="csr")
-    else:
-        a = sp.csr_matrix(_matrix_dense(side, out_size))
-    return sp.csr_matrix(a[:, first:end], dtype=np.float32)
+    return sp.csr_matrix(_full_matrix(side, out_size)[:, first:end], dtype=np.float32)
 
 
 def prepare_region(data, bad=None, out: np.ndarray | None = None, *, invalid: float = 0.0,

@@ -42,7 +42,8 @@ def predict_source(clf, src, indices=None, *, batch_size: int = 16, warnings: di
     indices : sequence of int, optional
         Frames to classify; default all.
     batch_size : int
-        Frames per forward pass.
+        Frames per forward pass at most; on the CPU passes are smaller
+        (``clf.frames_per_pass``), which does not change the probabilities.
     warnings : dict, optional
         Filled with frame index → list of geometry warnings
         (:func:`~diffscreen.preprocess.geometry.geometry_warnings`) for
@@ -73,10 +74,12 @@ def predict_source(clf, src, indices=None, *, batch_size: int = 16, warnings: di
     errors: dict = {}
     window = clf.fast and src.reads_window
     pre = clf.preprocessor
-    buf = np.empty((batch_size, S, S), np.float32)
-    for b in range(0, len(idx), batch_size):
+    # each pass is read, normalised and classified while its crops are still in the cache
+    step = min(batch_size, clf.frames_per_pass or batch_size)
+    buf = np.empty((step, S, S), np.float32)
+    for b in range(0, len(idx), step):
         rows, centres, n = [], [], 0
-        for k in range(b, min(b + batch_size, len(idx))):
+        for k in range(b, min(b + step, len(idx))):
             i = idx[k]
             try:
                 if window:
