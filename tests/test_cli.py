@@ -43,6 +43,33 @@ def test_every_command_is_listed_however_started(module):
     assert "--source" in _help(module, "adapt")
 
 
+def test_help_shows_every_bracketed_text():
+    """Rich markup must not swallow help text in brackets ("pip install 'diffscreen[mpi]'", "[default: 20]")."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from diffscreen.cli import app
+
+    def walk(c, path):
+        yield path, c
+        for name, sub in getattr(c, "commands", {}).items():
+            yield from walk(sub, path + [name])
+
+    bracketed = re.compile(r"\[[A-Za-z#/@][^\]\n]*\]")  # what rich would read as a style tag
+    seen, swallowed = 0, []
+    for path, cmd in walk(typer.main.get_command(app), []):
+        shown = CliRunner().invoke(app, path + ["--help"], env={"COLUMNS": "250"}).output
+        shown = " ".join(re.sub(r"[│╭╮╰╯─]", " ", shown).split())  # the panels' borders out, lines joined
+        for text in [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]:
+            for b in bracketed.findall(text):
+                seen += 1
+                if " ".join(b.split()) not in shown:
+                    swallowed.append((" ".join(path), b))
+    assert seen >= 10 and not swallowed, swallowed
+
+
 def test_simulate_positional_output_is_deprecated(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "old.cxi"), "--frames", "1", "--preset", "wide_hybrid75"]) == 0
     assert "deprecated; use `diffscreen simulate --out" in capsys.readouterr().err

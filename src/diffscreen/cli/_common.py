@@ -26,8 +26,8 @@ EXIT_PARTIAL = 1  # finished, but some frames or files failed
 EXIT_INTERNAL = 4  # a bug in diffscreen: the traceback goes to a file to report
 
 #: --model help, shared by every command that takes a model
-MODEL_HELP = ("Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (360², 2.5× "
-              "faster); default: default.")
+MODEL_HELP = ("Model file (.safetensors), or a bundled model: default (720², most accurate) or fast (240², "
+              "about twice as fast to classify, less accurate: docs/default_model.md); default: default.")
 
 
 class Task(str, Enum):

@@ -44,7 +44,7 @@ def screen(
     min_peaks: Optional[int] = typer.Option(None, help="Peaks that make a hit [10].", rich_help_panel=_PF8),
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="peakfinder8 fast mode (sampled radial statistics).", rich_help_panel=_PF8),
     dials_settings: Optional[Path] = typer.Option(None, help="JSON of DIALS spot-finding settings (diffscreen.baselines.dials.DialsConfig fields).", rich_help_panel=_DIALS),
-    dials_gain: Optional[float] = typer.Option(None, help="Detector gain, ADU per photon [the file's, else 1].", rich_help_panel=_DIALS),
+    dials_gain: Optional[float] = typer.Option(None, help="Detector gain, ADU per photon \\[the file's, else 1].", rich_help_panel=_DIALS),
     task: Task = typer.Option(Task.crystallography, help="crystallography (hit/maybe/miss), cdi (11 multi-label classes, Zimmermann 2019) or diffranet (5 DiffraNet classes, Nawaz 2022; --model from train --task diffranet)."),
     threshold: float = typer.Option(0.5, help="CDI: probability at which a class label is set."),
     model_type: Optional[ModelType] = typer.Option(None, "--model-type", help="Refuse a model file of another architecture (ke2018, rwd1d or alexnet); the file says which it is."),
@@ -53,8 +53,8 @@ def screen(
     reference_path: bool = typer.Option(False, "--reference-path", help="Preprocess and classify the reference way (slower; same answers to 1e-4, see docs/throughput.md)."),
     max_frame_pixels: int = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this (a file's header cannot make diffscreen allocate more)."),
     geom: Optional[Path] = typer.Option(None, "--geom", help="CrystFEL geometry (.geom) of stacked-panel frames (JUNGFRAU, AGIPD, ePix, CSPAD): assemble the panels, mask gaps and bad regions; hits.cxi keeps the stacked panels."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="European XFEL: the inputs are run directories; screen this multi-module detector (source-name prefix, e.g. SPB_DET_AGIPD1M-1), read with EXtra-data, assembled with EXtra-geom (--geom: its CrystFEL geometry for EXtra-geom). Needs pip install 'diffscreen[euxfel]'."),
-    detector_type: Optional[str] = typer.Option(None, "--detector-type", help="With --detector: AGIPD1M, LPD1M, DSSC1M or JUNGFRAU [from the name, else from the run]."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="European XFEL: the inputs are run directories; screen this multi-module detector (source-name prefix, e.g. SPB_DET_AGIPD1M-1), read with EXtra-data, assembled with EXtra-geom (--geom: its CrystFEL geometry for EXtra-geom). Needs pip install 'diffscreen\\[euxfel]'."),
+    detector_type: Optional[str] = typer.Option(None, "--detector-type", help="With --detector: AGIPD1M, LPD1M, DSSC1M or JUNGFRAU \\[from the name, else from the run]."),
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
@@ -97,7 +97,7 @@ def screen(
     scores.csv names the run directory and that number (diffscreen.io.euxfel).
 
     Scale-out: `mpirun -n N diffscreen screen ...` shares the frames among N
-    MPI ranks (needs mpi4py: pip install 'diffscreen[mpi]'); the outputs are
+    MPI ranks (needs mpi4py: pip install 'diffscreen\\[mpi]'); the outputs are
     those of one process.  See docs/scaling.md.
     """
     from diffscreen.screen import screen as run_screen

@@ -16,7 +16,7 @@ def simulate(
     old_out: Optional[Path] = typer.Argument(None, help="Deprecated: the output file; use --out.",
                                              show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output CXI file (.cxi)."),
-    preset: Optional[str] = typer.Option(None, help="Detector/experiment preset (see --list-presets) [rayonix; --task diffranet: rayonix, rayonix_jet and cspad in turn]."),
+    preset: Optional[str] = typer.Option(None, help="Detector/experiment preset (see --list-presets) \\[rayonix; --task diffranet: rayonix, rayonix_jet and cspad in turn]."),
     frames: int = typer.Option(100, "--frames", "-n", min=1, help="Number of frames."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same frames."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
