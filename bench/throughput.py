@@ -517,9 +517,11 @@ def markdown(r: dict) -> str:
         tag = "" if c["required"] else " *(reported)*"
         L.append(f"| {c['check']}{tag} | {c['value']:.4g} | {c['limit']} | {'yes' if c['pass'] else '**no**'} |")
     L += ["", "## Notes", "",
-          "* What a user gets: `screen` with the bundled default model (the *bundled 720* column) is below "
-          "the LCLS-I rate on one core; `screen --model fast` (the *fast 360, 2× pixel* column, a few points "
-          "less accurate, docs/default_model.md) is above it; the *central 360* recipe, which meets every "
+          "* What a user gets: `screen` with the bundled default model (the first section) is below "
+          "the LCLS-I rate on one core; the bundled `fast` model (240 × 240, max-pooled significance input, "
+          "not a column here; a few points less accurate, docs/default_model.md) classifies about 170 "
+          "frames/s (README); the *LCN 360, 2× pixel* column is `fast` before issue 13; the *central 360* "
+          "recipe, which meets every "
           "target, is what `train --input-size 360` trains, but sees only the central ±0.2 Å⁻¹ (spots to "
           "5 Å), too little for small-cell crystals such as thermolysin. More cores or ranks scale all three "
           "(docs/scaling.md).",

@@ -122,6 +122,36 @@ def test_resample_matrix_reproduces_torch_interpolate(side, S):
     np.testing.assert_array_equal(A.toarray(), torch_a.numpy())
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.float32, np.float64])
+def test_max_pool_window_is_the_scatter_of_every_valid_pixel(dtype):
+    """The compiled row-run max-pooling against np.fmax.at, shrinking and enlarging, masks and edge windows."""
+    from reference.pooling import max_pool_reference
+
+    from diffscreen.preprocess.pooling import max_pool_window
+
+    rng = np.random.default_rng(np.dtype(dtype).num)
+    n_nan = 0
+    for trial in range(60):
+        side = int(rng.integers(5, 300))
+        S = int(rng.integers(2, side + 1)) if trial % 4 else int(rng.integers(side + 1, 2 * side + 2))
+        h, w = int(rng.integers(1, side + 1)), int(rng.integers(1, side + 1))
+        r0, c0 = int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
+        if np.dtype(dtype).kind == "u":
+            d = rng.integers(0, 65535, (h, w)).astype(dtype)
+        else:
+            d = rng.normal(0.0, 1000.0, (h, w)).astype(dtype)
+            d[rng.random((h, w)) < 0.01] = np.iinfo(np.int32).min if np.dtype(dtype).kind == "i" else -3e9
+        bad = None if trial % 3 == 0 else rng.random((h, w)) < rng.choice([0.0, 0.3, 0.97])
+        got = max_pool_window(d, bad, side, r0, c0, S)
+        ref = max_pool_reference(d, bad, side, r0, c0, S)
+        np.testing.assert_array_equal(got, ref)
+        n_nan += int(np.isnan(ref).sum())
+    assert n_nan > 0  # footprints with nothing valid were met, and stayed NaN
+    a = np.zeros((6, 6), np.int32)
+    a[4, 1] = 7
+    assert float(max_pool_window(a, None, 6, 0, 0, 3)[2, 0]) == 7.0
+
+
 def test_box_mean_and_fast_lcn_match_scipy_reference():
     rng = np.random.default_rng(1)
     x = rng.gamma(2.0, 20.0, (120, 97)).astype(np.float32)

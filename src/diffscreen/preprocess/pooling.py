@@ -1,4 +1,4 @@
-"""Max-pooling a detector window to the network's pixel grid, in one pass.
+"""Max-pooling a detector window to the network's pixel grid.
 
 Averaging a 1920 × 1920 frame down to a few hundred pixels (the bilinear
 resize of Ke et al. 2018 §2.2) divides a one-pixel Bragg spot's contrast by the
@@ -25,20 +25,52 @@ __all__ = ["max_pool_window"]
 
 
 @njit(cache=True, nogil=True)
-def _scatter_max(data, bad, use_bad, oy, ox, out):
+def _pool_down(data, bad, use_bad, oy, edges, low, out):
+    """Shrinking: region row ``r`` feeds output row ``oy[r]``, region columns ``edges[c]:edges[c+1]`` column ``c``.
+
+    The rows of one output row (a contiguous run: ``oy`` does not decrease)
+    are first reduced column by column over the whole row width, in the
+    data's own type, with masked pixels as ``low`` (below every valid value)
+    and ``found`` recording whether any pixel of a column was valid; then each
+    output pixel takes the maximum of its columns, converted to float32 (a
+    monotonic conversion: the same value as converting first).
+    """
     h, w = data.shape
-    for r in range(h):
+    n_out = edges.shape[0] - 1
+    acc = np.empty(w, data.dtype)
+    found = np.empty(w, np.bool_)
+    r = 0
+    while r < h:
         o = oy[r]
-        if o < 0:
-            continue
+        first = True
+        while r < h and oy[r] == o:
+            if use_bad:
+                for j in range(w):
+                    ok = not bad[r, j]
+                    v = data[r, j] if ok else low
+                    if first:
+                        acc[j] = v
+                        found[j] = ok
+                    else:
+                        acc[j] = max(acc[j], v)
+                        found[j] |= ok
+            else:
+                for j in range(w):
+                    acc[j] = data[r, j] if first else max(acc[j], data[r, j])
+                    found[j] = True
+            first = False
+            r += 1
         row = out[o]
-        for j in range(w):
-            if use_bad and bad[r, j]:
-                continue
-            v = np.float32(data[r, j])
-            c = ox[j]
-            if c >= 0 and (v > row[c] or row[c] != row[c]):  # NaN (empty so far) loses to any value
-                row[c] = v
+        for c in range(n_out):
+            m = low
+            seen = False
+            for j in range(edges[c], edges[c + 1]):
+                m = max(m, acc[j])
+                seen |= found[j]
+            if seen:
+                f = np.float32(m)
+                if f > row[c] or row[c] != row[c]:  # NaN (nothing valid so far) loses to any value
+                    row[c] = f
 
 
 @njit(cache=True, nogil=True)
@@ -109,8 +141,13 @@ def max_pool_window(data, bad, side: int, first_row: int, first_col: int, out_si
     if h == 0 or w == 0:
         return out
     if side >= out_size:
-        _scatter_max(data, b, use_bad, _map_down(side, out_size, first_row, first_row + h),
-                     _map_down(side, out_size, first_col, first_col + w), out)
+        if data.dtype.kind not in "iuf":  # bool, complex, ...: compared as float32, as before
+            data = data.astype(np.float32)
+        cols = _map_down(side, out_size, first_col, first_col + w)
+        edges = np.searchsorted(cols, np.arange(out_size + 1)).astype(np.int64)  # column c: edges[c]:edges[c+1]
+        low = np.iinfo(data.dtype).min if data.dtype.kind in "iu" else -np.inf
+        _pool_down(data, b, use_bad, _map_down(side, out_size, first_row, first_row + h), edges,
+                   data.dtype.type(low), out)
     else:
         _gather(data, b, use_bad, _map_up(side, out_size, first_row, first_row + h),
                 _map_up(side, out_size, first_col, first_col + w), out)
