@@ -161,6 +161,8 @@ def test_box_mean_and_fast_lcn_match_scipy_reference():
         np.testing.assert_allclose(fast_lcn(x.copy(), size=size), lcn(x, size=size), atol=1e-4)
     tiny = x[:3, :4].copy()  # smaller than the box: repeated reflection
     np.testing.assert_allclose(box_mean(tiny, 5), uniform_filter(tiny, 5, mode="reflect"), atol=1e-3)
+    for small in (tiny, x[:2, :50], x[:50, :2]):  # narrower than the box: the numpy path, not the row loop
+        np.testing.assert_allclose(fast_lcn(small.copy(), size=5), lcn(small, size=5), atol=1e-4)
     np.testing.assert_array_equal(fast_lcn(np.zeros((20, 20), np.float32)), 0.0)
     const = np.full((20, 20), 7.0, np.float32)
     np.testing.assert_allclose(fast_lcn(const.copy()), lcn(const), atol=1e-6)

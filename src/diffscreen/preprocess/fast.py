@@ -26,10 +26,11 @@ linear contrast) at a fraction of the cost:
   rounding only (relative 1e-6 of the crop's largest value; the summation
   order differs).
 * **A lean contrast step** per crop (:func:`fast_lcn`): GCN (Eq. 6) and the
-  5 × 5 local step (Eqs. 7–9) in float32, in place, with the box filter as
-  running sums of shifted slices (:func:`box_mean`; the reference's
+  5 × 5 local step (Eqs. 7–9) in float32, the box filter summed row by row
+  in one compiled loop that keeps its rows in the cache (the reference's
   :func:`scipy.ndimage.uniform_filter` with reflected borders is the same
-  filter).  Agreement with :func:`~diffscreen.preprocess.lcn`: 1e-4 absolute
+  filter; 1.7 ms a 720 × 720 crop on one core, against 3.6 ms for whole-array
+  numpy passes, :func:`box_mean`).  Agreement with :func:`~diffscreen.preprocess.lcn`: 1e-4 absolute
   (the reference computes GCN in float64, then rounds).
 
 The linear contrast (Ke Table 8) reuses the reference function on the crop.
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from numba import njit
 
 from diffscreen.errors import BadFrameError, ConfigError
 from diffscreen.io.frame import Frame, FrameMeta
@@ -337,6 +339,62 @@ def box_mean(a: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndar
     return out
 
 
+@njit(cache=True, nogil=True)
+def _reflect(i: int, n: int) -> int:
+    """Index ``i`` of a length-``n`` axis reflected at its ends (``c b a | a b c``), for ``-n <= i < 2n``."""
+    if i < 0:
+        return -i - 1
+    if i >= n:
+        return 2 * n - 1 - i
+    return i
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _local_contrast(x, sq, r, floor2, out, vx, vq, px, pq):
+    """Ke Eqs. 7–9 row by row: ``out = (x − box(x)) / sqrt(max(box(sq) − box(x)², floor2))``.
+
+    ``box`` is the ``(2r+1)²`` mean with reflected borders (:func:`box_mean`'s
+    filter).  For each output row the ``2r+1`` rows around it are summed over
+    the whole width, then the column sums along the row, so every loop runs
+    over a contiguous row held in the cache.  ``vx``, ``vq``: ``(W,)``
+    scratch; ``px``, ``pq``: ``(W + 2r,)``; ``out`` must not be ``x``.
+    """
+    H, W = x.shape
+    size = 2 * r + 1
+    inv = np.float32(1.0 / (size * size))
+    for i in range(H):
+        k0 = _reflect(i - r, H)
+        for j in range(W):
+            vx[j] = x[k0, j]
+            vq[j] = sq[k0, j]
+        for k in range(1, size):
+            kk = _reflect(i - r + k, H)
+            for j in range(W):
+                vx[j] += x[kk, j]
+                vq[j] += sq[kk, j]
+        for j in range(W):
+            px[r + j] = vx[j]
+            pq[r + j] = vq[j]
+        for k in range(r):
+            px[r - 1 - k] = vx[k]
+            pq[r - 1 - k] = vq[k]
+            px[W + r + k] = vx[W - 1 - k]
+            pq[W + r + k] = vq[W - 1 - k]
+        for j in range(W):
+            vx[j] = px[j]
+            vq[j] = pq[j]
+        for k in range(1, size):
+            for j in range(W):
+                vx[j] += px[j + k]
+                vq[j] += pq[j + k]
+        for j in range(W):
+            m = vx[j] * inv
+            var = vq[j] * inv - m * m
+            if var < floor2:  # NaN stays NaN
+                var = floor2
+            out[i, j] = (x[i, j] - m) / np.sqrt(var)
+
+
 def fast_lcn(crop, *, size: int = 5, std_floor: float = 1.0) -> np.ndarray:
     """GCN + LCN of one crop (Ke et al. 2018 Eqs. 6–9), float32, in few passes.
 
@@ -345,8 +403,9 @@ def fast_lcn(crop, *, size: int = 5, std_floor: float = 1.0) -> np.ndarray:
     only mean-subtracted), then ``(x - μ_box) / max(σ_box, std_floor)`` over
     the ``size × size`` box with reflected borders (Eqs. 7–9).  Differences
     from the reference: float32 instead of float64 for the GCN step and
-    float32 running sums for the box filter (:func:`box_mean`), i.e. float32
-    rounding (tests: < 1e-4 absolute).
+    float32 sums for the box filter, computed row by row in a compiled loop
+    (:func:`_local_contrast`; :func:`box_mean` for crops narrower than the
+    box), i.e. float32 rounding (tests: < 1e-4 absolute).
 
     Parameters
     ----------
@@ -394,12 +453,19 @@ def fast_lcn(crop, *, size: int = 5, std_floor: float = 1.0) -> np.ndarray:
         sd = 1.0
     x *= np.float32(1.0 / sd)  # Eq. 6
     sq *= np.float32(1.0 / (sd * sd))
-    both[0] = x
-    m, v = box_mean(both, size, out=_buffer("box", both.shape))  # local mean and mean of squares, Eq. 7
-    m2 = _buffer("m2", x.shape)
-    np.square(m, out=m2)
-    v -= m2
-    # Eqs. 8-9: local std floored, max(sqrt(max(var, 0)), floor) = sqrt(max(var, floor²))
+    # Eqs. 7-9: local mean and mean of squares; the local std floored,
+    # max(sqrt(max(var, 0)), floor) = sqrt(max(var, floor²))
+    r = size // 2
+    H, W = x.shape
+    if H > r and W > r:
+        out = _buffer("lcn", x.shape)
+        _local_contrast(x, sq, r, np.float32(float(std_floor) ** 2), out, _buffer("vx", (W,)), _buffer("vq", (W,)),
+                        _buffer("px", (W + 2 * r,)), _buffer("pq", (W + 2 * r,)))
+        np.copyto(x, out)
+        return x
+    both[0] = x  # a crop narrower than the box: repeated reflection, with box_mean
+    m, v = box_mean(both, size, out=_buffer("box", both.shape))
+    v -= np.square(m)
     torch.from_numpy(v).clamp_min_(float(std_floor) ** 2).sqrt_()
     x -= m
     x /= v
