@@ -26,6 +26,7 @@ import platform
 import socket
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def level(run: str, model: str, workers: int, rate: float, seconds: float, max_b
            "received": s.frames_received, "screened": s.frames_screened, "dropped": s.frames_dropped,
            "failed": s.frames_failed, "latency_p50_s": s.latency_p50_s, "latency_p99_s": s.latency_p99_s,
            "worker_frames_per_s": s.frames_per_s, "wall_s": time.time() - t0, "sustained": ok}
+    shutil.rmtree(out, ignore_errors=True)  # its kept frames' CXI files: gigabytes per level
     print(json.dumps(rec), flush=True)
     return rec
 
@@ -82,12 +84,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=RESULTS, help="JSON output")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/live.md")
     a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="diffscreen-live-bench-") as d:  # removed at the end, whatever happens
+        return _measure(a, Path(d))
 
+
+def _measure(a, work: Path) -> int:
+    """Every configuration's rate ladder on a run simulated in ``work``; writes the JSON and the doc."""
     import torch
 
     from diffscreen.simulate import simulate_run
 
-    work = Path(tempfile.mkdtemp(prefix="diffscreen-live-bench-"))
     mix = None if a.hit_fraction is None else (a.hit_fraction, 0.0, 1.0 - a.hit_fraction)
     run = str(simulate_run("rayonix", a.frames, work / "run.cxi", seed=3, class_fractions=mix))
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, torch "
