@@ -29,9 +29,10 @@ linear contrast) at a fraction of the cost:
   5 × 5 local step (Eqs. 7–9) in float32, the box filter summed row by row
   in one compiled loop that keeps its rows in the cache (the reference's
   :func:`scipy.ndimage.uniform_filter` with reflected borders is the same
-  filter; 1.7 ms a 720 × 720 crop on one core, against 3.6 ms for whole-array
-  numpy passes, :func:`box_mean`).  Agreement with :func:`~diffscreen.preprocess.lcn`: 1e-4 absolute
-  (the reference computes GCN in float64, then rounds).
+  filter; about 2 ms a 720 × 720 crop on one core, against about 4 ms for
+  whole-array numpy passes, :func:`box_mean`).  Agreement with
+  :func:`~diffscreen.preprocess.lcn`: 1e-4 absolute (the reference computes
+  GCN in float64, then rounds).
 
 The linear contrast (Ke Table 8) reuses the reference function on the crop.
 """
