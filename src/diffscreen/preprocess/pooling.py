@@ -133,6 +133,8 @@ def max_pool_window(data, bad, side: int, first_row: int, first_col: int, out_si
     7.0
     """
     data = np.asarray(data)
+    if data.dtype.kind not in "iuf" or data.dtype == np.float16:  # bool, half precision, ...: as float32
+        data = data.astype(np.float32)
     h, w = data.shape
     out = np.empty((out_size, out_size), np.float32) if out is None else out
     out.fill(np.nan)
@@ -141,8 +143,6 @@ def max_pool_window(data, bad, side: int, first_row: int, first_col: int, out_si
     if h == 0 or w == 0:
         return out
     if side >= out_size:
-        if data.dtype.kind not in "iuf":  # bool, complex, ...: compared as float32, as before
-            data = data.astype(np.float32)
         cols = _map_down(side, out_size, first_col, first_col + w)
         edges = np.searchsorted(cols, np.arange(out_size + 1)).astype(np.int64)  # column c: edges[c]:edges[c+1]
         low = np.iinfo(data.dtype).min if data.dtype.kind in "iu" else -np.inf
