@@ -116,6 +116,10 @@ def publish_figures(src, out, names, *, log=print) -> None:
             shutil.copyfile(Path(src) / name, tmp)
 
 
+#: :func:`verdict` of an interval that lies wholly below 0; :func:`findings_lines` looks for it
+OPPOSITE = "the opposite holds"
+
+
 def verdict(iv: dict) -> str:
     """What the 95 % interval of a difference says (an ``interval_record`` of
     :mod:`diffscreen.evaluate.metrics`): "holds" if it lies above 0, "the opposite holds" if below, else
@@ -123,7 +127,7 @@ def verdict(iv: dict) -> str:
     lo, hi = iv["ci95"]
     if not (lo == lo and hi == hi):  # NaN: fewer than two seeds
         return "not testable with one seed"
-    return "holds" if lo > 0 else "the opposite holds" if hi < 0 else "not established (the interval spans 0)"
+    return "holds" if lo > 0 else OPPOSITE if hi < 0 else "not established (the interval spans 0)"
 
 
 def ci_text(iv: dict, nd: int = 3, scale: float = 1.0) -> str:
@@ -245,8 +249,8 @@ def findings_lines(findings: dict, asserted=()) -> list[str]:
                      f"({f['detail']})")
             continue
         rows = "; ".join(f"{k}: {fmt(f['effects'][k])}, {v}" for k, v in f["verdicts"].items())
-        opposite = bool(f["verdicts"]) and all(v == "the opposite holds" for v in f["verdicts"].values())
-        label = "holds" if f["holds"] else "**the opposite holds**" if opposite else "**not established**"
+        opposite = bool(f["verdicts"]) and all(v == OPPOSITE for v in f["verdicts"].values())
+        label = "holds" if f["holds"] else f"**{OPPOSITE}**" if opposite else "**not established**"
         L.append(f"- {label}: {name.replace('_', ' ')}{tag} (held at "
                  f"{f['held_at']} of {f['seeds']} seeds" + (f"; each row's difference, mean (95 % interval): {rows}"
                                                             if rows else "") + ")")
