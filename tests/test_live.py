@@ -176,6 +176,30 @@ def test_watch_screens_each_cbf_once_also_when_written_slowly_and_restarted(tmp_
     assert s2.frames_received == 7 and s2.frames_screened == 7
 
 
+def test_watch_finds_a_file_made_after_its_first_scan_but_before_its_watcher_started(tmp_path, toy_model,
+                                                                                    monkeypatch):
+    """A file written whole between the folder's first scan and the moment the watcher runs makes no event; the
+    watch must still screen it (a race seen in CI, where a loaded machine widened the gap)."""
+    import watchfiles
+
+    from diffscreen.live.watch import watch
+
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+
+    def late_watcher(directory, stop_event=None, **kwargs):  # the file lands before the watcher sees anything
+        _write_cbfs(folder, ["img_gap.cbf"], set(), rng)
+        while not stop_event.is_set():
+            time.sleep(0.05)
+            yield set()
+
+    monkeypatch.setattr(watchfiles, "watch", late_watcher)
+    s = watch(folder, tmp_path / "live", pattern="*.cbf", idle=1.0, model=toy_model, chunk_seconds=0.3, settle=0.2)
+    assert s.frames_received == 1 and s.frames_screened == 1
+    assert [r[0] for r in _rows(tmp_path / "live" / "scores.csv")[1:]] == [str(folder / "img_gap.cbf")]
+
+
 class _Slow:
     """A screening method that takes 0.15 s per batch (a classifier slower than the detector)."""
 

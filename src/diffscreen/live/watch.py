@@ -288,8 +288,12 @@ def watch(directory, out, *, pattern: str = "*", idle: float | None = None, poll
         events = watchfiles.watch(directory, watch_filter=None, stop_event=stop, yield_on_timeout=True,
                                   rust_timeout=200, debounce=100, step=20, force_polling=poll or None,
                                   poll_delay_ms=250, raise_interrupt=True)
+        rescanned = False
         for changes in events:
             now = time.monotonic()
+            if not rescanned:  # the watcher runs from its first yield on: what was made before it started is
+                w.scan()       # seen by this second scan (the first ran before it), or never
+                rescanned = True
             for change, path in changes:
                 if change != watchfiles.Change.deleted:
                     w.touch(path)
