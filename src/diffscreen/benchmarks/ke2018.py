@@ -1,34 +1,27 @@
 """Ke et al. (2018) rerun on simulated beamtimes: ``diffscreen benchmark ke2018``.
 
-The experiments of Ke et al. (2018) §3.3–3.7, on simulated runs of the five
-CXIDB-76 presets (``L498``, ``LG36``, ``LN84``, ``LN83``, ``LO19``; labels are
-the simulator's Ke §3.3.1 spot-count truth, standing in for the expert):
+The experiments of Ke et al. (2018) §3.3–3.7, on simulated runs of the five CXIDB-76 presets (``L498``, ``LG36``,
+``LN84``, ``LN83``, ``LO19``; labels are the simulator's Ke §3.3.1 spot-count truth, standing in for the expert):
 
-* **Table 3** — confusion matrices (hit-or-maybe against miss) of the CNN and
-  of the peer spot-finder (peakfinder8, tuned per preset on validation frames
-  only, as Ke tuned DIALS per run);
-* **Tables 4–6** — a CNN trained on one preset or group, tested on the others
-  (Rayonix against CSPAD);
+* **Table 3** — confusion matrices (hit-or-maybe against miss) of the CNN and of the peer spot-finder (peakfinder8,
+  tuned per preset on validation frames only, as Ke tuned DIALS per run);
+* **Tables 4–6** — a CNN trained on one preset or group, tested on the others (Rayonix against CSPAD);
 * **Table 7** — success rate against training-set size (Rayonix + LG36 pool);
 * **Table 8** — LCN against linear contrast;
 * **Fig. 9** — confidence histograms of the correctly classified test frames;
 * **throughput** of both methods, frames/s on one core.
 
-"Success rate" is Ke Eq. 10 (correct / all test frames) for the keep decision
-(hit + maybe against miss, Ke Eq. 4), the decision a screen makes; the
-three-class accuracy is reported beside it.
+"Success rate" is Ke Eq. 10 (correct / all test frames) for the keep decision (hit + maybe against miss, Ke Eq. 4),
+the decision a screen makes; the three-class accuracy is reported beside it.
 
-Sizing (documented deviations, for a 2-core CPU): the CNN sees 360 × 360
-inputs covering the same resolution range as Ke's 720 × 720 (every input
-pixel is 2 × 2 of Ke's), is trained for fewer epochs, and without random
-crop shifts (centred crops; the simulated beam centre jitters instead).
-Each preset's frames are split 50/20/30 in frame order (fv5080).
+Sizing (documented deviations, for a 2-core CPU): the CNN sees 360 × 360 inputs covering the same resolution range
+as Ke's 720 × 720 (every input pixel is 2 × 2 of Ke's), is trained for fewer epochs, and without random crop shifts
+(centred crops; the simulated beam centre jitters instead). Each preset's frames are split 50/20/30 in frame order
+(fv5080).
 
-Layers: :func:`simulate_preset` (data: simulate, preprocess, count peaks;
-cached under the work folder; :func:`simulate_presets` for several),
-:func:`train_group` (one cached CNN on a preset or group),
-:func:`run` (the experiments, in parallel over ``workers`` processes),
-:func:`write_report`.
+Layers: :func:`simulate_preset` (data: simulate, preprocess, count peaks; cached under the work folder;
+:func:`simulate_presets` for several), :func:`train_group` (one cached CNN on a preset or group), :func:`run` (the
+experiments, in parallel over ``workers`` processes), :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -36,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -61,9 +55,8 @@ _MODEL_VERSION = 2  # of the training code (2: per-batch random flips/rotations)
 RAYONIX = ("LN84", "LN83", "LO19")
 CSPAD = ("LG36", "L498")
 
-#: Ke Table 2: the DIALS spot-finding settings set by hand per run (gain ADU/photon,
-#: global threshold ADU, sigma strong, minimum spot area px), applied to peakfinder8
-#: as ADC threshold, minimum SNR and minimum pixel count ("Ke protocol").
+#: Ke Table 2: the DIALS spot-finding settings set by hand per run (gain ADU/photon, global threshold ADU, sigma strong,
+#: minimum spot area px), applied to peakfinder8 as ADC threshold, minimum SNR and minimum pixel count ("Ke protocol").
 KE_TABLE2 = {
     "L498": (4.55, 100, 6, 3),
     "LG36": (15.64, 100, 3, 2),
@@ -114,11 +107,10 @@ class Settings:
     input_size : int
         CNN input side (Ke: 720).
     scale : float
-        Reciprocal-space size of an input pixel relative to Ke's (1 = Ke's
-        2 × 2-binned LN84 pixel; ``720 / input_size`` covers Ke's whole
-        q-range at a coarser pixel).  At 1 a smaller input sees the inner,
-        low-resolution part of the pattern at Ke's pixel size, where 1–3 px
-        spots stay visible and Bragg spots are densest.
+        Reciprocal-space size of an input pixel relative to Ke's (1 = Ke's 2 × 2-binned LN84 pixel; ``720 /
+        input_size`` covers Ke's whole q-range at a coarser pixel).  At 1 a smaller input sees the inner,
+        low-resolution part of the pattern at Ke's pixel size, where 1–3 px spots stay visible and Bragg spots are
+        densest.
     epochs, batches_per_epoch, batch_size : int
         Training length (Ke: 120 × 100 × 64).
     lr_start, lr_end : float
@@ -132,15 +124,14 @@ class Settings:
     n_throughput : int
         Frames timed per method.
     augment : bool
-        Show every training frame in a random one of its 8 flips/rotations
-        (a diffraction pattern's Bragg spots look alike in all of them),
-        standing in for Ke's random-crop augmentation.
+        Show every training frame in a random one of its 8 flips/rotations (a diffraction pattern's Bragg spots look
+        alike in all of them), standing in for Ke's random-crop augmentation.
     class_fractions : (float, float, float) or None
-        Hit / maybe / miss fractions of the simulated runs; None = each
-        preset's real annotation counts (Ke's class imbalance).
+        Hit / maybe / miss fractions of the simulated runs; None = each preset's real annotation counts (Ke's class
+        imbalance).
     seed : int
-        Seed of the run; each preset's simulator draws from its own stream
-        (:func:`preset_seed`), so presets share no random draws.
+        Seed of the run; each preset's simulator draws from its own stream (:func:`preset_seed`), so presets share
+        no random draws.
     """
 
     presets: tuple = ("L498", "LG36", "LN84", "LN83", "LO19")
@@ -181,18 +172,15 @@ def preprocess_configs(settings: Settings):
 
 def _split_of(n: int) -> np.ndarray:
     """0 = train, 1 = validation, 2 = test: 50/20/30 in frame order (fv5080)."""
-    split = np.full(n, 2, np.int8)
-    split[: int(round(0.5 * n))] = 0
-    split[int(round(0.5 * n)) : int(round(0.7 * n))] = 1
-    return split
+    a, b = int(round(0.5 * n)), int(round(0.7 * n))
+    return np.repeat(np.arange(3, dtype=np.int8), [a, b - a, n - b])
 
 
 def preset_seed(seed: int, preset: str) -> int:
     """The simulator seed of ``preset``'s run in a benchmark of seed ``seed``: a 32-bit hash of both.
 
-    Frame ``i`` of a simulated run draws from ``default_rng([seed, i])``
-    (:class:`diffscreen.simulate.Simulator`); were every preset simulated with
-    the benchmark's seed, frame ``i`` of each would share its draws (crystal
+    Frame ``i`` of a simulated run draws from ``default_rng([seed, i])`` (:class:`diffscreen.simulate.Simulator`);
+    were every preset simulated with the benchmark's seed, frame ``i`` of each would share its draws (crystal
     orientation, class, noise) with frame ``i`` of the others.
     """
     return int(np.random.SeedSequence([int(seed), zlib.crc32(preset.encode())]).generate_state(1)[0])
@@ -201,24 +189,20 @@ def preset_seed(seed: int, preset: str) -> int:
 def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) -> dict:
     """Simulate one preset's run and turn it into benchmark data (cached).
 
-    Frames are simulated one at a time (bounded memory), preprocessed both
-    ways (LCN and linear contrast) into float16 inputs, and the spot-finder
-    is run in two ways, each tuned on the first ``n_tune`` validation frames
-    (:func:`~diffscreen.baselines.tune_peakfinder8`) and then applied to every
-    test frame:
+    Frames are simulated one at a time (bounded memory), preprocessed both ways (LCN and linear contrast) into
+    float16 inputs, and the spot-finder is run in two ways, each tuned on the first ``n_tune`` validation frames
+    (:func:`~diffscreen.baselines.tune_peakfinder8`) and then applied to every test frame:
 
-    * ``ke``: Ke's protocol — the spot-finding settings of Ke Table 2 fixed
-      by hand for the run (:data:`KE_TABLE2`), only the hit threshold tuned;
-    * ``tuned``: the best case for the spot-finder — ADC threshold and
-      minimum SNR tuned on a grid too.
+    * ``ke``: Ke's protocol — the spot-finding settings of Ke Table 2 fixed by hand for the run
+      (:data:`KE_TABLE2`), only the hit threshold tuned;
+    * ``tuned``: the best case for the spot-finder — ADC threshold and minimum SNR tuned on a grid too.
 
     Returns
     -------
     dict
-        ``x_lcn``, ``x_linear`` (N, 1, S, S) float16; ``labels`` (N,) int
-        (index into hit/maybe/miss); ``split`` (N,) int8; ``n_spots`` (N,);
-        ``pf8_ke``, ``pf8_tuned`` (N,) float peak counts (NaN outside the
-        test split); ``pf8`` the two tuned settings; ``seconds``.
+        ``x_lcn``, ``x_linear`` (N, 1, S, S) float16; ``labels`` (N,) int (index into hit/maybe/miss); ``split``
+        (N,) int8; ``n_spots`` (N,); ``pf8_ke``, ``pf8_tuned`` (N,) float peak counts (NaN outside the test split);
+        ``pf8`` the two tuned settings; ``seconds``.
     """
     from diffscreen.baselines import Peakfinder8, Peakfinder8Config, tune_peakfinder8
     from diffscreen.preprocess import Preprocessor
@@ -229,38 +213,33 @@ def simulate_preset(preset: str, settings: Settings, work: Path, progress=None) 
     meta_path = cache / "meta.json"  # written last: marks the cache complete
     if meta_path.exists():
         data = {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in _ARRAYS}
-        data.update(json.loads(meta_path.read_text()))
-        return data
-    t0 = time.time()
-    n, S = settings.n_frames, settings.input_size
+        return {**data, **json.loads(meta_path.read_text())}
+    t0, n, S = time.time(), settings.n_frames, settings.input_size
     split = _split_of(n)
     prep = dict(zip(("x_lcn", "x_linear"), (Preprocessor(c) for c in preprocess_configs(settings))))
-    arrays = {"x_lcn": np.zeros((n, 1, S, S), np.float16), "x_linear": np.zeros((n, 1, S, S), np.float16),
-              "labels": np.zeros(n, np.int64), "split": split, "n_spots": np.zeros(n, np.int64),
-              "pf8_ke": np.full(n, np.nan), "pf8_tuned": np.full(n, np.nan)}  # fmt: skip
+    arrays = {**{k: np.zeros((n, 1, S, S), np.float16) for k in prep}, "labels": np.zeros(n, np.int64),
+              "split": split, "n_spots": np.zeros(n, np.int64), "pf8_ke": np.full(n, np.nan),
+              "pf8_tuned": np.full(n, np.nan)}  # fmt: skip
     sim = Simulator(preset, seed=preset_seed(settings.seed, preset), class_fractions=settings.class_fractions)
-    tune_frames, tune_labels, finders, pf8 = [], [], None, {}
     gain, adc, snr, area = KE_TABLE2[preset]
-    ke_base = Peakfinder8Config(adc_threshold=adc, min_snr=snr, min_pixel_count=area, max_pixel_count=60)
-    grid_base = Peakfinder8Config(max_pixel_count=60)
+    grids = {"ke": (Peakfinder8Config(adc_threshold=adc, min_snr=snr, min_pixel_count=area, max_pixel_count=60),
+                    dict(adc_thresholds=(adc,), min_snrs=(snr,))),
+             "tuned": (Peakfinder8Config(max_pixel_count=60),
+                       dict(adc_sigmas=settings.pf8_adc_sigmas, min_snrs=settings.pf8_min_snrs))}  # fmt: skip
+    tune_frames, tune_labels, finders, pf8 = [], [], {}, {}
     for i in range(n):
         sf = sim.frame(i)
         fr = sf.to_frame()
         for key, pre in prep.items():
             arrays[key][i] = pre([fr])[0]
-        arrays["labels"][i] = CLASSES.index(sf.label)
-        arrays["n_spots"][i] = sf.n_spots
+        arrays["labels"][i], arrays["n_spots"][i] = CLASSES.index(sf.label), sf.n_spots
         if split[i] == 1 and len(tune_frames) < settings.n_tune:
             tune_frames.append(fr)
             tune_labels.append(sf.label)
         if split[i] == 2:
-            if finders is None:
-                finders = {}
+            if not finders:  # the first test frame: tune on the validation frames
                 can_tune = "miss" in tune_labels and len(set(tune_labels)) > 1
-                for name, base, kw in (
-                    ("ke", ke_base, dict(adc_thresholds=(adc,), min_snrs=(snr,))),
-                    ("tuned", grid_base, dict(adc_sigmas=settings.pf8_adc_sigmas, min_snrs=settings.pf8_min_snrs)),
-                ):
+                for name, (base, kw) in grids.items():
                     cfg, grid = tune_peakfinder8(tune_frames, tune_labels, base=base, seed=settings.seed, **kw) \
                         if can_tune else (base, [])
                     finders[name] = Peakfinder8(cfg, seed=settings.seed)
@@ -286,9 +265,8 @@ def _stack(data: dict, presets, key: str, split: int) -> np.ndarray:
 def train_group(name: str, presets, contrast: str, size, settings: Settings, work: Path) -> tuple[str, str]:
     """Train (or reuse) the CNN ``name`` on the training splits of ``presets`` (one worker process's job).
 
-    ``contrast`` is ``"lcn"`` or ``"linear"``; ``size`` (Table 7) sub-selects
-    that many training frames at random, keeping the class ratio (None: all).
-    Models are cached under ``work/models_<hash of settings>``.
+    ``contrast`` is ``"lcn"`` or ``"linear"``; ``size`` (Table 7) sub-selects that many training frames at random,
+    keeping the class ratio (None: all). Models are cached under ``work/models_<hash of settings>``.
 
     Returns
     -------
@@ -304,12 +282,11 @@ def train_group(name: str, presets, contrast: str, size, settings: Settings, wor
     x, y = _stack(data, presets, f"x_{contrast}", 0), _stack(data, presets, "labels", 0)
     if size is not None and size < len(x):  # Table 7: random sub-selection keeping the class ratio
         rng = np.random.default_rng(settings.seed + size)
-        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(size * (y == c).mean())), replace=False)
-                              for c in range(3) if (y == c).any()])  # fmt: skip
-        x, y = x[np.sort(idx)], y[np.sort(idx)]
+        idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), int(round(size * (y == c).mean())),
+                                                 replace=False) for c in range(3) if (y == c).any()]))
+        x, y = x[idx], y[idx]
     desc = {"presets": list(presets), "n_train": int(len(x)), "simulated": True, "seed": settings.seed,
             "augment": "random flip/rotation by 90° per sample" if settings.augment else None}  # fmt: skip
-
     path = work / f"models_{digest({**asdict(settings), 'v': _MODEL_VERSION})}" / f"{name}.safetensors"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,19 +313,18 @@ def simulate_presets(presets, settings: Settings, work: Path, workers: int) -> t
 #: Table 3's DIALS columns: :func:`dials_configs` name → column title.
 _DIALS_COLUMNS = {"default": "DIALS, defaults", "ke": "DIALS, Ke Table 2"}
 #: The spot-finders the CNN is held against in ``cnn_beats_strongest_spotfinder``: Table 3 key → name.
-_SPOT_FINDERS = {"pf8_tuned": "tuned peakfinder8", "dials_default": "DIALS (defaults)", "dials_ke": "DIALS (Ke Table 2)"}
+_SPOT_FINDERS = {"pf8_tuned": "tuned peakfinder8", "dials_default": "DIALS (defaults)",
+                 "dials_ke": "DIALS (Ke Table 2)"}
 
 
 def dials_configs(preset: str) -> dict:
     """The two DIALS settings of Table 3's spot-finder columns for ``preset``
     (:class:`~diffscreen.baselines.dials.DialsConfig`; both with Ke's fixed hit rule, ≥ 10 spots hit, ≥ 4 maybe):
 
-    * ``default``: ``dials.find_spots``'s defaults with the run's gain (Ke
-      Table 2's, as a user sets it for the detector; the gain is not a tuned
-      setting, and DIALS without it treats ADU as photons);
-    * ``ke``: Ke Table 2's hand-set settings for the run (:data:`KE_TABLE2`):
-      gain, global threshold (ADU, here in photons: divided by the gain),
-      sigma strong and minimum spot area.
+    * ``default``: ``dials.find_spots``'s defaults with the run's gain (Ke Table 2's, as a user sets it for the
+      detector; the gain is not a tuned setting, and DIALS without it treats ADU as photons);
+    * ``ke``: Ke Table 2's hand-set settings for the run (:data:`KE_TABLE2`): gain, global threshold (ADU, here in
+      photons: divided by the gain), sigma strong and minimum spot area.
     """
     from diffscreen.baselines.dials import DialsConfig
 
@@ -360,14 +336,14 @@ def dials_configs(preset: str) -> dict:
 def dials_counts(preset: str, settings: Settings, work: Path) -> dict:
     """DIALS's spot count on each test frame of ``preset``'s run, for each of :func:`dials_configs` (cached).
 
-    The frames are simulated again (frame ``i`` is the same as in
-    :func:`simulate_preset`, which keeps only the network inputs).
+    The frames are simulated again (frame ``i`` is the same as in :func:`simulate_preset`, which keeps only the
+    network inputs).
 
     Returns
     -------
     dict
-        config name → (n_test,) int64 spot counts, in frame order; -1
-        where DIALS failed on the frame (such a frame is not kept).
+        config name → (n_test,) int64 spot counts, in frame order; -1 where DIALS failed on the frame (such a frame
+        is not kept).
 
     Raises
     ------
@@ -385,8 +361,8 @@ def dials_counts(preset: str, settings: Settings, work: Path) -> dict:
     idx = np.flatnonzero(_split_of(settings.n_frames) == 2)
     sim = Simulator(preset, seed=preset_seed(settings.seed, preset), class_fractions=settings.class_fractions)
     counts = {k: np.zeros(len(idx), np.int64) for k in configs}
-    finders = {k: DialsSpotFinder(c) for k, c in configs.items()}
-    try:
+    with ExitStack() as stack:
+        finders = {k: stack.enter_context(DialsSpotFinder(c)) for k, c in configs.items()}
         for j, i in enumerate(idx):
             frame = sim.frame(int(i)).to_frame()
             for k, finder in finders.items():
@@ -394,32 +370,26 @@ def dials_counts(preset: str, settings: Settings, work: Path) -> dict:
                     counts[k][j] = finder.find_spots(frame)["n_spots"]
                 except DialsError:
                     counts[k][j] = -1
-    finally:
-        for finder in finders.values():
-            finder.close()
     with temporary_path(cache) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **counts)
     return counts
 
 
 def _dials_available() -> bool:
+    """Whether DIALS is installed (:func:`~diffscreen.baselines.dials.find_dials_python`)."""
     from diffscreen.baselines.dials import find_dials_python
 
     try:
-        find_dials_python()
+        return bool(find_dials_python())  # the path of DIALS's Python
     except ConfigError:
         return False
-    return True
 
 
 def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> dict:
-    """Frames/s on one core: CNN screening (preprocess + classify) and peakfinder8 (normal and fast)."""
-    import torch
-
+    """Frames/s on one core (run sets torch's threads): CNN (preprocess + classify) and peakfinder8 (normal, fast)."""
     from diffscreen.baselines import Peakfinder8, Peakfinder8Config
     from diffscreen.models.inference import Classifier
 
-    torch.set_num_threads(1)
     sim = Simulator(preset, seed=settings.seed + 1)
     frames = [sim.frame(i).to_frame() for i in range(settings.n_throughput)]
     centre = frames[0].meta.beam_centre_px
@@ -428,13 +398,12 @@ def _throughput(settings: Settings, model_path: Path, preset: str = "LN84") -> d
     out = {"preset": preset, "frame_shape": list(frames[0].shape), "frames": len(frames)}
     for key, clf in (("cnn_fps", Classifier(model_path)), ("cnn720_fps", Classifier())):
         out[key] = rate(lambda f: clf.predict([f]), frames)  # noqa: B023 - called at once
-    for fast in (False, True):
-        pf = Peakfinder8(Peakfinder8Config(adc_threshold=50, fast_mode=fast))
-        out["pf8_fast_fps" if fast else "pf8_fps"] = rate(pf.find_peaks, frames)
+    for key, fast in (("pf8_fps", False), ("pf8_fast_fps", True)):
+        out[key] = rate(Peakfinder8(Peakfinder8Config(adc_threshold=50, fast_mode=fast)).find_peaks, frames)
     return out
 
 
-def _jobs(st: Settings, ray: tuple, lin_targets: list) -> list:
+def _jobs(st: Settings, ray: tuple, lin_targets) -> list:
     """(name, presets, contrast, size) of every CNN the tables need: per preset, Rayonix groups, Table 7, Table 8."""
     jobs = [(p, (p,), "lcn", None) for p in st.presets]
     if len(ray) > 1:
@@ -454,21 +423,20 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     Parameters
     ----------
     out_dir : str or Path
-        Where ``ke2018.md``, ``ke2018.json`` and the PNG figures go (the
-        documented full run writes to ``docs/benchmarks``).
+        Where ``ke2018.md``, ``ke2018.json`` and the PNG figures go (the documented full run writes to
+        ``docs/benchmarks``).
     quick : bool
         The CI-sized run (:data:`QUICK`): two presets, small models.
     work : str or Path, optional
-        Cache of simulated data and trained models (default ``OUT/work``);
-        a rerun reuses what is there, so an interrupted run resumes.
+        Cache of simulated data and trained models (default ``OUT/work``); a rerun reuses what is there, so an
+        interrupted run resumes.
     workers : int
         Processes for simulation and training.
     settings : Settings, optional
         Overrides :data:`FULL` / :data:`QUICK`.
     annotations : str or Path, optional
-        The CXIDB-76 annotation folder: when it exists, Table 3's automatic
-        spot-finding column and Fig. 7 are computed from the real expert and
-        DIALS labels (:func:`annotation_table`).
+        The CXIDB-76 annotation folder: when it exists, Table 3's automatic spot-finding column and Fig. 7 are
+        computed from the real expert and DIALS labels (:func:`annotation_table`).
     log : callable
 
     Returns
@@ -479,7 +447,7 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     import torch
 
     st = settings or (QUICK if quick else FULL)
-    unknown = set(st.presets) - {"L498", "LG36", "LN84", "LN83", "LO19"}
+    unknown = set(st.presets) - set(KE_TABLE2)
     if unknown:
         raise ConfigError(f"ke2018 benchmark presets must be CXIDB-76 runs; unknown {sorted(unknown)}")
     out, work, results = start(out_dir, work, st, quick)
@@ -497,12 +465,13 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
 
     ray = tuple(p for p in RAYONIX if p in st.presets)
     group_rayonix = "Rayonix" if len(ray) > 1 else (ray[0] if ray else None)
-    lin_targets = ([("Rayonix", ray)] if ray else []) + [(p, (p,)) for p in CSPAD if p in st.presets]
-    jobs = _jobs(st, ray, lin_targets)
+    # the test sets of Tables 5-8 (the Rayonix presets together, each CSPAD preset) and their models trained on them
+    tests = {**({"Rayonix": ray} if ray else {}), **{p: (p,) for p in CSPAD if p in st.presets}}
+    train_names = {"Rayonix": group_rayonix, **{p: p for p in CSPAD if p in st.presets}}
+    jobs = _jobs(st, ray, tests.items())
     log(f"training {len(jobs)} CNNs on {workers} processes")
     models = dict(pool_map(train_group, [(*j, st, work) for j in jobs], workers))
-    torch.set_num_threads(1)
-
+    torch.set_num_threads(1)  # the predictions, and the throughput on one core
     preds: dict = {}
 
     def score(model, presets, contrast="lcn"):
@@ -510,6 +479,9 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         if key not in preds:
             preds[key] = predict(models[model], _stack(data, presets, f"x_{contrast}", 2))
         return keep_scores(preds[key], _stack(data, presets, "labels", 2))
+
+    def success(model, key="success_rate", only=tuple(tests)):
+        return {t: score(model, ps)[key] for t, ps in tests.items() if t in only}
 
     # Table 3, and Fig. 9's confidences of the correctly decided test frames (each preset's own CNN)
     t3, fig9 = {}, {}
@@ -521,37 +493,25 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
         t3[p] = {"cnn": cnn, "keep_recall_cnn": cnn["kept_of_hit_or_maybe"],
                  "hit_recall_cnn": percent_of(keep_pred, y == 0)}  # fmt: skip
         for name in ("ke", "tuned"):
-            kept = d[f"pf8_{name}"][te] >= d["pf8"][name]["settings"]["min_peaks"]
-            t3[p][f"pf8_{name}"] = {**_kept_scores(kept, y), "settings": d["pf8"][name]["settings"]}
-        rules = dials_configs(p) if p in dials else {}
+            pf = d["pf8"][name]["settings"]
+            t3[p][f"pf8_{name}"] = {**_kept_scores(d[f"pf8_{name}"][te] >= pf["min_peaks"], y), "settings": pf}
         for name, counts in dials.get(p, {}).items():
-            t3[p][f"dials_{name}"] = {**_kept_scores(counts >= rules[name].maybe_spots, y),
+            t3[p][f"dials_{name}"] = {**_kept_scores(counts >= dials_configs(p)[name].maybe_spots, y),
                                       "failed": int((counts < 0).sum())}
         fig9[p] = {"miss": pr[(~keep_pred) & (~keep_true), 2].tolist(),
                    "hit_or_maybe": (pr[:, 0] + pr[:, 1])[keep_pred & keep_true].tolist()}  # fmt: skip
     results["table3"] = t3
-    # Table 4: Rayonix presets against each other
-    results["table4"] = {a: {b: score(a, (b,))["success_rate"] for b in ray} for a in ray}
-    # Tables 5-6: groups
-    tests = {**({"Rayonix": ray} if group_rayonix else {}), **{p: (p,) for p in CSPAD if p in st.presets}}
-    train_names = {"Rayonix": group_rayonix, **{p: p for p in CSPAD if p in st.presets}}
-
-    def success(model, key="success_rate", only=tuple(tests)):
-        return {t: score(model, ps)[key] for t, ps in tests.items() if t in only}
-
+    results["table4"] = {a: {b: score(a, (b,))["success_rate"] for b in ray} for a in ray}  # Rayonix against Rayonix
     results["table5"] = {g: success(train_names[g]) for g in tests}
     results["table5_balanced"] = {g: success(train_names[g], "balanced_success") for g in tests}
     results["table6"] = {name: success(m) for name, m in (("Rayonix", group_rayonix), ("Rayonix+LG36", "Rayonix+LG36"),
                                                           ("Rayonix+LG36+L498", "Rayonix+LG36+L498")) if m in models}
-    # Table 7: training-set size
-    t7 = {n: success(f"size{n}", only=("Rayonix", "LG36")) for n in st.train_sizes}
-    if "Rayonix+LG36" in models:
-        n_all = int(sum((data[p]["split"] == 0).sum() for p in ray + ("LG36",)))
-        t7[n_all] = success("Rayonix+LG36", only=("Rayonix", "LG36"))
-    results["table7"] = t7
-    # Table 8: linear contrast against LCN
-    results["table8"] = {}
-    for name, ps in lin_targets:
+    sizes = {n: f"size{n}" for n in st.train_sizes}  # Table 7: training-set size -> model
+    if "Rayonix+LG36" in models:  # the whole pool
+        sizes[int(sum((data[p]["split"] == 0).sum() for p in ray + ("LG36",)))] = "Rayonix+LG36"
+    results["table7"] = {n: success(m, only=("Rayonix", "LG36")) for n, m in sizes.items()}
+    results["table8"] = {}  # linear contrast against LCN
+    for name, ps in tests.items():
         lin, lc = score(f"linear_{name}", ps, "linear"), score(train_names[name], ps)
         results["table8"][name] = {"linear": lin["success_rate"], "lcn": lc["success_rate"],
                     "linear_balanced": lin["balanced_success"], "lcn_balanced": lc["balanced_success"]}  # fmt: skip
@@ -573,8 +533,8 @@ FIG7_EDGES = [0, 1, *np.unique(np.round(np.logspace(0, 4, 33))).astype(int)[1:].
 def annotation_table(folder) -> dict:
     """Table 3's spot-finder column and Fig. 7's histograms from the real CXIDB-76 annotations (Ke §3.3).
 
-    :func:`diffscreen.evaluate.labelled.annotation_spotfinder`, with the spot
-    counts binned on :data:`FIG7_EDGES` per expert class.
+    :func:`diffscreen.evaluate.labelled.annotation_spotfinder`, with the spot counts binned on :data:`FIG7_EDGES`
+    per expert class.
     """
     from diffscreen.evaluate.labelled import annotation_spotfinder
 
@@ -602,7 +562,6 @@ _QUICK_NOTE = ("`--quick` exits 1 unless the finding marked *asserted* holds: th
                "seeds against the quick CNN's 83.3, 97.4 and 85.4 %. The other findings need the full size "
                "(`diffscreen benchmark ke2018`).")
 
-
 #: Version of a full run's results (2: Table 3's DIALS columns): a seed's cached results of another version
 #: are made again (from the cached data and models).
 _RESULTS_VERSION = 2
@@ -621,11 +580,10 @@ def run_seeds(out_dir, n_seeds: int = 3, *, work=None, workers: int = 2, annotat
     out_dir : str or Path
         Where ``ke2018.md`` / ``.json`` and the figures go (the first seed's figures).
     n_seeds : int
-        At least 3 for an interval.  Each seed simulates its own runs
-        (:func:`preset_seed`), splits and weights.
+        At least 3 for an interval.  Each seed simulates its own runs (:func:`preset_seed`), splits and weights.
     work : str or Path, optional
-        Cache of data, models and each seed's results (default ``OUT/work``;
-        ``benchmark xie2022`` reuses its data and CNNs); reruns resume.
+        Cache of data, models and each seed's results (default ``OUT/work``; ``benchmark xie2022`` reuses its data
+        and CNNs); reruns resume.
     workers : int
     annotations : str or Path, optional
         As in :func:`run` (the real labels are the same at every seed).
@@ -634,8 +592,7 @@ def run_seeds(out_dir, n_seeds: int = 3, *, work=None, workers: int = 2, annotat
     Returns
     -------
     dict
-        :func:`diffscreen.benchmarks._harness.across` of the seeds' results,
-        as written to ``ke2018.json``.
+        :func:`diffscreen.benchmarks._harness.across` of the seeds' results, as written to ``ke2018.json``.
     """
     out = Path(out_dir)
     work = Path(work) if work else out / "work"
@@ -651,23 +608,19 @@ def run_seeds(out_dir, n_seeds: int = 3, *, work=None, workers: int = 2, annotat
 def check_findings(results: dict) -> dict:
     """The qualitative findings of Ke et al. (2018) that the benchmark must reproduce.
 
-    * ``cnn_beats_spotfinder_on_weak_spots`` — on the weak-spot presets the
-      CNN keeps more of the hit-or-maybe frames than peakfinder8 run as Ke ran
-      DIALS (Table 3);
-    * ``lcn_beats_linear`` — the mean success rate over the Table 8 test sets is
-      higher with LCN than with linear contrast;
-    * ``cross_detector_drop`` — a model trained on Rayonix presets does worse on
-      CSPAD than the CSPAD model, and vice versa (Table 5);
-    * ``cnn_beats_strongest_spotfinder`` — Table 3 against the strongest
-      spot-finder on each preset: the CNN's balanced success beats the best
-      of peakfinder8 with its ADC threshold, minimum SNR and peak count all
-      tuned on the validation frames and DIALS with its defaults or Ke
-      Table 2's settings (those that ran; not asserted).
+    * ``cnn_beats_spotfinder_on_weak_spots`` — on the weak-spot presets the CNN keeps more of the hit-or-maybe
+      frames than peakfinder8 run as Ke ran DIALS (Table 3);
+    * ``lcn_beats_linear`` — the mean success rate over the Table 8 test sets is higher with LCN than with linear
+      contrast;
+    * ``cross_detector_drop`` — a model trained on Rayonix presets does worse on CSPAD than the CSPAD model, and
+      vice versa (Table 5);
+    * ``cnn_beats_strongest_spotfinder`` — Table 3 against the strongest spot-finder on each preset: the CNN's
+      balanced success beats the best of peakfinder8 with its ADC threshold, minimum SNR and peak count all tuned
+      on the validation frames and DIALS with its defaults or Ke Table 2's settings (those that ran; not asserted).
 
-    The last two compare *balanced* success rates (the mean of the kept
-    fraction of hit-or-maybe frames and the rejected fraction of misses), so
-    that a model which calls every frame a miss cannot win on a run that is
-    mostly misses.
+    The last two compare *balanced* success rates (the mean of the kept fraction of hit-or-maybe frames and the
+    rejected fraction of misses), so that a model which calls every frame a miss cannot win on a run that is mostly
+    misses.
 
     Returns
     -------
@@ -676,20 +629,18 @@ def check_findings(results: dict) -> dict:
         (:func:`diffscreen.benchmarks._harness.findings`)
     """
     t3, t8, t5 = results["table3"], results["table8"], results["table5_balanced"]
-    weak = [(p, t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"])
-            for p in WEAK_SPOT_PRESETS if p in t3]  # fmt: skip
+    weak = [(f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f, f"{p}: CNN - peakfinder8", c - f)
+            for p in WEAK_SPOT_PRESETS if p in t3
+            for c, f in [(t3[p]["keep_recall_cnn"], t3[p]["pf8_ke"]["kept_of_hit_or_maybe"])]]
     contrast = []
     if t8:
         lcn, lin = (float(np.mean([r[k] for r in t8.values()])) for k in ("lcn_balanced", "linear_balanced"))
         contrast = [(f"mean balanced success LCN {lcn:.1f}% vs linear {lin:.1f}%", lcn > lin, "LCN - linear",
                      lcn - lin)]
-    drops = []
-    for c in (p for p in CSPAD if p in t5 and "Rayonix" in t5):
-        drops += [(f"Rayonix->{c} {t5['Rayonix'][c]:.0f} < {c}->{c} {t5[c][c]:.0f}", t5["Rayonix"][c] < t5[c][c],
-                   f"{c}->{c} - Rayonix->{c}", t5[c][c] - t5["Rayonix"][c]),
-                  (f"{c}->Rayonix {t5[c]['Rayonix']:.0f} < Rayonix->Rayonix {t5['Rayonix']['Rayonix']:.0f}",
-                   t5[c]["Rayonix"] < t5["Rayonix"]["Rayonix"], f"Rayonix->Rayonix - {c}->Rayonix",
-                   t5["Rayonix"]["Rayonix"] - t5[c]["Rayonix"])]  # fmt: skip
+    # each a->b (trained on a, tested on b) against b->b: Rayonix->CSPAD and CSPAD->Rayonix
+    drops = [(f"{a}->{b} {t5[a][b]:.0f} < {b}->{b} {t5[b][b]:.0f}", t5[a][b] < t5[b][b], f"{b}->{b} - {a}->{b}",
+              t5[b][b] - t5[a][b])
+             for c in CSPAD if c in t5 and "Rayonix" in t5 for a, b in (("Rayonix", c), (c, "Rayonix"))]
     strongest = []
     for p, r in t3.items():
         finders = {n: _balanced(r[k]) for k, n in _SPOT_FINDERS.items() if k in r}
@@ -699,9 +650,7 @@ def check_findings(results: dict) -> dict:
             strongest.append((f"{p}: balanced CNN {c:.1f}% vs {best} {f:.1f}%", c > f,
                               f"{p}: CNN - strongest spot-finder", c - f))
     return findings({
-        "cnn_beats_spotfinder_on_weak_spots": [
-            (f"{p}: CNN {c:.1f}% vs peakfinder8 {f:.1f}% of hit-or-maybe kept", c > f, f"{p}: CNN - peakfinder8",
-             c - f) for p, c, f in weak],
+        "cnn_beats_spotfinder_on_weak_spots": weak,
         "lcn_beats_linear": contrast,
         "cross_detector_drop": drops,
         "cnn_beats_strongest_spotfinder": strongest,
@@ -709,8 +658,8 @@ def check_findings(results: dict) -> dict:
 
 
 def _kept_scores(kept: np.ndarray, y: np.ndarray) -> dict:
-    """A spot-finder's Table 3 record: :func:`~diffscreen.evaluate.metrics.kept_scores` of its keep decision
-    ``kept`` (N,) bool against the labels ``y`` (N,) (0 hit, 1 maybe, 2 miss), and the % of hits it keeps."""
+    """Table 3 record of a spot-finder's keep decision ``kept`` (N,) bool against labels ``y`` (N,): ``kept_scores``
+    and the % of hits kept."""
     return {**kept_scores(kept, y), "hit_recall": percent_of(kept, y == 0)}
 
 
@@ -732,33 +681,37 @@ def write_report(results: dict, out_dir) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     st, tp = results["settings"], results["throughput"]
     seeds = results.get("seeds") or [st["seed"]]
+    dials = [f"dials_{k}" for k in _DIALS_COLUMNS]
+    with_dials = all(k in r for r in results["table3"].values() for k in dials)
+    failed = sum(_mean(r[k].get("failed", 0)) for r in results["table3"].values() for k in dials) if with_dials else 0
+
+    def vs(v, paper, nd=0):  # our number, the paper's in brackets
+        return f"{fmt(v, nd)} [{paper}]"
+
     t3 = []
-    with_dials = all(f"dials_{k}" in r for r in results["table3"].values() for k in _DIALS_COLUMNS)
-    failed = sum((_mean(r[f"dials_{k}"].get("failed", 0)) if with_dials else 0)  # a mean over seeds
-                 for r in results["table3"].values() for k in _DIALS_COLUMNS)
     for p, r in results["table3"].items():
-        pp, ke, tu, cnn = PAPER["table3"][p], r["pf8_ke"], r["pf8_tuned"], r["cnn"]
-        dl = [r[f"dials_{k}"] for k in _DIALS_COLUMNS] if with_dials else []
-        t3 += [(p, "hit or maybe", f"{fmt(cnn['kept_of_hit_or_maybe'])} [{pp[0]}]",
-                f"{fmt(ke['kept_of_hit_or_maybe'])} [{pp[2]}]", fmt(tu["kept_of_hit_or_maybe"]),
-                *(fmt(d["kept_of_hit_or_maybe"]) for d in dl)),
-               ("", "hit", fmt(r["hit_recall_cnn"]), fmt(ke["hit_recall"]), fmt(tu["hit_recall"]),
-                *(fmt(d["hit_recall"]) for d in dl)),
-               ("", "miss", f"{fmt(cnn['kept_of_miss'])} [{pp[1]}]", f"{fmt(ke['kept_of_miss'])} [{pp[3]}]",
-                fmt(tu["kept_of_miss"]), *(fmt(d["kept_of_miss"]) for d in dl))]  # fmt: skip
+        pp, finders = PAPER["table3"][p], [r["pf8_ke"], r["pf8_tuned"], *(r[k] for k in dials if with_dials)]
+        for cls, key, cnn, i in (("hit or maybe", "kept_of_hit_or_maybe", r["cnn"]["kept_of_hit_or_maybe"], 0),
+                                 ("hit", "hit_recall", r["hit_recall_cnn"], None),
+                                 ("miss", "kept_of_miss", r["cnn"]["kept_of_miss"], 1)):  # i: Ke's CNN column
+            row = [fmt(cnn), *(fmt(f[key]) for f in finders)]
+            if i is not None:  # the paper's CNN and spot-finder (column i + 2) beside ours
+                row[:2] = vs(cnn, pp[i], 1), vs(finders[0][key], pp[i + 2], 1)
+            t3.append((p if i == 0 else "", cls, *row))
 
     def pf8(s):
-        return (f"{s['adc_threshold']:.1f} ADU, SNR {s['min_snr']:g}, {s['min_pixel_count']}–{s['max_pixel_count']} px, "
-                f"{s['min_peaks']} peaks")
+        return (f"{s['adc_threshold']:.1f} ADU, SNR {s['min_snr']:g}, {s['min_pixel_count']}–{s['max_pixel_count']} "
+                f"px, {s['min_peaks']} peaks")
 
     def matrix(title, tab, paper):
         cols = list(next(iter(tab.values())).keys()) if tab else []
-        rows = [(a, *(f"{fmt(r[b], 0)} [{paper.get(a, {}).get(b, '–')}]" for b in cols)) for a, r in tab.items()]
+        rows = [(a, *(vs(r[b], paper.get(a, {}).get(b, "–")) for b in cols)) for a, r in tab.items()]
         return [f"## {title}", table(("train \\ test", *cols), rows)]
 
-    t7 = [(n, f"{fmt(r.get('Rayonix'), 0)} [{PAPER['table7'].get(int(n), ('–', '–'))[0]}]",
-           f"{fmt(r.get('LG36'), 0)} [{PAPER['table7'].get(int(n), ('–', '–'))[1]}]")
+    t7 = [(n, *(vs(r.get(k), p) for k, p in zip(("Rayonix", "LG36"), PAPER["table7"].get(int(n), ("–", "–")))))
           for n, r in sorted(results["table7"].items(), key=lambda kv: int(kv[0]))]
+    t8 = [(name, *(vs(r[k], p) for k, p in zip(("linear", "lcn"), PAPER["table8"].get(name, ("–", "–")))))
+          for name, r in results["table8"].items()]
     L = paragraphs(
         "# Ke et al. (2018) on simulated beamtimes",
         *seeds_line(results),
@@ -768,8 +721,8 @@ def write_report(results: dict, out_dir) -> Path:
         f"of pixels {st['scale']:g} × Ke's in reciprocal space (resolution limit at the input's edge "
         f"{1 / (DEFAULT_S_PER_PX * st['scale'] * st['input_size'] / 2):.1f} Å; Ke's 720²: 2.5 Å); "
         f"{st['epochs']} epochs × {st['batches_per_epoch']} batches × {st['batch_size']} (Ke: 120 × 100 × 64), "
-        f"learning rate {st['lr_start']} → {st['lr_end']}; seed {', '.join(map(str, seeds))}. Labels are the simulator's "
-        "spot-count truth (Ke §3.3.1: ≥ 10 detectable spots hit, 4–9 maybe), standing in for the expert.",
+        f"learning rate {st['lr_start']} → {st['lr_end']}; seed {', '.join(map(str, seeds))}. Labels are the "
+        "simulator's spot-count truth (Ke §3.3.1: ≥ 10 detectable spots hit, 4–9 maybe), standing in for the expert.",
         "Success rate (Ke Eq. 10) is the percentage of test frames whose keep decision (P(hit) + P(maybe) > "
         "P(miss)) matches the truth (hit or maybe against miss). Paper numbers in brackets.",
         "## Table 3: CNN against the spot-finders (peakfinder8 and DIALS)",
@@ -795,10 +748,7 @@ def write_report(results: dict, out_dir) -> Path:
         *(["## Table 7: success rate against training-set size (Rayonix + LG36 pool)",
            table(("training frames", "Rayonix", "LG36"), t7)] if results["table7"] else []),
         "## Table 8: linear contrast against LCN",
-        table(("test set", "linear contrast", "LCN"),
-              [(name, f"{fmt(r['linear'], 0)} [{PAPER['table8'].get(name, ('–', '–'))[0]}]",
-                f"{fmt(r['lcn'], 0)} [{PAPER['table8'].get(name, ('–', '–'))[1]}]")
-               for name, r in results["table8"].items()]),
+        table(("test set", "linear contrast", "LCN"), t8),
         "## Throughput (one core)",
         f"{tp['frames']} simulated {tp['preset']} frames of {tp['frame_shape'][1]}×{tp['frame_shape'][0]} px, "
         "in memory; frames/s of the whole per-frame work"
@@ -867,12 +817,11 @@ def _fig9(fig9: dict, path: Path) -> None:
     """Ke Fig. 9: histograms of P(miss) of the correct misses and P(hit) + P(maybe) of the correct hits, per preset."""
     presets = list(fig9)
     fig, axes = pyplot().subplots(len(presets), 2, figsize=(7, 1.8 * len(presets) + 0.5), squeeze=False)
-    for i, p in enumerate(presets):
-        for j, (k, title) in enumerate((("miss", "P(miss), correct misses"),
-                                        ("hit_or_maybe", "P(hit)+P(maybe), correct hit/maybe"))):  # fmt: skip
+    for row, p in zip(axes, presets):
+        for ax, (k, title, colour) in zip(row, (("miss", "P(miss), correct misses", "C0"),
+                                                ("hit_or_maybe", "P(hit)+P(maybe), correct hit/maybe", "C3"))):
             v = np.asarray(fig9[p][k])
-            ax = axes[i, j]
-            ax.hist(v, bins=np.linspace(0.3, 1.0, 29), color="C0" if j == 0 else "C3")
+            ax.hist(v, bins=np.linspace(0.3, 1.0, 29), color=colour)
             ax.set_title(f"{p}: {title}\nn = {len(v)}, mean {v.mean() if len(v) else float('nan'):.2f}", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()

@@ -51,10 +51,8 @@ class AlexNetRecipe:
     n_train, n_val, n_test : int
         Simulated frames (DiffraNet: 25,000 frames in all, 12,599 of them in
         the test set of Nawaz Table 3).
-    epochs : int
-        50 (paper).
-    batch_size : int
-        128 (paper).
+    epochs, batch_size : int
+        50 and 128 (paper).
     lr_start, lr_end : float
         Adam learning rate, exponential decay from ``lr_start`` to ``lr_end``
         over the epochs (paper: initialised to 1e-5; the decay rate is not
@@ -86,15 +84,11 @@ PAPER_RECIPE = AlexNetRecipe()
 #: paper's lr of 1e-5 barely moves the weights, so the run starts at 1e-4
 #: (decaying to 1e-5); batch 64 instead of 128 doubles the number of steps
 #: for the same compute.  The full-width AlexNet is kept.
-CPU_RECIPE = AlexNetRecipe(
-    n_train=1200, n_val=150, n_test=600, epochs=8, batch_size=64, lr_start=1e-4, lr_end=1e-5
-)
+CPU_RECIPE = AlexNetRecipe(n_train=1200, n_val=150, n_test=600, epochs=8, batch_size=64, lr_start=1e-4, lr_end=1e-5)
 
 #: Minutes-long smoke setting for ``--quick`` (narrow AlexNet, few frames).
-QUICK_RECIPE = AlexNetRecipe(
-    n_train=160, n_val=20, n_test=60, epochs=4, batch_size=32, lr_start=3e-4, lr_end=1e-4,
-    channels=(16, 48, 96, 64, 64), fc_dim=256,
-)
+QUICK_RECIPE = AlexNetRecipe(n_train=160, n_val=20, n_test=60, epochs=4, batch_size=32, lr_start=3e-4, lr_end=1e-4,
+                             channels=(16, 48, 96, 64, 64), fc_dim=256)
 
 
 def confusion_scores(cm) -> dict:
@@ -164,19 +158,23 @@ def _listed(recipe: AlexNetRecipe) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()}
 
 
-def _time_methods(model, x, methods, repeat: int = 2) -> dict:
-    """Seconds per frame of each explanation method on ``x[:1]`` (mean of ``repeat`` calls after a warm-up)."""
+def _time_methods(model, x, repeat: int = 2,
+                  methods=("saliency", "gradcam", "gradcam++", "guided-backprop", "guided-gradcam")) -> dict:
+    """Seconds per frame of each method on ``x[:1]`` as float32 (mean of ``repeat`` calls after a warm-up)."""
     from diffscreen.explain import attribute
 
-    return {m: 1 / rate(lambda x1: attribute(model, x1, method=m), [x[:1]] * repeat) for m in methods}  # noqa: B023
+    frames = [x[:1].astype(np.float32)] * repeat
+    return {m: 1 / rate(lambda x1: attribute(model, x1, method=m), frames) for m in methods}  # noqa: B023
 
 
 def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, seed: int) -> dict:
-    """Nawaz Fig. 7 (Grad-CAM + Guided Grad-CAM per class) and Fig. 6 (inversions) → ``{"inversion": ...}``."""
-    from diffscreen.explain import (attribute, display_frame, invert, overlay, panel_grid, representation_layers,
-                                    save_png)
+    """Nawaz Fig. 7 (Grad-CAM + Guided Grad-CAM per class), Fig. 6 (inversions: returned, class → one record a layer)
+    and the t-SNE of the first 300 frames."""
+    from diffscreen.explain import (attribute, display_frame, invert_all, overlay, panel_grid, penultimate_features,
+                                    representation_layers, save_png, tsne_embed, tsne_figure)
 
-    picks = [int(np.flatnonzero(labels == c)[0]) for c in classes if (labels == c).any()]
+    first = {c: int(np.flatnonzero(labels == c)[0]) for c in classes if (labels == c).any()}
+    picks = list(first.values())
     xs = np.asarray(x[picks], np.float32)
     cam = attribute(model, xs, method="gradcam")
     gg = attribute(model, xs, method="guided-gradcam")
@@ -187,12 +185,9 @@ def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, 
         len(picks), (2.2 * len(picks), 6.6)))
     n_layers = len(representation_layers(model))
     inv, panels = {}, []
-    for c in ("strong", "no-crystal"):
-        if not (labels == c).any():
-            continue
-        k = int(np.flatnonzero(labels == c)[0])
-        x1 = np.asarray(x[k : k + 1], np.float32)
-        rs = [invert(model, x1, layer=li, steps=inversion_steps, seed=seed) for li in range(n_layers)]
+    for c in [c for c in ("strong", "no-crystal") if c in first]:
+        x1 = np.asarray(x[first[c] : first[c] + 1], np.float32)
+        rs = invert_all(model, x1, steps=inversion_steps, seed=seed)
         corr = [float(np.corrcoef(r.image.ravel(), x1.ravel())[0, 1]) for r in rs]
         panels += [(display_frame(x1[0, 0]), f"{c}: input", "gray")] + [
             (display_frame(r.image), f"conv{j + 1} (r = {cc:.2f})", "gray") for j, (r, cc) in enumerate(zip(rs, corr))]
@@ -201,7 +196,12 @@ def _figures(model, x, labels, classes, out_dir: Path, *, inversion_steps: int, 
     if inv:
         save_png(out_dir / "nawaz2022_inversion.png",
                  panel_grid(panels, n_layers + 1, (2.0 * (n_layers + 1), 2.2 * len(inv))))
-    return {"inversion": inv}
+    n_ts = min(len(x), 300)
+    emb = tsne_embed(penultimate_features(model, x[:n_ts].astype(np.float32)), seed=seed)
+    save_png(out_dir / "nawaz2022_tsne.png", tsne_figure(
+        emb, labels[:n_ts], classes, thumbnails={k: x[k, 0].astype(np.float32) for k in picks if k < n_ts},
+        title="t-SNE of AlexNet fc7 features (test frames)"))
+    return inv
 
 
 def _confusion_figure(cm: np.ndarray, classes, path: Path, label: str = "ours (simulated)") -> None:
@@ -221,8 +221,7 @@ def _confusion_figure(cm: np.ndarray, classes, path: Path, label: str = "ours (s
             ax.text(b, a, str(int(v)), ha="center", va="center", fontsize=7, color="white" if mn[a, b] > 0.5 else "black")
         ax.set_xticks(range(5), classes, rotation=45, fontsize=7)
         ax.set_yticks(range(5), classes, fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set(xlabel="predicted", ylabel="true")
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_png(path, fig)
@@ -264,16 +263,14 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     import torch
 
     from diffscreen.evaluate.metrics import confusion_matrix
-    from diffscreen.explain import penultimate_features, save_png, tsne_embed, tsne_figure
     from diffscreen.models import load_model
+    from diffscreen.models.inference import Classifier
 
     torch.set_num_threads(1)
-    rec = recipe or (QUICK_RECIPE if quick else CPU_RECIPE)
-    rec = replace(rec, seed=seed)
+    rec = replace(recipe or (QUICK_RECIPE if quick else CPU_RECIPE), seed=seed)
     write_doc = (not quick) if write_doc is None else write_doc
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    out_dir, work_dir = Path(out_dir), Path(work_dir)  # out_dir is made by the first figure written into it
     work_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     train = simulate_dataset(rec.n_train + rec.n_val, seed=seed, input_size=rec.input_size, cache_dir=work_dir)
     test = simulate_dataset(rec.n_test, seed=seed + 1000, input_size=rec.input_size, cache_dir=work_dir)
@@ -285,36 +282,18 @@ def run(out_dir="docs/benchmarks", *, quick: bool = False, seed: int = 0, recipe
     res = train_alexnet(rec, train, model_path, log=log, device=device)
     t_train = time.time() - t0
     model = load_model(model_path).model
-    probs = predict(model, test["x"], batch=64)
-    pred = [DIFFRANET_CLASSES[i] for i in probs.argmax(1)]
-    true = list(test["label"])
-    cm = confusion_matrix(true, pred, DIFFRANET_CLASSES)
-    scores = confusion_scores(cm)
-    counts = {
-        "train": {c: int((train["label"][: rec.n_train] == c).sum()) for c in DIFFRANET_CLASSES},
-        "test": {c: int((test["label"] == c).sum()) for c in DIFFRANET_CLASSES},
-    }
+    pred = [DIFFRANET_CLASSES[i] for i in predict(model, test["x"], batch=64).argmax(1)]
+    cm = confusion_matrix(list(test["label"]), pred, DIFFRANET_CLASSES)
+    counts = {part: {c: int((labels == c).sum()) for c in DIFFRANET_CLASSES}
+              for part, labels in (("train", train["label"][: rec.n_train]), ("test", test["label"]))}
     # timings of the explanation methods, per frame, one thread
-    from diffscreen.models.inference import Classifier
-
-    methods = ("saliency", "gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
-    timing = {"alexnet_227": _time_methods(model, test["x"][:1].astype(np.float32), methods),
-              "ke2018_720": _time_methods(Classifier().model,
-                                          np.random.default_rng(0).normal(size=(1, 1, 720, 720)).astype(np.float32),
-                                          methods)}
-    figs = _figures(model, test["x"], test["label"], DIFFRANET_CLASSES, out_dir,
-                    inversion_steps=30 if quick else 200, seed=seed)
+    timing = {"alexnet_227": _time_methods(model, test["x"]),
+              "ke2018_720": _time_methods(Classifier().model, np.random.default_rng(0).normal(size=(1, 1, 720, 720)))}
+    inversion = _figures(model, test["x"], test["label"], DIFFRANET_CLASSES, out_dir,
+                         inversion_steps=30 if quick else 200, seed=seed)
     _confusion_figure(cm, DIFFRANET_CLASSES, out_dir / "nawaz2022_confusion.png")
-    n_ts = min(len(test["x"]), 300)
-    feats = penultimate_features(model, test["x"][:n_ts].astype(np.float32))
-    emb = tsne_embed(feats, seed=seed)
-    firsts = [int(np.flatnonzero(test["label"][:n_ts] == c)[0]) for c in DIFFRANET_CLASSES
-              if (test["label"][:n_ts] == c).any()]  # fmt: skip
-    thumbs = {k: test["x"][k, 0].astype(np.float32) for k in firsts}
-    save_png(out_dir / "nawaz2022_tsne.png", tsne_figure(emb, test["label"][:n_ts], DIFFRANET_CLASSES, thumbnails=thumbs,
-                                                          title="t-SNE of AlexNet fc7 features (test frames)"))
-    result = {"recipe": _listed(rec), "quick": quick, "class_counts": counts, **scores,
-              "best_epoch": res.best_epoch, "history": res.history, "timing": timing, "inversion": figs["inversion"],
+    result = {"recipe": _listed(rec), "quick": quick, "class_counts": counts, **confusion_scores(cm),
+              "best_epoch": res.best_epoch, "history": res.history, "timing": timing, "inversion": inversion,
               "seconds": {"simulate": t_sim, "train": t_train}, "model_path": str(model_path)}  # fmt: skip
     write_json(_cached(work_dir, rec), result)
     if write_doc:
@@ -380,8 +359,7 @@ def across_seeds(results: list) -> dict:
     first = results[0]
     return {
         "accuracy": iv(lambda r: r["accuracy"]),
-        "recall": {c: iv(lambda r, c=c: r["recall"][c]) for c in C},
-        "precision": {c: iv(lambda r, c=c: r["precision"][c]) for c in C},
+        **{k: {c: iv(lambda r, k=k, c=c: r[k][c]) for c in C} for k in ("recall", "precision")},
         "hit_miss": {k: iv(lambda r, k=k: r["hit_miss"][k]) for k in ("accuracy", "hit_recall", "miss_recall")},
         "neighbour_fraction": iv(lambda r: _neighbour_fraction(r["confusion"])),
         "confusion": np.sum([r["confusion"] for r in results], axis=0).tolist(),
@@ -392,8 +370,7 @@ def across_seeds(results: list) -> dict:
                    for net in first["timing"]},
         "inversion": {c: [iv(lambda r, c=c, j=j: r["inversion"][c][j]["corr"]) for j in range(len(layers))]
                       for c, layers in first["inversion"].items() if all(c in r["inversion"] for r in results)},
-        "train_minutes": iv(lambda r: r["seconds"]["train"] / 60),
-        "simulate_minutes": iv(lambda r: r["seconds"]["simulate"] / 60),
+        **{f"{k}_minutes": iv(lambda r, k=k: r["seconds"][k] / 60) for k in ("train", "simulate")},
         "effects": {name: iv(f) for name, (f, _) in EFFECTS.items()},
     }
 
@@ -416,8 +393,7 @@ def run_seeds(out_dir="docs/benchmarks", seeds=(0, 1, 2), *, work_dir="work/nawa
         ``work_dir/figures_s<S>`` and copied); the confusion figure sums the
         seeds.
     seeds : sequence of int
-        At least 3 for an interval.  Each seed draws its own training frames
-        (``seed``), test frames (``seed + 1000``) and weights.
+        At least 3 for an interval; each is a :func:`run` ``seed`` (its own frames and weights).
     work_dir : str or Path
         Cache of simulated inputs, models and each seed's result
         (``result_s<S>_<recipe digest>.json``), so a rerun resumes.
@@ -430,8 +406,7 @@ def run_seeds(out_dir="docs/benchmarks", seeds=(0, 1, 2), *, work_dir="work/nawa
     dict
         :func:`combine`'s record, with ``markdown_path``.
     """
-    out, work_dir = Path(out_dir), Path(work_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, work_dir = Path(out_dir), Path(work_dir)  # out is made by the first figure copied or drawn into it
     per = per_seed(seeds, lambda s: _cached(work_dir, replace(CPU_RECIPE, seed=s)),
                    lambda i, s: run(work_dir / f"figures_s{s}", seed=s, work_dir=work_dir, write_doc=False, log=log,
                                     device=device), log=log)
@@ -446,11 +421,9 @@ def run_seeds(out_dir="docs/benchmarks", seeds=(0, 1, 2), *, work_dir="work/nawa
 
 def write_markdown(combined: dict, out_dir="docs/benchmarks") -> Path:
     """(Re)write ``nawaz2022.md`` from :func:`combine`'s record (or the ``nawaz2022.json`` that holds one)."""
-    if not isinstance(combined, dict):
-        combined = json.loads(Path(combined).read_text())
-    path = Path(out_dir) / "nawaz2022.md"
-    atomic_write_text(path, _markdown(combined))
-    return path
+    combined = combined if isinstance(combined, dict) else json.loads(Path(combined).read_text())
+    atomic_write_text(Path(out_dir) / "nawaz2022.md", _markdown(combined))
+    return Path(out_dir) / "nawaz2022.md"
 
 
 def _markdown(combined: dict) -> str:
@@ -458,7 +431,7 @@ def _markdown(combined: dict) -> str:
     seeds, S, r = combined["seeds"], combined["summary"], combined["per_seed"][0]
     n = len(seeds)
     cm, b = np.array(S["confusion"]), np.array(S["hit_miss_confusion"])
-    pcm, paper = PAPER_TABLE3, confusion_scores(PAPER_TABLE3)
+    paper = confusion_scores(PAPER_TABLE3)
     p_bin, p_hm = np.array(paper["hit_miss"]["confusion"]), paper["hit_miss"]
     p_effect = {k: f(paper) for k, (f, _) in EFFECTS.items()}
     rc, t, inv = r["recipe"], S["timing"], S["inversion"]
@@ -479,8 +452,7 @@ def _markdown(combined: dict) -> str:
     step_s = 60 * S["train_minutes"]["mean"] / steps
     lines = paragraphs(
         "# Nawaz et al. (2022): AlexNet on the DiffraNet classes, explained",
-        "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Pala Ramakantha Setty, Pennicard, "
-        "Graafsma, "
+        "Reproduces §3.5/§4, Tables 2–3 and Figs. 6–7 of Nawaz, Rahmani, Pala Ramakantha Setty, Pennicard, Graafsma, "
         "*Explainable machine learning for diffraction patterns* (2022) on **simulated** frames "
         "(`diffscreen.simulate`, presets rayonix / rayonix_jet / cspad in turn) labelled with the five "
         "DiffraNet classes by `diffscreen.simulate.diffranet` (blank = no beam; no-crystal = beam, no "
@@ -529,7 +501,7 @@ def _markdown(combined: dict) -> str:
               [(c, pct(S["recall"][c]), f"{100 * paper['recall'][c]:.1f}", pct(S["precision"][c]),
                 f"{100 * paper['precision'][c]:.1f}") for c in DIFFRANET_CLASSES]),
         "Paper (Nawaz et al. 2022, Table 3):",
-        per_class_table(pcm, DIFFRANET_CLASSES),
+        per_class_table(PAPER_TABLE3, DIFFRANET_CLASSES),
         "(Precision and recall recomputed from the paper's counts; the paper prints 99.9 and 97.1 % for the "
         "blank and strong precision.)",
         "![confusion matrices](nawaz2022_confusion.png)",
@@ -539,8 +511,7 @@ def _markdown(combined: dict) -> str:
         "## Hit / miss merge (blank + no-crystal = miss)",
         table(("", f"ours ({summed}): predicted hit", "predicted miss", "paper: predicted hit",
                "paper: predicted miss"), [
-            ("true hit", b[0, 0], b[0, 1], p_bin[0, 0], p_bin[0, 1]),
-            ("true miss", b[1, 0], b[1, 1], p_bin[1, 0], p_bin[1, 1])]),
+            (f"true {k}", *b[i], *p_bin[i]) for i, k in enumerate(("hit", "miss"))]),
         table(("", "ours (%)", "paper (%)", ""), [
             (k.replace("_", " "), pct(S["hit_miss"][k]), f"{100 * p_hm[k]:.1f}", against(S["hit_miss"][k], 100 * p_hm[k]))
             for k in ("accuracy", "hit_recall", "miss_recall")]),
@@ -573,8 +544,8 @@ def _markdown(combined: dict) -> str:
          "its masks), random cells, orientations, backgrounds and gains, and the grade is set by what the frame "
          "shows (detectable spots and their SNR). Frames are binned from 1920²/1765² to 227², which blurs faint "
          "spots: the weak/good and good/strong boundaries are harder to see than in 512² DiffraNet frames.",
-         f"* **Where the errors are.** In the paper {100 * _neighbour_fraction(pcm):.0f} % of the misclassified "
-         "test frames are confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here "
+         f"* **Where the errors are.** In the paper {100 * _neighbour_fraction(PAPER_TABLE3):.0f} % of the "
+         "misclassified test frames are confused with a neighbouring class (blank↔no-crystal↔weak↔good↔strong); here "
          f"{pct(S['neighbour_fraction'], 0)} %.",
          "* **Grad-CAM resolution.** Grad-CAM is taken at the ReLU after conv5 (13 × 13 at 227); the paper does "
          "not say which layer it used. Grad-CAM++ (Zimmermann §6) is our own implementation of Chattopadhyay et "

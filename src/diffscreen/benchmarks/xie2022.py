@@ -1,38 +1,30 @@
 """Xie et al. (2022) rerun on simulated beamtimes: ``diffscreen benchmark xie2022``.
 
-Weakly supervised screening with few labels (Xie et al. 2022, Opt. Express),
-on the simulated CXIDB-76 presets of :mod:`diffscreen.benchmarks.ke2018`
-(labels: the simulator's Ke §3.3.1 spot-count truth; hit and maybe merged into
+Weakly supervised screening with few labels (Xie et al. 2022, Opt. Express), on the simulated CXIDB-76 presets of
+:mod:`diffscreen.benchmarks.ke2018` (labels: the simulator's Ke §3.3.1 spot-count truth; hit and maybe merged into
 "hit or maybe" as Xie §3.1 does):
 
-* **Table 1** — the 2-D CNN fully supervised on its own preset, tested on
-  every preset (the ke2018 per-preset CNNs: 500 training + 200 validation
-  labels from the 1000 simulated frames; Xie: 1200 + 400 of 2000);
+* **Table 1** — the 2-D CNN fully supervised on its own preset, tested on every preset (the ke2018 per-preset CNNs:
+  500 training + 200 validation labels from the 1000 simulated frames; Xie: 1200 + 400 of 2000);
 * **Table 2** — the 2-D CNN trained from scratch on ``n_labels`` target labels;
-* **Table 3** — transfer learning (Xie §2.3.1, Fig. 3): the source's Table 1
-  CNN, head re-initialised, fine-tuned frozen then with the top blocks
-  unfrozen on the same ``n_labels`` target labels
+* **Table 3** — transfer learning (Xie §2.3.1, Fig. 3): the source's Table 1 CNN, head re-initialised, fine-tuned
+  frozen then with the top blocks unfrozen on the same ``n_labels`` target labels
   (:func:`diffscreen.train.transfer.transfer_on_arrays`);
-* **Table 4** — row-wise decomposition + 1-D CNN (Xie §3.4.2, Eq. 2) on the
-  same ``n_labels`` labels;
-* **Table 5** — DANN (Xie §2.3.3, Fig. 4): labelled source, *unlabelled*
-  target (its training frames, labels ignored); validated on source frames
-  only, so no target label is used;
+* **Table 4** — row-wise decomposition + 1-D CNN (Xie §3.4.2, Eq. 2) on the same ``n_labels`` labels;
+* **Table 5** — DANN (Xie §2.3.3, Fig. 4): labelled source, *unlabelled* target (its training frames, labels
+  ignored); validated on source frames only, so no target label is used;
 * **Table 7** — the RWD 1-D CNNs and the Table 1 2-D CNNs across presets;
-* **Fig. 9** — t-SNE of source and target features of the DANN and of the
-  source-only CNN, per class; **Fig. 10** — the DANN training curves;
+* **Fig. 9** — t-SNE of source and target features of the DANN and of the source-only CNN, per class;
+  **Fig. 10** — the DANN training curves;
 * **speed** — RWD 1-D CNN against the 2-D CNN on this CPU (Xie §3.4.2).
 
-Every model of a target is tested on the same frames: the target's ke2018
-test split (the last 30 % of its frames).  The labelled target frames are a
-seeded random draw of ``n_labels`` from its training split (first 50 %), the
+Every model of a target is tested on the same frames: the target's ke2018 test split (the last 30 % of its frames).
+The labelled target frames are a seeded random draw of ``n_labels`` from its training split (first 50 %), the
 validation frames its validation split (next 20 %).
 
-Xie's scores are per true class: the percentage of hit-or-maybe frames
-called hit-or-maybe (recall, Xie §3.2, the bold numbers of Xie's tables) and
-of misses called miss.  Our networks have three outputs (hit, maybe, miss,
-as the ke2018 CNNs they start from); a frame is called hit-or-maybe when
-``P(hit) + P(maybe) > P(miss)`` (Ke Eq. 4).
+Xie's scores are per true class: the percentage of hit-or-maybe frames called hit-or-maybe (recall, Xie §3.2, the
+bold numbers of Xie's tables) and of misses called miss.  Our networks have three outputs (hit, maybe, miss, as the
+ke2018 CNNs they start from); a frame is called hit-or-maybe when ``P(hit) + P(maybe) > P(miss)`` (Ke Eq. 4).
 """
 
 from __future__ import annotations
@@ -90,18 +82,18 @@ PAPER = {
         ("LO19", "LN83"): {"LN83": (96.09, 97.36), "LO19": (92.59, 97.90)},
         ("LO19", "LN84"): {"LN84": (90.41, 91.53), "LO19": (86.42, 97.00)},
     },
-    # Table 7: cross-dataset, train -> model -> {test: ...}
+    # Table 7: cross-dataset, train -> model -> {test: ...}; its "cnn" rows (added below) are Table 1's cells
     "table7": {
-        "LN83": {"rwd": {"LN84": (96.91, 78.53), "LO19": (90.01, 98.39)},
-                 "cnn": {"LN84": (90.28, 98.91), "LO19": (70.37, 99.58)}},
-        "LN84": {"rwd": {"LN83": (94.87, 95.79), "LO19": (91.94, 96.60)},
-                 "cnn": {"LN83": (67.69, 100.00), "LO19": (81.48, 100.00)}},
-        "LO19": {"rwd": {"LN83": (97.07, 94.03), "LN84": (96.27, 86.06)},
-                 "cnn": {"LN83": (95.38, 99.40), "LN84": (87.50, 98.91)}},
+        "LN83": {"rwd": {"LN84": (96.91, 78.53), "LO19": (90.01, 98.39)}},
+        "LN84": {"rwd": {"LN83": (94.87, 95.79), "LO19": (91.94, 96.60)}},
+        "LO19": {"rwd": {"LN83": (97.07, 94.03), "LN84": (96.27, 86.06)}},
     },
     # §3.4.2: frames (vectors) per second on an A100
     "speed": {"rwd1d": 11123, "cnn2d": 126},
 }
+# Xie's Table 7 2-D CNNs are Table 1's (the same 1200-label models)
+PAPER["table7"] = {a: {**r, "cnn": {b: c for b, c in PAPER["table1"][a].items() if b != a}}
+                   for a, r in PAPER["table7"].items()}
 
 
 @dataclass(frozen=True)
@@ -111,29 +103,23 @@ class Settings:
     Attributes
     ----------
     data : ke2018.Settings
-        The simulated runs (presets, frames, input size and scale, class
-        fractions, seed; :func:`diffscreen.benchmarks.ke2018.simulate_preset`)
-        and the recipe of the fully supervised CNNs of Table 1
-        (:func:`diffscreen.benchmarks.ke2018.train_group`, cached with the
-        ke2018 models).
-    full_presets : tuple of str
-        Presets with a fully supervised CNN (Table 1; the sources).
-    targets : tuple of str
-        Presets trained with ``n_labels`` labels (Tables 2, 4).
-    pairs : tuple of (str, str)
-        (source, target) pairs of Tables 3 and 5.
-    n_labels : int
-        Labelled target frames (Xie: 200).
-    n_val : int
-        At most this many validation frames (Xie: 200).
+        The simulated runs (presets, frames, input size and scale, class fractions, seed;
+        :func:`diffscreen.benchmarks.ke2018.simulate_preset`) and the recipe of the fully supervised CNNs of Table 1
+        (:func:`diffscreen.benchmarks.ke2018.train_group`, cached with the ke2018 models).
+    full_presets, targets : tuple of str
+        Presets with a fully supervised CNN (Table 1; the sources); presets trained with ``n_labels`` labels
+        (Tables 2, 4).
+    pairs, tsne_pairs : tuple of (str, str)
+        (source, target) pairs of Tables 3 and 5; of Fig. 9 (each must be in ``pairs``).
+    n_labels, n_val : int
+        Labelled target frames (Xie: 200); at most this many validation frames (Xie: 200).
     epochs, batches_per_epoch, batch_size : int
-        Training length of the few-label models (scratch, RWD, DANN; a DANN
-        batch is ``batch_size`` source + ``batch_size`` target inputs).
+        Training length of the few-label models (scratch, RWD, DANN; a DANN batch is ``batch_size`` source +
+        ``batch_size`` target inputs).
     lr_start, lr_end : float
-        SGD learning rates of the scratch 2-D CNN (the ke2018 recipe).  RWD,
-        transfer and DANN use Adam with the library's rates
-        (:data:`RWD_OPTIMISER`, ``transfer.FROZEN_DEFAULT`` /
-        ``UNFROZEN_DEFAULT``, ``dann.DANN_DEFAULT``).
+        SGD learning rates of the scratch 2-D CNN (the ke2018 recipe).  RWD, transfer and DANN use Adam with the
+        library's rates (:data:`RWD_OPTIMISER`, ``transfer.FROZEN_DEFAULT`` / ``UNFROZEN_DEFAULT``,
+        ``dann.DANN_DEFAULT``).
     transfer_frozen_epochs, transfer_unfrozen_epochs : int
         Transfer stages 1 (base frozen) and 2 (top blocks unfrozen).
     unfreeze_blocks : int
@@ -141,20 +127,14 @@ class Settings:
     dann_lambda_max : float
         Gradient-reversal weight at the end of Ganin's schedule.
     dann_init : str
-        ``"source"``: the DANN starts from the source's fully supervised CNN
-        (Table 1) and adapts it at ``dann.DANN_FROM_MODEL``'s rates;
-        ``"scratch"``: from random weights at ``dann.DANN_DEFAULT``'s (Xie do
+        ``"source"``: the DANN starts from the source's fully supervised CNN (Table 1) and adapts it at
+        ``dann.DANN_FROM_MODEL``'s rates; ``"scratch"``: from random weights at ``dann.DANN_DEFAULT``'s (Xie do
         not say which).
     dann_ablation : bool
-        Also train each DANN with λ = 0 (the same shared source + target
-        batches, no reversed gradient): tells the adversarial term's share of
-        the adaptation from that of the target's BatchNorm statistics.
-    tsne_pairs : tuple of (str, str)
-        (source, target) pairs of Fig. 9 (each must be in ``pairs``).
-    n_tsne : int
-        Test frames per domain in Fig. 9.
-    n_speed : int
-        Inputs timed for the speed comparison.
+        Also train each DANN with λ = 0 (the same shared source + target batches, no reversed gradient): tells the
+        adversarial term's share of the adaptation from that of the target's BatchNorm statistics.
+    n_tsne, n_speed : int
+        Test frames per domain in Fig. 9; inputs timed for the speed comparison.
     seed : int
     """
 
@@ -185,22 +165,21 @@ class Settings:
 #: The documented full run: reuses the ke2018 full data and its per-preset CNNs.
 FULL = Settings()
 
-#: The CI run: one cross-detector pair, Rayonix LO19 -> CSPAD L498, 200 frames per preset at
-#: 180² inputs of 2 × Ke's pixel (the inner 5 Å of the pattern); the source CNN trained with
-#: the ke2018 full recipe (30 × 25 × 32), 50 target labels.
+#: The CI run: one cross-detector pair, Rayonix LO19 -> CSPAD L498, 200 frames per preset at 180² inputs of 2 × Ke's
+#: pixel (the inner 5 Å of the pattern); the source CNN trained with the ke2018 full recipe (30 × 25 × 32), 50 target
+#: labels; transfer 8 + 10 epochs as in :data:`FULL`.
 QUICK = Settings(
     data=replace(ke2018.QUICK, presets=("LO19", "L498"), n_frames=200, input_size=180, scale=2.0, epochs=30,
                  batches_per_epoch=25, batch_size=32, n_throughput=0),
     full_presets=("LO19",), targets=("L498",), pairs=(("LO19", "L498"),), n_labels=50, n_val=40, epochs=20,
-    batches_per_epoch=16, batch_size=24, transfer_frozen_epochs=8, transfer_unfrozen_epochs=10,
-    tsne_pairs=(("LO19", "L498"),), n_tsne=60, n_speed=32)
+    batches_per_epoch=16, batch_size=24, tsne_pairs=(("LO19", "L498"),), n_tsne=60, n_speed=32)
 
-#: The findings ``--quick`` asserts: none (docs/benchmarks/xie2022_notes.md, "The quick run (CI size) at
-#: three seeds").  Since each preset draws from its own stream (``ke2018.preset_seed``), the quick
-#: LO19 CNN keeps every L498 frame, so "DANN recall beats source-only" ties at 100 % at each seed,
-#: and "transfer beats scratch" failed at all three by under 1.5 points; "RWD beats scratch" held
-#: at all three, but at the CI seed by about one test frame (87.5 against 86.1 % balanced), too
-#: close to hold on every CPU.  The quick run checks that every experiment runs and reports them.
+#: The findings ``--quick`` asserts: none (docs/benchmarks/xie2022_notes.md, "The quick run (CI size) at three
+#: seeds").  Since each preset draws from its own stream (``ke2018.preset_seed``), the quick LO19 CNN keeps every
+#: L498 frame, so "DANN recall beats source-only" ties at 100 % at each seed, and "transfer beats scratch" failed at
+#: all three by under 1.5 points; "RWD beats scratch" held at all three, but at the CI seed by about one test frame
+#: (87.5 against 86.1 % balanced), too close to hold on every CPU.  The quick run checks that every experiment runs
+#: and reports them.
 ASSERTED = ()
 
 
@@ -212,16 +191,14 @@ def label_split(split: np.ndarray, preset: str, n_labels: int, n_val: int, seed:
     split : (N,) int ndarray
         ke2018 split (0 train, 1 validation, 2 test).
     preset : str
-    n_labels, n_val : int
-    seed : int
+    n_labels, n_val, seed : int
 
     Returns
     -------
     dict of (K,) int ndarrays, sorted
-        ``labelled``: ``n_labels`` frames drawn from the training split
-        (seeded by ``seed`` and the preset's name); ``unlabelled``: the whole
-        training split (DANN's target, labels unused); ``val``: the first
-        ``n_val`` validation frames; ``test``: the test split.
+        ``labelled``: ``n_labels`` frames drawn from the training split (seeded by ``seed`` and the preset's name);
+        ``unlabelled``: the whole training split (DANN's target, labels unused); ``val``: the first ``n_val``
+        validation frames; ``test``: the test split.
 
     Raises
     ------
@@ -243,11 +220,10 @@ def label_split(split: np.ndarray, preset: str, n_labels: int, n_val: int, seed:
 
 def _per_class(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Xie's two numbers per test set: % of hit-or-maybe called hit-or-maybe, % of misses called miss."""
-    s = keep_scores(probs, labels)
-    miss = 100 - s["kept_of_miss"] if not np.isnan(s["kept_of_miss"]) else float("nan")
-    return {"hit_or_maybe": s["kept_of_hit_or_maybe"], "miss": miss, "balanced": s["balanced_success"],
-            "accuracy": s["success_rate"], "hit": percent_of(keep_decision(probs), labels == 0),
-            "n": s["n"]}  # fmt: skip
+    s = keep_scores(probs, labels)  # kept_of_miss is NaN without misses, and so is 100 - NaN
+    return {"hit_or_maybe": s["kept_of_hit_or_maybe"], "miss": 100 - s["kept_of_miss"],
+            "balanced": s["balanced_success"], "accuracy": s["success_rate"],
+            "hit": percent_of(keep_decision(probs), labels == 0), "n": s["n"]}  # fmt: skip
 
 
 #: Settings that do not change a trained model (left out of the model cache's key).
@@ -290,6 +266,12 @@ def _source_cnn(preset: str, st: Settings, work: Path) -> str:
     return ke2018.train_group(preset, (preset,), "lcn", None, st.data, work)[1]
 
 
+def _preset(preset: str, st: Settings, work: Path) -> tuple:
+    """A preset's LCN inputs, its labels as an array and its :func:`label_split`."""
+    d = ke2018.simulate_preset(preset, st.data, work)
+    return d["x_lcn"], np.asarray(d["labels"]), label_split(d["split"], preset, st.n_labels, st.n_val, st.seed)
+
+
 def _job(kind: str, name: str, src: str, tgt: str, st: Settings, work: Path) -> tuple[str, str]:
     """One training job in a worker process → (name, model path)."""
     import torch
@@ -303,37 +285,31 @@ def _job(kind: str, name: str, src: str, tgt: str, st: Settings, work: Path) -> 
     if out.exists():
         return name, str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dt = ke2018.simulate_preset(tgt, st.data, work)
-    part = label_split(dt["split"], tgt, st.n_labels, st.n_val, st.seed)
-    x, y = dt["x_lcn"], np.asarray(dt["labels"])
-    aug = dihedral_augment if st.data.augment else None
-    pre = ke2018.preprocess_configs(st.data)[0]
-    desc = {"benchmark": "xie2022", "kind": kind, "source": src, "target": tgt, "n_labels": st.n_labels,
-            "simulated": True, "seed": st.seed}  # fmt: skip
+    x, y, part = _preset(tgt, st, work)
     lab, val = part["labelled"], part["val"]
-    quiet = lambda *a: None  # noqa: E731
+    pre = ke2018.preprocess_configs(st.data)[0]
+    kw = dict(augment=dihedral_augment if st.data.augment else None, log=lambda *a: None,
+              data_description={"benchmark": "xie2022", "kind": kind, "source": src, "target": tgt,
+                                "n_labels": st.n_labels, "simulated": True, "seed": st.seed})  # fmt: skip
     if kind in ("scratch", "rwd"):
         res = train_on_arrays(x[lab], y[lab], out, class_names=CLASSES, preprocess=pre, config=_train_config(st, kind),
-                              x_val=x[val], y_val=y[val], data_description=desc, augment=aug, log=quiet)  # fmt: skip
+                              x_val=x[val], y_val=y[val], **kw)  # fmt: skip
     elif kind == "transfer":
         from diffscreen.train.transfer import transfer_on_arrays
 
-        init = _source_cnn(src, st, work)
-        res = transfer_on_arrays(init, x[lab], y[lab], out, x_val=x[val], y_val=y[val],
+        res = transfer_on_arrays(_source_cnn(src, st, work), x[lab], y[lab], out, x_val=x[val], y_val=y[val],
                                  frozen=_train_config(st, "frozen"), unfrozen=_train_config(st, "unfrozen"),
-                                 unfreeze_blocks=st.unfreeze_blocks, augment=aug, data_description=desc, log=quiet)
+                                 unfreeze_blocks=st.unfreeze_blocks, **kw)
     elif kind in ("dann", "dann0"):  # dann0: the ablation, λ = 0
         from diffscreen.train.dann import train_dann_on_arrays
 
-        ds = ke2018.simulate_preset(src, st.data, work)
-        ps = label_split(ds["split"], src, st.n_labels, st.n_val, st.seed)
-        xs, ys = ds["x_lcn"], np.asarray(ds["labels"])
-        init = _source_cnn(src, st, work) if st.dann_init == "source" else None
+        xs, ys, ps = _preset(src, st, work)
         res = train_dann_on_arrays(xs[ps["unlabelled"]], ys[ps["unlabelled"]], x[part["unlabelled"]], out,
                                    class_names=CLASSES, preprocess=pre, config=_train_config(st, kind),
                                    x_val=xs[ps["val"]], y_val=ys[ps["val"]],
                                    lambda_max=st.dann_lambda_max if kind == "dann" else 0.0,
-                                   init_path=init, augment=aug, data_description=desc, log=quiet)  # fmt: skip
+                                   init_path=_source_cnn(src, st, work) if st.dann_init == "source" else None,
+                                   **kw)  # fmt: skip
     else:
         raise ConfigError(f"unknown job kind {kind!r}")
     write_json(out.with_suffix(".history.json"), res.history, indent=None)
@@ -341,15 +317,10 @@ def _job(kind: str, name: str, src: str, tgt: str, st: Settings, work: Path) -> 
 
 
 def _jobs(st: Settings) -> list:
-    """Training jobs in the order they are run (the long DANN jobs first)."""
-    jobs = [("full", f"full_{p}", p, p) for p in st.full_presets]
-    jobs += [("dann", f"dann_{s}_{t}", s, t) for s, t in st.pairs]
-    if st.dann_ablation:
-        jobs += [("dann0", f"dann0_{s}_{t}", s, t) for s, t in st.pairs]
-    jobs += [("scratch", f"scratch_{t}", t, t) for t in st.targets]
-    jobs += [("rwd", f"rwd_{t}", t, t) for t in st.targets]
-    jobs += [("transfer", f"transfer_{s}_{t}", s, t) for s, t in st.pairs]
-    return jobs
+    """Training jobs ``(kind, name, source, target)`` in the order they are run (the long DANN jobs first)."""
+    groups = {"full": [(p,) for p in st.full_presets], "dann": st.pairs, "dann0": st.pairs if st.dann_ablation else (),
+              "scratch": [(t,) for t in st.targets], "rwd": [(t,) for t in st.targets], "transfer": st.pairs}
+    return [(kind, "_".join((kind, *p)), p[0], p[-1]) for kind, presets in groups.items() for p in presets]
 
 
 def _speed(st: Settings, models: dict, data: dict) -> dict:
@@ -412,8 +383,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     quick : bool
         The CI-sized run (:data:`QUICK`).
     work : str or Path, optional
-        Cache of simulated data and models (default ``OUT/work``), shared with
-        ``benchmark ke2018`` (same data, same Table 1 CNNs); reruns resume.
+        Cache of simulated data and models (default ``OUT/work``), shared with ``benchmark ke2018`` (same data, same
+        Table 1 CNNs); reruns resume.
     workers : int
         Processes for simulation and training.
     settings : Settings, optional
@@ -463,10 +434,10 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     preds: dict = {}
 
     def score(model: str, preset: str) -> dict:
+        te = parts[preset]["test"]
         if (model, preset) not in preds:
-            te = parts[preset]["test"]
-            preds[(model, preset)] = predict(models[model], np.asarray(data[preset]["x_lcn"][te]))
-        return _per_class(preds[(model, preset)], np.asarray(data[preset]["labels"])[parts[preset]["test"]])
+            preds[model, preset] = predict(models[model], np.asarray(data[preset]["x_lcn"][te]))
+        return _per_class(preds[model, preset], np.asarray(data[preset]["labels"])[te])
 
     log("testing")
     torch.set_num_threads(1)
@@ -482,10 +453,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     results["table7"] = {a: {"rwd": {b: score(f"rwd_{a}", b) for b in tested if b != a},
                              "cnn": {b: score(f"full_{a}", b) for b in tested if b != a}}
                          for a in st.targets if a in st.full_presets}  # fmt: skip
-    results["dann_history"] = {}
-    for s, t in st.pairs:
-        h = Path(models[f"dann_{s}_{t}"]).with_suffix(".history.json")
-        results["dann_history"][f"{s}->{t}"] = json.loads(h.read_text()) if h.exists() else []
+    hist = {f"{s}->{t}": Path(models[f"dann_{s}_{t}"]).with_suffix(".history.json") for s, t in st.pairs}
+    results["dann_history"] = {k: json.loads(h.read_text()) if h.exists() else [] for k, h in hist.items()}
     log("t-SNE")
     results["fig9"] = {f"{s}->{t}": _tsne(st, models, data, s, t) for s, t in st.tsne_pairs}
     log("speed")
@@ -512,8 +481,8 @@ def run_seeds(out_dir, n_seeds: int = 3, *, work=None, workers: int = 2, log=pri
     n_seeds : int
         At least 3 for an interval.
     work : str or Path, optional
-        Cache of data, models and each seed's results (default ``OUT/work``;
-        share it with ``benchmark ke2018``); reruns resume.
+        Cache of data, models and each seed's results (default ``OUT/work``; share it with ``benchmark ke2018``);
+        reruns resume.
     workers : int
     log : callable
 
@@ -540,71 +509,57 @@ def run_seeds(out_dir, n_seeds: int = 3, *, work=None, workers: int = 2, log=pri
 def check_findings(results: dict) -> dict:
     """The qualitative findings of Xie et al. (2022) that the benchmark checks.
 
-    * ``transfer_beats_scratch`` (Xie §3.4.1, Tables 2-3) — for every
-      (source, target) pair, the transferred model's balanced accuracy on
-      the target test frames (mean of its hit-or-maybe recall and its miss
-      rate) is higher than that of the model trained from scratch on the
-      same target labels;
-    * ``dann_recall_beats_source_only`` (Xie §3.4.3, Tables 1 and 5) — the
-      DANN keeps more of the target's hit-or-maybe frames (recall) than the
-      source's fully supervised CNN does, on every pair whose source and
+    * ``transfer_beats_scratch`` (Xie §3.4.1, Tables 2-3) — for every (source, target) pair, the transferred
+      model's balanced accuracy on the target test frames (mean of its hit-or-maybe recall and its miss rate) is
+      higher than that of the model trained from scratch on the same target labels;
+    * ``dann_recall_beats_source_only`` (Xie §3.4.3, Tables 1 and 5) — the DANN keeps more of the target's
+      hit-or-maybe frames (recall) than the source's fully supervised CNN does, on every pair whose source and
       target detectors differ (all pairs if none does);
-    * ``dann_recall_beats_source_only_same_detector`` — the same on the
-      pairs within one detector (not asserted);
-    * ``grl_beats_no_grl`` — the DANN's balanced accuracy on the target beats
-      that of the same training with λ = 0 (the ablation; not asserted);
-    * ``rwd_beats_scratch`` (Tables 2 and 4) — the RWD 1-D CNN's balanced
-      accuracy beats the scratch 2-D CNN's on every target (not asserted).
+    * ``dann_recall_beats_source_only_same_detector`` — the same on the pairs within one detector (not asserted);
+    * ``grl_beats_no_grl`` — the DANN's balanced accuracy on the target beats that of the same training with
+      λ = 0 (the ablation; not asserted);
+    * ``rwd_beats_scratch`` (Tables 2 and 4) — the RWD 1-D CNN's balanced accuracy beats the scratch 2-D CNN's on
+      every target (not asserted).
 
     Parameters
     ----------
     results : dict
-        Needs ``table1``, ``table2``, ``table3``, ``table5``; ``table4``
-        optional.
+        Needs ``table1``, ``table2``, ``table3``, ``table5``; ``table4`` optional.
 
     Returns
     -------
     dict
-        name -> {"holds": bool, "detail": str}
+        name -> {"holds": bool, "detail": str, "effects": {pair or target: difference}}
+        (:func:`diffscreen.benchmarks._harness.findings`).
     """
     t1, t2, t5 = results["table1"], results["table2"], results["table5"].values()
 
-    def row(detail: str, pair: str, a: float, b: float) -> tuple:
-        return f"{pair}: {detail}", a > b, pair, a - b
+    def row(key: str, what: str, a: float, vs: str, b: float) -> tuple:
+        return f"{key}: {what} {a:.1f}% vs {vs} {b:.1f}%", a > b, key, a - b
 
-    transfer = [row(f"balanced {r['balanced']:.1f}% vs scratch {t2[r['target']]['balanced']:.1f}%",
-                    f"{r['source']}->{r['target']}", r["balanced"], t2[r["target"]]["balanced"])
-                for r in results["table3"].values() if r["target"] in t2]  # fmt: skip
     cross, same = [], []
     for r in t5:
         s, t = r["source"], r["target"]
         if t in t1.get(s, {}):
-            d, b = r["on_target"]["hit_or_maybe"], t1[s][t]["hit_or_maybe"]
             (cross if _DETECTOR[s] != _DETECTOR[t] else same).append(
-                row(f"DANN {d:.1f}% vs source-only {b:.1f}%", f"{s}->{t}", d, b))
+                row(f"{s}->{t}", "DANN", r["on_target"]["hit_or_maybe"], "source-only", t1[s][t]["hit_or_maybe"]))
     return findings({
-        "transfer_beats_scratch": transfer,
+        "transfer_beats_scratch": [row(f"{r['source']}->{r['target']}", "balanced", r["balanced"], "scratch",
+                                       t2[r["target"]]["balanced"])
+                                   for r in results["table3"].values() if r["target"] in t2],
         "dann_recall_beats_source_only": cross or same,
         "dann_recall_beats_source_only_same_detector": same if cross else [],
-        "grl_beats_no_grl": [row(f"balanced DANN {r['on_target']['balanced']:.1f}% vs λ = 0 "
-                                 f"{r['no_grl_on_target']['balanced']:.1f}%", f"{r['source']}->{r['target']}",
-                                 r["on_target"]["balanced"], r["no_grl_on_target"]["balanced"])
-                             for r in t5 if "no_grl_on_target" in r],
-        "rwd_beats_scratch": [row(f"balanced RWD {r['balanced']:.1f}% vs scratch {t2[t]['balanced']:.1f}%", t,
-                                  r["balanced"], t2[t]["balanced"])
+        "grl_beats_no_grl": [row(f"{r['source']}->{r['target']}", "balanced DANN", r["on_target"]["balanced"],
+                                 "λ = 0", r["no_grl_on_target"]["balanced"]) for r in t5 if "no_grl_on_target" in r],
+        "rwd_beats_scratch": [row(t, "balanced RWD", r["balanced"], "scratch", t2[t]["balanced"])
                               for t, r in results.get("table4", {}).items() if t in t2],
     })
 
 
 def _cell(ours: dict | None, paper=None) -> str:
     """``ours-hit-or-maybe / ours-miss [paper / paper]``."""
-    if ours is None:
-        txt = "–"
-    else:
-        txt = f"**{fmt(ours['hit_or_maybe'])}** / {fmt(ours['miss'])}"
-    if paper is not None:
-        txt += f" [**{paper[0]:.2f}** / {paper[1]:.2f}]"
-    return txt
+    txt = "–" if ours is None else f"**{fmt(ours['hit_or_maybe'])}** / {fmt(ours['miss'])}"
+    return txt if paper is None else f"{txt} [**{paper[0]:.2f}** / {paper[1]:.2f}]"
 
 
 def paper_tables(results: dict) -> list[str]:
@@ -670,7 +625,8 @@ def write_report(results: dict, out_dir) -> Path:
                  f"DANN {fmt(f9['dann']['domain_accuracy'])} %, source-only CNN "
                  f"{fmt(f9['cnn']['domain_accuracy'])} %.", f"![Fig. 9 {key}]({png})"]  # fmt: skip
         _fig9(f9, out / png)
-    if any(results["dann_history"].values()):
+    curves = any(results["dann_history"].values())
+    if curves:
         _fig10(results["dann_history"], out / "xie2022_fig10.png")
     L = paragraphs(
         "# Xie et al. (2022) on simulated beamtimes",
@@ -690,15 +646,14 @@ def write_report(results: dict, out_dir) -> Path:
         f"{', '.join(map(str, results.get('seeds') or [st['seed']]))}"
         + (f" on the simulated runs of ke2018's seeds {', '.join(str(r['data_seed']) for r in results['per_seed'])}"
            if "per_seed" in results else "") + ". "
-        "Labels are the simulator's spot-count truth (≥ 10 spots hit, 4–9 maybe), hit and maybe "
-        "merged (Xie §3.1).",
+        "Labels are the simulator's spot-count truth (≥ 10 spots hit, 4–9 maybe), hit and maybe merged (Xie §3.1).",
         "Each cell: **% of hit-or-maybe frames called hit-or-maybe (recall, Xie's bold numbers)** / % of misses "
         "called miss; the paper's numbers in brackets.",
         "## Domains",
-        "Xie used three CXIDB-76 runs, all on the Rayonix detector at LCLS: LN83, LN84, LO19. Each is a "
-        "preset of our simulator with the same name (cell, photon energy, delivery, mask and the Rayonix "
-        "detector model of the run). To add the cross-detector case the paper lacks, the CSPAD run L498 "
-        "(small 1–3 px spots) is a fourth domain"
+        "Xie used three CXIDB-76 runs, all on the Rayonix detector at LCLS: LN83, LN84, LO19. Each is a preset of our "
+        "simulator with the same name (cell, photon energy, delivery, mask and the Rayonix detector model of the "
+        "run). To add the cross-detector case the paper lacks, the CSPAD run L498 (small 1–3 px spots) is a fourth "
+        "domain"
         + "".join(f"; {a}'s Table 1 CNN keeps {fmt(c['hit_or_maybe'])} % of {b}'s hit-or-maybe frames and rejects "
                   f"{fmt(c['miss'])} % of its misses" for a, b in st["pairs"] if _DETECTOR[a] != _DETECTOR[b]
                   for c in [results["table1"].get(a, {}).get(b)] if c)
@@ -716,8 +671,7 @@ def write_report(results: dict, out_dir) -> Path:
         *_bench_speed_lines(sp.get("bench_rwd_speed")),
         "## Fig. 9: t-SNE of source and target features",
         *fig9,
-        *(["## Fig. 10: DANN training", "![Fig. 10](xie2022_fig10.png)"]
-          if any(results["dann_history"].values()) else []),
+        *(["## Fig. 10: DANN training", "![Fig. 10](xie2022_fig10.png)"] if curves else []),
         "## Class counts (hit / maybe / miss)",
         table(("preset", "labelled", "validation", "test"),
               [(p, *(" / ".join(fmt(c[k][n], 0) for n in CLASSES) for k in ("labelled", "val", "test")))
@@ -726,10 +680,8 @@ def write_report(results: dict, out_dir) -> Path:
     L += findings_lines(results.get("findings"), ASSERTED if results["quick"] else ())
     if results["quick"] and results.get("findings") and not ASSERTED:
         L += ["", "`--quick` asserts none of these findings: at this size none held by a safe margin at each of "
-                  "three seeds (docs/benchmarks/xie2022_notes.md). It checks "
-                  "that every experiment runs and is judged."]
-    for extra in results.get("notes", []):
-        L += ["", extra]
+                  "three seeds (docs/benchmarks/xie2022_notes.md). It checks that every experiment runs and is judged."]
+    L += [line for extra in results.get("notes", []) for line in ("", extra)]
     L += ["", *paragraphs("## The full run and the quick run", _sizes(),
                           "Written by hand, in [xie2022_notes.md](xie2022_notes.md): the quick run at three seeds and "
                           "how the DANN's settings were chosen.", "## Differences from the paper", _discussion(st))]
@@ -738,18 +690,13 @@ def write_report(results: dict, out_dir) -> Path:
 
 def _bench_speed_lines(bench) -> list[str]:
     """Markdown blocks summing up ``bench/results/rwd_speed.json`` (``bench/rwd_speed.py``), if present."""
-    if not isinstance(bench, dict):
-        return []
-    L = []
-    for name, run_ in (bench.get("runs") or {}).items():
-        res = (run_ or {}).get("results") or {}
-        for threads, r in res.items():
-            if not isinstance(r, dict):
-                continue
-            keys = ("rwd1d_vectors_per_s", "rwd1d_frames_per_s", "ke2018_frames_per_s", "speedup_vectors_vs_2d",
-                    "speedup_frames_vs_2d")  # fmt: skip
-            txt = ", ".join(f"{k} {r[k]:.1f}" for k in keys if isinstance(r.get(k), (int, float)))
-            L.append(f"- `{name}`, {threads} ({run_.get('when', '')}, {run_.get('input', '')}): {txt}")
+    keys = ("rwd1d_vectors_per_s", "rwd1d_frames_per_s", "ke2018_frames_per_s", "speedup_vectors_vs_2d",
+            "speedup_frames_vs_2d")  # fmt: skip
+    runs = (bench.get("runs") or {}) if isinstance(bench, dict) else {}
+    L = [f"- `{name}`, {threads} ({run_.get('when', '')}, {run_.get('input', '')}): "
+         + ", ".join(f"{k} {r[k]:.1f}" for k in keys if isinstance(r.get(k), (int, float)))
+         for name, run_ in runs.items() for threads, r in ((run_ or {}).get("results") or {}).items()
+         if isinstance(r, dict)]  # fmt: skip
     return ["`bench/rwd_speed.py` at Xie's 720² input (bench/results/rwd_speed.json):", L] if L else []
 
 
@@ -761,9 +708,9 @@ def _fig9(f9: dict, path: Path) -> None:
         for j, c in enumerate(("miss", "maybe", "hit")):
             ax = axes[i, j]
             ax.scatter(emb[:, 0], emb[:, 1], s=3, c="0.85")
-            for dom, colour in ((0, "tab:red"), (1, "tab:blue")):
+            for dom, (colour, preset) in enumerate((("tab:red", f9["source"]), ("tab:blue", f9["target"]))):
                 sel = (labels == CLASSES.index(c)) & (domain == dom)
-                ax.scatter(emb[sel, 0], emb[sel, 1], s=8, c=colour, label=f"{(f9['source'], f9['target'])[dom]} ({sel.sum()})")
+                ax.scatter(emb[sel, 0], emb[sel, 1], s=8, c=colour, label=f"{preset} ({sel.sum()})")
             ax.set_title(f"({'abcdef'[3 * i + j]}) {name}, {c}", fontsize=9)
             ax.set(xticks=[], yticks=[])
             ax.legend(fontsize=7, loc="best")
@@ -800,10 +747,9 @@ def _sizes() -> list[str]:
                     f"{st.batch_size}, transfer {st.transfer_frozen_epochs} + {st.transfer_unfrozen_epochs} epochs; "
                     f"pairs {', '.join(f'{a}→{b}' for a, b in st.pairs)}.")  # fmt: skip
     rows += ["", "The full run shares its simulated data and Table 1 CNNs with `benchmark ke2018` (same `--work`); "
-             "from an empty `--work` it took 38 minutes on 2 free cores: 12 to simulate the 4 presets, 26 to "
-             "train 33 models (the 4 Table 1 CNNs, then 7 DANNs, their 7 λ = 0 ablations, 7 transfers, "
-             "4 scratch CNNs and 4 RWD CNNs). Every trained model is cached under `--work`, so an "
-             "interrupted run resumes."]  # fmt: skip
+             "from an empty `--work` it took 38 minutes on 2 free cores: 12 to simulate the 4 presets, 26 to train 33 "
+             "models (the 4 Table 1 CNNs, then 7 DANNs, their 7 λ = 0 ablations, 7 transfers, 4 scratch CNNs and 4 "
+             "RWD CNNs). Every trained model is cached under `--work`, so an interrupted run resumes."]  # fmt: skip
     return rows
 
 

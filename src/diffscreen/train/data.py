@@ -36,6 +36,11 @@ def split_samples(samples, fractions=(0.5, 0.2, 0.3), *, mode: str = "order", se
     Returns
     -------
     train, val, test : lists of Sample
+
+    Raises
+    ------
+    ConfigError
+        Fractions that are not three non-negative numbers summing to 1, or an unknown ``mode``.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")

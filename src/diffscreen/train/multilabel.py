@@ -147,7 +147,8 @@ def train_multilabel(x_train, y_train, x_val, y_val, out_path=None, *, config: M
     Raises
     ------
     ConfigError
-        Empty training set, inputs of the wrong shape, or a checkpoint of a different run.
+        Empty training set, inputs of the wrong shape or not finite, ``out_path`` without ``preprocess``, or a
+        checkpoint of a different run.
     LabelError
         Labels of the wrong shape.
     """

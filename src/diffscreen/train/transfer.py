@@ -131,6 +131,11 @@ def fit_arrays(model, x, y, config: TrainConfig, *, x_val=None, y_val=None, clas
         ``seconds``.
     best : Best
         Score, epoch, weights and validation columns of the kept epoch.
+
+    Raises
+    ------
+    ConfigError
+        No trainable parameters.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

@@ -83,7 +83,7 @@ def train_transfer(specs, out, label_files=(), *, init, arch=None, frozen=FROZEN
     specs : sequence of str
         Expanded input specs.
     out : str or Path
-        Model file to write (.safetensors); ``OUT.ckpt`` resumes an interrupted run.
+        Model file to write (.safetensors).
     label_files : sequence of str
         Label files; empty: the inputs' own labels.
     init : str or Path
