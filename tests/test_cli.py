@@ -88,6 +88,13 @@ def test_missing_input_is_one_line_error(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_generalisation_peers_only_without_an_earlier_run_is_one_line_error(tmp_path, capsys):
+    code = main(["benchmark", "generalisation", "--peers-only", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ERROR: ") and "generalisation.json" in err and "Traceback" not in err
+    assert not (tmp_path / "generalisation.md").exists()
+
+
 def test_bad_model_file_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "m.safetensors"
     bad.write_bytes(b"not a model")

@@ -25,16 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscreen.benchmarks._harness import paragraphs, predict, table, write_json
-from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
+from diffscreen.benchmarks._harness import paragraphs, pool_map, predict, table, write_json
+from diffscreen.evaluate.metrics import keep_balanced_accuracy, kept_scores, t_interval
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
-from diffscreen.simulate.metadata import load_inputs, make_inputs, training_jobs
+from diffscreen.simulate.metadata import job_simulator, load_inputs, make_inputs, training_jobs
 
-__all__ = ["run_generalisation", "report_markdown", "dials_peer_lines"]
+__all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
+           "PEERS", "SPOT_KEEP"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
 VAL_FRAMES = 400
+
+
+def held_out_seed(seed: int, k: int) -> int:
+    """The simulator seed of the test frames of the ``k``-th preset (in :func:`training_jobs` order) at ``seed``."""
+    return 9000 + 100 * seed + k
 
 
 def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test: int = 100, epochs: int = 20,
@@ -79,16 +85,13 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     fams = dict(families or FAMILIES)
     work = Path(work)
     cfg = PreprocessConfig.significance()
-    tjobs = training_jobs(fams)
-    if n_train:
-        tjobs = [(p, s, min(n, n_train), t) for p, s, n, t in tjobs]
+    tjobs = [(p, s, min(n, n_train or n), t) for p, s, n, t in training_jobs(fams)]
     presets = [j[0] for j in tjobs]
-    test_jobs = [(p, 9000 + 100 * s + k, n_test, False) for s in seeds for k, p in enumerate(presets)]
+    test_jobs = [(p, held_out_seed(s, k), n_test, False) for s in seeds for k, p in enumerate(presets)]
     paths = make_inputs(tjobs + test_jobs, work / "inputs", cfg, workers=workers, log=log)
     res = {"settings": {"seeds": list(seeds), "train_frames": {j[0]: j[2] for j in tjobs}, "n_test": n_test,
                         "epochs": epochs, "batches": batches, "preprocess": cfg.to_dict(),
-                        "families": {f: list(ps) for f, ps in fams.items()}},
-           "families": {}}  # fmt: skip
+                        "families": {f: list(ps) for f, ps in fams.items()}}, "families": {}}  # fmt: skip
     for fam, ps in fams.items():
         if only is not None and fam not in only:
             continue
@@ -103,32 +106,142 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
                                  lr_start=0.05, lr_end=1e-4, seed=s, threads=threads)
                 log(f"training without {fam} (seed {s}) on {', '.join(train_ps)}")
                 keep = np.linspace(0, len(yv) - 1, min(len(yv), VAL_FRAMES)).astype(int)  # validation every epoch: bounded
-                train_on_arrays(x, y, model, class_names=CLASSES, preprocess=cfg,
-                                config=tc, x_val=xv[keep], y_val=yv[keep],
-                                data_description={"benchmark": "generalisation", "left_out": fam,
-                                                  "presets": train_ps},
-                                augment=dihedral_augment, log=lambda *_: None)  # fmt: skip
-            tests = {p: load_inputs([paths[(p, 9000 + 100 * s + presets.index(p), n_test, False)]]) for p in ps}
-            probs = {p: predict(model, x, batch=64) for p, (x, _) in tests.items()}
-            for p, (_, y) in tests.items():
-                per_preset[p].append(keep_balanced_accuracy(y, probs[p]))
-            per_seed.append(keep_balanced_accuracy(np.concatenate([y for _, y in tests.values()]),
-                                                   np.concatenate(list(probs.values()))))
+                train_on_arrays(x, y, model, class_names=CLASSES, preprocess=cfg, config=tc, x_val=xv[keep],
+                                y_val=yv[keep], augment=dihedral_augment, log=lambda *_: None,
+                                data_description={"benchmark": "generalisation", "left_out": fam, "presets": train_ps})
+            tests = [load_inputs([paths[(p, held_out_seed(s, presets.index(p)), n_test, False)]]) for p in ps]
+            scored = [(y, predict(model, x, batch=64)) for x, y in tests]  # (labels, probabilities) per preset
+            for p, (y, prob) in zip(ps, scored):
+                per_preset[p].append(keep_balanced_accuracy(y, prob))
+            per_seed.append(keep_balanced_accuracy(*map(np.concatenate, zip(*scored))))
             log(f"{fam} left out, seed {s}: keep balanced accuracy {per_seed[-1]:.3f}")
         m, lo, hi = t_interval(per_seed)
         res["families"][fam] = {"presets": list(ps), "per_seed": per_seed, "mean": m, "ci95": [lo, hi],
                                 "per_preset": {p: t_interval(v) for p, v in per_preset.items()},
                                 "models": [str(m) for m in models]}
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    write_json(Path(out_json), res)
+    write_json(Path(out_json), res)  # makes the folder
     return res
 
 
-def _hold_out_fifth(sets) -> tuple:
-    """Training and validation arrays of ``(x, y)`` pairs: the last fifth of each pair (at least one frame) validates.
+#: A frame is kept by a spot count at this many spots or more: Ke et al. (2018) §3.3.1's "maybe" (4-9 spots), the
+#: rule ``screen --method dials`` applies; fixed beforehand, not tuned.
+SPOT_KEEP = 4
 
-    ``x`` are inputs (N, 1, S, S), ``y`` labels (N,); returns ``x, y, x_val, y_val``, each joined over the pairs.
+#: The spot-finders scored beside the CNN on the left-out families' test frames: name in the report, keep rule.
+PEERS = {
+    "spots": ("diffscreen spot count", f"diffscreen's spot finder (`preprocess.spots`, its defaults; the noise "
+                                       f"model of the significance input), kept at ≥ {SPOT_KEEP} spots"),
+    "peakfinder8": ("peakfinder8", "peakfinder8 with its defaults (`screen --method peakfinder8`)"),
+    "dials": ("DIALS, gain 1", f"DIALS `find_spots` with its defaults (`screen --method dials`: gain 1, as a "
+                               f"header without one gives), kept at ≥ {SPOT_KEEP} spots"),
+    "dials_gain": ("DIALS, its gain", "the same DIALS given the gain it needs (the simulated detector's, ADU per "
+                                      "photon, as a user sets `gain=`)"),
+}
+
+
+def _peer_job(preset: str, seed: int, n: int, n_dials: int) -> dict:
+    """The :data:`PEERS`' keep decisions on frames ``0..n-1`` of one test job (DIALS on the first ``n_dials``)."""
+    from diffscreen.baselines import Peakfinder8
+    from diffscreen.baselines.dials import DialsError, DialsSpotFinder
+    from diffscreen.preprocess.spots import find_spots
+
+    sim, pf8 = job_simulator(preset, seed), Peakfinder8()
+    dials = DialsSpotFinder() if n_dials else None
+    labels, kept, failed = [], {k: [] for k in PEERS}, 0
+    try:
+        for i in range(n):
+            sf = sim.frame(i)
+            fr = sf.to_frame()
+            labels.append(CLASSES.index(sf.label))
+            kept["spots"].append(len(find_spots(fr)) >= SPOT_KEEP)
+            kept["peakfinder8"].append(bool(pf8.classify([fr])[0].keep))
+            if i >= n_dials:
+                continue
+            for method, frame in (("dials", fr), ("dials_gain", _with_gain(fr, fr.meta.extra["gain_adu_per_photon"]))):
+                try:
+                    kept[method].append(dials.find_spots(frame)["n_spots"] >= SPOT_KEEP)
+                except DialsError:  # counted as not kept, and said
+                    kept[method].append(False)
+                    failed += 1
+    finally:
+        if dials is not None:
+            dials.close()
+    return {"labels": labels, "kept": kept, "dials_failed": failed}
+
+
+def _with_gain(frame, gain: float):
+    """``frame`` whose header records ``gain`` (ADU per photon), the one DIALS then uses."""
+    from dataclasses import replace
+
+    from diffscreen.io.frame import Frame
+
+    return Frame(frame.data, frame.mask, replace(frame.meta, extra={**frame.meta.extra, "gain": float(gain)}))
+
+
+def _kept_balanced(kept, labels) -> float:
+    """Balanced accuracy (0-1) of a keep decision ``kept`` (N,) bool against class indices ``labels`` (N,)."""
+    s = kept_scores(np.asarray(kept, bool), np.asarray(labels))
+    return (s["kept_of_hit_or_maybe"] + 100 - s["kept_of_miss"]) / 200
+
+
+def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, log=print) -> dict:
+    """The spot-finders of :data:`PEERS` on exactly the test frames of a :func:`run_generalisation` run.
+
+    Each left-out family's test frames (the simulator seeds of :func:`held_out_seed`, frames as the CNN saw them
+    before preprocessing, header intact) go through each spot-finder with its defaults and fixed keep rule; none
+    is trained or tuned, so every family is new to them, as it is to the CNN trained without it.
+
+    Parameters
+    ----------
+    settings : dict
+        The ``settings`` of :func:`run_generalisation`'s result: ``seeds``, ``n_test``, ``families`` and
+        ``train_frames`` (whose order numbers the presets).
+    n_dials : int
+        Frames per preset and seed given to DIALS (the first ones; 0: no DIALS), which takes about a second a
+        frame; DIALS needs Debian's ``python3-dials``.
+    workers : int
+        Processes.
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``names`` and ``rules`` (:data:`PEERS`), ``n_test``, ``n_dials``, ``dials_failed`` (DIALS runs that
+        failed, counted as not kept) and ``families``: family → method → ``{"per_seed", "mean", "ci95"}``
+        (balanced accuracy of the keep decision, 0-1; the same seeds and frames as the CNN's row).
     """
+    from diffscreen.baselines.dials import DialsError, find_dials_python
+
+    seeds, n, fams = settings["seeds"], settings["n_test"], settings["families"]
+    presets = list(settings["train_frames"])
+    if n_dials:
+        try:
+            find_dials_python()
+        except DialsError as exc:
+            log(f"DIALS left out: {exc}")
+            n_dials = 0
+    log(f"spot-finders on {len(seeds)} × {len(presets)} × {n} test frames (DIALS on {n_dials} of each {n})")
+    jobs = [(p, held_out_seed(s, presets.index(p)), n, n_dials) for s in seeds for ps in fams.values() for p in ps]
+    done = dict(zip(((j[0], j[1]) for j in jobs), pool_map(_peer_job, jobs, workers)))
+    out = {"names": {k: v[0] for k, v in PEERS.items()}, "rules": {k: v[1] for k, v in PEERS.items()},
+           "n_test": n, "n_dials": n_dials,
+           "dials_failed": sum(r["dials_failed"] for r in done.values()), "families": {}}
+    for fam, ps in fams.items():
+        out["families"][fam] = {}
+        for method in PEERS if n_dials else [m for m in PEERS if not m.startswith("dials")]:
+            per_seed = []
+            for s in seeds:
+                rs = [done[(p, held_out_seed(s, presets.index(p)))] for p in ps]
+                kept = np.concatenate([r["kept"][method] for r in rs])
+                per_seed.append(_kept_balanced(kept, np.concatenate([r["labels"][: len(r["kept"][method])]
+                                                                     for r in rs])))
+            m, lo, hi = t_interval(per_seed)
+            out["families"][fam][method] = {"per_seed": per_seed, "mean": m, "ci95": [lo, hi]}
+    return out
+
+
+def _hold_out_fifth(sets) -> tuple:
+    """``x, y, x_val, y_val`` joined over ``(x, y)`` pairs ((N, 1, S, S), (N,)): each's last fifth (≥ 1) validates."""
     nv = [max(1, len(y) // 5) for _, y in sets]
     train = [np.concatenate([a[i][:-n] for a, n in zip(sets, nv)]) for i in (0, 1)]
     val = [np.concatenate([a[i][-n:] for a, n in zip(sets, nv)]) for i in (0, 1)]
@@ -154,17 +267,52 @@ def dials_peer_lines(path) -> list[str]:
             f"and rejects {sum(rejected)} of {len(rejected)} misses.", "", *table(("frame", "truth", "DIALS"), rows)]
 
 
+def _spot_finder_lines(res: dict) -> list:
+    """Report section of :func:`spot_finder_peers`'s result beside the CNN's (nothing without it)."""
+    sf = res.get("spot_finders")
+    if not sf:
+        return []
+    fams = res["families"]
+    methods = [m for m in PEERS if all(m in sf["families"][f] for f in fams)]
+    diffs = {(f, m): t_interval(np.subtract(sf["families"][f][m]["per_seed"], fams[f]["per_seed"]))
+             for f in fams for m in methods}
+
+    def verdict(d):  # a NaN bound (one seed) compares false
+        return "better" if d[1] > 0 else "worse" if d[2] < 0 else "not established"
+
+    rows = [(f, _fmt(r["mean"], *r["ci95"]), *(_fmt(sf["families"][f][m]["mean"], *sf["families"][f][m]["ci95"])
+                                               for m in methods)) for f, r in fams.items()]
+    drows = [(f, *(f"{_fmt(*diffs[f, m])}: {verdict(diffs[f, m])}" for m in methods)) for f in fams]
+    says = {(m, v): [f for f in fams if verdict(diffs[f, m]) == v] for m in methods for v in ("better", "worse")}
+    best = max(((sf["families"][f][m]["mean"], m, f) for f in fams for m in methods), key=lambda t: t[0])
+    dials = (f" DIALS saw the first {sf['n_dials']} of each preset's {sf['n_test']} test frames per seed"
+             + (f" and failed on {sf['dials_failed']} (counted as not kept)." if sf["dials_failed"] else ".")
+             if "dials" in methods else "")
+    return ["## Spot-finders on the same test frames",
+            "The left-out families' test frames (the same seeds and frames, before preprocessing, header intact) "
+            "through spot-finders with their defaults and fixed keep rules, none trained or tuned, so every family "
+            "is new to them as it is to the CNN trained without it: " + "; ".join(sf["rules"][m] for m in methods)
+            + "." + dials,
+            table(("family left out", "CNN trained without it", *(sf["names"][m] for m in methods)), rows),
+            "Paired difference, spot-finder − CNN (per seed on the same frames), mean and 95 % interval; "
+            "*better* or *worse* only where the interval excludes 0:",
+            table(("family", *(f"{sf['names'][m]} − CNN" for m in methods)), drows),
+            [*(f"- {sf['names'][m]}: better than the CNN trained without the family in "
+               + "; worse in ".join(f"{len(w)} of {len(fams)} families" + (f" ({', '.join(w)})" if w else "")
+                                    for w in (says[m, "better"], says[m, "worse"])) + "." for m in methods),
+             f"- The best spot-finder mean in any family is {best[0]:.3f} ({sf['names'][best[1]]}, {best[2]}): "
+             + ("none reaches the 0.95 goal either." if best[0] < 0.95 else "at or above the 0.95 goal.")]]
+
+
 def report_markdown(res: dict) -> str:
     """``docs/benchmarks/generalisation.md`` from :func:`run_generalisation`'s result."""
     st, fams = res["settings"], res["families"]
 
-    def verdict(r):
-        lo = r["ci95"][0]
-        return "yes" if (not math.isnan(lo) and lo >= 0.95) else ("mean only" if r["mean"] >= 0.95 else "**no**")
+    def verdict(r):  # a NaN bound (one seed) compares false
+        return "yes" if r["ci95"][0] >= 0.95 else ("mean only" if r["mean"] >= 0.95 else "**no**")
 
-    below = [f for f, r in fams.items() if not math.isnan(r["ci95"][1]) and r["ci95"][1] < 0.95]
-    wide = max(fams, key=lambda f: (fams[f]["ci95"][1] - fams[f]["ci95"][0]) if not math.isnan(fams[f]["ci95"][0])
-               else -1.0)
+    below = [f for f, r in fams.items() if r["ci95"][1] < 0.95]
+    wide = max(fams, key=lambda f: -1.0 if math.isnan(fams[f]["ci95"][0]) else fams[f]["ci95"][1] - fams[f]["ci95"][0])
     lo, hi = fams[wide]["ci95"]
     lines = paragraphs(
         "# Leave one detector family out (issue 13)",
@@ -199,6 +347,7 @@ def report_markdown(res: dict) -> str:
          "60 × 40), so they are a lower bound on the recipe.",
          *([f"- Seeds differ a lot (the widest interval, {wide}, spans {lo:.2f}–{hi:.2f}), so differences "
             "between families of a few points mean little."] if not math.isnan(lo) else [])],
+        *_spot_finder_lines(res),
         *(["## Peers on the real frames", res["peers"]] if res.get("peers") else []),
         f"Rerun: `diffscreen benchmark generalisation` (results in `generalisation.json`; "
         f"{res.get('seconds', float('nan')) / 60:.0f} min on this machine).",

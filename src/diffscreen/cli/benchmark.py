@@ -176,6 +176,19 @@ def benchmark_zimmermann2019(
     bench.check_quick(res)  # FindingNotReproduced: exit 1
 
 
+def _write_generalisation(out: Path, res: dict) -> None:
+    """Write OUT/generalisation.json and the report made of it (atomically)."""
+    import json
+
+    from diffscreen.benchmarks.generalisation import report_markdown
+    from diffscreen.io.atomic import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "generalisation.json", json.dumps(res, indent=1, default=float))
+    atomic_write_text(out / "generalisation.md", report_markdown(res))
+    print(f"wrote {out / 'generalisation.md'}")
+
+
 @benchmark_app.command("generalisation")
 @friendly
 def benchmark_generalisation(
@@ -190,6 +203,10 @@ def benchmark_generalisation(
     workers: int = typer.Option(2, help="Simulation processes."),
     real: Path = typer.Option(Path("../shared/data"), help="Folder holding real-frames/ and real-frames-2/ (each with "
                                                             "MANIFEST.tsv) for the real-frame column; skipped if absent."),
+    dials_frames: int = typer.Option(20, help="Test frames per preset and seed that DIALS scores beside the CNN "
+                                              "(about a second each; 0: none; needs Debian's python3-dials)."),
+    peers_only: bool = typer.Option(False, "--peers-only", help="Only score the spot-finders on the test frames of "
+                                                                 "OUT/generalisation.json and rewrite its report."),
 ):
     """Train on every detector family but one, test on the one left out.
 
@@ -197,25 +214,39 @@ def benchmark_generalisation(
     Rayonix-type CCD, CSPAD, JUNGFRAU/AGIPD-type panels; each family's
     presets include its domain-randomised ``wide_*`` preset.  The score is the
     balanced accuracy of the keep decision with a 95 % interval over seeds,
-    per family, and of every trained model on the shared real frames.
+    per family, and of every trained model on the shared real frames.  Beside
+    the CNN, spot-finders with their defaults (diffscreen's spot finder,
+    peakfinder8, DIALS) score the same test frames; ``--peers-only`` adds
+    them to an earlier run's report without training.
     """
     import json
 
     from diffscreen.benchmarks import generalisation as g
+    from diffscreen.errors import ConfigError
     from diffscreen.evaluate.labelled import real_frame_scores
     from diffscreen.evaluate.metrics import t_interval
-    from diffscreen.io.atomic import atomic_write_text
     from diffscreen.models import resolve_model_path
 
     n_train = None
     if quick:
-        seeds, n_train, test_frames, epochs, batches = 1, 40, 40, 2, 5
+        seeds, n_train, test_frames, epochs, batches, dials_frames = 1, 40, 40, 2, 5, 0
+    if peers_only:
+        if not (out / "generalisation.json").exists():
+            raise ConfigError("--peers-only scores the test frames of an earlier run, but it has no results here",
+                              path=out / "generalisation.json")
+        res = json.loads((out / "generalisation.json").read_text())
+        with progress() as p:
+            res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames,
+                                                      workers=workers, log=p.console.print)
+        return _write_generalisation(out, res)
     t0 = time.time()
     with progress() as p:
         p.console.print(f"leave-one-family-out benchmark{' (quick)' if quick else ''} -> {out}")
         res = g.run_generalisation(work, out / "generalisation.json", seeds=tuple(range(seeds)), n_train=n_train,
                                    n_test=test_frames, epochs=epochs, batches=batches, workers=workers,
                                    log=p.console.print)
+        res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames,
+                                                  workers=workers, log=p.console.print)
         folders = [real / "real-frames", real / "real-frames-2"]
         if all((f / "MANIFEST.tsv").exists() for f in folders):
             res["real"] = {}
@@ -234,9 +265,7 @@ def benchmark_generalisation(
     if dials.exists():  # written by bench/dials/real_frames.py (needs Debian's python3-dials)
         res["peers"] = g.dials_peer_lines(dials)
     res["seconds"] = time.time() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "generalisation.json", json.dumps(res, indent=1, default=float))
-    atomic_write_text(out / "generalisation.md", g.report_markdown(res))
-    print(f"wrote {out / 'generalisation.md'} ({res['seconds'] / 60:.1f} min)")
+    _write_generalisation(out, res)
+    print(f"({res['seconds'] / 60:.1f} min)")
     for fam, r in res["families"].items():
         print(f"{fam}: {r['mean']:.3f} {r['ci95']}")

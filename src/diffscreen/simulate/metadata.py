@@ -22,7 +22,8 @@ import numpy as np
 
 from diffscreen.io.frame import CLASS_NAMES
 
-__all__ = ["META_FAULTS", "BUNDLED_SEED0", "randomise_meta", "training_jobs", "make_inputs", "load_inputs"]
+__all__ = ["META_FAULTS", "BUNDLED_SEED0", "randomise_meta", "training_jobs", "make_inputs", "load_inputs",
+           "JOB_CLASS_FRACTIONS", "job_simulator"]
 
 #: Probabilities of the metadata faults drawn per training frame (see :func:`randomise_meta`).
 META_FAULTS = {"no_geometry": 0.2, "no_beam_centre": 0.2, "centre_error": 0.3, "centre_error_px": 5.0,
@@ -85,6 +86,18 @@ def training_jobs(families, frames: int = 400, wide_frames: int = 800) -> list:
             for k, p in enumerate(presets)]
 
 
+#: Hit / maybe / miss fractions of every :func:`make_inputs` job's simulated frames.
+JOB_CLASS_FRACTIONS = (0.3, 0.2, 0.5)
+
+
+def job_simulator(preset: str, seed: int):
+    """The :class:`~diffscreen.simulate.Simulator` whose frames ``0..n-1`` a :func:`make_inputs` job ``(preset,
+    seed, n, train)`` preprocesses, so that other methods can be scored on exactly those frames."""
+    from diffscreen.simulate.run import Simulator
+
+    return Simulator(preset, seed=seed, class_fractions=JOB_CLASS_FRACTIONS)
+
+
 def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, train: bool) -> str:
     """Simulate and preprocess one preset's frames into a cached npz (see :func:`make_inputs`) → its path."""
     import torch
@@ -93,7 +106,6 @@ def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, tra
     from diffscreen.io.frame import Frame
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.preprocess.fast import FastPreprocessor
-    from diffscreen.simulate.run import Simulator
 
     torch.set_num_threads(1)
     path = Path(work) / _cache_name(preset, seed, n, cfg_dict, train)
@@ -101,7 +113,7 @@ def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, tra
         return str(path)
     cfg = PreprocessConfig.from_dict(cfg_dict)
     pre = FastPreprocessor(cfg)
-    sim = Simulator(preset, seed=seed, class_fractions=(0.3, 0.2, 0.5))
+    sim = job_simulator(preset, seed)
     rng = np.random.default_rng([seed, 977])
     S = cfg.out_size
     x = np.zeros((n, 1, S, S), np.float16)
