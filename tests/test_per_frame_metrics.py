@@ -177,3 +177,25 @@ def test_screen_writes_the_columns_and_the_cheetah_peaks(tmp_path):
     for r, r2 in zip(rows, rows2):
         assert r2["label"] == r["label"]
         assert r2["n_spots"] == (r["n_spots"] if r["label"] in ("hit", "maybe") else "")
+
+
+def test_running_median_is_nanmedian_of_each_window():
+    """The sorted-window running median equals np.nanmedian window by window (odd and even finite counts, NaN
+    runs, windows with too few finite values), to the last bit."""
+    from diffscreen.preprocess.spots import _running_median
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(5.0, 2.0, 400)
+    a[rng.random(400) < 0.3] = np.nan
+    a[100:160] = np.nan  # a run of empty rings: some windows hold too few values
+    for window in (41, 165, 5):
+        half, got = window // 2, _running_median(a, window)
+        pad = np.concatenate([np.full(half, np.nan), a, np.full(half, np.nan)])
+        want = np.full(a.shape, np.nan)
+        for i in range(len(a)):
+            w = pad[i : i + window]
+            if np.isfinite(w).sum() >= max(3, window // 4):
+                want[i] = np.nanmedian(w)
+        np.testing.assert_array_equal(got, want)
+    assert np.isnan(_running_median(a, 41)[120:140]).all()  # inside the empty run: too few values
+    assert np.isfinite(_running_median(a, 41)[:90]).all()

@@ -70,6 +70,28 @@ def test_screen_outputs_agree_with_classifier(run, model_file, tmp_path):
     assert not (out / ".partial").exists()
 
 
+def test_a_kept_frame_is_read_whole_once(run, model_file, tmp_path, monkeypatch):
+    """The whole frame read for a kept frame's per-frame numbers is the one written to hits.cxi: one read, not two
+    (a compressed frame is decoded once); a dropped frame is never read whole."""
+    with open_source(run) as src:
+        cls = type(src)
+    reads = []
+    original = cls.read
+
+    def counting(self, i):
+        reads.append(i)
+        return original(self, i)
+
+    monkeypatch.setattr(cls, "read", counting)
+    out = tmp_path / "out"
+    screen([run], out, model=model_file, batch_size=5, chunk_size=4)
+    kept = [int(r["frame"]) for r in read_scores(out / "scores.csv") if r["label"] != "miss"]
+    assert kept and sorted(reads) == kept
+    with h5py.File(out / "hits.cxi", "r") as f, open_source(run) as src:
+        for j, i in enumerate(kept):
+            np.testing.assert_array_equal(f["entry_1/data_1/data"][j], src.read(i).data)
+
+
 def test_bad_files_and_frames_are_reported_and_the_rest_screened(run, model_file, tmp_path):
     bad = tmp_path / "corrupt.cxi"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)

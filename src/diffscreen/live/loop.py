@@ -584,7 +584,8 @@ class LiveLoop:
         image = None
         if why is None and d.keep:
             try:
-                fr = read_whole(item)
+                fr = d.frame if d.frame is not None else read_whole(item)  # the method's, unless it left none
+                d.frame = None
             except Exception as exc:  # noqa: BLE001 - the frame cannot be read again
                 why = problem_of(exc)
             else:

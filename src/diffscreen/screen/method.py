@@ -23,7 +23,7 @@ decisions are written to scores.csv and counted in summary.json.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -64,6 +64,11 @@ class FrameDecision:
         The per-frame numbers (spots, resolution, rings;
         :func:`diffscreen.preprocess.spots.frame_metrics`) when the method
         computed them for this frame; their scores.csv cells are empty otherwise.
+    frame : Frame or None
+        The whole checked frame, when the method read it whole to decide or
+        to compute its numbers and kept it, so that the runner writes it to
+        the hits' CXI file without reading and decoding it again.  The runner
+        drops it once written, and it is never pickled to another process.
     """
 
     scores: tuple
@@ -73,6 +78,10 @@ class FrameDecision:
     peaks: np.ndarray | None = None
     warnings: tuple = ()
     metrics: object | None = None
+    frame: object | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):
+        return {**self.__dict__, "frame": None}  # a whole frame does not travel between processes
 
 
 @runtime_checkable
@@ -207,13 +216,17 @@ class CNNMethod:
 
 
 def _add_metrics(src, i: int, d: FrameDecision) -> None:
-    """Set ``d.metrics`` and ``d.peaks`` from frame ``i`` read whole; a failure is a warning, the cells stay empty."""
+    """Set ``d.metrics`` and ``d.peaks`` from frame ``i`` read whole (and ``d.frame`` if kept); a failure is a
+    warning, the cells stay empty."""
     try:
-        m = frame_metrics(check_frame(src.read(i)))
+        fr = check_frame(src.read(i))
+        m = frame_metrics(fr)
     except Exception as exc:  # noqa: BLE001 - the numbers are extra: the decision stands without them
         d.warnings = (*d.warnings, f"per-frame numbers not computed ({problem_of(exc)})")
         return
     d.metrics, d.peaks = m, m.peaks
+    if d.keep:
+        d.frame = fr
 
 
 class PerFrame:
@@ -249,6 +262,7 @@ class PerFrame:
         frames = [fr for _, fr in good]
         for (k, fr), d in zip(good, self.method.classify(frames) if frames else []):
             d.warnings = tuple(d.warnings) + tuple(geometry_warnings(fr.meta, fr.data.shape))
+            d.frame = fr if d.keep else None
             out[k] = d
         return out
 

@@ -168,12 +168,13 @@ class FrameReader:
         self._spec, self._src = None, None
 
 
-def _kept_frame(src, i: int, peaks):
-    """What hits.cxi stores of a kept frame: the frame as read and its peaks, or, from a
-    :class:`~diffscreen.io.geom.GeomSource`, its stacked panels and the peaks in their coordinates."""
+def _kept_frame(src, i: int, d):
+    """What hits.cxi stores of kept frame ``i`` (decision ``d``): the frame as read (the method's ``d.frame`` if
+    it kept one) and its peaks, or, from a :class:`~diffscreen.io.geom.GeomSource`, its stacked panels and the
+    peaks in their coordinates."""
     if isinstance(src, GeomSource):
-        return check_frame(src.read_raw(i)), src.geometry.raw_peaks(peaks)
-    return check_frame(src.read(i)), peaks
+        return check_frame(src.read_raw(i)), src.geometry.raw_peaks(d.peaks)
+    return (d.frame if d.frame is not None else check_frame(src.read(i))), d.peaks
 
 
 def notify(observer, what: str, *args) -> None:
@@ -230,12 +231,14 @@ class _Chunk:
             fr = None
             if why is None and d.keep and writer is not None:
                 try:
-                    fr, peaks = _kept_frame(self.reader.source(spec), i, d.peaks)
+                    fr, peaks = _kept_frame(self.reader.source(spec), i, d)
                 except Exception as exc:  # noqa: BLE001 - the frame cannot be read again
                     why = problem_of(exc)
                 else:
                     writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
                                   peaks=peaks)  # fmt: skip
+            if why is None:
+                d.frame = None  # written (or not wanted): the frame is not held for the rest of the chunk
             if why is not None:
                 rows.append([spec, i, FAILED, 0])
                 errors.append([spec, i, why])
