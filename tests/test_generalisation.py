@@ -130,3 +130,38 @@ def test_committed_report_is_what_its_json_writes():
                                                    for f in sf.values() for m in f.values())
     d = np.subtract(sf["ccd"]["spots"]["per_seed"], res["families"]["ccd"]["per_seed"])
     assert t_interval(d)[1] > 0  # the committed "better" in ccd: every seed's paired difference says so
+
+
+def _spot_map_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "spot_map_lofo.py"
+    spec = importlib.util.spec_from_file_location("bench_spot_map_lofo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_spot_map_marks_each_spot_centroid_with_its_snr():
+    """The spot-map experiment's input: log(1 + SNR) at the spot finder's centroids, 0 elsewhere, mask cleared."""
+    from diffscreen.preprocess.spots import find_spots
+    from diffscreen.simulate.metadata import job_simulator
+
+    fr = job_simulator("eiger", 5).frame(0, kind="hit").to_frame()
+    sp, sm = find_spots(fr), _spot_map_bench().spot_map(fr)
+    assert len(sp) > 0 and sm.data.shape == fr.data.shape and not sm.mask.any()
+    r, c = np.rint(sp.y).astype(int), np.rint(sp.x).astype(int)
+    assert np.count_nonzero(sm.data) == len(set(zip(r.tolist(), c.tolist())))
+    assert sm.data.max() == pytest.approx(np.log1p(sp.snr.max()), rel=1e-6)
+
+
+def test_committed_spot_map_report_is_what_its_json_writes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bench = _spot_map_bench()
+    res = json.loads((root / "bench" / "results" / "spot_map_lofo.json").read_text())
+    committed = json.loads((root / "docs" / "benchmarks" / "generalisation.json").read_text())
+    assert bench.markdown(res, committed) == (root / "docs" / "spot_map.md").read_text()
+    assert len(res["families"]["ccd"]["per_seed"]) >= 3
