@@ -82,7 +82,10 @@ def test_spot_finders_score_exactly_the_cnn_test_frames(tmp_path):
     one = g._peer_job("eiger", g.held_out_seed(0, 1), 6, 0)
     assert one["labels"] == list(y)
     assert set(one["kept"]) == set(g.PEERS) and len(one["kept"]["spots"]) == 6 and one["kept"]["dials"] == []
-    res = g.spot_finder_peers(settings, n_dials=0, workers=1, log=lambda *_: None)
+    calls = []
+    res = g.spot_finder_peers(settings, n_dials=0, workers=1, log=lambda *_: None,
+                              progress=lambda **kw: calls.append(kw))
+    assert calls == [{"total": 6}, {"advance": 6}]  # one job: the preset's 6 frames at the one seed
     assert set(res["families"]["a"]) == {"spots", "peakfinder8"}  # no DIALS asked for
     for r in res["families"]["a"].values():
         v = r["per_seed"][0]

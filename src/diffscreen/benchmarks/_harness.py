@@ -162,16 +162,27 @@ def seeds_line(results: dict) -> list[str]:
             f"those of seed {seeds[0]}."]
 
 
-def pool_map(fn, args, workers: int) -> list:
+def pool_map(fn, args, workers: int, done=None) -> list:
     """``[fn(*a) for a in args]`` in ``workers`` spawned processes (in this process if ``workers`` ≤ 1).
 
-    Spawned, never forked: a forked process may inherit torch's threads.
+    Spawned, never forked: a forked process may inherit torch's threads.  ``done()``, if given, is called as each
+    result arrives (in order), e.g. to advance a progress bar.
     """
     args = list(args)
     if workers <= 1:
-        return [fn(*a) for a in args]
+        return _collect((fn(*a) for a in args), done)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        return list(ex.map(fn, *zip(*args))) if args else []
+        return _collect(ex.map(fn, *zip(*args)) if args else [], done)
+
+
+def _collect(results, done) -> list:
+    """The results as a list, calling ``done()`` (if given) after each."""
+    out = []
+    for r in results:
+        out.append(r)
+        if done is not None:
+            done()
+    return out
 
 
 def predict(model, x, batch: int = 32) -> np.ndarray:

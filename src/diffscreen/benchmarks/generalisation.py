@@ -184,7 +184,7 @@ def _kept_balanced(kept, labels) -> float:
     return (s["kept_of_hit_or_maybe"] + 100 - s["kept_of_miss"]) / 200
 
 
-def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, log=print) -> dict:
+def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, log=print, progress=None) -> dict:
     """The spot-finders of :data:`PEERS` on exactly the test frames of a :func:`run_generalisation` run.
 
     Each left-out family's test frames (the simulator seeds of :func:`held_out_seed`, frames as the CNN saw them
@@ -202,6 +202,9 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
     workers : int
         Processes.
     log : callable
+    progress : callable, optional
+        ``progress(total=frames)`` once, then ``progress(advance=frames)`` as each preset's frames of a seed are
+        done.
 
     Returns
     -------
@@ -222,7 +225,10 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
             n_dials = 0
     log(f"spot-finders on {len(seeds)} × {len(presets)} × {n} test frames (DIALS on {n_dials} of each {n})")
     jobs = [(p, held_out_seed(s, presets.index(p)), n, n_dials) for s in seeds for ps in fams.values() for p in ps]
-    done = dict(zip(((j[0], j[1]) for j in jobs), pool_map(_peer_job, jobs, workers)))
+    if progress:
+        progress(total=n * len(jobs))
+    results = pool_map(_peer_job, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
+    done = dict(zip(((j[0], j[1]) for j in jobs), results))
     out = {"names": {k: v[0] for k, v in PEERS.items()}, "rules": {k: v[1] for k, v in PEERS.items()},
            "n_test": n, "n_dials": n_dials,
            "dials_failed": sum(r["dials_failed"] for r in done.values()), "families": {}}

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from diffscreen.cli._common import device_of, device_option, friendly, progress
+from diffscreen.cli._common import Bar, device_of, device_option, friendly, progress
 
 benchmark_app = typer.Typer(
     help="Rerun a paper's experiments on simulated runs and write docs/benchmarks/<paper>.md.",
@@ -236,8 +236,8 @@ def benchmark_generalisation(
                               path=out / "generalisation.json")
         res = json.loads((out / "generalisation.json").read_text())
         with progress() as p:
-            res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames,
-                                                      workers=workers, log=p.console.print)
+            res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
+                                                      log=p.console.print, progress=Bar(p, "spot-finders"))
         return _write_generalisation(out, res)
     t0 = time.time()
     with progress() as p:
@@ -245,8 +245,8 @@ def benchmark_generalisation(
         res = g.run_generalisation(work, out / "generalisation.json", seeds=tuple(range(seeds)), n_train=n_train,
                                    n_test=test_frames, epochs=epochs, batches=batches, workers=workers,
                                    log=p.console.print)
-        res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames,
-                                                  workers=workers, log=p.console.print)
+        res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
+                                                  log=p.console.print, progress=Bar(p, "spot-finders"))
         folders = [real / "real-frames", real / "real-frames-2"]
         if all((f / "MANIFEST.tsv").exists() for f in folders):
             res["real"] = {}
