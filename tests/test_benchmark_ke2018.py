@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diffscreen.benchmarks import ke2018
+from diffscreen.errors import ConfigError
 from diffscreen.evaluate.metrics import keep_scores, kept_scores
 
 
@@ -75,10 +76,25 @@ def test_ke_table2_settings_and_paper_tables_are_complete():
 
 
 def test_unknown_preset_is_refused(tmp_path):
-    from diffscreen.errors import ConfigError
-
     with pytest.raises(ConfigError, match="CXIDB-76"):
         ke2018.run(tmp_path, settings=ke2018.Settings(presets=("pilatus",)))
+
+
+def test_no_throughput_frames_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="n_throughput=0"):
+        ke2018.run(tmp_path, settings=ke2018.Settings(presets=("LO19",), n_throughput=0))
+    assert not (tmp_path / "work").exists()
+
+
+def test_table7_is_left_out_when_no_rayonix_preset_trains_its_models(tmp_path):
+    """Table 7's size models train only with a Rayonix preset beside LG36; without one the table is empty (it
+    used to be scored for models never trained: KeyError 'size6')."""
+    st = ke2018.Settings(presets=("LG36",), n_frames=20, epochs=1, batches_per_epoch=1, batch_size=4,
+                         train_sizes=(6,), n_tune=4, pf8_adc_sigmas=(3.0,), pf8_min_snrs=(5.0,), n_throughput=1,
+                         class_fractions=(0.4, 0.2, 0.4))
+    res = ke2018.run(tmp_path / "out", settings=st, workers=1, log=lambda *a: None)
+    assert res["table7"] == {} and "LG36" in res["table3"]
+    assert "Table 7" not in (tmp_path / "out" / "ke2018.md").read_text()
 
 
 def test_dihedral_augment_gives_flips_and_rotations_of_each_frame():

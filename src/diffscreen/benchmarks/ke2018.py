@@ -443,6 +443,11 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     -------
     dict
         Every number of the report (see ``ke2018.json``).
+
+    Raises
+    ------
+    ConfigError
+        A preset that is not one of the five CXIDB-76 runs, or ``n_throughput`` below 1.
     """
     import torch
 
@@ -450,6 +455,8 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     unknown = set(st.presets) - set(KE_TABLE2)
     if unknown:
         raise ConfigError(f"ke2018 benchmark presets must be CXIDB-76 runs; unknown {sorted(unknown)}")
+    if st.n_throughput < 1:
+        raise ConfigError(f"the throughput table needs a frame or more per method, not n_throughput={st.n_throughput}")
     out, work, results = start(out_dir, work, st, quick)
     t_start = time.time()
     log(f"simulating {len(st.presets)} presets × {st.n_frames} frames")
@@ -506,7 +513,7 @@ def run(out_dir, *, quick: bool = False, work=None, workers: int = 2, settings: 
     results["table5_balanced"] = {g: success(train_names[g], "balanced_success") for g in tests}
     results["table6"] = {name: success(m) for name, m in (("Rayonix", group_rayonix), ("Rayonix+LG36", "Rayonix+LG36"),
                                                           ("Rayonix+LG36+L498", "Rayonix+LG36+L498")) if m in models}
-    sizes = {n: f"size{n}" for n in st.train_sizes}  # Table 7: training-set size -> model
+    sizes = {n: f"size{n}" for n in st.train_sizes if f"size{n}" in models}  # Table 7: training-set size -> model
     if "Rayonix+LG36" in models:  # the whole pool
         sizes[int(sum((data[p]["split"] == 0).sum() for p in ray + ("LG36",)))] = "Rayonix+LG36"
     results["table7"] = {n: success(m, only=("Rayonix", "LG36")) for n, m in sizes.items()}
