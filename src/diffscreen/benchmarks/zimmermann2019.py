@@ -89,7 +89,22 @@ def noise_bounds(frames, mask=None) -> dict:
 
 
 def add_uniform_noise(frames, b: float, *, seed: int) -> np.ndarray:
-    """``frames + U(0, b)``, independently per pixel (a new array)."""
+    """The frames with uniform noise added, independently per pixel (Zimmermann et al. 2019 §5.3, Table 6).
+
+    Parameters
+    ----------
+    frames : (N, H, W) array_like
+        Photon-count images (not modified).
+    b : float
+        Upper bound of the noise, photons: each pixel gets ``U(0, b)`` (one of :func:`noise_bounds`).
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    (N, H, W) float32 ndarray
+        A new array.
+    """
     rng = np.random.default_rng(seed)
     a = np.asarray(frames, dtype=np.float32)
     return a + rng.uniform(0.0, b, size=a.shape).astype(np.float32)
