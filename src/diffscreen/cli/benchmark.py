@@ -216,7 +216,7 @@ def benchmark_generalisation(
     balanced accuracy of the keep decision with a 95 % interval over seeds,
     per family, and of every trained model on the shared real frames.  Beside
     the CNN, spot-finders with their defaults (diffscreen's spot finder,
-    peakfinder8, DIALS) score the same test frames; ``--peers-only`` adds
+    peakfinder8, DIALS) score the same test frames; --peers-only adds
     them to an earlier run's report without training.
     """
     import json
