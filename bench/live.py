@@ -23,10 +23,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from pathlib import Path

@@ -15,7 +15,7 @@ ice) against spots off rings.
 Frames, metadata faults, crop shifts, families, training length and test frames
 are exactly those of ``diffscreen benchmark generalisation`` (the committed run
 in ``docs/benchmarks/generalisation.json``): the same simulator seeds
-(:func:`diffscreen.simulate.metadata.job_simulator`), so every family's score is
+(:func:`diffscreen.simulate.metadata.job_frames`), so every family's score is
 paired with the significance CNN's and the spot count's on the same frames.
 
 Usage: ``python bench/spot_map_lofo.py [--seeds 3] [--work work/spot_map]``
@@ -37,7 +37,7 @@ from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
 from diffscreen.io.atomic import atomic_write_text
 from diffscreen.io.frame import CLASS_NAMES, Frame
 from diffscreen.preprocess import PreprocessConfig, Preprocessor
-from diffscreen.simulate.metadata import job_simulator, randomise_meta, training_jobs
+from diffscreen.simulate.metadata import job_frames, training_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,18 +64,11 @@ def _job(preset: str, seed: int, n: int, train: bool, work: str, cfg: dict) -> s
     if path.exists():
         return str(path)
     pre = Preprocessor(PreprocessConfig.from_dict(cfg))
-    sim, rng = job_simulator(preset, seed), np.random.default_rng([seed, 977])  # make_inputs's draws, in its order
-    m = pre.config.max_shift
     x = np.zeros((n, 1, pre.config.out_size, pre.config.out_size), np.float16)
     y = np.zeros(n, np.int64)
-    for i in range(n):
-        sf = sim.frame(i)
-        fr, shift = sf.to_frame(), (0.0, 0.0)
-        if train:
-            fr = Frame(fr.data, fr.mask, randomise_meta(fr.meta, fr.data.shape, rng))
-            shift = tuple(float(v) for v in rng.integers(-m, m + 1, 2))
+    for i, (fr, shift, label) in enumerate(job_frames(preset, seed, n, train, pre.config.max_shift)):
         x[i, 0] = np.nan_to_num(pre.crop(spot_map(fr), shift), nan=0.0)  # outside the frame: no spot
-        y[i] = CLASS_NAMES.index(sf.label)
+        y[i] = CLASS_NAMES.index(label)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, x=x, y=y)
@@ -88,50 +81,36 @@ def _load(path):
     return d["x"], d["y"]
 
 
-def _train(x, y, xv, yv, model: Path, seed: int, st: dict, cfg: dict, what: dict) -> None:
-    """The LOFO recipe of ``benchmark generalisation`` (class-balanced batches, dihedral augmentation), cached."""
-    from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
-
-    if model.exists():
-        return
-    model.parent.mkdir(parents=True, exist_ok=True)
-    keep = np.linspace(0, len(yv) - 1, min(len(yv), g.VAL_FRAMES)).astype(int)
-    tc = TrainConfig(arch="ke2018", epochs=st["epochs"], batches_per_epoch=st["batches"], batch_size=32,
-                     lr_start=0.05, lr_end=1e-4, seed=seed, threads=2)
-    train_on_arrays(x, y, model, class_names=CLASS_NAMES, preprocess=PreprocessConfig.from_dict(cfg), config=tc,
-                    x_val=xv[keep], y_val=yv[keep], augment=dihedral_augment, log=lambda *_: None,
-                    data_description={"experiment": "spot_map_lofo", **what})
-
-
 def real_frames(models, cfg: dict, folders) -> dict:
     """Keep decisions of spot-map models on the labelled real frames (measurement only: nothing is chosen here).
 
     Each frame is read as ``screen`` reads it (diffscreen's readers, ``check_frame``), turned into its spot map
     and centred crop; a frame that cannot be read counts as wrongly decided (as ``real_frame_scores`` does).
     """
-    import csv
-
+    from diffscreen.errors import DiffscreenError
+    from diffscreen.evaluate.labelled import manifest_frames
     from diffscreen.evaluate.metrics import keep_decision
     from diffscreen.io import open_source
     from diffscreen.io.frame import check_frame
 
     pre = Preprocessor(PreprocessConfig.from_dict(cfg))
-    names, ys, xs = [], [], []
-    for folder in folders:
-        with open(folder / "MANIFEST.tsv", newline="") as fh:
-            for r in csv.DictReader(fh, delimiter="\t"):
-                spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
-                with open_source(spec) as src:
-                    fr = check_frame(src.read(0))
-                names.append(f"{folder.name}/{r['file']}")
-                ys.append(CLASS_NAMES.index(r["label"]))
-                xs.append(np.nan_to_num(pre.crop(spot_map(fr)), nan=0.0)[None])
-    x, y = np.stack(xs).astype(np.float32), np.array(ys)
-    probs = [predict(str(m), x, batch=8) for m in models]
+    frames = manifest_frames(folders)
+    y = np.array([CLASS_NAMES.index(label) for _, label, _ in frames])
+    x = np.zeros((len(frames), 1, pre.config.out_size, pre.config.out_size), np.float32)
+    unread = np.zeros(len(frames), bool)
+    for k, (_, _, spec) in enumerate(frames):
+        try:
+            with open_source(spec) as src:
+                x[k, 0] = np.nan_to_num(pre.crop(spot_map(check_frame(src.read(0)))), nan=0.0)
+        except DiffscreenError:
+            unread[k] = True
+    wrong = np.where((y == 2)[:, None], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0])  # an unread frame: the wrong call
+    probs = [np.where(unread[:, None], wrong, predict(str(m), x, batch=8)) for m in models]
     return {"balanced_accuracy": [keep_balanced_accuracy(y, p) for p in probs],
-            "frames": {n: {"label": CLASS_NAMES[t], "p": [[round(float(v), 3) for v in p[k]] for p in probs],
-                           "kept": [bool(keep_decision(p[k : k + 1])[0]) for p in probs]}
-                       for k, (n, t) in enumerate(zip(names, ys))}}
+            "unread": [frames[k][0] for k in np.flatnonzero(unread)],
+            "frames": {name: {"label": label, "p": [[round(float(v), 3) for v in p[k]] for p in probs],
+                              "kept": [bool(keep_decision(p[k : k + 1])[0]) for p in probs]}
+                       for k, (name, label, _) in enumerate(frames)}}
 
 
 def _ci(m, lo, hi, nd=3) -> str:
@@ -139,8 +118,8 @@ def _ci(m, lo, hi, nd=3) -> str:
 
 
 def _said(d) -> str:
-    """A paired difference's interval, and what it says."""
-    return _ci(*d) + (": better" if d[1] > 0 else ": worse" if d[2] < 0 else ": not established")
+    """A paired difference's interval and what it says (:func:`diffscreen.benchmarks.generalisation.paired_verdict`)."""
+    return f"{_ci(*d)}: {g.paired_verdict(d)}"
 
 
 def markdown(res: dict, committed: dict) -> str:
@@ -239,7 +218,8 @@ def main() -> None:
         return
     st = committed["settings"]
     seeds, fams, presets = st["seeds"][: args.seeds], st["families"], list(st["train_frames"])
-    cfg = PreprocessConfig.significance().to_dict()
+    pre_cfg = PreprocessConfig.significance()
+    cfg = pre_cfg.to_dict()
     t0 = time.time()
     tjobs = [(p, seed, n, True) for p, seed, n, _ in training_jobs(fams)]
     assert [j[0] for j in tjobs] == presets and all(j[2] == st["train_frames"][j[0]] for j in tjobs)
@@ -255,8 +235,9 @@ def main() -> None:
         for s in seeds:
             model = args.work / "models" / f"without_{fam}_seed{s}.safetensors"
             if not model.exists():
-                _train(*g._hold_out_fifth([_load(paths[j]) for j in tjobs if j[0] not in ps]), model, s, st, cfg,
-                       {"left_out": fam})
+                g.train_left_out([_load(paths[j]) for j in tjobs if j[0] not in ps], model, pre_cfg, seed=s,
+                                 epochs=st["epochs"], batches=st["batches"],
+                                 data_description={"experiment": "spot_map_lofo", "left_out": fam})
             scored = [_load(paths[test[p, s]]) for p in ps]
             y = np.concatenate([b for _, b in scored])
             per_seed.append(keep_balanced_accuracy(y, np.concatenate([predict(str(model), a, batch=64)
@@ -273,7 +254,10 @@ def main() -> None:
     if all((f / "MANIFEST.tsv").exists() for f in folders):  # models on every family, as a bundled model is trained
         every = [args.work / "models" / f"every_family_seed{s}.safetensors" for s in seeds]
         for s, model in zip(seeds, every):
-            _train(*g._hold_out_fifth([_load(paths[j]) for j in tjobs]), model, s, st, cfg, {"left_out": None})
+            if not model.exists():
+                g.train_left_out([_load(paths[j]) for j in tjobs], model, pre_cfg, seed=s, epochs=st["epochs"],
+                                 batches=st["batches"], data_description={"experiment": "spot_map_lofo",
+                                                                          "left_out": None})
         res["real"] = real_frames(every, cfg, folders)
         res["real"]["interval"] = t_interval(res["real"]["balanced_accuracy"])
         print("real frames:", [round(v, 3) for v in res["real"]["balanced_accuracy"]], flush=True)

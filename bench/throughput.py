@@ -157,7 +157,8 @@ SHIPPED_HIT_EVERY = 20
 
 
 def make_shipped_run(work: Path, n_frames: int, seed: int = 5, hit_every: int = SHIPPED_HIT_EVERY) -> dict:
-    """An uncompressed CXI run of ``n_frames`` LN84 frames at a 5 % hit rate (20 distinct frames, cycled).
+    """An uncompressed CXI run of ``n_frames`` LN84 frames, one in every ``hit_every`` a hit (at least 20 distinct
+    frames, cycled).
 
     Frame ``k`` is drawn as a hit when ``k % hit_every == 0`` (default 20: 5 %; 2 gives a serial-synchrotron-like
     50 %) and as a miss otherwise

@@ -46,3 +46,30 @@ def test_balanced_accuracy_and_the_epoch_selection_score():
     assert selection_accuracy(probs, y, ("hit", "maybe", "miss")) == pytest.approx(0.5)
     # without a miss class: mean recall of the argmax over the classes present
     assert selection_accuracy(probs, y, ("a", "b", "c")) == pytest.approx((0 + 0 + 1) / 3)
+
+
+def test_manifest_frames_name_label_and_open_each_file(tmp_path):
+    """One reader of the real-frame manifests: folder/file names, labels in order, an .h5 opened at :/data."""
+    from diffscreen.evaluate.labelled import manifest_frames
+
+    for name, rows in (("a", [("x.cbf", "hit"), ("y.h5", "miss")]), ("b", [("z.tif.bz2", "maybe")])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "MANIFEST.tsv").write_text(
+            "file\tlabel\tdetector\n" + "".join(f"{f}\t{lab}\tsome detector\n" for f, lab in rows))
+    got = manifest_frames([tmp_path / "a", str(tmp_path / "b")])
+    assert got == [("a/x.cbf", "hit", str(tmp_path / "a" / "x.cbf")),
+                   ("a/y.h5", "miss", str(tmp_path / "a" / "y.h5") + ":/data"),
+                   ("b/z.tif.bz2", "maybe", str(tmp_path / "b" / "z.tif.bz2"))]
+
+
+def test_kept_balanced_accuracy_is_the_keep_decisions():
+    """keep_balanced_accuracy is kept_balanced_accuracy of P(hit) + P(maybe) > P(miss); NaN without a group."""
+    from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision, kept_balanced_accuracy
+
+    y = np.array([0, 1, 2, 2, 2])
+    kept = np.array([True, False, True, False, False])
+    assert kept_balanced_accuracy(kept, y) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    probs = np.random.default_rng(1).dirichlet([1, 1, 1], 40)
+    ys = np.random.default_rng(2).integers(0, 3, 40)
+    assert keep_balanced_accuracy(ys, probs) == kept_balanced_accuracy(keep_decision(probs), ys)
+    assert np.isnan(kept_balanced_accuracy(np.array([True, False]), np.array([2, 2])))

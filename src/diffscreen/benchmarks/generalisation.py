@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import paragraphs, pool_map, predict, table, write_json
-from diffscreen.evaluate.metrics import keep_balanced_accuracy, kept_scores, t_interval
+from diffscreen.evaluate.metrics import keep_balanced_accuracy, kept_balanced_accuracy, t_interval
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
-from diffscreen.simulate.metadata import job_simulator, load_inputs, make_inputs, training_jobs
+from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, training_jobs
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
-           "PEERS", "SPOT_KEEP"]
+           "PEERS", "SPOT_KEEP", "train_left_out", "hold_out_fifth", "paired_verdict"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
@@ -80,7 +80,6 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     """
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.simulate.presets import FAMILIES
-    from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
 
     fams = dict(families or FAMILIES)
     work = Path(work)
@@ -100,15 +99,10 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
         models = [work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors" for s in seeds]
         for s, model in zip(seeds, models):
             if not model.exists():
-                model.parent.mkdir(parents=True, exist_ok=True)
-                x, y, xv, yv = _hold_out_fifth([load_inputs([paths[job]]) for job in tjobs if job[0] not in ps])
-                tc = TrainConfig(arch="ke2018", epochs=epochs, batches_per_epoch=batches, batch_size=32,
-                                 lr_start=0.05, lr_end=1e-4, seed=s, threads=threads)
                 log(f"training without {fam} (seed {s}) on {', '.join(train_ps)}")
-                keep = np.linspace(0, len(yv) - 1, min(len(yv), VAL_FRAMES)).astype(int)  # validation every epoch: bounded
-                train_on_arrays(x, y, model, class_names=CLASSES, preprocess=cfg, config=tc, x_val=xv[keep],
-                                y_val=yv[keep], augment=dihedral_augment, log=lambda *_: None,
-                                data_description={"benchmark": "generalisation", "left_out": fam, "presets": train_ps})
+                train_left_out([load_inputs([paths[job]]) for job in tjobs if job[0] not in ps], model, cfg,
+                               seed=s, epochs=epochs, batches=batches, threads=threads,
+                               data_description={"benchmark": "generalisation", "left_out": fam, "presets": train_ps})
             tests = [load_inputs([paths[(p, held_out_seed(s, presets.index(p)), n_test, False)]]) for p in ps]
             scored = [(y, predict(model, x, batch=64)) for x, y in tests]  # (labels, probabilities) per preset
             for p, (y, prob) in zip(ps, scored):
@@ -145,14 +139,12 @@ def _peer_job(preset: str, seed: int, n: int, n_dials: int) -> dict:
     from diffscreen.baselines.dials import DialsError, DialsSpotFinder
     from diffscreen.preprocess.spots import find_spots
 
-    sim, pf8 = job_simulator(preset, seed), Peakfinder8()
+    pf8 = Peakfinder8()
     dials = DialsSpotFinder() if n_dials else None
     labels, kept, failed = [], {k: [] for k in PEERS}, 0
     try:
-        for i in range(n):
-            sf = sim.frame(i)
-            fr = sf.to_frame()
-            labels.append(CLASSES.index(sf.label))
+        for i, (fr, _, label) in enumerate(job_frames(preset, seed, n, train=False)):
+            labels.append(CLASSES.index(label))
             kept["spots"].append(len(find_spots(fr)) >= SPOT_KEEP)
             kept["peakfinder8"].append(bool(pf8.classify([fr])[0].keep))
             if i >= n_dials:
@@ -176,12 +168,6 @@ def _with_gain(frame, gain: float):
     from diffscreen.io.frame import Frame
 
     return Frame(frame.data, frame.mask, replace(frame.meta, extra={**frame.meta.extra, "gain": float(gain)}))
-
-
-def _kept_balanced(kept, labels) -> float:
-    """Balanced accuracy (0-1) of a keep decision ``kept`` (N,) bool against class indices ``labels`` (N,)."""
-    s = kept_scores(np.asarray(kept, bool), np.asarray(labels))
-    return (s["kept_of_hit_or_maybe"] + 100 - s["kept_of_miss"]) / 200
 
 
 def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, log=print, progress=None) -> dict:
@@ -239,14 +225,45 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
             for s in seeds:
                 rs = [done[(p, held_out_seed(s, presets.index(p)))] for p in ps]
                 kept = np.concatenate([r["kept"][method] for r in rs])
-                per_seed.append(_kept_balanced(kept, np.concatenate([r["labels"][: len(r["kept"][method])]
-                                                                     for r in rs])))
+                labels = np.concatenate([r["labels"][: len(r["kept"][method])] for r in rs])  # DIALS: the first few
+                per_seed.append(kept_balanced_accuracy(kept, labels))
             m, lo, hi = t_interval(per_seed)
             out["families"][fam][method] = {"per_seed": per_seed, "mean": m, "ci95": [lo, hi]}
     return out
 
 
-def _hold_out_fifth(sets) -> tuple:
+def train_left_out(sets, model_path, preprocess, *, seed: int, epochs: int, batches: int, threads: int = 2,
+                   data_description: dict | None = None) -> None:
+    """Train the Ke CNN the way this benchmark trains each left-out model, and write its model file.
+
+    Class-balanced batches of 32 with a random flip/rotation each, ``epochs`` × ``batches`` of them, SGD from
+    0.05 down to 1e-4 (:func:`diffscreen.train.loop.train_on_arrays`); the last fifth of every ``(x, y)`` set
+    validates (:func:`hold_out_fifth`), at most :data:`VAL_FRAMES` of it after every epoch.
+
+    Parameters
+    ----------
+    sets : sequence of ((N, 1, S, S) ndarray, (N,) int ndarray)
+        The training presets' inputs and class indices (hit, maybe, miss).
+    model_path : str or Path
+        Model file to write (its folder is made).
+    preprocess : PreprocessConfig
+        The recipe of the inputs, stored in the model file.
+    seed, epochs, batches, threads : int
+    data_description : dict, optional
+        Stored in the model file.
+    """
+    from diffscreen.train.loop import TrainConfig, dihedral_augment, train_on_arrays
+
+    Path(model_path).parent.mkdir(parents=True, exist_ok=True)
+    x, y, xv, yv = hold_out_fifth(sets)
+    keep = np.linspace(0, len(yv) - 1, min(len(yv), VAL_FRAMES)).astype(int)  # validation every epoch: bounded
+    tc = TrainConfig(arch="ke2018", epochs=epochs, batches_per_epoch=batches, batch_size=32, lr_start=0.05,
+                     lr_end=1e-4, seed=seed, threads=threads)
+    train_on_arrays(x, y, model_path, class_names=CLASSES, preprocess=preprocess, config=tc, x_val=xv[keep],
+                    y_val=yv[keep], augment=dihedral_augment, log=lambda *_: None, data_description=data_description)
+
+
+def hold_out_fifth(sets) -> tuple:
     """``x, y, x_val, y_val`` joined over ``(x, y)`` pairs ((N, 1, S, S), (N,)): each's last fifth (≥ 1) validates."""
     nv = [max(1, len(y) // 5) for _, y in sets]
     train = [np.concatenate([a[i][:-n] for a, n in zip(sets, nv)]) for i in (0, 1)]
@@ -273,6 +290,13 @@ def dials_peer_lines(path) -> list[str]:
             f"and rejects {sum(rejected)} of {len(rejected)} misses.", "", *table(("frame", "truth", "DIALS"), rows)]
 
 
+def paired_verdict(d) -> str:
+    """What a paired difference ``(mean, lo, hi)`` (:func:`~diffscreen.evaluate.metrics.t_interval`) says:
+    "better" if its 95 % interval lies above 0, "worse" if below, else "not established" (also with one seed,
+    whose NaN bounds compare false)."""
+    return "better" if d[1] > 0 else "worse" if d[2] < 0 else "not established"
+
+
 def _spot_finder_lines(res: dict) -> list:
     """Report section of :func:`spot_finder_peers`'s result beside the CNN's (nothing without it)."""
     sf = res.get("spot_finders")
@@ -283,13 +307,10 @@ def _spot_finder_lines(res: dict) -> list:
     diffs = {(f, m): t_interval(np.subtract(sf["families"][f][m]["per_seed"], fams[f]["per_seed"]))
              for f in fams for m in methods}
 
-    def verdict(d):  # a NaN bound (one seed) compares false
-        return "better" if d[1] > 0 else "worse" if d[2] < 0 else "not established"
-
     rows = [(f, _fmt(r["mean"], *r["ci95"]), *(_fmt(sf["families"][f][m]["mean"], *sf["families"][f][m]["ci95"])
                                                for m in methods)) for f, r in fams.items()]
-    drows = [(f, *(f"{_fmt(*diffs[f, m])}: {verdict(diffs[f, m])}" for m in methods)) for f in fams]
-    says = {(m, v): [f for f in fams if verdict(diffs[f, m]) == v] for m in methods for v in ("better", "worse")}
+    drows = [(f, *(f"{_fmt(*diffs[f, m])}: {paired_verdict(diffs[f, m])}" for m in methods)) for f in fams]
+    says = {(m, v): [f for f in fams if paired_verdict(diffs[f, m]) == v] for m in methods for v in ("better", "worse")}
     best = max(((sf["families"][f][m]["mean"], m, f) for f in fams for m in methods), key=lambda t: t[0])
     dials = (f" DIALS saw the first {sf['n_dials']} of each preset's {sf['n_test']} test frames per seed"
              + (f" and failed on {sf['dials_failed']} (counted as not kept)." if sf["dials_failed"] else ".")

@@ -6,7 +6,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-__all__ = ["labels_for_scores", "predict_labelled", "real_frame_scores", "annotation_spotfinder"]
+__all__ = ["labels_for_scores", "predict_labelled", "manifest_frames", "real_frame_scores", "annotation_spotfinder"]
 
 
 def labels_for_scores(scores_csv, inputs=(), label_files=()) -> tuple[list[str], list[str]]:
@@ -100,6 +100,27 @@ def predict_labelled(samples, classifier, *, batch_size: int = 16, progress=None
     return true, pred
 
 
+def manifest_frames(folders) -> list[tuple[str, str, str]]:
+    """The labelled real frames of folders that each hold a ``MANIFEST.tsv`` (columns ``file``, ``label``).
+
+    Returns
+    -------
+    list of (str, str, str)
+        ``(name, label, spec)`` per file, in manifest order: ``name`` is ``folder/file``, ``spec`` what
+        :func:`diffscreen.io.open_source` opens (an ``.h5`` file at ``file.h5:/data``).
+    """
+    import csv
+    from pathlib import Path
+
+    out = []
+    for folder in map(Path, folders):
+        with open(folder / "MANIFEST.tsv", newline="") as fh:
+            for r in csv.DictReader(fh, delimiter="\t"):
+                spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
+                out.append((f"{folder.name}/{r['file']}", r["label"], spec))
+    return out
+
+
 def real_frame_scores(model_path, folders) -> dict:
     """Keep decisions of a model on labelled real frames (a ``MANIFEST.tsv`` per folder).
 
@@ -119,9 +140,6 @@ def real_frame_scores(model_path, folders) -> dict:
         :func:`~diffscreen.evaluate.metrics.keep_balanced_accuracy`),
         ``"frames": {name: {"label", "p", "call"}}, "unread": [...]}``.
     """
-    import csv
-    from pathlib import Path
-
     from diffscreen.errors import DiffscreenError
     from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision
     from diffscreen.io import open_source
@@ -130,23 +148,17 @@ def real_frame_scores(model_path, folders) -> dict:
 
     clf = Classifier(model_path)
     ys, ps, frames, unread = [], [], {}, []
-    for folder in folders:
-        folder = Path(folder)
-        with open(folder / "MANIFEST.tsv", newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        for r in rows:
-            spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
-            try:
-                with open_source(spec) as src:
-                    p = clf.predict([src.read(0)])[0]
-            except DiffscreenError as exc:
-                unread.append(f"{r['file']}: {exc}")
-                p = np.array([0.0, 0.0, 1.0]) if r["label"] != "miss" else np.array([1.0, 0.0, 0.0])  # counted wrong
-            ys.append(CLASS_NAMES.index(r["label"]))
-            ps.append(p)
-            keep = bool(keep_decision(p[None])[0])
-            frames[f"{folder.name}/{r['file']}"] = {"label": r["label"], "p": [float(v) for v in p],
-                                                   "call": "keep" if keep else "drop"}
+    for name, label, spec in manifest_frames(folders):
+        try:
+            with open_source(spec) as src:
+                p = clf.predict([src.read(0)])[0]
+        except DiffscreenError as exc:
+            unread.append(f"{name.split('/', 1)[1]}: {exc}")
+            p = np.array([0.0, 0.0, 1.0]) if label != "miss" else np.array([1.0, 0.0, 0.0])  # counted wrong
+        ys.append(CLASS_NAMES.index(label))
+        ps.append(p)
+        keep = bool(keep_decision(p[None])[0])
+        frames[name] = {"label": label, "p": [float(v) for v in p], "call": "keep" if keep else "drop"}
     return {"balanced_accuracy": keep_balanced_accuracy(np.array(ys), np.array(ps)), "frames": frames,
             "unread": unread}
 

@@ -25,6 +25,7 @@ __all__ = [
     "selection_accuracy",
     "keep_decision",
     "keep_balanced_accuracy",
+    "kept_balanced_accuracy",
     "keep_scores",
     "kept_scores",
     "percent_of",
@@ -177,13 +178,13 @@ def keep_decision(probs) -> np.ndarray:
     return p[:, 0] + p[:, 1] > p[:, 2]
 
 
-def _keep_rates(probs, labels):
-    """The keep decision, the truth (hit or maybe: labels 0, 1), and the kept fraction of hit-or-maybe frames and
-    dropped fraction of misses (NaN where the group is empty)."""
-    keep_pred, keep_true = keep_decision(probs), np.asarray(labels) != 2
-    tpr = float(keep_pred[keep_true].mean()) if keep_true.any() else float("nan")
-    tnr = float((~keep_pred[~keep_true]).mean()) if (~keep_true).any() else float("nan")
-    return keep_pred, keep_true, tpr, tnr
+def _keep_rates(kept, labels):
+    """The kept fraction of hit-or-maybe frames (labels 0, 1) and the dropped fraction of misses (label 2) of a
+    keep decision ``kept`` (N,) bool (NaN where the group is empty)."""
+    kept, keep_true = np.asarray(kept, bool), np.asarray(labels) != 2
+    tpr = float(kept[keep_true].mean()) if keep_true.any() else float("nan")
+    tnr = float((~kept[~keep_true]).mean()) if (~keep_true).any() else float("nan")
+    return tpr, tnr
 
 
 def keep_balanced_accuracy(y, probs) -> float:
@@ -202,7 +203,26 @@ def keep_balanced_accuracy(y, probs) -> float:
         Mean of the fraction of hits and maybes kept and of misses dropped;
         NaN if either group is empty.
     """
-    _, _, tpr, tnr = _keep_rates(probs, y)
+    return kept_balanced_accuracy(keep_decision(probs), y)
+
+
+def kept_balanced_accuracy(kept, y) -> float:
+    """Balanced accuracy of a keep decision already made (a spot-finder's, or :func:`keep_decision`'s).
+
+    Parameters
+    ----------
+    kept : (N,) bool ndarray
+        Whether each frame is kept.
+    y : (N,) int ndarray
+        True class indices into hit, maybe, miss.
+
+    Returns
+    -------
+    float
+        Mean of the fraction of hits and maybes kept and of misses dropped;
+        NaN if either group is empty.
+    """
+    tpr, tnr = _keep_rates(kept, y)
     return (tpr + tnr) / 2
 
 
@@ -229,7 +249,8 @@ def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
         right), ``kept_of_hit_or_maybe``, ``kept_of_miss`` (%, NaN where the
         class is absent), ``n``.
     """
-    keep_pred, _, tpr, tnr = _keep_rates(probs, labels)
+    keep_pred = keep_decision(probs)
+    tpr, tnr = _keep_rates(keep_pred, labels)
     return {
         **kept_scores(keep_pred, labels),
         "balanced_success": 100 * float(np.nanmean([tpr, tnr])),

@@ -23,7 +23,7 @@ import numpy as np
 from diffscreen.io.frame import CLASS_NAMES
 
 __all__ = ["META_FAULTS", "BUNDLED_SEED0", "randomise_meta", "training_jobs", "make_inputs", "load_inputs",
-           "JOB_CLASS_FRACTIONS", "job_simulator"]
+           "JOB_CLASS_FRACTIONS", "job_simulator", "job_frames"]
 
 #: Probabilities of the metadata faults drawn per training frame (see :func:`randomise_meta`).
 META_FAULTS = {"no_geometry": 0.2, "no_beam_centre": 0.2, "centre_error": 0.3, "centre_error_px": 5.0,
@@ -98,12 +98,34 @@ def job_simulator(preset: str, seed: int):
     return Simulator(preset, seed=seed, class_fractions=JOB_CLASS_FRACTIONS)
 
 
+def job_frames(preset: str, seed: int, n: int, train: bool, max_shift: int = 0):
+    """The frames of a :func:`make_inputs` job ``(preset, seed, n, train)``, as it preprocesses them.
+
+    Yields
+    ------
+    (Frame, (float, float), str)
+        Frame ``i`` of :func:`job_simulator` (for training, its header with a metadata fault drawn by
+        :func:`randomise_meta`), the crop shift ``(dx, dy)`` in output pixels (for training, uniform integers in
+        ±``max_shift``; else 0) and its label, for ``i`` in ``0..n-1``.  The draws come from
+        ``default_rng([seed, 977])`` in this order, so any method gets exactly the job's frames.
+    """
+    from diffscreen.io.frame import Frame
+
+    sim, rng = job_simulator(preset, seed), np.random.default_rng([seed, 977])
+    for i in range(n):
+        sf = sim.frame(i)
+        fr, shift = sf.to_frame(), (0.0, 0.0)
+        if train:
+            fr = Frame(fr.data, fr.mask, randomise_meta(fr.meta, fr.data.shape, rng))
+            shift = tuple(float(v) for v in rng.integers(-max_shift, max_shift + 1, 2))
+        yield fr, shift, sf.label
+
+
 def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, train: bool) -> str:
     """Simulate and preprocess one preset's frames into a cached npz (see :func:`make_inputs`) → its path."""
     import torch
 
     from diffscreen.io.atomic import temporary_path
-    from diffscreen.io.frame import Frame
     from diffscreen.preprocess import PreprocessConfig
     from diffscreen.preprocess.fast import FastPreprocessor
 
@@ -113,20 +135,12 @@ def _simulate_job(preset: str, seed: int, n: int, work: str, cfg_dict: dict, tra
         return str(path)
     cfg = PreprocessConfig.from_dict(cfg_dict)
     pre = FastPreprocessor(cfg)
-    sim = job_simulator(preset, seed)
-    rng = np.random.default_rng([seed, 977])
     S = cfg.out_size
     x = np.zeros((n, 1, S, S), np.float16)
     y = np.zeros(n, np.int64)
-    for i in range(n):
-        sf = sim.frame(i)
-        fr = sf.to_frame()
-        shift = (0.0, 0.0)
-        if train:
-            fr = Frame(fr.data, fr.mask, randomise_meta(fr.meta, fr.data.shape, rng))
-            shift = tuple(float(v) for v in rng.integers(-cfg.max_shift, cfg.max_shift + 1, 2))
+    for i, (fr, shift, label) in enumerate(job_frames(preset, seed, n, train, cfg.max_shift)):
         x[i] = pre([fr], shifts=[shift])[0]
-        y[i] = CLASS_NAMES.index(sf.label)
+        y[i] = CLASS_NAMES.index(label)
     with temporary_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, x=x, y=y)
     return str(path)
