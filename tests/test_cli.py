@@ -88,6 +88,22 @@ def test_missing_input_is_one_line_error(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_reader_notes_do_not_reach_the_terminal(tmp_path, capsys, caplog, real_frame):
+    """fabio logs a padded TIFF tag of this EPICS areaDetector file on every read; screen shows only its own lines."""
+    import logging
+
+    tiff = real_frame("real-frames-2", "Fe3O4C_M1_map_1_P1_E1_001.tif.bz2")
+    level = logging.getLogger("fabio").level
+    try:
+        code = main(["screen", str(tiff), "--out", str(tmp_path / "o")])
+    finally:
+        logging.getLogger("fabio").setLevel(level)
+    err = capsys.readouterr().err
+    assert code == 0 and "smaller than expected" not in err
+    assert not [r for r in caplog.records if r.name.startswith("fabio")]
+    assert (tmp_path / "o" / "scores.csv").read_text().count("\n") == 2
+
+
 def test_generalisation_peers_only_without_an_earlier_run_is_one_line_error(tmp_path, capsys):
     code = main(["benchmark", "generalisation", "--peers-only", "--out", str(tmp_path)])
     err = capsys.readouterr().err

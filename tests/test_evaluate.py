@@ -49,7 +49,7 @@ def test_balanced_accuracy_and_the_epoch_selection_score():
 
 
 def test_manifest_frames_name_label_and_open_each_file(tmp_path):
-    """One reader of the real-frame manifests: folder/file names, labels in order, an .h5 opened at :/data."""
+    """One reader of the real-frame manifests: folder/file names, labels in order, each file's path."""
     from diffscreen.evaluate.labelled import manifest_frames
 
     for name, rows in (("a", [("x.cbf", "hit"), ("y.h5", "miss")]), ("b", [("z.tif.bz2", "maybe")])):
@@ -58,7 +58,7 @@ def test_manifest_frames_name_label_and_open_each_file(tmp_path):
             "file\tlabel\tdetector\n" + "".join(f"{f}\t{lab}\tsome detector\n" for f, lab in rows))
     got = manifest_frames([tmp_path / "a", str(tmp_path / "b")])
     assert got == [("a/x.cbf", "hit", str(tmp_path / "a" / "x.cbf")),
-                   ("a/y.h5", "miss", str(tmp_path / "a" / "y.h5") + ":/data"),
+                   ("a/y.h5", "miss", str(tmp_path / "a" / "y.h5")),
                    ("b/z.tif.bz2", "maybe", str(tmp_path / "b" / "z.tif.bz2"))]
 
 

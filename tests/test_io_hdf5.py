@@ -258,6 +258,29 @@ def test_unknown_hdf5_layout_lists_candidates(tmp_path):
     assert str(path) in str(ei.value) and "/instrument/detector/frames (3, 10, 10)" in str(ei.value)
 
 
+def test_file_with_one_frame_dataset_opens_without_naming_it(tmp_path):
+    path = tmp_path / "module.h5"
+    frame = np.arange(40 * 64, dtype=np.float32).reshape(40, 64)
+    with h5py.File(path, "w") as f:
+        f["data"] = frame
+        f["exposure_s"] = 0.01
+    with open_source(path) as src:
+        assert src.path == f"{path}:/data" and len(src) == 1
+        np.testing.assert_array_equal(src.read(0).data, frame)
+    # two frame datasets, or one beside a small 2-D table: which one is meant is not guessed
+    with h5py.File(path, "a") as f:
+        f["dark"] = frame
+    with pytest.raises(UnknownFormatError) as ei:
+        open_source(path)
+    assert "/data (40, 64)" in str(ei.value) and "/dark (40, 64)" in str(ei.value)
+    other = tmp_path / "peaks.h5"
+    with h5py.File(other, "w") as f:
+        f["data"] = frame
+        f["peaks"] = np.zeros((100, 4), np.float32)
+    with pytest.raises(UnknownFormatError, match="/peaks"):
+        open_source(other)
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(FrameReadError, match="no such file"):
         open_source(tmp_path / "absent.cxi")

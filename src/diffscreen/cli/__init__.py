@@ -42,8 +42,20 @@ app.command()(live.replay)
 app.add_typer(benchmark_app, name="benchmark")
 
 
+#: Readers whose log messages are notes on their own parsing (fabio pads a short TIFF tag of an EPICS
+#: areaDetector file, once per read): a problem that matters reaches the user as diffscreen's own error.
+QUIET_LOGGERS = ("fabio",)
+
+
 def main(argv=None) -> int:
-    """Run the ``diffscreen`` command with ``argv`` (default: ``sys.argv[1:]``); its exit status."""
+    """Run the ``diffscreen`` command with ``argv`` (default: ``sys.argv[1:]``); its exit status.
+
+    The loggers of :data:`QUIET_LOGGERS` show errors only.
+    """
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         app(args=argv, prog_name="diffscreen", standalone_mode=True)
     except SystemExit as exc:

@@ -107,7 +107,7 @@ def manifest_frames(folders) -> list[tuple[str, str, str]]:
     -------
     list of (str, str, str)
         ``(name, label, spec)`` per file, in manifest order: ``name`` is ``folder/file``, ``spec`` what
-        :func:`diffscreen.io.open_source` opens (an ``.h5`` file at ``file.h5:/data``).
+        :func:`diffscreen.io.open_source` opens (the file's path).
     """
     import csv
     from pathlib import Path
@@ -116,8 +116,7 @@ def manifest_frames(folders) -> list[tuple[str, str, str]]:
     for folder in map(Path, folders):
         with open(folder / "MANIFEST.tsv", newline="") as fh:
             for r in csv.DictReader(fh, delimiter="\t"):
-                spec = str(folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
-                out.append((f"{folder.name}/{r['file']}", r["label"], spec))
+                out.append((f"{folder.name}/{r['file']}", r["label"], str(folder / r["file"])))
     return out
 
 
@@ -130,8 +129,7 @@ def real_frame_scores(model_path, folders) -> dict:
     ----------
     model_path : str or Path
     folders : sequence of Path
-        Folders with a ``MANIFEST.tsv`` (columns ``file``, ``label``); ``.h5``
-        files are read at ``file.h5:/data``.
+        Folders with a ``MANIFEST.tsv`` (columns ``file``, ``label``).
 
     Returns
     -------

@@ -193,7 +193,7 @@ def hdf5_layout(f) -> str:
 
 
 def open_path(path: str):
-    """Open an HDF5 file whose layout is recognised (CXI or CXIDB-76).
+    """Open an HDF5 file whose layout is recognised (CXI or CXIDB-76), or that holds one frame dataset.
 
     Parameters
     ----------
@@ -201,15 +201,19 @@ def open_path(path: str):
 
     Returns
     -------
-    CXISource or CXIDB76Source
+    CXISource, CXIDB76Source or HDF5DatasetSource
+        The last for a file of neither layout whose only 2-D or 3-D numeric
+        dataset has frames of at least :data:`MIN_FRAME_SIDE` pixels a side
+        (e.g. one detector frame stored at ``/data``): it is read as if
+        named ``file.h5:/data``.
 
     Raises
     ------
     FrameReadError
         The file cannot be opened (truncated, damaged).
     UnknownFormatError
-        Neither layout; the message lists datasets that could hold frames,
-        to be named as ``file.h5:/path``.
+        Neither layout, and no single frame dataset; the message lists
+        datasets that could hold frames, to be named as ``file.h5:/path``.
     """
     f = _h5open(path)
     try:
@@ -219,11 +223,15 @@ def open_path(path: str):
                 return CXISource(path, _file=f)
             if layout == "cxidb76":
                 return CXIDB76Source(path, _file=f)
-            hint = _candidates_hint(f)
+            found = _frame_datasets(f)
+            hint = _candidates_hint(f, found)
     except BaseException:
         f.close()
         raise
     f.close()
+    frames = [name for name, shape in found if min(shape[-2:]) >= MIN_FRAME_SIDE]
+    if len(frames) == 1 and len(found) == 1:
+        return HDF5DatasetSource(path, frames[0])
     raise UnknownFormatError(
         "HDF5 file without a CXI (/entry_1/data_1/data) or CXIDB-76 (/data/<chunk>/images) layout; "
         f"name the frame dataset as FILE:/path{hint}",
@@ -251,23 +259,34 @@ def open_dataset(path: str, dataset: str) -> "HDF5DatasetSource":
     return HDF5DatasetSource(path, dataset)
 
 
-def _candidates_hint(f, limit: int = 6) -> str:
+#: Smallest frame side (px) of the one dataset :func:`open_path` reads from a file of no known layout.
+MIN_FRAME_SIDE = 32
+
+
+def _frame_datasets(f) -> list[tuple[str, tuple]]:
+    """``("/path", shape)`` of every 2-D or 3-D numeric dataset of an open HDF5 file (what is readable of a
+    damaged one)."""
     import h5py
 
     found = []
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "iuf":
-            found.append(f"/{name} {obj.shape}")
+            found.append((f"/{name}", obj.shape))
 
     try:
         f.visititems(visit)
     except (KeyError, OSError, ValueError, RuntimeError, TypeError):  # a damaged group: list what was found
         pass
+    return found
+
+
+def _candidates_hint(f, found=None, limit: int = 6) -> str:
+    found = _frame_datasets(f) if found is None else found
     if not found:
         return " (the file holds no 2-D or 3-D numeric dataset)"
     more = f", and {len(found) - limit} more" if len(found) > limit else ""
-    return " (candidates: " + ", ".join(found[:limit]) + more + ")"
+    return " (candidates: " + ", ".join(f"{name} {shape}" for name, shape in found[:limit]) + more + ")"
 
 
 def _read(ds, key, path: str, frame: int | None):
