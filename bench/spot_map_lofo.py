@@ -8,13 +8,13 @@ log(1 + SNR), every other pixel 0, and the image is max-pooled into the same
 network sees only where the significant spots are and how strong, so the
 detector's gain, noise and PSF reach it only through the spot finder, whose
 count alone already generalises across families better than the significance
-CNN (docs/benchmarks/generalisation.md, "Spot-finders on the same test
+CNN (docs/benchmarks/generalisation_significance.md, "Spot-finders on the same test
 frames").  It can still learn what a spot count cannot: spots on a ring (powder,
 ice) against spots off rings.
 
 Frames, metadata faults, crop shifts, families, training length and test frames
-are exactly those of ``diffscreen benchmark generalisation`` (the committed run
-in ``docs/benchmarks/generalisation.json``): the same simulator seeds
+are exactly those of ``diffscreen benchmark generalisation --recipe significance`` (the committed run
+in ``docs/benchmarks/generalisation_significance.json``): the same simulator seeds
 (:func:`diffscreen.simulate.metadata.job_frames`), so every family's score is
 paired with the significance CNN's and the spot count's on the same frames.
 
@@ -132,7 +132,7 @@ def markdown(res: dict, committed: dict) -> str:
              "The Ke CNN trained on the *spot map*: the spots diffscreen's own spot finder (`preprocess.spots`, its "
              "defaults) finds at native resolution, each centroid pixel carrying log(1 + SNR), max-pooled into the "
              "360² window of the significance recipe. Everything else is the leave-one-family-out benchmark's "
-             "(`docs/benchmarks/generalisation.md`): the same training frames, metadata faults, crop shifts, "
+             "(`docs/benchmarks/generalisation_significance.md`): the same training frames, metadata faults, crop shifts, "
              f"training length ({res['settings']['epochs']} × {res['settings']['batches']} batches of 32) and the "
              f"same test frames at seeds {', '.join(map(str, seeds))}, so each row is paired with the significance "
              "CNN's and the spot count's on the same frames. Mean and 95 % t-interval over the seeds; a difference "
@@ -212,7 +212,7 @@ def main() -> None:
                     help="folder with real-frames/ and real-frames-2/ (each with MANIFEST.tsv)")
     args = ap.parse_args()
 
-    committed = json.loads((ROOT / "docs" / "benchmarks" / "generalisation.json").read_text())
+    committed = json.loads((ROOT / "docs" / "benchmarks" / "generalisation_significance.json").read_text())
     if args.report_only:
         atomic_write_text(args.md, markdown(json.loads(args.json.read_text()), committed))
         return

@@ -109,6 +109,12 @@ def test_generalisation_peers_only_without_an_earlier_run_is_one_line_error(tmp_
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ERROR: ") and "generalisation.json" in err and "Traceback" not in err
     assert not (tmp_path / "generalisation.md").exists()
+    code = main(["benchmark", "generalisation", "--peers-only", "--recipe", "significance", "--out", str(tmp_path)])
+    assert code == 2 and "generalisation_significance.json" in capsys.readouterr().err
+    code = main(["benchmark", "generalisation", "--recipe", "fancy", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown recipe 'fancy'" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before any work
 
 
 def test_bad_model_file_is_one_line_error(tmp_path, capsys):

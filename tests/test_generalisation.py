@@ -61,11 +61,22 @@ def test_a_tiny_leave_one_out_run(tmp_path):
         assert len(r["per_seed"]) == 1
         v = r["per_seed"][0]
         assert math.isnan(v) or 0.0 <= v <= 1.0
+        kept, rejected = r["kept_per_seed"][0], r["rejected_per_seed"][0]
+        if not math.isnan(v):  # the balanced accuracy of the keep decision is the mean of the two rates
+            assert v == pytest.approx((kept + rejected) / 2)
         # the model trained without the family really left it out
         from diffscreen.models import load_model
 
-        data = load_model(r["models"][0]).meta["training"]["data"]
+        meta = load_model(r["models"][0]).meta
+        data = meta["training"]["data"]
         assert data["left_out"] == fam and all(p not in data["presets"] for p in r["presets"])
+        # by default the benchmark trains what ships: the bundled default model's input
+        from diffscreen.models import read_model_metadata, resolve_model_path
+        from diffscreen.preprocess import PreprocessConfig
+
+        shipped = PreprocessConfig.from_dict(read_model_metadata(resolve_model_path(None))["preprocess"])
+        assert PreprocessConfig.from_dict(meta["preprocess"]) == shipped
+    assert saved["settings"]["recipe"] == "default"
     md = g.report_markdown({**res, "seconds": 1.0})
     assert "| a | pilatus |" in md and "| b | eiger |" in md
 
@@ -102,7 +113,7 @@ def test_spot_finder_section_says_better_only_where_the_paired_interval_excludes
             "b": {"spots": {"per_seed": [0.90, 0.60, 0.85], "mean": 0.78, "ci95": [0.4, 1.1]},
                   "peakfinder8": {"per_seed": [0.5, 0.5, 0.5], "mean": 0.5, "ci95": [0.5, 0.5]}}}
     res = {"settings": {"seeds": [0, 1, 2], "train_frames": {"pilatus": 1, "eiger": 1}, "n_test": 3, "epochs": 1,
-                        "batches": 1},
+                        "batches": 1, "preprocess": g.recipe_config("significance").to_dict()},
            "families": fams, "seconds": 1.0,
            "spot_finders": {"names": {k: v[0] for k, v in g.PEERS.items()}, "n_test": 3,
                             "rules": {k: v[1] for k, v in g.PEERS.items()}, "n_dials": 0, "dials_failed": 0,
@@ -120,19 +131,57 @@ def test_spot_finder_section_says_better_only_where_the_paired_interval_excludes
     assert "best spot-finder mean in any family is 0.910 (diffscreen spot count, a): none reaches" in section
 
 
-def test_committed_report_is_what_its_json_writes():
-    """docs/benchmarks/generalisation.md is report_markdown of the committed JSON, spot-finder section included, and
-    that section's verdicts follow from the seeds' own numbers."""
+def test_committed_reports_are_what_their_json_writes():
+    """docs/benchmarks/generalisation*.md are report_markdown of the committed JSON (compared with the other
+    recipe's run on the same test frames), spot-finder section included, and that section's verdicts follow from
+    the seeds' own numbers."""
     from pathlib import Path
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-    res = json.loads((docs / "generalisation.json").read_text())
-    assert g.report_markdown(res) == (docs / "generalisation.md").read_text()
-    sf = res["spot_finders"]["families"]
-    assert set(sf) == set(res["families"]) and all(len(m["per_seed"]) == len(res["settings"]["seeds"])
-                                                   for f in sf.values() for m in f.values())
-    d = np.subtract(sf["ccd"]["spots"]["per_seed"], res["families"]["ccd"]["per_seed"])
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(docs.glob("generalisation*.json"))}
+    assert "generalisation_significance" in runs
+    for name, res in runs.items():
+        assert g.report_name(g.recipe_of(res["settings"])) == name
+        md = g.report_markdown(res, g.companion(res, runs.values()))
+        assert md == (docs / f"{name}.md").read_text(), name
+        sf = res["spot_finders"]["families"]
+        assert set(sf) == set(res["families"]) and all(len(m["per_seed"]) == len(res["settings"]["seeds"])
+                                                       for f in sf.values() for m in f.values())
+    sig = runs["generalisation_significance"]
+    d = np.subtract(sig["spot_finders"]["families"]["ccd"]["spots"]["per_seed"], sig["families"]["ccd"]["per_seed"])
     assert t_interval(d)[1] > 0  # the committed "better" in ccd: every seed's paired difference says so
+
+
+def test_recipes_are_compared_seed_by_seed_only_on_the_same_test_frames():
+    """The other recipe's section: a paired per-seed difference with a verdict, and nothing when the runs' test
+    frames differ."""
+    settings = {"seeds": [0, 1, 2], "train_frames": {"pilatus": 1, "eiger": 1}, "n_test": 3, "epochs": 1,
+                "batches": 1, "families": {"a": ["pilatus"], "b": ["eiger"]}}
+
+    def run(recipe, a, b):
+        fams = {f: {"presets": [p], "per_seed": v, "mean": float(np.mean(v)), "ci95": list(t_interval(v)[1:]),
+                    "per_preset": {}} for (f, p), v in zip((("a", "pilatus"), ("b", "eiger")), (a, b))}
+        pre = {"contrast": "lcn" if recipe == "default" else "snr", "out_size": 720 if recipe == "default" else 360,
+               "s_per_px": g.recipe_config(recipe).s_per_px}
+        return {"settings": {**settings, "recipe": recipe, "preprocess": pre}, "families": fams, "seconds": 60.0}
+
+    lcn = run("default", [0.70, 0.72, 0.71], [0.6, 0.9, 0.7])
+    snr = run("significance", [0.60, 0.61, 0.62], [0.7, 0.7, 0.7])
+    assert g.companion(lcn, [lcn, snr]) is snr and g.companion(snr, [lcn, snr]) is lcn
+    md = g.report_markdown(lcn, snr)
+    assert "GCN + LCN (Ke et al. 2018 Eqs. 6–9), 720² at Ke's reciprocal pixel" in md
+    section = md.split("## The other recipe on the same test frames")[1]
+    row_a = next(line for line in section.splitlines() if line.startswith("| a |"))
+    row_b = next(line for line in section.splitlines() if line.startswith("| b |"))
+    assert "better" in row_a and "not established" in row_b  # b: -0.1, +0.2, 0.0 spans 0
+    assert "default recipe is better in 1 of 2 families (a) and worse in 0" in section
+    back = g.report_markdown(snr, lcn)
+    assert "360² at 2× Ke's reciprocal pixel" in back.split("## The other recipe")[0]
+    assert "720² at Ke's reciprocal pixel" in back.split("## The other recipe")[1]
+    moved = {**snr, "settings": {**snr["settings"], "n_test": 4}}  # other test frames: no comparison
+    assert g.companion(lcn, [moved]) is None and "## The other recipe" not in g.report_markdown(lcn, moved)
+    with pytest.raises(Exception, match="unknown recipe"):
+        g.recipe_config("fancy")
 
 
 def _spot_map_bench():
@@ -165,6 +214,6 @@ def test_committed_spot_map_report_is_what_its_json_writes():
     root = Path(__file__).resolve().parents[1]
     bench = _spot_map_bench()
     res = json.loads((root / "bench" / "results" / "spot_map_lofo.json").read_text())
-    committed = json.loads((root / "docs" / "benchmarks" / "generalisation.json").read_text())
+    committed = json.loads((root / "docs" / "benchmarks" / "generalisation_significance.json").read_text())
     assert bench.markdown(res, committed) == (root / "docs" / "spot_map.md").read_text()
     assert len(res["families"]["ccd"]["per_seed"]) >= 3

@@ -225,3 +225,31 @@ def test_random_bytes_still_fail_with_the_file_named(tmp_path):
             read_frame(p)
         msg = str(ei.value)
         assert name in msg and "\n" not in msg
+
+
+def test_check_frame_refuses_only_what_unmasked_pixels_show():
+    """NaN/inf and signal count only where the mask lets a pixel through; the message names the count."""
+    from diffscreen.errors import BadFrameError
+    from diffscreen.io.frame import Frame, FrameMeta, check_frame
+
+    meta = FrameMeta("run.cxi", 4)
+    d = np.ones((6, 7), np.float32)
+    m = np.zeros(d.shape, bool)
+    d[0, :3] = [np.nan, np.inf, -np.inf]
+    m[0, :3] = True
+    assert check_frame(Frame(d, m, meta)).data is d  # masked NaN and inf: fine
+    m[0, 1] = False
+    d[5, 6] = np.nan
+    with pytest.raises(BadFrameError, match=r"2 pixels are NaN or infinite") as ei:
+        check_frame(Frame(d, m, meta))
+    assert "run.cxi" in str(ei.value) and "frame 4" in str(ei.value)
+    zero = np.zeros((6, 7), np.int32)
+    zero[2, 2] = 9  # the only signal is under the mask
+    mz = np.zeros(zero.shape, bool)
+    mz[2, 2] = True
+    with pytest.raises(BadFrameError, match="all pixels are zero"):
+        check_frame(Frame(zero, mz, meta))
+    mz[2, 2] = False
+    assert check_frame(Frame(zero, mz, meta)).data is zero
+    with pytest.raises(BadFrameError, match="every pixel is masked"):
+        check_frame(Frame(zero, np.ones(zero.shape, bool), meta))

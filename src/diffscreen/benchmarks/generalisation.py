@@ -1,7 +1,8 @@
 """Leave one detector family out: does the screen hold on a detector it never saw? (issue 13)
 
-``diffscreen benchmark generalisation`` trains the significance recipe (the Ke et
-al. 2018 CNN on the per-pixel significance input,
+``diffscreen benchmark generalisation`` trains the Ke et al. (2018) CNN on the
+bundled default model's input (what ``screen`` runs; ``--recipe significance``:
+the per-pixel significance input,
 :meth:`~diffscreen.preprocess.PreprocessConfig.significance`) on simulated
 frames of every detector family but one and tests it on fresh frames of the
 family left out.  Families (:data:`diffscreen.simulate.presets.FAMILIES`):
@@ -26,16 +27,80 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import paragraphs, pool_map, predict, table, write_json
-from diffscreen.evaluate.metrics import keep_balanced_accuracy, kept_balanced_accuracy, t_interval
+from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision, kept_balanced_accuracy, t_interval
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
 from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, training_jobs
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
-           "PEERS", "SPOT_KEEP", "train_left_out", "hold_out_fifth", "paired_verdict"]
+           "PEERS", "SPOT_KEEP", "RECIPES", "recipe_config", "recipe_of", "describe_input", "report_name",
+           "same_test_frames", "companion", "train_left_out", "hold_out_fifth", "paired_verdict"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
 VAL_FRAMES = 400
+
+#: The network inputs a left-out CNN can be trained on: name → whose input it is.
+RECIPES = {
+    "default": "the bundled default model's input (read from its model file: what `screen` runs with no options)",
+    "significance": "the significance input (`train --preprocess significance`, the bundled fast model's recipe at "
+                    "240²)",
+}
+
+
+def describe_input(pre: dict) -> str:
+    """One phrase for a recorded :class:`~diffscreen.preprocess.PreprocessConfig` (its ``to_dict()``)."""
+    from diffscreen.preprocess import DEFAULT_S_PER_PX
+
+    how = {"lcn": "GCN + LCN (Ke et al. 2018 Eqs. 6–9)",
+           "snr": "the max-pooled per-pixel significance over resolution shells"}.get(pre["contrast"], pre["contrast"])
+    scale = pre["s_per_px"] / DEFAULT_S_PER_PX
+    return f"{how}, {pre['out_size']}² at {'' if abs(scale - 1) < 1e-6 else f'{scale:g}× '}Ke's reciprocal pixel"
+
+
+def recipe_config(recipe: str):
+    """The :class:`~diffscreen.preprocess.PreprocessConfig` of a :data:`RECIPES` name.
+
+    ``"default"`` is read from the bundled default model file, so the benchmark follows whatever ships.
+
+    Raises
+    ------
+    ConfigError
+        An unknown name.
+    """
+    from diffscreen.errors import ConfigError
+    from diffscreen.models import read_model_metadata, resolve_model_path
+    from diffscreen.preprocess import PreprocessConfig
+
+    if recipe == "default":
+        return PreprocessConfig.from_dict(read_model_metadata(resolve_model_path(None))["preprocess"])
+    if recipe == "significance":
+        return PreprocessConfig.significance()
+    raise ConfigError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+
+
+def recipe_of(settings: dict) -> str:
+    """The :data:`RECIPES` name of a run's ``settings`` (runs before the name was stored: from their contrast)."""
+    return settings.get("recipe") or ("significance" if settings["preprocess"]["contrast"] == "snr" else "default")
+
+
+def report_name(recipe: str) -> str:
+    """File stem of a recipe's results and report: ``generalisation`` for what ships, else ``generalisation_NAME``."""
+    return "generalisation" if recipe == "default" else f"generalisation_{recipe}"
+
+
+def same_test_frames(a: dict, b: dict) -> bool:
+    """Whether two runs' ``settings`` test on the same frames with the same training frames and length (so their
+    models can be compared seed by seed, and their spot-finder peers are the same)."""
+    keys = ("seeds", "n_test", "families", "train_frames", "epochs", "batches")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def companion(res: dict, runs) -> dict | None:
+    """The first of ``runs`` (results of :func:`run_generalisation`) of another recipe on the same test frames as
+    ``res``, which :func:`report_markdown` compares it with; None if there is none."""
+    mine = recipe_of(res["settings"])
+    return next((r for r in runs if recipe_of(r["settings"]) != mine and same_test_frames(r["settings"],
+                                                                                          res["settings"])), None)
 
 
 def held_out_seed(seed: int, k: int) -> int:
@@ -45,7 +110,7 @@ def held_out_seed(seed: int, k: int) -> int:
 
 def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test: int = 100, epochs: int = 20,
                        batches: int = 25, n_train=None, workers: int = 2, threads: int = 2, only=None,
-                       log=print) -> dict:
+                       recipe: str = "default", log=print) -> dict:
     """Leave each detector family out in turn; train on the rest, test on it.
 
     Parameters
@@ -72,31 +137,41 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     only : sequence of str, optional
         Leave out only these families (the others are skipped; e.g. to share
         the work between processes on one cache).
+    recipe : {"default", "significance"}
+        The network input (:data:`RECIPES`, :func:`recipe_config`): by
+        default the bundled default model's, i.e. what ``screen`` runs.
 
     Returns
     -------
     dict
-        ``{"families": {name: {"presets", "per_seed", "mean", "ci95", "per_preset"}}, "settings": ...}``.
+        ``{"families": {name: {"presets", "per_seed", "mean", "ci95", "per_preset", "kept_per_seed",
+        "rejected_per_seed"}}, "settings": ...}``: per seed, the balanced accuracy and the fractions of the
+        hits and maybes kept and of the misses rejected; ``settings["recipe"]`` names the recipe.
+
+    Raises
+    ------
+    ConfigError
+        An unknown recipe.
     """
-    from diffscreen.preprocess import PreprocessConfig
     from diffscreen.simulate.presets import FAMILIES
 
     fams = dict(families or FAMILIES)
     work = Path(work)
-    cfg = PreprocessConfig.significance()
+    cfg = recipe_config(recipe)
     tjobs = [(p, s, min(n, n_train or n), t) for p, s, n, t in training_jobs(fams)]
     presets = [j[0] for j in tjobs]
     test_jobs = [(p, held_out_seed(s, k), n_test, False) for s in seeds for k, p in enumerate(presets)]
     paths = make_inputs(tjobs + test_jobs, work / "inputs", cfg, workers=workers, log=log)
-    res = {"settings": {"seeds": list(seeds), "train_frames": {j[0]: j[2] for j in tjobs}, "n_test": n_test,
-                        "epochs": epochs, "batches": batches, "preprocess": cfg.to_dict(),
+    res = {"settings": {"recipe": recipe, "seeds": list(seeds), "train_frames": {j[0]: j[2] for j in tjobs},
+                        "n_test": n_test, "epochs": epochs, "batches": batches, "preprocess": cfg.to_dict(),
                         "families": {f: list(ps) for f, ps in fams.items()}}, "families": {}}  # fmt: skip
     for fam, ps in fams.items():
         if only is not None and fam not in only:
             continue
-        per_seed, per_preset = [], {p: [] for p in ps}
+        per_seed, per_preset, rates = [], {p: [] for p in ps}, {"kept": [], "rejected": []}
         train_ps = [p for p in presets if p not in ps]
-        models = [work / "models" / f"without_{fam}_seed{s}_e{epochs}x{batches}.safetensors" for s in seeds]
+        models = [work / "models" / f"without_{fam}_{recipe}_seed{s}_e{epochs}x{batches}.safetensors"
+                  for s in seeds]
         for s, model in zip(seeds, models):
             if not model.exists():
                 log(f"training without {fam} (seed {s}) on {', '.join(train_ps)}")
@@ -107,11 +182,16 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
             scored = [(y, predict(model, x, batch=64)) for x, y in tests]  # (labels, probabilities) per preset
             for p, (y, prob) in zip(ps, scored):
                 per_preset[p].append(keep_balanced_accuracy(y, prob))
-            per_seed.append(keep_balanced_accuracy(*map(np.concatenate, zip(*scored))))
+            y, prob = map(np.concatenate, zip(*scored))
+            per_seed.append(keep_balanced_accuracy(y, prob))
+            keep, miss = keep_decision(prob), y == CLASSES.index("miss")
+            rates["kept"].append(float(keep[~miss].mean()) if (~miss).any() else math.nan)
+            rates["rejected"].append(float((~keep[miss]).mean()) if miss.any() else math.nan)
             log(f"{fam} left out, seed {s}: keep balanced accuracy {per_seed[-1]:.3f}")
         m, lo, hi = t_interval(per_seed)
         res["families"][fam] = {"presets": list(ps), "per_seed": per_seed, "mean": m, "ci95": [lo, hi],
                                 "per_preset": {p: t_interval(v) for p, v in per_preset.items()},
+                                "kept_per_seed": rates["kept"], "rejected_per_seed": rates["rejected"],
                                 "models": [str(m) for m in models]}
     write_json(Path(out_json), res)  # makes the folder
     return res
@@ -331,21 +411,61 @@ def _spot_finder_lines(res: dict) -> list:
              + ("none reaches the 0.95 goal either." if best[0] < 0.95 else "at or above the 0.95 goal.")]]
 
 
-def report_markdown(res: dict) -> str:
-    """``docs/benchmarks/generalisation.md`` from :func:`run_generalisation`'s result."""
+def _recipe_lines(res: dict, other: dict | None) -> list:
+    """Report section: this run's CNN against ``other``, a run of another recipe on the same test frames."""
+    if not other or not same_test_frames(res["settings"], other["settings"]):
+        return []
+    fams, ofams = res["families"], other["families"]
+    mine, theirs = recipe_of(res["settings"]), recipe_of(other["settings"])
+    common = [f for f in fams if f in ofams]
+    diffs = {f: t_interval(np.subtract(fams[f]["per_seed"], ofams[f]["per_seed"])) for f in common}
+    rows = [(f, _fmt(fams[f]["mean"], *fams[f]["ci95"]), _fmt(ofams[f]["mean"], *ofams[f]["ci95"]),
+             f"{_fmt(*diffs[f])}: {paired_verdict(diffs[f])}") for f in common]
+    says = {v: [f for f in common if paired_verdict(diffs[f]) == v] for v in ("better", "worse")}
+    return ["## The other recipe on the same test frames",
+            f"The same benchmark with the {theirs} recipe ({describe_input(other['settings']['preprocess'])}): "
+            "the same training frames, length, "
+            f"seeds and test frames (`{report_name(theirs)}.md`), so each seed's models are compared on the same "
+            f"frames. Paired difference {mine} − {theirs}, mean and 95 % interval; *better* or *worse* only where "
+            "the interval excludes 0:",
+            table(("family left out", mine, theirs, f"{mine} − {theirs}"), rows),
+            [f"- The {mine} recipe is better in {len(says['better'])} of {len(common)} families"
+             + (f" ({', '.join(says['better'])})" if says["better"] else "")
+             + f" and worse in {len(says['worse'])}" + (f" ({', '.join(says['worse'])})" if says["worse"] else "")
+             + "; elsewhere the difference is not established."]]
+
+
+def report_markdown(res: dict, other: dict | None = None) -> str:
+    """``docs/benchmarks/generalisation.md`` (or ``generalisation_RECIPE.md``) from :func:`run_generalisation`'s result.
+
+    Parameters
+    ----------
+    res : dict
+        The run, with its spot-finder peers, real-frame scores and time where present.
+    other : dict, optional
+        A run of another recipe; on the same test frames (:func:`same_test_frames`) the report compares the two
+        CNNs seed by seed.
+    """
     st, fams = res["settings"], res["families"]
+    recipe = recipe_of(st)
 
     def verdict(r):  # a NaN bound (one seed) compares false
         return "yes" if r["ci95"][0] >= 0.95 else ("mean only" if r["mean"] >= 0.95 else "**no**")
+
+    with_rates = all("kept_per_seed" in r for r in fams.values())
+    rate_heads = ("hits and maybes kept", "misses rejected") if with_rates else ()
+
+    def _rates(r):  # mean over seeds of each rate, where the run recorded them
+        return tuple(f"{np.nanmean(r[k]):.2f}" for k in ("kept_per_seed", "rejected_per_seed")) if with_rates else ()
 
     below = [f for f, r in fams.items() if r["ci95"][1] < 0.95]
     wide = max(fams, key=lambda f: -1.0 if math.isnan(fams[f]["ci95"][0]) else fams[f]["ci95"][1] - fams[f]["ci95"][0])
     lo, hi = fams[wide]["ci95"]
     lines = paragraphs(
         "# Leave one detector family out (issue 13)",
-        "The significance recipe (Ke et al. 2018 CNN on the max-pooled per-pixel significance over resolution "
-        "shells, 360² at 2× Ke's reciprocal pixel; the bundled fast model is the same recipe at 240²) trained on simulated frames of every detector family but one, "
-        "then tested on fresh frames of the family left out. Score: balanced accuracy of the keep decision "
+        f"The Ke et al. (2018) CNN on {RECIPES[recipe]}: {describe_input(st['preprocess'])}. It is trained on "
+        "simulated frames of every detector family but one, then tested on fresh frames of the family left out. "
+        "Score: balanced accuracy of the keep decision "
         "(hit or maybe against miss), mean and 95 % t-interval over "
         f"{len(st['seeds'])} seeds (each seed sets the initialisation and batches and draws fresh test frames; "
         "the training frames are those of scripts/make_default_model.py and the same for every seed). "
@@ -353,9 +473,9 @@ def report_markdown(res: dict) -> str:
         + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
         + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
         "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.",
-        table(("family left out", "presets", "balanced accuracy", "per seed", "≥ 0.95"),
+        table(("family left out", "presets", "balanced accuracy", "per seed", *rate_heads, "≥ 0.95"),
               [(fam, ", ".join(r["presets"]), _fmt(r["mean"], *r["ci95"]), ", ".join(f"{v:.3f}" for v in r["per_seed"]),
-                verdict(r)) for fam, r in fams.items()]),
+                *_rates(r), verdict(r)) for fam, r in fams.items()]),
         "## Per preset of the family left out",
         table(("family", "preset", "balanced accuracy"),
               [(fam, p, _fmt(*v)) for fam, r in fams.items() for p, v in r["per_preset"].items()]),
@@ -375,8 +495,11 @@ def report_markdown(res: dict) -> str:
          *([f"- Seeds differ a lot (the widest interval, {wide}, spans {lo:.2f}–{hi:.2f}), so differences "
             "between families of a few points mean little."] if not math.isnan(lo) else [])],
         *_spot_finder_lines(res),
+        *_recipe_lines(res, other),
         *(["## Peers on the real frames", res["peers"]] if res.get("peers") else []),
-        f"Rerun: `diffscreen benchmark generalisation` (results in `generalisation.json`; "
+        f"Rerun: `diffscreen benchmark generalisation{'' if recipe == 'default' else ' --recipe ' + recipe} "
+        f"--epochs {st['epochs']} --batches {st['batches']}` "
+        f"(results in `{report_name(recipe)}.json`; "
         f"{res.get('seconds', float('nan')) / 60:.0f} min on this machine).",
     )
     return "\n".join(lines + [""])

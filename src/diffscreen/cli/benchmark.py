@@ -176,17 +176,31 @@ def benchmark_zimmermann2019(
     bench.check_quick(res)  # FindingNotReproduced: exit 1
 
 
-def _write_generalisation(out: Path, res: dict) -> None:
-    """Write OUT/generalisation.json and the report made of it (atomically)."""
+def _generalisation_runs(out: Path) -> list:
+    """The results of every recipe's run in OUT (``generalisation*.json``), by file name."""
     import json
 
-    from diffscreen.benchmarks.generalisation import report_markdown
+    return [json.loads(p.read_text()) for p in sorted(out.glob("generalisation*.json"))]
+
+
+def _write_generalisation(out: Path, res: dict) -> None:
+    """Write OUT/generalisation[_RECIPE].json and the report made of it (atomically), compared with another recipe's
+    run on the same test frames where OUT holds one."""
+    import json
+
+    from diffscreen.benchmarks.generalisation import companion, recipe_of, report_markdown, report_name
     from diffscreen.io.atomic import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "generalisation.json", json.dumps(res, indent=1, default=float))
-    atomic_write_text(out / "generalisation.md", report_markdown(res))
-    print(f"wrote {out / 'generalisation.md'}")
+    name = report_name(recipe_of(res["settings"]))
+    atomic_write_text(out / f"{name}.json", json.dumps(res, indent=1, default=float))
+    other = companion(res, _generalisation_runs(out))
+    atomic_write_text(out / f"{name}.md", report_markdown(res, other))
+    print(f"wrote {out / name}.md")
+    if other is not None:  # its report now compares with this run
+        other_name = report_name(recipe_of(other["settings"]))
+        atomic_write_text(out / f"{other_name}.md", report_markdown(other, res))
+        print(f"rewrote {out / other_name}.md")
 
 
 @benchmark_app.command("generalisation")
@@ -206,7 +220,11 @@ def benchmark_generalisation(
     dials_frames: int = typer.Option(20, help="Test frames per preset and seed that DIALS scores beside the CNN "
                                               "(about a second each; 0: none; needs Debian's python3-dials)."),
     peers_only: bool = typer.Option(False, "--peers-only", help="Only score the spot-finders on the test frames of "
-                                                                 "OUT/generalisation.json and rewrite its report."),
+                                                                 "the --recipe's earlier run in OUT and rewrite its "
+                                                                 "report."),
+    recipe: str = typer.Option("default", help="Network input: default (the bundled default model's, what screen "
+                                               "runs; report generalisation.md) or significance (report "
+                                               "generalisation_significance.md)."),
 ):
     """Train on every detector family but one, test on the one left out.
 
@@ -217,7 +235,9 @@ def benchmark_generalisation(
     per family, and of every trained model on the shared real frames.  Beside
     the CNN, spot-finders with their defaults (diffscreen's spot finder,
     peakfinder8, DIALS) score the same test frames; --peers-only adds
-    them to an earlier run's report without training.
+    them to an earlier run's report without training, and a run reuses them
+    from another recipe's run in OUT on the same test frames.  Where OUT
+    holds both recipes' runs, each report compares them seed by seed.
     """
     import json
 
@@ -230,11 +250,13 @@ def benchmark_generalisation(
     n_train = None
     if quick:
         seeds, n_train, test_frames, epochs, batches, dials_frames = 1, 40, 40, 2, 5, 0
+    g.recipe_config(recipe)  # an unknown recipe: one error line before any work
+    earlier = out / f"{g.report_name(recipe)}.json"
     if peers_only:
-        if not (out / "generalisation.json").exists():
+        if not earlier.exists():
             raise ConfigError("--peers-only scores the test frames of an earlier run, but it has no results here",
-                              path=out / "generalisation.json")
-        res = json.loads((out / "generalisation.json").read_text())
+                              path=earlier)
+        res = json.loads(earlier.read_text())
         with progress() as p:
             res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
                                                       log=p.console.print, progress=Bar(p, "spot-finders"))
@@ -242,11 +264,16 @@ def benchmark_generalisation(
     t0 = time.time()
     with progress() as p:
         p.console.print(f"leave-one-family-out benchmark{' (quick)' if quick else ''} -> {out}")
-        res = g.run_generalisation(work, out / "generalisation.json", seeds=tuple(range(seeds)), n_train=n_train,
-                                   n_test=test_frames, epochs=epochs, batches=batches, workers=workers,
+        res = g.run_generalisation(work, earlier, seeds=tuple(range(seeds)), n_train=n_train, n_test=test_frames,
+                                   epochs=epochs, batches=batches, workers=workers, recipe=recipe,
                                    log=p.console.print)
-        res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
-                                                  log=p.console.print, progress=Bar(p, "spot-finders"))
+        reuse = next((r["spot_finders"] for r in _generalisation_runs(out) if r.get("spot_finders")
+                      and g.same_test_frames(r["settings"], res["settings"])
+                      and r["spot_finders"]["n_dials"] == dials_frames), None)
+        if reuse is not None:
+            p.console.print("spot-finders: the same test frames' scores from an earlier run in the folder")
+        res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
+                                                           log=p.console.print, progress=Bar(p, "spot-finders"))
         folders = [real / "real-frames", real / "real-frames-2"]
         if all((f / "MANIFEST.tsv").exists() for f in folders):
             res["real"] = {}

@@ -108,15 +108,19 @@ def check_frame(frame: Frame) -> Frame:
         raise BadFrameError(
             f"mask shape {m.shape} differs from frame shape {d.shape}", path=meta.source, frame=meta.index
         )
-    good = ~m
-    vals = d[good]
-    if vals.size == 0:
+    good = np.logical_not(m)  # boolean passes over the frame, no copy of its unmasked pixels
+    if not good.any():
         raise BadFrameError("every pixel is masked", path=meta.source, frame=meta.index)
-    finite = np.isfinite(vals)
-    if not finite.all():
-        n = int((~finite).sum())
-        raise BadFrameError(f"{n} pixels are NaN or infinite", path=meta.source, frame=meta.index)
-    if not vals.any():
+    if d.dtype.kind in "fc":
+        bad = np.isfinite(d)
+        np.logical_not(bad, out=bad)
+        bad &= good
+        if bad.any():
+            raise BadFrameError(f"{int(np.count_nonzero(bad))} pixels are NaN or infinite", path=meta.source,
+                                frame=meta.index)
+    signal = np.not_equal(d, 0)
+    signal &= good
+    if not signal.any():
         raise BadFrameError("all pixels are zero (empty readout)", path=meta.source, frame=meta.index)
     return frame
 

@@ -380,8 +380,6 @@ def read_cxi_labels(path, *, classes=CLASS_NAMES) -> list[LabelRecord]:
     FrameReadError
         The file cannot be opened.
     """
-    import numpy as np
-
     from diffscreen.io.hdf5 import CXISource
 
     path = os.fspath(path)

@@ -24,6 +24,7 @@ __all__ = [
     "zoom_factor",
     "PreprocessConfig",
     "Preprocessor",
+    "FastPreprocessor",
     "prepare_pixels",
     "row_ranges",
 ]

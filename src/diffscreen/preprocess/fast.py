@@ -49,7 +49,7 @@ from numba import njit
 from diffscreen.errors import BadFrameError, ConfigError
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.preprocess.geometry import beam_centre, crop_window, window_to_crop, zoom_factor
-from diffscreen.preprocess.pipeline import PreprocessConfig, Preprocessor, significance_batch
+from diffscreen.preprocess.pipeline import Preprocessor, significance_batch
 from diffscreen.preprocess.pooling import max_pool_window
 
 __all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "prepare_region",

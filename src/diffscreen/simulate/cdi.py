@@ -584,7 +584,6 @@ class CDISimulator:
 
     def _asymmetry(self, I: np.ndarray) -> float:
         """Σ|I(q) - I(-q)| / Σ(I(q) + I(-q)) outside the hole (point inversion about the beam centre)."""
-        n = self.config.size
         m = ~self.hole
         Ii = I.copy()
         # pixel index i ↔ q = (i - n//2) dq; its inverse is index n - i (valid for i >= 1)
@@ -709,7 +708,6 @@ class CDISimulator:
 
     def _detect(self, rng, I: np.ndarray, photons: float) -> np.ndarray:
         c = self.config
-        n = c.size
         r = self.qperp / c.q_edge
         f_stray = rng.uniform(*c.stray_light)
         glow = np.exp(-np.maximum(r - c.hole_q, 0) / 0.15)

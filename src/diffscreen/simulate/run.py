@@ -628,12 +628,10 @@ class Simulator:
             if kind in ("hit", "maybe", "weak"):
                 spots = self._spots(c, rng, lam, trusted)
             if c["jet"]:
-                wf = None
-                if kap is not None:
+                def kapton(xs, ys):
+                    return kapton_transmission(xs - cx, ys - cy, p, D, *kap)
 
-                    def wf(xs, ys):
-                        return kapton_transmission(xs - cx, ys - cy, p, D, *kap)
-
+                wf = None if kap is None else kapton
                 jet_streak(lam, (cx, cy), rng, weight_fn=wf, **c["jet_params"])
             if c["strip"]:
                 lam[c["strip_row"] :] *= np.float32(c["strip_T"])
