@@ -229,9 +229,8 @@ def open_path(path: str):
         f.close()
         raise
     f.close()
-    frames = [name for name, shape in found if min(shape[-2:]) >= MIN_FRAME_SIDE]
-    if len(frames) == 1 and len(found) == 1:
-        return HDF5DatasetSource(path, frames[0])
+    if len(found) == 1 and min(found[0][1][-2:]) >= MIN_FRAME_SIDE:  # one frame dataset: no need to name it
+        return HDF5DatasetSource(path, found[0][0])
     raise UnknownFormatError(
         "HDF5 file without a CXI (/entry_1/data_1/data) or CXIDB-76 (/data/<chunk>/images) layout; "
         f"name the frame dataset as FILE:/path{hint}",
