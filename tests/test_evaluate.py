@@ -64,11 +64,12 @@ def test_manifest_frames_name_label_and_open_each_file(tmp_path):
 
 def test_kept_balanced_accuracy_is_the_keep_decisions():
     """keep_balanced_accuracy is kept_balanced_accuracy of P(hit) + P(maybe) > P(miss); NaN without a group."""
-    from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision, kept_balanced_accuracy
+    from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision, keep_rates, kept_balanced_accuracy
 
     y = np.array([0, 1, 2, 2, 2])
     kept = np.array([True, False, True, False, False])
     assert kept_balanced_accuracy(kept, y) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert keep_rates(kept, y) == pytest.approx((1 / 2, 2 / 3))  # hit 0 kept, maybe 1 dropped; misses 1 of 3 kept
     probs = np.random.default_rng(1).dirichlet([1, 1, 1], 40)
     ys = np.random.default_rng(2).integers(0, 3, 40)
     assert keep_balanced_accuracy(ys, probs) == kept_balanced_accuracy(keep_decision(probs), ys)

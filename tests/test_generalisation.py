@@ -180,6 +180,10 @@ def test_recipes_are_compared_seed_by_seed_only_on_the_same_test_frames():
     assert "720² at Ke's reciprocal pixel" in back.split("## The other recipe")[1]
     moved = {**snr, "settings": {**snr["settings"], "n_test": 4}}  # other test frames: no comparison
     assert g.companion(lcn, [moved]) is None and "## The other recipe" not in g.report_markdown(lcn, moved)
+    peers = {"n_dials": 20, "families": {}}  # the spot-finders' scores are reused only for the same frames
+    runs = [moved | {"spot_finders": {"n_dials": 20}}, snr | {"spot_finders": peers}]
+    assert g.earlier_peers(lcn["settings"], runs, 20) is peers
+    assert g.earlier_peers(lcn["settings"], runs, 0) is None and g.earlier_peers(lcn["settings"], runs[:1], 20) is None
     with pytest.raises(Exception, match="unknown recipe"):
         g.recipe_config("fancy")
 

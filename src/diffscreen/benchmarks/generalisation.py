@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import paragraphs, pool_map, predict, table, write_json
-from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision, kept_balanced_accuracy, t_interval
+from diffscreen.evaluate.metrics import (keep_balanced_accuracy, keep_decision, keep_rates, kept_balanced_accuracy,
+                                         t_interval)
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
 from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, training_jobs
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
            "PEERS", "SPOT_KEEP", "RECIPES", "recipe_config", "recipe_of", "describe_input", "report_name",
-           "same_test_frames", "companion", "train_left_out", "hold_out_fifth", "paired_verdict"]
+           "same_test_frames", "companion", "earlier_peers", "train_left_out", "hold_out_fifth", "paired_verdict"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
@@ -101,6 +102,14 @@ def companion(res: dict, runs) -> dict | None:
     mine = recipe_of(res["settings"])
     return next((r for r in runs if recipe_of(r["settings"]) != mine and same_test_frames(r["settings"],
                                                                                           res["settings"])), None)
+
+
+def earlier_peers(settings: dict, runs, n_dials: int) -> dict | None:
+    """The :func:`spot_finder_peers` result of one of ``runs`` (results of :func:`run_generalisation`, any recipe)
+    on the same test frames as ``settings`` and with as many DIALS frames (they depend on nothing else); None if
+    none has one."""
+    return next((r["spot_finders"] for r in runs if r.get("spot_finders") and same_test_frames(r["settings"], settings)
+                 and r["spot_finders"]["n_dials"] == n_dials), None)
 
 
 def held_out_seed(seed: int, k: int) -> int:
@@ -183,10 +192,10 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
             for p, (y, prob) in zip(ps, scored):
                 per_preset[p].append(keep_balanced_accuracy(y, prob))
             y, prob = map(np.concatenate, zip(*scored))
-            per_seed.append(keep_balanced_accuracy(y, prob))
-            keep, miss = keep_decision(prob), y == CLASSES.index("miss")
-            rates["kept"].append(float(keep[~miss].mean()) if (~miss).any() else math.nan)
-            rates["rejected"].append(float((~keep[miss]).mean()) if miss.any() else math.nan)
+            kept = keep_decision(prob)
+            per_seed.append(kept_balanced_accuracy(kept, y))
+            for key, rate in zip(("kept", "rejected"), keep_rates(kept, y)):
+                rates[key].append(rate)
             log(f"{fam} left out, seed {s}: keep balanced accuracy {per_seed[-1]:.3f}")
         m, lo, hi = t_interval(per_seed)
         res["families"][fam] = {"presets": list(ps), "per_seed": per_seed, "mean": m, "ci95": [lo, hi],
@@ -370,6 +379,11 @@ def dials_peer_lines(path) -> list[str]:
             f"and rejects {sum(rejected)} of {len(rejected)} misses.", "", *table(("frame", "truth", "DIALS"), rows)]
 
 
+def _said(d) -> str:
+    """A paired difference ``(mean, lo, hi)`` with its interval and :func:`paired_verdict`, as the report prints it."""
+    return f"{_fmt(*d)}: {paired_verdict(d)}"
+
+
 def paired_verdict(d) -> str:
     """What a paired difference ``(mean, lo, hi)`` (:func:`~diffscreen.evaluate.metrics.t_interval`) says:
     "better" if its 95 % interval lies above 0, "worse" if below, else "not established" (also with one seed,
@@ -389,7 +403,7 @@ def _spot_finder_lines(res: dict) -> list:
 
     rows = [(f, _fmt(r["mean"], *r["ci95"]), *(_fmt(sf["families"][f][m]["mean"], *sf["families"][f][m]["ci95"])
                                                for m in methods)) for f, r in fams.items()]
-    drows = [(f, *(f"{_fmt(*diffs[f, m])}: {paired_verdict(diffs[f, m])}" for m in methods)) for f in fams]
+    drows = [(f, *(_said(diffs[f, m]) for m in methods)) for f in fams]
     says = {(m, v): [f for f in fams if paired_verdict(diffs[f, m]) == v] for m in methods for v in ("better", "worse")}
     best = max(((sf["families"][f][m]["mean"], m, f) for f in fams for m in methods), key=lambda t: t[0])
     dials = (f" DIALS saw the first {sf['n_dials']} of each preset's {sf['n_test']} test frames per seed"
@@ -420,7 +434,7 @@ def _recipe_lines(res: dict, other: dict | None) -> list:
     common = [f for f in fams if f in ofams]
     diffs = {f: t_interval(np.subtract(fams[f]["per_seed"], ofams[f]["per_seed"])) for f in common}
     rows = [(f, _fmt(fams[f]["mean"], *fams[f]["ci95"]), _fmt(ofams[f]["mean"], *ofams[f]["ci95"]),
-             f"{_fmt(*diffs[f])}: {paired_verdict(diffs[f])}") for f in common]
+             _said(diffs[f])) for f in common]
     says = {v: [f for f in common if paired_verdict(diffs[f]) == v] for v in ("better", "worse")}
     return ["## The other recipe on the same test frames",
             f"The same benchmark with the {theirs} recipe ({describe_input(other['settings']['preprocess'])}): "

@@ -267,9 +267,7 @@ def benchmark_generalisation(
         res = g.run_generalisation(work, earlier, seeds=tuple(range(seeds)), n_train=n_train, n_test=test_frames,
                                    epochs=epochs, batches=batches, workers=workers, recipe=recipe,
                                    log=p.console.print)
-        reuse = next((r["spot_finders"] for r in _generalisation_runs(out) if r.get("spot_finders")
-                      and g.same_test_frames(r["settings"], res["settings"])
-                      and r["spot_finders"]["n_dials"] == dials_frames), None)
+        reuse = g.earlier_peers(res["settings"], _generalisation_runs(out), dials_frames)
         if reuse is not None:
             p.console.print("spot-finders: the same test frames' scores from an earlier run in the folder")
         res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,

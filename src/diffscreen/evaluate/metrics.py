@@ -26,6 +26,7 @@ __all__ = [
     "keep_decision",
     "keep_balanced_accuracy",
     "kept_balanced_accuracy",
+    "keep_rates",
     "keep_scores",
     "kept_scores",
     "percent_of",
@@ -178,9 +179,22 @@ def keep_decision(probs) -> np.ndarray:
     return p[:, 0] + p[:, 1] > p[:, 2]
 
 
-def _keep_rates(kept, labels):
-    """The kept fraction of hit-or-maybe frames (labels 0, 1) and the dropped fraction of misses (label 2) of a
-    keep decision ``kept`` (N,) bool (NaN where the group is empty)."""
+def keep_rates(kept, labels) -> tuple[float, float]:
+    """The two halves of a keep decision's balanced accuracy.
+
+    Parameters
+    ----------
+    kept : (N,) bool ndarray
+        Whether each frame is kept.
+    labels : (N,) int ndarray
+        True class indices into hit, maybe, miss.
+
+    Returns
+    -------
+    kept_of_hit_or_maybe, rejected_of_miss : float
+        The fraction (0-1) of the hit-or-maybe frames (labels 0, 1) kept and
+        of the misses (label 2) dropped; NaN where the group is empty.
+    """
     kept, keep_true = np.asarray(kept, bool), np.asarray(labels) != 2
     tpr = float(kept[keep_true].mean()) if keep_true.any() else float("nan")
     tnr = float((~kept[~keep_true]).mean()) if (~keep_true).any() else float("nan")
@@ -222,7 +236,7 @@ def kept_balanced_accuracy(kept, y) -> float:
         Mean of the fraction of hits and maybes kept and of misses dropped;
         NaN if either group is empty.
     """
-    tpr, tnr = _keep_rates(kept, y)
+    tpr, tnr = keep_rates(kept, y)
     return (tpr + tnr) / 2
 
 
@@ -250,7 +264,7 @@ def keep_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
         class is absent), ``n``.
     """
     keep_pred = keep_decision(probs)
-    tpr, tnr = _keep_rates(keep_pred, labels)
+    tpr, tnr = keep_rates(keep_pred, labels)
     return {
         **kept_scores(keep_pred, labels),
         "balanced_success": 100 * float(np.nanmean([tpr, tnr])),

@@ -237,14 +237,13 @@ class _Chunk:
                 else:
                     writer.append(fr.data, fr.meta, mask=fr.mask, label=d.label, probabilities=d.probabilities,
                                   peaks=peaks)  # fmt: skip
-            if why is None:
-                d.frame = None  # written (or not wanted): the frame is not held for the rest of the chunk
             if why is not None:
                 rows.append([spec, i, FAILED, 0])
                 errors.append([spec, i, why])
                 if self.observer is not None:
                     notify(self.observer, "error", f"{spec} //{i}", why)
             else:
+                d.frame = None  # written (or not wanted): the frame is not held for the rest of the chunk
                 rows.append([spec, i, int(d.keep), int(single), *self.cells(d)])
                 errors.extend([spec, i, f"{WARNING}{w}"] for w in d.warnings)
                 if self.observer is not None:  # no per-frame id or score dict built for a run without one
