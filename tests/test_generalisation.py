@@ -103,6 +103,43 @@ def test_spot_finders_score_exactly_the_cnn_test_frames(tmp_path):
         assert math.isnan(v) or 0.0 <= v <= 1.0
 
 
+def test_noisy_label_keep_is_the_label_without_noise_and_a_binomial_with_it():
+    rng = np.random.default_rng(3)
+    keep = dict(snr_threshold=5.0, min_spots=4, rng=rng)
+    assert g.noisy_label_keep(np.array([9.0, 8.0, 7.0, 5.1, 2.0]), draws=50, sd=0.0, **keep) == 1.0
+    assert g.noisy_label_keep(np.array([9.0, 8.0, 7.0, 4.9, 2.0]), draws=50, sd=0.0, **keep) == 0.0
+    assert g.noisy_label_keep(np.array([]), draws=50, **keep) == 0.0
+    # four spots exactly at the threshold: each is measured above it half the time, so all four 1/16 of the time
+    p = g.noisy_label_keep(np.full(4, 5.0), draws=40000, **keep)
+    assert abs(p - 1 / 16) < 0.006
+    # a fifth spot one σ below: the four all measured above, or three of them and the fifth
+    from scipy.stats import norm
+
+    want = 1 / 16 + 4 / 16 * norm.sf(1.0)
+    assert abs(g.noisy_label_keep(np.array([5.0, 5.0, 5.0, 5.0, 4.0]), draws=40000, **keep) - want) < 0.006
+
+
+def test_noise_ceiling_keeps_hits_and_drops_frames_without_spots(tmp_path):
+    """The ceiling reads each spot's SNR (a broken column, e.g. the intensity, keeps every frame with 4 spots)."""
+    job = g._ceiling_job("pilatus", g.held_out_seed(0, 0), 12, 20)
+    from diffscreen.simulate.metadata import job_simulator
+
+    sim = job_simulator("pilatus", g.held_out_seed(0, 0))
+    frames = [sim.frame(i) for i in range(12)]
+    assert job["labels"] == [g.CLASSES.index(f.label) for f in frames]
+    for f, p in zip(frames, job["p_keep"]):
+        strong, weak = (f.peaks[:, 3] >= 8).sum(), (f.peaks[:, 3] >= 2).sum()
+        if strong >= 10:
+            assert p == 1.0
+        if weak < 4:
+            assert p < 0.05
+    assert {"hit", "miss"} <= {f.label for f in frames}
+    settings = {"seeds": [0], "n_test": 12, "families": {"a": ["pilatus"]}, "train_frames": {"pilatus": 10}}
+    res = g.noise_ceiling(settings, draws=20, workers=1)
+    y, p = np.array(job["labels"]) != 2, np.array(job["p_keep"])
+    assert res["families"]["a"]["per_seed"][0] == pytest.approx((p[y].mean() + 1 - p[~y].mean()) / 2)
+
+
 def test_spot_finder_section_says_better_only_where_the_paired_interval_excludes_zero():
     fams = {"a": {"presets": ["pilatus"], "per_seed": [0.60, 0.62, 0.61], "mean": 0.61, "ci95": [0.59, 0.63],
                   "per_preset": {}},
@@ -129,6 +166,24 @@ def test_spot_finder_section_says_better_only_where_the_paired_interval_excludes
     assert "peakfinder8: better than the CNN trained without the family in 0 of 2 families; worse in 2 of 2 " \
            "families (a, b)." in section
     assert "best spot-finder mean in any family is 0.910 (diffscreen spot count, a): none reaches" in section
+
+
+def test_ceiling_column_and_its_verdict_follow_the_intervals():
+    fams = {f: {"presets": ["pilatus"], "per_seed": [0.6, 0.6, 0.6], "mean": 0.6, "ci95": [0.6, 0.6],
+                "per_preset": {}} for f in "abc"}
+    ceiling = {"draws": 20, "families": {"a": {"per_seed": [0.9] * 3, "mean": 0.90, "ci95": [0.88, 0.92]},
+                                         "b": {"per_seed": [0.94] * 3, "mean": 0.94, "ci95": [0.90, 0.98]},
+                                         "c": {"per_seed": [0.97] * 3, "mean": 0.97, "ci95": [0.96, 0.98]}}}
+    res = {"settings": {"seeds": [0, 1, 2], "train_frames": {"pilatus": 1}, "n_test": 3, "epochs": 1, "batches": 1,
+                        "preprocess": g.recipe_config("significance").to_dict()},
+           "families": fams, "seconds": 1.0, "ceiling": ceiling}
+    md = g.report_markdown(res)
+    assert "| noise ceiling |" in md and "| a | pilatus | 0.600 [0.600, 0.600] | 0.600, 0.600, 0.600 | 0.900 [0.880, 0.920] |" in md
+    assert "Its means lie between 0.900 and 0.970. In 1 of 3 families (a) its whole 95 % interval lies below 0.95" in md
+    assert "In 1 (b) its mean lies below 0.95 and its interval reaches it" in md
+    assert "Elsewhere its mean lies above 0.95." in md
+    del ceiling["families"]["c"]  # a ceiling of other families: no column
+    assert "noise ceiling" not in g.report_markdown(res)
 
 
 def test_committed_reports_are_what_their_json_writes():

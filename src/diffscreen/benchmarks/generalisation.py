@@ -34,7 +34,8 @@ from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, t
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
            "PEERS", "SPOT_KEEP", "RECIPES", "recipe_config", "recipe_of", "describe_input", "report_name",
-           "same_test_frames", "companion", "earlier_peers", "train_left_out", "hold_out_fifth", "paired_verdict"]
+           "same_test_frames", "companion", "earlier_peers", "earlier_result", "train_left_out", "hold_out_fifth", "paired_verdict",
+           "noisy_label_keep", "noise_ceiling", "CEILING_DRAWS"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
@@ -108,8 +109,14 @@ def earlier_peers(settings: dict, runs, n_dials: int) -> dict | None:
     """The :func:`spot_finder_peers` result of one of ``runs`` (results of :func:`run_generalisation`, any recipe)
     on the same test frames as ``settings`` and with as many DIALS frames (they depend on nothing else); None if
     none has one."""
-    return next((r["spot_finders"] for r in runs if r.get("spot_finders") and same_test_frames(r["settings"], settings)
-                 and r["spot_finders"]["n_dials"] == n_dials), None)
+    return earlier_result(settings, runs, "spot_finders", lambda sf: sf["n_dials"] == n_dials)
+
+
+def earlier_result(settings: dict, runs, key: str, ok=lambda v: True):
+    """``run[key]`` of the first of ``runs`` (results of :func:`run_generalisation`) on the same test frames as
+    ``settings`` that has one passing ``ok``; None if none has (e.g. ``"ceiling"``: :func:`noise_ceiling`)."""
+    return next((r[key] for r in runs if r.get(key) and same_test_frames(r["settings"], settings) and ok(r[key])),
+                None)
 
 
 def held_out_seed(seed: int, k: int) -> int:
@@ -321,6 +328,110 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
     return out
 
 
+#: Noise draws per test frame of :func:`noise_ceiling`.
+CEILING_DRAWS = 20
+
+
+def noisy_label_keep(snr, *, snr_threshold: float, min_spots: int, draws: int, rng, sd: float = 1.0) -> float:
+    """How often the simulator's label rule keeps a frame when each spot's SNR is measured with photon noise.
+
+    A spot's integrated signal-to-noise ratio is ``S / √(S + B + n σ²)`` from the noise-free expectation
+    (:mod:`diffscreen.simulate.run`, after Ke et al. 2018 §3.3.1); the photon noise of the same sum measured on one
+    frame makes the measured ratio ``SNR + N(0, 1)`` (Gaussian limit of the Poisson counts, background and footprint
+    known exactly).  The frame is kept when at least ``min_spots`` measured ratios reach ``snr_threshold``, the
+    label's own rule.
+
+    Parameters
+    ----------
+    snr : (P,) float ndarray
+        Expected SNR of each recorded Bragg spot (``SimFrame.peaks[:, 3]``).
+    snr_threshold : float
+        SNR that makes a spot detectable (``Preset.snr_threshold``, 5).
+    min_spots : int
+        Detectable spots that keep a frame (``Preset.maybe_min_spots``, 4: Ke's *maybe*).
+    draws : int
+        Noise draws.
+    rng : numpy.random.Generator
+    sd : float
+        Standard deviation of the measured SNR (1: photon noise; 0 gives the label itself).
+
+    Returns
+    -------
+    float
+        Fraction of the draws (0-1) in which the frame is kept.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> noisy_label_keep(np.array([9.0, 8.0, 7.0, 5.1, 2.0]), snr_threshold=5.0, min_spots=4, draws=10, rng=rng,
+    ...                  sd=0.0)
+    1.0
+    """
+    snr = np.asarray(snr, dtype=np.float64)
+    measured = snr[None, :] + sd * rng.standard_normal((int(draws), snr.size))
+    return float(np.mean((measured >= snr_threshold).sum(axis=1) >= min_spots))
+
+
+def _ceiling_job(preset: str, seed: int, n: int, draws: int) -> dict:
+    """Labels and :func:`noisy_label_keep` of frames ``0..n-1`` of one test job (the frames of :func:`job_frames`)."""
+    from diffscreen.simulate.metadata import job_simulator
+
+    sim, rng = job_simulator(preset, seed), np.random.default_rng([seed, 4242])
+    P, labels, p_keep = sim.preset, [], []
+    for i in range(n):
+        sf = sim.frame(i)
+        labels.append(CLASSES.index(sf.label))
+        p_keep.append(noisy_label_keep(sf.peaks[:, 3], snr_threshold=P.snr_threshold, min_spots=P.maybe_min_spots,
+                                       draws=draws, rng=rng))
+    return {"labels": labels, "p_keep": p_keep}
+
+
+def noise_ceiling(settings: dict, *, draws: int = CEILING_DRAWS, workers: int = 2, progress=None) -> dict:
+    """The balanced accuracy that photon noise leaves to any screen of a run's test frames.
+
+    Every test frame of :func:`held_out_seed`'s seeds goes through :func:`noisy_label_keep`: a screen that is told
+    where every Bragg spot is and its expected strength, and only measures each spot's integrated signal with its
+    photon noise, applying the label's own rule.  A real screen must also find the spots and estimate their
+    background, so it can only do worse, up to what a prior over the frames' exposure could add; no threshold is
+    chosen on these frames.
+
+    Parameters
+    ----------
+    settings : dict
+        The ``settings`` of :func:`run_generalisation`'s result.
+    draws : int
+        Noise draws per frame.
+    workers : int
+        Processes.
+    progress : callable, optional
+        As :func:`spot_finder_peers`.
+
+    Returns
+    -------
+    dict
+        ``draws`` and ``families``: family → ``{"per_seed", "mean", "ci95"}``, the expected balanced accuracy of
+        the keep decision (0-1) per seed, on the same frames as the CNN's row.
+    """
+    seeds, n, fams = settings["seeds"], settings["n_test"], settings["families"]
+    presets = list(settings["train_frames"])
+    jobs = [(p, held_out_seed(s, presets.index(p)), n, draws) for s in seeds for ps in fams.values() for p in ps]
+    if progress:
+        progress(total=n * len(jobs))
+    results = pool_map(_ceiling_job, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
+    done = dict(zip(((j[0], j[1]) for j in jobs), results))
+    out = {"draws": draws, "families": {}}
+    for fam, ps in fams.items():
+        per_seed = []
+        for s in seeds:
+            rs = [done[(p, held_out_seed(s, presets.index(p)))] for p in ps]
+            keep_true = np.concatenate([r["labels"] for r in rs]) != CLASSES.index("miss")
+            p_keep = np.concatenate([r["p_keep"] for r in rs])
+            per_seed.append(float((p_keep[keep_true].mean() + (1 - p_keep[~keep_true]).mean()) / 2))
+        m, lo, hi = t_interval(per_seed)
+        out["families"][fam] = {"per_seed": per_seed, "mean": m, "ci95": [lo, hi]}
+    return out
+
+
 def train_left_out(sets, model_path, preprocess, *, seed: int, epochs: int, batches: int, threads: int = 2,
                    data_description: dict | None = None) -> None:
     """Train the Ke CNN the way this benchmark trains each left-out model, and write its model file.
@@ -449,6 +560,23 @@ def _recipe_lines(res: dict, other: dict | None) -> list:
              + "; elsewhere the difference is not established."]]
 
 
+def _ceiling_lines(ceil: dict, draws: int) -> list:
+    """Report paragraph on :func:`noise_ceiling`'s column of the main table."""
+    below = [f for f, c in ceil.items() if c["ci95"][1] < 0.95]
+    near = [f for f, c in ceil.items() if c["mean"] < 0.95 <= c["ci95"][1]]
+    lo, hi = min(c["mean"] for c in ceil.values()), max(c["mean"] for c in ceil.values())
+    return [f"*Noise ceiling* (`noise_ceiling`): the same test frames screened by the label's own rule (≥ 4 Bragg "
+            "spots with SNR ≥ 5) with every spot's position and expected strength given, and only its integrated "
+            f"signal measured with its photon noise (measured SNR = SNR + N(0, 1), {draws} draws a frame). A screen "
+            "that must find the spots and estimate their background from the pixels cannot beat it by more than "
+            f"what a prior over the frames' exposure adds. Its means lie between {lo:.3f} and {hi:.3f}. "
+            + (f"In {len(below)} of {len(ceil)} families ({', '.join(below)}) its whole 95 % interval lies below "
+               "0.95: there the goal asks for more than the photon noise of these frames allows. " if below else "")
+            + (f"In {len(near)} ({', '.join(near)}) its mean lies below 0.95 and its interval reaches it: there the "
+               "goal is at the limit that photon noise sets. " if near else "")
+            + ("Elsewhere its mean lies above 0.95." if len(below) + len(near) < len(ceil) else "")]
+
+
 def report_markdown(res: dict, other: dict | None = None) -> str:
     """``docs/benchmarks/generalisation.md`` (or ``generalisation_RECIPE.md``) from :func:`run_generalisation`'s result.
 
@@ -472,6 +600,13 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
     def _rates(r):  # mean over seeds of each rate, where the run recorded them
         return tuple(f"{np.nanmean(r[k]):.2f}" for k in ("kept_per_seed", "rejected_per_seed")) if with_rates else ()
 
+    ceil = (res.get("ceiling") or {}).get("families", {})
+    ceil = ceil if all(f in ceil for f in fams) else {}
+    ceil_head = ("noise ceiling",) if ceil else ()
+
+    def _ceil(f):
+        return (_fmt(ceil[f]["mean"], *ceil[f]["ci95"]),) if ceil else ()
+
     below = [f for f, r in fams.items() if r["ci95"][1] < 0.95]
     wide = max(fams, key=lambda f: -1.0 if math.isnan(fams[f]["ci95"][0]) else fams[f]["ci95"][1] - fams[f]["ci95"][0])
     lo, hi = fams[wide]["ci95"]
@@ -487,9 +622,10 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
         + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
         + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
         "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.",
-        table(("family left out", "presets", "balanced accuracy", "per seed", *rate_heads, "≥ 0.95"),
+        table(("family left out", "presets", "balanced accuracy", "per seed", *rate_heads, *ceil_head, "≥ 0.95"),
               [(fam, ", ".join(r["presets"]), _fmt(r["mean"], *r["ci95"]), ", ".join(f"{v:.3f}" for v in r["per_seed"]),
-                *_rates(r), verdict(r)) for fam, r in fams.items()]),
+                *_rates(r), *_ceil(fam), verdict(r)) for fam, r in fams.items()]),
+        *(_ceiling_lines(ceil, res["ceiling"]["draws"]) if ceil else []),
         "## Per preset of the family left out",
         table(("family", "preset", "balanced accuracy"),
               [(fam, p, _fmt(*v)) for fam, r in fams.items() for p, v in r["per_preset"].items()]),

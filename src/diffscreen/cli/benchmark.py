@@ -203,6 +203,26 @@ def _write_generalisation(out: Path, res: dict) -> None:
         print(f"rewrote {out / other_name}.md")
 
 
+def _add_peers(res: dict, out: Path, dials_frames: int, workers: int, p) -> None:
+    """``res["spot_finders"]``: the spot-finders on its test frames, from a run in OUT on them (with as many DIALS
+    frames) or scored."""
+    from diffscreen.benchmarks import generalisation as g
+
+    reuse = g.earlier_peers(res["settings"], [res, *_generalisation_runs(out)], dials_frames)
+    if reuse is not None:
+        p.console.print("spot-finders: the same test frames' scores from an earlier run in the folder")
+    res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
+                                                       log=p.console.print, progress=Bar(p, "spot-finders"))
+
+
+def _add_ceiling(res: dict, out: Path, workers: int, p) -> None:
+    """``res["ceiling"]``: the noise ceiling of its test frames, from an earlier run in OUT on them or computed."""
+    from diffscreen.benchmarks import generalisation as g
+
+    reuse = g.earlier_result(res["settings"], [res, *_generalisation_runs(out)], "ceiling")
+    res["ceiling"] = reuse or g.noise_ceiling(res["settings"], workers=workers, progress=Bar(p, "noise ceiling"))
+
+
 @benchmark_app.command("generalisation")
 @friendly
 def benchmark_generalisation(
@@ -219,9 +239,9 @@ def benchmark_generalisation(
                                                             "MANIFEST.tsv) for the real-frame column; skipped if absent."),
     dials_frames: int = typer.Option(20, help="Test frames per preset and seed that DIALS scores beside the CNN "
                                               "(about a second each; 0: none; needs Debian's python3-dials)."),
-    peers_only: bool = typer.Option(False, "--peers-only", help="Only score the spot-finders on the test frames of "
-                                                                 "the --recipe's earlier run in OUT and rewrite its "
-                                                                 "report."),
+    peers_only: bool = typer.Option(False, "--peers-only", help="Only add the spot-finders' scores and the noise "
+                                                                 "ceiling, where missing, to the --recipe's earlier "
+                                                                 "run in OUT and rewrite its report."),
     recipe: str = typer.Option("default", help="Network input: default (the bundled default model's, what screen "
                                                "runs; report generalisation.md) or significance (report "
                                                "generalisation_significance.md)."),
@@ -234,10 +254,11 @@ def benchmark_generalisation(
     balanced accuracy of the keep decision with a 95 % interval over seeds,
     per family, and of every trained model on the shared real frames.  Beside
     the CNN, spot-finders with their defaults (diffscreen's spot finder,
-    peakfinder8, DIALS) score the same test frames; --peers-only adds
-    them to an earlier run's report without training, and a run reuses them
-    from another recipe's run in OUT on the same test frames.  Where OUT
-    holds both recipes' runs, each report compares them seed by seed.
+    peakfinder8, DIALS) score the same test frames, and the noise ceiling
+    gives what the photon noise of those frames leaves to any screen;
+    --peers-only adds both to an earlier run's report without training, and a
+    run reuses them from another recipe's run in OUT on the same test frames.
+    Where OUT holds both recipes' runs, each report compares them seed by seed.
     """
     import json
 
@@ -258,8 +279,8 @@ def benchmark_generalisation(
                               path=earlier)
         res = json.loads(earlier.read_text())
         with progress() as p:
-            res["spot_finders"] = g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
-                                                      log=p.console.print, progress=Bar(p, "spot-finders"))
+            _add_peers(res, out, dials_frames, workers, p)
+            _add_ceiling(res, out, workers, p)
         return _write_generalisation(out, res)
     t0 = time.time()
     with progress() as p:
@@ -267,11 +288,8 @@ def benchmark_generalisation(
         res = g.run_generalisation(work, earlier, seeds=tuple(range(seeds)), n_train=n_train, n_test=test_frames,
                                    epochs=epochs, batches=batches, workers=workers, recipe=recipe,
                                    log=p.console.print)
-        reuse = g.earlier_peers(res["settings"], _generalisation_runs(out), dials_frames)
-        if reuse is not None:
-            p.console.print("spot-finders: the same test frames' scores from an earlier run in the folder")
-        res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
-                                                           log=p.console.print, progress=Bar(p, "spot-finders"))
+        _add_peers(res, out, dials_frames, workers, p)
+        _add_ceiling(res, out, workers, p)
         folders = [real / "real-frames", real / "real-frames-2"]
         if all((f / "MANIFEST.tsv").exists() for f in folders):
             res["real"] = {}
