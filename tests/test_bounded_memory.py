@@ -38,7 +38,8 @@ def _probe(tmp_path, n_frames, leak_kb=0):
     spots = rng.random(n_frames) < 0.3  # some frames with bright spots, so some are kept
     for k in np.flatnonzero(spots):
         ys, xs = rng.integers(4, 60, (2, 30))
-        data[k, ys, xs] += 500
+        for y, x in zip(ys, xs):  # 2 × 2 spots: the spot gate needs 3 connected pixels
+            data[k, y:y + 2, x:x + 2] += 500
     with h5py.File(tmp_path / "run.h5", "w") as f:
         f.create_dataset("data", data=data, chunks=(1, 64, 64))
     model = bench._tiny_model(tmp_path / "tiny.safetensors")

@@ -6,7 +6,10 @@ before the redesign; each command here runs again and its scores.csv must agree
 scores.csv stores for a probability near 1).  The per-frame columns a CNN's
 scores.csv gained with issue 15 (``n_spots``, ``d_min_A``, ``ice_rings``,
 ``powder_rings``) are not in the goldens: the original columns are compared by
-name, and the new ones must exist (and be filled on kept frames).
+name, and the new ones must exist (and be filled on kept frames).  The spot gate
+(:func:`diffscreen.models.decision.spot_gate`, after the goldens) may turn a
+frame the network keeps into a miss, only where its ``n_spots`` is below
+:data:`~diffscreen.models.decision.KEEP_MIN_SPOTS`; everything else must agree.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 import outputs  # noqa: E402
 
+from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
 from diffscreen.preprocess.spots import METRIC_COLUMNS  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -50,9 +54,15 @@ def test_scores_unchanged(results, name):
     assert got[0][-1] == "label", f"{name}: label is no longer the last column"
     assert len(got) == len(want), f"{name}: {len(got) - 1} rows, golden {len(want) - 1}"
     pos = [got[0].index(c) for c in want[0]]
+    gated = []
     for g, w in zip(got[1:], want[1:]):
         assert len(g) == len(got[0]), f"{name}: {g} has {len(g)} cells"
         g_orig, g = g, [g[k] for k in pos]
+        if new and w[-1] in ("hit", "maybe") and g[-1] == "miss":  # the spot gate (after the goldens): the network
+            n_spots = int(g_orig[got[0].index("n_spots")])          # kept it, the spot finder found too few spots
+            assert n_spots < KEEP_MIN_SPOTS, f"{name}: a kept frame with {n_spots} spots became a miss: {g_orig}"
+            gated.append(g[1])
+            g = [*g[:-1], w[-1]]
         assert (g[0], g[1], g[-1]) == (w[0], w[1], w[-1]), f"{name}: {g} != {w}"
         for a, b in zip(g[2:-1], w[2:-1]):
             if a == b:
@@ -60,3 +70,5 @@ def test_scores_unchanged(results, name):
             assert math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-5), f"{name}: {g} != {w}"
         if new and w[-1] in ("hit", "maybe"):  # kept frames carry the per-frame numbers
             assert g_orig[got[0].index("n_spots")] != "", f"{name}: kept frame without n_spots: {g_orig}"
+    if name.startswith("real"):  # every real frame the network keeps has 17 or more spots
+        assert not gated, f"{name}: the spot gate dropped real frames {gated}"

@@ -199,3 +199,38 @@ def test_running_median_is_nanmedian_of_each_window():
         np.testing.assert_array_equal(got, want)
     assert np.isnan(_running_median(a, 41)[120:140]).all()  # inside the empty run: too few values
     assert np.isfinite(_running_median(a, 41)[:90]).all()
+
+
+@pytest.mark.parametrize("metrics", ["kept", "none"])
+def test_the_spot_gate_drops_kept_frames_with_too_few_spots(tmp_path, monkeypatch, metrics):
+    """A network that keeps every frame: the gate turns those with fewer than 4 spots into misses (and off the hit
+    list), says why in n_spots, and min_spots=0 gives the network alone."""
+    from diffscreen.models.decision import KEEP_MIN_SPOTS
+    from diffscreen.models.inference import Classifier
+    from diffscreen.screen import method as method_mod
+    from diffscreen.screen import screen
+    from diffscreen.screen.method import CNNMethod
+
+    def always_hit(clf, src, indices, **kw):
+        return np.tile(np.float32([0.7, 0.2, 0.1]), (len(indices), 1)), {}
+
+    monkeypatch.setattr(method_mod, "predict_source", always_hit)
+    run = str(_write_run(tmp_path / "run.cxi", [40, 0, 2, 6, KEEP_MIN_SPOTS - 1, 60]))
+    clf = Classifier("fast")
+    gated, plain = CNNMethod(clf, metrics=metrics), CNNMethod(clf, metrics=metrics, min_spots=0)
+    assert gated.identity != plain.identity  # a resumed run never mixes the two
+    for m, out in ((gated, tmp_path / "gated"), (plain, tmp_path / "plain")):
+        screen([run], out, method=m, batch_size=3, comm=None)
+    with open(tmp_path / "gated" / "scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["hit", "miss", "miss", "hit", "miss", "hit"]
+    assert [float(r["p_hit"]) for r in rows] == pytest.approx([0.7] * 6)  # the network's probabilities stand
+    if metrics == "kept":
+        assert [r["n_spots"] for r in rows][1:5] == ["0", "2", "6", "3"] and int(rows[0]["n_spots"]) >= 37
+    else:
+        assert "n_spots" not in rows[0]
+    assert len((tmp_path / "gated" / "hits.lst").read_text().splitlines()) == 3
+    with open(tmp_path / "plain" / "scores.csv", newline="") as fh:
+        assert [r["label"] for r in csv.DictReader(fh)] == ["hit"] * 6
+    with pytest.raises(Exception, match="min_spots"):
+        CNNMethod(clf, min_spots=-1)

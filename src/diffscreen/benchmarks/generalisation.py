@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from diffscreen.benchmarks._harness import paragraphs, pool_map, predict, table, write_json
-from diffscreen.evaluate.metrics import (keep_balanced_accuracy, keep_decision, keep_rates, kept_balanced_accuracy,
-                                         t_interval)
+from diffscreen.evaluate.metrics import keep_decision, keep_rates, kept_balanced_accuracy, t_interval
 from diffscreen.io.frame import CLASS_NAMES as CLASSES
+from diffscreen.models.decision import KEEP_MIN_SPOTS, spot_gate
 from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, training_jobs
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
            "PEERS", "SPOT_KEEP", "RECIPES", "recipe_config", "recipe_of", "describe_input", "report_name",
            "same_test_frames", "companion", "earlier_peers", "earlier_result", "train_left_out", "hold_out_fifth", "paired_verdict",
-           "noisy_label_keep", "noise_ceiling", "CEILING_DRAWS"]
+           "noisy_label_keep", "noise_ceiling", "CEILING_DRAWS", "frame_spot_counts"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
@@ -126,8 +126,12 @@ def held_out_seed(seed: int, k: int) -> int:
 
 def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test: int = 100, epochs: int = 20,
                        batches: int = 25, n_train=None, workers: int = 2, threads: int = 2, only=None,
-                       recipe: str = "default", log=print) -> dict:
+                       recipe: str = "default", min_spots: int = KEEP_MIN_SPOTS, runs=(), log=print) -> dict:
     """Leave each detector family out in turn; train on the rest, test on it.
+
+    Each left-out model decides as ``screen`` does: the network, then the spot gate on the frames it keeps
+    (:func:`~diffscreen.models.decision.spot_gate`, spots counted on the raw test frames by
+    :func:`frame_spot_counts`).
 
     Parameters
     ----------
@@ -156,13 +160,19 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     recipe : {"default", "significance"}
         The network input (:data:`RECIPES`, :func:`recipe_config`): by
         default the bundled default model's, i.e. what ``screen`` runs.
+    min_spots : int
+        The spot gate (``screen --min-spots``); 0: the network alone.
+    runs : sequence of dict
+        Earlier results on the same test frames, whose spot counts are reused (:func:`earlier_result`).
 
     Returns
     -------
     dict
         ``{"families": {name: {"presets", "per_seed", "mean", "ci95", "per_preset", "kept_per_seed",
-        "rejected_per_seed"}}, "settings": ...}``: per seed, the balanced accuracy and the fractions of the
-        hits and maybes kept and of the misses rejected; ``settings["recipe"]`` names the recipe.
+        "rejected_per_seed", "network_per_seed"}}, "settings": ..., "spot_counts": ...}``: per seed, the
+        balanced accuracy of the decision with the gate and the fractions of the hits and maybes kept and of the
+        misses rejected, and the network's balanced accuracy alone; ``settings["recipe"]`` names the recipe,
+        ``settings["min_spots"]`` the gate; ``trained``: models this call trained (absent: none).
 
     Raises
     ------
@@ -180,26 +190,35 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     paths = make_inputs(tjobs + test_jobs, work / "inputs", cfg, workers=workers, log=log)
     res = {"settings": {"recipe": recipe, "seeds": list(seeds), "train_frames": {j[0]: j[2] for j in tjobs},
                         "n_test": n_test, "epochs": epochs, "batches": batches, "preprocess": cfg.to_dict(),
-                        "families": {f: list(ps) for f, ps in fams.items()}}, "families": {}}  # fmt: skip
+                        "families": {f: list(ps) for f, ps in fams.items()}, "min_spots": min_spots},
+           "families": {}}  # fmt: skip
+    if min_spots:
+        res["spot_counts"] = earlier_result(res["settings"], runs, "spot_counts")
+        if res["spot_counts"] is None:
+            log("counting the spots on the test frames (the spot gate)")
+            res["spot_counts"] = frame_spot_counts(res["settings"], workers=workers)
     for fam, ps in fams.items():
         if only is not None and fam not in only:
             continue
-        per_seed, per_preset, rates = [], {p: [] for p in ps}, {"kept": [], "rejected": []}
+        per_seed, per_preset, rates, alone = [], {p: [] for p in ps}, {"kept": [], "rejected": []}, []
         train_ps = [p for p in presets if p not in ps]
         models = [work / "models" / f"without_{fam}_{recipe}_seed{s}_e{epochs}x{batches}.safetensors"
                   for s in seeds]
         for s, model in zip(seeds, models):
             if not model.exists():
+                res["trained"] = res.get("trained", 0) + 1
                 log(f"training without {fam} (seed {s}) on {', '.join(train_ps)}")
                 train_left_out([load_inputs([paths[job]]) for job in tjobs if job[0] not in ps], model, cfg,
                                seed=s, epochs=epochs, batches=batches, threads=threads,
                                data_description={"benchmark": "generalisation", "left_out": fam, "presets": train_ps})
             tests = [load_inputs([paths[(p, held_out_seed(s, presets.index(p)), n_test, False)]]) for p in ps]
-            scored = [(y, predict(model, x, batch=64)) for x, y in tests]  # (labels, probabilities) per preset
-            for p, (y, prob) in zip(ps, scored):
-                per_preset[p].append(keep_balanced_accuracy(y, prob))
-            y, prob = map(np.concatenate, zip(*scored))
-            kept = keep_decision(prob)
+            nets = [keep_decision(predict(model, x, batch=64)) for x, _ in tests]  # the network's keep, per preset
+            kepts = [spot_gate(k, res["spot_counts"]["counts"][_job_key(p, held_out_seed(s, presets.index(p)))],
+                               min_spots) for p, k in zip(ps, nets)] if min_spots else nets
+            for p, (_, y), kept in zip(ps, tests, kepts):
+                per_preset[p].append(kept_balanced_accuracy(kept, y))
+            y, kept, net = (np.concatenate(a) for a in ([y for _, y in tests], kepts, nets))
+            alone.append(kept_balanced_accuracy(net, y))
             per_seed.append(kept_balanced_accuracy(kept, y))
             for key, rate in zip(("kept", "rejected"), keep_rates(kept, y)):
                 rates[key].append(rate)
@@ -208,14 +227,14 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
         res["families"][fam] = {"presets": list(ps), "per_seed": per_seed, "mean": m, "ci95": [lo, hi],
                                 "per_preset": {p: t_interval(v) for p, v in per_preset.items()},
                                 "kept_per_seed": rates["kept"], "rejected_per_seed": rates["rejected"],
-                                "models": [str(m) for m in models]}
+                                "network_per_seed": alone, "models": [str(m) for m in models]}
     write_json(Path(out_json), res)  # makes the folder
     return res
 
 
 #: A frame is kept by a spot count at this many spots or more: Ke et al. (2018) §3.3.1's "maybe" (4-9 spots), the
-#: rule ``screen --method dials`` applies; fixed beforehand, not tuned.
-SPOT_KEEP = 4
+#: rule ``screen --method dials`` applies and the spot gate of ``screen``; fixed beforehand, not tuned.
+SPOT_KEEP = KEEP_MIN_SPOTS
 
 #: The spot-finders scored beside the CNN on the left-out families' test frames: name in the report, keep rule.
 PEERS = {
@@ -326,6 +345,44 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
             m, lo, hi = t_interval(per_seed)
             out["families"][fam][method] = {"per_seed": per_seed, "mean": m, "ci95": [lo, hi]}
     return out
+
+
+def _job_key(preset: str, seed: int) -> str:
+    """Key of one test job in :func:`frame_spot_counts`'s ``counts``."""
+    return f"{preset}@{seed}"
+
+
+def _count_job(preset: str, seed: int, n: int) -> list:
+    """Spots :func:`~diffscreen.preprocess.spots.find_spots` finds on frames ``0..n-1`` of one test job."""
+    from diffscreen.preprocess.spots import find_spots
+
+    return [len(find_spots(fr)) for fr, _, _ in job_frames(preset, seed, n, train=False)]
+
+
+def frame_spot_counts(settings: dict, *, workers: int = 2, progress=None) -> dict:
+    """The spots diffscreen's spot finder (its defaults, as ``screen``) finds on every test frame of a run.
+
+    Parameters
+    ----------
+    settings : dict
+        The ``settings`` of :func:`run_generalisation`'s result.
+    workers : int
+        Processes.
+    progress : callable, optional
+        As :func:`spot_finder_peers`.
+
+    Returns
+    -------
+    dict
+        ``counts``: ``"PRESET@SEED"`` (the test job's simulator seed, :func:`held_out_seed`) → spots per frame.
+    """
+    seeds, n, fams = settings["seeds"], settings["n_test"], settings["families"]
+    presets = list(settings["train_frames"])
+    jobs = [(p, held_out_seed(s, presets.index(p)), n) for s in seeds for ps in fams.values() for p in ps]
+    if progress:
+        progress(total=n * len(jobs))
+    results = pool_map(_count_job, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
+    return {"counts": {_job_key(p, s): c for (p, s, _), c in zip(jobs, results)}}
 
 
 #: Noise draws per test frame of :func:`noise_ceiling`.
@@ -536,6 +593,22 @@ def _spot_finder_lines(res: dict) -> list:
              + ("none reaches the 0.95 goal either." if best[0] < 0.95 else "at or above the 0.95 goal.")]]
 
 
+def _gate_line(fams: dict, gate: int) -> str:
+    """Findings line: the decision with the spot gate against the network alone, paired per seed."""
+    d = {f: t_interval(np.subtract(r["per_seed"], r["network_per_seed"])) for f, r in fams.items()}
+    says = {v: [f for f in fams if paired_verdict(d[f]) == v] for v in ("better", "worse")}
+    return (f"- The spot gate (≥ {gate} spots) against the network alone, paired per seed: better in "
+            f"{len(says['better'])} of {len(fams)} families" + (f" ({', '.join(says['better'])})" if says["better"]
+                                                                  else "")
+            + f", worse in {len(says['worse'])}" + (f" ({', '.join(says['worse'])})" if says["worse"] else "")
+            + "; " + ", ".join(f"{f} {d[f][0]:+.3f}" for f in fams) + ".")
+
+
+def _network(r: dict) -> list:
+    """A family's balanced accuracy per seed of the network alone (runs before the spot gate had only that)."""
+    return r.get("network_per_seed", r["per_seed"])
+
+
 def _recipe_lines(res: dict, other: dict | None) -> list:
     """Report section: this run's CNN against ``other``, a run of another recipe on the same test frames."""
     if not other or not same_test_frames(res["settings"], other["settings"]):
@@ -543,15 +616,16 @@ def _recipe_lines(res: dict, other: dict | None) -> list:
     fams, ofams = res["families"], other["families"]
     mine, theirs = recipe_of(res["settings"]), recipe_of(other["settings"])
     common = [f for f in fams if f in ofams]
-    diffs = {f: t_interval(np.subtract(fams[f]["per_seed"], ofams[f]["per_seed"])) for f in common}
-    rows = [(f, _fmt(fams[f]["mean"], *fams[f]["ci95"]), _fmt(ofams[f]["mean"], *ofams[f]["ci95"]),
-             _said(diffs[f])) for f in common]
+    diffs = {f: t_interval(np.subtract(_network(fams[f]), _network(ofams[f]))) for f in common}
+    rows = [(f, _fmt(*t_interval(_network(fams[f]))), _fmt(*t_interval(_network(ofams[f]))), _said(diffs[f]))
+            for f in common]
     says = {v: [f for f in common if paired_verdict(diffs[f]) == v] for v in ("better", "worse")}
     return ["## The other recipe on the same test frames",
             f"The same benchmark with the {theirs} recipe ({describe_input(other['settings']['preprocess'])}): "
             "the same training frames, length, "
             f"seeds and test frames (`{report_name(theirs)}.md`), so each seed's models are compared on the same "
-            f"frames. Paired difference {mine} − {theirs}, mean and 95 % interval; *better* or *worse* only where "
+            "frames, the networks alone (the spot gate is the same for both). "
+            f"Paired difference {mine} − {theirs}, mean and 95 % interval; *better* or *worse* only where "
             "the interval excludes 0:",
             table(("family left out", mine, theirs, f"{mine} − {theirs}"), rows),
             [f"- The {mine} recipe is better in {len(says['better'])} of {len(common)} families"
@@ -603,6 +677,12 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
     ceil = (res.get("ceiling") or {}).get("families", {})
     ceil = ceil if all(f in ceil for f in fams) else {}
     ceil_head = ("noise ceiling",) if ceil else ()
+    gate = st.get("min_spots", 0)
+    gated = bool(gate) and all("network_per_seed" in r for r in fams.values())
+    alone_head = ("network alone",) if gated else ()
+
+    def _alone(r):
+        return (_fmt(*t_interval(r["network_per_seed"])),) if gated else ()
 
     def _ceil(f):
         return (_fmt(ceil[f]["mean"], *ceil[f]["ci95"]),) if ceil else ()
@@ -613,7 +693,10 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
     lines = paragraphs(
         "# Leave one detector family out (issue 13)",
         f"The Ke et al. (2018) CNN on {RECIPES[recipe]}: {describe_input(st['preprocess'])}. It is trained on "
-        "simulated frames of every detector family but one, then tested on fresh frames of the family left out. "
+        "simulated frames of every detector family but one, then tested on fresh frames of the family left out"
+        + (f", deciding as `screen` does: the network, then the spot gate (a frame the network keeps is dropped when "
+           f"diffscreen's spot finder, its defaults, finds fewer than {gate} Bragg spots on it; `screen --min-spots`)"
+           if gated else "") + ". "
         "Score: balanced accuracy of the keep decision "
         "(hit or maybe against miss), mean and 95 % t-interval over "
         f"{len(st['seeds'])} seeds (each seed sets the initialisation and batches and draws fresh test frames; "
@@ -622,9 +705,11 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
         + ", ".join(f"{p} {n}" for p, n in st["train_frames"].items())
         + f"; {st['n_test']} test frames per preset; {st['epochs']} epochs of {st['batches']} batches of 32 "
         "(scripts/make_default_model.py: 60 × 40). Goal: ≥ 0.95 in every family.",
-        table(("family left out", "presets", "balanced accuracy", "per seed", *rate_heads, *ceil_head, "≥ 0.95"),
+        table(("family left out", "presets", "balanced accuracy", "per seed", *rate_heads, *alone_head, *ceil_head,
+               "≥ 0.95"),
               [(fam, ", ".join(r["presets"]), _fmt(r["mean"], *r["ci95"]), ", ".join(f"{v:.3f}" for v in r["per_seed"]),
-                *_rates(r), *_ceil(fam), verdict(r)) for fam, r in fams.items()]),
+                *_rates(r), *_alone(r), *_ceil(fam), verdict(r)) for fam, r in fams.items()]),
+        *(["*Network alone*: the same models without the spot gate (`screen --min-spots 0`)."] if gated else []),
         *(_ceiling_lines(ceil, res["ceiling"]["draws"]) if ceil else []),
         "## Per preset of the family left out",
         table(("family", "preset", "balanced accuracy"),
@@ -640,6 +725,7 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
          f"({', '.join(below) or 'none'}); "
          + ("no family reaches it." if all(r["mean"] < 0.95 for r in fams.values()) else
             "see the table for the others."),
+         *([_gate_line(fams, gate)] if gated else []),
          f"- The left-out models are trained {st['epochs']} × {st['batches']} batches (scripts/make_default_model.py: "
          "60 × 40), so they are a lower bound on the recipe.",
          *([f"- Seeds differ a lot (the widest interval, {wide}, spans {lo:.2f}–{hi:.2f}), so differences "

@@ -33,6 +33,7 @@ def screen(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
     threads: int = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
     method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder; dials: DIALS's spot-finder (python3-dials), hit at >= 10 spots, maybe at 4-9 (Ke 2018)."),
+    min_spots: Optional[int] = typer.Option(None, "--min-spots", min=0, help="cnn: drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it (Ke 2018: a maybe has 4-9) \\[4]; 0: the model alone."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
     min_snr: Optional[float] = typer.Option(None, help="Minimum signal-to-noise ratio [5].", rich_help_panel=_PF8),
@@ -61,7 +62,9 @@ def screen(
     Writes OUT/scores.csv (file,frame,p_hit,p_maybe,p_miss,label), OUT/hits.lst
     (CrystFEL list of kept frames), OUT/hits.cxi (their raw pixels), OUT/errors.csv
     and OUT/summary.json.  A frame is kept when P(hit) + P(maybe) > P(miss)
-    (Ke et al. 2018).  With --method peakfinder8 a frame is a hit when it has at
+    (Ke et al. 2018) and diffscreen's spot finder finds at least --min-spots
+    Bragg spots on it (4: Ke's "maybe"); a frame the model keeps with fewer is
+    labelled miss, and its n_spots column says why.  With --method peakfinder8 a frame is a hit when it has at
     least --min-peaks peaks; scores.csv then holds n_peaks and hits.cxi the
     peaks (Cheetah/CrystFEL layout).  An interrupted run resumes when started
     again; a second run into the same OUT is refused while the first runs.
@@ -150,7 +153,8 @@ def screen(
 
         finder = dials_finder(dials_settings, gain=dials_gain)
     model_file = model  # what the dashboard's Grad-CAM overlays explain
-    if finder is None and (reference_path or dev.type != "cpu" or task is Task.diffranet):
+    if finder is None and (reference_path or dev.type != "cpu" or task is Task.diffranet
+                           or min_spots is not None):
         from diffscreen.models.inference import Classifier
 
         model = Classifier(model, fast=not reference_path, device=dev)
@@ -158,6 +162,10 @@ def screen(
             from diffscreen.screen.diffranet import DiffraNetMethod
 
             finder = DiffraNetMethod(model)
+        elif min_spots is not None:
+            from diffscreen.screen.method import CNNMethod
+
+            finder = CNNMethod(model, min_spots=min_spots)
     if not root:  # MPI ranks > 0: no progress bar or summary; rank 0 reports for all
         try:
             summary = run_screen(specs, out, model=model, method=finder, batch_size=batch_size, resume=not fresh,

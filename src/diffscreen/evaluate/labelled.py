@@ -120,44 +120,58 @@ def manifest_frames(folders) -> list[tuple[str, str, str]]:
     return out
 
 
-def real_frame_scores(model_path, folders) -> dict:
-    """Keep decisions of a model on labelled real frames (a ``MANIFEST.tsv`` per folder).
+def real_frame_scores(model_path, folders, *, min_spots: int | None = None) -> dict:
+    """Keep decisions of a model on labelled real frames (a ``MANIFEST.tsv`` per folder), as ``screen`` makes them.
 
-    A frame that cannot be read counts as wrongly decided.
+    The network's decision, then the spot gate on the frames it keeps
+    (:func:`~diffscreen.models.decision.spot_gate`).  A frame that cannot be read counts as wrongly decided.
 
     Parameters
     ----------
     model_path : str or Path
     folders : sequence of Path
         Folders with a ``MANIFEST.tsv`` (columns ``file``, ``label``).
+    min_spots : int, optional
+        The spot gate's ``min_spots`` (``screen --min-spots``; default
+        :data:`~diffscreen.models.decision.KEEP_MIN_SPOTS`, as ``screen``); 0: the network alone.
 
     Returns
     -------
     dict
         ``{"balanced_accuracy"`` (of the keep decision,
-        :func:`~diffscreen.evaluate.metrics.keep_balanced_accuracy`),
-        ``"frames": {name: {"label", "p", "call"}}, "unread": [...]}``.
+        :func:`~diffscreen.evaluate.metrics.kept_balanced_accuracy`),
+        ``"frames": {name: {"label", "p", "n_spots", "call"}}, "unread": [...]}``; ``n_spots`` is None where
+        the spots were not counted (the network dropped the frame, or no gate).
     """
     from diffscreen.errors import DiffscreenError
-    from diffscreen.evaluate.metrics import keep_balanced_accuracy, keep_decision
+    from diffscreen.evaluate.metrics import keep_decision, kept_balanced_accuracy
     from diffscreen.io import open_source
     from diffscreen.io.frame import CLASS_NAMES
+    from diffscreen.models.decision import KEEP_MIN_SPOTS, spot_gate
     from diffscreen.models.inference import Classifier
+    from diffscreen.preprocess.spots import find_spots
 
+    min_spots = KEEP_MIN_SPOTS if min_spots is None else min_spots
     clf = Classifier(model_path)
-    ys, ps, frames, unread = [], [], {}, []
+    ys, kept, frames, unread = [], [], {}, []
     for name, label, spec in manifest_frames(folders):
+        n_spots = None
         try:
             with open_source(spec) as src:
-                p = clf.predict([src.read(0)])[0]
+                fr = src.read(0)
+            p = clf.predict([fr])[0]
+            keep = bool(keep_decision(p[None])[0])
+            if keep and min_spots:
+                n_spots = len(find_spots(fr))
+                keep = bool(spot_gate([keep], [n_spots], min_spots)[0])
         except DiffscreenError as exc:
             unread.append(f"{name.split('/', 1)[1]}: {exc}")
-            p = np.array([0.0, 0.0, 1.0]) if label != "miss" else np.array([1.0, 0.0, 0.0])  # counted wrong
+            p, keep = np.full(len(CLASS_NAMES), np.nan), label == "miss"  # counted wrong
         ys.append(CLASS_NAMES.index(label))
-        ps.append(p)
-        keep = bool(keep_decision(p[None])[0])
-        frames[name] = {"label": label, "p": [float(v) for v in p], "call": "keep" if keep else "drop"}
-    return {"balanced_accuracy": keep_balanced_accuracy(np.array(ys), np.array(ps)), "frames": frames,
+        kept.append(keep)
+        frames[name] = {"label": label, "p": [float(v) for v in p], "n_spots": n_spots,
+                        "call": "keep" if keep else "drop"}
+    return {"balanced_accuracy": kept_balanced_accuracy(np.array(kept), np.array(ys)), "frames": frames,
             "unread": unread}
 
 

@@ -78,8 +78,9 @@ class DiffraNetMethod(CNNMethod):
     """A DiffraNet 5-class classifier as a screening method.
 
     Frames are read and classified as by :class:`~diffscreen.screen.method.CNNMethod`
-    (its ``classify_source``), without the per-frame numbers; only the
-    decision (the most probable class, kept when weak, good or strong) differs.
+    (its ``classify_source``), without the per-frame numbers or the spot gate;
+    only the decision (the most probable class, kept when weak, good or strong)
+    differs.
 
     Parameters
     ----------
@@ -94,7 +95,7 @@ class DiffraNetMethod(CNNMethod):
 
     def __init__(self, clf):
         check_diffranet_model(tuple(clf.class_names), clf.bundle.path)
-        self.clf, self.metrics = clf, "none"
+        self.clf, self.metrics, self.min_spots = clf, "none", 0
         self.class_names = tuple(clf.class_names)
         self.score_columns = tuple(f"p_{c}" for c in self.class_names)
         self.outputs = DiffraNetOutputs(self.score_columns)

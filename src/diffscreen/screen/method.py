@@ -10,7 +10,8 @@ never interprets labels.
 
 * :class:`CNNMethod`: a trained hit/maybe/miss classifier with the Ke et al.
   (2018) §2.1 decision, reading only the crop window where it can
-  (:func:`diffscreen.screen.pipeline.predict_source`);
+  (:func:`diffscreen.screen.pipeline.predict_source`), then the spot gate on
+  the frames it keeps (:func:`diffscreen.models.decision.spot_gate`);
 * :class:`PerFrame`: any object with ``classify(frames)`` on whole frames,
   e.g. the peakfinder8 baseline (:class:`diffscreen.baselines.Peakfinder8`);
 * :class:`CDIMethod`: a multi-label CDI model (Zimmermann et al. 2019), whose
@@ -31,7 +32,7 @@ import numpy as np
 
 from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError
 from diffscreen.io.frame import check_frame
-from diffscreen.models.decision import decide
+from diffscreen.models.decision import KEEP_MIN_SPOTS, decide, spot_gate
 from diffscreen.preprocess.geometry import geometry_warnings
 from diffscreen.preprocess.spots import METRIC_COLUMNS, frame_metrics
 from diffscreen.screen.outputs import HitOutputs, MultiLabelOutputs
@@ -167,19 +168,28 @@ class CNNMethod:
         whole frame is read for hits.cxi anyway, and on every frame they would
         cost more than the 10 % of throughput issue 15 allows,
         docs/per_frame_metrics.md), every frame, or none (no such columns).
+    min_spots : int
+        The spot gate (:func:`diffscreen.models.decision.spot_gate`): a frame
+        the network keeps is dropped, labelled ``"miss"``, when the spot
+        finder finds fewer spots on it (its ``n_spots`` cell says so); 0: the
+        network alone.  The spots are found on the frames the network keeps,
+        whatever ``metrics`` says.
 
     Raises
     ------
     ModelFileError
         The model's classes lack ``"miss"`` (not a hit/maybe/miss model).
     ConfigError
-        ``metrics`` is not one of the three.
+        ``metrics`` is not one of the three, or ``min_spots`` < 0.
     """
 
-    def __init__(self, clf, metrics: str = "kept"):
+    def __init__(self, clf, metrics: str = "kept", min_spots: int = KEEP_MIN_SPOTS):
         if metrics not in ("kept", "all", "none"):
             raise ConfigError(f"metrics must be kept, all or none, not {metrics!r}")
+        if int(min_spots) < 0:
+            raise ConfigError(f"min_spots must be >= 0, got {min_spots}")
         self.metrics = metrics
+        self.min_spots = int(min_spots)
         self.clf = clf
         self.class_names = tuple(clf.class_names)
         if "miss" not in self.class_names:
@@ -188,7 +198,8 @@ class CNNMethod:
         self.score_columns = tuple(f"p_{c}" for c in self.class_names)
         self.outputs = HitOutputs(self.score_columns, () if metrics == "none" else METRIC_COLUMNS)
         self.path = clf.bundle.path
-        self.identity = _file_identity(self.path) + ("" if metrics == "none" else f":metrics={metrics}")
+        self.identity = (_file_identity(self.path) + ("" if metrics == "none" else f":metrics={metrics}")
+                         + (f":min_spots={self.min_spots}" if self.min_spots else ""))
 
     def _decisions(self, probs) -> list[FrameDecision]:
         keep, labels = decide(probs, self.class_names)
@@ -209,8 +220,12 @@ class CNNMethod:
         out = [errors.get(i) for i in indices]
         for k, d in zip(ok, self._decisions(probs[ok])):
             d.warnings = tuple(warnings.get(indices[k], ()))
-            if self.metrics == "all" or (self.metrics == "kept" and d.keep):
+            if self.metrics == "all" or (d.keep and (self.metrics == "kept" or self.min_spots)):
                 _add_metrics(src, indices[k], d)
+            if d.keep and d.metrics is not None and not spot_gate([True], [d.metrics.n_spots], self.min_spots)[0]:
+                d.keep, d.label, d.frame = False, "miss", None
+            if self.metrics == "none":
+                d.metrics = d.peaks = None
             out[k] = d
         return out
 

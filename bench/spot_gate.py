@@ -1,0 +1,123 @@
+"""The spot gate of ``screen`` on the 11 simulated presets of docs/default_model.md, bundled models (issue 13).
+
+Usage::
+
+    python bench/spot_gate.py [--frames 100] [--work work/report] [--out bench/results/spot_gate.json]
+        [--doc docs/spot_gate.md]
+
+For each preset and seed of ``scripts/report_default_model.py`` (seeds 2001-2011, each preset's default class
+mix, fresh frames no model trained on), each bundled model decides as ``screen`` does with ``--min-spots 0``
+(the network alone: P(hit) + P(maybe) > P(miss), Ke et al. 2018 §2.1) and with the default spot gate
+(:func:`diffscreen.models.decision.spot_gate`: a frame the network keeps is dropped when
+:func:`diffscreen.preprocess.spots.find_spots` finds fewer than
+:data:`~diffscreen.models.decision.KEEP_MIN_SPOTS` spots on it).  Score: balanced accuracy of the keep decision
+against the simulator's labels; the issue asks that the mean over the 11 presets not get worse.  Nothing is
+chosen here: the gate's 4 spots is Ke's definition of a *maybe*.  Writes the JSON and a Markdown page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from report_default_model import TEST_RUNS  # noqa: E402
+
+from diffscreen.evaluate.metrics import keep_decision, keep_rates, kept_balanced_accuracy  # noqa: E402
+from diffscreen.io import open_source  # noqa: E402
+from diffscreen.io.frame import CLASS_NAMES  # noqa: E402
+from diffscreen.io.labels import LabelTable, read_labels  # noqa: E402
+from diffscreen.models import resolve_model_path  # noqa: E402
+from diffscreen.models.decision import KEEP_MIN_SPOTS, spot_gate  # noqa: E402
+from diffscreen.models.inference import Classifier  # noqa: E402
+from diffscreen.preprocess.spots import find_spots  # noqa: E402
+from diffscreen.simulate import simulate_run  # noqa: E402
+
+
+def score_run(path: Path, clfs: dict) -> dict:
+    """Per model: the labels, the network's keep decision and the spots on each frame of one simulated run."""
+    table = LabelTable.from_records(read_labels(str(path)))
+    y, kept, spots = [], {n: [] for n in clfs}, []
+    with open_source(str(path)) as src:
+        for i in range(len(src)):
+            fr = src.read(i)
+            y.append(CLASS_NAMES.index(table.get(str(path), fr.meta.index)))
+            spots.append(len(find_spots(fr)))
+            for name, clf in clfs.items():
+                kept[name].append(bool(keep_decision(clf.predict([fr]))[0]))
+    return {"labels": y, "kept": kept, "n_spots": spots}
+
+
+def summarise(run: dict, name: str) -> dict:
+    """Balanced accuracy and its two rates, the network alone and with the gate."""
+    y, net = np.array(run["labels"]), np.array(run["kept"][name])
+    gated = spot_gate(net, run["n_spots"], KEEP_MIN_SPOTS)
+    return {k: {"balanced_accuracy": kept_balanced_accuracy(kept, y), "rates": list(keep_rates(kept, y))}
+            for k, kept in (("network", net), ("gated", gated))}
+
+
+def markdown(res: dict) -> str:
+    names = res["models"]
+    head = "| preset | seed | " + " | ".join(f"{n}: network alone | {n}: with the gate" for n in names) + " |"
+    lines = ["# The spot gate on the simulated presets (issue 13)", "",
+             f"`python bench/spot_gate.py` ({res['frames']} frames per preset, each preset's default class mix, "
+             "seeds 2001-2011: the presets and test runs of [default_model.md](default_model.md)). Each bundled "
+             "model decides as `screen --min-spots 0` does (the network alone) and as `screen` does (the spot gate: "
+             f"a frame the network keeps needs ≥ {KEEP_MIN_SPOTS} spots from diffscreen's spot finder). Balanced "
+             "accuracy of the keep decision (hits and maybes kept / misses rejected in brackets).", "",
+             head, "|---|---" + "|---|---" * len(names) + "|"]
+    for preset, seed in res["runs"]:
+        cells = []
+        for n in names:
+            for k in ("network", "gated"):
+                r = res["scores"][f"{preset}@{seed}"][n][k]
+                cells.append(f"{r['balanced_accuracy']:.3f} ({r['rates'][0]:.2f} / {r['rates'][1]:.2f})")
+        lines.append(f"| {preset} | {seed} | " + " | ".join(cells) + " |")
+    means = [f"**{res['mean'][n][k]:.3f}**" for n in names for k in ("network", "gated")]
+    lines += ["| mean of the presets | | " + " | ".join(means) + " |", ""]
+    for n in names:
+        d = {p: res["scores"][p][n]["gated"]["balanced_accuracy"] - res["scores"][p][n]["network"]["balanced_accuracy"]
+             for p in res["scores"]}
+        worse = sorted((v, p) for p, v in d.items() if v < 0)
+        lines.append(f"- {n}: the gate changes the mean from {res['mean'][n]['network']:.3f} to "
+                     f"{res['mean'][n]['gated']:.3f}; better on {sum(v > 0 for v in d.values())} presets, worse on "
+                     f"{len(worse)}" + (" (" + ", ".join(f"{p.split('@')[0]} {v:+.3f}" for v, p in worse) + ")"
+                                         if worse else "") + ".")
+    return "\n".join(lines + [""])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--work", type=Path, default=ROOT / "work" / "report")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spot_gate.json")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "spot_gate.md")
+    a = ap.parse_args()
+    names = ("default", "fast")
+    clfs = {n: Classifier(resolve_model_path(n)) for n in names}
+    a.work.mkdir(parents=True, exist_ok=True)
+    res = {"frames": a.frames, "models": list(names), "runs": [list(r) for r in TEST_RUNS], "scores": {}}
+    for preset, seed in TEST_RUNS:
+        path = a.work / f"test_{preset}_{seed}_n{a.frames}.cxi"
+        if not path.exists():
+            simulate_run(preset, a.frames, path, seed=seed)
+        run = score_run(path, clfs)
+        res["scores"][f"{preset}@{seed}"] = {n: summarise(run, n) for n in names}
+        print(preset, {n: {k: round(v["balanced_accuracy"], 3) for k, v in s.items()}
+                       for n, s in res["scores"][f"{preset}@{seed}"].items()}, flush=True)
+    res["mean"] = {n: {k: float(np.mean([s[n][k]["balanced_accuracy"] for s in res["scores"].values()]))
+                       for k in ("network", "gated")} for n in names}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    a.doc.write_text(markdown(res))
+    print(f"wrote {a.out} and {a.doc}")
+
+
+if __name__ == "__main__":
+    main()
