@@ -248,6 +248,25 @@ PEERS = {
 }
 
 
+def _on_test_jobs(fn, settings: dict, *args, workers: int = 2, progress=None) -> dict:
+    """``fn(preset, seed, n_test, *args)`` on every test job of a run (each left-out preset at each seed's
+    :func:`held_out_seed`), in ``workers`` processes → ``{(preset, seed): result}``; ``progress`` as
+    :func:`spot_finder_peers`."""
+    n, presets = settings["n_test"], list(settings["train_frames"])
+    jobs = [(p, held_out_seed(s, presets.index(p)), n, *args) for s in settings["seeds"]
+            for ps in settings["families"].values() for p in ps]
+    if progress:
+        progress(total=n * len(jobs))
+    results = pool_map(fn, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
+    return dict(zip(((j[0], j[1]) for j in jobs), results))
+
+
+def _of_seed(settings: dict, done: dict, presets_left_out, seed: int) -> list:
+    """The results of :func:`_on_test_jobs` for one family's presets at one seed."""
+    order = list(settings["train_frames"])
+    return [done[(p, held_out_seed(seed, order.index(p)))] for p in presets_left_out]
+
+
 def _peer_job(preset: str, seed: int, n: int, n_dials: int) -> dict:
     """The :data:`PEERS`' keep decisions on frames ``0..n-1`` of one test job (DIALS on the first ``n_dials``)."""
     from diffscreen.baselines import Peakfinder8
@@ -325,11 +344,7 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
             log(f"DIALS left out: {exc}")
             n_dials = 0
     log(f"spot-finders on {len(seeds)} × {len(presets)} × {n} test frames (DIALS on {n_dials} of each {n})")
-    jobs = [(p, held_out_seed(s, presets.index(p)), n, n_dials) for s in seeds for ps in fams.values() for p in ps]
-    if progress:
-        progress(total=n * len(jobs))
-    results = pool_map(_peer_job, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
-    done = dict(zip(((j[0], j[1]) for j in jobs), results))
+    done = _on_test_jobs(_peer_job, settings, n_dials, workers=workers, progress=progress)
     out = {"names": {k: v[0] for k, v in PEERS.items()}, "rules": {k: v[1] for k, v in PEERS.items()},
            "n_test": n, "n_dials": n_dials,
            "dials_failed": sum(r["dials_failed"] for r in done.values()), "families": {}}
@@ -338,7 +353,7 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
         for method in PEERS if n_dials else [m for m in PEERS if not m.startswith("dials")]:
             per_seed = []
             for s in seeds:
-                rs = [done[(p, held_out_seed(s, presets.index(p)))] for p in ps]
+                rs = _of_seed(settings, done, ps, s)
                 kept = np.concatenate([r["kept"][method] for r in rs])
                 labels = np.concatenate([r["labels"][: len(r["kept"][method])] for r in rs])  # DIALS: the first few
                 per_seed.append(kept_balanced_accuracy(kept, labels))
@@ -376,13 +391,8 @@ def frame_spot_counts(settings: dict, *, workers: int = 2, progress=None) -> dic
     dict
         ``counts``: ``"PRESET@SEED"`` (the test job's simulator seed, :func:`held_out_seed`) → spots per frame.
     """
-    seeds, n, fams = settings["seeds"], settings["n_test"], settings["families"]
-    presets = list(settings["train_frames"])
-    jobs = [(p, held_out_seed(s, presets.index(p)), n) for s in seeds for ps in fams.values() for p in ps]
-    if progress:
-        progress(total=n * len(jobs))
-    results = pool_map(_count_job, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
-    return {"counts": {_job_key(p, s): c for (p, s, _), c in zip(jobs, results)}}
+    done = _on_test_jobs(_count_job, settings, workers=workers, progress=progress)
+    return {"counts": {_job_key(p, s): c for (p, s), c in done.items()}}
 
 
 #: Noise draws per test frame of :func:`noise_ceiling`.
@@ -469,18 +479,12 @@ def noise_ceiling(settings: dict, *, draws: int = CEILING_DRAWS, workers: int = 
         ``draws`` and ``families``: family → ``{"per_seed", "mean", "ci95"}``, the expected balanced accuracy of
         the keep decision (0-1) per seed, on the same frames as the CNN's row.
     """
-    seeds, n, fams = settings["seeds"], settings["n_test"], settings["families"]
-    presets = list(settings["train_frames"])
-    jobs = [(p, held_out_seed(s, presets.index(p)), n, draws) for s in seeds for ps in fams.values() for p in ps]
-    if progress:
-        progress(total=n * len(jobs))
-    results = pool_map(_ceiling_job, jobs, workers, done=(lambda: progress(advance=n)) if progress else None)
-    done = dict(zip(((j[0], j[1]) for j in jobs), results))
+    done = _on_test_jobs(_ceiling_job, settings, draws, workers=workers, progress=progress)
     out = {"draws": draws, "families": {}}
-    for fam, ps in fams.items():
+    for fam, ps in settings["families"].items():
         per_seed = []
-        for s in seeds:
-            rs = [done[(p, held_out_seed(s, presets.index(p)))] for p in ps]
+        for s in settings["seeds"]:
+            rs = _of_seed(settings, done, ps, s)
             keep_true = np.concatenate([r["labels"] for r in rs]) != CLASSES.index("miss")
             p_keep = np.concatenate([r["p_keep"] for r in rs])
             per_seed.append(float((p_keep[keep_true].mean() + (1 - p_keep[~keep_true]).mean()) / 2))
