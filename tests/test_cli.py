@@ -160,3 +160,11 @@ def test_evaluate_command_matches_the_classifier(tmp_path, capsys):
     assert rep["confusion"] == expected.confusion.tolist()
     assert np.isclose(rep["metrics"]["accuracy"], expected.metrics["accuracy"])
     assert (tmp_path / "rep.md").read_text().startswith("**3-class confusion")
+
+
+def test_live_commands_pass_min_spots_to_the_method():
+    from diffscreen.cli.live import _loop_options
+
+    opts = _loop_options(None, 4, 1, 8, 1.0, True, False, None, 0, 10**8, min_spots=0)
+    assert opts["method"].min_spots == 0 and opts["method"].identity.endswith(":metrics=kept")
+    assert "method" not in _loop_options(None, 4, 1, 8, 1.0, True, False, None, 0, 10**8)  # the default gate

@@ -70,3 +70,21 @@ def test_screen_command_on_every_real_frame(shared_data, tmp_path, capsys):
         assert len(hits) == len(kept)
         shapes = {hits.read(i).data.shape for i in range(len(hits))}
     assert len(shapes) >= 3
+
+
+def test_min_spots_reaches_the_decision_from_the_command_line(tmp_path):
+    """screen --min-spots: 0 keeps what the network keeps; more spots than any frame has keeps nothing, and the
+    frames the network kept are labelled miss with their spot counts."""
+    run = simulate_run("rayonix", 12, tmp_path / "run.cxi", seed=3103, class_fractions=(1.0, 0.0, 0.0))
+    rows = {}
+    for n in (0, 100000):
+        out = tmp_path / f"min{n}"
+        assert main(["screen", str(run), "--out", str(out), "--min-spots", str(n), "--no-cxi"]) == 0
+        rows[n] = list(csv.DictReader(open(out / "scores.csv")))
+    net = [r["label"] != "miss" for r in rows[0]]
+    assert sum(net) >= 6  # all hits: the network keeps most
+    assert len((tmp_path / "min0" / "hits.lst").read_text().splitlines()) == sum(net)
+    assert (tmp_path / "min100000" / "hits.lst").read_text().strip() == ""
+    for a, b in zip(rows[0], rows[100000]):
+        assert b["label"] == "miss" and b["p_hit"] == a["p_hit"]
+        assert (b["n_spots"] != "") == (a["label"] != "miss")  # counted where the network kept the frame

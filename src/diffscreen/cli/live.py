@@ -52,7 +52,7 @@ class _Ticker:
 
 
 def _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi, fresh, publish, threads,
-                  max_frame_pixels):
+                  max_frame_pixels, min_spots=None):
     from diffscreen.io.limits import set_max_frame_pixels
 
     set_max_frame_pixels(max_frame_pixels)
@@ -60,9 +60,15 @@ def _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi,
         from diffscreen.screen.parallel import limit_threads
 
         limit_threads(threads)
-    return dict(model=None if model is None else str(model), batch_size=batch_size, workers=workers,
+    opts = dict(model=None if model is None else str(model), batch_size=batch_size, workers=workers,
                 max_buffer=max_buffer,
                 chunk_seconds=chunk_seconds, write_cxi=not no_cxi, fresh=fresh, publish=publish)
+    if min_spots is not None:  # else the loop's default method: the model with screen's spot gate
+        from diffscreen.models.inference import Classifier
+        from diffscreen.screen.method import CNNMethod
+
+        opts["method"] = CNNMethod(Classifier(opts["model"]), min_spots=min_spots)
+    return opts
 
 
 def _run_live(run, out, name: str, model, dashboard, banner: str) -> None:
@@ -94,6 +100,7 @@ _PUBLISH = typer.Option(None, "--publish", help="Publish each decision as JSON o
 _THREADS = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default); with --workers N, shared out among the N processes.")
 _IDLE = typer.Option(None, "--idle", min=0.0, help="Stop after this many seconds without new frames (default: run until Ctrl-C).")
 _MFP = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this.")
+_MIN_SPOTS = typer.Option(None, "--min-spots", min=0, help="Drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it, as screen --min-spots \\[4]; 0: the model alone.")
 
 
 @friendly
@@ -116,6 +123,7 @@ def watch(
     publish: Optional[str] = _PUBLISH,
     threads: int = _THREADS,
     max_frame_pixels: int = _MFP,
+    min_spots: Optional[int] = _MIN_SPOTS,
 ):
     """Follow a folder as a detector writes into it and screen each new file once it is complete.
 
@@ -130,7 +138,7 @@ def watch(
     from diffscreen.live.watch import watch as run_watch
 
     opts = _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi, fresh, publish,
-                         threads, max_frame_pixels)
+                         threads, max_frame_pixels, min_spots)
     _run_live(lambda **kw: run_watch(directory, out, pattern=pattern, idle=idle, poll=poll, settle=settle,
                                      give_up=give_up, **kw, **opts),
               out, Path(directory).name, model, dashboard,
@@ -154,6 +162,7 @@ def stream(
     publish: Optional[str] = _PUBLISH,
     threads: int = _THREADS,
     max_frame_pixels: int = _MFP,
+    min_spots: Optional[int] = _MIN_SPOTS,
 ):
     """Screen a DECTRIS SIMPLON stream v2 (ZeroMQ PULL of CBOR start/image/end messages) live.
 
@@ -168,7 +177,7 @@ def stream(
     from diffscreen.live.stream import stream as run_stream
 
     opts = _loop_options(model, batch_size, workers, max_buffer, chunk_seconds, no_cxi, fresh, publish,
-                         threads, max_frame_pixels)
+                         threads, max_frame_pixels, min_spots)
     _run_live(lambda **kw: run_stream(endpoint, out, idle=idle, until_end=until_end, **kw, **opts),
               out, endpoint, model, dashboard, f"receiving {endpoint}; Ctrl-C stops")
 
