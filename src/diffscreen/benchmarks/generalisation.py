@@ -34,8 +34,8 @@ from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, t
 
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
            "PEERS", "SPOT_KEEP", "RECIPES", "recipe_config", "recipe_of", "describe_input", "report_name",
-           "same_test_frames", "companion", "earlier_peers", "earlier_result", "train_left_out", "hold_out_fifth", "paired_verdict",
-           "noisy_label_keep", "noise_ceiling", "CEILING_DRAWS", "frame_spot_counts"]
+           "same_test_frames", "companion", "earlier_peers", "earlier_result", "train_left_out", "hold_out_fifth",
+           "paired_verdict", "noisy_label_keep", "noise_ceiling", "CEILING_DRAWS", "frame_spot_counts"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).

@@ -173,7 +173,8 @@ class CNNMethod:
         the network keeps is dropped, labelled ``"miss"``, when the spot
         finder finds fewer spots on it (its ``n_spots`` cell says so); 0: the
         network alone.  The spots are found on the frames the network keeps,
-        whatever ``metrics`` says.
+        whatever ``metrics`` says; a frame whose spots cannot be counted
+        stays kept, with a warning in errors.csv.
 
     Raises
     ------
