@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffscreen.benchmarks import generalisation as g
-from diffscreen.evaluate.metrics import keep_balanced_accuracy, t_interval
+from diffscreen.evaluate.metrics import keep_balanced_accuracy, kept_balanced_accuracy, t_interval
 from diffscreen.simulate.metadata import META_FAULTS, randomise_meta
 from diffscreen.io.frame import FrameMeta
 
@@ -92,12 +92,23 @@ def test_spot_finders_score_exactly_the_cnn_test_frames(tmp_path):
     _, y = load_inputs([make_inputs([job], tmp_path, cfg, workers=1, log=lambda *_: None)[job]])
     one = g._peer_job("eiger", g.held_out_seed(0, 1), 6, 0)
     assert one["labels"] == list(y)
-    assert set(one["kept"]) == set(g.PEERS) and len(one["kept"]["spots"]) == 6 and one["kept"]["dials"] == []
+    assert set(one["kept"]) == set(g.PEERS) - {"spots"} and len(one["kept"]["peakfinder8"]) == 6
+    assert one["kept"]["dials"] == []
+    counts = g.frame_spot_counts(settings, workers=1)
+    from diffscreen.preprocess.spots import find_spots
+    from diffscreen.simulate.metadata import job_frames
+
+    assert counts["counts"] == {f"eiger@{g.held_out_seed(0, 1)}": [
+        len(find_spots(fr)) for fr, _, _ in job_frames("eiger", g.held_out_seed(0, 1), 6, train=False)]}
     calls = []
-    res = g.spot_finder_peers(settings, n_dials=0, workers=1, log=lambda *_: None,
+    res = g.spot_finder_peers(settings, n_dials=0, spot_counts=counts, workers=1, log=lambda *_: None,
                               progress=lambda **kw: calls.append(kw))
     assert calls == [{"total": 6}, {"advance": 6}]  # one job: the preset's 6 frames at the one seed
     assert set(res["families"]["a"]) == {"spots", "peakfinder8"}  # no DIALS asked for
+    kept = np.array(next(iter(counts["counts"].values()))) >= g.SPOT_KEEP  # the spot count: its counts' rule
+    want = kept_balanced_accuracy(kept, y)
+    got = res["families"]["a"]["spots"]["per_seed"][0]
+    assert (math.isnan(want) and math.isnan(got)) or got == want
     for r in res["families"]["a"].values():
         v = r["per_seed"][0]
         assert math.isnan(v) or 0.0 <= v <= 1.0

@@ -268,18 +268,17 @@ def _of_seed(settings: dict, done: dict, presets_left_out, seed: int) -> list:
 
 
 def _peer_job(preset: str, seed: int, n: int, n_dials: int) -> dict:
-    """The :data:`PEERS`' keep decisions on frames ``0..n-1`` of one test job (DIALS on the first ``n_dials``)."""
+    """The :data:`PEERS`' keep decisions on frames ``0..n-1`` of one test job (DIALS on the first ``n_dials``),
+    but for diffscreen's spot count, which :func:`spot_finder_peers` takes from :func:`frame_spot_counts`."""
     from diffscreen.baselines import Peakfinder8
     from diffscreen.baselines.dials import DialsError, DialsSpotFinder
-    from diffscreen.preprocess.spots import find_spots
 
     pf8 = Peakfinder8()
     dials = DialsSpotFinder() if n_dials else None
-    labels, kept, failed = [], {k: [] for k in PEERS}, 0
+    labels, kept, failed = [], {k: [] for k in PEERS if k != "spots"}, 0
     try:
         for i, (fr, _, label) in enumerate(job_frames(preset, seed, n, train=False)):
             labels.append(CLASSES.index(label))
-            kept["spots"].append(len(find_spots(fr)) >= SPOT_KEEP)
             kept["peakfinder8"].append(bool(pf8.classify([fr])[0].keep))
             if i >= n_dials:
                 continue
@@ -304,7 +303,8 @@ def _with_gain(frame, gain: float):
     return Frame(frame.data, frame.mask, replace(frame.meta, extra={**frame.meta.extra, "gain": float(gain)}))
 
 
-def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, log=print, progress=None) -> dict:
+def spot_finder_peers(settings: dict, *, n_dials: int = 20, spot_counts: dict | None = None, workers: int = 2,
+                      log=print, progress=None) -> dict:
     """The spot-finders of :data:`PEERS` on exactly the test frames of a :func:`run_generalisation` run.
 
     Each left-out family's test frames (the simulator seeds of :func:`held_out_seed`, frames as the CNN saw them
@@ -319,6 +319,9 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
     n_dials : int
         Frames per preset and seed given to DIALS (the first ones; 0: no DIALS), which takes about a second a
         frame; DIALS needs Debian's ``python3-dials``.
+    spot_counts : dict, optional
+        :func:`frame_spot_counts` of these test frames (the run's ``spot_counts``), whose ≥ :data:`SPOT_KEEP` rule is
+        diffscreen's spot count; counted here when not given.
     workers : int
         Processes.
     log : callable
@@ -345,6 +348,9 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, workers: int = 2, lo
             n_dials = 0
     log(f"spot-finders on {len(seeds)} × {len(presets)} × {n} test frames (DIALS on {n_dials} of each {n})")
     done = _on_test_jobs(_peer_job, settings, n_dials, workers=workers, progress=progress)
+    counts = (spot_counts or frame_spot_counts(settings, workers=workers))["counts"]
+    for (p, s), r in done.items():
+        r["kept"]["spots"] = [c >= SPOT_KEEP for c in counts[_job_key(p, s)]]
     out = {"names": {k: v[0] for k, v in PEERS.items()}, "rules": {k: v[1] for k, v in PEERS.items()},
            "n_test": n, "n_dials": n_dials,
            "dials_failed": sum(r["dials_failed"] for r in done.values()), "families": {}}

@@ -211,7 +211,8 @@ def _add_peers(res: dict, out: Path, dials_frames: int, workers: int, p) -> None
     reuse = g.earlier_peers(res["settings"], [res, *_generalisation_runs(out)], dials_frames)
     if reuse is not None:
         p.console.print("spot-finders: the same test frames' scores from an earlier run in the folder")
-    res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames, workers=workers,
+    res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames,
+                                                       spot_counts=res.get("spot_counts"), workers=workers,
                                                        log=p.console.print, progress=Bar(p, "spot-finders"))
 
 
