@@ -57,20 +57,13 @@ def score_run(path: Path, clfs: dict) -> dict:
 
 
 def noise_ceiling_of_run(preset: str, seed: int, n: int) -> float:
-    """The noise ceiling (:func:`diffscreen.benchmarks.generalisation.noisy_label_keep`) of frames ``0..n-1`` of
-    the run ``simulate_run(preset, n, seed=seed)`` writes: balanced accuracy of the label's rule on measured SNRs."""
-    from diffscreen.benchmarks.generalisation import CEILING_DRAWS, noisy_label_keep
+    """The noise ceiling (:func:`diffscreen.benchmarks.generalisation.noisy_keeps`) of frames ``0..n-1`` of the
+    run ``simulate_run(preset, n, seed=seed)`` writes: balanced accuracy of the label's rule on measured SNRs."""
+    from diffscreen.benchmarks.generalisation import noisy_keeps
     from diffscreen.simulate.run import Simulator
 
-    sim, rng = Simulator(preset, seed=seed), np.random.default_rng([seed, 4242])
-    y, p = [], []
-    for i in range(n):
-        sf = sim.frame(i)
-        y.append(sf.label != "miss")
-        p.append(noisy_label_keep(sf.peaks[:, 3], snr_threshold=sim.preset.snr_threshold,
-                                  min_spots=sim.preset.maybe_min_spots, draws=CEILING_DRAWS, rng=rng))
-    y, p = np.array(y), np.array(p)
-    return float((p[y].mean() + (1 - p[~y]).mean()) / 2)
+    labels, p_keep = noisy_keeps(Simulator(preset, seed=seed), n, seed=seed)
+    return kept_balanced_accuracy(np.array(p_keep), np.array(labels))
 
 
 def summarise(run: dict, name: str) -> dict:

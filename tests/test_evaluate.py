@@ -74,3 +74,6 @@ def test_kept_balanced_accuracy_is_the_keep_decisions():
     ys = np.random.default_rng(2).integers(0, 3, 40)
     assert keep_balanced_accuracy(ys, probs) == kept_balanced_accuracy(keep_decision(probs), ys)
     assert np.isnan(kept_balanced_accuracy(np.array([True, False]), np.array([2, 2])))
+    # a probability of keeping each frame gives the expected rates (the noise ceiling's use)
+    assert keep_rates(np.array([0.25, 1.0, 0.5, 0.0, 0.9]), y) == pytest.approx((0.625, (0.5 + 1.0 + 0.1) / 3))
+    assert keep_rates(kept.astype(float), y) == keep_rates(kept, y)

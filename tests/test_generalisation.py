@@ -100,6 +100,9 @@ def test_spot_finders_score_exactly_the_cnn_test_frames(tmp_path):
 
     assert counts["counts"] == {f"eiger@{g.held_out_seed(0, 1)}": [
         len(find_spots(fr)) for fr, _, _ in job_frames("eiger", g.held_out_seed(0, 1), 6, train=False)]}
+    assert g.counted_as_now(counts)  # reused by a later run only while the spot finder's settings stay the same
+    assert not g.counted_as_now({**counts, "config": {**counts["config"], "pixel_sigma": 3.0}})
+    assert not g.counted_as_now({"counts": counts["counts"]})  # counted before the settings were recorded
     calls = []
     res = g.spot_finder_peers(settings, n_dials=0, spot_counts=counts, workers=1, log=lambda *_: None,
                               progress=lambda **kw: calls.append(kw))

@@ -35,7 +35,8 @@ from diffscreen.simulate.metadata import job_frames, load_inputs, make_inputs, t
 __all__ = ["run_generalisation", "report_markdown", "dials_peer_lines", "held_out_seed", "spot_finder_peers",
            "PEERS", "SPOT_KEEP", "RECIPES", "recipe_config", "recipe_of", "describe_input", "report_name",
            "same_test_frames", "companion", "earlier_peers", "earlier_result", "train_left_out", "hold_out_fifth",
-           "paired_verdict", "noisy_label_keep", "noise_ceiling", "CEILING_DRAWS", "frame_spot_counts"]
+           "paired_verdict", "noisy_label_keep", "noisy_keeps", "noise_ceiling", "CEILING_DRAWS", "frame_spot_counts",
+           "counted_as_now"]
 
 
 #: Validation frames scored after every epoch (evenly spread over the held-out 20 %).
@@ -193,7 +194,7 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
                         "families": {f: list(ps) for f, ps in fams.items()}, "min_spots": min_spots},
            "families": {}}  # fmt: skip
     if min_spots:
-        res["spot_counts"] = earlier_result(res["settings"], runs, "spot_counts")
+        res["spot_counts"] = earlier_result(res["settings"], runs, "spot_counts", counted_as_now)
         if res["spot_counts"] is None:
             log("counting the spots on the test frames (the spot gate)")
             res["spot_counts"] = frame_spot_counts(res["settings"], workers=workers)
@@ -395,10 +396,21 @@ def frame_spot_counts(settings: dict, *, workers: int = 2, progress=None) -> dic
     Returns
     -------
     dict
-        ``counts``: ``"PRESET@SEED"`` (the test job's simulator seed, :func:`held_out_seed`) → spots per frame.
+        ``counts``: ``"PRESET@SEED"`` (the test job's simulator seed, :func:`held_out_seed`) → spots per frame;
+        ``config``: the spot finder's settings (:func:`counted_as_now` tells whether they are today's).
     """
+    from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG
+
     done = _on_test_jobs(_count_job, settings, workers=workers, progress=progress)
-    return {"counts": {_job_key(p, s): c for (p, s), c in done.items()}}
+    return {"counts": {_job_key(p, s): c for (p, s), c in done.items()}, "config": DEFAULT_SPOT_CONFIG.to_dict()}
+
+
+def counted_as_now(spot_counts: dict) -> bool:
+    """Whether :func:`frame_spot_counts`'s result was counted with today's spot finder settings (else it is
+    counted again rather than reused)."""
+    from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG
+
+    return spot_counts.get("config") == DEFAULT_SPOT_CONFIG.to_dict()
 
 
 #: Noise draws per test frame of :func:`noise_ceiling`.
@@ -445,17 +457,40 @@ def noisy_label_keep(snr, *, snr_threshold: float, min_spots: int, draws: int, r
     return float(np.mean((measured >= snr_threshold).sum(axis=1) >= min_spots))
 
 
-def _ceiling_job(preset: str, seed: int, n: int, draws: int) -> dict:
-    """Labels and :func:`noisy_label_keep` of frames ``0..n-1`` of one test job (the frames of :func:`job_frames`)."""
-    from diffscreen.simulate.metadata import job_simulator
+def noisy_keeps(sim, n: int, *, draws: int = CEILING_DRAWS, seed: int = 0) -> tuple[list, list]:
+    """Labels and :func:`noisy_label_keep` of frames ``0..n-1`` of a simulator, with its preset's label rule.
 
-    sim, rng = job_simulator(preset, seed), np.random.default_rng([seed, 4242])
-    P, labels, p_keep = sim.preset, [], []
+    Parameters
+    ----------
+    sim : diffscreen.simulate.Simulator
+    n : int
+        Frames.
+    draws : int
+        Noise draws per frame.
+    seed : int
+        Seed of the noise draws (``default_rng([seed, 4242])``).
+
+    Returns
+    -------
+    labels : list of int
+        Class indices into hit, maybe, miss.
+    p_keep : list of float
+        How often each frame is kept (0-1).
+    """
+    rng, P, labels, p_keep = np.random.default_rng([seed, 4242]), sim.preset, [], []
     for i in range(n):
         sf = sim.frame(i)
         labels.append(CLASSES.index(sf.label))
         p_keep.append(noisy_label_keep(sf.peaks[:, 3], snr_threshold=P.snr_threshold, min_spots=P.maybe_min_spots,
                                        draws=draws, rng=rng))
+    return labels, p_keep
+
+
+def _ceiling_job(preset: str, seed: int, n: int, draws: int) -> dict:
+    """:func:`noisy_keeps` of one test job (the frames of :func:`job_frames`)."""
+    from diffscreen.simulate.metadata import job_simulator
+
+    labels, p_keep = noisy_keeps(job_simulator(preset, seed), n, draws=draws, seed=seed)
     return {"labels": labels, "p_keep": p_keep}
 
 
@@ -491,9 +526,8 @@ def noise_ceiling(settings: dict, *, draws: int = CEILING_DRAWS, workers: int = 
         per_seed = []
         for s in settings["seeds"]:
             rs = _of_seed(settings, done, ps, s)
-            keep_true = np.concatenate([r["labels"] for r in rs]) != CLASSES.index("miss")
-            p_keep = np.concatenate([r["p_keep"] for r in rs])
-            per_seed.append(float((p_keep[keep_true].mean() + (1 - p_keep[~keep_true]).mean()) / 2))
+            per_seed.append(kept_balanced_accuracy(np.concatenate([r["p_keep"] for r in rs]),
+                                                   np.concatenate([r["labels"] for r in rs])))
         m, lo, hi = t_interval(per_seed)
         out["families"][fam] = {"per_seed": per_seed, "mean": m, "ci95": [lo, hi]}
     return out

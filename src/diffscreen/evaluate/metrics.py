@@ -184,8 +184,9 @@ def keep_rates(kept, labels) -> tuple[float, float]:
 
     Parameters
     ----------
-    kept : (N,) bool ndarray
-        Whether each frame is kept.
+    kept : (N,) bool or float ndarray
+        Whether each frame is kept, or the probability that it is (the
+        rates are then their expectations).
     labels : (N,) int ndarray
         True class indices into hit, maybe, miss.
 
@@ -195,9 +196,9 @@ def keep_rates(kept, labels) -> tuple[float, float]:
         The fraction (0-1) of the hit-or-maybe frames (labels 0, 1) kept and
         of the misses (label 2) dropped; NaN where the group is empty.
     """
-    kept, keep_true = np.asarray(kept, bool), np.asarray(labels) != 2
+    kept, keep_true = np.asarray(kept, dtype=np.float64), np.asarray(labels) != 2
     tpr = float(kept[keep_true].mean()) if keep_true.any() else float("nan")
-    tnr = float((~kept[~keep_true]).mean()) if (~keep_true).any() else float("nan")
+    tnr = float((1.0 - kept[~keep_true]).mean()) if (~keep_true).any() else float("nan")
     return tpr, tnr
 
 
@@ -225,8 +226,8 @@ def kept_balanced_accuracy(kept, y) -> float:
 
     Parameters
     ----------
-    kept : (N,) bool ndarray
-        Whether each frame is kept.
+    kept : (N,) bool or float ndarray
+        Whether each frame is kept, or the probability that it is (:func:`keep_rates`).
     y : (N,) int ndarray
         True class indices into hit, maybe, miss.
 
