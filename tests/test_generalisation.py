@@ -95,14 +95,17 @@ def test_spot_finders_score_exactly_the_cnn_test_frames(tmp_path):
     assert set(one["kept"]) == set(g.PEERS) - {"spots"} and len(one["kept"]["peakfinder8"]) == 6
     assert one["kept"]["dials"] == []
     counts = g.frame_spot_counts(settings, workers=1)
-    from diffscreen.preprocess.spots import find_spots
+    from diffscreen.preprocess.spots import find_spots, ring_spots
     from diffscreen.simulate.metadata import job_frames
 
+    frames = list(job_frames("eiger", g.held_out_seed(0, 1), 6, train=False))
     assert counts["counts"] == {f"eiger@{g.held_out_seed(0, 1)}": [
-        len(find_spots(fr)) for fr, _, _ in job_frames("eiger", g.held_out_seed(0, 1), 6, train=False)]}
+        len(find_spots(fr)) - int(ring_spots(find_spots(fr), fr).sum()) for fr, _, _ in frames]}
+    assert counts["labels"] == {f"eiger@{g.held_out_seed(0, 1)}": list(y)}
     assert g.counted_as_now(counts)  # reused by a later run only while the spot finder's settings stay the same
     assert not g.counted_as_now({**counts, "config": {**counts["config"], "pixel_sigma": 3.0}})
     assert not g.counted_as_now({"counts": counts["counts"]})  # counted before the settings were recorded
+    assert not g.counted_as_now({"counts": counts["counts"], "config": counts["config"]})  # without the labels
     calls = []
     res = g.spot_finder_peers(settings, n_dials=0, spot_counts=counts, workers=1, log=lambda *_: None,
                               progress=lambda **kw: calls.append(kw))

@@ -4,11 +4,11 @@ The goldens in ``tests/golden/`` were written by ``tests/golden/outputs.py``
 before the redesign; each command here runs again and its scores.csv must agree
 (labels exactly, probabilities to 1e-5, which is below the 6 significant digits
 scores.csv stores for a probability near 1).  The per-frame columns a CNN's
-scores.csv gained with issue 15 (``n_spots``, ``d_min_A``, ``ice_rings``,
-``powder_rings``) are not in the goldens: the original columns are compared by
+scores.csv gained with issue 15 (``n_spots``, ``n_spots_no_rings``, ``d_min_A``,
+``ice_rings``, ``powder_rings``) are not in the goldens: the original columns are compared by
 name, and the new ones must exist (and be filled on kept frames).  The spot gate
 (:func:`diffscreen.models.decision.spot_gate`, after the goldens) may turn a
-frame the network keeps into a miss, only where its ``n_spots`` is below
+frame the network keeps into a miss, only where its ``n_spots_no_rings`` is below
 :data:`~diffscreen.models.decision.KEEP_MIN_SPOTS`; everything else must agree.
 """
 
@@ -59,7 +59,7 @@ def test_scores_unchanged(results, name):
         assert len(g) == len(got[0]), f"{name}: {g} has {len(g)} cells"
         g_orig, g = g, [g[k] for k in pos]
         if new and w[-1] in ("hit", "maybe") and g[-1] == "miss":  # the spot gate (after the goldens): the network
-            n_spots = int(g_orig[got[0].index("n_spots")])          # kept it, the spot finder found too few spots
+            n_spots = int(g_orig[got[0].index("n_spots_no_rings")])  # kept it, the spot finder found too few spots
             assert n_spots < KEEP_MIN_SPOTS, f"{name}: a kept frame with {n_spots} spots became a miss: {g_orig}"
             gated.append(g[1])
             g = [*g[:-1], w[-1]]

@@ -9,8 +9,8 @@ import pytest
 
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.preprocess.spots import (ICE_RINGS_D_A, METRIC_COLUMNS, _radius_of_d, find_spots, frame_metrics,
-                                         ring_flags)
+from diffscreen.preprocess.spots import (ICE_RINGS_D_A, METRIC_COLUMNS, _radius_of_d, count_spots_off_rings,
+                                         find_spots, frame_metrics, ring_flags, ring_spots)
 
 # a flat detector 100 mm from the sample, 0.1 mm pixels, 1 Å: ice's 3.90, 3.67, 3.44 Å lines at 263-299 px
 GEO = dict(pixel_size_mm=0.1, distance_mm=100.0, wavelength_A=1.0)
@@ -43,6 +43,55 @@ def _frame(img, mask=None, **meta):
     return Frame(img, np.zeros(img.shape, bool) if mask is None else mask, _meta(**meta))
 
 
+def _ring_and_lattice(rng, n_grains, lattice):
+    """A frame with ``n_grains`` grains on one ring of radius 180 px and spots at ``lattice`` (x, y) positions."""
+    img = _background(rng)
+    for k in range(n_grains):
+        a = 2 * math.pi * (k + 0.3 * rng.random()) / n_grains
+        _plant(img, CENTRE[0] + 180.0 * math.cos(a), CENTRE[1] + 180.0 * math.sin(a))
+    for x, y in lattice:
+        _plant(img, x, y)
+    return _frame(img)
+
+
+# spots at radii 64-240 px, none within 6 px of another's radius or of the ring's
+LATTICE = [(CENTRE[0] + r * math.cos(a), CENTRE[1] + r * math.sin(a))
+           for r, a in [(64, 0.3), (97, 2.0), (123, 4.1), (151, 1.1), (211, 5.3), (240, 3.3)]]
+
+
+def test_grains_on_one_ring_are_ring_spots_and_a_lattice_is_not():
+    rng = np.random.default_rng(7)
+    fr = _ring_and_lattice(rng, 12, LATTICE)
+    s = find_spots(fr)
+    on = ring_spots(s, fr)
+    r = np.hypot(s.x - CENTRE[0], s.y - CENTRE[1])
+    assert len(s) == 12 + len(LATTICE)
+    assert on.tolist() == (np.abs(r - 180.0) < 2).tolist()  # exactly the grains
+    assert count_spots_off_rings(fr) == len(LATTICE) == frame_metrics(fr).n_spots_no_rings
+    assert frame_metrics(fr).n_spots == 12 + len(LATTICE)
+    lattice_only = _ring_and_lattice(np.random.default_rng(8), 0, LATTICE)
+    assert not ring_spots(find_spots(lattice_only), lattice_only).any()
+
+
+def test_a_ring_needs_distinct_spots_more_than_chance_gives():
+    rng = np.random.default_rng(9)
+    # two spots on the ring's radius are not a ring (fewer than ring_spot_min)...
+    two = _ring_and_lattice(rng, 0, LATTICE + [(CENTRE[0] + 180.0, CENTRE[1]), (CENTRE[0] - 180.0, CENTRE[1])])
+    assert count_spots_off_rings(two) == len(LATTICE) + 2
+    # ... nor are three pieces of one split spot, 6.3 px apart (closer than ring_spot_merge_px count once)
+    split = [(CENTRE[0] + 180.0 * math.cos(a), CENTRE[1] + 180.0 * math.sin(a)) for a in (0.0, 0.035, 0.07)]
+    fr = _ring_and_lattice(rng, 0, LATTICE + split)
+    assert len(find_spots(fr)) == len(LATTICE) + 3 and count_spots_off_rings(fr) == len(LATTICE) + 3
+    # spread around the ring, 4 distinct spots are still chance (P(X >= 4) = 0.0018 for the floor mean 0.5); 5 are
+    # a ring (P(X >= 5) = 0.00017 < ring_spot_alpha)
+    def spread(n):
+        angles = np.arange(n) * 2 * np.pi / n
+        return [(CENTRE[0] + 180.0 * math.cos(a), CENTRE[1] + 180.0 * math.sin(a)) for a in angles]
+
+    assert count_spots_off_rings(_ring_and_lattice(rng, 0, LATTICE + spread(4))) == len(LATTICE) + 4
+    assert count_spots_off_rings(_ring_and_lattice(rng, 0, LATTICE + spread(5))) == len(LATTICE)
+
+
 def test_planted_spots_are_counted_at_their_centroids():
     rng = np.random.default_rng(1)
     img = _background(rng)
@@ -61,7 +110,7 @@ def test_planted_spots_are_counted_at_their_centroids():
 def test_blank_frame_has_no_spot_and_no_d_min():
     m = frame_metrics(_frame(_background(np.random.default_rng(2))))
     assert m.n_spots == 0 and m.d_min_A is None and m.peaks.shape == (0, 4)
-    assert m.cells()[:2] == ["0", ""]
+    assert m.cells()[:3] == ["0", "0", ""]
 
 
 def test_a_masked_bright_spot_is_not_counted():
@@ -87,10 +136,10 @@ def test_d_min_of_spots_at_known_resolution():
     m = frame_metrics(_frame(img))
     assert m.n_spots == 7
     assert m.d_min_A == pytest.approx(3.5, abs=0.02)
-    assert m.cells()[1] == f"{m.d_min_A:.2f}"
+    assert m.cells()[2] == f"{m.d_min_A:.2f}"
     no_geometry = frame_metrics(Frame(img, np.zeros(img.shape, bool), FrameMeta("planted")))
     assert no_geometry.n_spots == 7 and no_geometry.d_min_A is None and no_geometry.ice_rings is None
-    assert no_geometry.cells() == ["7", "", "", ""]
+    assert no_geometry.cells() == ["7", "7", "", "", ""]  # 4 spots on one radius are not a ring
 
 
 def test_ice_and_powder_flags_on_planted_rings():
@@ -125,12 +174,16 @@ def test_ice_flag_on_simulated_frames(index, has_ice):
     assert m.ice_rings is has_ice and m.powder_rings is False
 
 
-def _write_run(path, n_spots_per_frame, seed=0):
+def _write_run(path, n_spots_per_frame, seed=0, ring_grains=None):
+    """A CXI run of planted spots at random positions, frame ``i`` also with ``ring_grains[i]`` grains on a ring."""
     rng = np.random.default_rng(seed)
     mask = np.zeros((SIZE, SIZE), bool)
     with CXIWriter(path, mask_mode="static") as w:
         for i, n in enumerate(n_spots_per_frame):
             img = _background(rng, lam=10.0)
+            for k in range((ring_grains or {}).get(i, 0)):
+                a = 2 * math.pi * k / ring_grains[i]
+                _plant(img, CENTRE[0] + 180.0 * math.cos(a), CENTRE[1] + 180.0 * math.sin(a), photons=800)
             for _ in range(n):
                 x, y = rng.uniform(20, SIZE - 20, 2)
                 _plant(img, x, y, photons=800)
@@ -150,7 +203,7 @@ def test_screen_writes_the_columns_and_the_cheetah_peaks(tmp_path):
     with open(out / "scores.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == SCORE_COLUMNS
-    assert list(rows[0])[-5:-1] == list(METRIC_COLUMNS)
+    assert list(rows[0])[-6:-1] == list(METRIC_COLUMNS)
     n = [int(r["n_spots"]) for r in rows]
     assert n[1] == n[4] == 0 and abs(n[0] - 40) <= 3 and abs(n[2] - 25) <= 2 and n[3] == 6 and abs(n[5] - 60) <= 5
     for r in rows:
@@ -203,8 +256,9 @@ def test_running_median_is_nanmedian_of_each_window():
 
 @pytest.mark.parametrize("metrics", ["kept", "none"])
 def test_the_spot_gate_drops_kept_frames_with_too_few_spots(tmp_path, monkeypatch, metrics):
-    """A network that keeps every frame: the gate turns those with fewer than 4 spots into misses (and off the hit
-    list), says why in n_spots, and min_spots=0 gives the network alone."""
+    """A network that keeps every frame: the gate turns those with fewer than 4 spots off every ring into misses
+    (and off the hit list), however many grains a ring holds, says why in n_spots_no_rings, and min_spots=0 gives
+    the network alone."""
     from diffscreen.models.decision import KEEP_MIN_SPOTS
     from diffscreen.models.inference import Classifier
     from diffscreen.screen import method as method_mod
@@ -215,7 +269,7 @@ def test_the_spot_gate_drops_kept_frames_with_too_few_spots(tmp_path, monkeypatc
         return np.tile(np.float32([0.7, 0.2, 0.1]), (len(indices), 1)), {}
 
     monkeypatch.setattr(method_mod, "predict_source", always_hit)
-    run = str(_write_run(tmp_path / "run.cxi", [40, 0, 2, 6, KEEP_MIN_SPOTS - 1, 60]))
+    run = str(_write_run(tmp_path / "run.cxi", [40, 0, 2, 6, KEEP_MIN_SPOTS - 1, 60, 2, 6], ring_grains={6: 16, 7: 16}))
     clf = Classifier("fast")
     gated, plain = CNNMethod(clf, metrics=metrics), CNNMethod(clf, metrics=metrics, min_spots=0)
     assert gated.identity != plain.identity  # a resumed run never mixes the two
@@ -223,14 +277,15 @@ def test_the_spot_gate_drops_kept_frames_with_too_few_spots(tmp_path, monkeypatc
         screen([run], out, method=m, batch_size=3, comm=None)
     with open(tmp_path / "gated" / "scores.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["label"] for r in rows] == ["hit", "miss", "miss", "hit", "miss", "hit"]
-    assert [float(r["p_hit"]) for r in rows] == pytest.approx([0.7] * 6)  # the network's probabilities stand
+    assert [r["label"] for r in rows] == ["hit", "miss", "miss", "hit", "miss", "hit", "miss", "hit"]
+    assert [float(r["p_hit"]) for r in rows] == pytest.approx([0.7] * 8)  # the network's probabilities stand
     if metrics == "kept":
-        assert [r["n_spots"] for r in rows][1:5] == ["0", "2", "6", "3"] and int(rows[0]["n_spots"]) >= 37
+        assert [r["n_spots_no_rings"] for r in rows][1:8] == ["0", "2", "6", "3", rows[5]["n_spots"], "2", "6"]
+        assert [r["n_spots"] for r in rows][6:] == ["18", "22"] and int(rows[0]["n_spots"]) >= 37
     else:
         assert "n_spots" not in rows[0]
-    assert len((tmp_path / "gated" / "hits.lst").read_text().splitlines()) == 3
+    assert len((tmp_path / "gated" / "hits.lst").read_text().splitlines()) == 4
     with open(tmp_path / "plain" / "scores.csv", newline="") as fh:
-        assert [r["label"] for r in csv.DictReader(fh)] == ["hit"] * 6
+        assert [r["label"] for r in csv.DictReader(fh)] == ["hit"] * 8
     with pytest.raises(Exception, match="min_spots"):
         CNNMethod(clf, min_spots=-1)

@@ -131,7 +131,7 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     """Leave each detector family out in turn; train on the rest, test on it.
 
     Each left-out model decides as ``screen`` does: the network, then the spot gate on the frames it keeps
-    (:func:`~diffscreen.models.decision.spot_gate`, spots counted on the raw test frames by
+    (:func:`~diffscreen.models.decision.spot_gate`, the spots off every ring counted on the raw test frames by
     :func:`frame_spot_counts`).
 
     Parameters
@@ -240,7 +240,8 @@ SPOT_KEEP = KEEP_MIN_SPOTS
 #: The spot-finders scored beside the CNN on the left-out families' test frames: name in the report, keep rule.
 PEERS = {
     "spots": ("diffscreen spot count", f"diffscreen's spot finder (`preprocess.spots`, its defaults; the noise "
-                                       f"model of the significance input), kept at ≥ {SPOT_KEEP} spots"),
+                                       f"model of the significance input), kept at ≥ {SPOT_KEEP} spots (the gate's "
+                                       "count: since stop 31, the spots off every ring)"),
     "peakfinder8": ("peakfinder8", "peakfinder8 with its defaults (`screen --method peakfinder8`)"),
     "dials": ("DIALS, gain 1", f"DIALS `find_spots` with its defaults (`screen --method dials`: gain 1, as a "
                                f"header without one gives), kept at ≥ {SPOT_KEEP} spots"),
@@ -349,15 +350,13 @@ def spot_finder_peers(settings: dict, *, n_dials: int = 20, spot_counts: dict | 
             n_dials = 0
     log(f"spot-finders on {len(seeds)} × {len(presets)} × {n} test frames (DIALS on {n_dials} of each {n})")
     done = _on_test_jobs(_peer_job, settings, n_dials, workers=workers, progress=progress)
-    counts = (spot_counts or frame_spot_counts(settings, workers=workers))["counts"]
-    for (p, s), r in done.items():
-        r["kept"]["spots"] = [c >= SPOT_KEEP for c in counts[_job_key(p, s)]]
+    spots = spot_count_peer(settings, spot_counts or frame_spot_counts(settings, workers=workers))
     out = {"names": {k: v[0] for k, v in PEERS.items()}, "rules": {k: v[1] for k, v in PEERS.items()},
            "n_test": n, "n_dials": n_dials,
            "dials_failed": sum(r["dials_failed"] for r in done.values()), "families": {}}
     for fam, ps in fams.items():
-        out["families"][fam] = {}
-        for method in PEERS if n_dials else [m for m in PEERS if not m.startswith("dials")]:
+        out["families"][fam] = {"spots": spots[fam]}
+        for method in [m for m in PEERS if m != "spots" and (n_dials or not m.startswith("dials"))]:
             per_seed = []
             for s in seeds:
                 rs = _of_seed(settings, done, ps, s)
@@ -374,15 +373,17 @@ def _job_key(preset: str, seed: int) -> str:
     return f"{preset}@{seed}"
 
 
-def _count_job(preset: str, seed: int, n: int) -> list:
-    """Spots :func:`~diffscreen.preprocess.spots.find_spots` finds on frames ``0..n-1`` of one test job."""
-    from diffscreen.preprocess.spots import find_spots
+def _count_job(preset: str, seed: int, n: int) -> tuple[list, list]:
+    """The spot gate's count (:func:`~diffscreen.preprocess.spots.count_spots_off_rings`) on frames ``0..n-1`` of
+    one test job, and their labels (indices into :data:`CLASSES`)."""
+    from diffscreen.preprocess.spots import count_spots_off_rings
 
-    return [len(find_spots(fr)) for fr, _, _ in job_frames(preset, seed, n, train=False)]
+    frames = list(job_frames(preset, seed, n, train=False))
+    return [count_spots_off_rings(fr) for fr, _, _ in frames], [CLASSES.index(label) for _, _, label in frames]
 
 
 def frame_spot_counts(settings: dict, *, workers: int = 2, progress=None) -> dict:
-    """The spots diffscreen's spot finder (its defaults, as ``screen``) finds on every test frame of a run.
+    """The spot gate's count (its defaults, as ``screen``: spots off every ring) on every test frame of a run.
 
     Parameters
     ----------
@@ -397,20 +398,49 @@ def frame_spot_counts(settings: dict, *, workers: int = 2, progress=None) -> dic
     -------
     dict
         ``counts``: ``"PRESET@SEED"`` (the test job's simulator seed, :func:`held_out_seed`) → spots per frame;
-        ``config``: the spot finder's settings (:func:`counted_as_now` tells whether they are today's).
+        ``labels``: the same keys → each frame's label (index into :data:`CLASSES`); ``config``: the spot
+        finder's settings (:func:`counted_as_now` tells whether they are today's).
     """
     from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG
 
     done = _on_test_jobs(_count_job, settings, workers=workers, progress=progress)
-    return {"counts": {_job_key(p, s): c for (p, s), c in done.items()}, "config": DEFAULT_SPOT_CONFIG.to_dict()}
+    return {"counts": {_job_key(p, s): c for (p, s), (c, _) in done.items()},
+            "labels": {_job_key(p, s): y for (p, s), (_, y) in done.items()}, "config": DEFAULT_SPOT_CONFIG.to_dict()}
 
 
 def counted_as_now(spot_counts: dict) -> bool:
-    """Whether :func:`frame_spot_counts`'s result was counted with today's spot finder settings (else it is
-    counted again rather than reused)."""
+    """Whether :func:`frame_spot_counts`'s result was counted with today's spot finder settings and holds the
+    labels (else it is counted again rather than reused)."""
     from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG
 
-    return spot_counts.get("config") == DEFAULT_SPOT_CONFIG.to_dict()
+    return spot_counts.get("config") == DEFAULT_SPOT_CONFIG.to_dict() and "labels" in spot_counts
+
+
+def spot_count_peer(settings: dict, spot_counts: dict) -> dict:
+    """diffscreen's spot count alone as a screen (kept at ≥ :data:`SPOT_KEEP` spots) on a run's test frames.
+
+    Parameters
+    ----------
+    settings : dict
+        The ``settings`` of :func:`run_generalisation`'s result.
+    spot_counts : dict
+        :func:`frame_spot_counts` of those test frames (with their labels).
+
+    Returns
+    -------
+    dict
+        family → ``{"per_seed", "mean", "ci95"}``: balanced accuracy of the keep decision (0-1).
+    """
+    out = {}
+    for fam, ps in settings["families"].items():
+        per_seed = []
+        for s in settings["seeds"]:
+            keys = [_job_key(p, held_out_seed(s, list(settings["train_frames"]).index(p))) for p in ps]
+            kept = np.concatenate([np.asarray(spot_counts["counts"][k]) >= SPOT_KEEP for k in keys])
+            per_seed.append(kept_balanced_accuracy(kept, np.concatenate([spot_counts["labels"][k] for k in keys])))
+        m, lo, hi = t_interval(per_seed)
+        out[fam] = {"per_seed": per_seed, "mean": m, "ci95": [lo, hi]}
+    return out
 
 
 #: Noise draws per test frame of :func:`noise_ceiling`.
@@ -725,6 +755,8 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
     ceil_head = ("noise ceiling",) if ceil else ()
     gate = st.get("min_spots", 0)
     gated = bool(gate) and all("network_per_seed" in r for r in fams.values())
+    # runs before stop 31 counted every spot; since then the gate counts the spots off every ring
+    off_rings = " off every ring" if "ring_spot_alpha" in res.get("spot_counts", {}).get("config", {}) else ""
     alone_head = ("network alone",) if gated else ()
 
     def _alone(r):
@@ -741,7 +773,8 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
         f"The Ke et al. (2018) CNN on {RECIPES[recipe]}: {describe_input(st['preprocess'])}. It is trained on "
         "simulated frames of every detector family but one, then tested on fresh frames of the family left out"
         + (f", deciding as `screen` does: the network, then the spot gate (a frame the network keeps is dropped when "
-           f"diffscreen's spot finder, its defaults, finds fewer than {gate} Bragg spots on it; `screen --min-spots`)"
+           f"diffscreen's spot finder, its defaults, finds fewer than {gate} Bragg spots on it{off_rings}; "
+           "`screen --min-spots`)"
            if gated else "") + ". "
         "Score: balanced accuracy of the keep decision "
         "(hit or maybe against miss), mean and 95 % t-interval over "

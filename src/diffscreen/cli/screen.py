@@ -33,7 +33,7 @@ def screen(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
     threads: int = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
     method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder; dials: DIALS's spot-finder (python3-dials), hit at >= 10 spots, maybe at 4-9 (Ke 2018)."),
-    min_spots: Optional[int] = typer.Option(None, "--min-spots", min=0, help="cnn: drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it (Ke 2018: a maybe has 4-9) \\[4]; 0: the model alone."),
+    min_spots: Optional[int] = typer.Option(None, "--min-spots", min=0, help="cnn: drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it off every powder or ice ring (Ke 2018: a maybe has 4-9) \\[4]; 0: the model alone."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
     min_snr: Optional[float] = typer.Option(None, help="Minimum signal-to-noise ratio [5].", rich_help_panel=_PF8),

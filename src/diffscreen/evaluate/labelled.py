@@ -140,8 +140,9 @@ def real_frame_scores(model_path, folders, *, min_spots: int | None = None) -> d
     dict
         ``{"balanced_accuracy"`` (of the keep decision,
         :func:`~diffscreen.evaluate.metrics.kept_balanced_accuracy`),
-        ``"frames": {name: {"label", "p", "n_spots", "call"}}, "unread": [...]}``; ``n_spots`` is None where
-        the spots were not counted (the network dropped the frame, or no gate).
+        ``"frames": {name: {"label", "p", "n_spots", "call"}}, "unread": [...]}``; ``n_spots`` is the gate's count
+        (spots off every ring, :func:`~diffscreen.preprocess.spots.count_spots_off_rings`), None where the
+        spots were not counted (the network dropped the frame, or no gate).
     """
     from diffscreen.errors import DiffscreenError
     from diffscreen.evaluate.metrics import keep_decision, kept_balanced_accuracy
@@ -149,7 +150,7 @@ def real_frame_scores(model_path, folders, *, min_spots: int | None = None) -> d
     from diffscreen.io.frame import CLASS_NAMES
     from diffscreen.models.decision import KEEP_MIN_SPOTS, spot_gate
     from diffscreen.models.inference import Classifier
-    from diffscreen.preprocess.spots import find_spots
+    from diffscreen.preprocess.spots import count_spots_off_rings
 
     min_spots = KEEP_MIN_SPOTS if min_spots is None else min_spots
     clf = Classifier(model_path)
@@ -162,7 +163,7 @@ def real_frame_scores(model_path, folders, *, min_spots: int | None = None) -> d
             p = clf.predict([fr])[0]
             keep = bool(keep_decision(p[None])[0])
             if keep and min_spots:
-                n_spots = len(find_spots(fr))
+                n_spots = count_spots_off_rings(fr)
                 keep = bool(spot_gate([keep], [n_spots], min_spots)[0])
         except DiffscreenError as exc:
             unread.append(f"{name.split('/', 1)[1]}: {exc}")

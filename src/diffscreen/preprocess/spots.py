@@ -94,10 +94,11 @@ from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
            "ICE_RINGS_REL",
-           "find_spots", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
+           "find_spots", "ring_spots", "count_spots_off_rings", "spot_resolution", "ring_flags", "frame_metrics",
+           "d_min_of"]
 
 #: scores.csv columns of :class:`FrameMetrics`, in order
-METRIC_COLUMNS = ("n_spots", "d_min_A", "ice_rings", "powder_rings")
+METRIC_COLUMNS = ("n_spots", "n_spots_no_rings", "d_min_A", "ice_rings", "powder_rings")
 
 #: Hexagonal ice Ih powder lines, d in Å (the strong (100), (002), (101) and the weaker (102), (110), (103),
 #: (112)); the lines :data:`diffscreen.simulate.presets.ICE_RINGS_D_A` draws (copied: preprocess does not
@@ -161,6 +162,19 @@ class SpotConfig:
     max_spots : int
         At most this many components are examined (the brightest are not
         chosen: the first in row order); a frame with more is counted up to it.
+    ring_spot_alpha : float
+        A spot is on a ring (:func:`ring_spots`) when its band of radii holds
+        so many distinct spots that the local radial density of the frame's
+        spots gives at most this Poisson probability of as many.
+    ring_spot_min : int
+        Fewest distinct spots that make a band a ring.
+    ring_spot_window : float
+        The local density is counted over ±``ring_spot_window`` band half-widths.
+    ring_spot_merge_px : float
+        Spots of a band closer than this (px) count once (one split spot is not a ring).
+    ring_spot_widen : float
+        Spots within ±(1 + ``ring_spot_widen``) half-widths of a ring spot's
+        radius are on the ring too (the grains of a ring wider than the band).
     """
 
     pixel_sigma: float = 4.0
@@ -184,6 +198,11 @@ class SpotConfig:
     powder_sigma: float = 8.0
     ring_min_count: int = 40
     max_spots: int = 20000
+    ring_spot_alpha: float = 1e-3
+    ring_spot_min: int = 3
+    ring_spot_window: float = 10.0
+    ring_spot_merge_px: float = 8.0
+    ring_spot_widen: float = 1.0
 
     def __post_init__(self):
         if not (self.pixel_sigma > 0 and self.spot_snr > 0 and self.clip_sigma > 0 and self.ring_sigma > 0):
@@ -196,6 +215,10 @@ class SpotConfig:
             raise ConfigError("spots: ring_window must be odd and >= 5")
         if not (self.ice_single_sigma > 0 and self.ice_width_px > 0 and self.ice_fit_px > 0 and self.ice_fit_frac >= 0):
             raise ConfigError("spots: ice_single_sigma, ice_width_px and ice_fit_px must be > 0, ice_fit_frac >= 0")
+        if not (0 < self.ring_spot_alpha < 1 and self.ring_spot_min >= 2 and self.ring_spot_window > 1
+                and self.ring_spot_merge_px >= 0 and self.ring_spot_widen >= 0):
+            raise ConfigError("spots: need 0 < ring_spot_alpha < 1, ring_spot_min >= 2, ring_spot_window > 1, "
+                              "ring_spot_merge_px >= 0 and ring_spot_widen >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -512,6 +535,111 @@ def d_min_of(d_A, quantile: float = DEFAULT_SPOT_CONFIG.d_quantile) -> float | N
     return float(1.0 / np.quantile(1.0 / d, quantile))
 
 
+@njit(cache=True, nogil=True)
+def _ring_spot_mask(r, x, y, alpha, min_n, window, merge_px, widen):
+    """:func:`ring_spots` on spot radii ``r`` (P,) and positions ``x``, ``y`` (P,), px → (P,) bool."""
+    n = r.size
+    order = np.argsort(r)
+    rs, xs, ys = r[order], x[order], y[order]
+    h = 1.5 + 0.005 * rs
+    flag = np.zeros(n, np.bool_)
+    kept = np.empty(n, np.int64)
+    for i in range(n):
+        lo = np.searchsorted(rs, rs[i] - h[i], side="left")
+        hi = np.searchsorted(rs, rs[i] + h[i], side="right")
+        if hi - lo < min_n:
+            continue
+        wlo = np.searchsorted(rs, rs[i] - window * h[i], side="left")
+        whi = np.searchsorted(rs, rs[i] + window * h[i], side="right")
+        lam = max((whi - wlo - (hi - lo)) / (window - 1.0), 0.5)
+        # the fewest spots a band needs: P(X >= need) < alpha for X ~ Poisson(lam)
+        need, cdf, log_lam = 0, 0.0, math.log(lam)
+        while 1.0 - cdf >= alpha:
+            cdf += math.exp(-lam + need * log_lam - math.lgamma(need + 1.0))
+            need += 1
+        need = max(need, min_n)
+        if hi - lo < need:
+            continue
+        m = 0
+        for j in range(lo, hi):
+            far = True
+            for q in range(m):
+                k = kept[q]
+                if (xs[j] - xs[k]) ** 2 + (ys[j] - ys[k]) ** 2 <= merge_px * merge_px:
+                    far = False
+                    break
+            if far:
+                kept[m] = j
+                m += 1
+                if m >= need:
+                    break
+        if m >= need:
+            flag[lo:hi] = True
+    edge = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        if flag[i]:
+            edge[np.searchsorted(rs, rs[i] - (1.0 + widen) * h[i], side="left")] += 1
+            edge[np.searchsorted(rs, rs[i] + (1.0 + widen) * h[i], side="right")] -= 1
+    on = np.zeros(n, np.bool_)
+    run = 0
+    for i in range(n):
+        run += edge[i]
+        on[order[i]] = run > 0
+    return on
+
+
+def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> np.ndarray:
+    """Which spots lie on a powder ring: a band of radii about the beam centre with more spots than chance.
+
+    A powder or ice ring with grains (a salt, a frozen drop, the sample's own
+    microcrystals) gives the spot finder many spots at one radius; the Bragg
+    spots of one crystal lattice spread over the radii.  For each spot, its
+    band is the spots within ±``h`` = 1.5 px + 0.5 % of its radius ``r`` (the
+    tolerance of the ice lines in :func:`ring_flags`).  The band is a ring when
+    it holds ``m`` ≥ ``ring_spot_min`` distinct spots (closer than
+    ``ring_spot_merge_px`` count once, so that one split spot is not a ring)
+    and ``P(X ≥ m) < ring_spot_alpha`` for ``X`` Poisson with the mean the
+    frame's spots give such a band nearby: the spots within
+    ±``ring_spot_window`` · ``h`` outside the band over ``ring_spot_window`` − 1
+    (at least 0.5, so that a band alone needs 5 distinct spots at the
+    defaults).  Spots within ±(1 + ``ring_spot_widen``) · ``h`` of a ring
+    band's spots are on the ring too.  DIALS's per-image analysis
+    (``dials.spot_counts_per_image``) likewise reports ``n_spots_no_ice``, the
+    spots outside the ice rings' resolution ranges; here the rings are found
+    among the spots, wherever they are, with no geometry.  Ke et al. (2018)
+    §3.3 call a frame a hit for Bragg spots from single crystals, and not for
+    water rings or diffuse scatter.  The settings were chosen on simulated
+    frames only (``docs/default_model.md``, "Rings leave the gate's count").
+
+    Parameters
+    ----------
+    spots : Spots
+        Of ``frame`` (:func:`find_spots`).
+    frame : Frame
+        For the beam centre (the frame centre when unknown, as :func:`find_spots`).
+    config : SpotConfig
+
+    Returns
+    -------
+    (P,) bool ndarray
+        True for the spots on a ring.
+    """
+    if len(spots) == 0:
+        return np.zeros(0, bool)
+    cx, cy = beam_centre(frame.meta, frame.data.shape)
+    x, y = spots.x.astype(np.float64), spots.y.astype(np.float64)
+    c = config
+    return _ring_spot_mask(np.hypot(x - cx, y - cy), x, y, float(c.ring_spot_alpha), int(c.ring_spot_min),
+                           float(c.ring_spot_window), float(c.ring_spot_merge_px), float(c.ring_spot_widen))
+
+
+def count_spots_off_rings(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> int:
+    """``n_spots_no_rings`` of one frame: the spots :func:`find_spots` finds that :func:`ring_spots` leaves off
+    every ring (the spot gate's count, :func:`diffscreen.models.decision.spot_gate`)."""
+    spots = find_spots(frame, config)
+    return int(len(spots) - ring_spots(spots, frame, config).sum())
+
+
 def _running_median(a: np.ndarray, window: int) -> np.ndarray:
     """The median of the finite values in a centred window of ``window`` (odd) elements about every element of ``a``
     (N,); NaN where the window holds fewer than ``max(3, window // 4)`` finite values.
@@ -695,6 +823,8 @@ class FrameMetrics:
     Attributes
     ----------
     n_spots : int
+    n_spots_no_rings : int
+        The spots not on a ring (:func:`ring_spots`): what the spot gate counts.
     d_min_A : float or None
         None without geometry or without a spot.
     ice_rings, powder_rings : bool or None
@@ -704,22 +834,26 @@ class FrameMetrics:
     """
 
     n_spots: int
+    n_spots_no_rings: int
     d_min_A: float | None
     ice_rings: bool | None
     powder_rings: bool | None
     peaks: np.ndarray
 
     def cells(self) -> list[str]:
-        """scores.csv cells: ``n_spots``, ``d_min_A`` (Å, 2 decimals), ``ice_rings``, ``powder_rings`` (1/0); empty = unknown."""
+        """scores.csv cells: ``n_spots``, ``n_spots_no_rings``, ``d_min_A`` (Å, 2 decimals), ``ice_rings``,
+        ``powder_rings`` (1/0); empty = unknown."""
         def flag(v):
             return "" if v is None else str(int(bool(v)))
 
-        return [str(int(self.n_spots)), "" if self.d_min_A is None else f"{self.d_min_A:.2f}", flag(self.ice_rings),
+        return [str(int(self.n_spots)), str(int(self.n_spots_no_rings)),
+                "" if self.d_min_A is None else f"{self.d_min_A:.2f}", flag(self.ice_rings),
                 flag(self.powder_rings)]
 
 
 def frame_metrics(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> FrameMetrics:
-    """``n_spots``, ``d_min_A``, ``ice_rings``, ``powder_rings`` and the peak list of one frame.
+    """``n_spots``, ``n_spots_no_rings``, ``d_min_A``, ``ice_rings``, ``powder_rings`` and the peak list of one
+    frame.
 
     Parameters
     ----------
@@ -733,5 +867,7 @@ def frame_metrics(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Fra
     spots = find_spots(frame, config)
     d = spot_resolution(spots, frame)
     rings = ring_flags(spots.shells, frame, config)
-    return FrameMetrics(n_spots=len(spots), d_min_A=None if d is None else d_min_of(d, config.d_quantile),
-                        ice_rings=rings["ice_rings"], powder_rings=rings["powder_rings"], peaks=spots.table())
+    on_ring = ring_spots(spots, frame, config)
+    return FrameMetrics(n_spots=len(spots), n_spots_no_rings=int(len(spots) - on_ring.sum()),
+                        d_min_A=None if d is None else d_min_of(d, config.d_quantile), ice_rings=rings["ice_rings"],
+                        powder_rings=rings["powder_rings"], peaks=spots.table())

@@ -162,7 +162,7 @@ class CNNMethod:
 
     metrics : {"kept", "all", "none"}
         Which frames get the per-frame numbers of scores.csv (``n_spots``,
-        ``d_min_A``, ``ice_rings``, ``powder_rings``) and a peak list in
+        ``n_spots_no_rings``, ``d_min_A``, ``ice_rings``, ``powder_rings``) and a peak list in
         hits.cxi (:func:`diffscreen.preprocess.spots.frame_metrics`, on the
         frame read whole at native resolution): the kept frames (default; the
         whole frame is read for hits.cxi anyway, and on every frame they would
@@ -171,8 +171,8 @@ class CNNMethod:
     min_spots : int
         The spot gate (:func:`diffscreen.models.decision.spot_gate`): a frame
         the network keeps is dropped, labelled ``"miss"``, when the spot
-        finder finds fewer spots on it (its ``n_spots`` cell says so); 0: the
-        network alone.  The spots are found on the frames the network keeps,
+        finder finds fewer spots on it off every ring (its ``n_spots_no_rings``
+        cell says so); 0: the network alone.  The spots are found on the frames the network keeps,
         whatever ``metrics`` says; a frame whose spots cannot be counted
         stays kept, with a warning in errors.csv.
 
@@ -200,7 +200,7 @@ class CNNMethod:
         self.outputs = HitOutputs(self.score_columns, () if metrics == "none" else METRIC_COLUMNS)
         self.path = clf.bundle.path
         self.identity = (_file_identity(self.path) + ("" if metrics == "none" else f":metrics={metrics}")
-                         + (f":min_spots={self.min_spots}" if self.min_spots else ""))
+                         + (f":min_spots_off_rings={self.min_spots}" if self.min_spots else ""))
 
     def _decisions(self, probs) -> list[FrameDecision]:
         keep, labels = decide(probs, self.class_names)
@@ -223,7 +223,7 @@ class CNNMethod:
             d.warnings = tuple(warnings.get(indices[k], ()))
             if self.metrics == "all" or (d.keep and (self.metrics == "kept" or self.min_spots)):
                 _add_metrics(src, indices[k], d)
-            if d.keep and d.metrics is not None and not spot_gate([True], [d.metrics.n_spots], self.min_spots)[0]:
+            if d.keep and d.metrics is not None and not spot_gate([True], [d.metrics.n_spots_no_rings], self.min_spots)[0]:
                 d.keep, d.label, d.frame = False, "miss", None
             if self.metrics == "none":
                 d.metrics = d.peaks = None

@@ -77,8 +77,8 @@ from diffscreen.screen.outputs import CDIScreenSummary, RunFacts, ScreenSummary
 __all__ = ["screen", "screen_cdi", "SCORE_COLUMNS", "list_entry", "strict_json"]
 
 #: scores.csv columns of a screen with a hit/maybe/miss CNN (the per-frame numbers of issue 15 before the label)
-SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "n_spots", "d_min_A", "ice_rings", "powder_rings",
-                 "label")
+SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "n_spots", "n_spots_no_rings", "d_min_A", "ice_rings",
+                 "powder_rings", "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
 #: errors.csv rows starting with this are warnings about a frame that was classified
 WARNING = "warning: "
