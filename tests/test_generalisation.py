@@ -256,6 +256,19 @@ def test_recipes_are_compared_seed_by_seed_only_on_the_same_test_frames():
     runs = [moved | {"spot_finders": {"n_dials": 20}}, snr | {"spot_finders": peers}]
     assert g.earlier_peers(lcn["settings"], runs, 20) is peers
     assert g.earlier_peers(lcn["settings"], runs, 0) is None and g.earlier_peers(lcn["settings"], runs[:1], 20) is None
+    # with this run's spot counts, the reused peers' diffscreen spot count is scored from them, the others kept
+    old = {f: {"spots": {"mean": 0.0}, "peakfinder8": {"mean": 0.4}} for f in "ab"}
+    runs[1] = snr | {"spot_finders": {"n_dials": 20, "families": old}}
+    counts = {"counts": {}, "labels": {}}
+    for s in settings["seeds"]:
+        for k, p in enumerate(settings["train_frames"]):  # every frame kept by the count: 1 hit, 2 misses -> 0.5
+            key = f"{p}@{g.held_out_seed(s, k)}"
+            counts["counts"][key], counts["labels"][key] = [9, 9, 9], [0, 2, 2]
+    got = g.earlier_peers(lcn["settings"], runs, 20, counts)["families"]
+    assert got == {f: {"spots": {"per_seed": [0.5] * 3, "mean": 0.5, "ci95": [0.5, 0.5]},
+                       "peakfinder8": {"mean": 0.4}} for f in "ab"}
+    assert old["a"]["spots"] == {"mean": 0.0}  # the earlier run's result is not changed
+    assert g.earlier_peers(lcn["settings"], runs, 20, {"counts": counts["counts"]})["families"] is old  # no labels
     with pytest.raises(Exception, match="unknown recipe"):
         g.recipe_config("fancy")
 

@@ -106,11 +106,16 @@ def companion(res: dict, runs) -> dict | None:
                                                                                           res["settings"])), None)
 
 
-def earlier_peers(settings: dict, runs, n_dials: int) -> dict | None:
+def earlier_peers(settings: dict, runs, n_dials: int, spot_counts: dict | None = None) -> dict | None:
     """The :func:`spot_finder_peers` result of one of ``runs`` (results of :func:`run_generalisation`, any recipe)
     on the same test frames as ``settings`` and with as many DIALS frames (they depend on nothing else); None if
-    none has one."""
-    return earlier_result(settings, runs, "spot_finders", lambda sf: sf["n_dials"] == n_dials)
+    none has one.  Given this run's ``spot_counts`` (:func:`frame_spot_counts`, with labels), a copy whose
+    diffscreen spot count is scored from them (:func:`spot_count_peer`), as the gate counts today."""
+    peers = earlier_result(settings, runs, "spot_finders", lambda sf: sf["n_dials"] == n_dials)
+    if peers is None or "labels" not in (spot_counts or {}):
+        return peers
+    own = spot_count_peer(settings, spot_counts)
+    return {**peers, "families": {f: {**r, "spots": own[f]} for f, r in peers["families"].items()}}
 
 
 def earlier_result(settings: dict, runs, key: str, ok=lambda v: True):

@@ -206,16 +206,11 @@ def _write_generalisation(out: Path, res: dict) -> None:
 def _add_peers(res: dict, out: Path, dials_frames: int, workers: int, p) -> None:
     """``res["spot_finders"]``: the spot-finders on its test frames, from a run in OUT on them (with as many DIALS
     frames) or scored; diffscreen's spot count always from the run's own ``spot_counts`` (the gate's count)."""
-    import copy
-
     from diffscreen.benchmarks import generalisation as g
 
-    reuse = copy.deepcopy(g.earlier_peers(res["settings"], [res, *_generalisation_runs(out)], dials_frames))
+    reuse = g.earlier_peers(res["settings"], [res, *_generalisation_runs(out)], dials_frames, res.get("spot_counts"))
     if reuse is not None:
         p.console.print("spot-finders: the same test frames' scores from an earlier run in the folder")
-        if "labels" in res.get("spot_counts", {}):
-            for fam, r in g.spot_count_peer(res["settings"], res["spot_counts"]).items():
-                reuse["families"][fam]["spots"] = r
     res["spot_finders"] = reuse or g.spot_finder_peers(res["settings"], n_dials=dials_frames,
                                                        spot_counts=res.get("spot_counts"), workers=workers,
                                                        log=p.console.print, progress=Bar(p, "spot-finders"))

@@ -172,8 +172,8 @@ class CNNMethod:
         The spot gate (:func:`diffscreen.models.decision.spot_gate`): a frame
         the network keeps is dropped, labelled ``"miss"``, when the spot
         finder finds fewer spots on it off every ring (its ``n_spots_no_rings``
-        cell says so); 0: the network alone.  The spots are found on the frames the network keeps,
-        whatever ``metrics`` says; a frame whose spots cannot be counted
+        cell says so); 0: the network alone.  The spots are found on the
+        frames the network keeps, whatever ``metrics`` says; a frame whose spots cannot be counted
         stays kept, with a warning in errors.csv.
 
     Raises
@@ -223,7 +223,8 @@ class CNNMethod:
             d.warnings = tuple(warnings.get(indices[k], ()))
             if self.metrics == "all" or (d.keep and (self.metrics == "kept" or self.min_spots)):
                 _add_metrics(src, indices[k], d)
-            if d.keep and d.metrics is not None and not spot_gate([True], [d.metrics.n_spots_no_rings], self.min_spots)[0]:
+            counted = d.keep and d.metrics is not None
+            if counted and not spot_gate([True], [d.metrics.n_spots_no_rings], self.min_spots)[0]:
                 d.keep, d.label, d.frame = False, "miss", None
             if self.metrics == "none":
                 d.metrics = d.peaks = None

@@ -71,14 +71,14 @@ from diffscreen.io.frame import check_frame
 from diffscreen.io.geom import GeomSource, as_geometry, open_with_geometry
 from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remove_stale_parts
 from diffscreen.models.inference import Classifier
+from diffscreen.preprocess.spots import METRIC_COLUMNS
 from diffscreen.screen.method import CDIMethod, CNNMethod, as_method, decision_problem, load_cdi_model, problem_of
 from diffscreen.screen.outputs import CDIScreenSummary, RunFacts, ScreenSummary
 
 __all__ = ["screen", "screen_cdi", "SCORE_COLUMNS", "list_entry", "strict_json"]
 
 #: scores.csv columns of a screen with a hit/maybe/miss CNN (the per-frame numbers of issue 15 before the label)
-SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", "n_spots", "n_spots_no_rings", "d_min_A", "ice_rings",
-                 "powder_rings", "label")
+SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", *METRIC_COLUMNS, "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
 #: errors.csv rows starting with this are warnings about a frame that was classified
 WARNING = "warning: "
