@@ -66,7 +66,9 @@ def _cell(row, show) -> str:
     if row is None or row["label"] == "error":
         return "not screened"
     if show == "p":
-        return f"{float(row['p_hit']):.2f} / {float(row['p_maybe']):.2f} / {float(row['p_miss']):.2f} → {row['label']}"
+        spots = f" ({row['n_spots_no_rings']} of {row['n_spots']} spots off rings)" if row.get("n_spots") else ""
+        return (f"{float(row['p_hit']):.2f} / {float(row['p_maybe']):.2f} / {float(row['p_miss']):.2f} → "
+                f"{row['label']}{spots}")
     return f"{row[show]} → {row['label']}"
 
 
@@ -111,7 +113,9 @@ def main() -> None:
         *[f"| {n} | `{s['command'].strip()}` | {s['balanced_accuracy']:.3f} | {s['kept_of_hit_or_maybe']} | "
           f"{s['dropped_of_miss']} |" for n, s in summary.items()],
         "",
-        "Cells: P(hit) / P(maybe) / P(miss) → call for the networks; peaks or spots → call for the spot-finders.",
+        "Cells: P(hit) / P(maybe) / P(miss) → call for the networks, and on the frames the network keeps the spot",
+        "gate's count (`n_spots_no_rings` of `n_spots`, scores.csv; the gate drops a kept frame with fewer than 4);",
+        "peaks or spots → call for the spot-finders.",
         "",
         "| frame | detector | truth | " + " | ".join(names) + " |",
         "|---|---|---|" + "---|" * len(names),

@@ -1,6 +1,7 @@
 """Per-frame numbers (issue 15 item 4): spots, d_min, ice and powder rings; their scores.csv columns and hits.cxi peaks."""
 
 import csv
+import dataclasses
 import math
 
 import h5py
@@ -9,8 +10,9 @@ import pytest
 
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
-from diffscreen.preprocess.spots import (ICE_RINGS_D_A, METRIC_COLUMNS, _radius_of_d, count_spots_off_rings,
-                                         find_spots, frame_metrics, ring_flags, ring_spots)
+from diffscreen.preprocess.spots import (DEFAULT_SPOT_CONFIG, ICE_RINGS_D_A, METRIC_COLUMNS, Spots, _radius_of_d,
+                                         count_spots_off_rings, find_spots, fit_ring_centre, frame_metrics, ring_flags,
+                                         ring_spots)
 
 # a flat detector 100 mm from the sample, 0.1 mm pixels, 1 Å: ice's 3.90, 3.67, 3.44 Å lines at 263-299 px
 GEO = dict(pixel_size_mm=0.1, distance_mm=100.0, wavelength_A=1.0)
@@ -289,3 +291,50 @@ def test_the_spot_gate_drops_kept_frames_with_too_few_spots(tmp_path, monkeypatc
         assert [r["label"] for r in csv.DictReader(fh)] == ["hit"] * 8
     with pytest.raises(Exception, match="min_spots"):
         CNNMethod(clf, min_spots=-1)
+
+
+def _spots_at(x, y) -> Spots:
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    z = np.ones(x.size, np.float32)
+    return Spots(x=x, y=y, intensity=z, snr=z, n_pixels=z.astype(np.int32), gain=1.0, shells=None)
+
+
+def _rings_about(rng, centre, radii_grains, extra):
+    """Grains on rings ``(radius, n)`` about ``centre``, in random directions, then ``extra`` (x, y) spots."""
+    xs, ys = [], []
+    for radius, n in radii_grains:
+        a = rng.uniform(0, 2 * np.pi, n)
+        xs += list(centre[0] + radius * np.cos(a))
+        ys += list(centre[1] + radius * np.sin(a))
+    xs += [p[0] for p in extra]
+    ys += [p[1] for p in extra]
+    return _spots_at(xs, ys)
+
+
+def test_without_a_recorded_beam_centre_the_rings_give_it():
+    # three rings about (300, 220), 44 px from the frame centre the ring test would otherwise stand in with
+    true, shape = (300.0, 220.0), (SIZE, SIZE)
+    extra = [(60.0, 60.0), (450.0, 90.0), (80.0, 400.0), (420.0, 460.0), (200.0, 480.0), (30.0, 250.0)]
+    spots = _rings_about(np.random.default_rng(11), true, [(80.0, 8), (130.0, 10), (175.0, 12)], extra)
+    cx, cy = fit_ring_centre(spots, shape)
+    assert math.hypot(cx - true[0], cy - true[1]) < 1.0
+    bare = Frame(np.zeros(shape, np.float32), np.zeros(shape, bool), FrameMeta("planted", 0, "toy"))
+    on = ring_spots(spots, bare)
+    assert on.tolist() == [True] * 30 + [False] * len(extra)  # exactly the grains
+    # the frame centre as the stand-in (no fit) leaves most grains as spots, and a recorded centre is used as is
+    assert ring_spots(spots, bare, dataclasses.replace(DEFAULT_SPOT_CONFIG, ring_centre_alpha=None)).sum() < 15
+    recorded = Frame(bare.data, bare.mask, FrameMeta("planted", 0, "toy", beam_centre_px=CENTRE))
+    assert ring_spots(spots, recorded).sum() < 15
+
+
+def test_scattered_spots_give_no_ring_centre():
+    # spots of a lattice spread over the frame: the search over 1,600 centres must not make a ring of chance
+    for seed in range(5):
+        rng = np.random.default_rng(100 + seed)
+        spots = _spots_at(rng.uniform(0, SIZE, 60), rng.uniform(0, SIZE, 60))
+        assert fit_ring_centre(spots, (SIZE, SIZE)) is None
+    # one band about the best of 1,600 centres is often chance: the guard of two concentric rings is what holds
+    loose = dataclasses.replace(DEFAULT_SPOT_CONFIG, ring_centre_alpha=1e-3, ring_centre_min_rings=1)
+    found = [fit_ring_centre(_spots_at(*np.random.default_rng(100 + seed).uniform(0, SIZE, (2, 60))), (SIZE, SIZE),
+                             loose) for seed in range(5)]
+    assert sum(c is not None for c in found) >= 3

@@ -102,16 +102,24 @@ def zoom_factor(meta: FrameMeta, shape, *, s_per_px: float | None = DEFAULT_S_PE
     return float(min(max(z, ZOOM_RANGE[0]), ZOOM_RANGE[1]))
 
 
+def recorded_beam_centre(meta: FrameMeta, shape) -> tuple[float, float] | None:
+    """The beam centre ``(x, y)`` in pixels the file records, or None when it records none, or one that is not
+    finite or lies outside the frame of ``shape`` (H, W)."""
+    H, W = shape
+    bc = meta.beam_centre_px
+    if bc is not None and all(map(math.isfinite, bc)) and 0 <= bc[0] < W and 0 <= bc[1] < H:
+        return float(bc[0]), float(bc[1])
+    return None
+
+
 def beam_centre(meta: FrameMeta, shape) -> tuple[float, float]:
     """Beam centre ``(x, y)`` in pixels: from the file, else the frame centre.
 
     A recorded centre outside the frame is ignored (the frame centre is used).
     """
     H, W = shape
-    bc = meta.beam_centre_px
-    if bc is not None and all(map(math.isfinite, bc)) and 0 <= bc[0] < W and 0 <= bc[1] < H:
-        return float(bc[0]), float(bc[1])
-    return (W - 1) / 2.0, (H - 1) / 2.0
+    bc = recorded_beam_centre(meta, shape)
+    return bc if bc is not None else ((W - 1) / 2.0, (H - 1) / 2.0)
 
 
 def crop_window(centre, zoom: float, out_size: int, shift=(0.0, 0.0)) -> tuple[int, int, int]:

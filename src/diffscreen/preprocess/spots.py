@@ -89,13 +89,13 @@ from numba import njit
 
 from diffscreen.errors import ConfigError
 from diffscreen.io.frame import Frame
-from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel
+from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel, recorded_beam_centre
 from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
            "ICE_RINGS_REL",
-           "find_spots", "ring_spots", "count_spots_off_rings", "spot_resolution", "ring_flags", "frame_metrics",
-           "d_min_of"]
+           "find_spots", "ring_spots", "fit_ring_centre", "count_spots_off_rings", "spot_resolution", "ring_flags",
+           "frame_metrics", "d_min_of"]
 
 #: scores.csv columns of :class:`FrameMetrics`, in order
 METRIC_COLUMNS = ("n_spots", "n_spots_no_rings", "d_min_A", "ice_rings", "powder_rings")
@@ -175,6 +175,22 @@ class SpotConfig:
     ring_spot_widen : float
         Spots within ±(1 + ``ring_spot_widen``) half-widths of a ring spot's
         radius are on the ring too (the grains of a ring wider than the band).
+    ring_centre_alpha : float or None
+        On a frame whose file records no beam centre, a centre found from the
+        spots' rings (:func:`fit_ring_centre`) stands in for it when a band
+        about it passes the ring test at this stricter probability; None: the
+        frame centre stands in, as for every other use of the beam centre.
+    ring_centre_grid : int
+        Candidate centres of that search along each side of the frame.
+    ring_centre_max_spots : int
+        The search uses at most this many spots, the brightest (its time grows with their number).
+    ring_centre_min_rings : int
+        A fitted centre stands in only with at least this many concentric
+        rings about it (with the centre free, the search finds one band of
+        chance alignments among scattered spots far more often than two).
+        The two acceptance settings were chosen on simulated frames with their
+        beam centre taken out (``bench/ring_centre.py``): one ring scored
+        higher there only by taking chance alignments off, so two rings ship.
     """
 
     pixel_sigma: float = 4.0
@@ -203,6 +219,10 @@ class SpotConfig:
     ring_spot_window: float = 10.0
     ring_spot_merge_px: float = 8.0
     ring_spot_widen: float = 1.0
+    ring_centre_alpha: float | None = 1e-6
+    ring_centre_grid: int = 40
+    ring_centre_max_spots: int = 300
+    ring_centre_min_rings: int = 2
 
     def __post_init__(self):
         if not (self.pixel_sigma > 0 and self.spot_snr > 0 and self.clip_sigma > 0 and self.ring_sigma > 0):
@@ -219,6 +239,10 @@ class SpotConfig:
                 and self.ring_spot_merge_px >= 0 and self.ring_spot_widen >= 0):
             raise ConfigError("spots: need 0 < ring_spot_alpha < 1, ring_spot_min >= 2, ring_spot_window > 1, "
                               "ring_spot_merge_px >= 0 and ring_spot_widen >= 0")
+        if not ((self.ring_centre_alpha is None or 0 < self.ring_centre_alpha < 1) and self.ring_centre_grid >= 1
+                and self.ring_centre_max_spots >= 1 and self.ring_centre_min_rings >= 1):
+            raise ConfigError("spots: need 0 < ring_centre_alpha < 1 (or None), ring_centre_grid >= 1, "
+                              "ring_centre_max_spots >= 1 and ring_centre_min_rings >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -588,6 +612,95 @@ def _ring_spot_mask(r, x, y, alpha, min_n, window, merge_px, widen):
     return on
 
 
+@njit(cache=True, nogil=True)
+def _ring_excess(x, y, cxs, cys, window):
+    """How concentric spots at ``x``, ``y`` (P,) are about each candidate centre ``cxs``, ``cys`` (C,) → (C,).
+
+    For each spot, the spots in its band of radii (±1.5 px + 0.5 % of the radius, as :func:`_ring_spot_mask`) less
+    itself, less the number the spots within ±``window`` half-widths outside the band make likely there; summed
+    over the spots.  About 0 for spots spread over the radii, wherever the centre is; large about a ring's centre.
+    """
+    n = x.size
+    out = np.zeros(cxs.size)
+    r = np.empty(n)
+    for c in range(cxs.size):
+        for i in range(n):
+            r[i] = math.sqrt((x[i] - cxs[c]) ** 2 + (y[i] - cys[c]) ** 2)
+        rs = np.sort(r)
+        s = 0.0
+        for i in range(n):
+            h = 1.5 + 0.005 * rs[i]
+            b = np.searchsorted(rs, rs[i] + h, side="right") - np.searchsorted(rs, rs[i] - h, side="left")
+            w = (np.searchsorted(rs, rs[i] + window * h, side="right")
+                 - np.searchsorted(rs, rs[i] - window * h, side="left"))
+            s += b - 1.0 - (w - b) / (window - 1.0)
+        out[c] = s
+    return out
+
+
+def fit_ring_centre(spots: Spots, shape, config: SpotConfig = DEFAULT_SPOT_CONFIG):
+    """The centre of the powder rings among ``spots``, for a frame whose file records no beam centre.
+
+    Every ring of a powder pattern is centred on the direct beam, so the
+    spots of its grains share one radius about the beam centre and no other
+    point.  The centre is searched over the frame: a grid of
+    ``ring_centre_grid`` × ``ring_centre_grid`` candidates, then around the
+    three best, a 5 × 5 grid at half the spacing, again and again down to
+    0.25 px; the score is how many more spots share each spot's band of
+    radii than the frame's spots nearby make likely (:func:`_ring_excess`).
+    A search over so many centres finds some alignment among any spots (any
+    three lie on a circle), so the best centre counts only if
+    :func:`ring_spots`'s test, at the stricter ``ring_centre_alpha``, finds at
+    least ``ring_centre_min_rings`` concentric rings about it.  The settings were chosen
+    on simulated frames with their beam centre taken away
+    (``bench/ring_centre.py``).
+
+    Parameters
+    ----------
+    spots : Spots
+        Of the frame (:func:`find_spots`, brightest first); positions in px.
+    shape : (int, int)
+        The frame's (H, W).
+    config : SpotConfig
+
+    Returns
+    -------
+    (float, float) or None
+        The centre ``(x, y)`` in px, or None when no ring stands out.
+    """
+    c = config
+    if len(spots) < c.ring_spot_min:
+        return None
+    x, y = spots.x[: c.ring_centre_max_spots].astype(np.float64), spots.y[: c.ring_centre_max_spots].astype(np.float64)
+    H, W = shape
+    n = int(c.ring_centre_grid)
+    gx, gy = np.meshgrid((np.arange(n) + 0.5) * W / n - 0.5, (np.arange(n) + 0.5) * H / n - 0.5)
+    score = _ring_excess(x, y, gx.ravel(), gy.ravel(), float(c.ring_spot_window))
+    best = []
+    for k in np.argsort(-score, kind="stable")[:3]:
+        cx, cy, sc, step = float(gx.flat[k]), float(gy.flat[k]), float(score[k]), max(W, H) / n / 2.0
+        while step >= 0.25:
+            ox, oy = np.meshgrid(np.arange(-2, 3) * step, np.arange(-2, 3) * step)
+            cand_x, cand_y = cx + ox.ravel(), cy + oy.ravel()
+            s = _ring_excess(x, y, cand_x, cand_y, float(c.ring_spot_window))
+            j = int(np.argmax(s))
+            if s[j] > sc:
+                cx, cy, sc = float(cand_x[j]), float(cand_y[j]), float(s[j])
+            step /= 2.0
+        best.append((sc, cx, cy))
+    sc, cx, cy = max(best)
+    r = np.hypot(x - cx, y - cy)
+    on = _ring_spot_mask(r, x, y, float(c.ring_centre_alpha), int(c.ring_spot_min), float(c.ring_spot_window),
+                         float(c.ring_spot_merge_px), 0.0)
+    return (cx, cy) if _n_rings(r[on]) >= c.ring_centre_min_rings else None
+
+
+def _n_rings(r) -> int:
+    """How many rings the radii ``r`` (px) of ring spots form: runs of radii closer than two band half-widths."""
+    r = np.sort(np.asarray(r, np.float64))
+    return 0 if r.size == 0 else 1 + int((np.diff(r) > 2 * (1.5 + 0.005 * r[1:])).sum())
+
+
 def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> np.ndarray:
     """Which spots lie on a powder ring: a band of radii about the beam centre with more spots than chance.
 
@@ -608,15 +721,18 @@ def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CON
     spots outside the ice rings' resolution ranges; here the rings are found
     among the spots, wherever they are, with no geometry.  Ke et al. (2018)
     §3.3 call a frame a hit for Bragg spots from single crystals, and not for
-    water rings or diffuse scatter.  The settings were chosen on simulated
-    frames only (``docs/default_model.md``, "Rings leave the gate's count").
+    water rings or diffuse scatter.  The radii are about the beam centre the
+    file records; without one, about the centre :func:`fit_ring_centre` finds
+    (unless ``ring_centre_alpha`` is None), else the frame centre.  The
+    settings were chosen on simulated frames only (``docs/default_model.md``,
+    "Rings leave the gate's count").
 
     Parameters
     ----------
     spots : Spots
         Of ``frame`` (:func:`find_spots`).
     frame : Frame
-        For the beam centre (the frame centre when unknown, as :func:`find_spots`).
+        For its shape and recorded beam centre.
     config : SpotConfig
 
     Returns
@@ -626,9 +742,12 @@ def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CON
     """
     if len(spots) == 0:
         return np.zeros(0, bool)
-    cx, cy = beam_centre(frame.meta, frame.data.shape)
-    x, y = spots.x.astype(np.float64), spots.y.astype(np.float64)
     c = config
+    centre = recorded_beam_centre(frame.meta, frame.data.shape)
+    if centre is None and c.ring_centre_alpha is not None:
+        centre = fit_ring_centre(spots, frame.data.shape, c)
+    cx, cy = centre if centre is not None else beam_centre(frame.meta, frame.data.shape)
+    x, y = spots.x.astype(np.float64), spots.y.astype(np.float64)
     return _ring_spot_mask(np.hypot(x - cx, y - cy), x, y, float(c.ring_spot_alpha), int(c.ring_spot_min),
                            float(c.ring_spot_window), float(c.ring_spot_merge_px), float(c.ring_spot_widen))
 

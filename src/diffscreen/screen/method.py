@@ -34,7 +34,7 @@ from diffscreen.errors import ConfigError, DiffscreenError, ModelFileError
 from diffscreen.io.frame import check_frame
 from diffscreen.models.decision import KEEP_MIN_SPOTS, decide, spot_gate
 from diffscreen.preprocess.geometry import geometry_warnings
-from diffscreen.preprocess.spots import METRIC_COLUMNS, frame_metrics
+from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, METRIC_COLUMNS, frame_metrics
 from diffscreen.screen.outputs import HitOutputs, MultiLabelOutputs
 from diffscreen.screen.pipeline import predict_source
 
@@ -149,6 +149,11 @@ def problem_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
+#: How the gate's ring test finds a beam centre the file lacks, in the method's identity: a run resumed from a
+#: version that counted the spots of such frames otherwise never mixes the two counts.
+_RING_CENTRE = f"{DEFAULT_SPOT_CONFIG.ring_centre_alpha}x{DEFAULT_SPOT_CONFIG.ring_centre_min_rings}"
+
+
 class CNNMethod:
     """A trained classifier as a screening method (Ke et al. 2018 §2.1 decision).
 
@@ -200,7 +205,8 @@ class CNNMethod:
         self.outputs = HitOutputs(self.score_columns, () if metrics == "none" else METRIC_COLUMNS)
         self.path = clf.bundle.path
         self.identity = (_file_identity(self.path) + ("" if metrics == "none" else f":metrics={metrics}")
-                         + (f":min_spots_off_rings={self.min_spots}" if self.min_spots else ""))
+                         + (f":min_spots_off_rings={self.min_spots}:ring_centre={_RING_CENTRE}" if self.min_spots
+                            else ""))
 
     def _decisions(self, probs) -> list[FrameDecision]:
         keep, labels = decide(probs, self.class_names)
