@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from diffscreen.evaluate.metrics import kept_balanced_accuracy, t_interval  # noqa: E402
-from diffscreen.io.frame import CLASS_NAMES, Frame  # noqa: E402
+from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta  # noqa: E402
 from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
 from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, Spots, find_spots, ring_spots  # noqa: E402
 from diffscreen.simulate.presets import FAMILIES  # noqa: E402
@@ -74,7 +74,8 @@ def _spots_of(preset: str, seed: int, n: int) -> dict:
     return out
 
 
-def _cached(args) -> dict:
+def cached_run(args) -> dict:
+    """The spots of one (preset, seed, frames, work folder) run, simulated and found once and kept in the folder."""
     preset, seed, n, work = args
     path = work / f"{preset}@{seed}_n{n}.json"
     if not path.exists():
@@ -88,20 +89,25 @@ def _key(setting) -> str:
     return "frame centre" if setting is None else f"fit {setting[0]:g}, {setting[1]} ring{'s' * (setting[1] > 1)}"
 
 
-def _count(xy, shape, centre, setting) -> int:
-    """Spots off every ring, about ``centre`` (None: none recorded), a fitted centre accepted as ``setting`` says."""
+def spots_and_frame(xy, shape, centre) -> tuple:
+    """A :class:`Spots` at the positions ``xy`` ((x list, y list), px) and a blank frame of ``shape`` that records
+    ``centre`` (None: no beam centre), for the ring and streak tests, which need nothing else."""
     x, y = (np.asarray(v, np.float32) for v in xy)
-    if not x.size:
-        return 0
-    from diffscreen.io.frame import FrameMeta
-
     z = np.zeros(x.size, np.float32)
     spots = Spots(x=x, y=y, intensity=z, snr=z, n_pixels=z.astype(np.int32), gain=1.0, shells=None)
     frame = Frame(np.broadcast_to(np.float32(0), shape), np.broadcast_to(False, shape),
                   FrameMeta(source="sim", beam_centre_px=None if centre is None else tuple(centre)))
+    return spots, frame
+
+
+def _count(xy, shape, centre, setting) -> int:
+    """Spots off every ring, about ``centre`` (None: none recorded), a fitted centre accepted as ``setting`` says."""
+    spots, frame = spots_and_frame(xy, shape, centre)
+    if not len(spots):
+        return 0
     cfg = dataclasses.replace(DEFAULT_SPOT_CONFIG, ring_centre_alpha=None) if setting is None else dataclasses.replace(
         DEFAULT_SPOT_CONFIG, ring_centre_alpha=setting[0], ring_centre_min_rings=setting[1])
-    return int(x.size - ring_spots(spots, frame, cfg).sum())
+    return int(len(spots) - ring_spots(spots, frame, cfg).sum())
 
 
 def score(run: dict) -> dict:
@@ -152,7 +158,7 @@ def markdown(res: dict) -> str:
 def run_set(runs, frames: int, work: Path, workers: int) -> dict:
     """Scores, means, times and paired differences of one set of (preset, seed) runs."""
     with ProcessPoolExecutor(workers) as pool:
-        data = list(pool.map(_cached, [(p, s, frames, work) for p, s in runs]))
+        data = list(pool.map(cached_run, [(p, s, frames, work) for p, s in runs]))
     block = {"runs": [list(r) for r in runs], "scores": {}}
     for (p, s), run in zip(runs, data):
         block["scores"][f"{p}@{s}"] = score(run)
@@ -170,6 +176,14 @@ def run_set(runs, frames: int, work: Path, workers: int) -> dict:
     return block
 
 
+def write_outputs(res: dict, out: Path, doc: Path, page: str) -> None:
+    """Write the results' JSON to ``out`` and the Markdown ``page`` to ``doc``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    doc.write_text(page)
+    print(f"wrote {out} and {doc}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100)
@@ -183,10 +197,7 @@ def main() -> None:
            "shipped": [DEFAULT_SPOT_CONFIG.ring_centre_alpha, DEFAULT_SPOT_CONFIG.ring_centre_min_rings], "sets": {}}
     for name, seed0 in SEED_SETS.items():
         res["sets"][name] = run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work, a.workers)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
-    a.doc.write_text(markdown(res))
-    print(f"wrote {a.out} and {a.doc}")
+    write_outputs(res, a.out, a.doc, markdown(res))
 
 
 if __name__ == "__main__":

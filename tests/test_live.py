@@ -109,7 +109,7 @@ def test_replay_through_stream_gives_the_scores_of_screen(tmp_path, one_thread):
     want = _rows(tmp_path / "screened" / "scores.csv")
     got = _rows(tmp_path / "live" / "scores.csv")
     assert got[0] == ["file", "frame", "p_hit", "p_maybe", "p_miss", "n_spots", "n_spots_no_rings", "d_min_A",
-                      "ice_rings", "powder_rings", "label"]
+                      "ice_rings", "powder_rings", "jet_streak", "label"]
     assert sorted(got[1:], key=lambda r: int(r[1])) == want[1:]  # frame for frame, every cell
     kept = [r for r in want[1:] if r[-1] in ("hit", "maybe")]
     assert 0 < len(kept) < 24
@@ -262,7 +262,7 @@ def test_a_slow_classifier_drops_and_counts_frames_beyond_the_buffer(tmp_path, t
     assert (summary["frames_received"], summary["frames_dropped"], summary["frames_failed"]) == (40, s.frames_dropped, 1)
     rows = _rows(tmp_path / "live" / "scores.csv")
     assert len(rows) - 1 == s.frames_screened + s.frames_failed
-    assert ["series_1", "0", *[""] * 8, "error"] in rows  # blank probabilities and per-frame numbers
+    assert ["series_1", "0", *[""] * 9, "error"] in rows  # blank probabilities and per-frame numbers
     assert obs.dropped_n == s.frames_dropped and len(obs.frames) == s.frames_screened and len(obs.errors) == 1
     assert obs.rates and all(r > 0 for r in obs.rates)
 

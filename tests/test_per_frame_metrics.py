@@ -12,7 +12,7 @@ from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.preprocess.spots import (DEFAULT_SPOT_CONFIG, ICE_RINGS_D_A, METRIC_COLUMNS, Spots, _radius_of_d,
                                          count_spots_off_rings, find_spots, fit_ring_centre, frame_metrics, ring_flags,
-                                         ring_spots)
+                                         ring_spots, streak_spots)
 
 # a flat detector 100 mm from the sample, 0.1 mm pixels, 1 Å: ice's 3.90, 3.67, 3.44 Å lines at 263-299 px
 GEO = dict(pixel_size_mm=0.1, distance_mm=100.0, wavelength_A=1.0)
@@ -141,7 +141,7 @@ def test_d_min_of_spots_at_known_resolution():
     assert m.cells()[2] == f"{m.d_min_A:.2f}"
     no_geometry = frame_metrics(Frame(img, np.zeros(img.shape, bool), FrameMeta("planted")))
     assert no_geometry.n_spots == 7 and no_geometry.d_min_A is None and no_geometry.ice_rings is None
-    assert no_geometry.cells() == ["7", "7", "", "", ""]  # 4 spots on one radius are not a ring
+    assert no_geometry.cells() == ["7", "7", "", "", "", "0"]  # 4 spots on one radius are not a ring
 
 
 def test_ice_and_powder_flags_on_planted_rings():
@@ -205,11 +205,11 @@ def test_screen_writes_the_columns_and_the_cheetah_peaks(tmp_path):
     with open(out / "scores.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == SCORE_COLUMNS
-    assert list(rows[0])[-6:-1] == list(METRIC_COLUMNS)
+    assert list(rows[0])[-1 - len(METRIC_COLUMNS):-1] == list(METRIC_COLUMNS)
     n = [int(r["n_spots"]) for r in rows]
     assert n[1] == n[4] == 0 and abs(n[0] - 40) <= 3 and abs(n[2] - 25) <= 2 and n[3] == 6 and abs(n[5] - 60) <= 5
     for r in rows:
-        assert r["ice_rings"] == "0" and r["powder_rings"] == "0"
+        assert r["ice_rings"] == "0" and r["powder_rings"] == "0" and r["jet_streak"] == "0"
         assert (r["d_min_A"] == "") == (r["n_spots"] == "0")
         if r["d_min_A"]:  # the frame's corners reach 1/(2 sin(atan(36.1 / 100) / 2)) = 2.9 Å
             assert 2.9 <= float(r["d_min_A"]) < 10
@@ -338,3 +338,24 @@ def test_scattered_spots_give_no_ring_centre():
     found = [fit_ring_centre(_spots_at(*np.random.default_rng(100 + seed).uniform(0, SIZE, (2, 60))), (SIZE, SIZE),
                              loose) for seed in range(5)]
     assert sum(c is not None for c in found) >= 3
+
+
+def test_spots_along_a_line_through_the_beam_centre_are_a_jet_streak():
+    # a speckled jet streak: 9 spots along one line through the centre (both sides), plus the lattice
+    rng = np.random.default_rng(12)
+    angle = math.radians(4.0)
+    streak = [(CENTRE[0] + r * math.cos(angle), CENTRE[1] + r * math.sin(angle)) for r in (30, 55, 80, 110, 150, 200)]
+    streak += [(CENTRE[0] - r * math.cos(angle), CENTRE[1] - r * math.sin(angle)) for r in (40, 90, 170)]
+    fr = _ring_and_lattice(rng, 0, LATTICE + streak)
+    s = find_spots(fr)
+    assert len(s) == len(LATTICE) + len(streak)
+    on = streak_spots(s, fr)
+    d = np.abs((s.x - CENTRE[0]) * math.sin(angle) - (s.y - CENTRE[1]) * math.cos(angle))
+    assert on.tolist() == (d < 1).tolist()  # exactly the streak's spots
+    m = frame_metrics(fr)
+    assert m.jet_streak is True and m.n_spots_no_rings == len(LATTICE) == count_spots_off_rings(fr)
+    assert m.cells()[1] == str(len(LATTICE)) and m.cells()[-1] == "1"
+    # four spots on the line are still chance (the floor mean 0.5 needs 5); without the test nothing is taken off
+    few = _ring_and_lattice(rng, 0, LATTICE + streak[:4])
+    assert count_spots_off_rings(few) == len(LATTICE) + 4 and frame_metrics(few).jet_streak is False
+    assert count_spots_off_rings(fr, dataclasses.replace(DEFAULT_SPOT_CONFIG, streak_px=None)) == len(s)

@@ -38,7 +38,7 @@ def test_screen_outputs_agree_with_classifier(run, model_file, tmp_path):
     summary = screen([run], out, model=model_file, batch_size=5, chunk_size=4)
     rows = read_scores(out / "scores.csv")
     assert list(rows[0]) == ["file", "frame", "p_hit", "p_maybe", "p_miss", "n_spots", "n_spots_no_rings",
-                             "d_min_A", "ice_rings", "powder_rings", "label"]
+                             "d_min_A", "ice_rings", "powder_rings", "jet_streak", "label"]
     assert [int(r["frame"]) for r in rows] == list(range(len(LABELS)))
     clf = Classifier(model_file)
     with open_source(run) as src:

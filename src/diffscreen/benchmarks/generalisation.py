@@ -136,8 +136,8 @@ def run_generalisation(work, out_json, *, families=None, seeds=(0, 1, 2), n_test
     """Leave each detector family out in turn; train on the rest, test on it.
 
     Each left-out model decides as ``screen`` does: the network, then the spot gate on the frames it keeps
-    (:func:`~diffscreen.models.decision.spot_gate`, the spots off every ring counted on the raw test frames by
-    :func:`frame_spot_counts`).
+    (:func:`~diffscreen.models.decision.spot_gate`, the spots off every ring and streak counted on the raw test
+    frames by :func:`frame_spot_counts`).
 
     Parameters
     ----------
@@ -246,7 +246,8 @@ SPOT_KEEP = KEEP_MIN_SPOTS
 PEERS = {
     "spots": ("diffscreen spot count", f"diffscreen's spot finder (`preprocess.spots`, its defaults; the noise "
                                        f"model of the significance input), kept at ≥ {SPOT_KEEP} spots (the gate's "
-                                       "count: since stop 31, the spots off every ring)"),
+                                       "count: since stop 31, the spots off every ring, and since stop 32 "
+                                       "off every jet streak too)"),
     "peakfinder8": ("peakfinder8", "peakfinder8 with its defaults (`screen --method peakfinder8`)"),
     "dials": ("DIALS, gain 1", f"DIALS `find_spots` with its defaults (`screen --method dials`: gain 1, as a "
                                f"header without one gives), kept at ≥ {SPOT_KEEP} spots"),
@@ -388,7 +389,8 @@ def _count_job(preset: str, seed: int, n: int) -> tuple[list, list]:
 
 
 def frame_spot_counts(settings: dict, *, workers: int = 2, progress=None) -> dict:
-    """The spot gate's count (its defaults, as ``screen``: spots off every ring) on every test frame of a run.
+    """The spot gate's count (its defaults, as ``screen``: spots off every ring and streak) on every test frame of a
+    run.
 
     Parameters
     ----------
@@ -760,8 +762,11 @@ def report_markdown(res: dict, other: dict | None = None) -> str:
     ceil_head = ("noise ceiling",) if ceil else ()
     gate = st.get("min_spots", 0)
     gated = bool(gate) and all("network_per_seed" in r for r in fams.values())
-    # runs before stop 31 counted every spot; since then the gate counts the spots off every ring
-    off_rings = " off every ring" if "ring_spot_alpha" in res.get("spot_counts", {}).get("config", {}) else ""
+    # runs before stop 31 counted every spot; since then the gate counts the spots off every ring, and since stop 32
+    # off every jet streak too
+    config = res.get("spot_counts", {}).get("config", {})
+    off_rings = ((" off every ring and streak" if config.get("streak_px") else " off every ring")
+                 if "ring_spot_alpha" in config else "")
     alone_head = ("network alone",) if gated else ()
 
     def _alone(r):

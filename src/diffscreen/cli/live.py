@@ -100,7 +100,7 @@ _PUBLISH = typer.Option(None, "--publish", help="Publish each decision as JSON o
 _THREADS = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default); with --workers N, shared out among the N processes.")
 _IDLE = typer.Option(None, "--idle", min=0.0, help="Stop after this many seconds without new frames (default: run until Ctrl-C).")
 _MFP = typer.Option(100_000_000, "--max-frame-pixels", min=1, help="Refuse frames with more pixels than this.")
-_MIN_SPOTS = typer.Option(None, "--min-spots", min=0, help="Drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it off every ring, as screen --min-spots \\[4]; 0: the model alone.")
+_MIN_SPOTS = typer.Option(None, "--min-spots", min=0, help="Drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it off every ring and streak, as screen --min-spots \\[4]; 0: the model alone.")
 
 
 @friendly

@@ -141,7 +141,7 @@ def real_frame_scores(model_path, folders, *, min_spots: int | None = None) -> d
         ``{"balanced_accuracy"`` (of the keep decision,
         :func:`~diffscreen.evaluate.metrics.kept_balanced_accuracy`),
         ``"frames": {name: {"label", "p", "n_spots", "call"}}, "unread": [...]}``; ``n_spots`` is the gate's count
-        (spots off every ring, :func:`~diffscreen.preprocess.spots.count_spots_off_rings`), None where the
+        (spots off every ring and streak, :func:`~diffscreen.preprocess.spots.count_spots_off_rings`), None where the
         spots were not counted (the network dropped the frame, or no gate).
     """
     from diffscreen.errors import DiffscreenError

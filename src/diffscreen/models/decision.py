@@ -5,12 +5,13 @@ hit-or-maybe probability exceeds 0.5 (winner takes all over the two groups).
 
 ``diffscreen screen`` then drops a frame the network keeps when the spot
 finder (:func:`diffscreen.preprocess.spots.find_spots`) finds fewer than
-:data:`KEEP_MIN_SPOTS` Bragg spots on it off every powder ring
+:data:`KEEP_MIN_SPOTS` Bragg spots on it off every powder ring and jet streak
 (:func:`diffscreen.preprocess.spots.count_spots_off_rings`, scores.csv's
 ``n_spots_no_rings``): by Ke et al. (2018) §3.3.1's definition of the classes,
 a *maybe* has 4–9 spots and a *hit* 10 or more, so a frame with fewer is a
 *miss*; and their hits have Bragg spots from single crystals, not rings
-(§3.3), so the grains of a powder or ice ring do not count.  The spot
+(§3.3), so the grains of a powder or ice ring do not count, nor do the
+speckles of a liquid jet's streak (§3.1).  The spot
 finder's noise model is estimated from each frame, so the gate holds on detectors the network never saw
 (docs/benchmarks/generalisation.md), where the network alone keeps most
 misses.
@@ -82,7 +83,7 @@ def spot_gate(keep, n_spots, min_spots: int = KEEP_MIN_SPOTS) -> np.ndarray:
     keep : (N,) bool array_like
         The network's decision (:func:`decide`).
     n_spots : (N,) int array_like
-        Spots found on each frame off every ring
+        Spots found on each frame off every ring and streak
         (:func:`diffscreen.preprocess.spots.count_spots_off_rings`).
     min_spots : int
         0 leaves ``keep`` as it is.

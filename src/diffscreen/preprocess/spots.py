@@ -94,11 +94,11 @@ from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
            "ICE_RINGS_REL",
-           "find_spots", "ring_spots", "fit_ring_centre", "count_spots_off_rings", "spot_resolution", "ring_flags",
-           "frame_metrics", "d_min_of"]
+           "find_spots", "ring_spots", "streak_spots", "ring_and_streak_spots", "feature_centre", "fit_ring_centre",
+           "count_spots_off_rings", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
 
 #: scores.csv columns of :class:`FrameMetrics`, in order
-METRIC_COLUMNS = ("n_spots", "n_spots_no_rings", "d_min_A", "ice_rings", "powder_rings")
+METRIC_COLUMNS = ("n_spots", "n_spots_no_rings", "d_min_A", "ice_rings", "powder_rings", "jet_streak")
 
 #: Hexagonal ice Ih powder lines, d in Å (the strong (100), (002), (101) and the weaker (102), (110), (103),
 #: (112)); the lines :data:`diffscreen.simulate.presets.ICE_RINGS_D_A` draws (copied: preprocess does not
@@ -191,6 +191,9 @@ class SpotConfig:
         The two acceptance settings were chosen on simulated frames with their
         beam centre taken out (``bench/ring_centre.py``): one ring scored
         higher there only by taking chance alignments off, so two rings ship.
+    streak_px : float or None
+        Spots within this distance (px) of one line through the beam centre
+        make a jet streak (:func:`streak_spots`); None: no streak test.
     """
 
     pixel_sigma: float = 4.0
@@ -223,6 +226,7 @@ class SpotConfig:
     ring_centre_grid: int = 40
     ring_centre_max_spots: int = 300
     ring_centre_min_rings: int = 2
+    streak_px: float | None = 3.0
 
     def __post_init__(self):
         if not (self.pixel_sigma > 0 and self.spot_snr > 0 and self.clip_sigma > 0 and self.ring_sigma > 0):
@@ -240,9 +244,10 @@ class SpotConfig:
             raise ConfigError("spots: need 0 < ring_spot_alpha < 1, ring_spot_min >= 2, ring_spot_window > 1, "
                               "ring_spot_merge_px >= 0 and ring_spot_widen >= 0")
         if not ((self.ring_centre_alpha is None or 0 < self.ring_centre_alpha < 1) and self.ring_centre_grid >= 1
-                and self.ring_centre_max_spots >= 1 and self.ring_centre_min_rings >= 1):
+                and self.ring_centre_max_spots >= 1 and self.ring_centre_min_rings >= 1
+                and (self.streak_px is None or self.streak_px > 0)):
             raise ConfigError("spots: need 0 < ring_centre_alpha < 1 (or None), ring_centre_grid >= 1, "
-                              "ring_centre_max_spots >= 1 and ring_centre_min_rings >= 1")
+                              "ring_centre_max_spots >= 1, ring_centre_min_rings >= 1 and streak_px > 0 (or None)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -560,6 +565,37 @@ def d_min_of(d_A, quantile: float = DEFAULT_SPOT_CONFIG.d_quantile) -> float | N
 
 
 @njit(cache=True, nogil=True)
+def _poisson_need(lam, alpha, min_n):
+    """The fewest spots a band or line needs: the least ``m`` ≥ ``min_n`` with P(X ≥ m) < ``alpha`` for
+    X ~ Poisson(``lam``)."""
+    need, cdf, log_lam = 0, 0.0, math.log(lam)
+    while 1.0 - cdf >= alpha:
+        cdf += math.exp(-lam + need * log_lam - math.lgamma(need + 1.0))
+        need += 1
+    return max(need, min_n)
+
+
+@njit(cache=True, nogil=True)
+def _distinct_at_least(x, y, idx, need, merge_px, kept):
+    """Whether the spots ``idx`` hold ``need`` spots farther than ``merge_px`` apart (greedy, in order; ``kept`` is
+    scratch of at least ``need`` elements)."""
+    m = 0
+    for j in idx:
+        far = True
+        for q in range(m):
+            k = kept[q]
+            if (x[j] - x[k]) ** 2 + (y[j] - y[k]) ** 2 <= merge_px * merge_px:
+                far = False
+                break
+        if far:
+            kept[m] = j
+            m += 1
+            if m >= need:
+                return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def _ring_spot_mask(r, x, y, alpha, min_n, window, merge_px, widen):
     """:func:`ring_spots` on spot radii ``r`` (P,) and positions ``x``, ``y`` (P,), px → (P,) bool."""
     n = r.size
@@ -575,29 +611,8 @@ def _ring_spot_mask(r, x, y, alpha, min_n, window, merge_px, widen):
             continue
         wlo = np.searchsorted(rs, rs[i] - window * h[i], side="left")
         whi = np.searchsorted(rs, rs[i] + window * h[i], side="right")
-        lam = max((whi - wlo - (hi - lo)) / (window - 1.0), 0.5)
-        # the fewest spots a band needs: P(X >= need) < alpha for X ~ Poisson(lam)
-        need, cdf, log_lam = 0, 0.0, math.log(lam)
-        while 1.0 - cdf >= alpha:
-            cdf += math.exp(-lam + need * log_lam - math.lgamma(need + 1.0))
-            need += 1
-        need = max(need, min_n)
-        if hi - lo < need:
-            continue
-        m = 0
-        for j in range(lo, hi):
-            far = True
-            for q in range(m):
-                k = kept[q]
-                if (xs[j] - xs[k]) ** 2 + (ys[j] - ys[k]) ** 2 <= merge_px * merge_px:
-                    far = False
-                    break
-            if far:
-                kept[m] = j
-                m += 1
-                if m >= need:
-                    break
-        if m >= need:
+        need = _poisson_need(max((whi - wlo - (hi - lo)) / (window - 1.0), 0.5), alpha, min_n)
+        if hi - lo >= need and _distinct_at_least(xs, ys, np.arange(lo, hi), need, merge_px, kept):
             flag[lo:hi] = True
     edge = np.zeros(n + 1, np.int64)
     for i in range(n):
@@ -701,7 +716,7 @@ def _n_rings(r) -> int:
     return 0 if r.size == 0 else 1 + int((np.diff(r) > 2 * (1.5 + 0.005 * r[1:])).sum())
 
 
-def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> np.ndarray:
+def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG, centre=None) -> np.ndarray:
     """Which spots lie on a powder ring: a band of radii about the beam centre with more spots than chance.
 
     A powder or ice ring with grains (a salt, a frozen drop, the sample's own
@@ -734,6 +749,8 @@ def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CON
     frame : Frame
         For its shape and recorded beam centre.
     config : SpotConfig
+    centre : (float, float), optional
+        The centre to use, px (default: :func:`feature_centre`).
 
     Returns
     -------
@@ -743,20 +760,114 @@ def ring_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CON
     if len(spots) == 0:
         return np.zeros(0, bool)
     c = config
-    centre = recorded_beam_centre(frame.meta, frame.data.shape)
-    if centre is None and c.ring_centre_alpha is not None:
-        centre = fit_ring_centre(spots, frame.data.shape, c)
-    cx, cy = centre if centre is not None else beam_centre(frame.meta, frame.data.shape)
+    cx, cy = feature_centre(spots, frame, c) if centre is None else centre
     x, y = spots.x.astype(np.float64), spots.y.astype(np.float64)
     return _ring_spot_mask(np.hypot(x - cx, y - cy), x, y, float(c.ring_spot_alpha), int(c.ring_spot_min),
                            float(c.ring_spot_window), float(c.ring_spot_merge_px), float(c.ring_spot_widen))
 
 
+def feature_centre(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> tuple[float, float]:
+    """The centre of the ring and streak tests: the beam centre the file records; without one, the rings' centre
+    (:func:`fit_ring_centre`, unless ``config.ring_centre_alpha`` is None); else the frame centre. ``(x, y)``, px."""
+    centre = recorded_beam_centre(frame.meta, frame.data.shape)
+    if centre is None and config.ring_centre_alpha is not None:
+        centre = fit_ring_centre(spots, frame.data.shape, config)
+    return centre if centre is not None else beam_centre(frame.meta, frame.data.shape)
+
+
+@njit(cache=True, nogil=True)
+def _streak_spot_mask(x, y, cx, cy, tol, alpha, min_n, merge_px):
+    """:func:`streak_spots` on spot positions ``x``, ``y`` (P,) about the centre ``cx``, ``cy``, px → (P,) bool."""
+    n = x.size
+    dx, dy = x - cx, y - cy
+    r = np.sqrt(dx * dx + dy * dy)
+    use = r > 2.0 * tol
+    # the chance that a spot at radius r lies within tol of a given line through the centre, its azimuth random
+    p_in = np.zeros(n)
+    total = 0.0
+    for j in range(n):
+        if use[j]:
+            p_in[j] = min(1.0, 2.0 * tol / (math.pi * r[j]))
+            total += p_in[j]
+    on = np.zeros(n, np.bool_)
+    members = np.empty(n, np.int64)
+    kept = np.empty(n, np.int64)
+    for i in range(n):
+        if not use[i]:
+            continue
+        s, c = dy[i] / r[i], dx[i] / r[i]
+        k = 0
+        for j in range(n):
+            if use[j] and abs(dx[j] * s - dy[j] * c) <= tol:
+                members[k] = j
+                k += 1
+        if k < min_n:
+            continue
+        need = _poisson_need(max(total - p_in[i], 0.5), alpha, min_n)
+        if k >= need and _distinct_at_least(x, y, members[:k], need, merge_px, kept):
+            for q in range(k):
+                on[members[q]] = True
+    return on
+
+
+def streak_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG, centre=None) -> np.ndarray:
+    """Which spots lie on a streak through the beam centre: a liquid jet's streak (Ke et al. 2018 §3.1).
+
+    The jet, or any thin sheet of liquid in the beam, scatters into a line
+    through the beam centre, perpendicular to it, and a speckled line gives the
+    spot finder a row of spots along one line through the centre.  The Bragg
+    spots of a crystal spread over the azimuths.  For each spot, its line is
+    the line through the centre (:func:`feature_centre`) and the spot; the
+    spots within ``streak_px`` of it (on both sides of the centre, and
+    farther than 2 ``streak_px`` from the centre) are its members.  The line is
+    a streak when its members hold ``m`` distinct spots (closer than
+    ``ring_spot_merge_px`` count once) and ``P(X ≥ m) < ring_spot_alpha`` for
+    ``X`` Poisson with the mean the frame's other spots give the line: each
+    spot at radius ``r`` lies within ``streak_px`` of a given line through the
+    centre with probability ``2 streak_px / (π r)`` if its azimuth is random
+    (at least 0.5 in all, so that a line needs 5 distinct spots).  The counterpart of
+    :func:`ring_spots`, with azimuth and radius swapped; the settings were
+    chosen on simulated frames only (``docs/default_model.md``, "A jet streak
+    leaves the gate's count too").
+
+    Parameters
+    ----------
+    spots : Spots
+        Of ``frame`` (:func:`find_spots`).
+    frame : Frame
+        For its shape and recorded beam centre.
+    config : SpotConfig
+        ``streak_px`` None: no streak test (no spot is on one).
+    centre : (float, float), optional
+        The centre to use, px (default: :func:`feature_centre`).
+
+    Returns
+    -------
+    (P,) bool ndarray
+        True for the spots on a streak.
+    """
+    c = config
+    if len(spots) == 0 or c.streak_px is None:
+        return np.zeros(len(spots), bool)
+    cx, cy = feature_centre(spots, frame, c) if centre is None else centre
+    return _streak_spot_mask(spots.x.astype(np.float64), spots.y.astype(np.float64), float(cx), float(cy),
+                             float(c.streak_px), float(c.ring_spot_alpha), int(c.ring_spot_min),
+                             float(c.ring_spot_merge_px))
+
+
+def ring_and_streak_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG):
+    """:func:`ring_spots` and :func:`streak_spots` about one :func:`feature_centre` → two (P,) bool ndarrays."""
+    centre = feature_centre(spots, frame, config) if len(spots) else None
+    return ring_spots(spots, frame, config, centre), streak_spots(spots, frame, config, centre)
+
+
 def count_spots_off_rings(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> int:
-    """``n_spots_no_rings`` of one frame: the spots :func:`find_spots` finds that :func:`ring_spots` leaves off
-    every ring (the spot gate's count, :func:`diffscreen.models.decision.spot_gate`)."""
+    """``n_spots_no_rings`` of one frame: the spots :func:`find_spots` finds off every ring (:func:`ring_spots`)
+    and off a jet streak (:func:`streak_spots`), the spot gate's count
+    (:func:`diffscreen.models.decision.spot_gate`)."""
     spots = find_spots(frame, config)
-    return int(len(spots) - ring_spots(spots, frame, config).sum())
+    on_ring, on_streak = ring_and_streak_spots(spots, frame, config)
+    return int(len(spots) - (on_ring | on_streak).sum())
 
 
 def _running_median(a: np.ndarray, window: int) -> np.ndarray:
@@ -943,11 +1054,14 @@ class FrameMetrics:
     ----------
     n_spots : int
     n_spots_no_rings : int
-        The spots not on a ring (:func:`ring_spots`): what the spot gate counts.
+        The spots not on a ring (:func:`ring_spots`) nor on a jet streak
+        (:func:`streak_spots`): what the spot gate counts.
     d_min_A : float or None
         None without geometry or without a spot.
     ice_rings, powder_rings : bool or None
         None without geometry.
+    jet_streak : bool
+        Some spots lie on a streak through the beam centre.
     peaks : (P, 4) float32 ndarray
         x, y, intensity, SNR of the spots (hits.cxi's Cheetah peak list).
     """
@@ -957,22 +1071,23 @@ class FrameMetrics:
     d_min_A: float | None
     ice_rings: bool | None
     powder_rings: bool | None
+    jet_streak: bool
     peaks: np.ndarray
 
     def cells(self) -> list[str]:
         """scores.csv cells: ``n_spots``, ``n_spots_no_rings``, ``d_min_A`` (Å, 2 decimals), ``ice_rings``,
-        ``powder_rings`` (1/0); empty = unknown."""
+        ``powder_rings``, ``jet_streak`` (1/0); empty = unknown."""
         def flag(v):
             return "" if v is None else str(int(bool(v)))
 
         return [str(int(self.n_spots)), str(int(self.n_spots_no_rings)),
                 "" if self.d_min_A is None else f"{self.d_min_A:.2f}", flag(self.ice_rings),
-                flag(self.powder_rings)]
+                flag(self.powder_rings), flag(self.jet_streak)]
 
 
 def frame_metrics(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> FrameMetrics:
-    """``n_spots``, ``n_spots_no_rings``, ``d_min_A``, ``ice_rings``, ``powder_rings`` and the peak list of one
-    frame.
+    """``n_spots``, ``n_spots_no_rings``, ``d_min_A``, ``ice_rings``, ``powder_rings``, ``jet_streak`` and the peak
+    list of one frame.
 
     Parameters
     ----------
@@ -986,7 +1101,7 @@ def frame_metrics(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Fra
     spots = find_spots(frame, config)
     d = spot_resolution(spots, frame)
     rings = ring_flags(spots.shells, frame, config)
-    on_ring = ring_spots(spots, frame, config)
-    return FrameMetrics(n_spots=len(spots), n_spots_no_rings=int(len(spots) - on_ring.sum()),
+    on_ring, on_streak = ring_and_streak_spots(spots, frame, config)
+    return FrameMetrics(n_spots=len(spots), n_spots_no_rings=int(len(spots) - (on_ring | on_streak).sum()),
                         d_min_A=None if d is None else d_min_of(d, config.d_quantile), ice_rings=rings["ice_rings"],
-                        powder_rings=rings["powder_rings"], peaks=spots.table())
+                        powder_rings=rings["powder_rings"], jet_streak=bool(on_streak.any()), peaks=spots.table())

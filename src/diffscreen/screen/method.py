@@ -149,9 +149,10 @@ def problem_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
-#: How the gate's ring test finds a beam centre the file lacks, in the method's identity: a run resumed from a
-#: version that counted the spots of such frames otherwise never mixes the two counts.
-_RING_CENTRE = f"{DEFAULT_SPOT_CONFIG.ring_centre_alpha}x{DEFAULT_SPOT_CONFIG.ring_centre_min_rings}"
+#: How the gate counts, in the method's identity (the ring test's centre where the file records none, the streak
+#: test's half-width): a run resumed from a version that counted otherwise never mixes the two counts.
+_GATE_COUNT = (f"ring_centre={DEFAULT_SPOT_CONFIG.ring_centre_alpha}x{DEFAULT_SPOT_CONFIG.ring_centre_min_rings}"
+               f":streak_px={DEFAULT_SPOT_CONFIG.streak_px}")
 
 
 class CNNMethod:
@@ -167,8 +168,8 @@ class CNNMethod:
 
     metrics : {"kept", "all", "none"}
         Which frames get the per-frame numbers of scores.csv (``n_spots``,
-        ``n_spots_no_rings``, ``d_min_A``, ``ice_rings``, ``powder_rings``) and a peak list in
-        hits.cxi (:func:`diffscreen.preprocess.spots.frame_metrics`, on the
+        ``n_spots_no_rings``, ``d_min_A``, ``ice_rings``, ``powder_rings``, ``jet_streak``) and a peak
+        list in hits.cxi (:func:`diffscreen.preprocess.spots.frame_metrics`, on the
         frame read whole at native resolution): the kept frames (default; the
         whole frame is read for hits.cxi anyway, and on every frame they would
         cost more than the 10 % of throughput issue 15 allows,
@@ -176,8 +177,8 @@ class CNNMethod:
     min_spots : int
         The spot gate (:func:`diffscreen.models.decision.spot_gate`): a frame
         the network keeps is dropped, labelled ``"miss"``, when the spot
-        finder finds fewer spots on it off every ring (its ``n_spots_no_rings``
-        cell says so); 0: the network alone.  The spots are found on the
+        finder finds fewer spots on it off every ring and jet streak (its
+        ``n_spots_no_rings`` cell says so); 0: the network alone.  The spots are found on the
         frames the network keeps, whatever ``metrics`` says; a frame whose spots cannot be counted
         stays kept, with a warning in errors.csv.
 
@@ -205,7 +206,7 @@ class CNNMethod:
         self.outputs = HitOutputs(self.score_columns, () if metrics == "none" else METRIC_COLUMNS)
         self.path = clf.bundle.path
         self.identity = (_file_identity(self.path) + ("" if metrics == "none" else f":metrics={metrics}")
-                         + (f":min_spots_off_rings={self.min_spots}:ring_centre={_RING_CENTRE}" if self.min_spots
+                         + (f":min_spots_off_rings={self.min_spots}:{_GATE_COUNT}" if self.min_spots
                             else ""))
 
     def _decisions(self, probs) -> list[FrameDecision]:

@@ -147,7 +147,7 @@ class HitOutputs:
         The method's score names (``p_hit, p_maybe, p_miss``; ``n_peaks``).
     metric_columns : sequence of str
         Per-frame numbers after the scores (a CNN's ``n_spots, n_spots_no_rings, d_min_A,
-        ice_rings, powder_rings``, :data:`diffscreen.preprocess.spots.METRIC_COLUMNS`):
+        ice_rings, powder_rings, jet_streak``, :data:`diffscreen.preprocess.spots.METRIC_COLUMNS`):
         the cells of the decision's ``metrics`` (``metrics.cells()``), empty
         when the frame has none.
     """
