@@ -66,7 +66,8 @@ def _cell(row, show) -> str:
     if row is None or row["label"] == "error":
         return "not screened"
     if show == "p":
-        spots = f" ({row['n_spots_no_rings']} of {row['n_spots']} spots off rings and streaks)" if row.get("n_spots") else ""
+        spots = (f" ({row['n_spots_no_rings']} of {row['n_spots']} spots off rings and streaks)"
+                 if row.get("n_spots") else "")
         return (f"{float(row['p_hit']):.2f} / {float(row['p_maybe']):.2f} / {float(row['p_miss']):.2f} → "
                 f"{row['label']}{spots}")
     return f"{row[show]} → {row['label']}"

@@ -33,7 +33,7 @@ def screen(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore results of an interrupted earlier run."),
     threads: int = typer.Option(0, min=0, help="Torch and BLAS threads (0: PyTorch default; under mpirun each rank's share of the cores)."),
     method: Method = typer.Option(Method.cnn, help="cnn: the model; peakfinder8: Cheetah's spot-finder as hit-finder; dials: DIALS's spot-finder (python3-dials), hit at >= 10 spots, maybe at 4-9 (Ke 2018)."),
-    min_spots: Optional[int] = typer.Option(None, "--min-spots", min=0, help="cnn: drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it off every powder or ice ring (Ke 2018: a maybe has 4-9) \\[4]; 0: the model alone."),
+    min_spots: Optional[int] = typer.Option(None, "--min-spots", min=0, help="cnn: drop a frame the model keeps when diffscreen's spot finder finds fewer Bragg spots on it off every powder or ice ring and jet streak (Ke 2018: a maybe has 4-9) \\[4]; 0: the model alone."),
     pf8_settings: Optional[Path] = typer.Option(None, help="JSON of peakfinder8 settings (e.g. from tune-peakfinder8); options below override it.", rich_help_panel=_PF8),
     adc_threshold: Optional[float] = typer.Option(None, help="Minimum peak pixel value, ADU [100].", rich_help_panel=_PF8),
     min_snr: Optional[float] = typer.Option(None, help="Minimum signal-to-noise ratio [5].", rich_help_panel=_PF8),
@@ -59,12 +59,14 @@ def screen(
 ):
     """Classify every frame as hit / maybe / miss and keep the hits.
 
-    Writes OUT/scores.csv (file,frame,p_hit,p_maybe,p_miss,label), OUT/hits.lst
-    (CrystFEL list of kept frames), OUT/hits.cxi (their raw pixels), OUT/errors.csv
-    and OUT/summary.json.  A frame is kept when P(hit) + P(maybe) > P(miss)
-    (Ke et al. 2018) and diffscreen's spot finder finds at least --min-spots
-    Bragg spots on it (4: Ke's "maybe"); a frame the model keeps with fewer is
-    labelled miss, and its n_spots column says why.  With --method peakfinder8 a frame is a hit when it has at
+    Writes OUT/scores.csv (file,frame,p_hit,p_maybe,p_miss, the per-frame numbers
+    n_spots,n_spots_no_rings,d_min_A,ice_rings,powder_rings,jet_streak, label),
+    OUT/hits.lst (CrystFEL list of kept frames), OUT/hits.cxi (their raw pixels),
+    OUT/errors.csv and OUT/summary.json.  A frame is kept when P(hit) + P(maybe)
+    > P(miss) (Ke et al. 2018) and diffscreen's spot finder finds at least
+    --min-spots Bragg spots on it (4: Ke's "maybe") off every powder or ice ring
+    and jet streak; a frame the model keeps with fewer is labelled miss, and its
+    n_spots_no_rings column says why.  With --method peakfinder8 a frame is a hit when it has at
     least --min-peaks peaks; scores.csv then holds n_peaks and hits.cxi the
     peaks (Cheetah/CrystFEL layout).  An interrupted run resumes when started
     again; a second run into the same OUT is refused while the first runs.

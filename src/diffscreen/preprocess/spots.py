@@ -1,8 +1,11 @@
 """Per-frame numbers with the preprocessing's noise model: spots, resolution, ice and powder rings.
 
 What ``diffscreen screen`` writes after the probabilities in scores.csv
-(``n_spots``, ``d_min_A``, ``ice_rings``, ``powder_rings``) and what it
-stores as the kept frames' peak lists in hits.cxi.  Everything is computed on
+(:data:`METRIC_COLUMNS`: ``n_spots``, ``n_spots_no_rings``, ``d_min_A``,
+``ice_rings``, ``powder_rings``, ``jet_streak``) and what it stores as the
+kept frames' peak lists in hits.cxi.  ``n_spots_no_rings``, the spot gate's
+count, leaves out the spots on powder or ice rings (:func:`ring_spots`) and
+on a jet streak (:func:`streak_spots`).  Everything is computed on
 the frame at native detector resolution, from one set of per-shell background
 statistics: those of the significance input of the network
 (:mod:`diffscreen.preprocess.significance`), here over 1-pixel rings of the
