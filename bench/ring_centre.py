@@ -125,13 +125,29 @@ def score(run: dict) -> dict:
     return res
 
 
-def _table(block: dict, keys) -> list:
-    """One seed set's per-preset table and its paired differences to the frame centre."""
+def preset_table(block: dict, keys) -> list:
+    """Markdown rows of one seed set: each preset's balanced accuracy per setting in ``keys``, then their means."""
     lines = ["| preset | seed | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for p, s in block["runs"]:
         r = block["scores"][f"{p}@{s}"]
         lines.append(f"| {p} | {s} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{block['mean'][k]:.3f}**" for k in keys) + " |")
+    return lines + ["| **mean** | | " + " | ".join(f"**{block['mean'][k]:.3f}**" for k in keys) + " |"]
+
+
+def means_and_paired(scores: list, keys, base: str) -> tuple[dict, dict]:
+    """Per setting in ``keys``: the mean over the presets' ``scores`` (dicts setting → balanced accuracy), and the
+    mean and 95 % t-interval of its paired difference to setting ``base``."""
+    ref = np.array([r[base] for r in scores])
+    paired = {}
+    for k in keys:
+        m, lo, hi = t_interval(np.array([r[k] for r in scores]) - ref)
+        paired[k] = {"mean": m, "lo": lo, "hi": hi}
+    return {k: float(np.mean([r[k] for r in scores])) for k in keys}, paired
+
+
+def _table(block: dict, keys) -> list:
+    """One seed set's per-preset table and its paired differences to the frame centre."""
+    lines = preset_table(block, keys)
     lines += ["", "Against the frame centre, paired over the presets (mean difference, 95 % t-interval; the "
               "difference is established where the interval excludes 0), and the ring test's time per frame:", "",
               "| centre | difference | ms a frame |", "|---|---|---|"]
@@ -166,13 +182,8 @@ def run_set(runs, frames: int, work: Path, workers: int) -> dict:
               flush=True)
     scores = list(block["scores"].values())
     keys = [k for k in scores[0] if not k.endswith(" ms")]
-    block["mean"] = {k: float(np.mean([r[k] for r in scores])) for k in keys}
+    block["mean"], block["paired"] = means_and_paired(scores, keys, "frame centre")
     block["ms"] = {k: float(np.mean([r[f"{k} ms"] for r in scores])) for k in keys if k != "recorded centre"}
-    base = np.array([r["frame centre"] for r in scores])
-    block["paired"] = {}
-    for k in keys:
-        m, lo, hi = t_interval(np.array([r[k] for r in scores]) - base)
-        block["paired"][k] = {"mean": m, "lo": lo, "hi": hi}
     return block
 
 

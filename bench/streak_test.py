@@ -30,9 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ring_centre import SEED_SETS, cached_run, presets, spots_and_frame, write_outputs  # noqa: E402
+from ring_centre import (SEED_SETS, cached_run, means_and_paired, preset_table, presets,  # noqa: E402
+                         spots_and_frame, write_outputs)
 
-from diffscreen.evaluate.metrics import kept_balanced_accuracy, t_interval  # noqa: E402
+from diffscreen.evaluate.metrics import kept_balanced_accuracy  # noqa: E402
 from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
 from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, ring_spots, streak_spots  # noqa: E402
 
@@ -66,14 +67,9 @@ def run_set(runs, frames: int, work: Path) -> dict:
                 np.array([_count(xy, run["shape"], c, st) for xy, c in zip(run["true"], run["centres"])])
                 >= KEEP_MIN_SPOTS, y) for st in SETTINGS}
         print(p, s, {k: round(v, 3) for k, v in block["scores"][f"{p}@{s}"].items()}, flush=True)
-    scores = list(block["scores"].values())
     keys = [_key(st) for st in SETTINGS]
-    block["mean"] = {k: float(np.mean([r[k] for r in scores])) for k in keys}
-    base = np.array([r[keys[0]] for r in scores])
-    block["paired"] = {}
-    for k in keys[1:]:
-        m, lo, hi = t_interval(np.array([r[k] for r in scores]) - base)
-        block["paired"][k] = {"mean": m, "lo": lo, "hi": hi}
+    block["mean"], paired = means_and_paired(list(block["scores"].values()), keys, keys[0])
+    block["paired"] = {k: paired[k] for k in keys[1:]}
     return block
 
 
@@ -85,12 +81,7 @@ def markdown(res: dict) -> str:
              f"{KEEP_MIN_SPOTS} spots).  The shipped setting is `streak_px = {res['shipped'][0]:g}`, "
              f"`ring_spot_alpha = {res['shipped'][1]:g}`."]
     for name, block in res["sets"].items():
-        lines += ["", f"## {name}", "", "| preset | seed | " + " | ".join(keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]
-        for p, s in block["runs"]:
-            r = block["scores"][f"{p}@{s}"]
-            lines.append(f"| {p} | {s} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-        lines.append("| **mean** | | " + " | ".join(f"**{block['mean'][k]:.3f}**" for k in keys) + " |")
+        lines += ["", f"## {name}", ""] + preset_table(block, keys)
         lines += ["", "Against the rings alone, paired over the presets (mean difference, 95 % t-interval):", "",
                   "| test | difference |", "|---|---|"]
         lines += [f"| {k} | {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] |" for k, d in block["paired"].items()]
