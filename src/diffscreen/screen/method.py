@@ -24,6 +24,7 @@ decisions are written to scores.csv and counted in summary.json.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -149,10 +150,10 @@ def problem_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
-#: How the gate counts, in the method's identity (the ring test's centre where the file records none, the streak
-#: test's half-width): a run resumed from a version that counted otherwise never mixes the two counts.
-_GATE_COUNT = (f"ring_centre={DEFAULT_SPOT_CONFIG.ring_centre_alpha}x{DEFAULT_SPOT_CONFIG.ring_centre_min_rings}"
-               f":streak_px={DEFAULT_SPOT_CONFIG.streak_px}")
+#: How the gate counts, in the method's identity: a digest of every setting of the spot finder and of its ring and
+#: streak tests, so that a run resumed from a version that counted otherwise never mixes the two counts.
+_GATE_COUNT = "spots=" + hashlib.sha256(
+    json.dumps(DEFAULT_SPOT_CONFIG.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 class CNNMethod:
