@@ -74,15 +74,20 @@ def _spots_of(preset: str, seed: int, n: int) -> dict:
     return out
 
 
+def cached_json(path: Path, compute) -> dict:
+    """``compute()``'s result, computed once and kept at ``path`` as JSON (written to a temporary name, then
+    renamed)."""
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(compute()))
+        tmp.replace(path)
+    return json.loads(path.read_text())
+
+
 def cached_run(args) -> dict:
     """The spots of one (preset, seed, frames, work folder) run, simulated and found once and kept in the folder."""
     preset, seed, n, work = args
-    path = work / f"{preset}@{seed}_n{n}.json"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_spots_of(preset, seed, n)))
-        tmp.replace(path)
-    return json.loads(path.read_text())
+    return cached_json(work / f"{preset}@{seed}_n{n}.json", lambda: _spots_of(preset, seed, n))
 
 
 def _key(setting) -> str:
@@ -158,14 +163,19 @@ def _table(block: dict, keys) -> list:
     return lines
 
 
+def page_head(title: str, doc: str, frames: int, cells: str) -> list:
+    """The first lines of a bench page: the ``title``, the description paragraph of the bench's docstring ``doc``
+    (the one after its usage), and ``cells``, what a cell of its tables holds."""
+    return [f"# {title}", "", doc.split("\n\n")[3].replace("\n", " "), "",
+            f"{frames} frames a preset.  Cells: balanced accuracy of the spot count alone {cells}"]
+
+
 def markdown(res: dict) -> str:
     keys = ["recorded centre"] + [_key(st) for st in SETTINGS]
     a, k = res["shipped"]
-    lines = ["# The ring test without a recorded beam centre (`bench/ring_centre.py`)", "",
-             __doc__.split("\n\n")[3].replace("\n", " "), "",
-             f"{res['frames']} frames a preset.  Cells: balanced accuracy of the spot count alone (keep at ≥ "
-             f"{KEEP_MIN_SPOTS} spots off every ring).  The shipped setting is `ring_centre_alpha = {a:g}`, "
-             f"`ring_centre_min_rings = {k}`."]
+    lines = page_head("The ring test without a recorded beam centre (`bench/ring_centre.py`)", __doc__, res["frames"],
+                      f"(keep at ≥ {KEEP_MIN_SPOTS} spots off every ring).  The shipped setting is "
+                      f"`ring_centre_alpha = {a:g}`, `ring_centre_min_rings = {k}`.")
     for name, block in res["sets"].items():
         lines += ["", f"## {name}", ""] + _table(block, keys)
     return "\n".join(lines + [""])
@@ -195,15 +205,23 @@ def write_outputs(res: dict, out: Path, doc: Path, page: str) -> None:
     print(f"wrote {out} and {doc}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_args(doc: str, name: str, work: str = "ring_centre") -> argparse.Namespace:
+    """The options of the benches that choose a spot-gate setting on simulated presets: ``--frames``, ``--work``
+    (default ``work/<work>``, created), ``--out`` (``bench/results/<name>.json``), ``--doc`` (``docs/<name>.md``),
+    ``--workers``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--work", type=Path, default=ROOT / "work" / "ring_centre")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ring_centre.json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "ring_centre.md")
+    ap.add_argument("--work", type=Path, default=ROOT / "work" / work)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.json")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / f"{name}.md")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
+    return a
+
+
+def main() -> None:
+    a = bench_args(__doc__, "ring_centre")
     res = {"frames": a.frames,
            "shipped": [DEFAULT_SPOT_CONFIG.ring_centre_alpha, DEFAULT_SPOT_CONFIG.ring_centre_min_rings], "sets": {}}
     for name, seed0 in SEED_SETS.items():

@@ -20,7 +20,6 @@ real frames were measured afterwards (``bench/real_frames.py``).  Writes the JSO
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -30,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ring_centre import (SEED_SETS, cached_run, means_and_paired, preset_table, presets,  # noqa: E402
-                         spots_and_frame, write_outputs)
+from ring_centre import (SEED_SETS, bench_args, cached_run, means_and_paired, page_head,  # noqa: E402
+                         preset_table, presets, spots_and_frame, write_outputs)
 
 from diffscreen.evaluate.metrics import kept_balanced_accuracy  # noqa: E402
 from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
@@ -75,11 +74,9 @@ def run_set(runs, frames: int, work: Path) -> dict:
 
 def markdown(res: dict) -> str:
     keys = [_key(st) for st in SETTINGS]
-    lines = ["# The jet-streak test of the spot gate (`bench/streak_test.py`)", "",
-             __doc__.split("\n\n")[3].replace("\n", " "), "",
-             f"{res['frames']} frames a preset.  Cells: balanced accuracy of the spot count alone (keep at ≥ "
-             f"{KEEP_MIN_SPOTS} spots).  The shipped setting is `streak_px = {res['shipped'][0]:g}`, "
-             f"`ring_spot_alpha = {res['shipped'][1]:g}`."]
+    lines = page_head("The jet-streak test of the spot gate (`bench/streak_test.py`)", __doc__, res["frames"],
+                      f"(keep at ≥ {KEEP_MIN_SPOTS} spots).  The shipped setting is "
+                      f"`streak_px = {res['shipped'][0]:g}`, `ring_spot_alpha = {res['shipped'][1]:g}`.")
     for name, block in res["sets"].items():
         lines += ["", f"## {name}", ""] + preset_table(block, keys)
         lines += ["", "Against the rings alone, paired over the presets (mean difference, 95 % t-interval):", "",
@@ -89,13 +86,7 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--work", type=Path, default=ROOT / "work" / "ring_centre")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "streak_test.json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "streak_test.md")
-    a = ap.parse_args()
-    a.work.mkdir(parents=True, exist_ok=True)
+    a = bench_args(__doc__, "streak_test")
     res = {"frames": a.frames, "shipped": [DEFAULT_SPOT_CONFIG.streak_px, DEFAULT_SPOT_CONFIG.ring_spot_alpha],
            "sets": {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work)
                     for name, seed0 in SEED_SETS.items()}}

@@ -11,8 +11,8 @@ import pytest
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.preprocess.spots import (DEFAULT_SPOT_CONFIG, ICE_RINGS_D_A, METRIC_COLUMNS, Spots, _radius_of_d,
-                                         count_spots_off_rings, find_spots, fit_ring_centre, frame_metrics, ring_flags,
-                                         ring_spots, streak_spots)
+                                         count_spots_off_rings, find_spots, fit_ring_centre, frame_metrics,
+                                         line_response, ring_flags, ring_spots, streak_spots)
 
 # a flat detector 100 mm from the sample, 0.1 mm pixels, 1 Å: ice's 3.90, 3.67, 3.44 Å lines at 263-299 px
 GEO = dict(pixel_size_mm=0.1, distance_mm=100.0, wavelength_A=1.0)
@@ -359,3 +359,45 @@ def test_spots_along_a_line_through_the_beam_centre_are_a_jet_streak():
     few = _ring_and_lattice(rng, 0, LATTICE + streak[:4])
     assert count_spots_off_rings(few) == len(LATTICE) + 4 and frame_metrics(few).jet_streak is False
     assert count_spots_off_rings(fr, dataclasses.replace(DEFAULT_SPOT_CONFIG, streak_px=None)) == len(s)
+
+
+def _double_pixel_frame(rng, lam=30.0):
+    """A JUNGFRAU-like module: double-size pixel columns 255-256 and rows 127-128 (twice the photons; four at their
+    crossing), a Poisson background of ``lam`` photons, and the six lattice spots plus one on a double column."""
+    f = np.ones((SIZE, SIZE))
+    f[:, 255:257] *= 2.0
+    f[127:129, :] *= 2.0
+    img = rng.poisson(lam * f).astype(np.float32)
+    for x, y in LATTICE + [(256.0, 400.0)]:
+        _plant(img, x, y, photons=1500.0)
+    return _frame(img)
+
+
+def test_double_pixel_lines_get_their_own_background_and_leave_no_false_spots():
+    fr = _double_pixel_frame(np.random.default_rng(21))
+    f_col, f_row = line_response(fr)
+    # exactly the double lines are corrected, by about their factor 2 (1 elsewhere)
+    assert np.flatnonzero(f_col != 1).tolist() == [255, 256] and np.flatnonzero(f_row != 1).tolist() == [127, 128]
+    assert np.allclose(f_col[255:257], 2.0, atol=0.1) and np.allclose(f_row[127:129], 2.0, atol=0.1)
+    s = find_spots(fr)
+    # the seven planted spots, the one on the double column among them, and nothing else
+    assert len(s) == len(LATTICE) + 1
+    assert np.min(np.hypot(s.x - 256.0, s.y - 400.0)) < 0.5
+    # without the line factors the double lines' noise breaks into false spots
+    plain = find_spots(fr, dataclasses.replace(DEFAULT_SPOT_CONFIG, line_sigma=None))
+    assert len(plain) > len(s) + 5
+    off_lines = (np.abs(plain.x - 255.5) > 2) & (np.abs(plain.y - 127.5) > 2)
+    assert off_lines.sum() == len(LATTICE)
+
+
+def test_a_smooth_background_a_dim_line_and_a_frame_of_spots_get_no_line_factors():
+    rng = np.random.default_rng(22)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    lam = 20.0 + 20.0 * xx / SIZE + 10.0 * yy / SIZE  # a gradient, not a line
+    lam[:, 300] *= 0.4  # a dim column (an edge, a shadow): it makes no false spots and is left alone
+    img = rng.poisson(lam).astype(np.float32)
+    for k in range(60):  # a dense hit: 60 bright spots, several on some columns and rows
+        _plant(img, 40 + 7.0 * k, 60 + 6.5 * (k % 9), photons=3000.0)
+    f_col, f_row = line_response(_frame(img))
+    assert np.all(f_col == 1) and np.all(f_row == 1)
+    assert len(find_spots(_frame(img))) == 60

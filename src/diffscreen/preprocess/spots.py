@@ -34,6 +34,29 @@ and keeps connected strong pixels (Parkhurst et al. 2016, *J. Appl. Cryst.*
 the ring, as peakfinder8 does).  Masked pixels are never strong and never
 enter the statistics.
 
+**Pixel rows and columns of their own** (:func:`line_response`).  A ring's
+background is one number, but some whole pixel columns or rows of a detector
+see more (or less) of it than their neighbours: the double-size pixels
+between the chips of a JUNGFRAU, EIGER or CSPAD module, a CCD's hot column,
+a readout channel with its own gain.  Against the ring's background every
+such line is a ridge, and its noise breaks it into rows of false spots.
+Before the spots are found, each column's background response is measured
+from the frame itself, as the sum of its pixels that are not strong over the
+sum of their rings' means, and compared with the running median of the
+``line_window`` columns about it; a column that exceeds its neighbours
+by more than ``line_sigma`` standard errors (each pixel's ring variance,
+summed) gets its own factor ``f``, and the rows likewise.  A pixel's
+background is then ``f_column · f_row · μ`` and its variance ``f_column ·
+f_row · v`` (the photons of a larger pixel).  Only lines brighter than their
+neighbours are corrected: a dim line (a detector's edge row, a shadowed
+column) makes no false spots, and on a CCD, whose read noise does not shrink
+with the signal, a lowered background would make some.  A smooth change
+across the frame (polarisation, a shadow's edge) moves the neighbours too, so
+it is left to the rings as before; a column whose excess is within its noise
+keeps ``f = 1``.  A flat-field or a detector's own calibration does the
+same where it exists; this needs none.  The settings were chosen on
+simulated frames only (``bench/line_response.py``, ``docs/line_response.md``).
+
 The thresholds (:data:`DEFAULT_SPOT_CONFIG`) were chosen on simulated frames
 only, never on real ones: ``bench/spot_thresholds.py`` compares the count with
 the simulator's detectable spots (``SimFrame.n_spots``: integrated SNR ≥ 5 from
@@ -96,9 +119,14 @@ from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel, record
 from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
-           "ICE_RINGS_REL",
-           "find_spots", "ring_spots", "streak_spots", "ring_and_streak_spots", "feature_centre", "fit_ring_centre",
+           "ICE_RINGS_REL", "SPOT_FINDER_VERSION",
+           "find_spots", "line_response", "ring_spots", "streak_spots", "ring_and_streak_spots", "feature_centre", "fit_ring_centre",
            "count_spots_off_rings", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
+
+#: Raised whenever a change to the code of the spot finder or of its ring, streak and line tests changes a count
+#: with the same settings (2: the pixel lines' own background).  Part of :meth:`SpotConfig.to_dict`, which keys a
+#: resumed screen's method identity and a benchmark's cached counts, so counts of two versions are never mixed.
+SPOT_FINDER_VERSION = 2
 
 #: scores.csv columns of :class:`FrameMetrics`, in order
 METRIC_COLUMNS = ("n_spots", "n_spots_no_rings", "d_min_A", "ice_rings", "powder_rings", "jet_streak")
@@ -197,6 +225,12 @@ class SpotConfig:
     streak_px : float or None
         Spots within this distance (px) of one line through the beam centre
         make a jet streak (:func:`streak_spots`); None: no streak test.
+    line_sigma : float or None
+        A pixel column or row whose background response exceeds its
+        neighbours' by more than this many standard errors gets its own
+        factor (:func:`line_response`); None: every line has factor 1.
+    line_window : int
+        Columns (rows) of the running median that a line is compared with (odd).
     """
 
     pixel_sigma: float = 4.0
@@ -230,6 +264,8 @@ class SpotConfig:
     ring_centre_max_spots: int = 300
     ring_centre_min_rings: int = 2
     streak_px: float | None = 3.0
+    line_sigma: float | None = 5.0
+    line_window: int = 9
 
     def __post_init__(self):
         if not (self.pixel_sigma > 0 and self.spot_snr > 0 and self.clip_sigma > 0 and self.ring_sigma > 0):
@@ -251,9 +287,12 @@ class SpotConfig:
                 and (self.streak_px is None or self.streak_px > 0)):
             raise ConfigError("spots: need 0 < ring_centre_alpha < 1 (or None), ring_centre_grid >= 1, "
                               "ring_centre_max_spots >= 1, ring_centre_min_rings >= 1 and streak_px > 0 (or None)")
+        if not ((self.line_sigma is None or self.line_sigma > 0) and self.line_window >= 3 and self.line_window % 2):
+            raise ConfigError("spots: need line_sigma > 0 (or None) and an odd line_window >= 3")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings and :data:`SPOT_FINDER_VERSION` (``version``): what makes two counts comparable."""
+        return {**asdict(self), "version": SPOT_FINDER_VERSION}
 
 
 #: The settings diffscreen screens with (chosen on simulated frames: bench/spot_thresholds.py).
@@ -314,13 +353,120 @@ def _noise(mu, var, cnt, min_count):
 
 
 @njit(cache=True, nogil=True)
-def _components(x, bins, mu, sig, zpix, max_comp, bg_sum, bg_n):
+def _line_sums(x, bins, mu, sig, fcol, frow, zpix, col, row):
+    """Per column and per row of ``x`` (H, W): the sum of the pixels that are not strong against the background of
+    the current factors ``fcol`` (W,), ``frow`` (H,), the sum of what the other direction's factor and the rings'
+    means expect there, and of the matching variances, into ``col`` (3, W) and ``row`` (3, H) (zeroed by the
+    caller)."""
+    h, w = x.shape
+    for i in range(h):
+        fr = frow[i]
+        r0, r1, r2 = 0.0, 0.0, 0.0
+        for j in range(w):
+            v = x[i, j]
+            if v != v:
+                continue
+            b = bins[i, j]
+            s = sig[b]
+            if s <= 0.0:
+                continue
+            m = mu[b]
+            fc = fcol[j]
+            f = fc * fr
+            if v - m * f >= (zpix * s if f == 1.0 else zpix * s * math.sqrt(f)):
+                continue
+            ss = s * s
+            col[0, j] += v
+            col[1, j] += m * fr
+            col[2, j] += ss * fr
+            r0 += v
+            r1 += m * fc
+            r2 += ss * fc
+        row[0, i] += r0
+        row[1, i] += r1
+        row[2, i] += r2
+
+
+def _line_factors(sums: np.ndarray, window: int, sigma: float) -> np.ndarray:
+    """Each line's background factor from its sums (3, N) (:func:`_line_sums`): its response over the running
+    median of ``window`` lines about it, where it exceeds that by more than ``sigma`` standard errors; else 1."""
+    total, expected, var = sums
+    good = (expected > 0) & (total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resp = np.where(good, total / expected, np.nan)
+        err = np.sqrt(var) / expected
+        base = _running_median(resp, window)
+        use = good & (base > 0) & (resp - base > sigma * err)
+        return np.where(use, resp / base, 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _row_medians(r):
+    """The median of the finite values of each row of ``r`` (N, M); NaN where fewer than 8."""
+    out = np.full(r.shape[0], np.nan)
+    buf = np.empty(r.shape[1])
+    for i in range(r.shape[0]):
+        n = 0
+        for v in r[i]:
+            if v == v:
+                buf[n] = v
+                n += 1
+        if n >= 8:
+            out[i] = np.median(buf[:n])
+    return out
+
+
+def _line_medians(x, bins, mu, step: int):
+    """The median of ``x / μ`` over every ``step``-th pixel of each column (W,) and each row (H,) of ``x`` (H, W),
+    over the pixels whose ring has a positive mean; NaN where fewer than 8."""
+    def ratios(xs, bs):
+        m = mu[bs]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(m > 0, xs / m, np.nan)
+
+    return (_row_medians(np.ascontiguousarray(ratios(x[::step], bins[::step]).T)),
+            _row_medians(ratios(x[:, ::step], bins[:, ::step])))
+
+
+def _bright_lines(med: np.ndarray, window: int) -> np.ndarray:
+    """A first guess of each line's factor from its median ratio (:func:`_line_medians`): over the running median
+    of ``window`` lines about it where above it, else 1."""
+    base = _running_median(med, window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = med / base
+    return np.where(np.isfinite(rel) & (rel > 1.0), rel, 1.0)
+
+
+def _line_maps(x, bins, mu, sig, config: "SpotConfig"):
+    """(f_column (W,), f_row (H,)) float64 of :func:`line_response`, from the ring statistics ``mu``, ``sig``.
+
+    The pixels of a bright line are strong against their ring alone, and a sum without them would miss the line,
+    so the sums leave out the pixels that are strong against a first guess: each line's median ratio to its rings'
+    means, over every ``8 · step``-th pixel along it (robust to the spots, not to the quantised counts of a faint
+    background, hence only a guess, and only where it is brighter than its neighbours)."""
+    h, w = x.shape
+    if config.line_sigma is None:
+        return np.ones(w), np.ones(h)
+    window = int(config.line_window)
+    med_col, med_row = _line_medians(x, bins, mu, 8 * int(config.step))
+    col, row = np.zeros((3, w)), np.zeros((3, h))
+    _line_sums(x, bins, mu, sig, _bright_lines(med_col, window), _bright_lines(med_row, window),
+               float(config.pixel_sigma), col, row)
+    return (_line_factors(col, window, float(config.line_sigma)),
+            _line_factors(row, window, float(config.line_sigma)))
+
+
+@njit(cache=True, nogil=True)
+def _components(x, bins, mu, sig, fcol, frow, zpix, max_comp, bg_sum, bg_n):
     """8-connected components of the strong pixels: (n, S, V, Sx, Sy) per component, and how many.
 
-    In the same pass, ``bg_sum[b]`` and ``bg_n[b]`` (zeroed by the caller) receive the sum and the number
-    of bin b's pixels that are not strong (every pixel, not every ``step``-th): the ring profile of the ice test.
+    Pixel (i, j) has the background ``fcol[j] · frow[i] · mu[b]`` and variance ``fcol[j] · frow[i] · sig[b]²``
+    (:func:`line_response`).  In the same pass, ``bg_sum[b]`` and ``bg_n[b]`` (zeroed by the caller) receive the
+    sum (over each pixel's factor) and the number of bin b's pixels that are not strong (every pixel, not every
+    ``step``-th): the ring profile of the ice test.
     """
     h, w = x.shape
+    scol, srow = np.sqrt(fcol), np.sqrt(frow)
     strong = np.zeros((h, w), np.uint8)
     nstrong = 0
     for i in range(h):
@@ -331,11 +477,12 @@ def _components(x, bins, mu, sig, zpix, max_comp, bg_sum, bg_n):
             b = bins[i, j]
             s = sig[b]
             if s > 0.0:
-                if v - mu[b] >= zpix * s:
+                f = fcol[j] * frow[i]
+                if v - mu[b] * f >= zpix * s * scol[j] * srow[i]:
                     strong[i, j] = 1
                     nstrong += 1
                 else:
-                    bg_sum[b] += v
+                    bg_sum[b] += v / f
                     bg_n[b] += 1
     out = np.zeros((max_comp, 5))
     nc = 0
@@ -363,10 +510,11 @@ def _components(x, bins, mu, sig, zpix, max_comp, bg_sum, bg_n):
                 pi = p // w
                 pj = p - pi * w
                 b = bins[pi, pj]
-                e = x[pi, pj] - mu[b]
+                f = fcol[pj] * frow[pi]
+                e = x[pi, pj] - mu[b] * f
                 n += 1
                 S += e
-                V += sig[b] * sig[b]
+                V += sig[b] * sig[b] * f
                 Sx += e * pj
                 Sy += e * pi
                 for di in range(-1, 2):
@@ -462,6 +610,56 @@ def _pixels(frame: Frame) -> np.ndarray:
     return x
 
 
+def _ring_background(x: np.ndarray, frame: Frame, c: SpotConfig):
+    """The ring statistics of the pixels ``x`` (H, W) about the frame's beam centre: (bins, ring_of, n_bins, mu,
+    var, count, sig, g) (:func:`_bin_map`, :func:`_stats`, :func:`_noise`)."""
+    centre = beam_centre(frame.meta, x.shape)
+    bins, ring_of, nb = _bin_map(x.shape[0], x.shape[1], round(float(centre[0]), 4), round(float(centre[1]), 4),
+                                 int(c.sector_px), int(c.max_sectors))
+    mu, var, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb, np.int64)
+    _stats(x, bins, nb, float(c.clip_sigma), int(c.iters), int(c.min_count), int(c.step), mu, var, cnt)
+    sig, g = _noise(mu, var, cnt, c.min_count)
+    return bins, ring_of, nb, mu, var, cnt, sig, g
+
+
+def line_response(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> tuple[np.ndarray, np.ndarray]:
+    """The background factor of every pixel column and row of a frame (see the module notes).
+
+    Each column's response is the sum of its pixels that are not strong over
+    the sum of their rings' background means; a column whose response exceeds
+    the running median of the ``line_window`` columns about it by more than
+    ``line_sigma`` standard errors (from the summed ring variances) gets the
+    factor response / median, every other column 1; rows likewise.
+    :func:`find_spots` gives pixel (i, j) the background ``f_col[j] ·
+    f_row[i] · μ`` and variance ``f_col[j] · f_row[i] · v``.
+
+    Parameters
+    ----------
+    frame : Frame
+        ``data`` (H, W) in ADU, ``mask`` True = bad.
+    config : SpotConfig
+        ``line_sigma`` None: all factors 1.
+
+    Returns
+    -------
+    f_col : (W,) float64 ndarray
+    f_row : (H,) float64 ndarray
+
+    Examples
+    --------
+    >>> from diffscreen.io.frame import FrameMeta
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.poisson(50.0, (256, 256)).astype(np.float32)
+    >>> a[:, 100] = rng.poisson(100.0, 256)               # a double-size pixel column
+    >>> f_col, f_row = line_response(Frame(a, np.zeros(a.shape, bool), FrameMeta(source="toy")))
+    >>> round(float(f_col[100]), 1), int((f_col != 1).sum()), int((f_row != 1).sum())
+    (2.0, 1, 0)
+    """
+    x = _pixels(frame)
+    bins, _, _, mu, _, _, sig, _ = _ring_background(x, frame, config)
+    return _line_maps(x, bins, mu, sig, config)
+
+
 def find_spots(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Spots:
     """Spots on one frame against its rings' background and noise (see the module notes).
 
@@ -489,14 +687,10 @@ def find_spots(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> Spots:
     """
     c = config
     x = _pixels(frame)
-    centre = beam_centre(frame.meta, x.shape)
-    bins, ring_of, nb = _bin_map(x.shape[0], x.shape[1], round(float(centre[0]), 4), round(float(centre[1]), 4),
-                                 int(c.sector_px), int(c.max_sectors))
-    mu, var, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb, np.int64)
-    _stats(x, bins, nb, float(c.clip_sigma), int(c.iters), int(c.min_count), int(c.step), mu, var, cnt)
-    sig, g = _noise(mu, var, cnt, c.min_count)
+    bins, ring_of, nb, mu, var, cnt, sig, g = _ring_background(x, frame, c)
+    fcol, frow = _line_maps(x, bins, mu, sig, c)
     bg_sum, bg_n = np.zeros(nb), np.zeros(nb, np.int64)
-    comp, nc = _components(x, bins, mu, sig, float(c.pixel_sigma), int(c.max_spots), bg_sum, bg_n)
+    comp, nc = _components(x, bins, mu, sig, fcol, frow, float(c.pixel_sigma), int(c.max_spots), bg_sum, bg_n)
     comp = comp[:nc]
     n, S, V = comp[:, 0], comp[:, 1], comp[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -150,8 +150,9 @@ def problem_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no message'}"
 
 
-#: How the gate counts, in the method's identity: a digest of every setting of the spot finder and of its ring and
-#: streak tests, so that a run resumed from a version that counted otherwise never mixes the two counts.
+#: How the gate counts, in the method's identity: a digest of every setting of the spot finder and of its ring,
+#: streak and line tests and of its version (:meth:`~diffscreen.preprocess.spots.SpotConfig.to_dict`), so that a run
+#: resumed from a version that counted otherwise never mixes the two counts.
 _GATE_COUNT = "spots=" + hashlib.sha256(
     json.dumps(DEFAULT_SPOT_CONFIG.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
