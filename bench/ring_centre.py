@@ -205,16 +205,17 @@ def write_outputs(res: dict, out: Path, doc: Path, page: str) -> None:
     print(f"wrote {out} and {doc}")
 
 
-def bench_args(doc: str, name: str, work: str = "ring_centre") -> argparse.Namespace:
+def bench_args(doc: str, name: str, work: str = "ring_centre", workers: bool = True) -> argparse.Namespace:
     """The options of the benches that choose a spot-gate setting on simulated presets: ``--frames``, ``--work``
     (default ``work/<work>``, created), ``--out`` (``bench/results/<name>.json``), ``--doc`` (``docs/<name>.md``),
-    ``--workers``."""
+    and ``--workers`` where the bench has a process pool."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--work", type=Path, default=ROOT / "work" / work)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / f"{name}.md")
-    ap.add_argument("--workers", type=int, default=2)
+    if workers:
+        ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     return a

@@ -86,7 +86,7 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
-    a = bench_args(__doc__, "streak_test")
+    a = bench_args(__doc__, "streak_test", workers=False)
     res = {"frames": a.frames, "shipped": [DEFAULT_SPOT_CONFIG.streak_px, DEFAULT_SPOT_CONFIG.ring_spot_alpha],
            "sets": {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work)
                     for name, seed0 in SEED_SETS.items()}}
