@@ -38,7 +38,7 @@ from ring_centre import (SEED_SETS, bench_args, cached_json, means_and_paired, p
 from diffscreen.evaluate.metrics import kept_balanced_accuracy  # noqa: E402
 from diffscreen.io.frame import CLASS_NAMES  # noqa: E402
 from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
-from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, find_spots, ring_and_streak_spots  # noqa: E402
+from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, count_spots_off_rings, find_spots  # noqa: E402
 
 #: ``line_sigma`` compared; None: no line factors (the spot finder before).
 SETTINGS = (None, 3.0, 5.0, 8.0)
@@ -64,8 +64,7 @@ def _counts_of(preset: str, seed: int, n: int) -> dict:
             t0 = time.perf_counter()
             spots = find_spots(frame, cfg)
             out["ms"][_key(s)] += 1e3 * (time.perf_counter() - t0) / n
-            on_ring, on_streak = ring_and_streak_spots(spots, frame, cfg)
-            out["counts"][_key(s)].append(int(len(spots) - (on_ring | on_streak).sum()))
+            out["counts"][_key(s)].append(count_spots_off_rings(frame, cfg, spots))
     return out
 
 

@@ -43,7 +43,7 @@ from diffscreen.io.labels import LabelTable, read_labels  # noqa: E402
 from diffscreen.models import resolve_model_path  # noqa: E402
 from diffscreen.models.decision import KEEP_MIN_SPOTS, spot_gate  # noqa: E402
 from diffscreen.models.inference import Classifier  # noqa: E402
-from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, find_spots, ring_and_streak_spots  # noqa: E402
+from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, count_spots_off_rings, find_spots  # noqa: E402
 from diffscreen.simulate import simulate_run  # noqa: E402
 
 
@@ -53,19 +53,14 @@ def score_run(path: Path, clfs: dict) -> dict:
     table = LabelTable.from_records(read_labels(str(path)))
     y, kept, spots, off_no_lines, off_features = [], {n: [] for n in clfs}, [], [], []
     no_lines = dataclasses.replace(DEFAULT_SPOT_CONFIG, line_sigma=None)
-
-    def off(found, fr, cfg):
-        on_ring, on_streak = ring_and_streak_spots(found, fr, cfg)
-        return int(len(found) - (on_ring | on_streak).sum())
-
     with open_source(str(path)) as src:
         for i in range(len(src)):
             fr = src.read(i)
             y.append(CLASS_NAMES.index(table.get(str(path), fr.meta.index)))
             found = find_spots(fr)
             spots.append(len(found))
-            off_features.append(off(found, fr, DEFAULT_SPOT_CONFIG))
-            off_no_lines.append(off(find_spots(fr, no_lines), fr, no_lines))
+            off_features.append(count_spots_off_rings(fr, spots=found))
+            off_no_lines.append(count_spots_off_rings(fr, no_lines))
             for name, clf in clfs.items():
                 kept[name].append(bool(keep_decision(clf.predict([fr]))[0]))
     return {"labels": y, "kept": kept, "n_spots": spots, "n_spots_without_lines": off_no_lines,

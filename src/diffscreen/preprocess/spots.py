@@ -119,9 +119,9 @@ from diffscreen.preprocess.geometry import beam_centre, reciprocal_pixel, record
 from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
-           "ICE_RINGS_REL", "SPOT_FINDER_VERSION",
-           "find_spots", "line_response", "ring_spots", "streak_spots", "ring_and_streak_spots", "feature_centre", "fit_ring_centre",
-           "count_spots_off_rings", "spot_resolution", "ring_flags", "frame_metrics", "d_min_of"]
+           "ICE_RINGS_REL", "SPOT_FINDER_VERSION", "find_spots", "line_response", "ring_spots", "streak_spots",
+           "ring_and_streak_spots", "feature_centre", "fit_ring_centre", "count_spots_off_rings", "spot_resolution",
+           "ring_flags", "frame_metrics", "d_min_of"]
 
 #: Raised whenever a change to the code of the spot finder or of its ring, streak and line tests changes a count
 #: with the same settings (2: the pixel lines' own background).  Part of :meth:`SpotConfig.to_dict`, which keys a
@@ -1058,11 +1058,11 @@ def ring_and_streak_spots(spots: Spots, frame: Frame, config: SpotConfig = DEFAU
     return ring_spots(spots, frame, config, centre), streak_spots(spots, frame, config, centre)
 
 
-def count_spots_off_rings(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG) -> int:
+def count_spots_off_rings(frame: Frame, config: SpotConfig = DEFAULT_SPOT_CONFIG, spots: Spots | None = None) -> int:
     """``n_spots_no_rings`` of one frame: the spots :func:`find_spots` finds off every ring (:func:`ring_spots`)
     and off a jet streak (:func:`streak_spots`), the spot gate's count
-    (:func:`diffscreen.models.decision.spot_gate`)."""
-    spots = find_spots(frame, config)
+    (:func:`diffscreen.models.decision.spot_gate`); ``spots``: the frame's spots when already found."""
+    spots = find_spots(frame, config) if spots is None else spots
     on_ring, on_streak = ring_and_streak_spots(spots, frame, config)
     return int(len(spots) - (on_ring | on_streak).sum())
 
