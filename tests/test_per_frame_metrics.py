@@ -256,6 +256,32 @@ def test_running_median_is_nanmedian_of_each_window():
     assert np.isfinite(_running_median(a, 41)[:90]).all()
 
 
+def test_line_medians_are_the_median_ratio_of_every_step_th_pixel():
+    """The one-pass line medians equal np.median of x / μ over every step-th pixel of each column and row, leaving
+    out masked (NaN) pixels and rings without a positive mean, NaN with fewer than 8 values, to the last bit."""
+    from diffscreen.preprocess.spots import _line_medians
+
+    rng = np.random.default_rng(5)
+    h, w = 203, 157
+    x = rng.poisson(20.0, (h, w)).astype(np.float32)
+    x[rng.random((h, w)) < 0.2] = np.nan
+    x[:, 40] = np.nan  # a masked column: no values
+    bins = (np.hypot(*np.mgrid[:h, :w] - np.array([[[100.0]], [[80.0]]])) // 1).astype(np.int32)
+    mu = rng.uniform(5.0, 30.0, int(bins.max()) + 1)
+    mu[::7] = 0.0  # rings without a background: left out
+    for step in (16, 4, 1):
+        got_col, got_row = _line_medians(x, bins, mu, step)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(mu[bins] > 0, x / mu[bins], np.nan)
+
+        def medians(lines):
+            return np.array([np.median(v[~np.isnan(v)]) if (~np.isnan(v)).sum() >= 8 else np.nan for v in lines])
+
+        np.testing.assert_array_equal(got_col, medians(ratio[::step].T))
+        np.testing.assert_array_equal(got_row, medians(ratio[:, ::step]))
+    assert np.isnan(_line_medians(x, bins, mu, 16)[0][40]) and np.isnan(_line_medians(x, bins, mu, 64)[1]).all()
+
+
 @pytest.mark.parametrize("metrics", ["kept", "none"])
 def test_the_spot_gate_drops_kept_frames_with_too_few_spots(tmp_path, monkeypatch, metrics):
     """A network that keeps every frame: the gate turns those with fewer than 4 spots off every ring into misses

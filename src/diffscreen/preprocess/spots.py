@@ -401,31 +401,43 @@ def _line_factors(sums: np.ndarray, window: int, sigma: float) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _row_medians(r):
-    """The median of the finite values of each row of ``r`` (N, M); NaN where fewer than 8."""
-    out = np.full(r.shape[0], np.nan)
-    buf = np.empty(r.shape[1])
-    for i in range(r.shape[0]):
-        n = 0
-        for v in r[i]:
-            if v == v:
-                buf[n] = v
-                n += 1
-        if n >= 8:
-            out[i] = np.median(buf[:n])
-    return out
-
-
-def _line_medians(x, bins, mu, step: int):
+def _line_medians(x, bins, mu, step):
     """The median of ``x / μ`` over every ``step``-th pixel of each column (W,) and each row (H,) of ``x`` (H, W),
-    over the pixels whose ring has a positive mean; NaN where fewer than 8."""
-    def ratios(xs, bs):
-        m = mu[bs]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(m > 0, xs / m, np.nan)
+    over the pixels whose ring has a positive mean and that are not NaN (masked); NaN where fewer than 8.
 
-    return (_row_medians(np.ascontiguousarray(ratios(x[::step], bins[::step]).T)),
-            _row_medians(ratios(x[:, ::step], bins[:, ::step])))
+    One pass over the sampled rows for the columns and one over every row for the rows; the ratios are float64, as
+    numpy's ``float32 / float64``."""
+    h, w = x.shape
+    nr, nc = (h + step - 1) // step, (w + step - 1) // step
+    cvals = np.empty((w, nr))
+    ccount = np.zeros(w, np.int64)
+    for k in range(nr):
+        i = k * step
+        for j in range(w):
+            m = mu[bins[i, j]]
+            if m > 0.0:
+                v = x[i, j] / m
+                if v == v:
+                    cvals[j, ccount[j]] = v
+                    ccount[j] += 1
+    col = np.full(w, np.nan)
+    for j in range(w):
+        if ccount[j] >= 8:
+            col[j] = np.median(cvals[j, : ccount[j]])
+    row = np.full(h, np.nan)
+    buf = np.empty(nc)
+    for i in range(h):
+        n = 0
+        for j in range(0, w, step):
+            m = mu[bins[i, j]]
+            if m > 0.0:
+                v = x[i, j] / m
+                if v == v:
+                    buf[n] = v
+                    n += 1
+        if n >= 8:
+            row[i] = np.median(buf[:n])
+    return col, row
 
 
 def _bright_lines(med: np.ndarray, window: int) -> np.ndarray:
