@@ -44,42 +44,51 @@ from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG, count_spots_off_rin
 SETTINGS = (None, 3.0, 5.0, 8.0)
 
 
+def setting_key(field: str, setting, off: str) -> str:
+    """A setting's name in the tables: ``off`` for None, else ``field = setting``."""
+    return off if setting is None else f"{field} = {setting:g}"
+
+
 def _key(setting) -> str:
-    return "no line factors" if setting is None else f"line_sigma = {setting:g}"
+    return setting_key("line_sigma", setting, "no line factors")
 
 
-def _counts_of(preset: str, seed: int, n: int) -> dict:
-    """Labels and the gate's count (spots off every ring and streak) of frames 0..n-1 under each setting, and the
-    spot finder's time per frame."""
+def counts_by_setting(preset: str, seed: int, n: int, field: str, settings, off: str) -> dict:
+    """Labels and the gate's count (spots off every ring and streak) of frames 0..n-1 with the spot finder's
+    ``field`` set to each of ``settings`` (the rest its defaults), and the spot finder's time per frame."""
     from diffscreen.simulate.run import Simulator
 
     sim = Simulator(preset, seed=seed)
-    out = {"labels": [], "counts": {_key(s): [] for s in SETTINGS}, "ms": {_key(s): 0.0 for s in SETTINGS}}
+    keys = [setting_key(field, s, off) for s in settings]
+    out = {"labels": [], "counts": {k: [] for k in keys}, "ms": {k: 0.0 for k in keys}}
     for i in range(n):
         sf = sim.frame(i)
         frame = sf.to_frame()
         out["labels"].append(CLASS_NAMES.index(sf.label))
-        for s in SETTINGS:
-            cfg = dataclasses.replace(DEFAULT_SPOT_CONFIG, line_sigma=s)
+        for s, k in zip(settings, keys):
+            cfg = dataclasses.replace(DEFAULT_SPOT_CONFIG, **{field: s})
             t0 = time.perf_counter()
             spots = find_spots(frame, cfg)
-            out["ms"][_key(s)] += 1e3 * (time.perf_counter() - t0) / n
-            out["counts"][_key(s)].append(count_spots_off_rings(frame, cfg, spots))
+            out["ms"][k] += 1e3 * (time.perf_counter() - t0) / n
+            out["counts"][k].append(count_spots_off_rings(frame, cfg, spots))
     return out
 
 
 def cached_counts(args) -> dict:
-    """The counts of one (preset, seed, frames, work folder) run, simulated and counted once and kept in the folder."""
-    preset, seed, n, work = args
-    return cached_json(work / f"{preset}@{seed}_n{n}.json", lambda: _counts_of(preset, seed, n))
+    """The counts of one (preset, seed, frames, work folder, field, settings, name of None) run, simulated and
+    counted once and kept in the folder."""
+    preset, seed, n, work, field, settings, off = args
+    return cached_json(work / f"{preset}@{seed}_n{n}.json",
+                       lambda: counts_by_setting(preset, seed, n, field, settings, off))
 
 
-def run_set(runs, frames: int, work: Path, workers: int) -> dict:
-    """Per-preset balanced accuracy of each setting, the means, the spot finder's time and the paired differences to
-    no line factors."""
+def run_set(runs, frames: int, work: Path, workers: int, field: str = "line_sigma", settings=SETTINGS,
+            off: str = "no line factors") -> dict:
+    """Per-preset balanced accuracy of each setting of ``field``, the means, the spot finder's time and the paired
+    differences to the first setting."""
     with ProcessPoolExecutor(workers) as pool:
-        data = list(pool.map(cached_counts, [(p, s, frames, work) for p, s in runs]))
-    keys = [_key(s) for s in SETTINGS]
+        data = list(pool.map(cached_counts, [(p, s, frames, work, field, settings, off) for p, s in runs]))
+    keys = [setting_key(field, s, off) for s in settings]
     block = {"runs": [list(r) for r in runs], "scores": {}}
     for (p, s), run in zip(runs, data):
         y = np.array(run["labels"])
@@ -92,29 +101,35 @@ def run_set(runs, frames: int, work: Path, workers: int) -> dict:
     return block
 
 
-def markdown(res: dict) -> str:
-    keys = [_key(s) for s in SETTINGS]
-    lines = page_head("Pixel rows and columns of their own in the spot finder (`bench/line_response.py`)", __doc__,
-                      res["frames"], f"(keep at ≥ {KEEP_MIN_SPOTS} spots off every ring and streak).  The shipped "
-                      f"setting is `line_sigma = {res['shipped']:g}`.")
+def settings_page(res: dict, title: str, doc: str, field: str, settings, off: str) -> str:
+    """The Markdown page of a bench that compares ``settings`` of the spot finder's ``field`` (:func:`run_set` per
+    seed set in ``res["sets"]``; ``res["shipped"]``: the shipped setting)."""
+    keys = [setting_key(field, s, off) for s in settings]
+    shipped = setting_key(field, res["shipped"], off)
+    lines = page_head(title, doc, res["frames"], f"(keep at ≥ {KEEP_MIN_SPOTS} spots off every ring and streak).  "
+                      f"The shipped setting is `{shipped}`.")
     for name, block in res["sets"].items():
         lines += ["", f"## {name}", ""] + preset_table(block, keys)
-        lines += ["", "Against no line factors, paired over the presets (mean difference, 95 % t-interval; "
+        lines += ["", f"Against {keys[0]}, paired over the presets (mean difference, 95 % t-interval; "
                   "established where the interval excludes 0), and the spot finder's time per frame (ms, this "
                   "2-core machine, two presets at a time):", "",
                   "| setting | difference | ms a frame |", "|---|---|---|",
                   f"| {keys[0]} | | {block['ms'][keys[0]]:.0f} |"]
         lines += [f"| {k} | {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {block['ms'][k]:.0f} |"
                   for k, d in block["paired"].items()]
-        shipped = _key(res["shipped"])
         diff = {run: r[shipped] - r[keys[0]] for run, r in block["scores"].items()}
-        lines += ["", f"With the shipped `line_sigma = {res['shipped']:g}`: better on "
+        lines += ["", f"With the shipped `{shipped}`: better on "
                   f"{sum(d > 0 for d in diff.values())} presets ("
                   + ", ".join(f"{run.split('@')[0]} {d:+.3f}" for run, d in diff.items() if d > 0)
                   + f"), worse on {sum(d < 0 for d in diff.values())}"
                   + "".join(f", {run.split('@')[0]} {d:+.3f}" for run, d in diff.items() if d < 0)
                   + f", unchanged on {sum(d == 0 for d in diff.values())}."]
     return "\n".join(lines + [""])
+
+
+def markdown(res: dict) -> str:
+    return settings_page(res, "Pixel rows and columns of their own in the spot finder (`bench/line_response.py`)",
+                         __doc__, "line_sigma", SETTINGS, "no line factors")
 
 
 def main() -> None:

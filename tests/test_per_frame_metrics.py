@@ -256,6 +256,33 @@ def test_running_median_is_nanmedian_of_each_window():
     assert np.isfinite(_running_median(a, 41)[:90]).all()
 
 
+def test_gain_is_the_photon_transfer_slope_where_the_shells_agree():
+    """Shells of a read-noise-limited background (0.02-0.3 photon per pixel, 10 ADU per photon, 3 ADU read noise):
+    the median ratio var / μ is the read noise's, several times the gain; the slope is the gain.  Where every shell
+    holds about no photons the slopes disagree and the ratio stands; with gain_fit_spread None it always does."""
+    from diffscreen.preprocess.significance import photon_transfer_gain
+    from diffscreen.preprocess.spots import photon_gain
+
+    rng = np.random.default_rng(2)
+    g, r2, n = 10.0, 9.0, 600
+    cnt = np.full(n, 4000, np.int64)
+    mu = g * np.linspace(0.02, 0.3, n)
+    var = (g * mu + r2) * (1 + rng.normal(0, 0.03, n))
+    fit = dataclasses.replace(DEFAULT_SPOT_CONFIG, gain_fit_spread=1.0)
+    off = dataclasses.replace(DEFAULT_SPOT_CONFIG, gain_fit_spread=None)
+    ratio = photon_transfer_gain(mu, var, cnt, 8)
+    assert ratio > 1.4 * g
+    assert abs(photon_gain(mu, var, cnt, fit) - g) < 0.1 * g
+    assert photon_gain(mu, var, cnt, off) == ratio
+    empty_mu = np.abs(rng.normal(0.05, 0.02, n))  # no photons: the means scatter about zero
+    empty_var = r2 * (1 + rng.normal(0, 0.03, n))
+    assert photon_gain(empty_mu, empty_var, cnt, fit) == photon_transfer_gain(empty_mu, empty_var, cnt, 8)
+    bright_mu = g * np.linspace(5.0, 50.0, n)  # photons outweigh the read noise: the two agree
+    bright_var = g * bright_mu + r2
+    bright_ratio = photon_transfer_gain(bright_mu, bright_var, cnt, 8)
+    assert abs(photon_gain(bright_mu, bright_var, cnt, fit) - bright_ratio) < 0.02 * g
+
+
 def test_line_medians_are_the_median_ratio_of_every_step_th_pixel():
     """The one-pass line medians equal np.median of x / μ over every step-th pixel of each column and row, leaving
     out masked (NaN) pixels and rings without a positive mean, NaN with fewer than 8 values, to the last bit."""

@@ -15,8 +15,12 @@ detector about the beam centre instead of the crop's rings.
 and step 3 of :mod:`~diffscreen.preprocess.significance`): per ring, the
 background mean ``μ`` and variance ``v`` after iterative 3σ clipping
 (peakfinder8's radial statistics, Barty et al. 2014, *J. Appl. Cryst.* 47,
-1118, §2.3); the photon-transfer slope ``g = median(v / μ)`` estimates the
-ADU of one photon; each ring's variance is floored at ``g · max(μ, g)``.
+1118, §2.3); the photon-transfer gain ``g``, the ADU of one photon, is the
+slope of ``v`` on ``μ`` over the rings where the rings agree on it, else the
+median ratio ``v / μ`` (:func:`photon_gain`: a read noise, the same in every
+ring, makes the ratio overestimate ``g`` on a background of a tenth of a
+photon per pixel or less; ``bench/gain_fit.py``); each ring's variance is
+floored at ``g · max(μ, g)``.
 
 **Spots** (:func:`find_spots`).  A pixel is *strong* when its significance
 ``z = (x − μ) / √v`` against its ring reaches ``pixel_sigma``; strong pixels
@@ -121,12 +125,13 @@ from diffscreen.preprocess.significance import _stats, photon_transfer_gain
 __all__ = ["SpotConfig", "DEFAULT_SPOT_CONFIG", "Spots", "FrameMetrics", "METRIC_COLUMNS", "ICE_RINGS_D_A",
            "ICE_RINGS_REL", "SPOT_FINDER_VERSION", "find_spots", "line_response", "ring_spots", "streak_spots",
            "ring_and_streak_spots", "feature_centre", "fit_ring_centre", "count_spots_off_rings", "spot_resolution",
-           "ring_flags", "frame_metrics", "d_min_of"]
+           "ring_flags", "frame_metrics", "d_min_of", "photon_gain"]
 
 #: Raised whenever a change to the code of the spot finder or of its ring, streak and line tests changes a count
-#: with the same settings (2: the pixel lines' own background).  Part of :meth:`SpotConfig.to_dict`, which keys a
-#: resumed screen's method identity and a benchmark's cached counts, so counts of two versions are never mixed.
-SPOT_FINDER_VERSION = 2
+#: with the same settings (2: the pixel lines' own background; 3: the gain from the photon-transfer slope).  Part of
+#: :meth:`SpotConfig.to_dict`, which keys a resumed screen's method identity and a benchmark's cached counts, so
+#: counts of two versions are never mixed.
+SPOT_FINDER_VERSION = 3
 
 #: scores.csv columns of :class:`FrameMetrics`, in order
 METRIC_COLUMNS = ("n_spots", "n_spots_no_rings", "d_min_A", "ice_rings", "powder_rings", "jet_streak")
@@ -231,6 +236,10 @@ class SpotConfig:
         factor (:func:`line_response`); None: every line has factor 1.
     line_window : int
         Columns (rows) of the running median that a line is compared with (odd).
+    gain_fit_spread : float or None
+        The gain is the photon-transfer slope where the shells' pairwise
+        slopes agree to this (their interquartile range over their median),
+        else the median ratio (:func:`photon_gain`); None: the median ratio.
     """
 
     pixel_sigma: float = 4.0
@@ -266,6 +275,7 @@ class SpotConfig:
     streak_px: float | None = 3.0
     line_sigma: float | None = 5.0
     line_window: int = 9
+    gain_fit_spread: float | None = 2.0
 
     def __post_init__(self):
         if not (self.pixel_sigma > 0 and self.spot_snr > 0 and self.clip_sigma > 0 and self.ring_sigma > 0):
@@ -289,6 +299,8 @@ class SpotConfig:
                               "ring_centre_max_spots >= 1, ring_centre_min_rings >= 1 and streak_px > 0 (or None)")
         if not ((self.line_sigma is None or self.line_sigma > 0) and self.line_window >= 3 and self.line_window % 2):
             raise ConfigError("spots: need line_sigma > 0 (or None) and an odd line_window >= 3")
+        if self.gain_fit_spread is not None and not self.gain_fit_spread > 0:
+            raise ConfigError("spots: gain_fit_spread must be > 0 (or None)")
 
     def to_dict(self) -> dict:
         """The settings and :data:`SPOT_FINDER_VERSION` (``version``): what makes two counts comparable."""
@@ -338,18 +350,72 @@ class Spots:
         return np.stack([self.x, self.y, self.intensity, self.snr], axis=1).astype(np.float32).reshape(-1, 4)
 
 
+def photon_gain(mu, var, cnt, config: "SpotConfig" = None) -> float:
+    """ADU of one photon for the spot finder's noise model, from the shells' clipped means and variances.
+
+    Each shell's background variance is ``g · μ + r²``: the photons' and a read noise ``r`` that every shell shares.
+    The median ratio ``var / μ`` over the shells
+    (:func:`~diffscreen.preprocess.significance.photon_transfer_gain`) is ``g + r² / μ``, which is ``g`` only where
+    the photons outweigh the read noise; on a background of a tenth of a photon per pixel it measures the read
+    noise, overestimates ``g`` several times, and the floor ``g · max(μ, g)`` then lifts the pixel threshold
+    (``docs/spot_efficiency.md``).  The slope of the variance on the mean over the shells is ``g`` whatever ``r``
+    (the photon-transfer curve): the median of the pairwise slopes (Theil–Sen) over the half of the pairs of shells
+    whose means differ most.  It is used where those slopes agree, their interquartile range at most
+    ``gain_fit_spread`` times their median, and never above the median ratio (which ``r² ≥ 0`` makes an upper
+    bound); elsewhere, as on an empty frame whose shells all hold about no photons, the median ratio stands.
+
+    Parameters
+    ----------
+    mu, var : (nb,) float64 ndarray
+        Clipped mean and variance of each shell, ADU and ADU².
+    cnt : (nb,) int64 ndarray
+        Pixels behind each; shells with fewer than ``config.min_count`` are left out.
+    config : SpotConfig, optional
+        ``gain_fit_spread`` None: the median ratio alone.
+
+    Returns
+    -------
+    float
+        ADU per photon (noise-equivalent: ADU variance over ADU mean of the photon noise).
+    """
+    c = DEFAULT_SPOT_CONFIG if config is None else config
+    g_ratio = float(photon_transfer_gain(mu, var, cnt, c.min_count))
+    if c.gain_fit_spread is None:
+        return g_ratio
+    ok = (cnt >= c.min_count) & (mu > 0)
+    m, v = mu[ok], var[ok]
+    if m.size > _GAIN_FIT_SHELLS:  # evenly over the shells: at most 300 · 299 / 2 pairs
+        pick = np.linspace(0, m.size - 1, _GAIN_FIT_SHELLS).astype(np.int64)
+        m, v = m[pick], v[pick]
+    if m.size < 10:
+        return g_ratio
+    upper = np.triu_indices(m.size, 1)
+    dm, dv = (m[:, None] - m[None, :])[upper], (v[:, None] - v[None, :])[upper]
+    lever = np.abs(dm)
+    use = (lever >= np.median(lever)) & (lever > 0)
+    if use.sum() < 20:
+        return g_ratio
+    q1, slope, q3 = np.percentile(dv[use] / dm[use], [25, 50, 75])
+    if not slope > 0 or q3 - q1 > c.gain_fit_spread * slope:
+        return g_ratio
+    return min(float(slope), g_ratio)
+
+
+#: Most shells the photon-transfer slope is fitted over (:func:`photon_gain`).
+_GAIN_FIT_SHELLS = 300
+
+
 @njit(cache=True, nogil=True)
-def _noise(mu, var, cnt, min_count):
-    """Per-shell σ with the floor of :mod:`~diffscreen.preprocess.significance` (step 3), and the gain ``g``."""
+def _noise(mu, var, cnt, min_count, g):
+    """Per-shell σ with the floor of :mod:`~diffscreen.preprocess.significance` (step 3) for the gain ``g``."""
     nb = mu.shape[0]
-    g = photon_transfer_gain(mu, var, cnt, min_count)
     sig = np.zeros(nb)
     for b in range(nb):
         if cnt[b] >= min_count:
             v = max(var[b], g * max(mu[b], g))
             if v > 0.0:
                 sig[b] = math.sqrt(v)
-    return sig, g
+    return sig
 
 
 @njit(cache=True, nogil=True)
@@ -630,7 +696,8 @@ def _ring_background(x: np.ndarray, frame: Frame, c: SpotConfig):
                                  int(c.sector_px), int(c.max_sectors))
     mu, var, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb, np.int64)
     _stats(x, bins, nb, float(c.clip_sigma), int(c.iters), int(c.min_count), int(c.step), mu, var, cnt)
-    sig, g = _noise(mu, var, cnt, c.min_count)
+    g = photon_gain(mu, var, cnt, c)
+    sig = _noise(mu, var, cnt, c.min_count, g)
     return bins, ring_of, nb, mu, var, cnt, sig, g
 
 
