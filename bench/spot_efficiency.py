@@ -5,17 +5,17 @@ Usage::
     python bench/spot_efficiency.py [--frames 100] [--work work/spot_efficiency] [--workers 2]
         [--out bench/results/spot_efficiency.json] [--doc docs/spot_efficiency.md]
 
-The spot gate keeps a frame when 4 or more Bragg spots are found on it off every ring and streak, and the label counts
-the spots whose expected SNR is 5 or more, so a *maybe* (4–9 such spots) survives the gate only if the spot finder finds
-nearly all of its spots near SNR 5.  This bench measures that directly, on the frames of the 16 presets (preset ``k`` at
-seed 7000 + ``k``, the design seeds of ``bench/ring_centre.py``, each preset's default class mix): the fraction of the
-simulator's spots of each expected SNR that :func:`diffscreen.preprocess.spots.find_spots` (its defaults) places within
-3 px, on the frames with 1 to 50 such spots (on denser frames neighbouring spots merge and the matching says little);
-the maybes that keep fewer than 4 spots off every ring and streak; and the photon-transfer gain the spot finder
-estimates against the simulator's noise-equivalent gain (ADU variance over ADU mean of the photon noise, the
-gain ``dials.find_spots`` takes; for a pixel-array detector the ADU per photon), with the median background in photons, since the gain floors the
-noise that sets the pixel threshold.  Measurement only: nothing is chosen here.  Writes the JSON and a Markdown page.
-"""
+The spot gate keeps a frame when 4 or more Bragg spots are found on it off every ring and streak, and the label
+counts the spots whose expected SNR is 5 or more, so a *maybe* (4–9 such spots) survives the gate only if the spot
+finder finds nearly all of its spots near SNR 5. This bench measures that directly, on the frames of the 16 presets
+(preset ``k`` at seed 7000 + ``k``, the design seeds of ``bench/ring_centre.py``, each preset's default class mix):
+the fraction of the simulator's spots of each expected SNR that :func:`diffscreen.preprocess.spots.find_spots` (its
+defaults) places within 3 px, on the frames with 1 to 50 such spots (on denser frames neighbouring spots merge and
+the matching says little); the maybes that keep fewer than 4 spots off every ring and streak; and the photon-
+transfer gain the spot finder estimates against the simulator's noise-equivalent gain (ADU variance over ADU mean of
+the photon noise, the gain ``dials.find_spots`` takes; for a pixel-array detector the ADU per photon), with the
+median background in photons, since the gain floors the noise that sets the pixel threshold. Measurement only:
+nothing is chosen here. Writes the JSON and a Markdown page."""
 
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def markdown(res: dict) -> str:
              f"spots of expected SNR in [a, b) found within {MATCH_PX:g} px, on the frames with 1–{MAX_SPOTS} "
              "detectable spots (their number in brackets).  *Maybes lost*: maybes with fewer than "
              f"{KEEP_MIN_SPOTS} spots off every ring and streak (of them, with the gain over {GAIN_FACTOR:g}× the "
-             f"truth).  *Gain*: the spot finder's photon-transfer gain over the simulator's noise-equivalent gain, median, "
+             f"truth).  *Gain*: the spot finder's photon-transfer gain over the simulator's noise-equivalent gain, "
+             "median, "
              f"and the frames where it is over {GAIN_FACTOR:g}× or under 1/{GAIN_FACTOR:g} of it; *background*: "
              "the median ring background in photons per pixel, over all frames and over those with the gain over "
              f"{GAIN_FACTOR:g}×.", "",
@@ -123,8 +124,9 @@ def markdown(res: dict) -> str:
     true = np.sum([s["true"] for s in res["presets"].values()], axis=0)
     found = np.sum([s["found"] for s in res["presets"].values()], axis=0)
     lines += ["", "## Findings", "",
-              f"- All presets together: found {', '.join(f'{f / t:.2f} of SNR {e}' for f, t, e in zip(found, true, edges))}"
-              f" (sparse frames).",
+              "- All presets together: found "
+              + ", ".join(f"{f / t:.2f} of SNR {e}" for f, t, e in zip(found, true, edges))
+              + " (sparse frames).",
               f"- {tot['maybes_lost']} of {tot['maybes']} maybes keep fewer than {KEEP_MIN_SPOTS} spots; on "
               f"{tot['maybes_lost_gain_high']} of them the gain estimate is over {GAIN_FACTOR:g}× the truth.",
               f"- The gain is over {GAIN_FACTOR:g}× the truth on {tot['gain_high']} of {tot['frames']} frames.", ""]
