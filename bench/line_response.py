@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ring_centre import (SEED_SETS, bench_args, cached_json, means_and_paired, page_head, preset_table,  # noqa: E402
-                         presets, write_outputs)
+                         presets, spot_finder_tag, write_outputs)
 
 from diffscreen.evaluate.metrics import kept_balanced_accuracy  # noqa: E402
 from diffscreen.io.frame import CLASS_NAMES  # noqa: E402
@@ -78,7 +78,7 @@ def cached_counts(args) -> dict:
     """The counts of one (preset, seed, frames, work folder, field, settings, name of None) run, simulated and
     counted once and kept in the folder."""
     preset, seed, n, work, field, settings, off = args
-    return cached_json(work / f"{preset}@{seed}_n{n}.json",
+    return cached_json(work / f"{preset}@{seed}_n{n}_{spot_finder_tag(field, settings)}.json",
                        lambda: counts_by_setting(preset, seed, n, field, settings, off))
 
 

@@ -74,6 +74,15 @@ def _spots_of(preset: str, seed: int, n: int) -> dict:
     return out
 
 
+def spot_finder_tag(*extra) -> str:
+    """A short digest of the spot finder's defaults and version (``SpotConfig.to_dict``) and of ``extra``: part of a
+    cache file's name, so that counts cached before a change to the spot finder are not served after it."""
+    import hashlib
+
+    text = json.dumps([DEFAULT_SPOT_CONFIG.to_dict(), *extra], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def cached_json(path: Path, compute) -> dict:
     """``compute()``'s result, computed once and kept at ``path`` as JSON (written to a temporary name, then
     renamed)."""

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ring_centre import SEED_SETS, bench_args, cached_json, presets, write_outputs  # noqa: E402
+from ring_centre import SEED_SETS, bench_args, cached_json, presets, spot_finder_tag, write_outputs  # noqa: E402
 
 from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
 from diffscreen.preprocess.spots import count_spots_off_rings, find_spots  # noqa: E402
@@ -74,7 +74,7 @@ def _frames_of(preset: str, seed: int, n: int) -> dict:
 
 def cached_frames(args) -> dict:
     preset, seed, n, work = args
-    return cached_json(work / f"{preset}@{seed}_n{n}.json", lambda: _frames_of(preset, seed, n))
+    return cached_json(work / f"{preset}@{seed}_n{n}_{spot_finder_tag()}.json", lambda: _frames_of(preset, seed, n))
 
 
 def summarise(run: dict) -> dict:
