@@ -49,10 +49,6 @@ def setting_key(field: str, setting, off: str) -> str:
     return off if setting is None else f"{field} = {setting:g}"
 
 
-def _key(setting) -> str:
-    return setting_key("line_sigma", setting, "no line factors")
-
-
 def counts_by_setting(preset: str, seed: int, n: int, field: str, settings, off: str) -> dict:
     """Labels and the gate's count (spots off every ring and streak) of frames 0..n-1 with the spot finder's
     ``field`` set to each of ``settings`` (the rest its defaults), and the spot finder's time per frame."""
