@@ -20,7 +20,11 @@ so both find it in the page cache.  Two rates each:
 The ratio (two ranks / one process) of each repeat, and the mean with a 95 %
 Student-t interval over the repeats.  The two scores.csv must be identical.
 
-    python bench/mpi_scaling.py [--frames 400] [--repeats 3]
+    python bench/mpi_scaling.py [--frames 400] [--repeats 3] [--files 1]
+
+``--files K`` screens a run of K files, K links to the one simulated file
+(``run_000.cxi`` ...), as a run a DAQ splits into files of ``--frames``
+frames each: a run K times as long, without K times the disk and page cache.
 
 Writes bench/results/mpi_scaling.json.  Needs ``mpirun`` (OpenMPI) and mpi4py.
 """
@@ -58,14 +62,14 @@ def _into_page_cache(path: Path, block: int = 1 << 26) -> None:
             pass
 
 
-def _command(ranks: int, run: str, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "diffscreen", "screen", run, "--out", str(out)]
+def _command(ranks: int, run: list[str], out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "diffscreen", "screen", *run, "--out", str(out)]
     if ranks == 1:
         return cmd
     return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), *cmd]
 
 
-def _timed(ranks: int, run: str, out: Path, n: int) -> dict:
+def _timed(ranks: int, run: list[str], out: Path, n: int) -> dict:
     t = time.perf_counter()
     p = subprocess.run(_command(ranks, run, out), capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--files", type=int, default=1, help="the run's files: links to the one simulated file")
     ap.add_argument("--json", type=Path, default=OUT)
     a = ap.parse_args(argv)
     if shutil.which("mpirun") is None:
@@ -89,10 +94,16 @@ def main(argv=None) -> int:
         work = Path(d)
         run = make_shipped_run(work, a.frames)
         _into_page_cache(Path(run["path"]))
+        files = [run["path"]]
+        if a.files > 1:
+            files = [str(work / f"run_{i:03d}.cxi") for i in range(a.files)]
+            for f in files:
+                os.symlink(run["path"], f)
+        n = a.frames * len(files)
         reps = []
         for k in range(a.repeats):
             order = (1, 2) if k % 2 == 0 else (2, 1)
-            got = {r: _timed(r, run["path"], work / f"out_{r}_{k}", a.frames) for r in order}
+            got = {r: _timed(r, files, work / f"out_{r}_{k}", n) for r in order}
             one, two = (work / f"out_{r}_{k}" / "scores.csv" for r in (1, 2))
             same = one.read_bytes() == two.read_bytes()
             rec = {"one": got[1], "two": got[2], "scores_identical": same,
@@ -102,10 +113,11 @@ def main(argv=None) -> int:
             reps.append(rec)
     result = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python "
                          f"{platform.python_version()}",
-              "run": {k: v for k, v in run.items() if k != "path"}, "frames": a.frames,
-              "commands": [" ".join(_command(1, "RUN", Path("OUT"))[2:]),
-                           " ".join(_command(2, "RUN", Path("OUT"))[:5] + ["diffscreen", "screen", "RUN", "--out",
-                                                                           "OUT"])],
+              "run": {k: v for k, v in run.items() if k != "path"}, "frames": n, "files": len(files),
+              "frames_per_file": a.frames,
+              "commands": [" ".join(_command(1, ["RUN"], Path("OUT"))[2:]),
+                           " ".join(_command(2, ["RUN"], Path("OUT"))[:5] + ["diffscreen", "screen", "RUN", "--out",
+                                                                             "OUT"])],
               "repeats": reps, "goal_ratio": GOAL,
               "ratio_wall": interval_record([r["ratio_wall"] for r in reps]),
               "ratio_screening": interval_record([r["ratio_screening"] for r in reps]),

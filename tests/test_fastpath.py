@@ -36,6 +36,7 @@ from diffscreen.preprocess.fast import (
     prepare_region,
     resample_matrix,
 )
+from diffscreen.preprocess.pooling import max_pool_window
 from diffscreen.simulate import simulate_frame
 
 from conftest import find_real_frame
@@ -175,6 +176,50 @@ def test_prepare_region_matches_prepare_pixels():
     ref = prepare_pixels(Frame(data.astype(np.float32), mask, FrameMeta("x")))
     np.testing.assert_array_equal(prepare_region(data[5:30, 7:40], mask[5:30, 7:40]), ref[5:30, 7:40])
     assert (ref[mask] == 0).all() and (ref >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.float32, np.float64])
+def test_resample_window_is_prepare_then_resample_to_the_bit(dtype):
+    rng = np.random.default_rng(7)
+    cfgs = [PreprocessConfig(out_size=96), PreprocessConfig(out_size=40, contrast="snr", pooling="bilinear")]
+    for t in range(24):
+        H, W = (int(v) for v in rng.integers(30, 300, 2))
+        big = (rng.poisson(rng.uniform(0.5, 40), (H, W + 17)) - rng.integers(0, 4)).astype(dtype)
+        data = big[:, 5 : W + 5]  # a column slice of whole rows, as a reader returns the window
+        if t % 4 == 3:
+            data = np.asfortranarray(data)  # rows not contiguous: copied first
+        if data.dtype.kind == "f":
+            data[rng.integers(0, H, 3), rng.integers(0, W, 3)] = [np.nan, np.inf, -np.inf]
+        bad = rng.random((H, W)) < 0.1 if t % 2 else None
+        cfg = cfgs[t % 2]
+        pre = FastPreprocessor(cfg)
+        centre = (float(rng.uniform(-20, W + 20)), float(rng.uniform(-20, H + 20)))  # windows over the edge too
+        plan = crop_plan((H, W), centre, float(rng.uniform(0.3, 2.5)), cfg.out_size)
+        if plan.empty:
+            continue
+        (r0, r1), (c0, c1) = plan.rows, plan.cols
+        d, b = data[r0:r1, c0:c1], None if bad is None else bad[r0:r1, c0:c1]
+        before = d.copy()
+        prep = pre.prepare(d, b).copy()
+        want = pre.resample(prep, plan)
+        got, flags = pre.resample_window(d, b, plan)
+        np.testing.assert_array_equal(got, want)  # NaN where NaN, every other value to the bit
+        valid = np.ones(d.shape, bool) if b is None else ~b
+        assert flags.nonzero == bool(prep.any())
+        assert flags.raw_nonzero == bool(np.any(d[valid]))
+        assert flags.nonfinite == (int(np.count_nonzero(~np.isfinite(d) & valid)) if d.dtype.kind == "f" else 0)
+        np.testing.assert_array_equal(d, before)  # the window is not modified
+    plan = crop_plan((50, 50), (25.0, 25.0), 1.0, 32)
+    (r0, r1), (c0, c1) = plan.rows, plan.cols
+    big_endian = np.arange(2500).reshape(50, 50).astype(np.dtype(dtype).newbyteorder(">"))[r0:r1, c0:c1]
+    pre = FastPreprocessor(PreprocessConfig(out_size=32))
+    np.testing.assert_array_equal(pre.resample_window(big_endian, None, plan)[0],
+                                  pre.resample(pre.prepare(big_endian, None), plan))
+    np.testing.assert_array_equal(max_pool_window(big_endian, None, plan.side, 0, 0, 32),
+                                  max_pool_window(big_endian.astype(dtype), None, plan.side, 0, 0, 32))
+    _, flags = FastPreprocessor(PreprocessConfig(out_size=32)).resample_window(np.zeros((r1 - r0, c1 - c0), dtype),
+                                                                               None, plan)
+    assert flags.empty and flags.nonfinite == 0
 
 
 @pytest.mark.parametrize("k,s,p,ceil", [(3, 2, 1, True), (2, 2, 0, False), (3, 2, 1, False), (2, 2, 0, True),

@@ -48,6 +48,7 @@ __all__ = [
     "FrameSource",
     "BaseSource",
     "invalid_mask",
+    "row_run",
     "describe_exception",
     "reader_errors",
     "check_input_file",
@@ -256,6 +257,34 @@ class BaseSource:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}>"
+
+
+def row_run(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """A 2-D array as one contiguous 1-D run from its first to its last element, and its row stride (elements).
+
+    The window a reader returns is usually a column slice of whole rows it read (rows contiguous, the row
+    stride the frame's width): the run is a read-only view of that memory, not a copy, so compiled loops over a
+    row see contiguous memory, and a reduction over the run covers the window (and the pixels between its rows'
+    ends and the next rows' starts).  Anything else is copied to C order first.
+
+    Parameters
+    ----------
+    a : (h, w) ndarray
+
+    Returns
+    -------
+    run : ((h - 1) · stride + w,) ndarray
+        Row ``k`` of ``a`` is ``run[k · stride : k · stride + w]`` (a length-1 run when ``a`` is empty).
+    stride : int
+    """
+    h, w = a.shape
+    if h == 0 or w == 0:
+        return np.zeros(1, a.dtype), w
+    if a.strides[1] != a.itemsize or a.strides[0] < w * a.itemsize or a.strides[0] % a.itemsize:
+        a = np.ascontiguousarray(a)
+    rs = a.strides[0] // a.itemsize
+    run = np.lib.stride_tricks.as_strided(a, shape=((h - 1) * rs + w,), strides=(a.itemsize,), writeable=False)
+    return run, rs
 
 
 def invalid_mask(raw: np.ndarray, saturated=None, *, negative: bool = False) -> np.ndarray:

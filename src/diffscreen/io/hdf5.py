@@ -51,7 +51,7 @@ import re
 import numpy as np
 
 from diffscreen.errors import DatasetNotFoundError, FrameReadError, UnknownFormatError
-from diffscreen.io.base import BaseSource, check_input_file, invalid_mask, reader_errors
+from diffscreen.io.base import BaseSource, check_input_file, invalid_mask, reader_errors, row_run
 from diffscreen.io.frame import CLASS_NAMES, Frame, FrameMeta
 from diffscreen.io.limits import check_frame_size
 
@@ -419,6 +419,7 @@ class _CXIEntry:
         _check_mask(self.static_mask, self.data, self.n, self.shape, path, per_frame=False)
         self._static_bad = None
         self._cols: dict[str, np.ndarray | None] = {}
+        self._class_names: tuple[str, ...] | None = None
 
     def pixels(self, j: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Frame ``j`` as float32, and the invalid-value mask of integer data (else None)."""
@@ -511,9 +512,12 @@ class _CXIEntry:
         return _decode(col[j]) if j < len(col) else None
 
     def class_names(self) -> tuple[str, ...]:
-        res = _optional(self.g, "result_1", self.path)
-        names = None if res is None else res.attrs.get("class_names")
-        return CLASS_NAMES if names is None else tuple(str(_decode(n)) for n in np.atleast_1d(names))
+        """The ``class_names`` attribute of ``result_1`` (Hit/Maybe/Miss when absent), read once."""
+        if self._class_names is None:
+            res = _optional(self.g, "result_1", self.path)
+            names = None if res is None else res.attrs.get("class_names")
+            self._class_names = CLASS_NAMES if names is None else tuple(str(_decode(n)) for n in np.atleast_1d(names))
+        return self._class_names
 
 
 def _plain_layout(ds):
@@ -731,8 +735,9 @@ class CXISource(_H5Source):
                 self._raw = _RawRows(self.path, index)
             data = e.pixels_region(j, index, (r0, r1), (c0, c1), self._raw)
             bad = e.bad_region(j, index, (r0, r1), (c0, c1))
-        # the same invalid-value rule as read(); the max (no temporary) spares the mask pass on most frames
-        if data.dtype.kind in "iu" and data.size and data.max() >= np.iinfo(data.dtype).max:
+        # the same invalid-value rule as read(); the max spares the mask pass on most frames (over the window's
+        # rows as one contiguous run: a pixel between them only costs the pass)
+        if data.dtype.kind in "iu" and data.size and row_run(data)[0].max() >= np.iinfo(data.dtype).max:
             bad = bad | invalid_mask(data)
         return data, bad
 

@@ -135,6 +135,8 @@ def max_pool_window(data, bad, side: int, first_row: int, first_col: int, out_si
     data = np.asarray(data)
     if data.dtype.kind not in "iuf" or data.dtype == np.float16:  # bool, half precision, ...: as float32
         data = data.astype(np.float32)
+    elif not data.dtype.isnative:  # a big-endian file read as stored
+        data = data.astype(data.dtype.newbyteorder("="))
     h, w = data.shape
     out = np.empty((out_size, out_size), np.float32) if out is None else out
     out.fill(np.nan)

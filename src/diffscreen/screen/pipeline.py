@@ -124,14 +124,13 @@ def _window_crop(pre, src, i: int, out: np.ndarray):
         if pre.config.pooling == "max":  # one pass; the crop stands in for the prepared window
             out[...] = pre.from_region(data, bad, plan)
             check_window(data, bad, meta, crop=out)
-        else:
-            prep = pre.prepare(data, bad)
-            check_window(data, bad, meta, prepared=prep)
-            out[...] = pre.resample(prep, plan)
+        else:  # prepared, resampled and checked in one pass
+            _, flags = pre.resample_window(data, bad, plan, out=out)
+            check_window(data, bad, meta, flags=flags)
     return plan.to_crop(*beam_centre(meta, shape)), meta, shape
 
 
-def check_window(data, bad, meta, *, prepared=None, crop=None) -> None:
+def check_window(data, bad, meta, *, crop=None, flags=None) -> None:
     """:func:`~diffscreen.io.frame.check_frame`'s pixel tests on the crop window only.
 
     Parameters
@@ -142,11 +141,13 @@ def check_window(data, bad, meta, *, prepared=None, crop=None) -> None:
         True = masked.
     meta : FrameMeta
         Names the file and frame in the error.
-    prepared : (h, w) float32 ndarray, optional
-        The prepared window (bilinear path).
     crop : (S, S) float32 ndarray, optional
         The max-pooled crop (NaN where nothing valid), whose extremes tell
-        whether any valid pixel is non-zero; used instead of ``prepared``.
+        whether any valid pixel is non-zero (max-pooling path).
+    flags : WindowFlags, optional
+        The counts :meth:`~diffscreen.preprocess.fast.FastPreprocessor.resample_window`
+        made in its pass (bilinear path); the pixels are not looked at again.
+        One of ``crop`` and ``flags`` is needed.
 
     Raises
     ------
@@ -154,16 +155,14 @@ def check_window(data, bad, meta, *, prepared=None, crop=None) -> None:
         An unmasked pixel of the window is NaN or ±inf, or every unmasked
         pixel of the window is zero.
     """
-    if data.dtype.kind == "f":
-        nonfinite = ~np.isfinite(data)
-        nonfinite &= ~bad
-        if nonfinite.any():
-            raise BadFrameError(f"{int(nonfinite.sum())} pixels of the crop window are NaN or infinite",
-                                path=meta.source, frame=meta.index)
-    if crop is not None:
-        empty = not (np.fmax.reduce(crop, axis=None) > 0 or np.fmin.reduce(crop, axis=None) < 0)
+    if flags is not None:
+        n_bad, empty = flags.nonfinite, flags.empty
     else:
-        empty = not prepared.any() and not np.any(data[~bad])
+        n_bad = int(np.count_nonzero(~np.isfinite(data) & ~bad)) if data.dtype.kind == "f" else 0
+        empty = not (np.fmax.reduce(crop, axis=None) > 0 or np.fmin.reduce(crop, axis=None) < 0)
+    if n_bad:
+        raise BadFrameError(f"{n_bad} pixels of the crop window are NaN or infinite",
+                            path=meta.source, frame=meta.index)
     if empty:
         raise BadFrameError("all pixels of the crop window are zero or masked (empty readout)",
                             path=meta.source, frame=meta.index)

@@ -33,7 +33,7 @@ The walk of one frame (every step calls downward, none climbs back)::
             io FrameSource.read_meta, .frame_shape       (window path)
             preprocess.fast.FastPreprocessor.plan
             io FrameSource.read_region                   (whole-frame path: .read, io.frame.check_frame)
-            preprocess FastPreprocessor.from_region / .prepare + screen.pipeline.check_window + .resample
+            preprocess FastPreprocessor.from_region / .resample_window + screen.pipeline.check_window
             preprocess FastPreprocessor.normalise_inplace
             models.inference.Classifier.predict_batch    (the network)
           models.decision.decide                         (Ke et al. 2018 §2.1)
