@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import uniform_filter
 
-from diffscreen.errors import FrameReadError
+from diffscreen.errors import BadFrameError, FrameReadError
 from diffscreen.io import open_source
 from diffscreen.io.cxi import CXIWriter
 from diffscreen.io.frame import Frame, FrameMeta
@@ -220,6 +220,8 @@ def test_resample_window_is_prepare_then_resample_to_the_bit(dtype):
     _, flags = FastPreprocessor(PreprocessConfig(out_size=32)).resample_window(np.zeros((r1 - r0, c1 - c0), dtype),
                                                                                None, plan)
     assert flags.empty and flags.nonfinite == 0
+    with pytest.raises(BadFrameError, match="window mask"):  # a mask of another shape is refused, never read
+        pre.resample_window(big_endian, np.zeros((5, 5), bool), plan)
 
 
 @pytest.mark.parametrize("k,s,p,ceil", [(3, 2, 1, True), (2, 2, 0, False), (3, 2, 1, False), (2, 2, 0, True),

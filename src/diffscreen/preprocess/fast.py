@@ -709,8 +709,9 @@ class FastPreprocessor(Preprocessor):
         """:meth:`prepare` then :meth:`resample` in one compiled pass, and the window's :class:`WindowFlags`.
 
         The same crop as ``resample(prepare(data, bad), plan)`` to the bit (the same float32 additions in the same
-        order, tests/test_fastpath.py), at about a third of the cost on a 1479 px window: the window is read once,
-        row by row, and no prepared copy, intermediate product or transposed copy of it is made.
+        order, tests/test_fastpath.py), at about half the cost on a 1479 px window (3.3 against 6.5 ms with the
+        window check): the window is read once, row by row, and no prepared copy, intermediate product or
+        transposed copy of it is made.
 
         Parameters
         ----------
@@ -731,13 +732,16 @@ class FastPreprocessor(Preprocessor):
         Raises
         ------
         BadFrameError
-            ``data`` does not have the plan's window shape.
+            ``data`` or ``bad`` does not have the plan's window shape.
         """
         S, c = plan.out_size, self.config
         (r0, r1), (c0, c1) = plan.rows, plan.cols
         data = np.asarray(data)
-        if data.shape != (r1 - r0, c1 - c0):
-            raise BadFrameError(f"window pixels have shape {data.shape}, the plan needs {(r1 - r0, c1 - c0)}")
+        use_bad = bad is not None
+        bad = np.asarray(bad, dtype=bool) if use_bad else np.zeros((1, 1), bool)
+        for name, a in (("pixels", data), ("mask", bad if use_bad else data)):
+            if a.shape != (r1 - r0, c1 - c0):
+                raise BadFrameError(f"window {name}: shape {a.shape}, the plan needs {(r1 - r0, c1 - c0)}")
         if data.dtype.kind not in "iuf" or data.dtype == np.float16:  # bool, half precision, ...: as float32
             data = data.astype(np.float32)
         elif not data.dtype.isnative:  # a big-endian file read as stored
@@ -746,8 +750,7 @@ class FastPreprocessor(Preprocessor):
         fy, ey, fx, ex = r0 - plan.y0, r1 - plan.y0, c0 - plan.x0, c1 - plan.x0
         ypt, yix, yw, _, _, span = _taps(plan.side, S, fy, ey)
         _, _, _, xix, xw, _ = _taps(plan.side, S, fx, ex)
-        use_bad = bad is not None
-        (d, drs), (b, brs) = row_run(data), row_run(np.asarray(bad, dtype=bool) if use_bad else np.zeros((1, 1), bool))
+        (d, drs), (b, brs) = row_run(data), row_run(bad)
         flags = np.zeros(3, np.int64)
         w = data.shape[1]
         _prepare_resample(d, drs, b, brs, use_bad, data.shape[0], w, np.float32(c.invalid_value),
