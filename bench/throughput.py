@@ -518,8 +518,9 @@ def markdown(r: dict) -> str:
     L += ["", "The stages run on C-ordered copies of the windows. `screen` gets each window as the reader returns "
           "it, a column slice of the rows it read, on which the separate masking copy is slower and the window "
           "check is one more pass over the pixels (about 1 ms at 1479 px); the one-pass row counts that check. "
-          "At the 875 px window of *central 360* the one pass is slower than the two steps it replaces on such "
-          "copies: its column pass gathers each output pixel's taps, where scipy streams the transposed product.",
+          "At the 875 px window of *central 360* the one pass is only as fast as the two steps it replaces on such "
+          "copies: its column pass gathers each output pixel's taps (for 8 output rows at once), where scipy "
+          "streams the transposed product.",
           "", "## Peers and floor, one core", "", "| | frames/s | ms/frame |", "|---|---:|---:|",
           f"| memory floor (`np.sum` of the int32 frame in memory) | {r['memory_floor']['fps']:,.0f} | "
           f"{r['memory_floor']['ms']:.2f} |"]
@@ -561,10 +562,11 @@ def markdown(r: dict) -> str:
           "compiled loop over the rows, counting on the way what the window check needs (NaN or inf, a blank "
           "readout), where before the window was copied and masked as float32, checked, multiplied and "
           "transposed in separate passes; the crop is the same to the bit (tests/test_fastpath.py). On the "
-          "1479 px window of the shipped model it cut that step from about 6.5 to 3.3 ms a frame; the reader's "
-          "invalid-value test now takes the maximum over the rows it read as one contiguous run, and a CXI "
-          "entry reads its class names once.  Back to back on this machine the shipped `screen()` went from "
-          "49.5 to 63.4 frames/s and `predict_source` from 62.6 to 89.8.",
+          "1479 px window of the shipped model, as the reader returns it, it cut that step from about 6.5 to "
+          "2 ms a frame; the reader's invalid-value test now takes the maximum over the rows it read as one "
+          "contiguous run, and a CXI entry reads its class names once.  Back to back on this machine (the "
+          "code before, then after) the shipped `screen()` went from 45.2 to 58.0 frames/s at 5 % hits and "
+          "from 16.4 to 18.9 at 50 %, `predict_source` from 61.2 to 86.9.",
           "* The LCN's 5 × 5 box filter runs row by row in one compiled loop (`diffscreen.preprocess.fast."
           "fast_lcn`), whose rows stay in the cache: about 2 ms a 720 × 720 crop against 4.2 ms for the "
           "whole-array numpy passes before; with it the shipped `screen()` reached the rate above (float32 "
