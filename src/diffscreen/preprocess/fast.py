@@ -290,7 +290,7 @@ def _prepare_row(src, bad, use_bad, invalid, clamp, check_finite, dst, flags):
 
 @njit(cache=True, nogil=True)
 def _prepare_resample(data, drs, bad, brs, use_bad, h, w, invalid, clamp, check_finite, ypt, yix, yw, xix, xw, out,
-                      ring, row, block, flags):
+                      ring, row, block, sums, flags):
     """:func:`prepare_region` then the two sparse products of :meth:`FastPreprocessor.resample`, in one pass.
 
     ``data`` and ``bad`` are the window's ``h × w`` pixels as flat runs (:func:`~diffscreen.io.base.row_run`):
@@ -300,7 +300,7 @@ def _prepare_resample(data, drs, bad, brs, use_bad, h, w, invalid, clamp, check_
     float32, in the operator's order, from 0, and goes to column ``o mod 8`` of ``block`` (``(w + 1, 8)``; its
     last row is the padding taps' 0).  For every 8 output rows, output pixel ``p`` is then
     ``Σ_t xw[t, p] · block[xix[t, p]]`` over its taps ``t`` in the column operator's order (:func:`_taps`), for
-    the 8 rows at once (8 running sums, one load of the 8 values a tap).  These are the additions and roundings
+    the 8 rows at once (the 8 running ``sums``, one load of the 8 values a tap).  These are the additions and roundings
     scipy's ``csr @ dense`` makes in ``A · (A · win)ᵀ``.
     """
     nring = ring.shape[0]
@@ -330,33 +330,15 @@ def _prepare_resample(data, drs, bad, brs, use_bad, h, w, invalid, clamp, check_
             for j in range(w):
                 block[j, b] = row[j]
         for p in range(S):
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+            for b in range(8):
+                sums[b] = 0.0
             for t in range(xix.shape[0]):
                 c = xix[t, p]
                 v = xw[t, p]
-                a0 += v * block[c, 0]
-                a1 += v * block[c, 1]
-                a2 += v * block[c, 2]
-                a3 += v * block[c, 3]
-                a4 += v * block[c, 4]
-                a5 += v * block[c, 5]
-                a6 += v * block[c, 6]
-                a7 += v * block[c, 7]
-            out[o0, p] = a0
-            if nb > 1:
-                out[o0 + 1, p] = a1
-            if nb > 2:
-                out[o0 + 2, p] = a2
-            if nb > 3:
-                out[o0 + 3, p] = a3
-            if nb > 4:
-                out[o0 + 4, p] = a4
-            if nb > 5:
-                out[o0 + 5, p] = a5
-            if nb > 6:
-                out[o0 + 6, p] = a6
-            if nb > 7:
-                out[o0 + 7, p] = a7
+                for b in range(8):
+                    sums[b] += v * block[c, b]
+            for b in range(nb):
+                out[o0 + b, p] = sums[b]
     while nxt < h:
         _prepare_row(data[nxt * drs:nxt * drs + w], bad[nxt * brs:nxt * brs + w] if use_bad else bad,
                      use_bad, invalid, clamp, check_finite, ring[0], flags)
@@ -787,7 +769,7 @@ class FastPreprocessor(Preprocessor):
         _prepare_resample(d, drs, b, brs, use_bad, data.shape[0], w, np.float32(c.invalid_value),
                           bool(c.clamp_negative and data.dtype.kind != "u"), data.dtype.kind == "f", ypt, yix, yw, xix,
                           xw, out, _buffer("ring", (span, w)), _buffer("row", (w,)), _buffer("block", (w + 1, 8)),
-                          flags)
+                          _buffer("sums", (8,)), flags)
         pad = c.invalid_value
         if pad != 0:  # as resample: output pixels that mix in the padding outside the frame take its value
             out[partial_outputs(plan.side, S, fy, ey)] = pad
