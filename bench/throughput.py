@@ -563,7 +563,7 @@ def markdown(r: dict) -> str:
           "readout), where before the window was copied and masked as float32, checked, multiplied and "
           "transposed in separate passes; the crop is the same to the bit (tests/test_fastpath.py). On the "
           "1479 px window of the shipped model, as the reader returns it, it cut that step from about 6.5 to "
-          "2–2.5 ms a frame; the reader's invalid-value test now takes the maximum over the rows it read as one "
+          "2.4–3.3 ms a frame (this machine's spread); the reader's invalid-value test now takes the maximum over the rows it read as one "
           "contiguous run, and a CXI entry reads its class names once.  Back to back on this machine (the "
           "code before, then after, twice) the shipped `screen()` went from 45.2 to 58.0 and from 51.5 to "
           "62.4 frames/s at 5 % hits, from 16.4 to 18.9 and 16.6 to 19.0 at 50 %, and `predict_source` from "

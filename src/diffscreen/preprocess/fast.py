@@ -722,9 +722,9 @@ class FastPreprocessor(Preprocessor):
         """:meth:`prepare` then :meth:`resample` in one compiled pass, and the window's :class:`WindowFlags`.
 
         The same crop as ``resample(prepare(data, bad), plan)`` to the bit (the same float32 additions in the same
-        order, tests/test_fastpath.py), at about a third of the cost on a 1479 px window (2 against 6.5 ms with
-        the window check): the window is read once, row by row, and no prepared copy, intermediate product or
-        transposed copy of it is made.
+        order, tests/test_fastpath.py), at under half the cost on a 1479 px window (2.4–3.3 against about 6.5 ms
+        with the window check): the window is read once, row by row, and no prepared copy, intermediate product
+        or transposed copy of it is made.
 
         Parameters
         ----------
