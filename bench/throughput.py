@@ -547,8 +547,9 @@ def markdown(r: dict) -> str:
           "* The fast path (`Classifier(model)`, the default; `Classifier.predict_source` end to end): the "
           "crop plan from the frame's metadata, one `preadv` of the window's rows for uncompressed CXI "
           "(`CXISource.read_region`), masking of the window only, resampling as two sparse products with "
-          "torch's own interpolation weights in one pass with the masking (`diffscreen.preprocess.fast`, written out from torch's kernel, "
-          "so a new window side costs 0.2 ms, not the 8 ms of resampling an identity matrix), a lean GCN + "
+          "torch's own interpolation weights in one pass with the masking (`diffscreen.preprocess.fast`, "
+          "written out from torch's kernel, so a new window side costs 0.2 ms, not the 8 ms of resampling an "
+          "identity matrix), a lean GCN + "
           "LCN, and the network with BatchNorm folded and strided max-pooling (`diffscreen.models.fused`).  "
           "The reference path: `Classifier(model, fast=False)`, CLI `screen --reference-path`.",
           "* Passes sized to the cache: on the CPU the network runs as many frames at once as fit in 4 MiB "
