@@ -33,13 +33,13 @@ from diffscreen.preprocess.fast import (
     box_mean,
     crop_plan,
     fast_lcn,
-    prepare_region,
     resample_matrix,
 )
 from diffscreen.preprocess.pooling import max_pool_window
 from diffscreen.simulate import simulate_frame
 
 from conftest import find_real_frame
+from reference.window_resample import resample_two_step
 
 CONFIGS = [
     PreprocessConfig(out_size=360),  # the bundled model's recipe
@@ -169,17 +169,22 @@ def test_box_mean_and_fast_lcn_match_scipy_reference():
     np.testing.assert_allclose(fast_lcn(const.copy()), lcn(const), atol=1e-6)
 
 
-def test_prepare_region_matches_prepare_pixels():
+def test_resample_window_at_zoom_one_is_prepare_pixels():
     rng = np.random.default_rng(2)
     data = rng.integers(-50, 200, (40, 50)).astype(np.int32)
     mask = rng.random((40, 50)) < 0.2
     ref = prepare_pixels(Frame(data.astype(np.float32), mask, FrameMeta("x")))
-    np.testing.assert_array_equal(prepare_region(data[5:30, 7:40], mask[5:30, 7:40]), ref[5:30, 7:40])
+    plan = crop_plan((40, 50), (25.0, 20.0), 1.0, 16)  # one window pixel per output pixel, inside the frame
+    (r0, r1), (c0, c1) = plan.rows, plan.cols
+    assert (r1 - r0, c1 - c0) == (16, 16) and plan.side == 16
+    crop, _ = FastPreprocessor(PreprocessConfig(out_size=16)).resample_window(data[r0:r1, c0:c1], mask[r0:r1, c0:c1],
+                                                                              plan)
+    np.testing.assert_array_equal(crop, ref[r0:r1, c0:c1])
     assert (ref[mask] == 0).all() and (ref >= 0).all()
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.float32, np.float64])
-def test_resample_window_is_prepare_then_resample_to_the_bit(dtype):
+def test_resample_window_is_the_two_step_crop_to_the_bit(dtype):
     rng = np.random.default_rng(7)
     cfgs = [PreprocessConfig(out_size=96), PreprocessConfig(out_size=40, contrast="snr", pooling="bilinear")]
     for t in range(24):
@@ -200,8 +205,7 @@ def test_resample_window_is_prepare_then_resample_to_the_bit(dtype):
         (r0, r1), (c0, c1) = plan.rows, plan.cols
         d, b = data[r0:r1, c0:c1], None if bad is None else bad[r0:r1, c0:c1]
         before = d.copy()
-        prep = pre.prepare(d, b).copy()
-        want = pre.resample(prep, plan)
+        prep, want = resample_two_step(cfg, d, b, plan)
         got, flags = pre.resample_window(d, b, plan)
         np.testing.assert_array_equal(got, want)  # NaN where NaN, every other value to the bit
         valid = np.ones(d.shape, bool) if b is None else ~b
@@ -214,7 +218,7 @@ def test_resample_window_is_prepare_then_resample_to_the_bit(dtype):
     big_endian = np.arange(2500).reshape(50, 50).astype(np.dtype(dtype).newbyteorder(">"))[r0:r1, c0:c1]
     pre = FastPreprocessor(PreprocessConfig(out_size=32))
     np.testing.assert_array_equal(pre.resample_window(big_endian, None, plan)[0],
-                                  pre.resample(pre.prepare(big_endian, None), plan))
+                                  resample_two_step(pre.config, big_endian, None, plan)[1])
     np.testing.assert_array_equal(max_pool_window(big_endian, None, plan.side, 0, 0, 32),
                                   max_pool_window(big_endian.astype(dtype), None, plan.side, 0, 0, 32))
     _, flags = FastPreprocessor(PreprocessConfig(out_size=32)).resample_window(np.zeros((r1 - r0, c1 - c0), dtype),

@@ -22,12 +22,11 @@ linear contrast) at a fraction of the cost:
   for zooms up and down, fractional or not) and is stored
   sparse (≤ 2·side/out_size + 1 non-zeros a row); columns of ``A`` that fall
   outside the frame are dropped instead of padding the window with zeros.
-  Agreement with :func:`~diffscreen.preprocess.crop_scaled`: float32
-  rounding only (relative 1e-6 of the crop's largest value; the summation
-  order differs).  The screening path makes the masking and both products
-  in one compiled pass over the window's rows
-  (:meth:`FastPreprocessor.resample_window`, the same crop to the bit), which
-  also counts what :func:`~diffscreen.io.frame.check_frame` tests.
+  The masking and both products are one compiled pass over the window's
+  rows (:meth:`FastPreprocessor.resample_window`), which also counts what
+  :func:`~diffscreen.io.frame.check_frame` tests.  Agreement with
+  :func:`~diffscreen.preprocess.crop_scaled`: float32 rounding only
+  (relative 1e-6 of the crop's largest value; the summation order differs).
 * **A lean contrast step** per crop (:func:`fast_lcn`): GCN (Eq. 6) and the
   5 × 5 local step (Eqs. 7–9) in float32, the box filter summed row by row
   in one compiled loop that keeps its rows in the cache (the reference's
@@ -56,8 +55,8 @@ from diffscreen.preprocess.geometry import beam_centre, crop_window, window_to_c
 from diffscreen.preprocess.pipeline import Preprocessor, significance_batch
 from diffscreen.preprocess.pooling import max_pool_window
 
-__all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "prepare_region",
-           "partial_outputs", "WindowFlags"]
+__all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "partial_outputs",
+           "WindowFlags"]
 
 
 @dataclass(frozen=True)
@@ -222,50 +221,11 @@ def resample_matrix(side: int, out_size: int, first: int = 0, end: int | None = 
     return sp.csr_matrix(_full_matrix(side, out_size)[:, first:end], dtype=np.float32)
 
 
-def prepare_region(data, bad=None, out: np.ndarray | None = None, *, invalid: float = 0.0,
-                   clamp: bool = True) -> np.ndarray:
-    """Pixels of a window with masked (and negative) values replaced, as float32.
-
-    The same as :func:`~diffscreen.preprocess.prepare_pixels` on a part of the
-    frame.
-
-    Parameters
-    ----------
-    data : (h, w) array_like
-        Pixels (any numeric dtype), not modified.
-    bad : (h, w) bool array_like, optional
-        True = masked.
-    out : (h, w) float32 ndarray, optional
-        Where to write (default: a new array).
-    invalid : float
-        Value of masked pixels (0, Ke; NaN for the significance input).
-    clamp : bool
-        Negative values → 0 (Ke); False keeps them.
-
-    Returns
-    -------
-    (h, w) float32 ndarray
-    """
-    import torch
-
-    data = np.asarray(data)
-    if out is None:
-        out = np.empty(data.shape, np.float32)
-    np.copyto(out, data, casting="unsafe")
-    if clamp and data.dtype.kind != "u":
-        # torch's clamp is ~4x faster than np.maximum here; NaN stays NaN as in the reference
-        torch.from_numpy(out).clamp_min_(0.0)
-    if bad is not None:
-        bad = np.asarray(bad, dtype=bool)
-        if bad.any():
-            np.copyto(out, np.float32(invalid), where=bad)
-    return out
-
-
 @njit(cache=True, nogil=True)
 def _prepare_row(src, bad, use_bad, invalid, clamp, check_finite, dst, flags):
-    """:func:`prepare_region` of one window row ``src`` into ``dst``; adds to ``flags`` [prepared pixels ≠ 0,
-    unmasked pixels ≠ 0, unmasked non-finite pixels]."""
+    """One window row ``src`` prepared into ``dst`` as :func:`~diffscreen.preprocess.prepare_pixels` prepares a
+    frame (negative values → 0 when ``clamp``, NaN kept; masked pixels → ``invalid``, float32); adds to ``flags``
+    [prepared pixels ≠ 0, unmasked pixels ≠ 0, unmasked non-finite pixels]."""
     nz = 0
     raw = 0
     nf = 0
@@ -291,7 +251,8 @@ def _prepare_row(src, bad, use_bad, invalid, clamp, check_finite, dst, flags):
 @njit(cache=True, nogil=True)
 def _prepare_resample(data, drs, bad, brs, use_bad, h, w, invalid, clamp, check_finite, ypt, yix, yw, xix, xw, out,
                       ring, row, block, sums, flags):
-    """:func:`prepare_region` then the two sparse products of :meth:`FastPreprocessor.resample`, in one pass.
+    """The window's pixels prepared (:func:`_prepare_row`) and resampled by :func:`resample_matrix` on both axes,
+    in one pass.
 
     ``data`` and ``bad`` are the window's ``h × w`` pixels as flat runs (:func:`~diffscreen.io.base.row_run`):
     row ``k`` is ``data[k · drs : k · drs + w]``.  Each window row is prepared once (:func:`_prepare_row`) into
@@ -657,44 +618,6 @@ class FastPreprocessor(Preprocessor):
         z = zoom_factor(meta, shape, s_per_px=c.s_per_px, fallback_size=c.fallback_size)
         return crop_plan(shape, beam_centre(meta, shape), z, c.out_size, shift)
 
-    def resample(self, region: np.ndarray, plan: CropPlan) -> np.ndarray:
-        """Window pixels (already prepared) → the ``(out_size, out_size)`` crop.
-
-        Parameters
-        ----------
-        region : (r1 - r0, c1 - c0) float32 ndarray
-            Prepared pixels of ``plan.rows`` × ``plan.cols``.
-        plan : CropPlan
-
-        Returns
-        -------
-        (out_size, out_size) float32 ndarray
-        """
-        S = plan.out_size
-        pad = self.config.invalid_value
-        if plan.empty:
-            return np.full((S, S), pad, np.float32)
-        (r0, r1), (c0, c1) = plan.rows, plan.cols
-        if region.shape != (r1 - r0, c1 - c0):
-            raise BadFrameError(f"window pixels have shape {region.shape}, the plan needs {(r1 - r0, c1 - c0)}")
-        if plan.side == S and region.shape == (S, S):
-            return np.array(region, dtype=np.float32, copy=True)
-        fy, ey, fx, ex = r0 - plan.y0, r1 - plan.y0, c0 - plan.x0, c1 - plan.x0
-        ay = resample_matrix(plan.side, S, fy, ey)
-        ax = resample_matrix(plan.side, S, fx, ex)
-        t = ay @ region  # (S, c1 - c0)
-        out = np.ascontiguousarray((ax @ t.T).T, dtype=np.float32)
-        if pad != 0:  # output pixels that mix in the padding outside the frame take the padding's value
-            out[partial_outputs(plan.side, S, fy, ey)] = pad
-            out[:, partial_outputs(plan.side, S, fx, ex)] = pad
-        return out
-
-    def prepare(self, data, bad) -> np.ndarray:
-        """:func:`prepare_region` into a scratch buffer reused by the next call (per thread)."""
-        c = self.config
-        return prepare_region(data, bad, out=_buffer("prepare", np.shape(data)), invalid=c.invalid_value,
-                              clamp=c.clamp_negative)
-
     def from_region(self, data, bad, plan: CropPlan) -> np.ndarray:
         """Crop (before contrast) from the raw pixels of the window only.
 
@@ -719,12 +642,17 @@ class FastPreprocessor(Preprocessor):
 
     def resample_window(self, data, bad, plan: CropPlan,
                         out: np.ndarray | None = None) -> tuple[np.ndarray, WindowFlags]:
-        """:meth:`prepare` then :meth:`resample` in one compiled pass, and the window's :class:`WindowFlags`.
+        """The crop (before contrast) of a window's raw pixels, in one compiled pass, and the window's
+        :class:`WindowFlags`.
 
-        The same crop as ``resample(prepare(data, bad), plan)`` to the bit (the same float32 additions in the same
-        order, tests/test_fastpath.py), at under half the cost on a 1479 px window (2.4–3.3 against about 6.5 ms
-        with the window check): the window is read once, row by row, and no prepared copy, intermediate product
-        or transposed copy of it is made.
+        Masked pixels become ``config.invalid_value`` and negative ones 0 (when ``config.clamp_negative``), as
+        :func:`~diffscreen.preprocess.prepare_pixels` does to a frame; the window is then resampled by
+        :func:`resample_matrix` on both axes (``A · win · Aᵀ``), and output pixels that mix in the padding outside
+        the frame take the invalid value when it is not 0.  The crop is the same to the bit as converting,
+        masking, then multiplying by the two sparse operators with scipy (the same float32 additions in the same
+        order; tests/test_fastpath.py against tests/reference/window_resample.py), at under half that cost on a
+        1479 px window (2.4–3.3 against about 6.5 ms with the window check): the window is read once, row by row,
+        and no prepared copy, intermediate product or transposed copy of it is made.
 
         Parameters
         ----------
@@ -771,7 +699,7 @@ class FastPreprocessor(Preprocessor):
                           xw, out, _buffer("ring", (span, w)), _buffer("row", (w,)), _buffer("block", (w + 1, 8)),
                           _buffer("sums", (8,)), flags)
         pad = c.invalid_value
-        if pad != 0:  # as resample: output pixels that mix in the padding outside the frame take its value
+        if pad != 0:  # output pixels that mix in the padding outside the frame take its value
             out[partial_outputs(plan.side, S, fy, ey)] = pad
             out[:, partial_outputs(plan.side, S, fx, ex)] = pad
         return out, WindowFlags(bool(flags[0]), bool(flags[1]), int(flags[2]))
