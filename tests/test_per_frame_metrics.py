@@ -144,6 +144,27 @@ def test_d_min_of_spots_at_known_resolution():
     assert no_geometry.cells() == ["7", "7", "", "", "", "0"]  # 4 spots on one radius are not a ring
 
 
+def test_d_min_is_the_outermost_spot_off_the_rings():
+    """``d_min_A`` is the spacing of the outermost spot off every ring and streak: one spot at 5 Å beyond seven at
+    6 and 8 Å sets it (the 95th percentile over the spots, the rule before, lay between 5 and 6 Å), and twelve
+    grains of a powder ring at 4.2 Å farther out do not (over every spot they would set it near 4.2 Å)."""
+    rng = np.random.default_rng(14)
+    img = _background(rng)
+    kw = (GEO["pixel_size_mm"], GEO["distance_mm"], GEO["wavelength_A"])
+    for d, angles in ((6.0, (0.79, 2.36, 3.93, 5.50)), (8.0, (0.8, 2.6, 4.4)), (5.0, (1.2,))):
+        r = _radius_of_d(d, *kw)
+        for a in angles:
+            _plant(img, CENTRE[0] + r * math.cos(a), CENTRE[1] + r * math.sin(a))
+    r_ring = _radius_of_d(4.2, *kw)
+    assert r_ring < SIZE / 2 - 5  # the whole ring lies on the frame
+    for k in range(12):
+        a = 2 * math.pi * (k + 0.3 * rng.random()) / 12
+        _plant(img, CENTRE[0] + r_ring * math.cos(a), CENTRE[1] + r_ring * math.sin(a))
+    m = frame_metrics(_frame(img))
+    assert m.n_spots == 20 and m.n_spots_no_rings == 8
+    assert m.d_min_A == pytest.approx(5.0, abs=0.02)
+
+
 def test_ice_and_powder_flags_on_planted_rings():
     rng = np.random.default_rng(5)
     ice = [(d, 10.0 * w, 1.5) for d, w in zip(ICE_RINGS_D_A, (1.0, 0.6, 0.55, 0.2, 0.25, 0.2, 0.15))]
