@@ -435,6 +435,40 @@ def test_spots_along_a_line_through_the_beam_centre_are_a_jet_streak():
     assert count_spots_off_rings(fr, dataclasses.replace(DEFAULT_SPOT_CONFIG, streak_px=None)) == len(s)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_streak_test_by_azimuth_buckets_is_the_pairwise_test(seed):
+    """The streak test looks only at the spots whose azimuth can lie on a line (radius buckets sorted by azimuth,
+    O(P log P)); its mask must be the one testing every pair gives, spot for spot, on scattered spots, on lines
+    through the centre (some across the azimuth 0/π seam, some at the bucket edges of radius 2^k · 2 tol) and on
+    spots near the centre."""
+    from reference.streak_mask import streak_mask_pairwise
+
+    from diffscreen.preprocess.spots import _streak_spot_mask
+
+    rng = np.random.default_rng(seed)
+    cx, cy, tol = 500.0, 480.0, 3.0
+    n = [50, 300, 3000, 20, 600, 400][seed]
+    r = np.concatenate([rng.uniform(1.0, 12.0, 5), 1000.0 * np.sqrt(rng.uniform(0.0001, 1.0, n))])  # a pattern's spread
+    n += 5
+    a = rng.uniform(-np.pi, np.pi, n)
+    for k in range(seed + 1):  # lines: k of them, one along the seam (azimuth ~0 / pi)
+        ang = 0.0 if k == 0 else rng.uniform(-np.pi, np.pi)
+        m = int(rng.integers(8, 30))
+        rr = np.concatenate([rng.uniform(7, 900, m - 2), [12.0 * 2**k, 6.0 * 2 ** (k + 2)]])
+        sign = rng.choice([-1.0, 1.0], m)
+        off = rng.uniform(-tol, tol, m)
+        r = np.concatenate([r, np.hypot(rr, off)])
+        a = np.concatenate([a, ang + np.arctan2(off, rr) + np.where(sign < 0, np.pi, 0.0)])
+    x, y = cx + r * np.cos(a), cy + r * np.sin(a)
+    args = (x, y, cx, cy, tol, DEFAULT_SPOT_CONFIG.ring_spot_alpha, DEFAULT_SPOT_CONFIG.ring_spot_min,
+            DEFAULT_SPOT_CONFIG.ring_spot_merge_px)
+    want = streak_mask_pairwise(*args)
+    got = _streak_spot_mask(*args)
+    assert got.tolist() == want.tolist()
+    if seed:
+        assert want.any()  # lines were found: the comparison is not between two empty masks
+
+
 def _double_pixel_frame(rng, lam=30.0):
     """A JUNGFRAU-like module: double-size pixel columns 255-256 and rows 127-128 (twice the photons; four at their
     crossing), a Poisson background of ``lam`` photons, and the six lattice spots plus one on a double column."""

@@ -887,6 +887,7 @@ def _ring_spot_mask(r, x, y, alpha, min_n, window, merge_px, widen):
     h = 1.5 + 0.005 * rs
     flag = np.zeros(n, np.bool_)
     kept = np.empty(n, np.int64)
+    need_of = np.full(n + 1, -1, np.int64)  # the need for m spots nearby, computed once per m
     for i in range(n):
         lo = np.searchsorted(rs, rs[i] - h[i], side="left")
         hi = np.searchsorted(rs, rs[i] + h[i], side="right")
@@ -894,7 +895,10 @@ def _ring_spot_mask(r, x, y, alpha, min_n, window, merge_px, widen):
             continue
         wlo = np.searchsorted(rs, rs[i] - window * h[i], side="left")
         whi = np.searchsorted(rs, rs[i] + window * h[i], side="right")
-        need = _poisson_need(max((whi - wlo - (hi - lo)) / (window - 1.0), 0.5), alpha, min_n)
+        m = whi - wlo - (hi - lo)
+        if need_of[m] < 0:
+            need_of[m] = _poisson_need(max(m / (window - 1.0), 0.5), alpha, min_n)
+        need = need_of[m]
         if hi - lo >= need and _distinct_at_least(xs, ys, np.arange(lo, hi), need, merge_px, kept):
             flag[lo:hi] = True
     edge = np.zeros(n + 1, np.int64)
@@ -1058,9 +1062,21 @@ def feature_centre(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT
     return centre if centre is not None else beam_centre(frame.meta, frame.data.shape)
 
 
+#: Radius buckets of :func:`_streak_spot_mask`: bucket k holds the spots at radii [2^k, 2^(k+1)) · 2 ``tol``.
+_STREAK_BUCKETS = 24
+
+
 @njit(cache=True, nogil=True)
 def _streak_spot_mask(x, y, cx, cy, tol, alpha, min_n, merge_px):
-    """:func:`streak_spots` on spot positions ``x``, ``y`` (P,) about the centre ``cx``, ``cy``, px → (P,) bool."""
+    """:func:`streak_spots` on spot positions ``x``, ``y`` (P,) about the centre ``cx``, ``cy``, px → (P,) bool.
+
+    Spot j lies within ``tol`` of the line through the centre and spot i when ``r_j |sin(φ_j − φ_i)| ≤ tol``, so
+    its azimuth modulo π is within ``asin(tol / r_j)`` of spot i's.  The spots are grouped by radius into buckets
+    of radii [2^k, 2^(k+1)) · 2 ``tol``, each sorted by azimuth modulo π, and only those within the bucket's
+    widest such window (plus 1e-6 rad) are tested, with the test itself unchanged: the members of every line,
+    in spot order, as testing every pair gives them (``tests/reference/streak_mask.py``), in O(P log P) for the
+    spread azimuths of a crystal's spots instead of O(P²).
+    """
     n = x.size
     dx, dy = x - cx, y - cy
     r = np.sqrt(dx * dx + dy * dy)
@@ -1073,23 +1089,79 @@ def _streak_spot_mask(x, y, cx, cy, tol, alpha, min_n, merge_px):
             p_in[j] = min(1.0, 2.0 * tol / (math.pi * r[j]))
             total += p_in[j]
     on = np.zeros(n, np.bool_)
+    if n == 0:
+        return on
+    # buckets by radius, each sorted by azimuth modulo pi
+    phi = np.zeros(n)
+    bucket = np.full(n, -1, np.int64)
+    count = np.zeros(_STREAK_BUCKETS + 1, np.int64)
+    for j in range(n):
+        if use[j]:
+            a = math.atan2(dy[j], dx[j])
+            if a < 0.0:
+                a += math.pi
+            if a >= math.pi:
+                a -= math.pi
+            phi[j] = a
+            k = min(int(math.log2(r[j] / (2.0 * tol))), _STREAK_BUCKETS - 1)
+            bucket[j] = k
+            count[k + 1] += 1
+    first = np.cumsum(count)
+    fill = first[:-1].copy()
+    index = np.empty(first[-1], np.int64)
+    for j in range(n):
+        if bucket[j] >= 0:
+            index[fill[bucket[j]]] = j
+            fill[bucket[j]] += 1
+    sphi = np.empty(first[-1])
+    window = np.zeros(_STREAK_BUCKETS)
+    for k in range(_STREAK_BUCKETS):
+        lo, hi = first[k], first[k + 1]
+        if hi > lo:
+            seg = index[lo:hi]
+            order = np.argsort(phi[seg], kind="mergesort")
+            index[lo:hi] = seg[order]
+            sphi[lo:hi] = phi[index[lo:hi]]
+            window[k] = math.asin(min(1.0, 0.5 / 2.0**k)) + 1e-6
     members = np.empty(n, np.int64)
     kept = np.empty(n, np.int64)
+    # the fewest members any line needs: the need grows with the mean, which is at least total - 1
+    need_lo = _poisson_need(max(total - 1.0, 0.5), alpha, min_n)
     for i in range(n):
         if not use[i]:
             continue
         s, c = dy[i] / r[i], dx[i] / r[i]
         k = 0
-        for j in range(n):
-            if use[j] and abs(dx[j] * s - dy[j] * c) <= tol:
-                members[k] = j
-                k += 1
-        if k < min_n:
+        for b in range(_STREAK_BUCKETS):
+            lo, hi = first[b], first[b + 1]
+            if hi == lo:
+                continue
+            w = window[b]
+            # the azimuth range [phi_i - w, phi_i + w] modulo pi: up to two ranges of the sorted bucket
+            for part in range(3):
+                if part == 0:
+                    a0, a1 = phi[i] - w, phi[i] + w
+                elif part == 1:
+                    a0, a1 = phi[i] - w + math.pi, phi[i] + w + math.pi
+                else:
+                    a0, a1 = phi[i] - w - math.pi, phi[i] + w - math.pi
+                a0, a1 = max(a0, 0.0), min(a1, math.pi)
+                if a1 < a0:
+                    continue
+                q0 = lo + np.searchsorted(sphi[lo:hi], a0, side="left")
+                q1 = lo + np.searchsorted(sphi[lo:hi], a1, side="right")
+                for q in range(q0, q1):
+                    j = index[q]
+                    if abs(dx[j] * s - dy[j] * c) <= tol:
+                        members[k] = j
+                        k += 1
+        if k < need_lo:
             continue
+        mem = np.sort(members[:k])  # spot order, as the pairwise test lists them
         need = _poisson_need(max(total - p_in[i], 0.5), alpha, min_n)
-        if k >= need and _distinct_at_least(x, y, members[:k], need, merge_px, kept):
+        if k >= need and _distinct_at_least(x, y, mem, need, merge_px, kept):
             for q in range(k):
-                on[members[q]] = True
+                on[mem[q]] = True
     return on
 
 
