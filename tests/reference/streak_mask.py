@@ -6,12 +6,10 @@ tolerance (radius buckets sorted by azimuth) and must give the same mask (tests/
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
-from diffscreen.preprocess.spots import _distinct_at_least, _poisson_need
+from diffscreen.preprocess.spots import _distinct_at_least, _poisson_need, _streak_chances
 
 __all__ = ["streak_mask_pairwise"]
 
@@ -21,16 +19,7 @@ def streak_mask_pairwise(x, y, cx, cy, tol, alpha, min_n, merge_px):
     """:func:`~diffscreen.preprocess.spots.streak_spots`'s test on spot positions ``x``, ``y`` (P,) about the
     centre ``cx``, ``cy``, px → (P,) bool, every pair of spots tested (O(P²))."""
     n = x.size
-    dx, dy = x - cx, y - cy
-    r = np.sqrt(dx * dx + dy * dy)
-    use = r > 2.0 * tol
-    # the chance that a spot at radius r lies within tol of a given line through the centre, its azimuth random
-    p_in = np.zeros(n)
-    total = 0.0
-    for j in range(n):
-        if use[j]:
-            p_in[j] = min(1.0, 2.0 * tol / (math.pi * r[j]))
-            total += p_in[j]
+    dx, dy, r, use, p_in, total = _streak_chances(x, y, cx, cy, tol)
     on = np.zeros(n, np.bool_)
     members = np.empty(n, np.int64)
     kept = np.empty(n, np.int64)

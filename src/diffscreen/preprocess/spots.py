@@ -1062,6 +1062,24 @@ def feature_centre(spots: Spots, frame: Frame, config: SpotConfig = DEFAULT_SPOT
     return centre if centre is not None else beam_centre(frame.meta, frame.data.shape)
 
 
+@njit(cache=True, nogil=True)
+def _streak_chances(x, y, cx, cy, tol):
+    """The streak test's spot geometry about the centre ``cx``, ``cy``: offsets ``dx``, ``dy`` and radius ``r``
+    (P,), which spots it uses (``r > 2 tol``), and each used spot's chance ``p_in`` (P,) of lying within ``tol``
+    of a given line through the centre if its azimuth were random, ``2 tol / (π r)``, with their sum."""
+    n = x.size
+    dx, dy = x - cx, y - cy
+    r = np.sqrt(dx * dx + dy * dy)
+    use = r > 2.0 * tol
+    p_in = np.zeros(n)
+    total = 0.0
+    for j in range(n):
+        if use[j]:
+            p_in[j] = min(1.0, 2.0 * tol / (math.pi * r[j]))
+            total += p_in[j]
+    return dx, dy, r, use, p_in, total
+
+
 #: Radius buckets of :func:`_streak_spot_mask`: bucket k holds the spots at radii [2^k, 2^(k+1)) · 2 ``tol``.
 _STREAK_BUCKETS = 24
 
@@ -1078,16 +1096,7 @@ def _streak_spot_mask(x, y, cx, cy, tol, alpha, min_n, merge_px):
     spread azimuths of a crystal's spots instead of O(P²).
     """
     n = x.size
-    dx, dy = x - cx, y - cy
-    r = np.sqrt(dx * dx + dy * dy)
-    use = r > 2.0 * tol
-    # the chance that a spot at radius r lies within tol of a given line through the centre, its azimuth random
-    p_in = np.zeros(n)
-    total = 0.0
-    for j in range(n):
-        if use[j]:
-            p_in[j] = min(1.0, 2.0 * tol / (math.pi * r[j]))
-            total += p_in[j]
+    dx, dy, r, use, p_in, total = _streak_chances(x, y, cx, cy, tol)
     on = np.zeros(n, np.bool_)
     if n == 0:
         return on
