@@ -53,7 +53,7 @@ from diffscreen.io.base import row_run
 from diffscreen.io.frame import Frame, FrameMeta
 from diffscreen.preprocess.geometry import beam_centre, crop_window, window_to_crop, zoom_factor
 from diffscreen.preprocess.pipeline import Preprocessor, significance_batch
-from diffscreen.preprocess.pooling import max_pool_window
+from diffscreen.preprocess.pooling import kernel_pixels, max_pool_window
 
 __all__ = ["CropPlan", "crop_plan", "resample_matrix", "box_mean", "fast_lcn", "FastPreprocessor", "partial_outputs",
            "WindowFlags"]
@@ -677,16 +677,12 @@ class FastPreprocessor(Preprocessor):
         """
         S, c = plan.out_size, self.config
         (r0, r1), (c0, c1) = plan.rows, plan.cols
-        data = np.asarray(data)
+        data = kernel_pixels(data)
         use_bad = bad is not None
         bad = np.asarray(bad, dtype=bool) if use_bad else np.zeros((1, 1), bool)
         for name, a in (("pixels", data), ("mask", bad if use_bad else data)):
             if a.shape != (r1 - r0, c1 - c0):
                 raise BadFrameError(f"window {name}: shape {a.shape}, the plan needs {(r1 - r0, c1 - c0)}")
-        if data.dtype.kind not in "iuf" or data.dtype == np.float16:  # bool, half precision, ...: as float32
-            data = data.astype(np.float32)
-        elif not data.dtype.isnative:  # a big-endian file read as stored
-            data = data.astype(data.dtype.newbyteorder("="))
         out = np.empty((S, S), np.float32) if out is None else out
         fy, ey, fx, ex = r0 - plan.y0, r1 - plan.y0, c0 - plan.x0, c1 - plan.x0
         ypt, yix, yw, _, _, span = _taps(plan.side, S, fy, ey)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["max_pool_window"]
+__all__ = ["max_pool_window", "kernel_pixels"]
 
 
 @njit(cache=True, nogil=True)
@@ -98,6 +98,28 @@ def _map_up(side: int, out_size: int, first: int, end: int) -> np.ndarray:
     return np.where((k >= first) & (k < end), k - first, -1).astype(np.int64)
 
 
+def kernel_pixels(data) -> np.ndarray:
+    """A window's pixels in a dtype the compiled kernels take: as stored when an integer or a float32/float64 of
+    the machine's byte order (not copied), else converted (bool, half precision → float32; a big-endian file read
+    as stored → native order).
+
+    Parameters
+    ----------
+    data : (h, w) array_like
+        Any numeric dtype; not modified.
+
+    Returns
+    -------
+    (h, w) ndarray
+    """
+    data = np.asarray(data)
+    if data.dtype.kind not in "iuf" or data.dtype == np.float16:
+        return data.astype(np.float32)
+    if not data.dtype.isnative:
+        return data.astype(data.dtype.newbyteorder("="))
+    return data
+
+
 def max_pool_window(data, bad, side: int, first_row: int, first_col: int, out_size: int,
                     out: np.ndarray | None = None) -> np.ndarray:
     """Maximum of every output pixel's footprint in a square window of the detector.
@@ -132,11 +154,7 @@ def max_pool_window(data, bad, side: int, first_row: int, first_col: int, out_si
     >>> float(max_pool_window(a, None, 6, 0, 0, 3)[2, 0])
     7.0
     """
-    data = np.asarray(data)
-    if data.dtype.kind not in "iuf" or data.dtype == np.float16:  # bool, half precision, ...: as float32
-        data = data.astype(np.float32)
-    elif not data.dtype.isnative:  # a big-endian file read as stored
-        data = data.astype(data.dtype.newbyteorder("="))
+    data = kernel_pixels(data)
     h, w = data.shape
     out = np.empty((out_size, out_size), np.float32) if out is None else out
     out.fill(np.nan)
