@@ -128,7 +128,9 @@ class _Codec:
             self._sets[key] = (f, ds)
         return self._sets[key][1]
 
-    def decompress(self, algorithm: str, elem_size: int, payload: bytes) -> bytes:
+    def decompress(self, algorithm: str, elem_size: int, payload: bytes) -> memoryview:
+        from h5py import h5s
+
         if len(payload) < 12:
             raise ValueError(f"{algorithm} payload of {len(payload)} bytes is shorter than its 12-byte header")
         n_bytes = int.from_bytes(payload[:8], "big")
@@ -139,11 +141,13 @@ class _Codec:
         if elem_size < 1 or n_bytes % elem_size:
             raise ValueError(f"{algorithm}: {n_bytes} bytes is no whole number of {elem_size}-byte elements")
         if n_bytes == 0:
-            return b""
+            return memoryview(b"")
+        out = np.empty(n_bytes // elem_size, dtype=f"u{elem_size}")
         with self._lock:
             ds = self._dataset(algorithm, elem_size, n_bytes)
             ds.id.write_direct_chunk((0,), bytes(payload))
-            return ds[...].tobytes()
+            ds.id.read(h5s.ALL, h5s.ALL, out)  # straight into ``out``: no array made and copied again
+        return memoryview(out).cast("B")
 
     def compress(self, algorithm: str, elem_size: int, data: bytes) -> bytes:
         if not data:
@@ -157,7 +161,7 @@ class _Codec:
 _CODEC = _Codec()
 
 
-def decompress(algorithm: str, modifier, payload: bytes) -> bytes:
+def decompress(algorithm: str, modifier, payload: bytes) -> bytes | memoryview:
     """The bytes a DECTRIS compressed byte string (tag 56500) stands for.
 
     Parameters
@@ -170,8 +174,10 @@ def decompress(algorithm: str, modifier, payload: bytes) -> bytes:
 
     Returns
     -------
-    bytes
-        At most ``8 * max_frame_pixels()`` bytes.
+    bytes or memoryview
+        At most ``8 * max_frame_pixels()`` bytes: ``"none"`` gives bytes; the
+        compressed forms a writable byte view of the decompressed array, which
+        ``np.frombuffer`` takes without a copy.
 
     Raises
     ------
@@ -262,7 +268,7 @@ def resolve(obj):
     Returns
     -------
     any
-        The same with tag 56500 decompressed to bytes, typed arrays as 1-D
+        The same with tag 56500 decompressed to bytes (or a byte view), typed arrays as 1-D
         numpy arrays and tag 40 / 1040 as N-D numpy arrays; maps and arrays
         resolved item by item.
 
@@ -282,7 +288,7 @@ def resolve(obj):
             return decompress(str(v[0]), v[1], resolve(v[2]))
         if tag in TYPED_ARRAY_DTYPES:
             raw = resolve(v)
-            if not isinstance(raw, (bytes, bytearray)):
+            if not isinstance(raw, (bytes, bytearray, memoryview)):
                 raise ValueError(f"typed array tag {tag} must hold a byte string")
             dt = np.dtype(TYPED_ARRAY_DTYPES[tag])
             if len(raw) % dt.itemsize:
