@@ -200,6 +200,71 @@ def test_watch_finds_a_file_made_after_its_first_scan_but_before_its_watcher_sta
     assert [r[0] for r in _rows(tmp_path / "live" / "scores.csv")[1:]] == [str(folder / "img_gap.cbf")]
 
 
+@pytest.mark.parametrize("chunk, written, expected", [(1, 3, 2), (1, 10, 9), (2, 5, 4), (4, 5, 4), (4, 3, 0),
+                                                       (1, 0, 0), (None, 10, 0)])
+def test_written_frames_are_those_before_the_last_row_of_chunks_with_data(tmp_path, chunk, written, expected):
+    """A dataset extended to 10 frames ahead of its writer, ``written`` frames written: the frames known whole."""
+    import h5py
+
+    from diffscreen.io.hdf5 import written_frames
+
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        kw = {} if chunk is None else {"chunks": (chunk, 16, 16), "maxshape": (None, 16, 16)}
+        d = f.create_dataset("data", shape=(10, 16, 16), dtype="i4", **kw)
+        for k in range(written):
+            d[k] = k + 1
+        assert written_frames(d) == expected
+
+
+_SWMR_WRITER = """
+import sys, time
+import h5py, numpy as np
+sys.path.insert(0, sys.argv[3])
+from toyrun import toy_frame
+rng = np.random.default_rng(7)
+with h5py.File(sys.argv[1], "w", libver="latest") as f:
+    d = f.create_dataset("/entry/data/data", shape=(0, 256, 256), maxshape=(None, 256, 256), dtype="i4",
+                         chunks=(1, 256, 256))
+    f.swmr_mode = True
+    for k in range(int(sys.argv[2])):
+        d.resize(k + 1, axis=0)
+        d[k] = np.rint(toy_frame(["hit", "miss"][k % 2], rng, 256)).astype("i4")
+        d.flush()
+        time.sleep(0.25)
+    time.sleep(1.0)
+    print(time.time(), flush=True)  # closing now
+"""
+
+
+def test_watch_screens_an_hdf5_file_frame_by_frame_while_its_writer_adds_frames_under_swmr(tmp_path, toy_model,
+                                                                                           one_thread):
+    """A writer adding a frame every 0.25 s never lets its file settle (1 s): under SWMR its frames are screened
+    while it writes, each once, the last one only after it closes, and the rows are those of screen."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from diffscreen.live.watch import watch
+
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    path = folder / "run_000001.h5"
+    here = str(Path(__file__).parent)
+    writer = subprocess.Popen([sys.executable, "-c", _SWMR_WRITER, str(path), "8", here], stdout=subprocess.PIPE,
+                              text=True)
+    news = []
+    s = watch(folder, tmp_path / "live", pattern="*.h5", idle=2.5, model=toy_model, chunk_seconds=0.2, settle=1.0,
+              status=lambda text: news.append((time.time(), text)))
+    closed = float(writer.communicate(timeout=30)[0].split()[-1])
+    before = [text for t, text in news if t < closed and "frames received" in text]
+    assert before and int(before[-1].split()[0]) >= 6  # all but the last one or two while it was written
+    rows = _rows(tmp_path / "live" / "scores.csv")[1:]
+    assert sorted(int(r[1]) for r in rows) == list(range(8))  # each frame once
+    assert s.frames_screened == 8 and s.frames_failed == 0
+    screen([str(path)], tmp_path / "screened", model=toy_model)
+    assert sorted(rows) == sorted(_rows(tmp_path / "screened" / "scores.csv")[1:])
+
+
 class _Slow:
     """A screening method that takes 0.15 s per batch (a classifier slower than the detector)."""
 

@@ -139,6 +139,9 @@ class BaseSource:
 
     path: str = ""
     reads_window: bool = False
+    #: True while the file's writer still has it open and adds frames as it goes (HDF5 under SWMR): the frames
+    #: below ``len(self)`` are whole, and more may follow; reopen the file to see them.
+    being_written: bool = False
     _last: tuple[int, Frame] | None = None
 
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -150,6 +153,12 @@ class BaseSource:
 
     def _read(self, index: int) -> Frame:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def complete_frames(self) -> int:
+        """How many frames, from the first, are whole: ``len(self)``; while the file is :attr:`being_written`,
+        those its writer has finished (0 where a reader cannot tell)."""
+        return 0 if self.being_written else len(self)
 
     def read(self, index: int) -> Frame:
         """Read one frame.

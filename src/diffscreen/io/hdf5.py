@@ -64,6 +64,7 @@ __all__ = [
     "understand",
     "hdf5_layout",
     "CXI_BAD_PIXEL_BITS",
+    "written_frames",
     "active_area_mask",
 ]
 
@@ -112,7 +113,14 @@ def _h5open(path: str):
 
     check_input_file(path)  # never hand a FIFO or a device to HDF5
     try:
-        return h5py.File(path, "r")
+        try:
+            return h5py.File(path, "r")
+        except OSError as exc:
+            if "already open for write" not in str(exc):
+                raise
+            # its writer holds it open: under SWMR a reader sees every frame flushed so far (HDF5 SWMR user
+            # guide); a writer without SWMR leaves it unreadable, and this second open fails as the first did
+            return h5py.File(path, "r", swmr=True)
     except OSError as exc:
         raise FrameReadError(f"cannot open as HDF5 ({_h5_reason(exc)}): damaged, truncated or still being written",
                              path=path) from exc
@@ -158,14 +166,22 @@ def _optional(group, name: str, path: str):
 
 
 def _dataset(group, name: str, path: str, *, optional: bool = False):
-    """Like :func:`_object`, and it must be a dataset."""
+    """Like :func:`_object`, and it must be a dataset (refreshed when read under SWMR)."""
     import h5py
 
     obj = _optional(group, name, path) if optional else _object(group, name, path)
     if obj is not None and not isinstance(obj, h5py.Dataset):
         raise FrameReadError(f"{_full_name(group, name)} is a {type(obj).__name__.lower()}, not a dataset",
                              path=path)
-    return obj
+    return obj if obj is None else _fresh(obj)
+
+
+def _fresh(ds):
+    """``ds``, refreshed when its file is read under SWMR: a file this process already has open is shared, and
+    shows its datasets as they were when it was first opened until each is refreshed."""
+    if ds.file.swmr_mode:
+        ds.refresh()
+    return ds
 
 
 def _h5_reason(exc: Exception) -> str:
@@ -336,6 +352,7 @@ class _H5Source(BaseSource):
     def __init__(self, path: str, _file=None):
         self.path = str(path)
         self._f = _file if _file is not None else _h5open(self.path)
+        self.being_written = bool(self._f.swmr_mode)  # opened as an SWMR reader: its writer is still adding frames
 
     def close(self) -> None:
         """Close the HDF5 file."""
@@ -402,6 +419,45 @@ def _cxi_entry_names(f) -> list[str]:
         if m and "data_1/data" in _object(f, key, f.filename):
             names.append((int(m.group(1)), key))
     return [k for _, k in sorted(names)]
+
+
+def written_frames(ds) -> int:
+    """Frames of an (N, H, W) dataset that its writer has finished while it still adds frames (HDF5 under SWMR).
+
+    A writer fills the dataset from its first frame on and makes each frame
+    visible when it flushes; a reader may see a frame's chunk before all of
+    it is flushed, or a dataset extended ahead of its data (whose frames read
+    as the fill value).  The frames before the last row of chunks along the
+    frame axis that holds data are therefore whole, and the frames of that
+    row are not yet known to be: with one frame per chunk, every frame but
+    the last one written.
+
+    Parameters
+    ----------
+    ds : h5py.Dataset
+        (N, H, W) frames.
+
+    Returns
+    -------
+    int
+        0 for a dataset that is not chunked (nothing tells which frames are
+        written) or that holds no chunk yet.
+    """
+    if ds.chunks is None or ds.ndim != 3 or ds.shape[0] == 0:
+        return 0
+    c0 = int(ds.chunks[0])
+
+    def written(j: int) -> bool:
+        return ds.id.get_chunk_info_by_coord((j * c0, 0, 0)).byte_offset is not None
+
+    lo, hi = -1, (int(ds.shape[0]) - 1) // c0  # the chunks written form a prefix: find its last one
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if written(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, 0) * c0
 
 
 class _CXIEntry:
@@ -639,6 +695,13 @@ class CXISource(_H5Source):
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def complete_frames(self) -> int:
+        if not self.being_written:
+            return self._n
+        last = self._entries[-1]
+        return self._n - last.n + (written_frames(last.data) if last.data.ndim == 3 else 0)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -1001,7 +1064,7 @@ class HDF5DatasetSource(_H5Source):
                     what = "no dataset at" if obj is None else "a group, not a dataset, at"
                     raise DatasetNotFoundError(f"{what} {self.dataset} in this file{_candidates_hint(self._f)}",
                                                path=self.file)
-                self._ds = obj
+                self._ds = _fresh(obj)
                 self._n, self._shape = _frames_shape(obj, self.file)
                 self._pixel_mask, self._saturation = _nxmx_mask_info(self._f, obj, self._shape)
         except BaseException:
@@ -1011,6 +1074,12 @@ class HDF5DatasetSource(_H5Source):
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def complete_frames(self) -> int:
+        if not self.being_written:
+            return self._n
+        return written_frames(self._ds) if self._ds.ndim == 3 else 0
 
     @property
     def shape(self) -> tuple[int, int]:

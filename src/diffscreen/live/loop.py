@@ -565,7 +565,7 @@ class LiveLoop:
         return parts
 
     def _read_file(self, item: FileItem):
-        return check_frame(self._files.get(item.name).read(item.index))
+        return check_frame(self._files.get(item.name, item.index).read(item.index))
 
     def _finish(self, parts: list, chunk: _Chunk) -> None:
         """Add the rows of one classified batch to ``chunk``, in arrival order."""
@@ -590,8 +590,9 @@ class LiveLoop:
                 why = problem_of(exc)
             else:
                 image = fr.data
-                entry = (list_entry(item.name, item.index, len(self._files.get(item.name)) == 1)
+                entry = (list_entry(item.name, item.index, _single_frame(self._files.get(item.name, item.index)))
                          if isinstance(item, FileItem) else None)
+                self._files.release()
                 if self.write_cxi:
                     if chunk.writer is None:
                         chunk.writer = CXIWriter(self._hits_path(chunk), mask_mode="per_frame",
@@ -712,6 +713,11 @@ class LiveLoop:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _single_frame(src) -> bool:
+    """Whether a file holds one frame for good (CrystFEL lists it without ``//frame``); not while it grows."""
+    return len(src) == 1 and not src.being_written
 
 
 def _csv_text(rows, lineterminator: str, header=None) -> str:

@@ -15,8 +15,12 @@ CBF (uncompressed)
 HDF5 / NeXus / CXI
     the file opens (a writer holding it open without SWMR keeps it locked, or
     leaves it unreadable) and its size and modification time have not
-    changed for ``settle`` seconds; frames that appear later (SWMR, or a
-    file written again) are screened as they appear, each once.
+    changed for ``settle`` seconds; frames that appear later (a file written
+    again) are screened as they appear, each once.  A file its writer writes
+    under SWMR is read while it grows, frame by frame: every frame before the
+    last row of chunks that holds data
+    (:func:`~diffscreen.io.hdf5.written_frames`), the rest once the writer
+    has closed it.
 anything else (compressed CBF, SMV, MarCCD, TIFF, EDF, ...)
     the file opens and has not changed for ``settle`` seconds.
 
@@ -196,17 +200,21 @@ class FolderWatcher:
                     return self._hand_over(name, st, single=True)
         except OSError as exc:
             return self._give_up(name, st, stable, exc)
-        if stable < self.settle:
-            return 0
-        return self._hand_over(name, st, single=not head.startswith(_HDF5_SIGNATURE))
+        hdf5 = head.startswith(_HDF5_SIGNATURE)
+        if stable < self.settle:  # still changing: only an HDF5 file written under SWMR has whole frames now
+            return self._hand_over(name, st, single=False, growing=True) if hdf5 else 0
+        return self._hand_over(name, st, single=not hdf5)
 
-    def _hand_over(self, name: str, st: _File, *, single: bool) -> int:
-        """Offer the file's frames not yet offered (opening it for its length)."""
+    def _hand_over(self, name: str, st: _File, *, single: bool, growing: bool = False) -> int:
+        """Offer the file's whole frames not yet offered (opening it for its length); ``growing``: only if its
+        writer writes it under SWMR (else nothing, and no error: it is still being written)."""
         try:
             with open_source(name) as src:
-                n_frames = len(src)
+                n_frames, being_written = src.complete_frames, src.being_written
         except Exception as exc:  # noqa: BLE001 - not readable yet: retried until it gives up
-            return self._give_up(name, st, time.monotonic() - st.changed, exc)
+            return 0 if growing else self._give_up(name, st, time.monotonic() - st.changed, exc)
+        if growing and not being_written:
+            return 0
         st.locked = False
         done = self.loop.done_frames(name)
         offered = 0
@@ -215,7 +223,7 @@ class FolderWatcher:
                 self.loop.offer(FileItem(name, i), block=True)
                 offered += 1
         st.offered = max(st.offered, n_frames)
-        if single or n_frames == 0:
+        if (single or n_frames == 0) and not being_written:
             st.finished = True
             if n_frames == 0:
                 self.loop.offer(ErrorItem(name, -1, "the file holds no frames"), block=True)

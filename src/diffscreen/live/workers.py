@@ -99,16 +99,23 @@ class OpenFile:
     def __init__(self):
         self.spec, self.src = None, None
 
-    def get(self, spec: str):
-        """The open source of ``spec``, opening it (and closing the previous one) when it is another file.
+    def get(self, spec: str, index: int = 0):
+        """The open source of ``spec``, opening it (and closing the previous one) when it is another file, or
+        again when frame ``index`` lies beyond it and its writer is still adding frames (HDF5 under SWMR).
 
         Raises whatever :func:`~diffscreen.io.open_source` raises; nothing is left open then.
         """
-        if spec != self.spec:
+        if spec != self.spec or (self.src.being_written and index >= len(self.src)):
             self.close()
             self.src = open_source(spec)
             self.spec = spec
         return self.src
+
+    def release(self) -> None:
+        """Close the file if its writer is still adding frames, so that the next :meth:`get` sees them (an HDF5
+        file open in this process is shared by every later open of it, with what it showed then)."""
+        if self.src is not None and self.src.being_written:
+            self.close()
 
     def close(self) -> None:
         if self.src is not None:
@@ -120,10 +127,13 @@ def classify_spec(method, files: OpenFile, spec: str, indices) -> list:
     """Decisions for frames ``indices`` of the file ``spec`` (opened through ``files``); a file that does not
     open is one problem (str) per frame."""
     try:
-        src = files.get(spec)
+        src = files.get(spec, max(indices, default=0))
     except Exception as exc:  # noqa: BLE001 - the firewall: an unreadable file is its error rows
         return [problem_of(exc)] * len(indices)
-    return classify_file(method, src, indices)
+    try:
+        return classify_file(method, src, indices)
+    finally:
+        files.release()
 
 
 def classify_file(method, src, indices) -> list:
