@@ -90,6 +90,11 @@ class FrameSource(Protocol):
         True when :meth:`read_region` reads only the window's pixels from the
         file (:class:`~diffscreen.io.hdf5.CXISource`); False when it reads the
         whole frame and slices it (:class:`BaseSource`'s default).
+    being_written : bool
+        True while the file's writer still has it open and adds frames (an
+        HDF5 file written under SWMR, :mod:`~diffscreen.io.hdf5`); then
+        ``complete_frames`` (int) says how many frames, from the first, are
+        whole, and reopening the file shows the frames added since.
 
     Notes
     -----
@@ -104,9 +109,13 @@ class FrameSource(Protocol):
 
     path: str
     reads_window: bool
+    being_written: bool
 
     @property
     def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def complete_frames(self) -> int: ...
 
     def __len__(self) -> int: ...
 
