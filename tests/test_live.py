@@ -231,7 +231,7 @@ with h5py.File(sys.argv[1], "w", libver="latest") as f:
         d[k] = np.rint(toy_frame(["hit", "miss"][k % 2], rng, 256)).astype("i4")
         d.flush()
         time.sleep(0.25)
-    time.sleep(1.0)
+    time.sleep(float(sys.argv[4]) if len(sys.argv) > 4 else 1.0)
     print(time.time(), flush=True)  # closing now
 """
 
@@ -263,6 +263,44 @@ def test_watch_screens_an_hdf5_file_frame_by_frame_while_its_writer_adds_frames_
     assert s.frames_screened == 8 and s.frames_failed == 0
     screen([str(path)], tmp_path / "screened", model=toy_model)
     assert sorted(rows) == sorted(_rows(tmp_path / "screened" / "scores.csv")[1:])
+
+
+def test_screen_of_a_file_still_written_under_swmr_screens_its_whole_frames_and_warns(tmp_path, toy_model,
+                                                                                     one_thread):
+    """``screen`` on an HDF5 file whose writer still holds it open under SWMR: the frames known whole (all but the
+    last written), a warning naming how many, no failed row; before stop 37 the file did not open at all."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import h5py
+
+    path = tmp_path / "run_000001.h5"
+    writer = subprocess.Popen([sys.executable, "-c", _SWMR_WRITER, str(path), "5", str(Path(__file__).parent), "8"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:  # until all 5 frames are written (the writer then holds the file 8 s)
+            time.sleep(0.2)
+            try:
+                with h5py.File(path, "r", swmr=True) as f:
+                    if f["/entry/data/data"].shape[0] == 5:
+                        break
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.3)
+        s = screen([str(path)], tmp_path / "out", model=toy_model)
+        assert writer.poll() is None  # still open while it was screened
+    finally:
+        writer.communicate(timeout=30)
+    rows = _rows(tmp_path / "out" / "scores.csv")[1:]
+    assert [int(r[1]) for r in rows] == [0, 1, 2, 3]  # the last one written is not yet known whole
+    errors = _rows(tmp_path / "out" / "errors.csv")[1:]
+    assert len(errors) == 1 and errors[0][1] == "-1" and errors[0][2].startswith("warning: ")
+    assert "4 of the 5 frames" in errors[0][2]
+    assert s.n_frames == 4 and s.n_error == 0 and s.n_warning == 1
+    done = screen([str(path)], tmp_path / "closed", model=toy_model)  # once closed: every frame, the same rows
+    assert done.n_frames == 5 and _rows(tmp_path / "closed" / "scores.csv")[1:5] == rows
 
 
 class _Slow:

@@ -20,7 +20,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["ScreenSummary", "CDIScreenSummary", "HitOutputs", "MultiLabelOutputs", "RunFacts"]
+__all__ = ["ScreenSummary", "CDIScreenSummary", "HitOutputs", "MultiLabelOutputs", "RunFacts", "WARNING"]
+
+#: errors.csv rows starting with this are warnings, not failures: about a frame that was classified all the same,
+#: or (frame -1) about a file whose frames were screened (e.g. one still being written)
+WARNING = "warning: "
 
 
 @dataclass
@@ -35,7 +39,8 @@ class ScreenSummary:
         Frames per label.
     n_warning : int
         Warnings in errors.csv (``warning: ...``, e.g. geometry outside
-        physical ranges) about frames that were classified all the same.
+        physical ranges) about frames that were classified all the same,
+        or about a file screened as far as its writer had written it.
     hit_rate : float
         Kept (hit + maybe) / frames classified.
     frames_per_s : float
@@ -183,7 +188,7 @@ class HitOutputs:
         s = ScreenSummary(n_hit=labels["hit"], n_maybe=labels["maybe"], n_miss=labels["miss"],
                           n_error=len(errors) - facts.n_warning, n_warning=facts.n_warning,
                           hit_rate=tally.kept / classified if classified else float("nan"))
-        s.n_frames = classified + s.n_error - sum(1 for e in errors if e[1] < 0)
+        s.n_frames = classified + s.n_error - sum(1 for e in errors if e[1] < 0 and not e[2].startswith(WARNING))
         s.errors = errors
         s.seconds = facts.seconds
         s.frames_per_s = facts.n_done_now / facts.t_work if facts.t_work > 0 and facts.n_done_now else float("nan")

@@ -73,15 +73,13 @@ from diffscreen.io.outdir import OutputLock, output_error, remove_outputs, remov
 from diffscreen.models.inference import Classifier
 from diffscreen.preprocess.spots import METRIC_COLUMNS
 from diffscreen.screen.method import CDIMethod, CNNMethod, as_method, decision_problem, load_cdi_model, problem_of
-from diffscreen.screen.outputs import CDIScreenSummary, RunFacts, ScreenSummary
+from diffscreen.screen.outputs import WARNING, CDIScreenSummary, RunFacts, ScreenSummary
 
 __all__ = ["screen", "screen_cdi", "SCORE_COLUMNS", "list_entry", "strict_json"]
 
 #: scores.csv columns of a screen with a hit/maybe/miss CNN (the per-frame numbers of issue 15 before the label)
 SCORE_COLUMNS = ("file", "frame", "p_hit", "p_maybe", "p_miss", *METRIC_COLUMNS, "label")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
-#: errors.csv rows starting with this are warnings about a frame that was classified
-WARNING = "warning: "
 #: Under MPI, chunks per rank (at least one batch each): the ranks finish within about one chunk of each other,
 #: so more, smaller chunks waste less at the end of a run (2 ranks, 800 frames: 4 per rank left one rank idle
 #: for about half a 112-frame chunk).
@@ -131,11 +129,18 @@ def _work_list(inputs, errors: list, opener=None) -> _WorkList:
     for spec in inputs:
         try:
             with (open_source if opener is None else opener)(spec) as src:
-                n = len(src)
+                n, growing, seen = src.complete_frames, src.being_written, len(src)
         except Exception as exc:  # noqa: BLE001 - the firewall: a file that cannot be opened is its error row
             errors.append((spec, -1, problem_of(exc)))
             continue
-        if n == 0:
+        if growing:  # an HDF5 file its writer still adds frames to (SWMR): its whole frames so far
+            why = (f"its writer still adds frames (HDF5 under SWMR): {n} of the {seen} frames written so far are "
+                   "whole; `diffscreen watch` follows such a file until it is closed")
+            if n == 0:
+                errors.append((spec, -1, why))
+                continue
+            errors.append((spec, -1, f"{WARNING}{why}; the {n} were screened"))
+        elif n == 0:
             errors.append((spec, -1, "the file holds no frames"))
             continue
         files.append((spec, n))
@@ -609,7 +614,7 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
     """
     tally = outputs.tally()
     errors = list(file_errors)
-    n_warning = 0
+    n_warning = sum(why.startswith(WARNING) for _, _, why in file_errors)
     failed = outputs.error_cells()
     names = ("scores.csv", "errors.csv") + (("hits.lst",) if outputs.lists_hits else ())
     with ExitStack() as stack:  # files appear (are renamed) only when all are written; scores.csv last
@@ -619,7 +624,7 @@ def _collect(out: Path, part: Path, n_chunks: int, file_errors: list, write_cxi:
         w = csv.writer(fh_scores, lineterminator=outputs.lineterminator)
         w.writerow(("file", "frame", *outputs.columns))
         if failed is not None:
-            w.writerows([spec, i, *failed] for spec, i, _ in file_errors)
+            w.writerows([spec, i, *failed] for spec, i, why in file_errors if not why.startswith(WARNING))
         for c in range(n_chunks):
             with open(part / f"chunk_{c:06d}.csv", newline="") as fh:
                 for row in csv.reader(fh):
