@@ -148,8 +148,8 @@ class BaseSource:
 
     path: str = ""
     reads_window: bool = False
-    #: True while the file's writer still has it open and adds frames as it goes (HDF5 under SWMR): the frames
-    #: below ``len(self)`` are whole, and more may follow; reopen the file to see them.
+    #: True while the file's writer still has it open and adds frames as it goes (HDF5 under SWMR): the first
+    #: :attr:`complete_frames` frames are whole, and more may follow; reopen the file to see them.
     being_written: bool = False
     _last: tuple[int, Frame] | None = None
 
