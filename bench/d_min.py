@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ring_centre import SEED_SETS, bench_args, cached_json, presets, spot_finder_tag, write_outputs  # noqa: E402
+from ring_centre import bench_args, cached_json, seed_sets, spot_finder_tag, write_outputs  # noqa: E402
 
 from diffscreen.evaluate.metrics import t_interval  # noqa: E402
 from diffscreen.preprocess.spots import (DEFAULT_SPOT_CONFIG, _d_of_radius, _geometry, d_min_of, find_spots,  # noqa: E402
@@ -133,8 +133,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     a = bench_args(__doc__, "d_min", work="d_min")
     res = {"frames_per_preset": a.frames, "shipped": DEFAULT_SPOT_CONFIG.d_quantile,
-           "sets": {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work, a.workers)
-                    for name, seed0 in SEED_SETS.items()}}
+           "sets": seed_sets(run_set, a.frames, a.work, a.workers)}
     write_outputs(res, a.out, a.doc, markdown(res))
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from line_response import run_set, settings_page  # noqa: E402
-from ring_centre import SEED_SETS, bench_args, presets, write_outputs  # noqa: E402
+from ring_centre import bench_args, seed_sets, write_outputs  # noqa: E402
 
 from diffscreen.preprocess.spots import DEFAULT_SPOT_CONFIG  # noqa: E402
 
@@ -46,9 +46,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     a = bench_args(__doc__, "gain_fit", work="gain_fit")
     res = {"frames": a.frames, "shipped": DEFAULT_SPOT_CONFIG.gain_fit_spread,
-           "sets": {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work, a.workers,
-                                  "gain_fit_spread", SETTINGS, OFF)
-                    for name, seed0 in SEED_SETS.items()}}
+           "sets": seed_sets(run_set, a.frames, a.work, a.workers, "gain_fit_spread", SETTINGS, OFF)}
     write_outputs(res, a.out, a.doc, markdown(res))
 
 

@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ring_centre import (SEED_SETS, bench_args, cached_json, means_and_paired, page_head, preset_table,  # noqa: E402
-                         presets, spot_finder_tag, write_outputs)
+from ring_centre import (bench_args, cached_json, means_and_paired, page_head, preset_table, seed_sets,  # noqa: E402
+                         spot_finder_tag, write_outputs)
 
 from diffscreen.evaluate.metrics import kept_balanced_accuracy  # noqa: E402
 from diffscreen.io.frame import CLASS_NAMES  # noqa: E402
@@ -131,8 +131,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     a = bench_args(__doc__, "line_response", work="line_response")
     res = {"frames": a.frames, "shipped": DEFAULT_SPOT_CONFIG.line_sigma,
-           "sets": {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work, a.workers)
-                    for name, seed0 in SEED_SETS.items()}}
+           "sets": seed_sets(run_set, a.frames, a.work, a.workers)}
     write_outputs(res, a.out, a.doc, markdown(res))
 
 

@@ -54,6 +54,12 @@ def presets() -> list[str]:
     return [p for ps in FAMILIES.values() for p in ps]
 
 
+def seed_sets(run_set, *args) -> dict:
+    """``run_set(runs, *args)`` for each of :data:`SEED_SETS`, by name: ``runs`` the 16 presets (:func:`presets`),
+    preset ``k`` at the set's first seed + ``k``."""
+    return {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], *args) for name, seed0 in SEED_SETS.items()}
+
+
 def _spots_of(preset: str, seed: int, n: int) -> dict:
     """Labels, shapes, recorded centres and the spot positions of frames 0..n-1, found with the recorded centre
     (``true``) and with the header's centre taken out (``none``)."""
@@ -233,9 +239,8 @@ def bench_args(doc: str, name: str, work: str = "ring_centre", workers: bool = T
 def main() -> None:
     a = bench_args(__doc__, "ring_centre")
     res = {"frames": a.frames,
-           "shipped": [DEFAULT_SPOT_CONFIG.ring_centre_alpha, DEFAULT_SPOT_CONFIG.ring_centre_min_rings], "sets": {}}
-    for name, seed0 in SEED_SETS.items():
-        res["sets"][name] = run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work, a.workers)
+           "shipped": [DEFAULT_SPOT_CONFIG.ring_centre_alpha, DEFAULT_SPOT_CONFIG.ring_centre_min_rings],
+           "sets": seed_sets(run_set, a.frames, a.work, a.workers)}
     write_outputs(res, a.out, a.doc, markdown(res))
 
 

@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ring_centre import (SEED_SETS, bench_args, cached_run, means_and_paired, page_head,  # noqa: E402
-                         preset_table, presets, spots_and_frame, write_outputs)
+from ring_centre import (bench_args, cached_run, means_and_paired, page_head,  # noqa: E402
+                         preset_table, seed_sets, spots_and_frame, write_outputs)
 
 from diffscreen.evaluate.metrics import kept_balanced_accuracy  # noqa: E402
 from diffscreen.models.decision import KEEP_MIN_SPOTS  # noqa: E402
@@ -88,8 +88,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     a = bench_args(__doc__, "streak_test", workers=False)
     res = {"frames": a.frames, "shipped": [DEFAULT_SPOT_CONFIG.streak_px, DEFAULT_SPOT_CONFIG.ring_spot_alpha],
-           "sets": {name: run_set([(p, seed0 + k) for k, p in enumerate(presets())], a.frames, a.work)
-                    for name, seed0 in SEED_SETS.items()}}
+           "sets": seed_sets(run_set, a.frames, a.work)}
     write_outputs(res, a.out, a.doc, markdown(res))
 
 
