@@ -40,7 +40,8 @@ METHODS = (
 )
 
 
-def _manifest(shared: Path) -> dict:
+def manifest(shared: Path) -> dict:
+    """File spec (HDF5 as ``file.h5:/data``) → name, label and detector, from both folders' MANIFEST.tsv."""
     out = {}
     for folder in FOLDERS:
         with open(shared / folder / "MANIFEST.tsv", newline="") as fh:
@@ -80,18 +81,23 @@ def _balanced_accuracy(frames, method) -> tuple[float, str, str]:
     return ba, f"{sum(kept)}/{len(kept)}", f"{sum(dropped)}/{len(dropped)}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def real_frame_args(description: str, name: str) -> argparse.Namespace:
+    """``--shared`` (the shared data folder), ``--out`` (bench/results/NAME.json) and ``--doc`` (docs/NAME.md)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_frames.json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "real_frames.md")
-    a = ap.parse_args()
-    manifest = _manifest(a.shared)
-    frames = {m["name"]: {**m, "calls": {}, "cells": {}} for m in manifest.values()}
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.json")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / f"{name}.md")
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = real_frame_args(__doc__.splitlines()[0], "real_frames")
+    files = manifest(a.shared)
+    frames = {m["name"]: {**m, "calls": {}, "cells": {}} for m in files.values()}
     summary = {}
     for name, args, show in METHODS:
-        rows, seconds = _run(list(manifest), args)
-        for spec, m in manifest.items():
+        rows, seconds = _run(list(files), args)
+        for spec, m in files.items():
             row = rows.get(spec)
             frames[m["name"]]["calls"][name] = "error" if row is None else row["label"]
             frames[m["name"]]["cells"][name] = _cell(row, show)

@@ -35,11 +35,10 @@ looking at the result; the dilations show how fragile it is.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +49,10 @@ from diffscreen.models.inference import Classifier
 from diffscreen.preprocess.spots import frame_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("real-frames", "real-frames-2")
+sys.path.insert(0, str(ROOT / "bench"))
+from real_frames import manifest, real_frame_args  # noqa: E402
+
 MAP_PREFIX = "Fe3O4C_M1_map_"
-
-
-def _manifest(shared: Path) -> list[dict]:
-    out = []
-    for folder in FOLDERS:
-        with open(shared / folder / "MANIFEST.tsv", newline="") as fh:
-            for r in csv.DictReader(fh, delimiter="\t"):
-                spec = str(shared / folder / r["file"]) + (":/data" if r["file"].endswith(".h5") else "")
-                out.append({"name": f"{folder}/{r['file']}", "spec": spec, "label": r["label"]})
-    return out
 
 
 def _read(spec: str):
@@ -92,13 +83,10 @@ def _persistent_mask(stack: np.ndarray, nsigma: float = 5.0, size: int = 15) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_frames_limits.json")
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "real_frames_limits.md")
-    a = ap.parse_args()
+    a = real_frame_args(__doc__.splitlines()[0], "real_frames_limits")
     clf = Classifier()
-    rows, frames = _manifest(a.shared), {}
+    rows = [{"spec": spec, "name": m["name"], "label": m["label"]} for spec, m in manifest(a.shared).items()]
+    frames = {}
     for r in rows:
         f = _read(r["spec"])
         frames[r["name"]] = f
