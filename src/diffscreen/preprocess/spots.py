@@ -1147,14 +1147,8 @@ def _streak_spot_mask(x, y, cx, cy, tol, alpha, min_n, merge_px):
                 continue
             w = window[b]
             # the azimuth range [phi_i - w, phi_i + w] modulo pi: up to two ranges of the sorted bucket
-            for part in range(3):
-                if part == 0:
-                    a0, a1 = phi[i] - w, phi[i] + w
-                elif part == 1:
-                    a0, a1 = phi[i] - w + math.pi, phi[i] + w + math.pi
-                else:
-                    a0, a1 = phi[i] - w - math.pi, phi[i] + w - math.pi
-                a0, a1 = max(a0, 0.0), min(a1, math.pi)
+            for shift in (0.0, math.pi, -math.pi):
+                a0, a1 = max(phi[i] - w + shift, 0.0), min(phi[i] + w + shift, math.pi)
                 if a1 < a0:
                     continue
                 q0 = lo + np.searchsorted(sphi[lo:hi], a0, side="left")
